@@ -1,0 +1,100 @@
+//! Copies bytes between a TCP socket and a QUIC bidirectional stream, both ways.
+//!
+//! - Half-close is honoured: EOF from TCP becomes `finish()` on the QUIC stream, and the end of
+//!   the QUIC stream becomes `shutdown()` of the TCP write half; the other direction keeps
+//!   flowing until it ends too.
+//! - An error in either direction (TCP reset, QUIC reset or stop) ends both: the QUIC stream is
+//!   reset and stopped, and the TCP socket is closed.
+//! - Memory: an idle relay holds no buffer. QUIC → TCP writes quinn's own received chunks; TCP
+//!   → QUIC allocates a chunk only once the socket is readable and hands it to quinn without a
+//!   copy. What is in flight is bounded by the QUIC stream window and the TCP socket buffers.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Largest single read from TCP. Matches the largest chunk quinn sends without splitting
+/// much, and keeps one chunk under glibc's mmap threshold.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads at most this long are copied into an exact-size buffer, so a small message in flight
+/// does not pin a whole [`READ_CHUNK`].
+const SMALL_READ: usize = 4 * 1024;
+
+/// Application error code sent with a stream reset or stop after a relay failure.
+pub const RELAY_ABORTED: VarInt = VarInt::from_u32(1);
+
+/// Bytes moved by a finished relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// From the TCP socket into the QUIC stream.
+    pub tcp_to_quic: u64,
+    /// From the QUIC stream out to the TCP socket.
+    pub quic_to_tcp: u64,
+}
+
+/// Relays until both directions have ended. Returns the byte counts, or the first error (after
+/// aborting both directions).
+pub async fn relay(
+    tcp: TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> io::Result<RelayStats> {
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let result = tokio::try_join!(
+        tcp_to_quic(&mut tcp_read, &mut send),
+        quic_to_tcp(&mut recv, &mut tcp_write),
+    );
+    match result {
+        Ok((tcp_to_quic, quic_to_tcp)) => Ok(RelayStats {
+            tcp_to_quic,
+            quic_to_tcp,
+        }),
+        Err(e) => {
+            // Either may already be closed; that is the point of aborting.
+            let _ = send.reset(RELAY_ABORTED);
+            let _ = recv.stop(RELAY_ABORTED);
+            Err(e)
+        }
+    }
+}
+
+async fn tcp_to_quic(tcp: &mut OwnedReadHalf, send: &mut SendStream) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        tcp.readable().await?;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        match tcp.try_read_buf(&mut buf) {
+            Ok(0) => {
+                send.finish()
+                    .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+                return Ok(total);
+            }
+            Ok(n) => {
+                total += n as u64;
+                let chunk = if n <= SMALL_READ {
+                    Bytes::copy_from_slice(&buf)
+                } else {
+                    buf.freeze()
+                };
+                send.write_chunk(chunk).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn quic_to_tcp(recv: &mut RecvStream, tcp: &mut OwnedWriteHalf) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        total += chunk.bytes.len() as u64;
+        tcp.write_all(&chunk.bytes).await?;
+    }
+    tcp.shutdown().await?;
+    Ok(total)
+}

@@ -1,0 +1,202 @@
+//! Every message of the protocol, with the channel it may appear on.
+//!
+//! Layouts below use the notation of the [module docs](super): `varint`, `str` (varint length
+//! then UTF-8), `[T]` (varint count then items), `enum#n` (varint variant index `n`).
+//! Enum variants are only ever appended; an index, once used, keeps its meaning.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::auth::Proof;
+use super::frame::WireMessage;
+
+/// First frame on the control stream, client → server.
+///
+/// Layout: `varint protocol_version | str client_name | 32 bytes proof`.
+/// `protocol_version` must stay the first field (see [`super::frame::peek_protocol_version`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`super::PROTOCOL_VERSION`] of the client.
+    pub protocol_version: u32,
+    /// The client's name; at most [`super::MAX_NAME_LEN`] bytes.
+    pub client_name: String,
+    /// `HMAC-SHA256(token, TLS exporter)`, see [`super::auth`].
+    pub proof: Proof,
+}
+impl WireMessage for Hello {}
+
+/// Server's answer to [`Hello`], on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum HelloReply {
+    /// `enum#0 | varint protocol_version`: authenticated; the client may register.
+    Welcome {
+        /// The server's protocol version (equal to the client's).
+        protocol_version: u32,
+    },
+    /// `enum#1 | RejectReason`: the server closes the connection after sending this.
+    Reject(RejectReason),
+}
+impl WireMessage for HelloReply {}
+
+/// Why the server refused a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// `enum#0 | varint server | varint client`.
+    #[error(
+        "protocol version mismatch: server speaks version {server}, client speaks version {client}"
+    )]
+    VersionMismatch {
+        /// The server's protocol version.
+        server: u32,
+        /// The version the client announced.
+        client: u32,
+    },
+    /// `enum#1`: unknown client name or wrong token (deliberately not told apart).
+    #[error("authentication failed: unknown client name or wrong token")]
+    BadCredentials,
+    /// `enum#2 | varint retry_after_secs`: too many failed attempts from this address.
+    #[error("too many failed attempts from this address; retry in {retry_after_secs} s")]
+    Throttled {
+        /// Seconds until the server accepts attempts from this address again.
+        retry_after_secs: u32,
+    },
+    /// `enum#3`: the server has reached its client limit.
+    #[error("server is full (client limit reached)")]
+    ServerFull,
+    /// `enum#4 | str`: the Hello was not valid (for example an over-long name).
+    #[error("invalid hello: {0}")]
+    Invalid(String),
+}
+
+/// Client → server on the control stream, after [`HelloReply::Welcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ControlRequest {
+    /// `enum#0 | [ServiceSpec]`: publish these services (replaces any earlier registration).
+    /// At most [`super::MAX_SERVICES`] entries.
+    Register {
+        /// The services to publish.
+        services: Vec<ServiceSpec>,
+    },
+}
+impl WireMessage for ControlRequest {}
+
+/// Server → client on the control stream, one per [`ControlRequest`], in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ControlReply {
+    /// `enum#0 | [ServiceResult]`: one result per requested service, in request order.
+    Registered {
+        /// Per-service outcome.
+        results: Vec<ServiceResult>,
+    },
+}
+impl WireMessage for ControlReply {}
+
+/// One service a client asks the server to publish.
+///
+/// Layout: `str name | ServiceKind | varint remote_port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Unique per client; at most [`super::MAX_NAME_LEN`] bytes.
+    pub name: String,
+    /// What is published.
+    pub kind: ServiceKind,
+    /// Public port on the server; `0` lets the server pick a free port in the allowance.
+    pub remote_port: u16,
+}
+
+/// The kind of a published service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ServiceKind {
+    /// `enum#0`: a TCP port; every public connection becomes one data stream.
+    Tcp,
+}
+
+/// The outcome of registering one [`ServiceSpec`].
+///
+/// Layout: `str name | RegisterOutcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceResult {
+    /// The service's name, as requested.
+    pub name: String,
+    /// What happened to it.
+    pub outcome: RegisterOutcome,
+}
+
+/// Per-service registration result; one bad service does not sink the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterOutcome {
+    /// `enum#0 | varint port`: published on `port`.
+    #[error("published on port {port}")]
+    Ok {
+        /// The public port (useful when `remote_port` was 0).
+        port: u16,
+    },
+    /// `enum#1`: the port is outside this client's allowance.
+    #[error("port not allowed for this client")]
+    PortNotAllowed,
+    /// `enum#2`: the port is taken on the server (by another client or program).
+    #[error("port already in use on the server")]
+    PortInUse,
+    /// `enum#3 | str`: the spec itself is wrong (duplicate or over-long name, …).
+    #[error("invalid service: {0}")]
+    Invalid(String),
+}
+
+/// First frame on a data stream, from the end that opened it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OpenStream {
+    /// `enum#0 | str service | SocketAddr peer_addr`, server → client: a user connected to
+    /// the public port of `service`; the client dials the service's local address.
+    Expose {
+        /// Name of the registered service.
+        service: String,
+        /// The user's address as the server saw it.
+        peer_addr: SocketAddr,
+    },
+    /// `enum#1 | str target | SocketAddr peer_addr`, client → server: a local forward; the
+    /// server dials `target` (`host:port`, at most [`super::MAX_TARGET_LEN`] bytes) if its
+    /// egress policy allows.
+    Connect {
+        /// `host:port` to dial from the server.
+        target: String,
+        /// The local user's address as the client saw it.
+        peer_addr: SocketAddr,
+    },
+}
+impl WireMessage for OpenStream {}
+
+/// Answer to an [`OpenStream`], from the end that accepted the stream, before any payload.
+/// Anything but `Ok` is followed by the stream's end.
+///
+/// Layout: `enum#n` with no fields, `n` as listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenResult {
+    /// `enum#0`: connected; raw bytes follow both ways.
+    #[error("connected")]
+    Ok,
+    /// `enum#1`: the target refused the connection.
+    #[error("connection refused by the target")]
+    Refused,
+    /// `enum#2`: the target could not be reached (no route, DNS failure, …).
+    #[error("target unreachable")]
+    Unreachable,
+    /// `enum#3`: policy forbids this target.
+    #[error("target not allowed by the egress policy")]
+    NotAllowed,
+    /// `enum#4`: dialing the target timed out.
+    #[error("connecting to the target timed out")]
+    Timeout,
+    /// `enum#5`: no such service on this end.
+    #[error("unknown service")]
+    UnknownService,
+}
+impl WireMessage for OpenResult {}

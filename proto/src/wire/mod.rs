@@ -1,0 +1,59 @@
+//! The wmproxy wire protocol, sans-IO: message types, framing and the auth proof.
+//!
+//! Nothing here touches a socket, a clock or an async runtime. The IO side (see
+//! [`crate::stream`]) reads a 4-byte header, asks [`frame::body_len`] whether the length is
+//! acceptable, reads exactly that many bytes and hands them to [`frame::decode_body`].
+//!
+//! # Channels
+//! A tunnel is one QUIC connection with ALPN [`ALPN`].
+//!
+//! | channel | opened by | frames, in order |
+//! |---|---|---|
+//! | control stream (first bidi stream) | client | client: [`Hello`], then [`ControlRequest`]s; server: [`HelloReply`], then [`ControlReply`]s |
+//! | data stream (every later bidi stream) | either end | opener: one [`OpenStream`]; acceptor: one [`OpenResult`]; then raw bytes both ways |
+//!
+//! # Frame layout
+//! ```text
+//! +----------------------+---------------------------------------+
+//! | len: u32 big-endian  | body: `len` bytes of bincode 2         |
+//! +----------------------+---------------------------------------+
+//! ```
+//! `len` is at most [`MAX_FRAME_LEN`]. The body uses bincode's standard configuration:
+//! integers (other than `u8`) are varints (`< 251`: one byte; `251`: `u16` follows; `252`:
+//! `u32`; `253`: `u64`, little-endian), strings and sequences are a varint length then the
+//! items, enums are a varint variant index then the fields, and `Option` is a `0`/`1` byte
+//! then the value. A body must be consumed exactly: trailing bytes are an error.
+//!
+//! # Compatibility
+//! The first field of [`Hello`] is the protocol version, and variant 0 and 1 of
+//! [`HelloReply`] are `Welcome` and `Reject`; these never change, so two versions can always
+//! tell each other which versions they speak (see [`frame::peek_protocol_version`]).
+
+pub mod auth;
+pub mod frame;
+pub mod message;
+
+pub use auth::{AuthToken, Proof};
+pub use frame::{FrameError, WireMessage};
+pub use message::*;
+
+/// ALPN protocol id; it carries the major protocol version.
+pub const ALPN: &[u8] = b"wmproxy/1";
+
+/// The protocol version this build speaks. Both ends must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest accepted frame body, in bytes. Larger lengths are rejected before any allocation.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Size of the length prefix in front of every frame body.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// Longest service or client name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest `host:port` target of a [`OpenStream::Connect`], in bytes.
+pub const MAX_TARGET_LEN: usize = 261;
+
+/// Most services one client may register in one [`ControlRequest::Register`].
+pub const MAX_SERVICES: usize = 256;
