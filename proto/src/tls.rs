@@ -1,10 +1,10 @@
 //! Certificate fingerprints and the verifier that pins one.
 //!
 //! A fingerprint is the SHA-256 of the server certificate's DER bytes, printed as 64 hex digits
-//! in colon-separated pairs. Parsing accepts upper or lower case, with or without colons.
+//! in colon-separated pairs. Parsing one from text is the config's job
+//! (`wmproxy_config::client::parse_fingerprint`).
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -41,28 +41,6 @@ impl fmt::Display for Fingerprint {
 impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Fingerprint({self})")
-    }
-}
-
-/// A string that is not a SHA-256 fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a fingerprint is 64 hex digits (colons allowed), got {0} hex digits")]
-pub struct BadFingerprint(usize);
-
-impl FromStr for Fingerprint {
-    type Err = BadFingerprint;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let digits: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
-        if digits.len() != 64 {
-            return Err(BadFingerprint(digits.len()));
-        }
-        let mut out = [0u8; 32];
-        for (slot, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-            let hex = std::str::from_utf8(pair).map_err(|_| BadFingerprint(digits.len()))?;
-            *slot = u8::from_str_radix(hex, 16).map_err(|_| BadFingerprint(digits.len()))?;
-        }
-        Ok(Self(out))
     }
 }
 

@@ -1,0 +1,217 @@
+//! The client's config file (`wmproxy-client --config F`) and its validated form.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::secret::Secret;
+use crate::{ConfigError, check_name, invalid};
+
+/// The client's config file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// The server, `host:port` (UDP).
+    pub server_addr: Spanned<String>,
+    /// Name checked against the server's certificate (with `ca_file` or `system_roots`);
+    /// defaults to the host of `server_addr`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Trust exactly this certificate: SHA-256 fingerprint as printed by the server.
+    #[serde(default)]
+    pub server_fingerprint: Option<Spanned<String>>,
+    /// Trust certificates issued by the CA(s) in this PEM file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Trust the operating system's root certificates (for a real certificate).
+    #[serde(default)]
+    pub system_roots: bool,
+    /// This client's name.
+    pub name: Spanned<String>,
+    /// Its token.
+    pub token: Secret,
+    /// Services to publish on the server.
+    #[serde(default)]
+    pub services: Vec<ServiceFile>,
+    /// Local ports whose connections leave from the server.
+    #[serde(default)]
+    pub forwards: Vec<ForwardFile>,
+}
+
+/// One `[[services]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Unique name within this client.
+    pub name: Spanned<String>,
+    /// `"tcp"` (the default).
+    #[serde(default, rename = "type")]
+    pub kind: ServiceType,
+    /// Where the service listens, reachable from the client.
+    pub local_addr: String,
+    /// Public port on the server; 0 lets the server choose.
+    pub remote_port: u16,
+}
+
+/// The kind of a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceType {
+    /// A TCP port.
+    #[default]
+    Tcp,
+}
+
+/// One `[[forwards]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardFile {
+    /// Local address to listen on.
+    pub listen: SocketAddr,
+    /// `host:port` the server dials.
+    pub target: Spanned<String>,
+}
+
+/// How the client decides to trust the server. Exactly one is configured: there is no
+/// insecure mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// SHA-256 of the server certificate (32 bytes).
+    Fingerprint([u8; 32]),
+    /// CA certificates from a PEM file.
+    CaFile(PathBuf),
+    /// The system's root certificates.
+    SystemRoots,
+}
+
+/// A validated service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// Kind.
+    pub kind: ServiceType,
+    /// Local `host:port`.
+    pub local_addr: String,
+    /// Requested public port (0: server chooses).
+    pub remote_port: u16,
+}
+
+/// A validated local forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Local listen address.
+    pub listen: SocketAddr,
+    /// `host:port` dialed from the server.
+    pub target: String,
+}
+
+/// The validated client configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// `host:port` of the server.
+    pub server_addr: String,
+    /// TLS server name.
+    pub server_name: String,
+    /// How the server is trusted.
+    pub trust: ServerTrust,
+    /// This client's name.
+    pub name: String,
+    /// Its token.
+    pub token: Secret,
+    /// Services to publish.
+    pub services: Vec<Service>,
+    /// Local forwards.
+    pub forwards: Vec<Forward>,
+}
+
+impl ClientFile {
+    /// Validates into a [`ClientConfig`]. `src` is the TOML text, used to name lines.
+    pub fn validate(self, src: &str) -> Result<ClientConfig, ConfigError> {
+        let addr_at = self.server_addr.span().start;
+        let server_addr = self.server_addr.into_inner();
+        let host = split_host_port(&server_addr)
+            .map_err(|m| invalid(src, "server_addr", Some(addr_at), &m))?
+            .0
+            .to_owned();
+
+        let trust = match (self.server_fingerprint, self.ca_file, self.system_roots) {
+            (Some(fp), None, false) => {
+                let at = fp.span().start;
+                ServerTrust::Fingerprint(parse_fingerprint(fp.get_ref()).map_err(|m| invalid(src, "server_fingerprint", Some(at), &m))?)
+            }
+            (None, Some(path), false) => ServerTrust::CaFile(path),
+            (None, None, true) => ServerTrust::SystemRoots,
+            (None, None, false) => {
+                return Err(invalid(src, "server_fingerprint", None, "no way to trust the server: set one of `server_fingerprint`, `ca_file` or `system_roots = true`"));
+            }
+            _ => {
+                return Err(invalid(src, "server_fingerprint", None, "set only one of `server_fingerprint`, `ca_file` and `system_roots`"));
+            }
+        };
+
+        let name_at = self.name.span().start;
+        let name = self.name.into_inner();
+        check_name(&name).map_err(|m| invalid(src, "name", Some(name_at), &m))?;
+
+        let mut seen = HashSet::new();
+        let mut services = Vec::with_capacity(self.services.len());
+        for s in self.services {
+            let at = s.name.span().start;
+            let sname = s.name.into_inner();
+            check_name(&sname).map_err(|m| invalid(src, "services.name", Some(at), &m))?;
+            if !seen.insert(sname.clone()) {
+                return Err(invalid(src, "services.name", Some(at), &format!("duplicate service name `{sname}`")));
+            }
+            split_host_port(&s.local_addr).map_err(|m| invalid(src, "services.local_addr", Some(at), &m))?;
+            services.push(Service { name: sname, kind: s.kind, local_addr: s.local_addr, remote_port: s.remote_port });
+        }
+
+        let mut forwards = Vec::with_capacity(self.forwards.len());
+        for f in self.forwards {
+            let at = f.target.span().start;
+            let target = f.target.into_inner();
+            split_host_port(&target).map_err(|m| invalid(src, "forwards.target", Some(at), &m))?;
+            forwards.push(Forward { listen: f.listen, target });
+        }
+
+        Ok(ClientConfig {
+            server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
+            server_addr,
+            trust,
+            name,
+            token: self.token,
+            services,
+            forwards,
+        })
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6), checking both parts are present.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let bad = || format!("`{s}` is not host:port");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.len() > 255 {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// Parses a SHA-256 fingerprint: 64 hex digits, colons allowed.
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    let digits: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
+    let bad = || format!("a fingerprint is 64 hex digits (colons allowed), got `{s}`");
+    if digits.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (slot, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
+        *slot = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,206 @@
+//! The server's config file (`wmproxy-server --config F`) and its validated form.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::egress::{EgressFile, EgressPolicy};
+use crate::ports::{PortAllowance, PortRange};
+use crate::secret::Secret;
+use crate::{ConfigError, check_name, invalid};
+
+/// The documented default UDP port of the server.
+pub const DEFAULT_PORT: u16 = 7835;
+
+/// The server's config file as written. Every field has a default but authentication: set
+/// `token` or add `[[clients]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// UDP address the QUIC endpoint binds.
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// Where the generated identity (and token, for the embedded setup) live.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Address the public TCP ports of services listen on.
+    #[serde(default = "default_public_bind")]
+    pub public_bind: IpAddr,
+    /// One token for every client (any client name); simplest setup.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Ports clients authenticated with `token` may publish.
+    #[serde(default = "default_allow_ports")]
+    pub allow_ports: Vec<PortRange>,
+    /// A PEM certificate and key; without them the server generates and keeps its own.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Which targets local forwards may reach from the server.
+    #[serde(default)]
+    pub egress: EgressFile,
+    /// Named clients, each with its own token and port allowance.
+    #[serde(default)]
+    pub clients: Vec<ClientEntryFile>,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            bind: default_bind(),
+            state_dir: default_state_dir(),
+            public_bind: default_public_bind(),
+            token: None,
+            allow_ports: default_allow_ports(),
+            tls: None,
+            limits: Limits::default(),
+            egress: EgressFile::default(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("wmproxy-state")
+}
+fn default_public_bind() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+fn default_allow_ports() -> Vec<PortRange> {
+    PortAllowance::unprivileged().0
+}
+
+/// `[tls]`: certificate chain and private key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Tunnels connected at once, authenticated or not.
+    pub max_clients: u32,
+    /// Streams (TCP connections) one client may have open at once, each way.
+    pub max_streams_per_client: u32,
+    /// Seconds a new tunnel has to authenticate and register.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a data stream has to send its open header, and a dial to complete.
+    pub stream_open_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_clients: 256, max_streams_per_client: 1024, handshake_timeout_secs: 10, stream_open_timeout_secs: 10 }
+    }
+}
+
+impl Limits {
+    /// [`Self::handshake_timeout_secs`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+    /// [`Self::stream_open_timeout_secs`] as a duration.
+    pub fn stream_open_timeout(&self) -> Duration {
+        Duration::from_secs(self.stream_open_timeout_secs)
+    }
+}
+
+/// One `[[clients]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntryFile {
+    /// The client's name, as it sends in its Hello.
+    pub name: Spanned<String>,
+    /// Its token.
+    pub token: Secret,
+    /// Ports it may publish.
+    pub allow_ports: Vec<PortRange>,
+}
+
+/// What a named client may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEntry {
+    /// Its token.
+    pub token: Secret,
+    /// Ports it may publish.
+    pub allow_ports: PortAllowance,
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// UDP address of the QUIC endpoint.
+    pub bind: SocketAddr,
+    /// Directory for generated state.
+    pub state_dir: PathBuf,
+    /// Address public service ports listen on.
+    pub public_bind: IpAddr,
+    /// Shared token and its allowance, if set.
+    pub shared: Option<ClientEntry>,
+    /// Named clients; a named entry wins over the shared token.
+    pub clients: HashMap<String, ClientEntry>,
+    /// PEM files, or `None` for the generated identity.
+    pub tls: Option<TlsFiles>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Egress policy for local forwards.
+    pub egress: EgressPolicy,
+}
+
+impl ServerFile {
+    /// Validates into a [`ServerConfig`]. `src` is the TOML text, used to name lines.
+    pub fn validate(self, src: &str) -> Result<ServerConfig, ConfigError> {
+        if self.token.is_none() && self.clients.is_empty() {
+            return Err(invalid(src, "token", None, "no way for clients to authenticate: set `token` or add [[clients]]"));
+        }
+        let l = &self.limits;
+        if l.max_clients == 0 || l.max_streams_per_client == 0 {
+            return Err(invalid(src, "limits", None, "limits must be at least 1"));
+        }
+        if l.handshake_timeout_secs == 0 || l.stream_open_timeout_secs == 0 {
+            return Err(invalid(src, "limits", None, "timeouts must be at least 1 second"));
+        }
+        let mut clients = HashMap::new();
+        for entry in self.clients {
+            let span = entry.name.span();
+            let name = entry.name.into_inner();
+            check_name(&name).map_err(|m| invalid(src, "clients.name", Some(span.start), &m))?;
+            let value = ClientEntry { token: entry.token, allow_ports: PortAllowance(entry.allow_ports) };
+            if clients.insert(name.clone(), value).is_some() {
+                return Err(invalid(src, "clients.name", Some(span.start), &format!("duplicate client name `{name}`")));
+            }
+        }
+        Ok(ServerConfig {
+            bind: self.bind,
+            state_dir: self.state_dir,
+            public_bind: self.public_bind,
+            shared: self.token.map(|token| ClientEntry { token, allow_ports: PortAllowance(self.allow_ports) }),
+            clients,
+            tls: self.tls,
+            limits: self.limits,
+            egress: self.egress.into(),
+        })
+    }
+}
+
+impl ServerConfig {
+    /// The entry that authenticates `client_name`: its own, else the shared token's.
+    pub fn client(&self, client_name: &str) -> Option<&ClientEntry> {
+        self.clients.get(client_name).or(self.shared.as_ref())
+    }
+}
