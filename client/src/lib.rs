@@ -1,1 +1,25 @@
+//! The wmproxy client: keeps a QUIC tunnel to the server and serves its services and forwards.
+//!
+//! # Layout
+//! - [`client`]: [`Client`] binds forward listeners; [`Client::run`] is the reconnect loop,
+//!   publishing [`ClientStatus`] on a watch channel.
+//! - [`session`]: one attempt: resolve, QUIC handshake, Hello with the TLS-bound proof,
+//!   Register.
+//! - `expose`: streams the server opens (a user reached a published service): dial the local
+//!   address, answer, relay.
+//! - `forward`: local listeners whose connections ride the current tunnel (`Connect`).
+//! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
+//! - [`backoff`]: reconnect delays with jitter. [`error`]: errors, and which are retried.
+#![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod client;
+pub mod error;
+pub mod session;
+
+mod expose;
+mod forward;
+pub mod tls;
+
+pub use client::{Client, ClientStatus};
+pub use error::ClientError;

@@ -141,15 +141,28 @@ impl ClientFile {
         let trust = match (self.server_fingerprint, self.ca_file, self.system_roots) {
             (Some(fp), None, false) => {
                 let at = fp.span().start;
-                ServerTrust::Fingerprint(parse_fingerprint(fp.get_ref()).map_err(|m| invalid(src, "server_fingerprint", Some(at), &m))?)
+                ServerTrust::Fingerprint(
+                    parse_fingerprint(fp.get_ref())
+                        .map_err(|m| invalid(src, "server_fingerprint", Some(at), &m))?,
+                )
             }
             (None, Some(path), false) => ServerTrust::CaFile(path),
             (None, None, true) => ServerTrust::SystemRoots,
             (None, None, false) => {
-                return Err(invalid(src, "server_fingerprint", None, "no way to trust the server: set one of `server_fingerprint`, `ca_file` or `system_roots = true`"));
+                return Err(invalid(
+                    src,
+                    "server_fingerprint",
+                    None,
+                    "no way to trust the server: set one of `server_fingerprint`, `ca_file` or `system_roots = true`",
+                ));
             }
             _ => {
-                return Err(invalid(src, "server_fingerprint", None, "set only one of `server_fingerprint`, `ca_file` and `system_roots`"));
+                return Err(invalid(
+                    src,
+                    "server_fingerprint",
+                    None,
+                    "set only one of `server_fingerprint`, `ca_file` and `system_roots`",
+                ));
             }
         };
 
@@ -164,10 +177,21 @@ impl ClientFile {
             let sname = s.name.into_inner();
             check_name(&sname).map_err(|m| invalid(src, "services.name", Some(at), &m))?;
             if !seen.insert(sname.clone()) {
-                return Err(invalid(src, "services.name", Some(at), &format!("duplicate service name `{sname}`")));
+                return Err(invalid(
+                    src,
+                    "services.name",
+                    Some(at),
+                    &format!("duplicate service name `{sname}`"),
+                ));
             }
-            split_host_port(&s.local_addr).map_err(|m| invalid(src, "services.local_addr", Some(at), &m))?;
-            services.push(Service { name: sname, kind: s.kind, local_addr: s.local_addr, remote_port: s.remote_port });
+            split_host_port(&s.local_addr)
+                .map_err(|m| invalid(src, "services.local_addr", Some(at), &m))?;
+            services.push(Service {
+                name: sname,
+                kind: s.kind,
+                local_addr: s.local_addr,
+                remote_port: s.remote_port,
+            });
         }
 
         let mut forwards = Vec::with_capacity(self.forwards.len());
@@ -175,11 +199,16 @@ impl ClientFile {
             let at = f.target.span().start;
             let target = f.target.into_inner();
             split_host_port(&target).map_err(|m| invalid(src, "forwards.target", Some(at), &m))?;
-            forwards.push(Forward { listen: f.listen, target });
+            forwards.push(Forward {
+                listen: f.listen,
+                target,
+            });
         }
 
         Ok(ClientConfig {
-            server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
+            server_name: self
+                .server_name
+                .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
             server_addr,
             trust,
             name,

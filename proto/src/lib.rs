@@ -7,14 +7,18 @@
 //!   reading exactly one frame and never past it.
 //! - [`tls`]: certificate fingerprints and the pinned-fingerprint verifier.
 //! - [`transport`]: the tuned quinn `TransportConfig` and UDP socket setup both ends use.
+//! - [`datastream`]: the life of a data stream on both ends (open, header, answer, relay).
+//! - [`dial`]: connects to a `host:port` target and maps failures to [`wire::OpenResult`].
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
 //!   half-close and allocating buffers only while data flows.
 //!
-//! Data flow: an end opens a QUIC stream, writes a [`wire::OpenStream`] frame with
-//! [`stream::write_frame`], the other end answers with [`wire::OpenResult`], then both hand
-//! the stream to [`relay::relay`].
+//! Data flow: an end calls [`datastream::open_and_relay`], which opens a QUIC stream and writes
+//! a [`wire::OpenStream`]; the other end reads it with [`datastream::read_open`], dials with
+//! [`dial::dial`] and answers with [`datastream::complete`]; then both run [`relay::relay`].
 #![forbid(unsafe_code)]
 
+pub mod datastream;
+pub mod dial;
 pub mod relay;
 pub mod stream;
 pub mod tls;

@@ -1,1 +1,30 @@
+//! The wmproxy server: accepts QUIC tunnels from clients and publishes their services.
+//!
+//! # Layout
+//! - [`server`]: [`Server`] binds the endpoint; [`Server::run`] is the accept loop. Each incoming
+//!   connection is handed at once to its own task; nothing is awaited in the loop itself.
+//! - `tunnel`: one task per connection. The QUIC handshake, the Hello (version, proof) and the
+//!   registration run there under the handshake timeout; then it serves the control stream and
+//!   accepts the client's data streams.
+//! - `sessions`: live tunnels by client name; a reconnecting client replaces its old session.
+//! - `publish`: binds public TCP ports for services; each user connection becomes a data stream
+//!   to the client (`Expose`), then a relay.
+//! - `connect`: data streams from the client (`Connect`, local forwards) are dialed under the
+//!   egress policy, then relayed.
+//! - [`identity`]: the TLS certificate (from PEM, or generated and kept in the state dir) and the
+//!   embedded setup's token. `throttle`: failed-auth counts per source address.
+//!
+//! Every task is spawned on one `TaskTracker` and carries its span (`tunnel{peer, client}`,
+//! `public{service, port}`, `stream{…}`); shutdown cancels a token and waits for the tracker.
+#![forbid(unsafe_code)]
 
+pub mod identity;
+pub mod server;
+
+mod connect;
+mod publish;
+mod sessions;
+mod throttle;
+mod tunnel;
+
+pub use server::{Server, ServerError, ServerHandle};

@@ -1,1 +1,251 @@
+//! Helpers for end-to-end tests: real servers, clients and backends, in-process, on
+//! `127.0.0.1` with port 0. Nothing here sleeps to wait: waits are on the client's status
+//! channel or on sockets, each under a deadline.
+//!
+//! # Layout
+//! - [`TestServer`], [`TestClient`]: a server or client with test defaults, running in a task.
+//! - [`backend`]: TCP backends (echo with half-close, a reply-after-EOF server).
+//! - [`raw`]: a hand-driven QUIC peer for adversarial tests (garbage, oversized frames).
+#![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wmproxy_client::{Client, ClientError, ClientStatus};
+use wmproxy_config::{
+    ClientConfig, Forward, PortRange, Secret, ServerFile, ServerTrust, Service, ServiceType,
+};
+use wmproxy_proto::tls::Fingerprint;
+use wmproxy_server::{Server, ServerHandle};
+
+/// The shared token test servers accept.
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A server running in a task.
+#[derive(Debug)]
+pub struct TestServer {
+    /// The UDP address clients connect to.
+    pub addr: SocketAddr,
+    /// What clients pin.
+    pub fingerprint: Fingerprint,
+    /// Status view.
+    pub handle: ServerHandle,
+    file: ServerFile,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    _state: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server with test defaults (shared [`TOKEN`], ports 1024-65535, public ports on
+    /// 127.0.0.1), adjusted by `adjust`.
+    pub async fn start(adjust: impl FnOnce(&mut ServerFile)) -> Result<Self> {
+        let state = tempfile::tempdir()?;
+        let mut file = ServerFile {
+            bind: "127.0.0.1:0".parse()?,
+            state_dir: state.path().to_owned(),
+            public_bind: "127.0.0.1".parse()?,
+            token: Some(Secret::new(TOKEN)),
+            allow_ports: vec![PortRange::new(1024, 65535).context("range")?],
+            ..ServerFile::default()
+        };
+        adjust(&mut file);
+        let mut server = Self::spawn(file).await?;
+        server._state = Some(state);
+        Ok(server)
+    }
+
+    async fn spawn(file: ServerFile) -> Result<Self> {
+        let config = file.clone().validate("")?;
+        let server = Server::bind(config)?;
+        let addr = server.local_addr()?;
+        let fingerprint = server.fingerprint();
+        let handle = server.handle();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Ok(Self {
+            addr,
+            fingerprint,
+            handle,
+            file,
+            shutdown,
+            task: Some(task),
+            _state: None,
+        })
+    }
+
+    /// Stops the server and waits until it has closed its endpoint.
+    pub async fn stop(&mut self) -> Result<()> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .context("server did not stop")??;
+        }
+        Ok(())
+    }
+
+    /// Stops the server and starts it again on the same address and state directory.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        let mut file = self.file.clone();
+        file.bind = self.addr;
+        let mut fresh = Self::spawn(file).await?;
+        fresh._state = self._state.take();
+        *self = fresh;
+        Ok(())
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.file.state_dir.clone()
+    }
+
+    /// A client config that trusts this server, named `name`, with the shared token.
+    pub fn client_config(&self, name: &str) -> ClientConfig {
+        ClientConfig {
+            server_addr: self.addr.to_string(),
+            server_name: "wmproxy".into(),
+            trust: ServerTrust::Fingerprint(self.fingerprint.0),
+            name: name.into(),
+            token: Secret::new(TOKEN),
+            services: Vec::new(),
+            forwards: Vec::new(),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A TCP service entry for a client config.
+pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
+    Service {
+        name: name.into(),
+        kind: ServiceType::Tcp,
+        local_addr: local.to_string(),
+        remote_port,
+    }
+}
+
+/// A local forward entry for a client config, listening on a free loopback port.
+pub fn forward_to(target: SocketAddr) -> Forward {
+    Forward {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        target: target.to_string(),
+    }
+}
+
+/// A client running in a task.
+#[derive(Debug)]
+pub struct TestClient {
+    /// The client's state.
+    pub status: watch::Receiver<ClientStatus>,
+    /// Where its forwards listen.
+    pub forward_addrs: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), ClientError>>>,
+}
+
+impl TestClient {
+    /// Starts a client with `config`.
+    pub async fn start(config: ClientConfig) -> Result<Self> {
+        Self::start_with(config, |_| {}).await
+    }
+
+    /// Starts a client with `config`, adjusting the [`Client`] before it runs.
+    pub async fn start_with(
+        config: ClientConfig,
+        adjust: impl FnOnce(&mut Client),
+    ) -> Result<Self> {
+        let mut client = Client::new(config).await?;
+        adjust(&mut client);
+        let status = client.status();
+        let forward_addrs = client.forward_addrs();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(client.run(shutdown.clone()));
+        Ok(Self {
+            status,
+            forward_addrs,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// Waits until the status satisfies `pred`; returns that status.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&ClientStatus) -> bool,
+    ) -> Result<ClientStatus> {
+        let waited = tokio::time::timeout(DEADLINE, async {
+            self.status.wait_for(|s| pred(s)).await.map(|s| s.clone())
+        })
+        .await;
+        match waited {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(_)) => bail!("client status channel closed while waiting for {what}"),
+            Err(_) => bail!(
+                "timed out waiting for {what}; status: {:?}",
+                *self.status.borrow()
+            ),
+        }
+    }
+
+    /// Waits until connected and returns the public port of `service`.
+    pub async fn port_of(&mut self, service: &str) -> Result<u16> {
+        let status = self
+            .wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. }))
+            .await?;
+        status
+            .port_of(service)
+            .with_context(|| format!("service {service} not published: {status:?}"))
+    }
+
+    /// Waits for `run` to return by itself (a fatal error) and returns its result.
+    pub async fn finished(&mut self) -> Result<Result<(), ClientError>> {
+        let task = self.task.take().context("already finished")?;
+        Ok(tokio::time::timeout(DEADLINE, task)
+            .await
+            .context("client did not stop")??)
+    }
+
+    /// Stops the client and waits until it has closed its tunnel.
+    pub async fn stop(&mut self) -> Result<()> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .context("client did not stop")???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -57,3 +57,16 @@ pub const MAX_TARGET_LEN: usize = 261;
 
 /// Most services one client may register in one [`ControlRequest::Register`].
 pub const MAX_SERVICES: usize = 256;
+
+/// Application error codes carried by QUIC `CONNECTION_CLOSE`, stream `RESET_STREAM` and
+/// `STOP_SENDING` frames. The close reason text says more, for humans.
+pub mod close_code {
+    /// Orderly close: shutdown or the end of a client.
+    pub const NORMAL: u32 = 0;
+    /// The peer broke the protocol (malformed frame, unexpected message, timeout on a header).
+    pub const PROTOCOL_ERROR: u32 = 1;
+    /// The server refused the Hello (see the `Reject` frame sent before).
+    pub const REJECTED: u32 = 2;
+    /// A newer connection of the same client replaced this one.
+    pub const REPLACED: u32 = 3;
+}

@@ -1,0 +1,261 @@
+//! The client: keeps one tunnel up, reconnecting with backoff, and serves its services and
+//! forwards through whichever tunnel is current.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, VarInt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use wmproxy_config::ClientConfig;
+use wmproxy_proto::wire::{
+    PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult, close_code,
+};
+
+use crate::backoff::{Backoff, Jitter};
+use crate::error::ClientError;
+use crate::session::{self, Session};
+use crate::{expose, forward, tls};
+
+/// How long shutdown waits for streams to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the client is doing, published on a watch channel ([`Client::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientStatus {
+    /// Trying to (re)connect; `last_error` is why the previous attempt failed.
+    Connecting {
+        /// Attempts since the last working tunnel.
+        attempt: u32,
+        /// The previous attempt's error, if any.
+        last_error: Option<String>,
+    },
+    /// The tunnel is up; one result per configured service.
+    Connected {
+        /// Per-service registration results.
+        services: Vec<ServiceResult>,
+    },
+    /// `run` has returned; `error` is why, if it was not a requested shutdown.
+    Stopped {
+        /// The fatal error.
+        error: Option<String>,
+    },
+}
+
+impl ClientStatus {
+    /// The public port of `service`, when connected and published.
+    pub fn port_of(&self, service: &str) -> Option<u16> {
+        let Self::Connected { services } = self else {
+            return None;
+        };
+        services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| match s.outcome {
+                RegisterOutcome::Ok { port } => Some(port),
+                _ => None,
+            })
+    }
+}
+
+/// A configured client with its forward listeners bound, ready to [`run`](Client::run).
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    quic: quinn::ClientConfig,
+    forwards: Vec<(TcpListener, String)>,
+    status: watch::Sender<ClientStatus>,
+    protocol_version: u32,
+}
+
+impl Client {
+    /// Builds the TLS config and binds the local forward listeners. Must be called inside a
+    /// tokio runtime.
+    pub async fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        let quic = tls::quic_client_config(&config.trust)?;
+        let mut forwards = Vec::with_capacity(config.forwards.len());
+        for f in &config.forwards {
+            let listener =
+                TcpListener::bind(f.listen)
+                    .await
+                    .map_err(|source| ClientError::Listen {
+                        addr: f.listen,
+                        source,
+                    })?;
+            forwards.push((listener, f.target.clone()));
+        }
+        let (status, _) = watch::channel(ClientStatus::Connecting {
+            attempt: 0,
+            last_error: None,
+        });
+        Ok(Self {
+            config,
+            quic,
+            forwards,
+            status,
+            protocol_version: PROTOCOL_VERSION,
+        })
+    }
+
+    /// Follows the client's state.
+    pub fn status(&self) -> watch::Receiver<ClientStatus> {
+        self.status.subscribe()
+    }
+
+    /// Where the local forwards listen, in config order.
+    pub fn forward_addrs(&self) -> Vec<SocketAddr> {
+        self.forwards
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Announces another protocol version in the Hello. For tests of version mismatch only.
+    #[doc(hidden)]
+    pub fn override_protocol_version(&mut self, version: u32) {
+        self.protocol_version = version;
+    }
+
+    /// Keeps the tunnel up until `shutdown`, or until an error that retrying cannot fix (wrong
+    /// token, untrusted server, version mismatch), which it returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
+        let Self {
+            config,
+            quic,
+            forwards,
+            status,
+            protocol_version,
+        } = self;
+        let tracker = TaskTracker::new();
+        let (tunnel_tx, tunnel_rx) = watch::channel::<Option<Connection>>(None);
+        for (listener, target) in forwards {
+            let span = info_span!("forward", listen = ?listener.local_addr().ok(), %target);
+            tracker.spawn(
+                forward::serve(
+                    listener,
+                    target,
+                    tunnel_rx.clone(),
+                    tracker.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(span),
+            );
+        }
+        let services: Arc<HashMap<String, String>> = Arc::new(
+            config
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.local_addr.clone()))
+                .collect(),
+        );
+
+        let mut backoff = Backoff::default();
+        let mut jitter = Jitter::default();
+        let mut attempt = 0u32;
+        let result = loop {
+            let established = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                r = session::establish(&config, &quic, protocol_version) => r,
+            };
+            let wait = match established {
+                Ok(session) => {
+                    attempt = 0;
+                    backoff.reset();
+                    let span =
+                        info_span!("tunnel", server = %config.server_addr, client = %config.name);
+                    let ended =
+                        serve_session(session, &services, &status, &tunnel_tx, &tracker, &shutdown)
+                            .instrument(span)
+                            .await;
+                    if shutdown.is_cancelled() {
+                        break Ok(());
+                    }
+                    warn!(reason = %ended, "tunnel lost; reconnecting");
+                    status.send_replace(ClientStatus::Connecting {
+                        attempt,
+                        last_error: Some(ended),
+                    });
+                    backoff.next_delay(jitter.unit())
+                }
+                Err(e) if !e.is_retryable() => break Err(e),
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    let mut delay = backoff.next_delay(jitter.unit());
+                    if let ClientError::Rejected(RejectReason::Throttled { retry_after_secs }) = &e
+                    {
+                        delay = delay.max(Duration::from_secs(u64::from(*retry_after_secs)));
+                    }
+                    warn!(error = %e, attempt, retry_in = ?delay, "cannot connect to the server");
+                    status.send_replace(ClientStatus::Connecting {
+                        attempt,
+                        last_error: Some(e.to_string()),
+                    });
+                    delay
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+        };
+
+        if let Err(e) = &result {
+            warn!(error = %e, "giving up");
+        }
+        status.send_replace(ClientStatus::Stopped {
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+        tracker.close();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+        result
+    }
+}
+
+/// Serves one tunnel until it ends or `shutdown`. Returns why it ended.
+async fn serve_session(
+    session: Session,
+    services: &Arc<HashMap<String, String>>,
+    status: &watch::Sender<ClientStatus>,
+    tunnel: &watch::Sender<Option<Connection>>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> String {
+    let Session {
+        endpoint,
+        conn,
+        services: results,
+        control: _control,
+    } = session;
+    for r in &results {
+        match &r.outcome {
+            RegisterOutcome::Ok { port } => info!(service = %r.name, port, "service published"),
+            refused => warn!(service = %r.name, reason = %refused, "service refused by the server"),
+        }
+    }
+    status.send_replace(ClientStatus::Connected { services: results });
+    tunnel.send_replace(Some(conn.clone()));
+    info!("tunnel up");
+
+    let ended = tokio::select! {
+        () = shutdown.cancelled() => "client shutting down".to_owned(),
+        reason = conn.closed() => reason.to_string(),
+        () = async {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let span = info_span!("stream", service = tracing::field::Empty, peer = tracing::field::Empty);
+                tracker.spawn(expose::serve(send, recv, services.clone()).instrument(span));
+            }
+        } => "tunnel closed".to_owned(),
+    };
+    tunnel.send_replace(None);
+    conn.close(
+        VarInt::from_u32(close_code::NORMAL),
+        b"client closing the tunnel",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    ended
+}

@@ -1,0 +1,155 @@
+//! Public TCP ports: binding them for a client's services, accepting users, and opening one data
+//! stream to the client per user.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Connection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, debug, info, info_span, warn};
+use wmproxy_config::PortAllowance;
+use wmproxy_proto::datastream;
+use wmproxy_proto::wire::{
+    MAX_SERVICES, OpenStream, RegisterOutcome, ServiceKind, ServiceResult, ServiceSpec,
+};
+
+use crate::server::Shared;
+use crate::sessions::Session;
+
+/// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds a public listener for each spec and starts serving it. One result per spec, in order;
+/// a bad spec does not affect the others.
+pub(crate) async fn register(
+    specs: Vec<ServiceSpec>,
+    allowance: &PortAllowance,
+    session: &Arc<Session>,
+    shared: &Arc<Shared>,
+) -> Vec<ServiceResult> {
+    let mut seen = HashSet::new();
+    let mut results = Vec::with_capacity(specs.len().min(MAX_SERVICES));
+    for (i, spec) in specs.into_iter().enumerate() {
+        let outcome = if i >= MAX_SERVICES {
+            RegisterOutcome::Invalid(format!("more than {MAX_SERVICES} services"))
+        } else if let Err(e) = wmproxy_config::check_name(&spec.name) {
+            RegisterOutcome::Invalid(e)
+        } else if !seen.insert(spec.name.clone()) {
+            RegisterOutcome::Invalid(format!("duplicate service name `{}`", spec.name))
+        } else {
+            match spec.kind {
+                ServiceKind::Tcp => bind_tcp(&spec, allowance, session, shared).await,
+                _ => RegisterOutcome::Invalid("unsupported service type".into()),
+            }
+        };
+        match &outcome {
+            RegisterOutcome::Ok { port } => info!(service = %spec.name, port, "service published"),
+            refused => {
+                warn!(service = %spec.name, port = spec.remote_port, reason = %refused, "service refused")
+            }
+        }
+        results.push(ServiceResult {
+            name: spec.name,
+            outcome,
+        });
+    }
+    results
+}
+
+async fn bind_tcp(
+    spec: &ServiceSpec,
+    allowance: &PortAllowance,
+    session: &Arc<Session>,
+    shared: &Arc<Shared>,
+) -> RegisterOutcome {
+    let port = spec.remote_port;
+    if port != 0 && !allowance.allows(port) {
+        return RegisterOutcome::PortNotAllowed;
+    }
+    let listener = match TcpListener::bind(SocketAddr::new(shared.config.public_bind, port)).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => return RegisterOutcome::PortInUse,
+        Err(e) => return RegisterOutcome::Invalid(format!("cannot listen: {e}")),
+    };
+    let Ok(bound) = listener.local_addr().map(|a| a.port()) else {
+        return RegisterOutcome::Invalid("cannot read the bound port".into());
+    };
+    if !allowance.allows(bound) {
+        // Port 0 let the system pick a port outside this client's allowance.
+        return RegisterOutcome::PortNotAllowed;
+    }
+    let span = info_span!("public", service = %spec.name, port = bound);
+    session.listeners.spawn(
+        accept_users(listener, spec.name.clone(), session.clone(), shared.clone()).instrument(span),
+    );
+    RegisterOutcome::Ok { port: bound }
+}
+
+/// Accepts users until the session ends; then the listener is dropped and the port refuses.
+async fn accept_users(
+    listener: TcpListener,
+    service: String,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = session.cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let Ok(permit) = session.streams.clone().try_acquire_owned() else {
+                    warn!(%peer, "stream limit of this client reached; closing the connection");
+                    continue;
+                };
+                let span = info_span!("stream", %peer);
+                let task = expose(
+                    tcp,
+                    peer,
+                    service.clone(),
+                    session.conn.clone(),
+                    shared.config.limits.stream_open_timeout(),
+                    permit,
+                );
+                shared.tracker.spawn(task.instrument(span));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::select! {
+                    () = session.cancel.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    debug!("public port closed");
+}
+
+/// Carries one user connection to the client.
+async fn expose(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    service: String,
+    conn: Connection,
+    timeout: Duration,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let header = OpenStream::Expose {
+        service,
+        peer_addr: peer,
+    };
+    match datastream::open_and_relay(&conn, &header, tcp, timeout).await {
+        Ok(stats) => debug!(
+            up = stats.tcp_to_quic,
+            down = stats.quic_to_tcp,
+            "stream finished"
+        ),
+        Err(e) => debug!(error = %e, "stream ended without data or aborted"),
+    }
+}

@@ -1,0 +1,203 @@
+//! The server: its QUIC endpoint, the accept loop and graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use quinn::VarInt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use wmproxy_config::ServerConfig;
+use wmproxy_proto::tls::Fingerprint;
+use wmproxy_proto::transport::{self, TransportTuning};
+use wmproxy_proto::wire::{ALPN, close_code};
+
+use crate::identity::{Identity, IdentityError};
+use crate::sessions::Sessions;
+use crate::throttle::AuthThrottle;
+use crate::tunnel;
+
+/// How long shutdown waits for streams to finish before closing the endpoint regardless.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS identity could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The certificate or key was refused by TLS.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// State every task of the server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub sessions: Sessions,
+    pub tracker: TaskTracker,
+    throttle: Mutex<AuthThrottle>,
+}
+
+impl Shared {
+    /// The failed-auth table. Never held across an `.await`.
+    pub fn throttle(&self) -> MutexGuard<'_, AuthThrottle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    fingerprint: Fingerprint,
+    clients: Arc<Semaphore>,
+}
+
+/// A cheap view of a running server, for status and tests.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Names of the clients connected now.
+    pub fn clients(&self) -> Vec<String> {
+        self.shared.sessions.names()
+    }
+
+    /// Source addresses in the failed-auth table.
+    pub fn throttled_addresses(&self) -> usize {
+        self.shared.throttle().len()
+    }
+}
+
+impl Server {
+    /// Loads the identity and binds the UDP endpoint. Must be called inside a tokio runtime.
+    pub fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let identity = Identity::load_or_generate(config.tls.as_ref(), &config.state_dir)?;
+        let fingerprint = identity.fingerprint;
+        let mut tuning = TransportTuning::default();
+        // The control stream counts too.
+        tuning.max_concurrent_streams = config.limits.max_streams_per_client.saturating_add(1);
+        let server_config = quic_server_config(identity, &tuning)?;
+        let socket = transport::bind_udp(config.bind).map_err(|source| ServerError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let endpoint = transport::endpoint(socket, Some(server_config)).map_err(|source| {
+            ServerError::Bind {
+                addr: config.bind,
+                source,
+            }
+        })?;
+        let clients = Arc::new(Semaphore::new(config.limits.max_clients as usize));
+        let shared = Arc::new(Shared {
+            config,
+            sessions: Sessions::default(),
+            tracker: TaskTracker::new(),
+            throttle: Mutex::new(AuthThrottle::default()),
+        });
+        Ok(Self {
+            endpoint,
+            shared,
+            fingerprint,
+            clients,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// SHA-256 of the server certificate: what clients pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// A view for status queries.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes every tunnel and waits (up to a few
+    /// seconds) for their tasks.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            endpoint,
+            shared,
+            clients,
+            ..
+        } = self;
+        loop {
+            let incoming = tokio::select! {
+                () = shutdown.cancelled() => break,
+                incoming = endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            let Ok(permit) = clients.clone().try_acquire_owned() else {
+                warn!(peer = %incoming.remote_address(), "client limit reached; refusing");
+                incoming.refuse();
+                continue;
+            };
+            let span = info_span!("tunnel", peer = %incoming.remote_address(), client = tracing::field::Empty);
+            let task = tunnel::serve(incoming, shared.clone(), shutdown.clone());
+            shared.tracker.spawn(
+                async move {
+                    task.await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        info!("shutting down");
+        shared.tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("tasks still running after the drain timeout; closing anyway");
+        }
+        endpoint.close(
+            VarInt::from_u32(close_code::NORMAL),
+            b"server shutting down",
+        );
+        endpoint.wait_idle().await;
+        info!("stopped");
+    }
+}
+
+fn quic_server_config(
+    identity: Identity,
+    tuning: &TransportTuning,
+) -> Result<quinn::ServerConfig, ServerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(tuning.to_config()));
+    Ok(config)
+}

@@ -1,0 +1,88 @@
+//! The table of live tunnels, by client name. A client that connects again replaces its old
+//! session: the old connection is closed and its public ports released before the new one binds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use quinn::VarInt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// One authenticated tunnel.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Distinguishes this session from a later one of the same name.
+    pub id: u64,
+    /// The client's name.
+    pub name: String,
+    /// The tunnel.
+    pub conn: quinn::Connection,
+    /// Cancelled when the session ends; stops its public listeners.
+    pub cancel: CancellationToken,
+    /// The public listener tasks; waited on so ports are free once [`Session::shut`] returns.
+    pub listeners: TaskTracker,
+    /// Permits for concurrent public connections of this client.
+    pub streams: Arc<Semaphore>,
+}
+
+impl Session {
+    /// Ends the session: closes the tunnel with `code`/`reason`, stops its public listeners and
+    /// waits until their ports are closed.
+    pub async fn shut(&self, code: u32, reason: &str) {
+        self.cancel.cancel();
+        self.conn.close(VarInt::from_u32(code), reason.as_bytes());
+        self.listeners.close();
+        self.listeners.wait().await;
+    }
+}
+
+/// Live sessions by client name. The lock is never held across an `.await`.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    by_name: Mutex<HashMap<String, Arc<Session>>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    /// Installs a session for `name`; returns it and the session it replaced, if any.
+    pub fn insert(
+        &self,
+        name: &str,
+        conn: quinn::Connection,
+        max_streams: usize,
+    ) -> (Arc<Session>, Option<Arc<Session>>) {
+        let session = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            name: name.to_owned(),
+            conn,
+            cancel: CancellationToken::new(),
+            listeners: TaskTracker::new(),
+            streams: Arc::new(Semaphore::new(max_streams)),
+        });
+        let replaced = self.lock().insert(name.to_owned(), session.clone());
+        (session, replaced)
+    }
+
+    /// Removes `session` unless a newer session of the same name has replaced it.
+    pub fn remove(&self, session: &Session) {
+        let mut map = self.lock();
+        if map.get(&session.name).is_some_and(|s| s.id == session.id) {
+            map.remove(&session.name);
+        }
+    }
+
+    /// Names of the connected clients.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.lock().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.by_name.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,222 @@
+//! One tunnel, from the QUIC handshake to its end: authenticate the Hello, register services,
+//! then serve the control stream and the client's data streams until either side leaves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span, debug, info, info_span, warn};
+use wmproxy_proto::stream::{StreamError, read_frame, read_frame_body, write_frame};
+use wmproxy_proto::wire::{
+    self, ControlReply, ControlRequest, Hello, HelloReply, PROTOCOL_VERSION, RejectReason, auth,
+    close_code, frame,
+};
+
+use crate::server::Shared;
+use crate::{connect, publish};
+
+/// Why a tunnel ended abnormally. Logged; never sent to the peer beyond the close reason.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TunnelError {
+    #[error("QUIC handshake failed: {0}")]
+    Quic(#[from] quinn::ConnectionError),
+    #[error("handshake or registration timed out")]
+    Timeout,
+    #[error("control stream: {0}")]
+    Control(#[from] StreamError),
+    #[error("rejected: {0}")]
+    Rejected(RejectReason),
+    #[error("unexpected control message after registration")]
+    Unexpected,
+}
+
+impl From<tokio::time::error::Elapsed> for TunnelError {
+    fn from(_: tokio::time::error::Elapsed) -> Self {
+        Self::Timeout
+    }
+}
+
+/// Serves one incoming connection to its end. Runs in its own task, under the span
+/// `tunnel{peer, client}`.
+pub(crate) async fn serve(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    match run(incoming, &shared, &shutdown).await {
+        Ok(()) => info!("tunnel closed"),
+        Err(TunnelError::Rejected(reason)) => warn!(%reason, "client rejected"),
+        Err(e) => warn!(error = %e, "tunnel ended"),
+    }
+}
+
+async fn run(
+    incoming: quinn::Incoming,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> Result<(), TunnelError> {
+    let peer = incoming.remote_address();
+    let handshake_timeout = shared.config.limits.handshake_timeout();
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
+
+    let (conn, name, (mut send, mut recv)) = tokio::time::timeout_at(deadline, async {
+        let conn = incoming.await?;
+        let (name, control) = authenticate(&conn, peer, shared).await.inspect_err(|e| {
+            let code = if matches!(e, TunnelError::Rejected(_)) {
+                close_code::REJECTED
+            } else {
+                close_code::PROTOCOL_ERROR
+            };
+            conn.close(VarInt::from_u32(code), e.to_string().as_bytes());
+        })?;
+        Ok::<_, TunnelError>((conn, name, control))
+    })
+    .await??;
+    Span::current().record("client", name.as_str());
+
+    let max_streams = shared.config.limits.max_streams_per_client as usize;
+    let (session, replaced) = shared.sessions.insert(&name, conn.clone(), max_streams);
+    if let Some(old) = replaced {
+        info!("replacing the previous session of this client");
+        old.shut(
+            close_code::REPLACED,
+            "replaced by a newer connection of this client",
+        )
+        .await;
+    }
+    info!("client authenticated");
+
+    let result = async {
+        let request =
+            tokio::time::timeout_at(deadline, read_frame::<ControlRequest, _>(&mut recv)).await??;
+        let ControlRequest::Register { services } = request else {
+            return Err(TunnelError::Unexpected);
+        };
+        let allowance = shared
+            .config
+            .client(&name)
+            .map(|c| c.allow_ports.clone())
+            .unwrap_or_default();
+        let results = publish::register(services, &allowance, &session, shared).await;
+        write_frame(&mut send, &ControlReply::Registered { results }).await?;
+
+        tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            reason = conn.closed() => {
+                info!(%reason, "client disconnected");
+                Ok(())
+            }
+            result = control_loop(&mut recv) => result,
+            () = accept_streams(&conn, shared) => Ok(()),
+        }
+    }
+    .await;
+
+    let (code, reason) = match &result {
+        Ok(()) => (close_code::NORMAL, "server closing the tunnel".to_owned()),
+        Err(e) => (close_code::PROTOCOL_ERROR, e.to_string()),
+    };
+    session.shut(code, &reason).await;
+    shared.sessions.remove(&session);
+    result
+}
+
+/// Reads the Hello and answers it. Returns the client's name and the control stream.
+async fn authenticate(
+    conn: &quinn::Connection,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<(String, (SendStream, RecvStream)), TunnelError> {
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let body = read_frame_body(&mut recv).await?;
+    let verdict = judge_hello(conn, peer, shared, &body);
+    match verdict {
+        Ok(name) => {
+            write_frame(
+                &mut send,
+                &HelloReply::Welcome {
+                    protocol_version: PROTOCOL_VERSION,
+                },
+            )
+            .await?;
+            Ok((name, (send, recv)))
+        }
+        Err(reason) => {
+            write_frame(&mut send, &HelloReply::Reject(reason.clone())).await?;
+            let _ = send.finish();
+            // Let the Reject reach the client before the connection closes.
+            let _ = send.stopped().await;
+            Err(TunnelError::Rejected(reason))
+        }
+    }
+}
+
+fn judge_hello(
+    conn: &quinn::Connection,
+    peer: SocketAddr,
+    shared: &Shared,
+    body: &[u8],
+) -> Result<String, RejectReason> {
+    let version =
+        frame::peek_protocol_version(body).map_err(|e| RejectReason::Invalid(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(RejectReason::VersionMismatch {
+            server: PROTOCOL_VERSION,
+            client: version,
+        });
+    }
+    let hello: Hello =
+        frame::decode_body(body).map_err(|e| RejectReason::Invalid(e.to_string()))?;
+    wmproxy_config::check_name(&hello.client_name).map_err(RejectReason::Invalid)?;
+
+    let now = Instant::now();
+    let ip = peer.ip();
+    if let Err(wait) = shared.throttle().check(ip, now) {
+        return Err(RejectReason::Throttled {
+            retry_after_secs: wait.as_secs().try_into().unwrap_or(u32::MAX).max(1),
+        });
+    }
+    let mut exporter = [0u8; auth::EXPORTER_LEN];
+    conn.export_keying_material(
+        &mut exporter,
+        auth::EXPORTER_LABEL,
+        auth::exporter_context(&hello.client_name),
+    )
+    .map_err(|_| RejectReason::Invalid("TLS exporter unavailable".into()))?;
+    // Unknown names are checked against a dummy token so both paths take the same time.
+    let token = match shared.config.client(&hello.client_name) {
+        Some(entry) => wire::AuthToken::new(entry.token.expose()),
+        None => wire::AuthToken::new(&b"wmproxy-no-such-client"[..]),
+    };
+    let known = shared.config.client(&hello.client_name).is_some();
+    if auth::verify(&token, &exporter, &hello.proof) && known {
+        shared.throttle().record_success(ip);
+        Ok(hello.client_name)
+    } else {
+        shared.throttle().record_failure(ip, now);
+        Err(RejectReason::BadCredentials)
+    }
+}
+
+/// After registration the client sends nothing more on the control stream (yet): the next
+/// frame, or its end, ends the tunnel.
+async fn control_loop(recv: &mut RecvStream) -> Result<(), TunnelError> {
+    match read_frame::<ControlRequest, _>(recv).await {
+        Ok(_) => Err(TunnelError::Unexpected),
+        Err(StreamError::Closed) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Accepts the client's data streams (local forwards) until the connection ends.
+async fn accept_streams(conn: &quinn::Connection, shared: &Arc<Shared>) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let span = info_span!("stream", id = %send.id(), target = tracing::field::Empty);
+        shared
+            .tracker
+            .spawn(connect::serve(send, recv, shared.clone()).instrument(span));
+    }
+    debug!("no more streams from the client");
+}

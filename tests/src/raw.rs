@@ -1,0 +1,52 @@
+//! A hand-driven QUIC peer: speaks (or breaks) the protocol frame by frame.
+
+use anyhow::{Context, Result};
+use quinn::{Connection, Endpoint};
+use wmproxy_config::ServerTrust;
+use wmproxy_proto::stream::{read_frame, write_frame};
+use wmproxy_proto::transport;
+use wmproxy_proto::wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
+
+use crate::TestServer;
+
+/// A QUIC connection to `server` (TLS pinned, right ALPN), with no Hello sent yet.
+pub async fn connect(server: &TestServer) -> Result<(Endpoint, Connection)> {
+    let quic =
+        wmproxy_client::tls::quic_client_config(&ServerTrust::Fingerprint(server.fingerprint.0))?;
+    let endpoint = transport::endpoint(transport::bind_udp("127.0.0.1:0".parse()?)?, None)?;
+    let conn = endpoint.connect_with(quic, server.addr, "wmproxy")?.await?;
+    Ok((endpoint, conn))
+}
+
+/// Connects and authenticates as `name` with `token`; returns the connection and its open
+/// control stream (nothing registered yet).
+pub async fn authenticated(
+    server: &TestServer,
+    name: &str,
+    token: &str,
+) -> Result<(Endpoint, Connection, quinn::SendStream, quinn::RecvStream)> {
+    let (endpoint, conn) = connect(server).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut exporter = [0u8; auth::EXPORTER_LEN];
+    conn.export_keying_material(
+        &mut exporter,
+        auth::EXPORTER_LABEL,
+        auth::exporter_context(name),
+    )
+    .ok()
+    .context("exporter")?;
+    let proof = auth::prove(&AuthToken::new(token), &exporter);
+    write_frame(
+        &mut send,
+        &Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: name.into(),
+            proof,
+        },
+    )
+    .await?;
+    match read_frame::<HelloReply, _>(&mut recv).await? {
+        HelloReply::Welcome { .. } => Ok((endpoint, conn, send, recv)),
+        other => anyhow::bail!("not welcomed: {other:?}"),
+    }
+}
