@@ -13,9 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use wmproxy_config::ClientConfig;
-use wmproxy_proto::wire::{
-    PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult, close_code,
-};
+use wmproxy_proto::wire::{PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult, close_code};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::error::ClientError;
@@ -53,13 +51,10 @@ impl ClientStatus {
         let Self::Connected { services } = self else {
             return None;
         };
-        services
-            .iter()
-            .find(|s| s.name == service)
-            .and_then(|s| match s.outcome {
-                RegisterOutcome::Ok { port } => Some(port),
-                _ => None,
-            })
+        services.iter().find(|s| s.name == service).and_then(|s| match s.outcome {
+            RegisterOutcome::Ok { port } => Some(port),
+            _ => None,
+        })
     }
 }
 
@@ -81,25 +76,11 @@ impl Client {
         let mut forwards = Vec::with_capacity(config.forwards.len());
         for f in &config.forwards {
             let listener =
-                TcpListener::bind(f.listen)
-                    .await
-                    .map_err(|source| ClientError::Listen {
-                        addr: f.listen,
-                        source,
-                    })?;
+                TcpListener::bind(f.listen).await.map_err(|source| ClientError::Listen { addr: f.listen, source })?;
             forwards.push((listener, f.target.clone()));
         }
-        let (status, _) = watch::channel(ClientStatus::Connecting {
-            attempt: 0,
-            last_error: None,
-        });
-        Ok(Self {
-            config,
-            quic,
-            forwards,
-            status,
-            protocol_version: PROTOCOL_VERSION,
-        })
+        let (status, _) = watch::channel(ClientStatus::Connecting { attempt: 0, last_error: None });
+        Ok(Self { config, quic, forwards, status, protocol_version: PROTOCOL_VERSION })
     }
 
     /// Follows the client's state.
@@ -109,10 +90,7 @@ impl Client {
 
     /// Where the local forwards listen, in config order.
     pub fn forward_addrs(&self) -> Vec<SocketAddr> {
-        self.forwards
-            .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
-            .collect()
+        self.forwards.iter().filter_map(|(l, _)| l.local_addr().ok()).collect()
     }
 
     /// Announces another protocol version in the Hello. For tests of version mismatch only.
@@ -124,35 +102,17 @@ impl Client {
     /// Keeps the tunnel up until `shutdown`, or until an error that retrying cannot fix (wrong
     /// token, untrusted server, version mismatch), which it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let Self {
-            config,
-            quic,
-            forwards,
-            status,
-            protocol_version,
-        } = self;
+        let Self { config, quic, forwards, status, protocol_version } = self;
         let tracker = TaskTracker::new();
         let (tunnel_tx, tunnel_rx) = watch::channel::<Option<Connection>>(None);
         for (listener, target) in forwards {
             let span = info_span!("forward", listen = ?listener.local_addr().ok(), %target);
             tracker.spawn(
-                forward::serve(
-                    listener,
-                    target,
-                    tunnel_rx.clone(),
-                    tracker.clone(),
-                    shutdown.clone(),
-                )
-                .instrument(span),
+                forward::serve(listener, target, tunnel_rx.clone(), tracker.clone(), shutdown.clone()).instrument(span),
             );
         }
-        let services: Arc<HashMap<String, String>> = Arc::new(
-            config
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), s.local_addr.clone()))
-                .collect(),
-        );
+        let services: Arc<HashMap<String, String>> =
+            Arc::new(config.services.iter().map(|s| (s.name.clone(), s.local_addr.clone())).collect());
 
         let mut backoff = Backoff::default();
         let mut jitter = Jitter::default();
@@ -166,35 +126,26 @@ impl Client {
                 Ok(session) => {
                     attempt = 0;
                     backoff.reset();
-                    let span =
-                        info_span!("tunnel", server = %config.server_addr, client = %config.name);
-                    let ended =
-                        serve_session(session, &services, &status, &tunnel_tx, &tracker, &shutdown)
-                            .instrument(span)
-                            .await;
+                    let span = info_span!("tunnel", server = %config.server_addr, client = %config.name);
+                    let ended = serve_session(session, &services, &status, &tunnel_tx, &tracker, &shutdown)
+                        .instrument(span)
+                        .await;
                     if shutdown.is_cancelled() {
                         break Ok(());
                     }
                     warn!(reason = %ended, "tunnel lost; reconnecting");
-                    status.send_replace(ClientStatus::Connecting {
-                        attempt,
-                        last_error: Some(ended),
-                    });
+                    status.send_replace(ClientStatus::Connecting { attempt, last_error: Some(ended) });
                     backoff.next_delay(jitter.unit())
                 }
                 Err(e) if !e.is_retryable() => break Err(e),
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
                     let mut delay = backoff.next_delay(jitter.unit());
-                    if let ClientError::Rejected(RejectReason::Throttled { retry_after_secs }) = &e
-                    {
+                    if let ClientError::Rejected(RejectReason::Throttled { retry_after_secs }) = &e {
                         delay = delay.max(Duration::from_secs(u64::from(*retry_after_secs)));
                     }
                     warn!(error = %e, attempt, retry_in = ?delay, "cannot connect to the server");
-                    status.send_replace(ClientStatus::Connecting {
-                        attempt,
-                        last_error: Some(e.to_string()),
-                    });
+                    status.send_replace(ClientStatus::Connecting { attempt, last_error: Some(e.to_string()) });
                     delay
                 }
             };
@@ -207,9 +158,7 @@ impl Client {
         if let Err(e) = &result {
             warn!(error = %e, "giving up");
         }
-        status.send_replace(ClientStatus::Stopped {
-            error: result.as_ref().err().map(ToString::to_string),
-        });
+        status.send_replace(ClientStatus::Stopped { error: result.as_ref().err().map(ToString::to_string) });
         tracker.close();
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
         result
@@ -225,12 +174,7 @@ async fn serve_session(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> String {
-    let Session {
-        endpoint,
-        conn,
-        services: results,
-        control: _control,
-    } = session;
+    let Session { endpoint, conn, services: results, control: _control } = session;
     for r in &results {
         match &r.outcome {
             RegisterOutcome::Ok { port } => info!(service = %r.name, port, "service published"),
@@ -252,10 +196,7 @@ async fn serve_session(
         } => "tunnel closed".to_owned(),
     };
     tunnel.send_replace(None);
-    conn.close(
-        VarInt::from_u32(close_code::NORMAL),
-        b"client closing the tunnel",
-    );
+    conn.close(VarInt::from_u32(close_code::NORMAL), b"client closing the tunnel");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     ended
 }

@@ -34,9 +34,7 @@ pub enum ClientError {
     #[error("server rejected the client: {0}")]
     Rejected(RejectReason),
     /// The server speaks another protocol version.
-    #[error(
-        "protocol version mismatch: server speaks version {server}, client speaks version {client}"
-    )]
+    #[error("protocol version mismatch: server speaks version {server}, client speaks version {client}")]
     VersionMismatch {
         /// The server's version.
         server: u32,
@@ -71,12 +69,8 @@ impl From<quinn::ConnectionError> for ClientError {
         // (ours or theirs) or no common ALPN. Retrying will not fix either.
         let tls_alert = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
         match &e {
-            quinn::ConnectionError::TransportError(t) if tls_alert(t.code) => {
-                Self::Untrusted(e.to_string())
-            }
-            quinn::ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code) => {
-                Self::Untrusted(e.to_string())
-            }
+            quinn::ConnectionError::TransportError(t) if tls_alert(t.code) => Self::Untrusted(e.to_string()),
+            quinn::ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code) => Self::Untrusted(e.to_string()),
             _ => Self::Tunnel(e.to_string()),
         }
     }

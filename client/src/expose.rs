@@ -17,14 +17,10 @@ pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(send: SendStream, mut recv: RecvStream, services: Arc<HashMap<String, String>>) {
     let dialed = match datastream::read_open(&mut recv, STREAM_OPEN_TIMEOUT).await {
         Ok(OpenStream::Expose { service, peer_addr }) => {
-            Span::current()
-                .record("service", service.as_str())
-                .record("peer", tracing::field::display(peer_addr));
+            Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
             match services.get(&service) {
                 // Local services may be anywhere the client can reach, loopback included.
-                Some(local) => {
-                    wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_| true).await
-                }
+                Some(local) => wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_| true).await,
                 None => Err(OpenResult::UnknownService),
             }
         }
@@ -36,11 +32,7 @@ pub async fn serve(send: SendStream, mut recv: RecvStream, services: Arc<HashMap
         }
     };
     match datastream::complete(send, recv, dialed).await {
-        Ok(stats) => debug!(
-            up = stats.tcp_to_quic,
-            down = stats.quic_to_tcp,
-            "stream finished"
-        ),
+        Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished"),
         Err(DataStreamError::Refused(result)) => {
             debug!(%result, "could not reach the local service")
         }

@@ -45,19 +45,12 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let header = OpenStream::Connect {
-            target: target.clone(),
-            peer_addr: peer,
-        };
+        let header = OpenStream::Connect { target: target.clone(), peer_addr: peer };
         let span = info_span!("stream", %peer);
         tracker.spawn(
             async move {
                 match datastream::open_and_relay(&conn, &header, tcp, STREAM_OPEN_TIMEOUT).await {
-                    Ok(stats) => debug!(
-                        up = stats.tcp_to_quic,
-                        down = stats.quic_to_tcp,
-                        "forward finished"
-                    ),
+                    Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "forward finished"),
                     Err(e) => debug!(error = %e, "forward ended without data or aborted"),
                 }
             }

@@ -9,8 +9,8 @@ use wmproxy_config::ClientConfig;
 use wmproxy_proto::stream::{read_frame, write_frame};
 use wmproxy_proto::transport;
 use wmproxy_proto::wire::{
-    AuthToken, ControlReply, ControlRequest, Hello, HelloReply, RejectReason, ServiceKind,
-    ServiceResult, ServiceSpec, auth,
+    AuthToken, ControlReply, ControlRequest, Hello, HelloReply, RejectReason, ServiceKind, ServiceResult, ServiceSpec,
+    auth,
 };
 
 use crate::error::ClientError;
@@ -44,10 +44,7 @@ pub async fn establish(
     } else {
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
     };
-    let resolve_err = |reason: String| ClientError::Resolve {
-        addr: config.server_addr.clone(),
-        reason,
-    };
+    let resolve_err = |reason: String| ClientError::Resolve { addr: config.server_addr.clone(), reason };
     let socket = transport::bind_udp(unspecified).map_err(|e| resolve_err(e.to_string()))?;
     let endpoint = transport::endpoint(socket, None).map_err(|e| resolve_err(e.to_string()))?;
 
@@ -60,12 +57,7 @@ pub async fn establish(
         Ok::<_, ClientError>((conn, services, control))
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
-        Ok(Ok((conn, services, control))) => Ok(Session {
-            endpoint,
-            conn,
-            services,
-            control,
-        }),
+        Ok(Ok((conn, services, control))) => Ok(Session { endpoint, conn, services, control }),
         Ok(Err(e)) => {
             endpoint.close(0u32.into(), b"handshake failed");
             Err(e)
@@ -78,13 +70,8 @@ pub async fn establish(
 }
 
 async fn resolve(server_addr: &str) -> Result<SocketAddr, ClientError> {
-    let err = |reason: String| ClientError::Resolve {
-        addr: server_addr.to_owned(),
-        reason,
-    };
-    let mut addrs = tokio::net::lookup_host(server_addr)
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let err = |reason: String| ClientError::Resolve { addr: server_addr.to_owned(), reason };
+    let mut addrs = tokio::net::lookup_host(server_addr).await.map_err(|e| err(e.to_string()))?;
     addrs.next().ok_or_else(|| err("no address found".into()))
 }
 
@@ -95,27 +82,16 @@ async fn handshake(
 ) -> Result<(Vec<ServiceResult>, (quinn::SendStream, quinn::RecvStream)), ClientError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut exporter = [0u8; auth::EXPORTER_LEN];
-    conn.export_keying_material(
-        &mut exporter,
-        auth::EXPORTER_LABEL,
-        auth::exporter_context(&config.name),
-    )
-    .map_err(|_| ClientError::Tunnel("TLS exporter unavailable".into()))?;
+    conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&config.name))
+        .map_err(|_| ClientError::Tunnel("TLS exporter unavailable".into()))?;
     let proof = auth::prove(&AuthToken::new(config.token.expose()), &exporter);
-    let hello = Hello {
-        protocol_version: hello_version,
-        client_name: config.name.clone(),
-        proof,
-    };
+    let hello = Hello { protocol_version: hello_version, client_name: config.name.clone(), proof };
     write_frame(&mut send, &hello).await?;
 
     match read_frame::<HelloReply, _>(&mut recv).await? {
         HelloReply::Welcome { protocol_version } if protocol_version == hello_version => {}
         HelloReply::Welcome { protocol_version } => {
-            return Err(ClientError::VersionMismatch {
-                server: protocol_version,
-                client: hello_version,
-            });
+            return Err(ClientError::VersionMismatch { server: protocol_version, client: hello_version });
         }
         HelloReply::Reject(RejectReason::VersionMismatch { server, client }) => {
             return Err(ClientError::VersionMismatch { server, client });
@@ -127,11 +103,7 @@ async fn handshake(
     let services = config
         .services
         .iter()
-        .map(|s| ServiceSpec {
-            name: s.name.clone(),
-            kind: ServiceKind::Tcp,
-            remote_port: s.remote_port,
-        })
+        .map(|s| ServiceSpec { name: s.name.clone(), kind: ServiceKind::Tcp, remote_port: s.remote_port })
         .collect();
     write_frame(&mut send, &ControlRequest::Register { services }).await?;
     let results = match read_frame::<ControlReply, _>(&mut recv).await? {

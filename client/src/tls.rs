@@ -25,16 +25,11 @@ pub fn quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, Cl
             .dangerous()
             .with_custom_certificate_verifier(PinnedCertVerifier::new(Fingerprint(*fp), &provider))
             .with_no_client_auth(),
-        ServerTrust::CaFile(path) => builder
-            .with_root_certificates(ca_roots(path)?)
-            .with_no_client_auth(),
-        ServerTrust::SystemRoots => builder
-            .with_root_certificates(system_roots()?)
-            .with_no_client_auth(),
+        ServerTrust::CaFile(path) => builder.with_root_certificates(ca_roots(path)?).with_no_client_auth(),
+        ServerTrust::SystemRoots => builder.with_root_certificates(system_roots()?).with_no_client_auth(),
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(TransportTuning::default().to_config()));
     Ok(config)
@@ -44,9 +39,7 @@ fn ca_roots(path: &Path) -> Result<RootCertStore, ClientError> {
     let bad = |reason: String| ClientError::Tls(format!("CA file {}: {reason}", path.display()));
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
-        roots
-            .add(cert.map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
+        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(bad("no certificate in file".into()));
@@ -59,10 +52,7 @@ fn system_roots() -> Result<RootCertStore, ClientError> {
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err(ClientError::Tls(format!(
-            "no usable system root certificates ({} errors)",
-            found.errors.len()
-        )));
+        return Err(ClientError::Tls(format!("no usable system root certificates ({} errors)", found.errors.len())));
     }
     Ok(roots)
 }

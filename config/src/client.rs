@@ -133,17 +133,14 @@ impl ClientFile {
     pub fn validate(self, src: &str) -> Result<ClientConfig, ConfigError> {
         let addr_at = self.server_addr.span().start;
         let server_addr = self.server_addr.into_inner();
-        let host = split_host_port(&server_addr)
-            .map_err(|m| invalid(src, "server_addr", Some(addr_at), &m))?
-            .0
-            .to_owned();
+        let host =
+            split_host_port(&server_addr).map_err(|m| invalid(src, "server_addr", Some(addr_at), &m))?.0.to_owned();
 
         let trust = match (self.server_fingerprint, self.ca_file, self.system_roots) {
             (Some(fp), None, false) => {
                 let at = fp.span().start;
                 ServerTrust::Fingerprint(
-                    parse_fingerprint(fp.get_ref())
-                        .map_err(|m| invalid(src, "server_fingerprint", Some(at), &m))?,
+                    parse_fingerprint(fp.get_ref()).map_err(|m| invalid(src, "server_fingerprint", Some(at), &m))?,
                 )
             }
             (None, Some(path), false) => ServerTrust::CaFile(path),
@@ -177,21 +174,10 @@ impl ClientFile {
             let sname = s.name.into_inner();
             check_name(&sname).map_err(|m| invalid(src, "services.name", Some(at), &m))?;
             if !seen.insert(sname.clone()) {
-                return Err(invalid(
-                    src,
-                    "services.name",
-                    Some(at),
-                    &format!("duplicate service name `{sname}`"),
-                ));
+                return Err(invalid(src, "services.name", Some(at), &format!("duplicate service name `{sname}`")));
             }
-            split_host_port(&s.local_addr)
-                .map_err(|m| invalid(src, "services.local_addr", Some(at), &m))?;
-            services.push(Service {
-                name: sname,
-                kind: s.kind,
-                local_addr: s.local_addr,
-                remote_port: s.remote_port,
-            });
+            split_host_port(&s.local_addr).map_err(|m| invalid(src, "services.local_addr", Some(at), &m))?;
+            services.push(Service { name: sname, kind: s.kind, local_addr: s.local_addr, remote_port: s.remote_port });
         }
 
         let mut forwards = Vec::with_capacity(self.forwards.len());
@@ -199,16 +185,11 @@ impl ClientFile {
             let at = f.target.span().start;
             let target = f.target.into_inner();
             split_host_port(&target).map_err(|m| invalid(src, "forwards.target", Some(at), &m))?;
-            forwards.push(Forward {
-                listen: f.listen,
-                target,
-            });
+            forwards.push(Forward { listen: f.listen, target });
         }
 
         Ok(ClientConfig {
-            server_name: self
-                .server_name
-                .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
+            server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
             server_addr,
             trust,
             name,

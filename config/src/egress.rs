@@ -28,10 +28,7 @@ pub struct EgressPolicy {
 
 impl From<EgressFile> for EgressPolicy {
     fn from(f: EgressFile) -> Self {
-        Self {
-            allow: f.allow,
-            deny: f.deny,
-        }
+        Self { allow: f.allow, deny: f.deny }
     }
 }
 
@@ -60,18 +57,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 fn denied_by_default(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
+            v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
         }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6.is_unicast_link_local()
-        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local(),
     }
 }
 
@@ -86,16 +74,9 @@ mod tests {
     #[test]
     fn default_denies_loopback_and_link_local_only() {
         let p = EgressPolicy::default();
-        for bad in [
-            "127.0.0.1",
-            "127.9.9.9",
-            "::1",
-            "169.254.169.254",
-            "fe80::1",
-            "0.0.0.0",
-            "::ffff:127.0.0.1",
-            "224.0.0.1",
-        ] {
+        for bad in
+            ["127.0.0.1", "127.9.9.9", "::1", "169.254.169.254", "fe80::1", "0.0.0.0", "::ffff:127.0.0.1", "224.0.0.1"]
+        {
             assert!(!p.permits(ip(bad)), "{bad}");
         }
         for good in ["192.0.2.1", "10.1.2.3", "2001:db8::1"] {
@@ -107,10 +88,7 @@ mod tests {
     fn explicit_allow_opens_and_deny_beats_allow() {
         let p = EgressPolicy::from(EgressFile {
             allow: vec!["127.0.0.0/8".parse().unwrap()],
-            deny: vec![
-                "127.0.0.2/32".parse().unwrap(),
-                "10.0.0.0/8".parse().unwrap(),
-            ],
+            deny: vec!["127.0.0.2/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
         });
         assert!(p.permits(ip("127.0.0.1")));
         assert!(!p.permits(ip("127.0.0.2")));

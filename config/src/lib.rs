@@ -77,29 +77,20 @@ pub fn load_client(path: &Path) -> Result<ClientConfig, ConfigError> {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
 }
 
 /// Builds an [`ConfigError::Invalid`], turning a byte offset into `src` into a line number.
 pub(crate) fn invalid(src: &str, key: &str, offset: Option<usize>, message: &str) -> ConfigError {
     let line = offset.map(|o| src.get(..o).unwrap_or(src).lines().count().max(1));
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        line,
-        message: message.to_owned(),
-    }
+    ConfigError::Invalid { key: key.to_owned(), line, message: message.to_owned() }
 }
 
 /// A client or service name: 1 to [`MAX_NAME_LEN`] bytes of `[A-Za-z0-9._-]`.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(ok_char) {
-        return Err(format!(
-            "`{name}` is not a valid name: 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -"
-        ));
+        return Err(format!("`{name}` is not a valid name: 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -"));
     }
     Ok(())
 }

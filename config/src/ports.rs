@@ -31,8 +31,7 @@ impl std::str::FromStr for PortRange {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("`{s}` is not a port or a port range like \"6000-6010\" (ports 1-65535)");
+        let bad = || format!("`{s}` is not a port or a port range like \"6000-6010\" (ports 1-65535)");
         let (a, b) = s.split_once('-').unwrap_or((s, s));
         let first: u16 = a.trim().parse().map_err(|_| bad())?;
         let last: u16 = b.trim().parse().map_err(|_| bad())?;

@@ -36,9 +36,7 @@ impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         if s.len() < 8 {
-            return Err(serde::de::Error::custom(
-                "a token must be at least 8 characters long",
-            ));
+            return Err(serde::de::Error::custom("a token must be at least 8 characters long"));
         }
         Ok(Self(s))
     }

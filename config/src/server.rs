@@ -183,39 +183,23 @@ impl ServerFile {
             return Err(invalid(src, "limits", None, "limits must be at least 1"));
         }
         if l.handshake_timeout_secs == 0 || l.stream_open_timeout_secs == 0 {
-            return Err(invalid(
-                src,
-                "limits",
-                None,
-                "timeouts must be at least 1 second",
-            ));
+            return Err(invalid(src, "limits", None, "timeouts must be at least 1 second"));
         }
         let mut clients = HashMap::new();
         for entry in self.clients {
             let span = entry.name.span();
             let name = entry.name.into_inner();
             check_name(&name).map_err(|m| invalid(src, "clients.name", Some(span.start), &m))?;
-            let value = ClientEntry {
-                token: entry.token,
-                allow_ports: PortAllowance(entry.allow_ports),
-            };
+            let value = ClientEntry { token: entry.token, allow_ports: PortAllowance(entry.allow_ports) };
             if clients.insert(name.clone(), value).is_some() {
-                return Err(invalid(
-                    src,
-                    "clients.name",
-                    Some(span.start),
-                    &format!("duplicate client name `{name}`"),
-                ));
+                return Err(invalid(src, "clients.name", Some(span.start), &format!("duplicate client name `{name}`")));
             }
         }
         Ok(ServerConfig {
             bind: self.bind,
             state_dir: self.state_dir,
             public_bind: self.public_bind,
-            shared: self.token.map(|token| ClientEntry {
-                token,
-                allow_ports: PortAllowance(self.allow_ports),
-            }),
+            shared: self.token.map(|token| ClientEntry { token, allow_ports: PortAllowance(self.allow_ports) }),
             clients,
             tls: self.tls,
             limits: self.limits,

@@ -1,5 +1,6 @@
 //! Every example config parses; every invalid fixture fails with an error that names the key
 //! and the line.
+#![allow(clippy::unwrap_used)] // an unwrap here is an assertion
 
 use std::path::Path;
 
@@ -16,10 +17,7 @@ fn examples_parse() {
     assert_eq!(server.clients.len(), 2);
     assert!(server.client("home").unwrap().allow_ports.allows(6005));
     assert!(!server.client("home").unwrap().allow_ports.allows(6011));
-    assert!(
-        server.client("anyone").unwrap().allow_ports.allows(20050),
-        "shared token"
-    );
+    assert!(server.client("anyone").unwrap().allow_ports.allows(20050), "shared token");
     assert_eq!(server.limits.max_clients, 256);
 
     let client = load_client(&here("examples/client.toml")).unwrap();
@@ -42,60 +40,32 @@ fn secrets_are_masked_in_debug() {
 const SERVER_BAD: &[(&str, &[&str])] = &[
     ("server-unknown-key.toml", &["bnid", "line 2"]),
     ("server-bad-port-range.toml", &["7000-6000", "line 2"]),
-    (
-        "server-no-auth.toml",
-        &["token", "no way for clients to authenticate"],
-    ),
-    (
-        "server-duplicate-client.toml",
-        &["clients.name", "line 7", "duplicate"],
-    ),
-    (
-        "server-short-token.toml",
-        &["token", "line 1", "at least 8"],
-    ),
+    ("server-no-auth.toml", &["token", "no way for clients to authenticate"]),
+    ("server-duplicate-client.toml", &["clients.name", "line 7", "duplicate"]),
+    ("server-short-token.toml", &["token", "line 1", "at least 8"]),
     ("server-bad-cidr.toml", &["allow", "line 3"]),
 ];
 
 const CLIENT_BAD: &[(&str, &[&str])] = &[
-    (
-        "client-no-trust.toml",
-        &["server_fingerprint", "no way to trust the server"],
-    ),
+    ("client-no-trust.toml", &["server_fingerprint", "no way to trust the server"]),
     ("client-two-trusts.toml", &["only one"]),
-    (
-        "client-bad-fingerprint.toml",
-        &["server_fingerprint", "line 2", "64 hex digits"],
-    ),
-    (
-        "client-duplicate-service.toml",
-        &["services.name", "line 12", "duplicate"],
-    ),
-    (
-        "client-bad-server-addr.toml",
-        &["server_addr", "line 1", "host:port"],
-    ),
+    ("client-bad-fingerprint.toml", &["server_fingerprint", "line 2", "64 hex digits"]),
+    ("client-duplicate-service.toml", &["services.name", "line 12", "duplicate"]),
+    ("client-bad-server-addr.toml", &["server_addr", "line 1", "host:port"]),
     ("client-bad-service-type.toml", &["type", "line 8", "sctp"]),
-    (
-        "client-bad-name.toml",
-        &["name", "line 3", "not a valid name"],
-    ),
+    ("client-bad-name.toml", &["name", "line 3", "not a valid name"]),
 ];
 
 #[test]
 fn invalid_fixtures_name_key_and_line() {
     for (file, words) in SERVER_BAD {
-        let err = load_server(&here(&format!("tests/fixtures/{file}")))
-            .unwrap_err()
-            .to_string();
+        let err = load_server(&here(&format!("tests/fixtures/{file}"))).unwrap_err().to_string();
         for w in *words {
             assert!(err.contains(w), "{file}: `{w}` missing from: {err}");
         }
     }
     for (file, words) in CLIENT_BAD {
-        let err = load_client(&here(&format!("tests/fixtures/{file}")))
-            .unwrap_err()
-            .to_string();
+        let err = load_client(&here(&format!("tests/fixtures/{file}"))).unwrap_err().to_string();
         for w in *words {
             assert!(err.contains(w), "{file}: `{w}` missing from: {err}");
         }
@@ -104,8 +74,6 @@ fn invalid_fixtures_name_key_and_line() {
 
 #[test]
 fn missing_file_is_a_read_error() {
-    let err = load_server(&here("tests/fixtures/does-not-exist.toml"))
-        .unwrap_err()
-        .to_string();
+    let err = load_server(&here("tests/fixtures/does-not-exist.toml")).unwrap_err().to_string();
     assert!(err.contains("cannot read config file"), "{err}");
 }

@@ -57,10 +57,7 @@ pub async fn open_and_relay(
     timeout: Duration,
 ) -> Result<RelayStats, DataStreamError> {
     let (send, recv) = tokio::time::timeout(timeout, async {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| DataStreamError::Tunnel(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| DataStreamError::Tunnel(e.to_string()))?;
         write_frame(&mut send, header).await?;
         match read_frame::<OpenResult, _>(&mut recv).await? {
             OpenResult::Ok => Ok((send, recv)),
@@ -73,10 +70,7 @@ pub async fn open_and_relay(
 }
 
 /// Reads the header of a stream the peer opened. On error the caller should [`abort`].
-pub async fn read_open(
-    recv: &mut RecvStream,
-    timeout: Duration,
-) -> Result<OpenStream, DataStreamError> {
+pub async fn read_open(recv: &mut RecvStream, timeout: Duration) -> Result<OpenStream, DataStreamError> {
     tokio::time::timeout(timeout, read_frame::<OpenStream, _>(recv))
         .await
         .map_err(|_| DataStreamError::Timeout)?

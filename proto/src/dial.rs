@@ -14,11 +14,7 @@ use crate::wire::{MAX_TARGET_LEN, OpenResult};
 ///
 /// Failures: `NotAllowed` when every resolved address is refused by `permits`; `Refused`,
 /// `Timeout` or `Unreachable` from the last address tried.
-pub async fn dial(
-    target: &str,
-    timeout: Duration,
-    permits: impl Fn(IpAddr) -> bool,
-) -> Result<TcpStream, OpenResult> {
+pub async fn dial(target: &str, timeout: Duration, permits: impl Fn(IpAddr) -> bool) -> Result<TcpStream, OpenResult> {
     if target.len() > MAX_TARGET_LEN {
         return Err(OpenResult::Unreachable);
     }
@@ -27,20 +23,14 @@ pub async fn dial(
         Ok(Err(_)) => return Err(OpenResult::Unreachable),
         Err(_) => return Err(OpenResult::Timeout),
     };
-    let mut last = if addrs.is_empty() {
-        OpenResult::Unreachable
-    } else {
-        OpenResult::NotAllowed
-    };
+    let mut last = if addrs.is_empty() { OpenResult::Unreachable } else { OpenResult::NotAllowed };
     for addr in addrs.into_iter().filter(|a| permits(a.ip())) {
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 return Ok(stream);
             }
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                last = OpenResult::Refused
-            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => last = OpenResult::Refused,
             Ok(Err(_)) => last = OpenResult::Unreachable,
             Err(_) => last = OpenResult::Timeout,
         }

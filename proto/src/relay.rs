@@ -39,21 +39,11 @@ pub struct RelayStats {
 
 /// Relays until both directions have ended. Returns the byte counts, or the first error (after
 /// aborting both directions).
-pub async fn relay(
-    tcp: TcpStream,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) -> io::Result<RelayStats> {
+pub async fn relay(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) -> io::Result<RelayStats> {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
-    let result = tokio::try_join!(
-        tcp_to_quic(&mut tcp_read, &mut send),
-        quic_to_tcp(&mut recv, &mut tcp_write),
-    );
+    let result = tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send), quic_to_tcp(&mut recv, &mut tcp_write),);
     match result {
-        Ok((tcp_to_quic, quic_to_tcp)) => Ok(RelayStats {
-            tcp_to_quic,
-            quic_to_tcp,
-        }),
+        Ok((tcp_to_quic, quic_to_tcp)) => Ok(RelayStats { tcp_to_quic, quic_to_tcp }),
         Err(e) => {
             // Either may already be closed; that is the point of aborting.
             let _ = send.reset(RELAY_ABORTED);
@@ -70,17 +60,12 @@ async fn tcp_to_quic(tcp: &mut OwnedReadHalf, send: &mut SendStream) -> io::Resu
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         match tcp.try_read_buf(&mut buf) {
             Ok(0) => {
-                send.finish()
-                    .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+                send.finish().map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
                 return Ok(total);
             }
             Ok(n) => {
                 total += n as u64;
-                let chunk = if n <= SMALL_READ {
-                    Bytes::copy_from_slice(&buf)
-                } else {
-                    buf.freeze()
-                };
+                let chunk = if n <= SMALL_READ { Bytes::copy_from_slice(&buf) } else { buf.freeze() };
                 send.write_chunk(chunk).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -55,10 +55,7 @@ pub struct PinnedCertVerifier {
 impl PinnedCertVerifier {
     /// A verifier pinned to `expected`, using `provider`'s signature algorithms.
     pub fn new(expected: Fingerprint, provider: &CryptoProvider) -> Arc<Self> {
-        Arc::new(Self {
-            expected,
-            algorithms: provider.signature_verification_algorithms,
-        })
+        Arc::new(Self { expected, algorithms: provider.signature_verification_algorithms })
     }
 }
 

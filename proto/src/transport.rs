@@ -65,9 +65,7 @@ impl TransportTuning {
             .receive_window(VarInt::from_u32(self.connection_window))
             .send_window(u64::from(self.connection_window))
             .keep_alive_interval(Some(KEEP_ALIVE))
-            .max_idle_timeout(Some(
-                IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s fits a QUIC idle timeout"),
-            ));
+            .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s fits a QUIC idle timeout")));
         let mut mtu = MtuDiscoveryConfig::default();
         mtu.upper_bound(self.mtu_upper_bound);
         config.mtu_discovery_config(Some(mtu));
@@ -91,14 +89,6 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// Creates a quinn endpoint on `socket`, serving `server` if given.
-pub fn endpoint(
-    socket: UdpSocket,
-    server: Option<quinn::ServerConfig>,
-) -> io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+pub fn endpoint(socket: UdpSocket, server: Option<quinn::ServerConfig>) -> io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, Arc::new(quinn::TokioRuntime))
 }

@@ -1,12 +1,13 @@
 //! Pure decoder tests: no sockets. Every message round-trips, every truncation asks for more
 //! bytes, and garbage is an error, never a panic.
+#![allow(clippy::unwrap_used)] // an unwrap here is an assertion
 
 use std::net::SocketAddr;
 
 use wmproxy_proto::wire::{
-    self, AuthToken, ControlReply, ControlRequest, FrameError, Hello, HelloReply, MAX_FRAME_LEN,
-    OpenResult, OpenStream, Proof, RegisterOutcome, RejectReason, ServiceKind, ServiceResult,
-    ServiceSpec, WireMessage, auth, frame,
+    self, AuthToken, ControlReply, ControlRequest, FrameError, Hello, HelloReply, MAX_FRAME_LEN, OpenResult,
+    OpenStream, Proof, RegisterOutcome, RejectReason, ServiceKind, ServiceResult, ServiceSpec, WireMessage, auth,
+    frame,
 };
 
 fn peer() -> SocketAddr {
@@ -14,26 +15,14 @@ fn peer() -> SocketAddr {
 }
 
 fn hello() -> Hello {
-    Hello {
-        protocol_version: wire::PROTOCOL_VERSION,
-        client_name: "home".into(),
-        proof: Proof([7; 32]),
-    }
+    Hello { protocol_version: wire::PROTOCOL_VERSION, client_name: "home".into(), proof: Proof([7; 32]) }
 }
 
 fn register() -> ControlRequest {
     ControlRequest::Register {
         services: vec![
-            ServiceSpec {
-                name: "ssh".into(),
-                kind: ServiceKind::Tcp,
-                remote_port: 6000,
-            },
-            ServiceSpec {
-                name: "web".into(),
-                kind: ServiceKind::Tcp,
-                remote_port: 0,
-            },
+            ServiceSpec { name: "ssh".into(), kind: ServiceKind::Tcp, remote_port: 6000 },
+            ServiceSpec { name: "web".into(), kind: ServiceKind::Tcp, remote_port: 0 },
         ],
     }
 }
@@ -41,18 +30,9 @@ fn register() -> ControlRequest {
 fn registered() -> ControlReply {
     ControlReply::Registered {
         results: vec![
-            ServiceResult {
-                name: "ssh".into(),
-                outcome: RegisterOutcome::Ok { port: 6000 },
-            },
-            ServiceResult {
-                name: "web".into(),
-                outcome: RegisterOutcome::PortNotAllowed,
-            },
-            ServiceResult {
-                name: "x".into(),
-                outcome: RegisterOutcome::Invalid("dup".into()),
-            },
+            ServiceResult { name: "ssh".into(), outcome: RegisterOutcome::Ok { port: 6000 } },
+            ServiceResult { name: "web".into(), outcome: RegisterOutcome::PortNotAllowed },
+            ServiceResult { name: "x".into(), outcome: RegisterOutcome::Invalid("dup".into()) },
         ],
     }
 }
@@ -62,11 +42,7 @@ fn registered() -> ControlReply {
 fn check_round_trip<T: WireMessage + PartialEq + std::fmt::Debug>(msg: T) {
     let bytes = frame::encode_to_vec(&msg).unwrap();
     for cut in 0..bytes.len() {
-        assert_eq!(
-            frame::decode::<T>(&bytes[..cut]).unwrap(),
-            None,
-            "prefix of {cut} bytes"
-        );
+        assert_eq!(frame::decode::<T>(&bytes[..cut]).unwrap(), None, "prefix of {cut} bytes");
     }
     let mut longer = bytes.clone();
     longer.extend_from_slice(b"payload that follows");
@@ -78,29 +54,16 @@ fn check_round_trip<T: WireMessage + PartialEq + std::fmt::Debug>(msg: T) {
 #[test]
 fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(hello());
-    check_round_trip(HelloReply::Welcome {
-        protocol_version: 1,
-    });
-    check_round_trip(HelloReply::Reject(RejectReason::VersionMismatch {
-        server: 1,
-        client: 2,
-    }));
+    check_round_trip(HelloReply::Welcome { protocol_version: 1 });
+    check_round_trip(HelloReply::Reject(RejectReason::VersionMismatch { server: 1, client: 2 }));
     check_round_trip(HelloReply::Reject(RejectReason::BadCredentials));
-    check_round_trip(HelloReply::Reject(RejectReason::Throttled {
-        retry_after_secs: 30,
-    }));
+    check_round_trip(HelloReply::Reject(RejectReason::Throttled { retry_after_secs: 30 }));
     check_round_trip(HelloReply::Reject(RejectReason::ServerFull));
     check_round_trip(HelloReply::Reject(RejectReason::Invalid("name".into())));
     check_round_trip(register());
     check_round_trip(registered());
-    check_round_trip(OpenStream::Expose {
-        service: "ssh".into(),
-        peer_addr: peer(),
-    });
-    check_round_trip(OpenStream::Connect {
-        target: "example.com:443".into(),
-        peer_addr: "[::1]:9".parse().unwrap(),
-    });
+    check_round_trip(OpenStream::Expose { service: "ssh".into(), peer_addr: peer() });
+    check_round_trip(OpenStream::Connect { target: "example.com:443".into(), peer_addr: "[::1]:9".parse().unwrap() });
     for r in [
         OpenResult::Ok,
         OpenResult::Refused,
@@ -116,36 +79,18 @@ fn every_message_round_trips_and_truncation_needs_more() {
 #[test]
 fn oversized_length_is_rejected_before_reading_the_body() {
     let len = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
-    assert_eq!(
-        frame::decode::<Hello>(&len),
-        Err(FrameError::TooLong {
-            len: MAX_FRAME_LEN + 1,
-            max: MAX_FRAME_LEN
-        })
-    );
-    assert!(matches!(
-        frame::decode::<Hello>(&[0xff; 4]),
-        Err(FrameError::TooLong { .. })
-    ));
-    assert_eq!(
-        frame::decode::<Hello>(&[0, 0, 0, 0]),
-        Err(FrameError::Empty)
-    );
+    assert_eq!(frame::decode::<Hello>(&len), Err(FrameError::TooLong { len: MAX_FRAME_LEN + 1, max: MAX_FRAME_LEN }));
+    assert!(matches!(frame::decode::<Hello>(&[0xff; 4]), Err(FrameError::TooLong { .. })));
+    assert_eq!(frame::decode::<Hello>(&[0, 0, 0, 0]), Err(FrameError::Empty));
 }
 
 #[test]
 fn unknown_variant_is_malformed() {
     // Variant index 200 of OpenResult does not exist.
     let bytes = [0, 0, 0, 1, 200];
-    assert!(matches!(
-        frame::decode::<OpenResult>(&bytes),
-        Err(FrameError::Malformed(_))
-    ));
+    assert!(matches!(frame::decode::<OpenResult>(&bytes), Err(FrameError::Malformed(_))));
     let bytes = [0, 0, 0, 1, 99];
-    assert!(matches!(
-        frame::decode::<OpenStream>(&bytes),
-        Err(FrameError::Malformed(_))
-    ));
+    assert!(matches!(frame::decode::<OpenStream>(&bytes), Err(FrameError::Malformed(_))));
 }
 
 #[test]
@@ -153,10 +98,7 @@ fn trailing_bytes_in_a_body_are_an_error() {
     let mut bytes = frame::encode_to_vec(&OpenResult::Ok).unwrap();
     bytes.push(0);
     bytes[3] += 1;
-    assert_eq!(
-        frame::decode::<OpenResult>(&bytes),
-        Err(FrameError::TrailingBytes(1))
-    );
+    assert_eq!(frame::decode::<OpenResult>(&bytes), Err(FrameError::TrailingBytes(1)));
 }
 
 #[test]
@@ -166,10 +108,7 @@ fn huge_claimed_string_length_does_not_allocate_or_panic() {
     body.extend_from_slice(&u64::MAX.to_le_bytes());
     let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(&body);
-    assert!(matches!(
-        frame::decode::<OpenStream>(&bytes),
-        Err(FrameError::Malformed(_))
-    ));
+    assert!(matches!(frame::decode::<OpenStream>(&bytes), Err(FrameError::Malformed(_))));
 }
 
 #[test]
@@ -201,20 +140,12 @@ fn garbage_never_panics() {
 #[test]
 fn encoding_over_the_cap_fails_cleanly() {
     let services = (0..5000)
-        .map(|i| ServiceSpec {
-            name: format!("service-number-{i:08}"),
-            kind: ServiceKind::Tcp,
-            remote_port: 1,
-        })
+        .map(|i| ServiceSpec { name: format!("service-number-{i:08}"), kind: ServiceKind::Tcp, remote_port: 1 })
         .collect();
     let mut out = vec![1, 2, 3];
     let err = frame::encode(&ControlRequest::Register { services }, &mut out).unwrap_err();
     assert!(matches!(err, FrameError::TooLong { .. }));
-    assert_eq!(
-        out,
-        [1, 2, 3],
-        "a failed encode leaves the buffer untouched"
-    );
+    assert_eq!(out, [1, 2, 3], "a failed encode leaves the buffer untouched");
 }
 
 #[test]
@@ -231,15 +162,8 @@ fn proof_depends_on_token_and_exporter_and_secrets_are_masked() {
     let token = AuthToken::new("s3cret");
     let proof = auth::prove(&token, b"exporter-a");
     assert!(auth::verify(&token, b"exporter-a", &proof));
-    assert!(
-        !auth::verify(&token, b"exporter-b", &proof),
-        "bound to the TLS session"
-    );
-    assert!(!auth::verify(
-        &AuthToken::new("other"),
-        b"exporter-a",
-        &proof
-    ));
+    assert!(!auth::verify(&token, b"exporter-b", &proof), "bound to the TLS session");
+    assert!(!auth::verify(&AuthToken::new("other"), b"exporter-a", &proof));
     assert!(!format!("{token:?}").contains("s3cret"));
     assert_eq!(format!("{proof:?}"), "Proof(MASKED)");
 }

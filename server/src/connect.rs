@@ -28,11 +28,7 @@ pub(crate) async fn serve(send: SendStream, mut recv: RecvStream, shared: Arc<Sh
         }
     };
     match datastream::complete(send, recv, dialed).await {
-        Ok(stats) => debug!(
-            up = stats.quic_to_tcp,
-            down = stats.tcp_to_quic,
-            "forward finished"
-        ),
+        Ok(stats) => debug!(up = stats.quic_to_tcp, down = stats.tcp_to_quic, "forward finished"),
         Err(DataStreamError::Refused(result)) => debug!(%result, "forward refused"),
         Err(e) => debug!(error = %e, "forward aborted"),
     }

@@ -60,68 +60,42 @@ pub struct Identity {
 impl Identity {
     /// Loads `tls` if given, else the generated identity in `state_dir`, generating it on first
     /// use.
-    pub fn load_or_generate(
-        tls: Option<&TlsFiles>,
-        state_dir: &Path,
-    ) -> Result<Self, IdentityError> {
+    pub fn load_or_generate(tls: Option<&TlsFiles>, state_dir: &Path) -> Result<Self, IdentityError> {
         match tls {
             Some(files) => Self::load(&files.cert, &files.key),
             None => {
                 let (cert, key) = (state_dir.join(CERT_FILE), state_dir.join(KEY_FILE));
-                if cert.exists() && key.exists() {
-                    Self::load(&cert, &key)
-                } else {
-                    Self::generate(state_dir)
-                }
+                if cert.exists() && key.exists() { Self::load(&cert, &key) } else { Self::generate(state_dir) }
             }
         }
     }
 
     fn load(cert_path: &Path, key_path: &Path) -> Result<Self, IdentityError> {
-        let load_err = |what, path: &Path, reason: String| IdentityError::Load {
-            what,
-            path: path.to_owned(),
-            reason,
-        };
+        let load_err = |what, path: &Path, reason: String| IdentityError::Load { what, path: path.to_owned(), reason };
         let certs = CertificateDer::pem_file_iter(cert_path)
             .map_err(|e| load_err("certificate", cert_path, e.to_string()))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| load_err("certificate", cert_path, e.to_string()))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| load_err("certificate", cert_path, "no certificate in file".into()))?;
+        let leaf = certs.first().ok_or_else(|| load_err("certificate", cert_path, "no certificate in file".into()))?;
         let fingerprint = Fingerprint::of(leaf);
-        let key = PrivateKeyDer::from_pem_file(key_path)
-            .map_err(|e| load_err("private key", key_path, e.to_string()))?;
-        Ok(Self {
-            certs,
-            key,
-            fingerprint,
-        })
+        let key =
+            PrivateKeyDer::from_pem_file(key_path).map_err(|e| load_err("private key", key_path, e.to_string()))?;
+        Ok(Self { certs, key, fingerprint })
     }
 
     fn generate(state_dir: &Path) -> Result<Self, IdentityError> {
         let names: Vec<String> = GENERATED_NAMES.iter().map(|s| (*s).to_owned()).collect();
         let generated = rcgen::generate_simple_self_signed(names)?;
         create_state_dir(state_dir)?;
-        write_private(
-            &state_dir.join(KEY_FILE),
-            generated.signing_key.serialize_pem().as_bytes(),
-        )?;
+        write_private(&state_dir.join(KEY_FILE), generated.signing_key.serialize_pem().as_bytes())?;
         write_private(&state_dir.join(CERT_FILE), generated.cert.pem().as_bytes())?;
         let cert = generated.cert.der().clone();
-        let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).map_err(|e| {
-            IdentityError::Load {
-                what: "private key",
-                path: state_dir.join(KEY_FILE),
-                reason: e.to_owned(),
-            }
+        let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).map_err(|e| IdentityError::Load {
+            what: "private key",
+            path: state_dir.join(KEY_FILE),
+            reason: e.to_owned(),
         })?;
-        Ok(Self {
-            fingerprint: Fingerprint::of(&cert),
-            certs: vec![cert],
-            key,
-        })
+        Ok(Self { fingerprint: Fingerprint::of(&cert), certs: vec![cert], key })
     }
 }
 
@@ -136,12 +110,8 @@ pub fn load_or_generate_token(state_dir: &Path) -> Result<String, IdentityError>
         }
     }
     let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
-        IdentityError::Write {
-            path: path.clone(),
-            source: io::Error::other("no system randomness"),
-        }
-    })?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| IdentityError::Write { path: path.clone(), source: io::Error::other("no system randomness") })?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     create_state_dir(state_dir)?;
     write_private(&path, token.as_bytes())?;
@@ -149,10 +119,7 @@ pub fn load_or_generate_token(state_dir: &Path) -> Result<String, IdentityError>
 }
 
 fn create_state_dir(dir: &Path) -> Result<(), IdentityError> {
-    fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
-        path: dir.to_owned(),
-        source,
-    })
+    fs::create_dir_all(dir).map_err(|source| IdentityError::Write { path: dir.to_owned(), source })
 }
 
 /// Writes a file readable only by its owner (on Unix).
@@ -166,10 +133,7 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
         file.write_all(contents)?;
         file.sync_all()
     };
-    write().map_err(|source| IdentityError::Write {
-        path: path.to_owned(),
-        source,
-    })
+    write().map_err(|source| IdentityError::Write { path: path.to_owned(), source })
 }
 
 #[cfg(test)]
@@ -189,13 +153,8 @@ mod tests {
 
     #[test]
     fn missing_pem_file_names_the_file() {
-        let files = TlsFiles {
-            cert: "/nonexistent/cert.pem".into(),
-            key: "/nonexistent/key.pem".into(),
-        };
-        let err = Identity::load_or_generate(Some(&files), Path::new("/tmp"))
-            .unwrap_err()
-            .to_string();
+        let files = TlsFiles { cert: "/nonexistent/cert.pem".into(), key: "/nonexistent/key.pem".into() };
+        let err = Identity::load_or_generate(Some(&files), Path::new("/tmp")).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
     }
 }

@@ -13,9 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wmproxy_config::PortAllowance;
 use wmproxy_proto::datastream;
-use wmproxy_proto::wire::{
-    MAX_SERVICES, OpenStream, RegisterOutcome, ServiceKind, ServiceResult, ServiceSpec,
-};
+use wmproxy_proto::wire::{MAX_SERVICES, OpenStream, RegisterOutcome, ServiceKind, ServiceResult, ServiceSpec};
 
 use crate::server::Shared;
 use crate::sessions::Session;
@@ -52,10 +50,7 @@ pub(crate) async fn register(
                 warn!(service = %spec.name, port = spec.remote_port, reason = %refused, "service refused")
             }
         }
-        results.push(ServiceResult {
-            name: spec.name,
-            outcome,
-        });
+        results.push(ServiceResult { name: spec.name, outcome });
     }
     results
 }
@@ -83,19 +78,14 @@ async fn bind_tcp(
         return RegisterOutcome::PortNotAllowed;
     }
     let span = info_span!("public", service = %spec.name, port = bound);
-    session.listeners.spawn(
-        accept_users(listener, spec.name.clone(), session.clone(), shared.clone()).instrument(span),
-    );
+    session
+        .listeners
+        .spawn(accept_users(listener, spec.name.clone(), session.clone(), shared.clone()).instrument(span));
     RegisterOutcome::Ok { port: bound }
 }
 
 /// Accepts users until the session ends; then the listener is dropped and the port refuses.
-async fn accept_users(
-    listener: TcpListener,
-    service: String,
-    session: Arc<Session>,
-    shared: Arc<Shared>,
-) {
+async fn accept_users(listener: TcpListener, service: String, session: Arc<Session>, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             () = session.cancel.cancelled() => break,
@@ -140,16 +130,9 @@ async fn expose(
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
-    let header = OpenStream::Expose {
-        service,
-        peer_addr: peer,
-    };
+    let header = OpenStream::Expose { service, peer_addr: peer };
     match datastream::open_and_relay(&conn, &header, tcp, timeout).await {
-        Ok(stats) => debug!(
-            up = stats.tcp_to_quic,
-            down = stats.quic_to_tcp,
-            "stream finished"
-        ),
+        Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished"),
         Err(e) => debug!(error = %e, "stream ended without data or aborted"),
     }
 }

@@ -70,6 +70,7 @@ pub struct Server {
 /// A cheap view of a running server, for status and tests.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
+    // Deliberately not the endpoint: a handle must not keep the UDP port bound after `run`.
     shared: Arc<Shared>,
 }
 
@@ -83,6 +84,11 @@ impl ServerHandle {
     pub fn throttled_addresses(&self) -> usize {
         self.shared.throttle().len()
     }
+
+    /// Tasks alive on the server's tracker: one per tunnel and one per stream.
+    pub fn tasks(&self) -> usize {
+        self.shared.tracker.len()
+    }
 }
 
 impl Server {
@@ -90,20 +96,16 @@ impl Server {
     pub fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         let identity = Identity::load_or_generate(config.tls.as_ref(), &config.state_dir)?;
         let fingerprint = identity.fingerprint;
-        let mut tuning = TransportTuning::default();
-        // The control stream counts too.
-        tuning.max_concurrent_streams = config.limits.max_streams_per_client.saturating_add(1);
+        let tuning = TransportTuning {
+            // The control stream counts too.
+            max_concurrent_streams: config.limits.max_streams_per_client.saturating_add(1),
+            ..TransportTuning::default()
+        };
         let server_config = quic_server_config(identity, &tuning)?;
-        let socket = transport::bind_udp(config.bind).map_err(|source| ServerError::Bind {
-            addr: config.bind,
-            source,
-        })?;
-        let endpoint = transport::endpoint(socket, Some(server_config)).map_err(|source| {
-            ServerError::Bind {
-                addr: config.bind,
-                source,
-            }
-        })?;
+        let socket =
+            transport::bind_udp(config.bind).map_err(|source| ServerError::Bind { addr: config.bind, source })?;
+        let endpoint = transport::endpoint(socket, Some(server_config))
+            .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let clients = Arc::new(Semaphore::new(config.limits.max_clients as usize));
         let shared = Arc::new(Shared {
             config,
@@ -111,12 +113,7 @@ impl Server {
             tracker: TaskTracker::new(),
             throttle: Mutex::new(AuthThrottle::default()),
         });
-        Ok(Self {
-            endpoint,
-            shared,
-            fingerprint,
-            clients,
-        })
+        Ok(Self { endpoint, shared, fingerprint, clients })
     }
 
     /// The bound UDP address.
@@ -131,20 +128,13 @@ impl Server {
 
     /// A view for status queries.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle {
-            shared: self.shared.clone(),
-        }
+        ServerHandle { shared: self.shared.clone() }
     }
 
     /// Serves until `shutdown` is cancelled, then closes every tunnel and waits (up to a few
     /// seconds) for their tasks.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self {
-            endpoint,
-            shared,
-            clients,
-            ..
-        } = self;
+        let Self { endpoint, shared, clients, .. } = self;
         loop {
             let incoming = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -168,25 +158,16 @@ impl Server {
         }
         info!("shutting down");
         shared.tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait()).await.is_err() {
             warn!("tasks still running after the drain timeout; closing anyway");
         }
-        endpoint.close(
-            VarInt::from_u32(close_code::NORMAL),
-            b"server shutting down",
-        );
+        endpoint.close(VarInt::from_u32(close_code::NORMAL), b"server shutting down");
         endpoint.wait_idle().await;
         info!("stopped");
     }
 }
 
-fn quic_server_config(
-    identity: Identity,
-    tuning: &TransportTuning,
-) -> Result<quinn::ServerConfig, ServerError> {
+fn quic_server_config(identity: Identity, tuning: &TransportTuning) -> Result<quinn::ServerConfig, ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -195,8 +176,7 @@ fn quic_server_config(
         .with_single_cert(identity.certs, identity.key)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| ServerError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(tuning.to_config()));
     Ok(config)

@@ -36,11 +36,7 @@ impl AuthThrottle {
             self.entries.remove(&ip);
             return Ok(());
         }
-        if entry.failures >= MAX_FAILURES {
-            Err(WINDOW - elapsed)
-        } else {
-            Ok(())
-        }
+        if entry.failures >= MAX_FAILURES { Err(WINDOW - elapsed) } else { Ok(()) }
     }
 
     /// Counts one failed attempt from `ip`.
@@ -48,15 +44,9 @@ impl AuthThrottle {
         if !self.entries.contains_key(&ip) && self.entries.len() >= MAX_TRACKED {
             self.evict(now);
         }
-        let entry = self.entries.entry(ip).or_insert(Entry {
-            failures: 0,
-            first_failure: now,
-        });
+        let entry = self.entries.entry(ip).or_insert(Entry { failures: 0, first_failure: now });
         if now.saturating_duration_since(entry.first_failure) >= WINDOW {
-            *entry = Entry {
-                failures: 0,
-                first_failure: now,
-            };
+            *entry = Entry { failures: 0, first_failure: now };
         }
         entry.failures = entry.failures.saturating_add(1);
     }
@@ -72,14 +62,9 @@ impl AuthThrottle {
     }
 
     fn evict(&mut self, now: Instant) {
-        self.entries
-            .retain(|_, e| now.saturating_duration_since(e.first_failure) < WINDOW);
+        self.entries.retain(|_, e| now.saturating_duration_since(e.first_failure) < WINDOW);
         if self.entries.len() >= MAX_TRACKED {
-            let oldest = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.first_failure)
-                .map(|(ip, _)| *ip);
+            let oldest = self.entries.iter().min_by_key(|(_, e)| e.first_failure).map(|(ip, _)| *ip);
             if let Some(ip) = oldest {
                 self.entries.remove(&ip);
             }
@@ -102,15 +87,8 @@ mod tests {
             assert!(t.check(ip, start).is_ok());
             t.record_failure(ip, start);
         }
-        assert_eq!(
-            t.check(ip, start + Duration::from_secs(10)),
-            Err(WINDOW - Duration::from_secs(10))
-        );
-        assert!(
-            t.check(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), start)
-                .is_ok(),
-            "other addresses unaffected"
-        );
+        assert_eq!(t.check(ip, start + Duration::from_secs(10)), Err(WINDOW - Duration::from_secs(10)));
+        assert!(t.check(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), start).is_ok(), "other addresses unaffected");
         assert!(t.check(ip, start + WINDOW).is_ok());
         assert_eq!(t.len(), 0);
     }
@@ -132,10 +110,7 @@ mod tests {
         let mut t = AuthThrottle::default();
         let now = Instant::now();
         for i in 0..(MAX_TRACKED as u32 + 100) {
-            t.record_failure(
-                IpAddr::V4(Ipv4Addr::from(i)),
-                now + Duration::from_millis(u64::from(i)),
-            );
+            t.record_failure(IpAddr::V4(Ipv4Addr::from(i)), now + Duration::from_millis(u64::from(i)));
         }
         assert_eq!(t.len(), MAX_TRACKED);
     }

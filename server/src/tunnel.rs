@@ -10,8 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 use wmproxy_proto::stream::{StreamError, read_frame, read_frame_body, write_frame};
 use wmproxy_proto::wire::{
-    self, ControlReply, ControlRequest, Hello, HelloReply, PROTOCOL_VERSION, RejectReason, auth,
-    close_code, frame,
+    self, ControlReply, ControlRequest, Hello, HelloReply, PROTOCOL_VERSION, RejectReason, auth, close_code, frame,
 };
 
 use crate::server::Shared;
@@ -40,11 +39,7 @@ impl From<tokio::time::error::Elapsed> for TunnelError {
 
 /// Serves one incoming connection to its end. Runs in its own task, under the span
 /// `tunnel{peer, client}`.
-pub(crate) async fn serve(
-    incoming: quinn::Incoming,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
     match run(incoming, &shared, &shutdown).await {
         Ok(()) => info!("tunnel closed"),
         Err(TunnelError::Rejected(reason)) => warn!(%reason, "client rejected"),
@@ -52,11 +47,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn run(
-    incoming: quinn::Incoming,
-    shared: &Arc<Shared>,
-    shutdown: &CancellationToken,
-) -> Result<(), TunnelError> {
+async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &CancellationToken) -> Result<(), TunnelError> {
     let peer = incoming.remote_address();
     let handshake_timeout = shared.config.limits.handshake_timeout();
     let deadline = tokio::time::Instant::now() + handshake_timeout;
@@ -64,11 +55,8 @@ async fn run(
     let (conn, name, (mut send, mut recv)) = tokio::time::timeout_at(deadline, async {
         let conn = incoming.await?;
         let (name, control) = authenticate(&conn, peer, shared).await.inspect_err(|e| {
-            let code = if matches!(e, TunnelError::Rejected(_)) {
-                close_code::REJECTED
-            } else {
-                close_code::PROTOCOL_ERROR
-            };
+            let code =
+                if matches!(e, TunnelError::Rejected(_)) { close_code::REJECTED } else { close_code::PROTOCOL_ERROR };
             conn.close(VarInt::from_u32(code), e.to_string().as_bytes());
         })?;
         Ok::<_, TunnelError>((conn, name, control))
@@ -80,25 +68,16 @@ async fn run(
     let (session, replaced) = shared.sessions.insert(&name, conn.clone(), max_streams);
     if let Some(old) = replaced {
         info!("replacing the previous session of this client");
-        old.shut(
-            close_code::REPLACED,
-            "replaced by a newer connection of this client",
-        )
-        .await;
+        old.shut(close_code::REPLACED, "replaced by a newer connection of this client").await;
     }
     info!("client authenticated");
 
     let result = async {
-        let request =
-            tokio::time::timeout_at(deadline, read_frame::<ControlRequest, _>(&mut recv)).await??;
+        let request = tokio::time::timeout_at(deadline, read_frame::<ControlRequest, _>(&mut recv)).await??;
         let ControlRequest::Register { services } = request else {
             return Err(TunnelError::Unexpected);
         };
-        let allowance = shared
-            .config
-            .client(&name)
-            .map(|c| c.allow_ports.clone())
-            .unwrap_or_default();
+        let allowance = shared.config.client(&name).map(|c| c.allow_ports.clone()).unwrap_or_default();
         let results = publish::register(services, &allowance, &session, shared).await;
         write_frame(&mut send, &ControlReply::Registered { results }).await?;
 
@@ -134,13 +113,7 @@ async fn authenticate(
     let verdict = judge_hello(conn, peer, shared, &body);
     match verdict {
         Ok(name) => {
-            write_frame(
-                &mut send,
-                &HelloReply::Welcome {
-                    protocol_version: PROTOCOL_VERSION,
-                },
-            )
-            .await?;
+            write_frame(&mut send, &HelloReply::Welcome { protocol_version: PROTOCOL_VERSION }).await?;
             Ok((name, (send, recv)))
         }
         Err(reason) => {
@@ -159,32 +132,21 @@ fn judge_hello(
     shared: &Shared,
     body: &[u8],
 ) -> Result<String, RejectReason> {
-    let version =
-        frame::peek_protocol_version(body).map_err(|e| RejectReason::Invalid(e.to_string()))?;
+    let version = frame::peek_protocol_version(body).map_err(|e| RejectReason::Invalid(e.to_string()))?;
     if version != PROTOCOL_VERSION {
-        return Err(RejectReason::VersionMismatch {
-            server: PROTOCOL_VERSION,
-            client: version,
-        });
+        return Err(RejectReason::VersionMismatch { server: PROTOCOL_VERSION, client: version });
     }
-    let hello: Hello =
-        frame::decode_body(body).map_err(|e| RejectReason::Invalid(e.to_string()))?;
+    let hello: Hello = frame::decode_body(body).map_err(|e| RejectReason::Invalid(e.to_string()))?;
     wmproxy_config::check_name(&hello.client_name).map_err(RejectReason::Invalid)?;
 
     let now = Instant::now();
     let ip = peer.ip();
     if let Err(wait) = shared.throttle().check(ip, now) {
-        return Err(RejectReason::Throttled {
-            retry_after_secs: wait.as_secs().try_into().unwrap_or(u32::MAX).max(1),
-        });
+        return Err(RejectReason::Throttled { retry_after_secs: wait.as_secs().try_into().unwrap_or(u32::MAX).max(1) });
     }
     let mut exporter = [0u8; auth::EXPORTER_LEN];
-    conn.export_keying_material(
-        &mut exporter,
-        auth::EXPORTER_LABEL,
-        auth::exporter_context(&hello.client_name),
-    )
-    .map_err(|_| RejectReason::Invalid("TLS exporter unavailable".into()))?;
+    conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&hello.client_name))
+        .map_err(|_| RejectReason::Invalid("TLS exporter unavailable".into()))?;
     // Unknown names are checked against a dummy token so both paths take the same time.
     let token = match shared.config.client(&hello.client_name) {
         Some(entry) => wire::AuthToken::new(entry.token.expose()),
@@ -214,9 +176,7 @@ async fn control_loop(recv: &mut RecvStream) -> Result<(), TunnelError> {
 async fn accept_streams(conn: &quinn::Connection, shared: &Arc<Shared>) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let span = info_span!("stream", id = %send.id(), target = tracing::field::Empty);
-        shared
-            .tracker
-            .spawn(connect::serve(send, recv, shared.clone()).instrument(span));
+        shared.tracker.spawn(connect::serve(send, recv, shared.clone()).instrument(span));
     }
     debug!("no more streams from the client");
 }

@@ -47,12 +47,8 @@ pub async fn reply_after_eof() -> Result<SocketAddr> {
 
 /// What [`reply_after_eof`] answers to `request`: 1 MiB derived from it.
 pub fn reply_for(request: &[u8]) -> Vec<u8> {
-    let seed = request
-        .iter()
-        .fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(*b));
-    (0..1024 * 1024)
-        .map(|i| seed.wrapping_add((i % 251) as u8))
-        .collect()
+    let seed = request.iter().fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(*b));
+    (0..1024 * 1024).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
 }
 
 /// An address on which nothing listens (bound then released).
@@ -86,7 +82,5 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// FNV-1a 64 of `data`, as a checksum.
 pub fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }

@@ -20,9 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wmproxy_client::{Client, ClientError, ClientStatus};
-use wmproxy_config::{
-    ClientConfig, Forward, PortRange, Secret, ServerFile, ServerTrust, Service, ServiceType,
-};
+use wmproxy_config::{ClientConfig, Forward, PortRange, Secret, ServerFile, ServerTrust, Service, ServiceType};
 use wmproxy_proto::tls::Fingerprint;
 use wmproxy_server::{Server, ServerHandle};
 
@@ -82,24 +80,14 @@ impl TestServer {
         let handle = server.handle();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        Ok(Self {
-            addr,
-            fingerprint,
-            handle,
-            file,
-            shutdown,
-            task: Some(task),
-            _state: None,
-        })
+        Ok(Self { addr, fingerprint, handle, file, shutdown, task: Some(task), _state: None })
     }
 
     /// Stops the server and waits until it has closed its endpoint.
     pub async fn stop(&mut self) -> Result<()> {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(DEADLINE, task)
-                .await
-                .context("server did not stop")??;
+            tokio::time::timeout(DEADLINE, task).await.context("server did not stop")??;
         }
         Ok(())
     }
@@ -142,20 +130,12 @@ impl Drop for TestServer {
 
 /// A TCP service entry for a client config.
 pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
-    Service {
-        name: name.into(),
-        kind: ServiceType::Tcp,
-        local_addr: local.to_string(),
-        remote_port,
-    }
+    Service { name: name.into(), kind: ServiceType::Tcp, local_addr: local.to_string(), remote_port }
 }
 
 /// A local forward entry for a client config, listening on a free loopback port.
 pub fn forward_to(target: SocketAddr) -> Forward {
-    Forward {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        target: target.to_string(),
-    }
+    Forward { listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
 }
 
 /// A client running in a task.
@@ -176,69 +156,44 @@ impl TestClient {
     }
 
     /// Starts a client with `config`, adjusting the [`Client`] before it runs.
-    pub async fn start_with(
-        config: ClientConfig,
-        adjust: impl FnOnce(&mut Client),
-    ) -> Result<Self> {
+    pub async fn start_with(config: ClientConfig, adjust: impl FnOnce(&mut Client)) -> Result<Self> {
         let mut client = Client::new(config).await?;
         adjust(&mut client);
         let status = client.status();
         let forward_addrs = client.forward_addrs();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(client.run(shutdown.clone()));
-        Ok(Self {
-            status,
-            forward_addrs,
-            shutdown,
-            task: Some(task),
-        })
+        Ok(Self { status, forward_addrs, shutdown, task: Some(task) })
     }
 
     /// Waits until the status satisfies `pred`; returns that status.
-    pub async fn wait_for(
-        &mut self,
-        what: &str,
-        pred: impl Fn(&ClientStatus) -> bool,
-    ) -> Result<ClientStatus> {
-        let waited = tokio::time::timeout(DEADLINE, async {
-            self.status.wait_for(|s| pred(s)).await.map(|s| s.clone())
-        })
-        .await;
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&ClientStatus) -> bool) -> Result<ClientStatus> {
+        let waited =
+            tokio::time::timeout(DEADLINE, async { self.status.wait_for(|s| pred(s)).await.map(|s| s.clone()) }).await;
         match waited {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(_)) => bail!("client status channel closed while waiting for {what}"),
-            Err(_) => bail!(
-                "timed out waiting for {what}; status: {:?}",
-                *self.status.borrow()
-            ),
+            Err(_) => bail!("timed out waiting for {what}; status: {:?}", *self.status.borrow()),
         }
     }
 
     /// Waits until connected and returns the public port of `service`.
     pub async fn port_of(&mut self, service: &str) -> Result<u16> {
-        let status = self
-            .wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. }))
-            .await?;
-        status
-            .port_of(service)
-            .with_context(|| format!("service {service} not published: {status:?}"))
+        let status = self.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+        status.port_of(service).with_context(|| format!("service {service} not published: {status:?}"))
     }
 
     /// Waits for `run` to return by itself (a fatal error) and returns its result.
     pub async fn finished(&mut self) -> Result<Result<(), ClientError>> {
         let task = self.task.take().context("already finished")?;
-        Ok(tokio::time::timeout(DEADLINE, task)
-            .await
-            .context("client did not stop")??)
+        Ok(tokio::time::timeout(DEADLINE, task).await.context("client did not stop")??)
     }
 
     /// Stops the client and waits until it has closed its tunnel.
     pub async fn stop(&mut self) -> Result<()> {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(DEADLINE, task)
-                .await
-                .context("client did not stop")???;
+            tokio::time::timeout(DEADLINE, task).await.context("client did not stop")???;
         }
         Ok(())
     }

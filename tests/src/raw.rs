@@ -9,12 +9,22 @@ use wmproxy_proto::wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
 
 use crate::TestServer;
 
-/// A QUIC connection to `server` (TLS pinned, right ALPN), with no Hello sent yet.
+/// A client-side QUIC endpoint on loopback. quinn gives every endpoint a large receive buffer:
+/// tests that make many connections should share one.
+pub fn endpoint() -> Result<Endpoint> {
+    Ok(transport::endpoint(transport::bind_udp("127.0.0.1:0".parse()?)?, None)?)
+}
+
+/// A QUIC connection to `server` from `endpoint` (TLS pinned, right ALPN), no Hello sent yet.
+pub async fn connect_from(endpoint: &Endpoint, server: &TestServer) -> Result<Connection> {
+    let quic = wmproxy_client::tls::quic_client_config(&ServerTrust::Fingerprint(server.fingerprint.0))?;
+    Ok(endpoint.connect_with(quic, server.addr, "wmproxy")?.await?)
+}
+
+/// A QUIC connection to `server` from a new endpoint, no Hello sent yet.
 pub async fn connect(server: &TestServer) -> Result<(Endpoint, Connection)> {
-    let quic =
-        wmproxy_client::tls::quic_client_config(&ServerTrust::Fingerprint(server.fingerprint.0))?;
-    let endpoint = transport::endpoint(transport::bind_udp("127.0.0.1:0".parse()?)?, None)?;
-    let conn = endpoint.connect_with(quic, server.addr, "wmproxy")?.await?;
+    let endpoint = endpoint()?;
+    let conn = connect_from(&endpoint, server).await?;
     Ok((endpoint, conn))
 }
 
@@ -28,23 +38,11 @@ pub async fn authenticated(
     let (endpoint, conn) = connect(server).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut exporter = [0u8; auth::EXPORTER_LEN];
-    conn.export_keying_material(
-        &mut exporter,
-        auth::EXPORTER_LABEL,
-        auth::exporter_context(name),
-    )
-    .ok()
-    .context("exporter")?;
+    conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(name))
+        .ok()
+        .context("exporter")?;
     let proof = auth::prove(&AuthToken::new(token), &exporter);
-    write_frame(
-        &mut send,
-        &Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: name.into(),
-            proof,
-        },
-    )
-    .await?;
+    write_frame(&mut send, &Hello { protocol_version: PROTOCOL_VERSION, client_name: name.into(), proof }).await?;
     match read_frame::<HelloReply, _>(&mut recv).await? {
         HelloReply::Welcome { .. } => Ok((endpoint, conn, send, recv)),
         other => anyhow::bail!("not welcomed: {other:?}"),

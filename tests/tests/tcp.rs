@@ -73,9 +73,6 @@ async fn half_close_lets_the_full_reply_arrive() -> Result<()> {
     let request = pattern(100_000, 9);
     let reply = backend::round_trip(([127, 0, 0, 1], port).into(), &request).await?;
     assert_eq!(reply.len(), 1024 * 1024);
-    assert!(
-        reply == backend::reply_for(&request),
-        "reply arrived intact after the user's half-close"
-    );
+    assert!(reply == backend::reply_for(&request), "reply arrived intact after the user's half-close");
     Ok(())
 }

@@ -46,18 +46,15 @@ pub fn body_len(header: [u8; FRAME_HEADER_LEN]) -> Result<usize, FrameError> {
         return Err(FrameError::Empty);
     }
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLong {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+        return Err(FrameError::TooLong { len, max: MAX_FRAME_LEN });
     }
     Ok(len)
 }
 
 /// Decodes one message from a whole frame body (without its length prefix).
 pub fn decode_body<T: WireMessage>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (msg, used) =
+        bincode::serde::decode_from_slice::<T, _>(body, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
     match body.len().checked_sub(used) {
         Some(0) => Ok(msg),
         Some(extra) => Err(FrameError::TrailingBytes(extra)),
@@ -85,12 +82,8 @@ pub fn decode<T: WireMessage>(buf: &[u8]) -> Result<Option<(T, usize)>, FrameErr
 ///
 /// Fails, leaving `out` untouched, when the body would exceed [`MAX_FRAME_LEN`].
 pub fn encode<T: WireMessage>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
-    let body = bincode::serde::encode_to_vec(msg, config())
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let too_long = FrameError::TooLong {
-        len: body.len(),
-        max: MAX_FRAME_LEN,
-    };
+    let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let too_long = FrameError::TooLong { len: body.len(), max: MAX_FRAME_LEN };
     if body.len() > MAX_FRAME_LEN {
         return Err(too_long);
     }

@@ -45,9 +45,7 @@ impl WireMessage for HelloReply {}
 #[non_exhaustive]
 pub enum RejectReason {
     /// `enum#0 | varint server | varint client`.
-    #[error(
-        "protocol version mismatch: server speaks version {server}, client speaks version {client}"
-    )]
+    #[error("protocol version mismatch: server speaks version {server}, client speaks version {client}")]
     VersionMismatch {
         /// The server's protocol version.
         server: u32,

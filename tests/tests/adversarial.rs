@@ -1,0 +1,113 @@
+//! Hostile peers: garbage and oversized frames on the control stream and on data streams close
+//! that connection or stream only; the server does not panic or grow, and a good client works.
+
+use anyhow::Result;
+use wmproxy_proto::stream::{read_frame, write_frame};
+use wmproxy_proto::wire::{ControlReply, ControlRequest, HelloReply, OpenResult, OpenStream};
+use wmproxy_tests::backend::{self, pattern};
+use wmproxy_tests::{DEADLINE, TestClient, TestServer, init_tracing, raw, tcp_service};
+
+async fn good_client(server: &TestServer) -> Result<(TestClient, u16)> {
+    let echo = backend::echo().await?;
+    let mut config = server.client_config("good");
+    config.services.push(tcp_service("echo", echo, 0));
+    let mut client = TestClient::start(config).await?;
+    let port = client.port_of("echo").await?;
+    Ok((client, port))
+}
+
+async fn assert_echo_works(port: u16) -> Result<()> {
+    let msg = pattern(8192, 3);
+    assert_eq!(backend::round_trip(([127, 0, 0, 1], port).into(), &msg).await?, msg);
+    Ok(())
+}
+
+/// Sends `bytes` as the first thing on a fresh control stream from `endpoint`; returns the
+/// server's reply (if any) and how it closed the connection.
+async fn hostile_hello(endpoint: &quinn::Endpoint, server: &TestServer, bytes: &[u8]) -> Result<String> {
+    let conn = raw::connect_from(endpoint, server).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(bytes).await?;
+    let _ = send.finish();
+    let reply = tokio::time::timeout(DEADLINE, read_frame::<HelloReply, _>(&mut recv)).await?;
+    let closed = tokio::time::timeout(DEADLINE, conn.closed()).await?;
+    Ok(format!("{reply:?} / {closed}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_or_oversized_hello_closes_only_that_connection() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|_| {}).await?;
+    let (_good, port) = good_client(&server).await?;
+
+    let endpoint = raw::endpoint()?;
+    // A frame whose body is not a Hello (version 1, then a name that claims 2^32 bytes): the
+    // server answers "invalid hello" and closes.
+    let garbage = [0, 0, 0, 7, 1, 252, 0xff, 0xff, 0xff, 0xff, 0];
+    let outcome = hostile_hello(&endpoint, &server, &garbage).await?;
+    assert!(outcome.contains("Ok(Reject(Invalid("), "{outcome}");
+
+    // Random bytes in a frame: whatever they decode to, the answer is a clear rejection.
+    let mut random = 64u32.to_be_bytes().to_vec();
+    random.extend(pattern(64, 1));
+    let outcome = hostile_hello(&endpoint, &server, &random).await?;
+    assert!(outcome.contains("Ok(Reject("), "{outcome}");
+
+    // A length prefix of 4 GiB: closed without reading (or allocating) a body.
+    let outcome = hostile_hello(&endpoint, &server, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await?;
+    assert!(outcome.contains("exceeds the limit"), "{outcome}");
+
+    // Pure noise without a valid prefix at all.
+    let outcome = hostile_hello(&endpoint, &server, &pattern(10_000, 2)).await?;
+    assert!(outcome.contains("closed"), "{outcome}");
+
+    assert_echo_works(port).await?;
+    assert_eq!(server.handle.clients(), ["good"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_authentication_closes_the_tunnel() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|_| {}).await?;
+    let (_good, port) = good_client(&server).await?;
+
+    let (_endpoint, conn, mut send, _recv) = raw::authenticated(&server, "mallory", wmproxy_tests::TOKEN).await?;
+    send.write_all(&[0, 0, 0, 3, 0xee, 0xee, 0xee]).await?;
+    let reason = tokio::time::timeout(DEADLINE, conn.closed()).await?;
+    assert!(reason.to_string().contains("malformed"), "{reason}");
+
+    assert_echo_works(port).await?;
+    assert_eq!(server.handle.clients(), ["good"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_data_stream_resets_only_that_stream() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|_| {}).await?;
+    let (_good, port) = good_client(&server).await?;
+
+    let (_endpoint, conn, mut control, mut control_recv) =
+        raw::authenticated(&server, "mallory", wmproxy_tests::TOKEN).await?;
+    write_frame(&mut control, &ControlRequest::Register { services: vec![] }).await?;
+    let ControlReply::Registered { .. } = read_frame::<ControlReply, _>(&mut control_recv).await? else {
+        anyhow::bail!("reply")
+    };
+
+    for hostile in [vec![0xff, 0xff, 0xff, 0xff], vec![0, 0, 0, 2, 0x63, 0x63], pattern(5000, 4)] {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&hostile).await?;
+        let answer = tokio::time::timeout(DEADLINE, read_frame::<OpenResult, _>(&mut recv)).await?;
+        assert!(answer.is_err(), "stream should be reset, got {answer:?}");
+    }
+    // The tunnel itself is still up and answers a well-formed request.
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let header = OpenStream::Connect { target: "127.0.0.1:9".into(), peer_addr: "127.0.0.1:1".parse()? };
+    write_frame(&mut send, &header).await?;
+    assert_eq!(read_frame::<OpenResult, _>(&mut recv).await?, OpenResult::NotAllowed);
+    assert!(conn.close_reason().is_none());
+
+    assert_echo_works(port).await?;
+    Ok(())
+}
