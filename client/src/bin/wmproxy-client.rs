@@ -1,1 +1,166 @@
-fn main() {}
+//! `wmproxy-client`: keeps a tunnel to a wmproxy server, from a config file or from flags.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use wmproxy_client::Client;
+use wmproxy_config::client::{parse_fingerprint, split_host_port};
+use wmproxy_config::{ClientConfig, Secret, ServerTrust, Service, ServiceType};
+
+/// wmproxy client: publishes local services on a wmproxy server, and forwards local ports
+/// through it.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Config file (TOML). See config/examples/client.toml.
+    #[arg(long, short, conflicts_with = "server")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    quick: Quick,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Expose one TCP service without a config file.
+#[derive(Debug, Args)]
+struct Quick {
+    /// Server address, host:port (UDP).
+    #[arg(long, requires_all = ["fingerprint", "token", "local", "remote_port"])]
+    server: Option<String>,
+    /// The server's certificate fingerprint, as it prints at start.
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// The token (or set WMPROXY_TOKEN, which keeps it out of the process list).
+    #[arg(long, env = "WMPROXY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// This client's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Local service to publish, host:port.
+    #[arg(long)]
+    local: Option<String>,
+    /// Public port on the server (0: the server picks one).
+    #[arg(long)]
+    remote_port: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validates a config file and exits: 0 if it is valid, 1 with the error if not.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check { config }) = &cli.command {
+        return match wmproxy_config::load_client(config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<ClientConfig> {
+    if let Some(path) = &cli.config {
+        return Ok(wmproxy_config::load_client(path)?);
+    }
+    let q = &cli.quick;
+    let (Some(server), Some(fingerprint), Some(token), Some(local), Some(remote_port)) =
+        (&q.server, &q.fingerprint, &q.token, &q.local, q.remote_port)
+    else {
+        bail!("give --config FILE, or --server, --fingerprint, --token, --local and --remote-port (see --help)");
+    };
+    split_host_port(server).map_err(anyhow::Error::msg).context("--server")?;
+    split_host_port(local).map_err(anyhow::Error::msg).context("--local")?;
+    let fingerprint = parse_fingerprint(fingerprint).map_err(anyhow::Error::msg).context("--fingerprint")?;
+    if token.len() < 8 {
+        bail!("--token: a token is at least 8 characters long");
+    }
+    let name = q.name.clone().unwrap_or_else(host_name);
+    wmproxy_config::check_name(&name).map_err(anyhow::Error::msg).context("--name")?;
+    Ok(ClientConfig {
+        server_addr: server.clone(),
+        server_name: "wmproxy".into(),
+        trust: ServerTrust::Fingerprint(fingerprint),
+        name,
+        token: Secret::new(token.clone()),
+        services: vec![Service { name: "tcp".into(), kind: ServiceType::Tcp, local_addr: local.clone(), remote_port }],
+        forwards: Vec::new(),
+    })
+}
+
+/// This machine's name, reduced to the characters a client name allows.
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(wmproxy_config::MAX_NAME_LEN)
+        .collect();
+    if name.is_empty() { "client".into() } else { name }
+}
+
+async fn run(config: ClientConfig) -> Result<()> {
+    let client = Client::new(config).await?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        signal.cancel();
+    });
+    #[cfg(unix)]
+    {
+        let signal = shutdown.clone();
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::spawn(async move {
+                term.recv().await;
+                signal.cancel();
+            });
+        }
+    }
+    client.run(shutdown).await?;
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}

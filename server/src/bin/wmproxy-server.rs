@@ -1,1 +1,138 @@
-fn main() {}
+//! `wmproxy-server`: runs the server from a config file, or on embedded defaults.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use wmproxy_config::{Secret, ServerConfig, ServerFile};
+use wmproxy_server::Server;
+use wmproxy_server::identity::load_or_generate_token;
+
+/// wmproxy server: publishes services of wmproxy clients through a QUIC tunnel.
+///
+/// Without --config it runs on embedded defaults: UDP port 7835 on all addresses, a generated
+/// certificate and token kept in the state directory, any client name with that token, public
+/// ports 1024-65535. It prints what a client needs to connect.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Config file (TOML). See config/examples/server.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// State directory for the embedded defaults (ignored with --config; set `state_dir`).
+    #[arg(long, default_value = "wmproxy-state")]
+    state_dir: PathBuf,
+    /// UDP address for the embedded defaults (ignored with --config; set `bind`).
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validates a config file and exits: 0 if it is valid, 1 with the error if not.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check { config }) = &cli.command {
+        return match wmproxy_config::load_server(config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> Result<()> {
+    let (config, embedded_token) = match &cli.config {
+        Some(path) => (wmproxy_config::load_server(path)?, None),
+        None => embedded(&cli)?,
+    };
+    let server = Server::bind(config).context("cannot start the server")?;
+    let addr = server.local_addr()?;
+    let fingerprint = server.fingerprint();
+    println!("wmproxy-server listening on udp {addr}");
+    println!("certificate fingerprint: {fingerprint}");
+    if let Some(token) = embedded_token {
+        // Shown once, on the console the operator started us from; never logged.
+        println!("token (kept in {}): {}", cli.state_dir.join("token").display(), token.expose());
+        println!("connect a client with:");
+        println!(
+            "  wmproxy-client --server <THIS_HOST>:{} --fingerprint {fingerprint} --token {} --local 127.0.0.1:8080 --remote-port 18080",
+            addr.port(),
+            token.expose()
+        );
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    server.run(shutdown).await;
+    Ok(())
+}
+
+/// The embedded defaults, with the token from (or generated into) the state directory.
+fn embedded(cli: &Cli) -> Result<(ServerConfig, Option<Secret>)> {
+    let token = Secret::new(load_or_generate_token(&cli.state_dir)?);
+    let mut file = ServerFile { state_dir: cli.state_dir.clone(), token: Some(token.clone()), ..ServerFile::default() };
+    if let Some(bind) = cli.bind {
+        file.bind = bind;
+    }
+    Ok((file.validate("")?, Some(token)))
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
