@@ -1,1 +1,181 @@
-fn main() {}
+//! `wmproxy-bench`: throughput, new-connection latency and idle memory, direct vs through the
+//! tunnel, in one process on loopback. Every figure is printed next to its direct counterpart.
+//!
+//! Run: `cargo run --release -p wmproxy-bench --locked` (see `bench/README.md`).
+
+mod backends;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wmproxy_tests::{TestClient, TestServer, tcp_service};
+
+/// Figures for wmproxy's TCP path on loopback.
+#[derive(Debug, Parser)]
+struct Cli {
+    /// MiB per bulk run (one stream; split across streams in the parallel run).
+    #[arg(long, default_value_t = 1024)]
+    bulk_mib: usize,
+    /// New-connection samples.
+    #[arg(long, default_value_t = 2000)]
+    connects: usize,
+    /// Idle connections for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Bulk runs per figure; the median is printed (loopback throughput varies run to run).
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    wmproxy_tests::init_tracing();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(cli.workers).enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let sink = backends::sink().await?;
+    let echo = backends::echo().await?;
+    let server = TestServer::start(|_| {}).await?;
+    let mut config = server.client_config("bench");
+    config.services.push(tcp_service("sink", sink, 0));
+    config.services.push(tcp_service("echo", echo, 0));
+    let mut client = TestClient::start(config).await?;
+    let tunnel_sink = SocketAddr::from(([127, 0, 0, 1], client.port_of("sink").await?));
+    let tunnel_echo = SocketAddr::from(([127, 0, 0, 1], client.port_of("echo").await?));
+
+    println!("== RSS of {} idle connections (server + client + backends + users, one process)", cli.idle);
+    // First in the process, tunnel before direct: memory freed by an earlier phase would be
+    // reused by the allocator and hide what this one costs.
+    let tunnel = idle_rss(tunnel_echo, cli.idle).await?;
+    let direct = idle_rss(echo, cli.idle).await?;
+    let per = |b: i64| b as f64 / cli.idle as f64 / 1024.0;
+    println!(
+        "direct {:>6.2} KiB/conn | tunnel {:>6.2} KiB/conn | server + client {:>6.2} KiB/conn",
+        per(direct),
+        per(tunnel),
+        per(tunnel - direct)
+    );
+
+    let bytes = cli.bulk_mib * 1024 * 1024;
+    println!("== bulk TCP upload, {} MiB, median of {} runs", cli.bulk_mib, cli.repeat);
+    for streams in [1usize, 8] {
+        let direct = median_of(cli.repeat, || bulk(sink, bytes, streams)).await?;
+        let tunnel = median_of(cli.repeat, || bulk(tunnel_sink, bytes, streams)).await?;
+        println!(
+            "{streams} stream(s): direct {:>7.2} Gbit/s | tunnel {:>6.2} Gbit/s | ratio {:>5.1} %",
+            direct,
+            tunnel,
+            100.0 * tunnel / direct
+        );
+    }
+
+    println!("== new connection (connect + 1-byte echo), {} samples", cli.connects);
+    let direct = connect_latency(echo, cli.connects).await?;
+    let tunnel = connect_latency(tunnel_echo, cli.connects).await?;
+    for (name, d, t) in [("p50", direct.0, tunnel.0), ("p99", direct.1, tunnel.1)] {
+        println!(
+            "{name}: direct {:>7.1} µs | tunnel {:>7.1} µs | added {:>7.1} µs",
+            micros(d),
+            micros(t),
+            micros(t) - micros(d)
+        );
+    }
+
+    Ok(())
+}
+
+/// Runs `run` `n` times (interleaved with nothing else) and returns the median result.
+async fn median_of<F, Fut>(n: usize, mut run: F) -> Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<f64>>,
+{
+    let mut results = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        results.push(run().await?);
+    }
+    results.sort_by(f64::total_cmp);
+    Ok(results[results.len() / 2])
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Uploads `bytes` split over `streams` connections; returns Gbit/s of payload.
+async fn bulk(addr: SocketAddr, bytes: usize, streams: usize) -> Result<f64> {
+    let per = bytes / streams;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let chunk = vec![0x5au8; 256 * 1024];
+            let mut left = per;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                s.write_all(&chunk[..n]).await?;
+                left -= n;
+            }
+            s.shutdown().await?;
+            let got = s.read_u64().await?;
+            anyhow::ensure!(got == per as u64, "sink counted {got} of {per} bytes");
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((per * streams) as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Connect + 1-byte echo, sequentially; returns (p50, p99).
+async fn connect_latency(addr: SocketAddr, samples: usize) -> Result<(Duration, Duration)> {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    Ok((at(0.50), at(0.99)))
+}
+
+/// Resident set size of this process, bytes.
+fn rss() -> Result<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: i64 = statm.split_whitespace().nth(1).context("statm")?.parse()?;
+    Ok(pages * 4096)
+}
+
+/// Opens `n` connections, echoes one byte on each (so each is fully set up), and returns the RSS
+/// they add while idle. Closes them before returning.
+async fn idle_rss(addr: SocketAddr, n: usize) -> Result<i64> {
+    let before = rss()?;
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(addr).await.with_context(|| format!("connect {i} to {addr}"))?;
+        s.write_all(b"x").await.with_context(|| format!("write {i} to {addr}"))?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.with_context(|| format!("read {i} from {addr}"))?;
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the last relays go idle
+    let after = rss()?;
+    drop(conns);
+    Ok(after - before)
+}

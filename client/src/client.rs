@@ -196,6 +196,16 @@ async fn serve_session(
         } => "tunnel closed".to_owned(),
     };
     tunnel.send_replace(None);
+    let stats = conn.stats();
+    info!(
+        rtt = ?stats.path.rtt,
+        mtu = stats.path.current_mtu,
+        lost_packets = stats.path.lost_packets,
+        congestion_events = stats.path.congestion_events,
+        sent_bytes = stats.udp_tx.bytes,
+        received_bytes = stats.udp_rx.bytes,
+        "tunnel statistics"
+    );
     conn.close(VarInt::from_u32(close_code::NORMAL), b"client closing the tunnel");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     ended

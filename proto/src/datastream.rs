@@ -1,13 +1,19 @@
-//! The life of a data stream, for both ends: the opener sends an [`OpenStream`] and waits for
-//! the [`OpenResult`]; the acceptor reads the header, dials, answers; then both relay.
+//! The life of a data stream, for both ends: the opener sends an [`OpenStream`] and its user's
+//! bytes right behind it; the acceptor reads the header, dials, answers with an [`OpenResult`],
+//! and only then reads the payload; then both relay.
 //!
 //! ```text
 //! opener                                  acceptor
 //!   open_bi ── OpenStream ─────────────▶  read_open (under a timeout)
+//!   user bytes ═══════════════════════▶  (wait in the stream window, unread)
 //!                                         dial target
-//!   (waits, under a timeout)  ◀── OpenResult ── complete
+//!   reads the answer first  ◀── OpenResult ── complete
 //!   relay  ◀══════════ raw bytes ══════════▶ relay
 //! ```
+//!
+//! Pipelining saves the user a round trip on every new connection. The acceptor never sends
+//! payload before its answer, and never reads payload before deciding; a refusal discards what
+//! was pipelined (the user's connection is closed either way).
 
 use std::io;
 use std::time::Duration;
@@ -15,7 +21,7 @@ use std::time::Duration;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
 
-use crate::relay::{RelayStats, relay};
+use crate::relay::{RelayStats, relay, relay_gated};
 use crate::stream::{StreamError, read_frame, write_frame};
 use crate::wire::{OpenResult, OpenStream, close_code};
 
@@ -48,25 +54,38 @@ impl From<StreamError> for DataStreamError {
     }
 }
 
-/// Opens a stream on `conn`, sends `header` and waits for the answer (all within `timeout`);
-/// on `Ok`, relays `tcp` through it until both directions end.
+/// Opens a stream on `conn` and sends `header`, then relays `tcp` through it until both
+/// directions end.
+///
+/// The user's bytes are pipelined: they follow the header at once instead of waiting a round
+/// trip for the answer, which the QUIC → TCP direction reads (within `timeout`) before anything
+/// else. If the answer is not `Ok`, both directions are aborted and the early bytes discarded.
 pub async fn open_and_relay(
     conn: &Connection,
     header: &OpenStream,
     tcp: TcpStream,
     timeout: Duration,
 ) -> Result<RelayStats, DataStreamError> {
-    let (send, recv) = tokio::time::timeout(timeout, async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| DataStreamError::Tunnel(e.to_string()))?;
-        write_frame(&mut send, header).await?;
-        match read_frame::<OpenResult, _>(&mut recv).await? {
-            OpenResult::Ok => Ok((send, recv)),
-            refused => Err(DataStreamError::Refused(refused)),
-        }
+    let (mut send, recv) = tokio::time::timeout(timeout, conn.open_bi())
+        .await
+        .map_err(|_| DataStreamError::Timeout)?
+        .map_err(|e| DataStreamError::Tunnel(e.to_string()))?;
+    write_frame(&mut send, header).await?;
+    let mut failure = None;
+    let relayed = relay_gated(tcp, send, recv, async |recv| {
+        let answer = tokio::time::timeout(timeout, read_frame::<OpenResult, _>(recv)).await;
+        let error = match answer {
+            Ok(Ok(OpenResult::Ok)) => return Ok(()),
+            Ok(Ok(refused)) => DataStreamError::Refused(refused),
+            Ok(Err(e)) => e.into(),
+            Err(_) => DataStreamError::Timeout,
+        };
+        let io_error = io::Error::other(error.to_string());
+        failure = Some(error);
+        Err(io_error)
     })
-    .await
-    .map_err(|_| DataStreamError::Timeout)??;
-    relay(tcp, send, recv).await.map_err(DataStreamError::Relay)
+    .await;
+    relayed.map_err(|e| failure.take().unwrap_or(DataStreamError::Relay(e)))
 }
 
 /// Reads the header of a stream the peer opened. On error the caller should [`abort`].

@@ -26,7 +26,9 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Limits and windows of one tunnel.
 #[derive(Debug, Clone)]
 pub struct TransportTuning {
-    /// Streams the peer may have open towards us at once (each is one TCP connection).
+    /// Streams the peer may have open towards us at once (each is one TCP connection). quinn
+    /// returns stream credit only in batches of 1/8 of its window, so [`Self::to_config`] adds
+    /// that slack: this many streams are always usable.
     pub max_concurrent_streams: u32,
     /// Per-stream receive window, bytes. Must cover one stream's bandwidth-delay product.
     pub stream_window: u32,
@@ -39,16 +41,18 @@ pub struct TransportTuning {
 impl Default for TransportTuning {
     fn default() -> Self {
         Self {
-            // Per-client concurrent connections; a public port sees backpressure (its accept
-            // waits for a stream) beyond this.
-            max_concurrent_streams: 1024,
+            // What a client accepts from the server. The server enforces its own
+            // `max_streams_per_client` (default 1024) with a semaphore and passes it here for
+            // the streams clients open; this default only has to stay above it.
+            max_concurrent_streams: 4096,
             // 4 MiB per stream: a 1 Gbit/s path with 30 ms RTT needs ~3.75 MiB in flight.
             stream_window: 4 * 1024 * 1024,
             // 16 MiB per connection: several bulk streams at full speed, and a bound on what one
             // peer may make us hold.
             connection_window: 16 * 1024 * 1024,
-            // Probing stops at the path's real MTU; on loopback larger packets cut per-packet
-            // cost. 1452 (quinn's default) suits Ethernet paths.
+            // quinn's default, within Ethernet's MTU. Measured on loopback (MTU 65536, median of
+            // 5 runs, one stream): 1452 → 4.17 Gbit/s, 8952 → 3.58, 16384 → 3.54, 65527 → 3.42.
+            // GSO already batches syscalls, so larger datagrams only add per-packet cost.
             mtu_upper_bound: 1452,
         }
     }
@@ -58,8 +62,10 @@ impl TransportTuning {
     /// Builds the quinn transport config.
     pub fn to_config(&self) -> TransportConfig {
         let mut config = TransportConfig::default();
+        let streams = self.max_concurrent_streams;
+        let with_slack = streams.saturating_add(streams / 8).saturating_add(1);
         config
-            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_streams))
+            .max_concurrent_bidi_streams(VarInt::from_u32(with_slack))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .stream_receive_window(VarInt::from_u32(self.stream_window))
             .receive_window(VarInt::from_u32(self.connection_window))

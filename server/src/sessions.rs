@@ -23,8 +23,11 @@ pub(crate) struct Session {
     pub cancel: CancellationToken,
     /// The public listener tasks; waited on so ports are free once [`Session::shut`] returns.
     pub listeners: TaskTracker,
-    /// Permits for concurrent public connections of this client.
+    /// Permits for concurrent public connections to this client (streams we open).
     pub streams: Arc<Semaphore>,
+    /// Permits for concurrent forwards from this client (streams it opens). quinn's own stream
+    /// limit runs a little above this, because it returns credit in batches.
+    pub forwards: Arc<Semaphore>,
 }
 
 impl Session {
@@ -60,6 +63,7 @@ impl Sessions {
             cancel: CancellationToken::new(),
             listeners: TaskTracker::new(),
             streams: Arc::new(Semaphore::new(max_streams)),
+            forwards: Arc::new(Semaphore::new(max_streams)),
         });
         let replaced = self.lock().insert(name.to_owned(), session.clone());
         (session, replaced)

@@ -8,12 +8,14 @@ use std::time::Instant;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
+use wmproxy_proto::datastream;
 use wmproxy_proto::stream::{StreamError, read_frame, read_frame_body, write_frame};
 use wmproxy_proto::wire::{
     self, ControlReply, ControlRequest, Hello, HelloReply, PROTOCOL_VERSION, RejectReason, auth, close_code, frame,
 };
 
 use crate::server::Shared;
+use crate::sessions::Session;
 use crate::{connect, publish};
 
 /// Why a tunnel ended abnormally. Logged; never sent to the peer beyond the close reason.
@@ -88,7 +90,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
                 Ok(())
             }
             result = control_loop(&mut recv) => result,
-            () = accept_streams(&conn, shared) => Ok(()),
+            () = accept_streams(&session, shared) => Ok(()),
         }
     }
     .await;
@@ -172,11 +174,24 @@ async fn control_loop(recv: &mut RecvStream) -> Result<(), TunnelError> {
     }
 }
 
-/// Accepts the client's data streams (local forwards) until the connection ends.
-async fn accept_streams(conn: &quinn::Connection, shared: &Arc<Shared>) {
-    while let Ok((send, recv)) = conn.accept_bi().await {
+/// Accepts the client's data streams (local forwards) until the connection ends. A stream over
+/// the client's limit is reset at once.
+async fn accept_streams(session: &Session, shared: &Arc<Shared>) {
+    while let Ok((send, recv)) = session.conn.accept_bi().await {
+        let Ok(permit) = session.forwards.clone().try_acquire_owned() else {
+            warn!("stream limit of this client reached; resetting a forward");
+            datastream::abort(send, recv);
+            continue;
+        };
         let span = info_span!("stream", id = %send.id(), target = tracing::field::Empty);
-        shared.tracker.spawn(connect::serve(send, recv, shared.clone()).instrument(span));
+        let task = connect::serve(send, recv, shared.clone());
+        shared.tracker.spawn(
+            async move {
+                task.await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     debug!("no more streams from the client");
 }

@@ -76,3 +76,60 @@ async fn half_close_lets_the_full_reply_arrive() -> Result<()> {
     assert!(reply == backend::reply_for(&request), "reply arrived intact after the user's half-close");
     Ok(())
 }
+
+/// Opens `n` connections to `addr` and echoes one byte on each; returns them, still open.
+async fn hold_open(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+    let mut open = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(&[i as u8]).await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.map_err(|e| anyhow::anyhow!("connection {i} of {n}: {e}"))?;
+        anyhow::ensure!(b[0] == i as u8, "connection {i} echoed another byte");
+        open.push(s);
+    }
+    Ok(open)
+}
+
+/// Asserts that a new connection to `addr` is closed at once (over a limit), not left hanging.
+async fn assert_refused(addr: std::net::SocketAddr) -> Result<()> {
+    let mut extra = TcpStream::connect(addr).await?;
+    let _ = extra.write_all(b"?").await;
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut b)).await;
+    anyhow::ensure!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "over-limit connection not closed: {read:?}");
+    Ok(())
+}
+
+/// `max_streams_per_client` holds exactly, for public connections to a client and for forwards
+/// from it, and the whole limit is usable right after earlier streams closed (quinn returns
+/// stream credit in batches of 1/8; the transport config leaves room for that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_limit_is_exact_both_ways() -> Result<()> {
+    init_tracing();
+    const LIMIT: usize = 40;
+    let echo = backend::echo().await?;
+    let server = TestServer::start(|f| {
+        f.limits.max_streams_per_client = LIMIT as u32;
+        f.egress.allow = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await?;
+    let mut config = server.client_config("home");
+    config.services.push(tcp_service("echo", echo, 0));
+    config.forwards.push(wmproxy_tests::forward_to(echo));
+    let mut client = TestClient::start(config).await?;
+    let public = std::net::SocketAddr::from(([127, 0, 0, 1], client.port_of("echo").await?));
+    let forward = client.forward_addrs[0];
+
+    for addr in [public, forward] {
+        // A few closed connections: fewer than quinn's batch, so their credit is held back.
+        for i in 0..4 {
+            let msg = pattern(100, i);
+            assert_eq!(backend::round_trip(addr, &msg).await?, msg);
+        }
+        let open = hold_open(addr, LIMIT).await?;
+        assert_refused(addr).await?;
+        drop(open);
+    }
+    Ok(())
+}

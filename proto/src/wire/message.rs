@@ -171,8 +171,9 @@ pub enum OpenStream {
 }
 impl WireMessage for OpenStream {}
 
-/// Answer to an [`OpenStream`], from the end that accepted the stream, before any payload.
-/// Anything but `Ok` is followed by the stream's end.
+/// Answer to an [`OpenStream`], from the end that accepted the stream, before any payload it
+/// sends. Anything but `Ok` is followed by the stream's end, and the opener's pipelined payload
+/// is discarded.
 ///
 /// Layout: `enum#n` with no fields, `n` as listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -10,7 +10,7 @@
 //! | channel | opened by | frames, in order |
 //! |---|---|---|
 //! | control stream (first bidi stream) | client | client: [`Hello`], then [`ControlRequest`]s; server: [`HelloReply`], then [`ControlReply`]s |
-//! | data stream (every later bidi stream) | either end | opener: one [`OpenStream`]; acceptor: one [`OpenResult`]; then raw bytes both ways |
+//! | data stream (every later bidi stream) | either end | opener: one [`OpenStream`], then raw bytes (pipelined, without waiting for the answer); acceptor: one [`OpenResult`], then raw bytes. The acceptor reads no payload before it has answered; after a non-`Ok` answer it discards it |
 //!
 //! # Frame layout
 //! ```text
