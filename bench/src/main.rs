@@ -4,6 +4,7 @@
 //! Run: `cargo run --release -p wmproxy-bench --locked` (see `bench/README.md`).
 
 mod backends;
+mod quic;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -26,8 +27,8 @@ struct Cli {
     /// Idle connections for the memory figure.
     #[arg(long, default_value_t = 1000)]
     idle: usize,
-    /// Bulk runs per figure; the median is printed (loopback throughput varies run to run).
-    #[arg(long, default_value_t = 5)]
+    /// Direct/tunnel pairs per bulk figure; medians are printed (loopback throughput drifts).
+    #[arg(long, default_value_t = 7)]
     repeat: usize,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
@@ -65,17 +66,38 @@ async fn run(cli: Cli) -> Result<()> {
     );
 
     let bytes = cli.bulk_mib * 1024 * 1024;
-    println!("== bulk TCP upload, {} MiB, median of {} runs", cli.bulk_mib, cli.repeat);
+    println!("== bulk TCP upload, {} MiB per run", cli.bulk_mib);
     for streams in [1usize, 8] {
-        let direct = median_of(cli.repeat, || bulk(sink, bytes, streams)).await?;
-        let tunnel = median_of(cli.repeat, || bulk(tunnel_sink, bytes, streams)).await?;
+        // Direct and tunnel runs alternate, and the ratio is taken per pair: loopback throughput
+        // drifts by tens of percent over seconds, and pairing cancels most of that drift.
+        let (mut directs, mut tunnels, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..cli.repeat.max(1) {
+            let direct = bulk(sink, bytes, streams).await?;
+            let tunnel = bulk(tunnel_sink, bytes, streams).await?;
+            directs.push(direct);
+            tunnels.push(tunnel);
+            ratios.push(tunnel / direct);
+        }
         println!(
-            "{streams} stream(s): direct {:>7.2} Gbit/s | tunnel {:>6.2} Gbit/s | ratio {:>5.1} %",
-            direct,
-            tunnel,
-            100.0 * tunnel / direct
+            "{streams} stream(s): direct {:>6.2} Gbit/s | tunnel {:>5.2} Gbit/s | ratio {:>5.1} % (median of {} pairs; tunnel min {:.2}, max {:.2})",
+            median(&mut directs),
+            median(&mut tunnels),
+            100.0 * median(&mut ratios),
+            cli.repeat.max(1),
+            tunnels.iter().copied().fold(f64::INFINITY, f64::min),
+            tunnels.iter().copied().fold(0.0, f64::max),
         );
     }
+
+    let mut bare = Vec::new();
+    for _ in 0..cli.repeat.max(1) {
+        bare.push(quic::bare_stream(bytes).await?);
+    }
+    println!(
+        "ceiling: one bare quinn stream in this process (no TCP legs) {:>5.2} Gbit/s (median of {})",
+        median(&mut bare),
+        cli.repeat.max(1)
+    );
 
     println!("== new connection (connect + 1-byte echo), {} samples", cli.connects);
     let direct = connect_latency(echo, cli.connects).await?;
@@ -92,18 +114,10 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Runs `run` `n` times (interleaved with nothing else) and returns the median result.
-async fn median_of<F, Fut>(n: usize, mut run: F) -> Result<f64>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<f64>>,
-{
-    let mut results = Vec::with_capacity(n.max(1));
-    for _ in 0..n.max(1) {
-        results.push(run().await?);
-    }
-    results.sort_by(f64::total_cmp);
-    Ok(results[results.len() / 2])
+/// The median of `values` (sorted in place); 0 for none.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn micros(d: Duration) -> f64 {

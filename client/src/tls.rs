@@ -16,7 +16,7 @@ use crate::error::ClientError;
 
 /// Builds the quinn client config for `trust`.
 pub fn quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = wmproxy_proto::tls::crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Tls(e.to_string()))?;

@@ -102,3 +102,21 @@ impl ServerCertVerifier for PinnedCertVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+/// The rustls crypto provider both ends use: ring, TLS 1.3 suites only, AES-128-GCM first.
+///
+/// ring's default order puts AES-256-GCM first; AES-128-GCM (10 rounds instead of 14) is what
+/// most QUIC stacks prefer and costs less CPU per byte, though on the 2-core loopback bench the
+/// difference was within run-to-run noise. ChaCha20-Poly1305 stays for peers without AES
+/// instructions.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
+}

@@ -93,11 +93,22 @@ impl TestServer {
     }
 
     /// Stops the server and starts it again on the same address and state directory.
+    ///
+    /// quinn's endpoint driver releases the UDP socket a moment after `run` returns, so binding
+    /// the same port is retried (every 10 ms, within [`DEADLINE`]) while it is still in use.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;
         let mut file = self.file.clone();
         file.bind = self.addr;
-        let mut fresh = Self::spawn(file).await?;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut fresh = loop {
+            match Self::spawn(file.clone()).await {
+                Err(e) if port_busy(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => break other?,
+            }
+        };
         fresh._state = self._state.take();
         *self = fresh;
         Ok(())
@@ -120,6 +131,11 @@ impl TestServer {
             forwards: Vec::new(),
         }
     }
+}
+
+fn port_busy(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<wmproxy_server::ServerError>(),
+        Some(wmproxy_server::ServerError::Bind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 impl Drop for TestServer {

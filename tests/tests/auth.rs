@@ -77,3 +77,34 @@ async fn repeated_failures_from_one_address_are_throttled() -> Result<()> {
     client.stop().await?;
     Ok(())
 }
+
+/// A proof made for one connection does not open another: it is bound to the TLS session.
+#[tokio::test]
+async fn a_proof_cannot_be_replayed_on_another_connection() -> Result<()> {
+    use wmproxy_proto::stream::{read_frame, write_frame};
+    use wmproxy_proto::wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
+    init_tracing();
+    let server = TestServer::start(|_| {}).await?;
+    let endpoint = wmproxy_tests::raw::endpoint()?;
+
+    // A valid proof, computed on connection A (which is never used to log in).
+    let first = wmproxy_tests::raw::connect_from(&endpoint, &server).await?;
+    let mut exporter = [0u8; auth::EXPORTER_LEN];
+    first
+        .export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context("home"))
+        .map_err(|_| anyhow::anyhow!("exporter"))?;
+    let proof = auth::prove(&AuthToken::new(wmproxy_tests::TOKEN), &exporter);
+
+    // Replayed on connection B.
+    let second = wmproxy_tests::raw::connect_from(&endpoint, &server).await?;
+    let (mut send, mut recv) = second.open_bi().await?;
+    write_frame(&mut send, &Hello { protocol_version: PROTOCOL_VERSION, client_name: "home".into(), proof }).await?;
+    let reply = read_frame::<HelloReply, _>(&mut recv).await?;
+    assert_eq!(reply, HelloReply::Reject(RejectReason::BadCredentials));
+
+    // The same proof is accepted where it was made.
+    let (mut send, mut recv) = first.open_bi().await?;
+    write_frame(&mut send, &Hello { protocol_version: PROTOCOL_VERSION, client_name: "home".into(), proof }).await?;
+    assert!(matches!(read_frame::<HelloReply, _>(&mut recv).await?, HelloReply::Welcome { .. }));
+    Ok(())
+}
