@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::relay::{RelayStats, relay, relay_gated};
 use crate::stream::{StreamError, read_frame, write_frame};
@@ -88,8 +89,32 @@ pub async fn open_and_relay(
     relayed.map_err(|e| failure.take().unwrap_or(DataStreamError::Relay(e)))
 }
 
-/// Reads the header of a stream the peer opened. On error the caller should [`abort`].
-pub async fn read_open(recv: &mut RecvStream, timeout: Duration) -> Result<OpenStream, DataStreamError> {
+/// Serves a stream the peer opened: reads its header (within `timeout`; a bad or late header
+/// resets the stream), lets `decide` dial a connection for it (or say why not), answers, and on
+/// success relays until both directions end. Logs the outcome in the current span.
+pub async fn accept(
+    send: SendStream,
+    mut recv: RecvStream,
+    timeout: Duration,
+    decide: impl AsyncFnOnce(OpenStream) -> Result<TcpStream, OpenResult>,
+) {
+    let header = match read_open(&mut recv, timeout).await {
+        Ok(header) => header,
+        Err(e) => {
+            debug!(error = %e, "bad data stream; resetting it");
+            return abort(send, recv);
+        }
+    };
+    let dialed = decide(header).await;
+    match complete(send, recv, dialed).await {
+        Ok(stats) => debug!(from_peer = stats.quic_to_tcp, to_peer = stats.tcp_to_quic, "stream finished"),
+        Err(DataStreamError::Refused(result)) => debug!(%result, "stream refused"),
+        Err(e) => debug!(error = %e, "stream aborted"),
+    }
+}
+
+/// Reads the header of a stream the peer opened.
+async fn read_open(recv: &mut RecvStream, timeout: Duration) -> Result<OpenStream, DataStreamError> {
     tokio::time::timeout(timeout, read_frame::<OpenStream, _>(recv))
         .await
         .map_err(|_| DataStreamError::Timeout)?
@@ -97,7 +122,7 @@ pub async fn read_open(recv: &mut RecvStream, timeout: Duration) -> Result<OpenS
 }
 
 /// Answers a stream the peer opened with the outcome of the dial, and relays on success.
-pub async fn complete(
+async fn complete(
     mut send: SendStream,
     recv: RecvStream,
     dialed: Result<TcpStream, OpenResult>,

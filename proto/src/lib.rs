@@ -12,9 +12,10 @@
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
 //!   half-close and allocating buffers only while data flows.
 //!
-//! Data flow: an end calls [`datastream::open_and_relay`], which opens a QUIC stream and writes
-//! a [`wire::OpenStream`]; the other end reads it with [`datastream::read_open`], dials with
-//! [`dial::dial`] and answers with [`datastream::complete`]; then both run [`relay::relay`].
+//! Data flow: an end calls [`datastream::open_and_relay`], which opens a QUIC stream, writes a
+//! [`wire::OpenStream`] and pipelines its user's bytes; the other end's
+//! [`datastream::accept`] reads the header, dials (usually with [`dial::dial`]) and answers with
+//! a [`wire::OpenResult`]; then both run [`relay::relay`].
 #![forbid(unsafe_code)]
 
 pub mod datastream;

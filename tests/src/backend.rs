@@ -67,6 +67,14 @@ pub async fn round_trip(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>> {
     Ok(back)
 }
 
+/// Round-trips `len` bytes of [`pattern`] `seed` through `addr` and checks they come back intact.
+pub async fn assert_echo(addr: SocketAddr, len: usize, seed: u64) -> Result<()> {
+    let msg = pattern(len, seed);
+    let back = round_trip(addr, &msg).await?;
+    anyhow::ensure!(back == msg, "echo through {addr} came back altered ({} of {len} bytes)", back.len());
+    Ok(())
+}
+
 /// Deterministic test data: `len` bytes from a seed.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

@@ -154,6 +154,17 @@ pub fn forward_to(target: SocketAddr) -> Forward {
     Forward { listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
 }
 
+/// Starts an echo backend and a client `name` that publishes it as service `echo` on a port the
+/// server picks. Returns the running client and the public address of the service.
+pub async fn echo_client(server: &TestServer, name: &str) -> Result<(TestClient, SocketAddr)> {
+    let echo = backend::echo().await?;
+    let mut config = server.client_config(name);
+    config.services.push(tcp_service("echo", echo, 0));
+    let mut client = TestClient::start(config).await?;
+    let port = client.port_of("echo").await?;
+    Ok((client, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
 /// A client running in a task.
 #[derive(Debug)]
 pub struct TestClient {

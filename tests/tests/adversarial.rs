@@ -5,22 +5,7 @@ use anyhow::Result;
 use wmproxy_proto::stream::{read_frame, write_frame};
 use wmproxy_proto::wire::{ControlReply, ControlRequest, HelloReply, OpenResult, OpenStream};
 use wmproxy_tests::backend::{self, pattern};
-use wmproxy_tests::{DEADLINE, TestClient, TestServer, init_tracing, raw, tcp_service};
-
-async fn good_client(server: &TestServer) -> Result<(TestClient, u16)> {
-    let echo = backend::echo().await?;
-    let mut config = server.client_config("good");
-    config.services.push(tcp_service("echo", echo, 0));
-    let mut client = TestClient::start(config).await?;
-    let port = client.port_of("echo").await?;
-    Ok((client, port))
-}
-
-async fn assert_echo_works(port: u16) -> Result<()> {
-    let msg = pattern(8192, 3);
-    assert_eq!(backend::round_trip(([127, 0, 0, 1], port).into(), &msg).await?, msg);
-    Ok(())
-}
+use wmproxy_tests::{DEADLINE, TestServer, echo_client, init_tracing, raw};
 
 /// Sends `bytes` as the first thing on a fresh control stream from `endpoint`; returns the
 /// server's reply (if any) and how it closed the connection.
@@ -38,7 +23,7 @@ async fn hostile_hello(endpoint: &quinn::Endpoint, server: &TestServer, bytes: &
 async fn garbage_or_oversized_hello_closes_only_that_connection() -> Result<()> {
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
-    let (_good, port) = good_client(&server).await?;
+    let (_good, public) = echo_client(&server, "good").await?;
 
     let endpoint = raw::endpoint()?;
     // A frame whose body is not a Hello (version 1, then a name that claims 2^32 bytes): the
@@ -61,7 +46,7 @@ async fn garbage_or_oversized_hello_closes_only_that_connection() -> Result<()> 
     let outcome = hostile_hello(&endpoint, &server, &pattern(10_000, 2)).await?;
     assert!(outcome.contains("closed"), "{outcome}");
 
-    assert_echo_works(port).await?;
+    backend::assert_echo(public, 8192, 3).await?;
     assert_eq!(server.handle.clients(), ["good"]);
     Ok(())
 }
@@ -70,14 +55,14 @@ async fn garbage_or_oversized_hello_closes_only_that_connection() -> Result<()> 
 async fn garbage_after_authentication_closes_the_tunnel() -> Result<()> {
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
-    let (_good, port) = good_client(&server).await?;
+    let (_good, public) = echo_client(&server, "good").await?;
 
     let (_endpoint, conn, mut send, _recv) = raw::authenticated(&server, "mallory", wmproxy_tests::TOKEN).await?;
     send.write_all(&[0, 0, 0, 3, 0xee, 0xee, 0xee]).await?;
     let reason = tokio::time::timeout(DEADLINE, conn.closed()).await?;
     assert!(reason.to_string().contains("malformed"), "{reason}");
 
-    assert_echo_works(port).await?;
+    backend::assert_echo(public, 8192, 3).await?;
     assert_eq!(server.handle.clients(), ["good"]);
     Ok(())
 }
@@ -86,7 +71,7 @@ async fn garbage_after_authentication_closes_the_tunnel() -> Result<()> {
 async fn garbage_on_a_data_stream_resets_only_that_stream() -> Result<()> {
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
-    let (_good, port) = good_client(&server).await?;
+    let (_good, public) = echo_client(&server, "good").await?;
 
     let (_endpoint, conn, mut control, mut control_recv) =
         raw::authenticated(&server, "mallory", wmproxy_tests::TOKEN).await?;
@@ -108,6 +93,6 @@ async fn garbage_on_a_data_stream_resets_only_that_stream() -> Result<()> {
     assert_eq!(read_frame::<OpenResult, _>(&mut recv).await?, OpenResult::NotAllowed);
     assert!(conn.close_reason().is_none());
 
-    assert_echo_works(port).await?;
+    backend::assert_echo(public, 8192, 3).await?;
     Ok(())
 }

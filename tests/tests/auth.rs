@@ -5,44 +5,28 @@ use anyhow::Result;
 use wmproxy_client::{ClientError, ClientStatus};
 use wmproxy_config::{Secret, ServerTrust};
 use wmproxy_proto::wire::RejectReason;
-use wmproxy_tests::backend::{self, pattern};
-use wmproxy_tests::{TestClient, TestServer, init_tracing, tcp_service};
-
-/// A good client serving an echo service; returns it with its public port.
-async fn good_client(server: &TestServer) -> Result<(TestClient, u16)> {
-    let echo = backend::echo().await?;
-    let mut config = server.client_config("good");
-    config.services.push(tcp_service("echo", echo, 0));
-    let mut client = TestClient::start(config).await?;
-    let port = client.port_of("echo").await?;
-    Ok((client, port))
-}
-
-async fn assert_echo_works(port: u16) -> Result<()> {
-    let msg = pattern(4096, u64::from(port));
-    assert_eq!(backend::round_trip(([127, 0, 0, 1], port).into(), &msg).await?, msg);
-    Ok(())
-}
+use wmproxy_tests::backend;
+use wmproxy_tests::{TestClient, TestServer, echo_client, init_tracing};
 
 #[tokio::test]
 async fn bad_token_fingerprint_and_version_are_rejected_clearly() -> Result<()> {
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
-    let (_good, port) = good_client(&server).await?;
+    let (_good, public) = echo_client(&server, "good").await?;
 
     let mut config = server.client_config("intruder");
     config.token = Secret::new("not-the-right-token");
     let err = TestClient::start(config).await?.finished().await?.unwrap_err();
     assert!(matches!(err, ClientError::Rejected(RejectReason::BadCredentials)), "{err:?}");
     assert!(err.to_string().contains("authentication failed"), "{err}");
-    assert_echo_works(port).await?;
+    backend::assert_echo(public, 8192, 3).await?;
 
     let mut config = server.client_config("spoofed");
     config.trust = ServerTrust::Fingerprint([0x11; 32]);
     let err = TestClient::start(config).await?.finished().await?.unwrap_err();
     assert!(matches!(err, ClientError::Untrusted(_)), "{err:?}");
     assert!(err.to_string().contains("fingerprint"), "{err}");
-    assert_echo_works(port).await?;
+    backend::assert_echo(public, 8192, 3).await?;
 
     let config = server.client_config("future");
     let mut client = TestClient::start_with(config, |c| c.override_protocol_version(99)).await?;
@@ -51,7 +35,7 @@ async fn bad_token_fingerprint_and_version_are_rejected_clearly() -> Result<()> 
     let text = err.to_string();
     assert!(text.contains("version 1") && text.contains("version 99"), "{text}");
     assert!(matches!(&*client.status.borrow(), ClientStatus::Stopped { error: Some(_) }));
-    assert_echo_works(port).await?;
+    backend::assert_echo(public, 8192, 3).await?;
 
     assert_eq!(server.handle.clients(), ["good"]);
     Ok(())

@@ -54,17 +54,13 @@ async fn client_reconnects_after_a_server_restart() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_port_refuses_once_the_client_is_gone() -> Result<()> {
     init_tracing();
-    let echo = backend::echo().await?;
     let server = TestServer::start(|_| {}).await?;
-    let mut config = server.client_config("home");
-    config.services.push(tcp_service("echo", echo, 0));
-    let mut client = TestClient::start(config).await?;
-    let port = client.port_of("echo").await?;
+    let (mut client, public) = wmproxy_tests::echo_client(&server, "home").await?;
 
     client.stop().await?;
     let gone = Instant::now();
     let refused_after = loop {
-        match TcpStream::connect(("127.0.0.1", port)).await {
+        match TcpStream::connect(public).await {
             Err(_) => break gone.elapsed(),
             Ok(mut s) => {
                 // Accepted in the moment before the server noticed: it must close promptly.

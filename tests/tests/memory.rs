@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use wmproxy_proto::stream::read_frame;
 use wmproxy_proto::wire::HelloReply;
 use wmproxy_tests::backend::{self, pattern};
-use wmproxy_tests::{DEADLINE, TestClient, TestServer, init_tracing, raw, tcp_service};
+use wmproxy_tests::{DEADLINE, TestServer, init_tracing, raw};
 
 /// Resident set size of this process, bytes (Linux).
 fn rss_bytes() -> Result<u64> {
@@ -36,11 +36,7 @@ async fn batch(endpoint: &quinn::Endpoint, server: &TestServer, n: u64) -> Resul
 async fn many_hostile_connections_do_not_grow_the_server() -> Result<()> {
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
-    let echo = backend::echo().await?;
-    let mut config = server.client_config("good");
-    config.services.push(tcp_service("echo", echo, 0));
-    let mut good = TestClient::start(config).await?;
-    let port = good.port_of("echo").await?;
+    let (_good, public) = wmproxy_tests::echo_client(&server, "good").await?;
     let endpoint = raw::endpoint()?;
 
     let baseline = server.handle.tasks();
@@ -68,7 +64,6 @@ async fn many_hostile_connections_do_not_grow_the_server() -> Result<()> {
 
     assert_eq!(server.handle.clients(), ["good"]);
     assert_eq!(server.handle.throttled_addresses(), 0, "garbage is not a failed login");
-    let msg = pattern(8192, 3);
-    assert_eq!(backend::round_trip(([127, 0, 0, 1], port).into(), &msg).await?, msg);
+    backend::assert_echo(public, 8192, 3).await?;
     Ok(())
 }

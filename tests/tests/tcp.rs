@@ -4,23 +4,19 @@ use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wmproxy_tests::backend::{self, checksum, pattern};
-use wmproxy_tests::{TestClient, TestServer, init_tracing, tcp_service};
+use wmproxy_tests::{TestClient, TestServer, echo_client, init_tracing, tcp_service};
 
 const BULK: usize = 64 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_64_mib_each_way_is_intact() -> Result<()> {
     init_tracing();
-    let echo = backend::echo().await?;
     let server = TestServer::start(|_| {}).await?;
-    let mut config = server.client_config("home");
-    config.services.push(tcp_service("echo", echo, 0));
-    let mut client = TestClient::start(config).await?;
-    let port = client.port_of("echo").await?;
+    let (_client, public) = echo_client(&server, "home").await?;
 
     let data = pattern(BULK, 42);
     let expected = checksum(&data);
-    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let stream = TcpStream::connect(public).await?;
     let (mut r, mut w) = stream.into_split();
     let writer = tokio::spawn(async move {
         w.write_all(&data).await?;
@@ -38,21 +34,12 @@ async fn bulk_64_mib_each_way_is_intact() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_connections_each_get_their_own_bytes() -> Result<()> {
     init_tracing();
-    let echo = backend::echo().await?;
     let server = TestServer::start(|_| {}).await?;
-    let mut config = server.client_config("home");
-    config.services.push(tcp_service("echo", echo, 0));
-    let mut client = TestClient::start(config).await?;
-    let port = client.port_of("echo").await?;
+    let (_client, public) = echo_client(&server, "home").await?;
 
     let mut tasks = Vec::new();
     for i in 0..200u64 {
-        tasks.push(tokio::spawn(async move {
-            let msg = pattern(16 * 1024 + i as usize, i);
-            let back = backend::round_trip(([127, 0, 0, 1], port).into(), &msg).await?;
-            anyhow::ensure!(back == msg, "connection {i} got other bytes");
-            anyhow::Ok(())
-        }));
+        tasks.push(tokio::spawn(async move { backend::assert_echo(public, 16 * 1024 + i as usize, i).await }));
     }
     for t in tasks {
         t.await??;
