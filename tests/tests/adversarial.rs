@@ -96,3 +96,25 @@ async fn garbage_on_a_data_stream_resets_only_that_stream() -> Result<()> {
     backend::assert_echo(public, 8192, 3).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_finishes_its_header_is_closed_after_the_timeout() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|f| f.limits.stream_open_timeout_secs = 1).await?;
+    let (_endpoint, conn, mut control, mut control_recv) =
+        raw::authenticated(&server, "slowloris", wmproxy_tests::TOKEN).await?;
+    write_frame(&mut control, &ControlRequest::Register { services: vec![] }).await?;
+    let ControlReply::Registered { .. } = read_frame::<ControlReply, _>(&mut control_recv).await? else {
+        anyhow::bail!("reply")
+    };
+
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&[0, 0]).await?; // half a length prefix, then nothing
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(DEADLINE, read_frame::<OpenResult, _>(&mut recv)).await?;
+    assert!(answer.is_err(), "stream should be reset, got {answer:?}");
+    let waited = started.elapsed();
+    assert!(waited >= std::time::Duration::from_millis(900), "closed before the timeout: {waited:?}");
+    assert!(conn.close_reason().is_none(), "only the stream is closed, not the tunnel");
+    Ok(())
+}

@@ -99,3 +99,23 @@ async fn a_dead_backend_closes_the_user_connection_promptly() -> Result<()> {
     println!("user connection to a dead backend closed after {took:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_started_before_its_server_connects_once_the_server_is_up() -> Result<()> {
+    init_tracing();
+    let echo = backend::echo().await?;
+    let mut server = TestServer::start(|_| {}).await?;
+    let public = backend::dead_port().await?;
+    let mut config = server.client_config("early");
+    config.services.push(tcp_service("echo", echo, public.port()));
+    server.stop().await?;
+
+    // The server is down: the client keeps trying instead of giving up.
+    let mut client = TestClient::start(config).await?;
+    assert!(matches!(*client.status.borrow(), wmproxy_client::ClientStatus::Connecting { .. }));
+
+    server.restart().await?;
+    assert_eq!(client.port_of("echo").await?, public.port());
+    poll_until_echo(public, &pattern(500, 6)).await?;
+    Ok(())
+}
