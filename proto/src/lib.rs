@@ -9,6 +9,7 @@
 //! - [`transport`]: the tuned quinn `TransportConfig` and UDP socket setup both ends use.
 //! - [`datastream`]: the life of a data stream on both ends (open, header, answer, relay).
 //! - [`dial`]: connects to a `host:port` target and maps failures to [`wire::OpenResult`].
+//! - [`shutdown`]: process signals to a cancellation token, for both binaries.
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
 //!   half-close and allocating buffers only while data flows.
 //!
@@ -21,6 +22,7 @@
 pub mod datastream;
 pub mod dial;
 pub mod relay;
+pub mod shutdown;
 pub mod stream;
 pub mod tls;
 pub mod transport;

@@ -139,21 +139,7 @@ fn host_name() -> String {
 async fn run(config: ClientConfig) -> Result<()> {
     let client = Client::new(config).await?;
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        signal.cancel();
-    });
-    #[cfg(unix)]
-    {
-        let signal = shutdown.clone();
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::spawn(async move {
-                term.recv().await;
-                signal.cancel();
-            });
-        }
-    }
+    tokio::spawn(wmproxy_proto::shutdown::on_signal(shutdown.clone()));
     client.run(shutdown).await?;
     Ok(())
 }

@@ -93,7 +93,7 @@ async fn serve(cli: Cli) -> Result<()> {
         );
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(wmproxy_proto::shutdown::on_signal(shutdown.clone()));
     server.run(shutdown).await;
     Ok(())
 }
@@ -106,28 +106,6 @@ fn embedded(cli: &Cli) -> Result<(ServerConfig, Option<Secret>)> {
         file.bind = bind;
     }
     Ok((file.validate("")?, Some(token)))
-}
-
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
 }
 
 fn init_logging() {

@@ -1,0 +1,25 @@
+//! Process signals → a cancellation token, for both binaries.
+
+use tokio_util::sync::CancellationToken;
+
+/// Cancels `shutdown` on Ctrl-C (SIGINT) or, on Unix, SIGTERM. Run it in a spawned task.
+pub async fn on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}
