@@ -1,24 +1,28 @@
 //! The client: keeps one tunnel up, reconnecting with backoff, and serves its services and
 //! forwards through whichever tunnel is current.
 
-use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, VarInt};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use quinn::VarInt;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::ClientConfig;
+use wmproxy_config::{ClientConfig, ServiceType};
+use wmproxy_proto::transport;
+use wmproxy_proto::udp::{FlowTable, UdpStats};
 use wmproxy_proto::wire::{PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult, close_code};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::error::ClientError;
+use crate::expose::{self, ExposeContext, Services};
+use crate::forward::{self, Tunnel};
 use crate::session::{self, Session};
-use crate::{expose, forward, tls};
+use crate::tls;
 
 /// How long shutdown waits for streams to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,14 +62,31 @@ impl ClientStatus {
     }
 }
 
+/// A bound local forward.
+#[derive(Debug)]
+enum ForwardListener {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl ForwardListener {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Tcp(l) => l.local_addr(),
+            Self::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
 /// A configured client with its forward listeners bound, ready to [`run`](Client::run).
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
     quic: quinn::ClientConfig,
-    forwards: Vec<(TcpListener, String)>,
+    forwards: Vec<(ForwardListener, String)>,
     status: watch::Sender<ClientStatus>,
     protocol_version: u32,
+    udp_stats: Arc<UdpStats>,
 }
 
 impl Client {
@@ -75,12 +96,23 @@ impl Client {
         let quic = tls::quic_client_config(&config.trust)?;
         let mut forwards = Vec::with_capacity(config.forwards.len());
         for f in &config.forwards {
-            let listener =
-                TcpListener::bind(f.listen).await.map_err(|source| ClientError::Listen { addr: f.listen, source })?;
+            let listen_err = |source| ClientError::Listen { addr: f.listen, source };
+            let listener = match f.kind {
+                ServiceType::Tcp => ForwardListener::Tcp(TcpListener::bind(f.listen).await.map_err(listen_err)?),
+                ServiceType::Udp => ForwardListener::Udp(
+                    transport::bind_udp(f.listen).and_then(UdpSocket::from_std).map_err(listen_err)?,
+                ),
+            };
             forwards.push((listener, f.target.clone()));
         }
         let (status, _) = watch::channel(ClientStatus::Connecting { attempt: 0, last_error: None });
-        Ok(Self { config, quic, forwards, status, protocol_version: PROTOCOL_VERSION })
+        let udp_stats = Arc::default();
+        Ok(Self { config, quic, forwards, status, protocol_version: PROTOCOL_VERSION, udp_stats })
+    }
+
+    /// The client's UDP counters (`active_flows` is the size of its flow table).
+    pub fn udp_stats(&self) -> Arc<UdpStats> {
+        self.udp_stats.clone()
     }
 
     /// Follows the client's state.
@@ -102,17 +134,26 @@ impl Client {
     /// Keeps the tunnel up until `shutdown`, or until an error that retrying cannot fix (wrong
     /// token, untrusted server, version mismatch), which it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let Self { config, quic, forwards, status, protocol_version } = self;
+        let Self { config, quic, forwards, status, protocol_version, udp_stats } = self;
         let tracker = TaskTracker::new();
-        let (tunnel_tx, tunnel_rx) = watch::channel::<Option<Connection>>(None);
+        let (tunnel_tx, tunnel_rx) = watch::channel::<Option<Tunnel>>(None);
+        let udp_permits = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         for (listener, target) in forwards {
             let span = info_span!("forward", listen = ?listener.local_addr().ok(), %target);
-            tracker.spawn(
-                forward::serve(listener, target, tunnel_rx.clone(), tracker.clone(), shutdown.clone()).instrument(span),
-            );
+            let (rx, tasks, stop) = (tunnel_rx.clone(), tracker.clone(), shutdown.clone());
+            match listener {
+                ForwardListener::Tcp(l) => {
+                    tracker.spawn(forward::serve_tcp(l, target, rx, tasks, stop).instrument(span))
+                }
+                ForwardListener::Udp(s) => {
+                    let (permits, stats) = (udp_permits.clone(), udp_stats.clone());
+                    tracker.spawn(forward::serve_udp(s, target, rx, permits, stats, tasks, stop).instrument(span))
+                }
+            };
         }
-        let services: Arc<HashMap<String, String>> =
-            Arc::new(config.services.iter().map(|s| (s.name.clone(), s.local_addr.clone())).collect());
+        let services: Arc<Services> =
+            Arc::new(config.services.iter().map(|s| (s.name.clone(), (s.local_addr.clone(), s.kind))).collect());
+        let udp = UdpSetup { permits: udp_permits, stats: udp_stats, idle: config.limits.udp_flow_idle_timeout() };
 
         let mut backoff = Backoff::default();
         let mut jitter = Jitter::default();
@@ -127,7 +168,7 @@ impl Client {
                     attempt = 0;
                     backoff.reset();
                     let span = info_span!("tunnel", server = %config.server_addr, client = %config.name);
-                    let ended = serve_session(session, &services, &status, &tunnel_tx, &tracker, &shutdown)
+                    let ended = serve_session(session, &services, &udp, &status, &tunnel_tx, &tracker, &shutdown)
                         .instrument(span)
                         .await;
                     if shutdown.is_cancelled() {
@@ -165,12 +206,20 @@ impl Client {
     }
 }
 
+/// What every tunnel's UDP flows share.
+struct UdpSetup {
+    permits: Arc<Semaphore>,
+    stats: Arc<UdpStats>,
+    idle: Duration,
+}
+
 /// Serves one tunnel until it ends or `shutdown`. Returns why it ended.
 async fn serve_session(
     session: Session,
-    services: &Arc<HashMap<String, String>>,
+    services: &Arc<Services>,
+    udp: &UdpSetup,
     status: &watch::Sender<ClientStatus>,
-    tunnel: &watch::Sender<Option<Connection>>,
+    tunnel: &watch::Sender<Option<Tunnel>>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> String {
@@ -182,7 +231,18 @@ async fn serve_session(
         }
     }
     status.send_replace(ClientStatus::Connected { services: results });
-    tunnel.send_replace(Some(conn.clone()));
+    let flows = FlowTable::new(udp.stats.clone());
+    tracker.spawn(flows.clone().run(conn.clone(), udp.idle).in_current_span());
+    if conn.max_datagram_size().is_none() {
+        warn!("the server does not accept QUIC datagrams: UDP packets will ride flow streams");
+    }
+    tunnel.send_replace(Some(Tunnel { conn: conn.clone(), flows: flows.clone() }));
+    let ctx = ExposeContext {
+        services: services.clone(),
+        conn: conn.clone(),
+        flows: flows.clone(),
+        udp_permits: udp.permits.clone(),
+    };
     info!("tunnel up");
 
     let ended = tokio::select! {
@@ -190,12 +250,18 @@ async fn serve_session(
         reason = conn.closed() => reason.to_string(),
         () = async {
             while let Ok((send, recv)) = conn.accept_bi().await {
-                let span = info_span!("stream", service = tracing::field::Empty, peer = tracing::field::Empty);
-                tracker.spawn(expose::serve(send, recv, services.clone()).instrument(span));
+                let span = info_span!(
+                    "stream",
+                    service = tracing::field::Empty,
+                    peer = tracing::field::Empty,
+                    flow = tracing::field::Empty
+                );
+                tracker.spawn(expose::serve(send, recv, ctx.clone()).instrument(span));
             }
         } => "tunnel closed".to_owned(),
     };
     tunnel.send_replace(None);
+    flows.close_all();
     let stats = conn.stats();
     info!(
         rtt = ?stats.path.rtt,

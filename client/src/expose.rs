@@ -1,31 +1,71 @@
-//! Streams the server opens: a user reached one of our published services. Dial the service's
-//! local address, answer, relay.
+//! Streams the server opens: a user reached one of our published services. For TCP, dial the
+//! service's local address, answer, relay; for a UDP flow, connect a socket to it and run the
+//! flow.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream};
-use tracing::Span;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::Semaphore;
+use tracing::{Span, debug};
+use wmproxy_config::ServiceType;
 use wmproxy_proto::datastream;
+use wmproxy_proto::udp::{FlowTable, UdpStats, flow};
 use wmproxy_proto::wire::{OpenResult, OpenStream};
 
 /// Time for the server's header, and for dialing a local service.
 pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one stream opened by the server. `services` maps service names to local addresses.
-pub async fn serve(send: SendStream, recv: RecvStream, services: Arc<HashMap<String, String>>) {
-    datastream::accept(send, recv, STREAM_OPEN_TIMEOUT, async |header| match header {
+/// Published services by name: local address and kind.
+pub type Services = HashMap<String, (String, ServiceType)>;
+
+/// What streams of one tunnel share.
+#[derive(Debug, Clone)]
+pub struct ExposeContext {
+    /// The configured services.
+    pub services: Arc<Services>,
+    /// The tunnel.
+    pub conn: Connection,
+    /// Its UDP flows.
+    pub flows: Arc<FlowTable>,
+    /// Permits for UDP flows (the client's `max_udp_flows`).
+    pub udp_permits: Arc<Semaphore>,
+}
+
+/// Serves one stream opened by the server, under the span `stream{service, peer, flow}`.
+pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
+    let Some((send, recv, header)) = datastream::read_header(send, recv, STREAM_OPEN_TIMEOUT).await else {
+        return;
+    };
+    match header {
         OpenStream::Expose { service, peer_addr } => {
             Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
-            match services.get(&service) {
+            let dialed = match ctx.services.get(&service) {
                 // Local services may be anywhere the client can reach, loopback included.
-                Some(local) => wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_| true).await,
-                None => Err(OpenResult::UnknownService),
+                Some((local, ServiceType::Tcp)) => {
+                    wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_| true).await
+                }
+                _ => Err(OpenResult::UnknownService),
+            };
+            datastream::complete(send, recv, dialed).await;
+        }
+        OpenStream::UdpExpose { service, peer_addr } => {
+            Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
+            let Some((local, ServiceType::Udp)) = ctx.services.get(&service) else {
+                return datastream::refuse(send, OpenResult::UnknownService).await;
+            };
+            let Ok(_permit) = ctx.udp_permits.clone().try_acquire_owned() else {
+                debug!("UDP flow limit reached; refusing a flow");
+                UdpStats::bump(&ctx.flows.stats().dropped_flow_limit);
+                return datastream::refuse(send, OpenResult::Busy).await;
+            };
+            match wmproxy_proto::dial::dial_udp(local, STREAM_OPEN_TIMEOUT, |_| true).await {
+                Ok(socket) => flow::accept(ctx.conn, ctx.flows, Arc::new(socket), send, recv).await,
+                Err(result) => datastream::refuse(send, result).await,
             }
         }
         // The server may not ask a client to dial arbitrary targets.
-        _ => Err(OpenResult::NotAllowed),
-    })
-    .await;
+        _ => datastream::refuse(send, OpenResult::NotAllowed).await,
+    }
 }

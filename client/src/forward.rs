@@ -1,14 +1,19 @@
-//! Local forwards: a local listener whose connections leave from the server toward a target.
+//! Local forwards: a local TCP listener or UDP port whose traffic leaves from the server
+//! toward a target.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Connection;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 use wmproxy_proto::datastream;
+use wmproxy_proto::udp::listener::{self, FlowPermits, FlowSource};
+use wmproxy_proto::udp::{FlowTable, UdpStats};
 use wmproxy_proto::wire::OpenStream;
 
 use crate::expose::STREAM_OPEN_TIMEOUT;
@@ -16,12 +21,21 @@ use crate::expose::STREAM_OPEN_TIMEOUT;
 /// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The current tunnel, as forwards see it: `None` while reconnecting.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    /// The connection.
+    pub conn: Connection,
+    /// Its UDP flows.
+    pub flows: Arc<FlowTable>,
+}
+
 /// Accepts local connections until `shutdown`; each rides the current tunnel, if any (without
 /// one it is closed at once rather than left hanging).
-pub async fn serve(
+pub async fn serve_tcp(
     listener: TcpListener,
     target: String,
-    tunnel: watch::Receiver<Option<Connection>>,
+    tunnel: watch::Receiver<Option<Tunnel>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -40,7 +54,7 @@ pub async fn serve(
                 }
             }
         };
-        let Some(conn) = tunnel.borrow().clone() else {
+        let Some(conn) = tunnel.borrow().as_ref().map(|t| t.conn.clone()) else {
             warn!(%peer, "no tunnel to the server right now; closing the connection");
             continue;
         };
@@ -56,5 +70,40 @@ pub async fn serve(
             }
             .instrument(span),
         );
+    }
+}
+
+/// Serves a UDP forward until `shutdown`: each local user address becomes a flow through the
+/// current tunnel. Without a tunnel, or over `max_udp_flows`, packets are dropped and counted.
+pub async fn serve_udp(
+    socket: UdpSocket,
+    target: String,
+    tunnel: watch::Receiver<Option<Tunnel>>,
+    permits: Arc<Semaphore>,
+    stats: Arc<UdpStats>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let source = UdpForward { target, tunnel, permits };
+    listener::serve(Arc::new(socket), source, stats, STREAM_OPEN_TIMEOUT, tracker, shutdown).await;
+}
+
+struct UdpForward {
+    target: String,
+    tunnel: watch::Receiver<Option<Tunnel>>,
+    permits: Arc<Semaphore>,
+}
+
+impl FlowSource for UdpForward {
+    fn tunnel(&self) -> Option<(Connection, Arc<FlowTable>)> {
+        self.tunnel.borrow().as_ref().map(|t| (t.conn.clone(), t.flows.clone()))
+    }
+
+    fn permits(&self) -> Option<FlowPermits> {
+        self.permits.clone().try_acquire_owned().ok().map(|p| vec![p])
+    }
+
+    fn header(&self, peer: SocketAddr) -> OpenStream {
+        OpenStream::UdpConnect { target: self.target.clone(), peer_addr: peer }
     }
 }

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint};
-use wmproxy_config::ClientConfig;
+use wmproxy_config::{ClientConfig, ServiceType};
 use wmproxy_proto::stream::{read_frame, write_frame};
 use wmproxy_proto::transport;
 use wmproxy_proto::wire::{
@@ -103,7 +103,14 @@ async fn handshake(
     let services = config
         .services
         .iter()
-        .map(|s| ServiceSpec { name: s.name.clone(), kind: ServiceKind::Tcp, remote_port: s.remote_port })
+        .map(|s| ServiceSpec {
+            name: s.name.clone(),
+            kind: match s.kind {
+                ServiceType::Tcp => ServiceKind::Tcp,
+                ServiceType::Udp => ServiceKind::Udp,
+            },
+            remote_port: s.remote_port,
+        })
         .collect();
     write_frame(&mut send, &ControlRequest::Register { services }).await?;
     let results = match read_frame::<ControlReply, _>(&mut recv).await? {

@@ -39,6 +39,34 @@ pub struct ClientFile {
     /// Local ports whose connections leave from the server.
     #[serde(default)]
     pub forwards: Vec<ForwardFile>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: ClientLimits,
+}
+
+/// The client's `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimits {
+    /// UDP flows open at once (services and forwards together). A packet that would start a
+    /// flow over the limit is dropped and counted; a flow the server asks for is refused.
+    pub max_udp_flows: u32,
+    /// Seconds without a packet either way after which a UDP flow is closed. The server has
+    /// its own setting; the shorter one wins.
+    pub udp_flow_idle_timeout_secs: u64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self { max_udp_flows: 1024, udp_flow_idle_timeout_secs: 60 }
+    }
+}
+
+impl ClientLimits {
+    /// [`Self::udp_flow_idle_timeout_secs`] as a duration.
+    pub fn udp_flow_idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.udp_flow_idle_timeout_secs)
+    }
 }
 
 /// One `[[services]]` entry.
@@ -47,7 +75,7 @@ pub struct ClientFile {
 pub struct ServiceFile {
     /// Unique name within this client.
     pub name: Spanned<String>,
-    /// `"tcp"` (the default).
+    /// `"tcp"` (the default) or `"udp"`.
     #[serde(default, rename = "type")]
     pub kind: ServiceType,
     /// Where the service listens, reachable from the client.
@@ -56,22 +84,27 @@ pub struct ServiceFile {
     pub remote_port: u16,
 }
 
-/// The kind of a service.
+/// The kind of a service or forward.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceType {
     /// A TCP port.
     #[default]
     Tcp,
+    /// A UDP port, carried as QUIC datagrams.
+    Udp,
 }
 
 /// One `[[forwards]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardFile {
+    /// `"tcp"` (the default) or `"udp"`.
+    #[serde(default, rename = "type")]
+    pub kind: ServiceType,
     /// Local address to listen on.
     pub listen: SocketAddr,
-    /// `host:port` the server dials.
+    /// `host:port` the server dials (or, for UDP, sends to).
     pub target: Spanned<String>,
 }
 
@@ -103,6 +136,8 @@ pub struct Service {
 /// A validated local forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// TCP or UDP.
+    pub kind: ServiceType,
     /// Local listen address.
     pub listen: SocketAddr,
     /// `host:port` dialed from the server.
@@ -126,6 +161,8 @@ pub struct ClientConfig {
     pub services: Vec<Service>,
     /// Local forwards.
     pub forwards: Vec<Forward>,
+    /// Resource limits.
+    pub limits: ClientLimits,
 }
 
 impl ClientFile {
@@ -163,6 +200,11 @@ impl ClientFile {
             }
         };
 
+        let l = &self.limits;
+        if l.max_udp_flows == 0 || l.udp_flow_idle_timeout_secs == 0 {
+            return Err(invalid(src, "limits", None, "limits must be at least 1"));
+        }
+
         let name_at = self.name.span().start;
         let name = self.name.into_inner();
         check_name(&name).map_err(|m| invalid(src, "name", Some(name_at), &m))?;
@@ -185,7 +227,7 @@ impl ClientFile {
             let at = f.target.span().start;
             let target = f.target.into_inner();
             split_host_port(&target).map_err(|m| invalid(src, "forwards.target", Some(at), &m))?;
-            forwards.push(Forward { listen: f.listen, target });
+            forwards.push(Forward { kind: f.kind, listen: f.listen, target });
         }
 
         Ok(ClientConfig {
@@ -196,6 +238,7 @@ impl ClientFile {
             token: self.token,
             services,
             forwards,
+            limits: self.limits,
         })
     }
 }

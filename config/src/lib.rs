@@ -20,7 +20,7 @@ pub mod server;
 
 use std::path::{Path, PathBuf};
 
-pub use client::{ClientConfig, ClientFile, Forward, ServerTrust, Service, ServiceType};
+pub use client::{ClientConfig, ClientFile, ClientLimits, Forward, ServerTrust, Service, ServiceType};
 pub use egress::EgressPolicy;
 pub use ports::{PortAllowance, PortRange};
 pub use secret::Secret;

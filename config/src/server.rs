@@ -101,6 +101,13 @@ pub struct Limits {
     pub handshake_timeout_secs: u64,
     /// Seconds a data stream has to send its open header, and a dial to complete.
     pub stream_open_timeout_secs: u64,
+    /// UDP flows (user address ↔ service or forward target) open at once, all clients
+    /// together. A packet that would start a flow over a limit is dropped and counted.
+    pub max_udp_flows: u32,
+    /// UDP flows one client may have open at once.
+    pub max_udp_flows_per_client: u32,
+    /// Seconds without a packet either way after which a UDP flow is closed.
+    pub udp_flow_idle_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -110,6 +117,9 @@ impl Default for Limits {
             max_streams_per_client: 1024,
             handshake_timeout_secs: 10,
             stream_open_timeout_secs: 10,
+            max_udp_flows: 16_384,
+            max_udp_flows_per_client: 1024,
+            udp_flow_idle_timeout_secs: 60,
         }
     }
 }
@@ -122,6 +132,10 @@ impl Limits {
     /// [`Self::stream_open_timeout_secs`] as a duration.
     pub fn stream_open_timeout(&self) -> Duration {
         Duration::from_secs(self.stream_open_timeout_secs)
+    }
+    /// [`Self::udp_flow_idle_timeout_secs`] as a duration.
+    pub fn udp_flow_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.udp_flow_idle_timeout_secs)
     }
 }
 
@@ -179,10 +193,10 @@ impl ServerFile {
             ));
         }
         let l = &self.limits;
-        if l.max_clients == 0 || l.max_streams_per_client == 0 {
+        if [l.max_clients, l.max_streams_per_client, l.max_udp_flows, l.max_udp_flows_per_client].contains(&0) {
             return Err(invalid(src, "limits", None, "limits must be at least 1"));
         }
-        if l.handshake_timeout_secs == 0 || l.stream_open_timeout_secs == 0 {
+        if [l.handshake_timeout_secs, l.stream_open_timeout_secs, l.udp_flow_idle_timeout_secs].contains(&0) {
             return Err(invalid(src, "limits", None, "timeouts must be at least 1 second"));
         }
         let mut clients = HashMap::new();

@@ -11,6 +11,9 @@
 //!   relay  ◀══════════ raw bytes ══════════▶ relay
 //! ```
 //!
+//! The acceptor's side is [`read_header`], then (for TCP) [`complete`] with the dial's outcome,
+//! or [`crate::udp::flow::accept`] for a UDP flow.
+//!
 //! Pipelining saves the user a round trip on every new connection. The acceptor never sends
 //! payload before its answer, and never reads payload before deciding; a refusal discards what
 //! was pipelined (the user's connection is closed either way).
@@ -89,54 +92,54 @@ pub async fn open_and_relay(
     relayed.map_err(|e| failure.take().unwrap_or(DataStreamError::Relay(e)))
 }
 
-/// Serves a stream the peer opened: reads its header (within `timeout`; a bad or late header
-/// resets the stream), lets `decide` dial a connection for it (or say why not), answers, and on
-/// success relays until both directions end. Logs the outcome in the current span.
-pub async fn accept(
+/// Reads the header of a stream the peer opened, within `timeout`. A bad or late header resets
+/// the stream (logged) and gives `None`.
+pub async fn read_header(
     send: SendStream,
     mut recv: RecvStream,
     timeout: Duration,
-    decide: impl AsyncFnOnce(OpenStream) -> Result<TcpStream, OpenResult>,
-) {
-    let header = match read_open(&mut recv, timeout).await {
-        Ok(header) => header,
-        Err(e) => {
-            debug!(error = %e, "bad data stream; resetting it");
-            return abort(send, recv);
+) -> Option<(SendStream, RecvStream, OpenStream)> {
+    let header = tokio::time::timeout(timeout, read_frame::<OpenStream, _>(&mut recv)).await;
+    let error = match header {
+        Ok(Ok(header)) => return Some((send, recv, header)),
+        Ok(Err(e)) => DataStreamError::from(e),
+        Err(_) => DataStreamError::Timeout,
+    };
+    debug!(error = %error, "bad data stream; resetting it");
+    abort(send, recv);
+    None
+}
+
+/// Answers a TCP stream the peer opened with the outcome of the dial, and on success relays
+/// until both directions end. Logs the outcome in the current span.
+pub async fn complete(send: SendStream, recv: RecvStream, dialed: Result<TcpStream, OpenResult>) {
+    let result = match dialed {
+        Ok(tcp) => answer_and_relay(send, recv, tcp).await,
+        Err(result) => {
+            refuse(send, result).await;
+            Err(DataStreamError::Refused(result))
         }
     };
-    let dialed = decide(header).await;
-    match complete(send, recv, dialed).await {
+    match result {
         Ok(stats) => debug!(from_peer = stats.quic_to_tcp, to_peer = stats.tcp_to_quic, "stream finished"),
         Err(DataStreamError::Refused(result)) => debug!(%result, "stream refused"),
         Err(e) => debug!(error = %e, "stream aborted"),
     }
 }
 
-/// Reads the header of a stream the peer opened.
-async fn read_open(recv: &mut RecvStream, timeout: Duration) -> Result<OpenStream, DataStreamError> {
-    tokio::time::timeout(timeout, read_frame::<OpenStream, _>(recv))
-        .await
-        .map_err(|_| DataStreamError::Timeout)?
-        .map_err(Into::into)
-}
-
-/// Answers a stream the peer opened with the outcome of the dial, and relays on success.
-async fn complete(
+async fn answer_and_relay(
     mut send: SendStream,
     recv: RecvStream,
-    dialed: Result<TcpStream, OpenResult>,
+    tcp: TcpStream,
 ) -> Result<RelayStats, DataStreamError> {
-    match dialed {
-        Ok(tcp) => {
-            write_frame(&mut send, &OpenResult::Ok).await?;
-            relay(tcp, send, recv).await.map_err(DataStreamError::Relay)
-        }
-        Err(result) => {
-            write_frame(&mut send, &result).await?;
-            let _ = send.finish();
-            Err(DataStreamError::Refused(result))
-        }
+    write_frame(&mut send, &OpenResult::Ok).await?;
+    relay(tcp, send, recv).await.map_err(DataStreamError::Relay)
+}
+
+/// Answers a stream the peer opened with a refusal and ends it.
+pub async fn refuse(mut send: SendStream, result: OpenResult) {
+    if write_frame(&mut send, &result).await.is_ok() {
+        let _ = send.finish();
     }
 }
 

@@ -1,11 +1,12 @@
-//! Dials a `host:port` target on behalf of the other end, and says why it failed in the
-//! protocol's own terms ([`OpenResult`]).
+//! Dials a `host:port` target on behalf of the other end (a TCP connection, or a UDP socket
+//! connected to it for a flow), and says why it failed in the protocol's own terms
+//! ([`OpenResult`]).
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::wire::{MAX_TARGET_LEN, OpenResult};
 
@@ -15,14 +16,7 @@ use crate::wire::{MAX_TARGET_LEN, OpenResult};
 /// Failures: `NotAllowed` when every resolved address is refused by `permits`; `Refused`,
 /// `Timeout` or `Unreachable` from the last address tried.
 pub async fn dial(target: &str, timeout: Duration, permits: impl Fn(IpAddr) -> bool) -> Result<TcpStream, OpenResult> {
-    if target.len() > MAX_TARGET_LEN {
-        return Err(OpenResult::Unreachable);
-    }
-    let addrs: Vec<_> = match tokio::time::timeout(timeout, tokio::net::lookup_host(target)).await {
-        Ok(Ok(addrs)) => addrs.collect(),
-        Ok(Err(_)) => return Err(OpenResult::Unreachable),
-        Err(_) => return Err(OpenResult::Timeout),
-    };
+    let addrs = resolve(target, timeout).await?;
     let mut last = if addrs.is_empty() { OpenResult::Unreachable } else { OpenResult::NotAllowed };
     for addr in addrs.into_iter().filter(|a| permits(a.ip())) {
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -36,4 +30,49 @@ pub async fn dial(target: &str, timeout: Duration, permits: impl Fn(IpAddr) -> b
         }
     }
     Err(last)
+}
+
+/// Resolves `target` and connects a new UDP socket to the first address `permits` accepts
+/// (the egress check happens here, after resolution, once per flow).
+///
+/// Failures: `NotAllowed` when every resolved address is refused by `permits`; `Unreachable`
+/// when the name does not resolve or no socket can be connected; `Timeout` for a slow lookup.
+pub async fn dial_udp(
+    target: &str,
+    timeout: Duration,
+    permits: impl Fn(IpAddr) -> bool,
+) -> Result<UdpSocket, OpenResult> {
+    let addrs = resolve(target, timeout).await?;
+    let mut last = if addrs.is_empty() { OpenResult::Unreachable } else { OpenResult::NotAllowed };
+    for addr in addrs.into_iter().filter(|a| permits(a.ip())) {
+        let local = match addr {
+            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        };
+        let connected = async {
+            let socket = UdpSocket::bind(local).await?;
+            socket.connect(addr).await?;
+            // Flows send with `try_send`, which tokio refuses until the reactor has seen the
+            // socket writable once; wait for that here rather than drop the first packets.
+            socket.writable().await?;
+            Ok::<_, io::Error>(socket)
+        };
+        match connected.await {
+            Ok(socket) => return Ok(socket),
+            Err(_) => last = OpenResult::Unreachable,
+        }
+    }
+    Err(last)
+}
+
+/// Looks `target` up within `timeout`.
+async fn resolve(target: &str, timeout: Duration) -> Result<Vec<SocketAddr>, OpenResult> {
+    if target.len() > MAX_TARGET_LEN {
+        return Err(OpenResult::Unreachable);
+    }
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(target)).await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(_)) => Err(OpenResult::Unreachable),
+        Err(_) => Err(OpenResult::Timeout),
+    }
 }

@@ -12,6 +12,8 @@
 //! - [`shutdown`]: process signals to a cancellation token, for both binaries.
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
 //!   half-close and allocating buffers only while data flows.
+//! - [`udp`]: UDP flows: QUIC datagrams tagged with a flow id, flow tables with idle sweeps,
+//!   listeners shared by many users.
 //!
 //! Data flow: an end calls [`datastream::open_and_relay`], which opens a QUIC stream, writes a
 //! [`wire::OpenStream`] and pipelines its user's bytes; the other end's
@@ -26,4 +28,5 @@ pub mod shutdown;
 pub mod stream;
 pub mod tls;
 pub mod transport;
+pub mod udp;
 pub mod wire;

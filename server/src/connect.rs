@@ -1,27 +1,56 @@
-//! The server's side of a client's local forward: the `Connect` target is dialed if the egress
-//! policy allows it.
+//! Streams a client opens: local forwards. A TCP `Connect` target is dialed, and a UDP
+//! `UdpConnect` flow gets a socket connected to its target, if the egress policy allows.
 
 use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
-use tracing::{Span, debug};
+use tracing::{Span, debug, warn};
 use wmproxy_proto::datastream;
+use wmproxy_proto::udp::{UdpStats, flow};
 use wmproxy_proto::wire::{OpenResult, OpenStream};
 
 use crate::server::Shared;
+use crate::sessions::Session;
 
-/// Serves one data stream opened by a client.
-pub(crate) async fn serve(send: SendStream, recv: RecvStream, shared: Arc<Shared>) {
+/// Serves one data stream opened by a client, under the span `stream{id, target, flow}`.
+pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Session>, shared: Arc<Shared>) {
     let timeout = shared.config.limits.stream_open_timeout();
-    datastream::accept(send, recv, timeout, async |header| match header {
+    let Some((send, recv, header)) = datastream::read_header(send, recv, timeout).await else {
+        return;
+    };
+    let egress = &shared.config.egress;
+    match header {
         OpenStream::Connect { target, peer_addr } => {
             Span::current().record("target", target.as_str());
+            let Ok(_permit) = session.forwards.clone().try_acquire_owned() else {
+                warn!("stream limit of this client reached; refusing a forward");
+                return datastream::refuse(send, OpenResult::Busy).await;
+            };
             debug!(%peer_addr, "forward requested");
-            let egress = &shared.config.egress;
-            wmproxy_proto::dial::dial(&target, timeout, |ip| egress.permits(ip)).await
+            let dialed = wmproxy_proto::dial::dial(&target, timeout, |ip| egress.permits(ip)).await;
+            datastream::complete(send, recv, dialed).await;
+        }
+        OpenStream::UdpConnect { target, peer_addr } => {
+            Span::current().record("target", target.as_str());
+            let permits =
+                (session.udp_permits.clone().try_acquire_owned(), shared.udp_flows.clone().try_acquire_owned());
+            let (Ok(_mine), Ok(_all)) = permits else {
+                debug!("UDP flow limit reached; refusing a flow");
+                UdpStats::bump(&shared.udp_stats.dropped_flow_limit);
+                return datastream::refuse(send, OpenResult::Busy).await;
+            };
+            debug!(%peer_addr, "UDP forward flow requested");
+            match wmproxy_proto::dial::dial_udp(&target, timeout, |ip| egress.permits(ip)).await {
+                Ok(socket) => {
+                    flow::accept(session.conn.clone(), session.flows.clone(), Arc::new(socket), send, recv).await
+                }
+                Err(result) => {
+                    debug!(%result, "UDP flow refused");
+                    datastream::refuse(send, result).await;
+                }
+            }
         }
         // A client may not ask the server to expose anything.
-        _ => Err(OpenResult::NotAllowed),
-    })
-    .await;
+        _ => datastream::refuse(send, OpenResult::NotAllowed).await,
+    }
 }

@@ -7,15 +7,17 @@
 //!   registration run there under the handshake timeout; then it serves the control stream and
 //!   accepts the client's data streams.
 //! - `sessions`: live tunnels by client name; a reconnecting client replaces its old session.
-//! - `publish`: binds public TCP ports for services; each user connection becomes a data stream
-//!   to the client (`Expose`), then a relay.
-//! - `connect`: data streams from the client (`Connect`, local forwards) are dialed under the
-//!   egress policy, then relayed.
+//! - `publish`: registers services and binds public TCP ports; each user connection becomes a
+//!   data stream to the client (`Expose`), then a relay.
+//! - `udp`: public UDP ports; each user address becomes a flow to the client (`UdpExpose`),
+//!   carried as QUIC datagrams (see `wmproxy_proto::udp`).
+//! - `connect`: data streams from the client (`Connect`, `UdpConnect`: local forwards) are
+//!   dialed under the egress policy, then relayed.
 //! - [`identity`]: the TLS certificate (from PEM, or generated and kept in the state dir) and the
 //!   embedded setup's token. `throttle`: failed-auth counts per source address.
 //!
 //! Every task is spawned on one `TaskTracker` and carries its span (`tunnel{peer, client}`,
-//! `public{service, port}`, `stream{…}`); shutdown cancels a token and waits for the tracker.
+//! `public{service, port}`, `stream{…}`, `flow{peer, flow}`); shutdown cancels a token and waits for the tracker.
 #![forbid(unsafe_code)]
 
 pub mod identity;
@@ -26,5 +28,6 @@ mod publish;
 mod sessions;
 mod throttle;
 mod tunnel;
+mod udp;
 
 pub use server::{Server, ServerError, ServerHandle};

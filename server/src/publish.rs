@@ -1,5 +1,5 @@
-//! Public TCP ports: binding them for a client's services, accepting users, and opening one data
-//! stream to the client per user.
+//! Registering a client's services, and public TCP ports: binding them, accepting users, and
+//! opening one data stream to the client per user. (Public UDP ports are in [`crate::udp`].)
 
 use std::collections::HashSet;
 use std::io;
@@ -41,6 +41,7 @@ pub(crate) async fn register(
         } else {
             match spec.kind {
                 ServiceKind::Tcp => bind_tcp(&spec, allowance, session, shared).await,
+                ServiceKind::Udp => crate::udp::bind(&spec, allowance, session, shared),
                 _ => RegisterOutcome::Invalid("unsupported service type".into()),
             }
         };

@@ -13,6 +13,7 @@ use tracing::{Instrument, info, info_span, warn};
 use wmproxy_config::ServerConfig;
 use wmproxy_proto::tls::Fingerprint;
 use wmproxy_proto::transport::{self, TransportTuning};
+use wmproxy_proto::udp::{UdpSnapshot, UdpStats};
 use wmproxy_proto::wire::{ALPN, close_code};
 
 use crate::identity::{Identity, IdentityError};
@@ -48,6 +49,10 @@ pub(crate) struct Shared {
     pub config: ServerConfig,
     pub sessions: Sessions,
     pub tracker: TaskTracker,
+    /// Counters of every client's UDP flows.
+    pub udp_stats: Arc<UdpStats>,
+    /// Permits for UDP flows, all clients together.
+    pub udp_flows: Arc<Semaphore>,
     throttle: Mutex<AuthThrottle>,
 }
 
@@ -85,9 +90,14 @@ impl ServerHandle {
         self.shared.throttle().len()
     }
 
-    /// Tasks alive on the server's tracker: one per tunnel and one per stream.
+    /// Tasks alive on the server's tracker: one per tunnel, stream and UDP flow.
     pub fn tasks(&self) -> usize {
         self.shared.tracker.len()
+    }
+
+    /// UDP counters, all clients together (`active_flows` is the size of the flow tables).
+    pub fn udp_stats(&self) -> UdpSnapshot {
+        self.shared.udp_stats.snapshot()
     }
 }
 
@@ -96,9 +106,13 @@ impl Server {
     pub fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         let identity = Identity::load_or_generate(config.tls.as_ref(), &config.state_dir)?;
         let fingerprint = identity.fingerprint;
+        let limits = &config.limits;
         let tuning = TransportTuning {
-            // The control stream counts too.
-            max_concurrent_streams: config.limits.max_streams_per_client.saturating_add(1),
+            // Forwards, UDP flows (one stream each) and the control stream.
+            max_concurrent_streams: limits
+                .max_streams_per_client
+                .saturating_add(limits.max_udp_flows_per_client)
+                .saturating_add(1),
             ..TransportTuning::default()
         };
         let server_config = quic_server_config(identity, &tuning)?;
@@ -107,10 +121,13 @@ impl Server {
         let endpoint = transport::endpoint(socket, Some(server_config))
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let clients = Arc::new(Semaphore::new(config.limits.max_clients as usize));
+        let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         let shared = Arc::new(Shared {
             config,
             sessions: Sessions::default(),
             tracker: TaskTracker::new(),
+            udp_stats: Arc::default(),
+            udp_flows,
             throttle: Mutex::new(AuthThrottle::default()),
         });
         Ok(Self { endpoint, shared, fingerprint, clients })

@@ -9,6 +9,8 @@ use quinn::VarInt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wmproxy_config::Limits;
+use wmproxy_proto::udp::{FlowTable, UdpStats};
 
 /// One authenticated tunnel.
 #[derive(Debug)]
@@ -28,6 +30,10 @@ pub(crate) struct Session {
     /// Permits for concurrent forwards from this client (streams it opens). quinn's own stream
     /// limit runs a little above this, because it returns credit in batches.
     pub forwards: Arc<Semaphore>,
+    /// The tunnel's UDP flows by id.
+    pub flows: Arc<FlowTable>,
+    /// Permits for this client's UDP flows, either direction.
+    pub udp_permits: Arc<Semaphore>,
 }
 
 impl Session {
@@ -35,6 +41,7 @@ impl Session {
     /// waits until their ports are closed.
     pub async fn shut(&self, code: u32, reason: &str) {
         self.cancel.cancel();
+        self.flows.close_all();
         self.conn.close(VarInt::from_u32(code), reason.as_bytes());
         self.listeners.close();
         self.listeners.wait().await;
@@ -54,8 +61,10 @@ impl Sessions {
         &self,
         name: &str,
         conn: quinn::Connection,
-        max_streams: usize,
+        limits: &Limits,
+        udp_stats: Arc<UdpStats>,
     ) -> (Arc<Session>, Option<Arc<Session>>) {
+        let max_streams = limits.max_streams_per_client as usize;
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
@@ -64,6 +73,8 @@ impl Sessions {
             listeners: TaskTracker::new(),
             streams: Arc::new(Semaphore::new(max_streams)),
             forwards: Arc::new(Semaphore::new(max_streams)),
+            flows: FlowTable::new(udp_stats),
+            udp_permits: Arc::new(Semaphore::new(limits.max_udp_flows_per_client as usize)),
         });
         let replaced = self.lock().insert(name.to_owned(), session.clone());
         (session, replaced)

@@ -8,7 +8,6 @@ use std::time::Instant;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
-use wmproxy_proto::datastream;
 use wmproxy_proto::stream::{StreamError, read_frame, read_frame_body, write_frame};
 use wmproxy_proto::wire::{
     self, ControlReply, ControlRequest, Hello, HelloReply, PROTOCOL_VERSION, RejectReason, auth, close_code, frame,
@@ -66,13 +65,15 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
     .await??;
     Span::current().record("client", name.as_str());
 
-    let max_streams = shared.config.limits.max_streams_per_client as usize;
-    let (session, replaced) = shared.sessions.insert(&name, conn.clone(), max_streams);
+    let limits = &shared.config.limits;
+    let (session, replaced) = shared.sessions.insert(&name, conn.clone(), limits, shared.udp_stats.clone());
     if let Some(old) = replaced {
         info!("replacing the previous session of this client");
         old.shut(close_code::REPLACED, "replaced by a newer connection of this client").await;
     }
     info!("client authenticated");
+    let datagrams = session.flows.clone().run(conn.clone(), limits.udp_flow_idle_timeout());
+    session.listeners.spawn(datagrams.in_current_span());
 
     let result = async {
         let request = tokio::time::timeout_at(deadline, read_frame::<ControlRequest, _>(&mut recv)).await??;
@@ -174,24 +175,13 @@ async fn control_loop(recv: &mut RecvStream) -> Result<(), TunnelError> {
     }
 }
 
-/// Accepts the client's data streams (local forwards) until the connection ends. A stream over
-/// the client's limit is reset at once.
-async fn accept_streams(session: &Session, shared: &Arc<Shared>) {
+/// Accepts the client's data streams (local forwards, TCP or UDP) until the connection ends.
+/// quinn's stream limit bounds how many are open at once; [`connect::serve`] applies the
+/// per-kind limits once the header says which kind a stream is.
+async fn accept_streams(session: &Arc<Session>, shared: &Arc<Shared>) {
     while let Ok((send, recv)) = session.conn.accept_bi().await {
-        let Ok(permit) = session.forwards.clone().try_acquire_owned() else {
-            warn!("stream limit of this client reached; resetting a forward");
-            datastream::abort(send, recv);
-            continue;
-        };
-        let span = info_span!("stream", id = %send.id(), target = tracing::field::Empty);
-        let task = connect::serve(send, recv, shared.clone());
-        shared.tracker.spawn(
-            async move {
-                task.await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let span = info_span!("stream", id = %send.id(), target = tracing::field::Empty, flow = tracing::field::Empty);
+        shared.tracker.spawn(connect::serve(send, recv, session.clone(), shared.clone()).instrument(span));
     }
     debug!("no more streams from the client");
 }

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wmproxy_client::Client;
 use wmproxy_config::client::{parse_fingerprint, split_host_port};
-use wmproxy_config::{ClientConfig, Secret, ServerTrust, Service, ServiceType};
+use wmproxy_config::{ClientConfig, ClientLimits, Secret, ServerTrust, Service, ServiceType};
 
 /// wmproxy client: publishes local services on a wmproxy server, and forwards local ports
 /// through it.
@@ -24,7 +24,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// Expose one TCP service without a config file.
+/// Expose one TCP (or UDP) service without a config file.
 #[derive(Debug, Args)]
 struct Quick {
     /// Server address, host:port (UDP).
@@ -45,6 +45,9 @@ struct Quick {
     /// Public port on the server (0: the server picks one).
     #[arg(long)]
     remote_port: Option<u16>,
+    /// The local service is UDP (default TCP).
+    #[arg(long)]
+    udp: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,14 +116,16 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
     }
     let name = q.name.clone().unwrap_or_else(host_name);
     wmproxy_config::check_name(&name).map_err(anyhow::Error::msg).context("--name")?;
+    let (kind, kind_name) = if q.udp { (ServiceType::Udp, "udp") } else { (ServiceType::Tcp, "tcp") };
     Ok(ClientConfig {
         server_addr: server.clone(),
         server_name: "wmproxy".into(),
         trust: ServerTrust::Fingerprint(fingerprint),
         name,
         token: Secret::new(token.clone()),
-        services: vec![Service { name: "tcp".into(), kind: ServiceType::Tcp, local_addr: local.clone(), remote_port }],
+        services: vec![Service { name: kind_name.into(), kind, local_addr: local.clone(), remote_port }],
         forwards: Vec::new(),
+        limits: ClientLimits::default(),
     })
 }
 

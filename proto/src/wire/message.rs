@@ -113,6 +113,9 @@ pub struct ServiceSpec {
 pub enum ServiceKind {
     /// `enum#0`: a TCP port; every public connection becomes one data stream.
     Tcp,
+    /// `enum#1`: a UDP port; every user address becomes one flow (see [`super::udp`]).
+    /// Needs QUIC datagrams on the tunnel.
+    Udp,
 }
 
 /// The outcome of registering one [`ServiceSpec`].
@@ -145,6 +148,10 @@ pub enum RegisterOutcome {
     /// `enum#3 | str`: the spec itself is wrong (duplicate or over-long name, …).
     #[error("invalid service: {0}")]
     Invalid(String),
+    /// `enum#4`: a UDP service, but this tunnel does not carry QUIC datagrams (the client
+    /// did not offer them in its transport parameters).
+    #[error("UDP needs QUIC datagrams, which this tunnel does not support")]
+    DatagramsUnsupported,
 }
 
 /// First frame on a data stream, from the end that opened it.
@@ -164,6 +171,23 @@ pub enum OpenStream {
     /// egress policy allows.
     Connect {
         /// `host:port` to dial from the server.
+        target: String,
+        /// The local user's address as the client saw it.
+        peer_addr: SocketAddr,
+    },
+    /// `enum#2 | str service | SocketAddr peer_addr`, server → client: a new UDP flow from
+    /// `peer_addr` to the public port of `service` (see [`super::udp`]). The stream carries the
+    /// flow's packet framing after the answer, and lives as long as the flow.
+    UdpExpose {
+        /// Name of the registered UDP service.
+        service: String,
+        /// The user's address as the server saw it.
+        peer_addr: SocketAddr,
+    },
+    /// `enum#3 | str target | SocketAddr peer_addr`, client → server: a new flow of a UDP local
+    /// forward; the server sends its packets to `target` if its egress policy allows.
+    UdpConnect {
+        /// `host:port` the server sends to.
         target: String,
         /// The local user's address as the client saw it.
         peer_addr: SocketAddr,
@@ -197,5 +221,8 @@ pub enum OpenResult {
     /// `enum#5`: no such service on this end.
     #[error("unknown service")]
     UnknownService,
+    /// `enum#6`: this end has reached its limit of streams or flows.
+    #[error("too many open streams or flows")]
+    Busy,
 }
 impl WireMessage for OpenResult {}

@@ -1,0 +1,82 @@
+//! Public UDP ports: binding one for a client's UDP service, and the flow source that opens a
+//! flow to the client for each new user address.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::Connection;
+use tokio::net::UdpSocket;
+use tracing::{Instrument, info_span};
+use wmproxy_config::PortAllowance;
+use wmproxy_proto::transport;
+use wmproxy_proto::udp::FlowTable;
+use wmproxy_proto::udp::listener::{self, FlowPermits, FlowSource};
+use wmproxy_proto::wire::{OpenStream, RegisterOutcome, ServiceSpec};
+
+use crate::server::Shared;
+use crate::sessions::Session;
+
+/// Binds the public UDP port of `spec` and starts serving it until the session ends.
+pub(crate) fn bind(
+    spec: &ServiceSpec,
+    allowance: &PortAllowance,
+    session: &Arc<Session>,
+    shared: &Arc<Shared>,
+) -> RegisterOutcome {
+    if session.conn.max_datagram_size().is_none() {
+        return RegisterOutcome::DatagramsUnsupported;
+    }
+    let port = spec.remote_port;
+    if port != 0 && !allowance.allows(port) {
+        return RegisterOutcome::PortNotAllowed;
+    }
+    let socket =
+        match transport::bind_udp(SocketAddr::new(shared.config.public_bind, port)).and_then(UdpSocket::from_std) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return RegisterOutcome::PortInUse,
+            Err(e) => return RegisterOutcome::Invalid(format!("cannot bind UDP: {e}")),
+        };
+    let Ok(bound) = socket.local_addr().map(|a| a.port()) else {
+        return RegisterOutcome::Invalid("cannot read the bound port".into());
+    };
+    if !allowance.allows(bound) {
+        // Port 0 let the system pick a port outside this client's allowance.
+        return RegisterOutcome::PortNotAllowed;
+    }
+    let source = PublicPort { service: spec.name.clone(), session: session.clone(), shared: shared.clone() };
+    let serve = listener::serve(
+        Arc::new(socket),
+        source,
+        shared.udp_stats.clone(),
+        shared.config.limits.stream_open_timeout(),
+        shared.tracker.clone(),
+        session.cancel.clone(),
+    );
+    session.listeners.spawn(serve.instrument(info_span!("public", service = %spec.name, udp_port = bound)));
+    RegisterOutcome::Ok { port: bound }
+}
+
+/// Flows of one public UDP port: they ride the session's tunnel, within the client's and the
+/// server's flow limits.
+struct PublicPort {
+    service: String,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+}
+
+impl FlowSource for PublicPort {
+    fn tunnel(&self) -> Option<(Connection, Arc<FlowTable>)> {
+        Some((self.session.conn.clone(), self.session.flows.clone()))
+    }
+
+    fn permits(&self) -> Option<FlowPermits> {
+        let mine = self.session.udp_permits.clone().try_acquire_owned().ok()?;
+        let all = self.shared.udp_flows.clone().try_acquire_owned().ok()?;
+        Some(vec![mine, all])
+    }
+
+    fn header(&self, peer: SocketAddr) -> OpenStream {
+        OpenStream::UdpExpose { service: self.service.clone(), peer_addr: peer }
+    }
+}
