@@ -6,10 +6,14 @@
 //! - [`TestServer`], [`TestClient`]: a server or client with test defaults, running in a task.
 //! - [`backend`]: TCP backends (echo with half-close, a reply-after-EOF server).
 //! - [`raw`]: a hand-driven QUIC peer for adversarial tests (garbage, oversized frames).
+//! - [`udp`]: a UDP echo backend, user sockets with request/reply retries, UDP config entries.
+//! - [`eventually`]: polls a condition (every 10 ms, within [`DEADLINE`]) for state that has no
+//!   event to wait on, such as a counter.
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod raw;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,6 +133,7 @@ impl TestServer {
             token: Secret::new(TOKEN),
             services: Vec::new(),
             forwards: Vec::new(),
+            limits: wmproxy_config::ClientLimits::default(),
         }
     }
 }
@@ -151,7 +156,7 @@ pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
 
 /// A local forward entry for a client config, listening on a free loopback port.
 pub fn forward_to(target: SocketAddr) -> Forward {
-    Forward { listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
+    Forward { kind: ServiceType::Tcp, listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
 }
 
 /// Starts an echo backend and a client `name` that publishes it as service `echo` on a port the
@@ -165,11 +170,25 @@ pub async fn echo_client(server: &TestServer, name: &str) -> Result<(TestClient,
     Ok((client, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
+/// Polls `check` every 10 ms until it holds; fails after [`DEADLINE`], naming `what`.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// A client running in a task.
 #[derive(Debug)]
 pub struct TestClient {
     /// The client's state.
     pub status: watch::Receiver<ClientStatus>,
+    /// Its UDP counters.
+    pub udp: std::sync::Arc<wmproxy_proto::udp::UdpStats>,
     /// Where its forwards listen.
     pub forward_addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
@@ -188,9 +207,10 @@ impl TestClient {
         adjust(&mut client);
         let status = client.status();
         let forward_addrs = client.forward_addrs();
+        let udp = client.udp_stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(client.run(shutdown.clone()));
-        Ok(Self { status, forward_addrs, shutdown, task: Some(task) })
+        Ok(Self { status, udp, forward_addrs, shutdown, task: Some(task) })
     }
 
     /// Waits until the status satisfies `pred`; returns that status.

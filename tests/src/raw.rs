@@ -35,7 +35,23 @@ pub async fn authenticated(
     name: &str,
     token: &str,
 ) -> Result<(Endpoint, Connection, quinn::SendStream, quinn::RecvStream)> {
-    let (endpoint, conn) = connect(server).await?;
+    authenticated_with(server, name, token, |_| {}).await
+}
+
+/// As [`authenticated`], with the client's transport settings changed by `adjust` (for
+/// example, datagrams turned off).
+pub async fn authenticated_with(
+    server: &TestServer,
+    name: &str,
+    token: &str,
+    adjust: impl FnOnce(&mut quinn::TransportConfig),
+) -> Result<(Endpoint, Connection, quinn::SendStream, quinn::RecvStream)> {
+    let endpoint = endpoint()?;
+    let mut quic = wmproxy_client::tls::quic_client_config(&ServerTrust::Fingerprint(server.fingerprint.0))?;
+    let mut transport = transport::TransportTuning::default().to_config();
+    adjust(&mut transport);
+    quic.transport_config(std::sync::Arc::new(transport));
+    let conn = endpoint.connect_with(quic, server.addr, "wmproxy")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut exporter = [0u8; auth::EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(name))

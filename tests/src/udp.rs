@@ -1,0 +1,86 @@
+//! UDP backends and users for tests, on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::net::UdpSocket;
+use wmproxy_config::{Forward, Service, ServiceType};
+
+/// How long one UDP request waits for its reply before it is sent again.
+pub const REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// How many times a UDP request is sent before the round trip fails.
+pub const TRIES: usize = 3;
+
+/// A UDP echo server: sends every packet back to its sender. Its socket buffers are large
+/// (4 MiB where the kernel allows), so that it is not where packets are lost. Runs until the
+/// runtime ends.
+pub async fn echo() -> Result<SocketAddr> {
+    let socket = UdpSocket::from_std(wmproxy_proto::transport::bind_udp("127.0.0.1:0".parse()?)?)?;
+    let addr = socket.local_addr()?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    Ok(addr)
+}
+
+/// A user socket on loopback.
+pub async fn user() -> Result<UdpSocket> {
+    Ok(UdpSocket::bind("127.0.0.1:0").await?)
+}
+
+/// Sends `payload` to `to` and returns the first reply equal to it, sending again after
+/// [`REPLY_WAIT`] (at most [`TRIES`] times). Replies that differ (late duplicates of earlier
+/// requests) are passed to `stray`, which may fail the round trip.
+pub async fn round_trip(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    payload: &[u8],
+    mut stray: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    for _ in 0..TRIES {
+        socket.send_to(payload, to).await?;
+        let waited = tokio::time::timeout(REPLY_WAIT, async {
+            loop {
+                let (n, from) = socket.recv_from(&mut buf).await?;
+                if from != to {
+                    bail!("reply from {from}, expected {to}");
+                }
+                if &buf[..n] == payload {
+                    return Ok(());
+                }
+                stray(&buf[..n])?;
+            }
+        })
+        .await;
+        match waited {
+            Ok(result) => return result,
+            Err(_) => continue,
+        }
+    }
+    bail!("no reply from {to} after {TRIES} tries of {} bytes", payload.len())
+}
+
+/// Sends `payload` to `to` and returns the reply, whatever it is (one try).
+pub async fn request(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+    socket.send_to(payload, to).await?;
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) = tokio::time::timeout(REPLY_WAIT, socket.recv_from(&mut buf)).await.context("no reply")??;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// A UDP service entry for a client config.
+pub fn service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
+    Service { name: name.into(), kind: ServiceType::Udp, local_addr: local.to_string(), remote_port }
+}
+
+/// A UDP forward entry for a client config, on a free loopback port.
+pub fn forward_to(target: SocketAddr) -> Forward {
+    Forward { kind: ServiceType::Udp, listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
+}
