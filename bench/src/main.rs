@@ -1,23 +1,48 @@
-//! `wmproxy-bench`: throughput, new-connection latency and idle memory, direct vs through the
-//! tunnel, in one process on loopback. Every figure is printed next to its direct counterpart.
+//! `wmproxy-bench`: throughput, new-connection latency and idle memory (TCP), paced load and
+//! latency (UDP), direct vs through the tunnel, in one process on loopback. Every figure is
+//! printed next to its direct counterpart.
 //!
 //! Run: `cargo run --release -p wmproxy-bench --locked` (see `bench/README.md`).
 
 mod backends;
 mod quic;
+mod udp;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wmproxy_tests::{TestClient, TestServer, tcp_service};
 
-/// Figures for wmproxy's TCP path on loopback.
+/// Which figures to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// Everything.
+    All,
+    /// The TCP figures.
+    Tcp,
+    /// The UDP figures.
+    Udp,
+}
+
+/// Figures for wmproxy's TCP and UDP paths on loopback.
 #[derive(Debug, Parser)]
 struct Cli {
+    /// Which figures to take.
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    only: Only,
+    /// Offered UDP rates, Mbit/s (each direct and through the tunnel).
+    #[arg(long, value_delimiter = ',', default_value = "50,200,500")]
+    udp_rates: Vec<f64>,
+    /// Seconds per UDP rate step.
+    #[arg(long, default_value_t = 2.0)]
+    udp_secs: f64,
+    /// UDP payload of the paced runs, bytes.
+    #[arg(long, default_value_t = 1200)]
+    udp_payload: usize,
     /// MiB per bulk run (one stream; split across streams in the parallel run).
     #[arg(long, default_value_t = 1024)]
     bulk_mib: usize,
@@ -42,6 +67,68 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if cli.only != Only::Udp {
+        run_tcp(&cli).await?;
+    }
+    if cli.only != Only::Tcp {
+        run_udp(&cli).await?;
+    }
+    Ok(())
+}
+
+async fn run_udp(cli: &Cli) -> Result<()> {
+    let echo = wmproxy_tests::udp::echo().await?;
+    let server = TestServer::start(|_| {}).await?;
+    let mut config = server.client_config("bench-udp");
+    config.services.push(wmproxy_tests::udp::service("echo", echo, 0));
+    let mut client = TestClient::start(config).await?;
+    let tunnel_echo = SocketAddr::from(([127, 0, 0, 1], client.port_of("echo").await?));
+    // Warm the path (MTU discovery raises the datagram limit above 1,200 bytes within a few
+    // round trips; until then large packets ride the flow stream).
+    udp::paced(tunnel_echo, 10.0, cli.udp_payload, Duration::from_millis(300)).await?;
+
+    let step = Duration::from_secs_f64(cli.udp_secs);
+    println!(
+        "== UDP echo, {}-byte payloads, paced, {:.1} s per step (loss counts both ways)",
+        cli.udp_payload, cli.udp_secs
+    );
+    for &rate in &cli.udp_rates {
+        let direct = udp::paced(echo, rate, cli.udp_payload, step).await?;
+        let before = server.handle.udp_stats();
+        let tunnel = udp::paced(tunnel_echo, rate, cli.udp_payload, step).await?;
+        let after = server.handle.udp_stats();
+        println!(
+            "offered {rate:>5.0} Mbit/s: direct {:>6.1} Mbit/s, loss {:>5.2} % | tunnel {:>6.1} Mbit/s, loss {:>5.2} % | ratio {:>5.1} % (server: {} datagrams out, {} on the stream)",
+            direct.delivered_mbps,
+            direct.loss_percent(),
+            tunnel.delivered_mbps,
+            tunnel.loss_percent(),
+            100.0 * tunnel.delivered_mbps / direct.delivered_mbps.max(f64::MIN_POSITIVE),
+            after.datagrams_sent - before.datagrams_sent,
+            after.stream_packets_sent - before.stream_packets_sent,
+        );
+    }
+    let c = client.udp.snapshot();
+    let s = server.handle.udp_stats();
+    println!(
+        "drops: server socket {} queue {} unknown {} | client socket {} queue {} unknown {}",
+        s.dropped_socket,
+        s.dropped_queue_full,
+        s.dropped_unknown_flow,
+        c.dropped_socket,
+        c.dropped_queue_full,
+        c.dropped_unknown_flow
+    );
+
+    println!("== UDP request → reply, 64-byte payloads, {} samples", cli.connects);
+    let direct = udp::latency(echo, cli.connects, 64).await?;
+    let tunnel = udp::latency(tunnel_echo, cli.connects, 64).await?;
+    print_percentiles((direct.0, direct.1), (tunnel.0, tunnel.1));
+    println!("lost: direct {} | tunnel {}", direct.2, tunnel.2);
+    Ok(())
+}
+
+async fn run_tcp(cli: &Cli) -> Result<()> {
     let sink = backends::sink().await?;
     let echo = backends::echo().await?;
     let server = TestServer::start(|_| {}).await?;
@@ -102,14 +189,7 @@ async fn run(cli: Cli) -> Result<()> {
     println!("== new connection (connect + 1-byte echo), {} samples", cli.connects);
     let direct = connect_latency(echo, cli.connects).await?;
     let tunnel = connect_latency(tunnel_echo, cli.connects).await?;
-    for (name, d, t) in [("p50", direct.0, tunnel.0), ("p99", direct.1, tunnel.1)] {
-        println!(
-            "{name}: direct {:>7.1} µs | tunnel {:>7.1} µs | added {:>7.1} µs",
-            micros(d),
-            micros(t),
-            micros(t) - micros(d)
-        );
-    }
+    print_percentiles((direct.0, direct.1), (tunnel.0, tunnel.1));
 
     Ok(())
 }
@@ -118,6 +198,18 @@ async fn run(cli: Cli) -> Result<()> {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Prints p50 and p99, direct beside tunnel, and what the tunnel adds.
+fn print_percentiles(direct: (Duration, Duration), tunnel: (Duration, Duration)) {
+    for (name, d, t) in [("p50", direct.0, tunnel.0), ("p99", direct.1, tunnel.1)] {
+        println!(
+            "{name}: direct {:>7.1} µs | tunnel {:>7.1} µs | added {:>7.1} µs",
+            micros(d),
+            micros(t),
+            micros(t) - micros(d)
+        );
+    }
 }
 
 fn micros(d: Duration) -> f64 {
