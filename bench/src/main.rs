@@ -83,6 +83,7 @@ async fn run_udp(cli: &Cli) -> Result<()> {
     config.services.push(wmproxy_tests::udp::service("echo", echo, 0));
     let mut client = TestClient::start(config).await?;
     let tunnel_echo = SocketAddr::from(([127, 0, 0, 1], client.port_of("echo").await?));
+    println!("server tunnel endpoint {}, public UDP port {tunnel_echo}, UDP echo {echo}", server.addr);
     // Warm the path (MTU discovery raises the datagram limit above 1,200 bytes within a few
     // round trips; until then large packets ride the flow stream).
     udp::paced(tunnel_echo, 10.0, cli.udp_payload, Duration::from_millis(300)).await?;

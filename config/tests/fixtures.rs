@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use wmproxy_config::{ServerTrust, load_client, load_server};
+use wmproxy_config::{ServerTrust, ServiceType, load_client, load_server};
 
 fn here(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -23,8 +23,12 @@ fn examples_parse() {
     let client = load_client(&here("examples/client.toml")).unwrap();
     assert!(matches!(client.trust, ServerTrust::Fingerprint(fp) if fp[0] == 0x3b));
     assert_eq!(client.server_name, "203.0.113.10");
-    assert_eq!(client.services.len(), 2);
+    assert_eq!(client.services.len(), 3);
+    assert_eq!(client.services[2].kind, ServiceType::Udp);
     assert_eq!(client.forwards[0].target, "db.internal.example:5432");
+    assert_eq!((client.forwards[0].kind, client.forwards[1].kind), (ServiceType::Tcp, ServiceType::Udp));
+    assert_eq!(client.limits.udp_flow_idle_timeout_secs, 60);
+    assert_eq!(server.limits.max_udp_flows_per_client, 1024);
 }
 
 #[test]
@@ -44,6 +48,7 @@ const SERVER_BAD: &[(&str, &[&str])] = &[
     ("server-duplicate-client.toml", &["clients.name", "line 7", "duplicate"]),
     ("server-short-token.toml", &["token", "line 1", "at least 8"]),
     ("server-bad-cidr.toml", &["allow", "line 3"]),
+    ("server-zero-udp-idle.toml", &["limits", "at least 1 second"]),
 ];
 
 const CLIENT_BAD: &[(&str, &[&str])] = &[
@@ -54,6 +59,7 @@ const CLIENT_BAD: &[(&str, &[&str])] = &[
     ("client-bad-server-addr.toml", &["server_addr", "line 1", "host:port"]),
     ("client-bad-service-type.toml", &["type", "line 8", "sctp"]),
     ("client-bad-name.toml", &["name", "line 3", "not a valid name"]),
+    ("client-zero-udp-flows.toml", &["limits", "at least 1"]),
 ];
 
 #[test]

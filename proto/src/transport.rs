@@ -95,14 +95,20 @@ impl TransportTuning {
 
 /// Binds a UDP socket for a quinn endpoint, with [`UDP_BUFFER_BYTES`] kernel buffers.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    bind_udp_with(addr, UDP_BUFFER_BYTES)
+}
+
+/// Binds a non-blocking UDP socket with kernel buffers of `buffer` bytes (capped by the kernel
+/// at `net.core.{r,w}mem_max`).
+pub fn bind_udp_with(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // Dual-stack when bound to [::].
         let _ = socket.set_only_v6(false);
     }
     // Best effort: a smaller buffer only costs speed.
-    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
