@@ -23,6 +23,7 @@ fn register() -> ControlRequest {
         services: vec![
             ServiceSpec { name: "ssh".into(), kind: ServiceKind::Tcp, remote_port: 6000 },
             ServiceSpec { name: "web".into(), kind: ServiceKind::Tcp, remote_port: 0 },
+            ServiceSpec { name: "dns".into(), kind: ServiceKind::Udp, remote_port: 6053 },
         ],
     }
 }
@@ -33,6 +34,7 @@ fn registered() -> ControlReply {
             ServiceResult { name: "ssh".into(), outcome: RegisterOutcome::Ok { port: 6000 } },
             ServiceResult { name: "web".into(), outcome: RegisterOutcome::PortNotAllowed },
             ServiceResult { name: "x".into(), outcome: RegisterOutcome::Invalid("dup".into()) },
+            ServiceResult { name: "dns".into(), outcome: RegisterOutcome::DatagramsUnsupported },
         ],
     }
 }
@@ -64,6 +66,8 @@ fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(registered());
     check_round_trip(OpenStream::Expose { service: "ssh".into(), peer_addr: peer() });
     check_round_trip(OpenStream::Connect { target: "example.com:443".into(), peer_addr: "[::1]:9".parse().unwrap() });
+    check_round_trip(OpenStream::UdpExpose { service: "dns".into(), peer_addr: peer() });
+    check_round_trip(OpenStream::UdpConnect { target: "9.9.9.9:53".into(), peer_addr: peer() });
     for r in [
         OpenResult::Ok,
         OpenResult::Refused,
@@ -71,6 +75,7 @@ fn every_message_round_trips_and_truncation_needs_more() {
         OpenResult::NotAllowed,
         OpenResult::Timeout,
         OpenResult::UnknownService,
+        OpenResult::Busy,
     ] {
         check_round_trip(r);
     }

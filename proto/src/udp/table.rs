@@ -138,8 +138,8 @@ impl Flow {
 
     /// How long the flow has gone without a packet, as of `now`.
     pub fn idle_for(&self, now: Instant) -> Duration {
-        let last = self.created + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
-        now.saturating_duration_since(last)
+        let since_created = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        self.created.checked_add(since_created).map_or(Duration::ZERO, |last| now.saturating_duration_since(last))
     }
 
     /// Sends a packet from the flow's socket into the tunnel: as a datagram when the flow is
