@@ -1,6 +1,7 @@
 //! The client: keeps one tunnel up, reconnecting with backoff, and serves its services and
 //! forwards through whichever tunnel is current.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,11 +9,11 @@ use std::time::Duration;
 
 use quinn::VarInt;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::{ClientConfig, ServiceType};
+use wmproxy_config::{ClientConfig, HealthCheck, ServiceType};
 use wmproxy_proto::transport;
 use wmproxy_proto::udp::{FlowTable, UdpStats};
 use wmproxy_proto::wire::{PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult, close_code};
@@ -22,7 +23,7 @@ use crate::error::ClientError;
 use crate::expose::{self, ExposeContext, Services};
 use crate::forward::{self, Tunnel};
 use crate::session::{self, Session};
-use crate::tls;
+use crate::{health, tls};
 
 /// How long shutdown waits for streams to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,6 +154,11 @@ impl Client {
         }
         let services: Arc<Services> =
             Arc::new(config.services.iter().map(|s| (s.name.clone(), (s.local_addr.clone(), s.kind))).collect());
+        let health_checks: HashMap<String, HealthCheck> = config
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.group.as_ref()?.health_check.clone()?)))
+            .collect();
         let udp = UdpSetup { permits: udp_permits, stats: udp_stats, idle: config.limits.udp_flow_idle_timeout() };
 
         let mut backoff = Backoff::default();
@@ -168,9 +174,18 @@ impl Client {
                     attempt = 0;
                     backoff.reset();
                     let span = info_span!("tunnel", server = %config.server_addr, client = %config.name);
-                    let ended = serve_session(session, &services, &udp, &status, &tunnel_tx, &tracker, &shutdown)
-                        .instrument(span)
-                        .await;
+                    let ended = serve_session(
+                        session,
+                        &services,
+                        &health_checks,
+                        &udp,
+                        &status,
+                        &tunnel_tx,
+                        &tracker,
+                        &shutdown,
+                    )
+                    .instrument(span)
+                    .await;
                     if shutdown.is_cancelled() {
                         break Ok(());
                     }
@@ -214,19 +229,22 @@ struct UdpSetup {
 }
 
 /// Serves one tunnel until it ends or `shutdown`. Returns why it ended.
+#[allow(clippy::too_many_arguments)]
 async fn serve_session(
     session: Session,
     services: &Arc<Services>,
+    health_checks: &HashMap<String, HealthCheck>,
     udp: &UdpSetup,
     status: &watch::Sender<ClientStatus>,
     tunnel: &watch::Sender<Option<Tunnel>>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> String {
-    let Session { endpoint, conn, services: results, control: _control } = session;
+    let Session { endpoint, conn, services: results, control: (control_send, _control_recv) } = session;
     for r in &results {
         match &r.outcome {
             RegisterOutcome::Ok { port } => info!(service = %r.name, port, "service published"),
+            RegisterOutcome::Joined { port } => info!(service = %r.name, port, "service joined its group"),
             refused => warn!(service = %r.name, reason = %refused, "service refused by the server"),
         }
     }
@@ -237,6 +255,17 @@ async fn serve_session(
         warn!("the server does not accept QUIC datagrams: UDP packets will ride flow streams");
     }
     tunnel.send_replace(Some(Tunnel { conn: conn.clone(), flows: flows.clone() }));
+    // Health reports share the control stream; `reports` lives as long as the session, so the
+    // stream stays open until the session ends.
+    let (reports, queued) = mpsc::channel(health::REPORT_QUEUE);
+    tracker.spawn(health::write_reports(control_send, queued).in_current_span());
+    let checks = shutdown.child_token();
+    for (name, (local, _)) in services.iter() {
+        let Some(check) = health_checks.get(name) else { continue };
+        let addr = check.addr.clone().unwrap_or_else(|| local.clone());
+        let task = health::run(name.clone(), addr, check.clone(), reports.clone(), checks.clone());
+        tracker.spawn(task.instrument(info_span!("health_check", service = %name)));
+    }
     let ctx = ExposeContext {
         services: services.clone(),
         conn: conn.clone(),
@@ -261,6 +290,8 @@ async fn serve_session(
         } => "tunnel closed".to_owned(),
     };
     tunnel.send_replace(None);
+    checks.cancel();
+    drop(reports);
     flows.close_all();
     let stats = conn.stats();
     info!(

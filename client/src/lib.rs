@@ -8,6 +8,8 @@
 //! - `expose`: streams the server opens (a user reached a published service): dial the local
 //!   address, answer, relay.
 //! - `forward`: local listeners whose connections ride the current tunnel (`Connect`).
+//! - `health`: active health checks of grouped services (TCP connect or HTTP GET), reported
+//!   to the server on the control stream.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
 //! - [`backoff`]: reconnect delays with jitter. [`error`]: errors, and which are retried.
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@ pub mod session;
 
 mod expose;
 mod forward;
+mod health;
 pub mod tls;
 
 pub use client::{Client, ClientStatus};

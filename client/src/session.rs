@@ -9,8 +9,8 @@ use wmproxy_config::{ClientConfig, ServiceType};
 use wmproxy_proto::stream::{read_frame, write_frame};
 use wmproxy_proto::transport;
 use wmproxy_proto::wire::{
-    AuthToken, ControlReply, ControlRequest, Hello, HelloReply, RejectReason, ServiceKind, ServiceResult, ServiceSpec,
-    auth,
+    AuthToken, ControlReply, ControlRequest, GroupKey, GroupMembership, HealthSpec, Hello, HelloReply, RejectReason,
+    ServiceKind, ServiceResult, ServiceSpec, auth,
 };
 
 use crate::error::ClientError;
@@ -110,6 +110,17 @@ async fn handshake(
                 ServiceType::Udp => ServiceKind::Udp,
             },
             remote_port: s.remote_port,
+            group: s.group.as_ref().map(|g| GroupMembership {
+                group: g.group.clone(),
+                key: GroupKey(g.key.expose().to_owned()),
+                weight: g.weight,
+                drain: g.drain,
+                health: g.health_check.as_ref().map(|h| HealthSpec {
+                    rise: h.rise,
+                    fall: h.fall,
+                    start_healthy: h.start_healthy,
+                }),
+            }),
         })
         .collect();
     write_frame(&mut send, &ControlRequest::Register { services }).await?;

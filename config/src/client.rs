@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::group::{GroupJoin, HealthCheck};
 use crate::secret::Secret;
 use crate::{ConfigError, check_name, invalid};
 
@@ -80,8 +81,25 @@ pub struct ServiceFile {
     pub kind: ServiceType,
     /// Where the service listens, reachable from the client.
     pub local_addr: String,
-    /// Public port on the server; 0 lets the server choose.
+    /// Public port on the server; 0 (the default) lets the server choose. Not used with
+    /// `group`: the group's port is set on the server.
+    #[serde(default)]
     pub remote_port: u16,
+    /// Join this load-balancing group of the server instead of publishing a port of its own.
+    #[serde(default)]
+    pub group: Option<Spanned<String>>,
+    /// The group's key.
+    #[serde(default)]
+    pub group_key: Option<Secret>,
+    /// Share of the group's work relative to other backends (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Join drained: no new work (for maintenance).
+    #[serde(default)]
+    pub drain: bool,
+    /// Active health check, run here and reported to the server.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
 }
 
 /// The kind of a service or forward.
@@ -131,6 +149,8 @@ pub struct Service {
     pub local_addr: String,
     /// Requested public port (0: server chooses).
     pub remote_port: u16,
+    /// The group it joins, if any.
+    pub group: Option<GroupJoin>,
 }
 
 /// A validated local forward.
@@ -219,7 +239,48 @@ impl ClientFile {
                 return Err(invalid(src, "services.name", Some(at), &format!("duplicate service name `{sname}`")));
             }
             split_host_port(&s.local_addr).map_err(|m| invalid(src, "services.local_addr", Some(at), &m))?;
-            services.push(Service { name: sname, kind: s.kind, local_addr: s.local_addr, remote_port: s.remote_port });
+            let group = match (s.group, s.group_key) {
+                (None, None) if s.health_check.is_none() && s.weight.is_none() && !s.drain => None,
+                (None, _) => {
+                    let m = "`group_key`, `weight`, `drain` and `health_check` need `group`";
+                    return Err(invalid(src, "services.group", Some(at), m));
+                }
+                (Some(_), None) => {
+                    return Err(invalid(src, "services.group_key", Some(at), "`group` needs `group_key`"));
+                }
+                (Some(group), Some(key)) => {
+                    let group_at = group.span().start;
+                    let group = group.into_inner();
+                    check_name(&group).map_err(|m| invalid(src, "services.group", Some(group_at), &m))?;
+                    if s.remote_port != 0 {
+                        let m = "a group's port is set on the server; leave `remote_port` out";
+                        return Err(invalid(src, "services.remote_port", Some(at), m));
+                    }
+                    if s.weight == Some(0) {
+                        return Err(invalid(src, "services.weight", Some(at), "weight must be at least 1"));
+                    }
+                    if let Some(m) = s.health_check.as_ref().and_then(HealthCheck::problem) {
+                        return Err(invalid(src, "services.health_check", Some(at), m));
+                    }
+                    if let Some(addr) = s.health_check.as_ref().and_then(|h| h.addr.as_deref()) {
+                        split_host_port(addr).map_err(|m| invalid(src, "services.health_check.addr", Some(at), &m))?;
+                    }
+                    Some(GroupJoin {
+                        group,
+                        key,
+                        weight: s.weight.unwrap_or(1),
+                        drain: s.drain,
+                        health_check: s.health_check,
+                    })
+                }
+            };
+            services.push(Service {
+                name: sname,
+                kind: s.kind,
+                local_addr: s.local_addr,
+                remote_port: s.remote_port,
+                group,
+            });
         }
 
         let mut forwards = Vec::with_capacity(self.forwards.len());

@@ -4,6 +4,8 @@
 //! - [`server`]: `ServerFile` (the file as written) → `ServerConfig` (validated).
 //! - [`client`]: `ClientFile` → `ClientConfig`.
 //! - [`ports`]: public port allowances. [`egress`]: which targets a server may dial.
+//! - [`group`]: load-balancing groups (server side) and how a service joins one, with its
+//!   health check (client side).
 //! - [`secret`]: tokens, masked in `Debug` and `Display`.
 //!
 //! Parsing is strict (`deny_unknown_fields`); every error names the key and the line. Field
@@ -14,6 +16,7 @@
 
 pub mod client;
 pub mod egress;
+pub mod group;
 pub mod ports;
 pub mod secret;
 pub mod server;
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use client::{ClientConfig, ClientFile, ClientLimits, Forward, ServerTrust, Service, ServiceType};
 pub use egress::EgressPolicy;
+pub use group::{CheckType, GroupFile, GroupJoin, HealthCheck, Policy};
 pub use ports::{PortAllowance, PortRange};
 pub use secret::Secret;
 pub use server::{ClientEntry, Limits, ServerConfig, ServerFile, TlsFiles};

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::egress::{EgressFile, EgressPolicy};
+use crate::group::GroupFile;
 use crate::ports::{PortAllowance, PortRange};
 use crate::secret::Secret;
 use crate::{ConfigError, check_name, invalid};
@@ -48,6 +49,9 @@ pub struct ServerFile {
     /// Named clients, each with its own token and port allowance.
     #[serde(default)]
     pub clients: Vec<ClientEntryFile>,
+    /// Load-balancing groups: public ports served by backends that join with the group's key.
+    #[serde(default)]
+    pub groups: Vec<GroupFile>,
 }
 
 impl Default for ServerFile {
@@ -62,6 +66,7 @@ impl Default for ServerFile {
             limits: Limits::default(),
             egress: EgressFile::default(),
             clients: Vec::new(),
+            groups: Vec::new(),
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Egress policy for local forwards.
     pub egress: EgressPolicy,
+    /// Load-balancing groups, names unique.
+    pub groups: Vec<GroupFile>,
 }
 
 impl ServerFile {
@@ -209,6 +216,23 @@ impl ServerFile {
                 return Err(invalid(src, "clients.name", Some(span.start), &format!("duplicate client name `{name}`")));
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for g in &self.groups {
+            let at = Some(g.name.span().start);
+            check_name(g.name.get_ref()).map_err(|m| invalid(src, "groups.name", at, &m))?;
+            if !names.insert(g.name.get_ref().clone()) {
+                return Err(invalid(src, "groups.name", at, &format!("duplicate group name `{}`", g.name.get_ref())));
+            }
+            if g.kind != crate::ServiceType::Tcp {
+                return Err(invalid(src, "groups.type", at, "only TCP groups are supported so far"));
+            }
+            if g.remote_port == 0 {
+                return Err(invalid(src, "groups.remote_port", at, "a group needs a fixed public port"));
+            }
+            if g.max_fails > 0 && g.fail_timeout_secs == 0 {
+                return Err(invalid(src, "groups.fail_timeout_secs", at, "must be at least 1 when max_fails is set"));
+            }
+        }
         Ok(ServerConfig {
             bind: self.bind,
             state_dir: self.state_dir,
@@ -218,6 +242,7 @@ impl ServerFile {
             tls: self.tls,
             limits: self.limits,
             egress: self.egress.into(),
+            groups: self.groups,
         })
     }
 }

@@ -92,6 +92,25 @@ pub async fn open_and_relay(
     relayed.map_err(|e| failure.take().unwrap_or(DataStreamError::Relay(e)))
 }
 
+/// Opens a stream on `conn`, sends `header` and waits (within `timeout`) for an `Ok` answer,
+/// without sending payload first: for callers that try another backend when this one fails,
+/// and so must not have consumed the user's bytes.
+pub async fn open_confirmed(
+    conn: &Connection,
+    header: &OpenStream,
+    timeout: Duration,
+) -> Result<(SendStream, RecvStream), DataStreamError> {
+    let opened = tokio::time::timeout(timeout, async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| DataStreamError::Tunnel(e.to_string()))?;
+        write_frame(&mut send, header).await?;
+        match read_frame::<OpenResult, _>(&mut recv).await? {
+            OpenResult::Ok => Ok((send, recv)),
+            refused => Err(DataStreamError::Refused(refused)),
+        }
+    });
+    opened.await.map_err(|_| DataStreamError::Timeout)?
+}
+
 /// Reads the header of a stream the peer opened, within `timeout`. A bad or late header resets
 /// the stream (logged) and gives `None`.
 pub async fn read_header(

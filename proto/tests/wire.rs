@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 
 use wmproxy_proto::wire::{
-    self, AuthToken, ControlReply, ControlRequest, FrameError, Hello, HelloReply, MAX_FRAME_LEN, OpenResult,
-    OpenStream, Proof, RegisterOutcome, RejectReason, ServiceKind, ServiceResult, ServiceSpec, WireMessage, auth,
-    frame,
+    self, AuthToken, ControlReply, ControlRequest, FrameError, GroupKey, GroupMembership, HealthSpec, Hello,
+    HelloReply, MAX_FRAME_LEN, OpenResult, OpenStream, Proof, RegisterOutcome, RejectReason, ServiceKind,
+    ServiceResult, ServiceSpec, WireMessage, auth, frame,
 };
 
 fn peer() -> SocketAddr {
@@ -21,9 +21,21 @@ fn hello() -> Hello {
 fn register() -> ControlRequest {
     ControlRequest::Register {
         services: vec![
-            ServiceSpec { name: "ssh".into(), kind: ServiceKind::Tcp, remote_port: 6000 },
-            ServiceSpec { name: "web".into(), kind: ServiceKind::Tcp, remote_port: 0 },
-            ServiceSpec { name: "dns".into(), kind: ServiceKind::Udp, remote_port: 6053 },
+            ServiceSpec { name: "ssh".into(), kind: ServiceKind::Tcp, remote_port: 6000, group: None },
+            ServiceSpec { name: "web".into(), kind: ServiceKind::Tcp, remote_port: 0, group: None },
+            ServiceSpec { name: "dns".into(), kind: ServiceKind::Udp, remote_port: 6053, group: None },
+            ServiceSpec {
+                name: "web-2".into(),
+                kind: ServiceKind::Tcp,
+                remote_port: 0,
+                group: Some(GroupMembership {
+                    group: "web".into(),
+                    key: GroupKey("k".into()),
+                    weight: 5,
+                    drain: false,
+                    health: Some(HealthSpec { rise: 2, fall: 3, start_healthy: false }),
+                }),
+            },
         ],
     }
 }
@@ -35,6 +47,9 @@ fn registered() -> ControlReply {
             ServiceResult { name: "web".into(), outcome: RegisterOutcome::PortNotAllowed },
             ServiceResult { name: "x".into(), outcome: RegisterOutcome::Invalid("dup".into()) },
             ServiceResult { name: "dns".into(), outcome: RegisterOutcome::DatagramsUnsupported },
+            ServiceResult { name: "web-2".into(), outcome: RegisterOutcome::Joined { port: 80 } },
+            ServiceResult { name: "web-3".into(), outcome: RegisterOutcome::UnknownGroup },
+            ServiceResult { name: "web-4".into(), outcome: RegisterOutcome::WrongGroupKey },
         ],
     }
 }
@@ -64,6 +79,7 @@ fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(HelloReply::Reject(RejectReason::Invalid("name".into())));
     check_round_trip(register());
     check_round_trip(registered());
+    check_round_trip(ControlRequest::Health { service: "web-2".into(), ok: true, latency_us: 1234 });
     check_round_trip(OpenStream::Expose { service: "ssh".into(), peer_addr: peer() });
     check_round_trip(OpenStream::Connect { target: "example.com:443".into(), peer_addr: "[::1]:9".parse().unwrap() });
     check_round_trip(OpenStream::UdpExpose { service: "dns".into(), peer_addr: peer() });
@@ -145,7 +161,12 @@ fn garbage_never_panics() {
 #[test]
 fn encoding_over_the_cap_fails_cleanly() {
     let services = (0..5000)
-        .map(|i| ServiceSpec { name: format!("service-number-{i:08}"), kind: ServiceKind::Tcp, remote_port: 1 })
+        .map(|i| ServiceSpec {
+            name: format!("service-number-{i:08}"),
+            kind: ServiceKind::Tcp,
+            remote_port: 1,
+            group: None,
+        })
         .collect();
     let mut out = vec![1, 2, 3];
     let err = frame::encode(&ControlRequest::Register { services }, &mut out).unwrap_err();

@@ -13,6 +13,9 @@
 //!   carried as QUIC datagrams (see `wmproxy_proto::udp`).
 //! - `connect`: data streams from the client (`Connect`, `UdpConnect`: local forwards) are
 //!   dialed under the egress policy, then relayed.
+//! - [`groups`]: load-balancing groups: a public port served by backends (services of
+//!   clients that joined with the group's key), picked by policy, with active and passive
+//!   health checks and retry on the next backend.
 //! - [`identity`]: the TLS certificate (from PEM, or generated and kept in the state dir) and the
 //!   embedded setup's token. `throttle`: failed-auth counts per source address.
 //!
@@ -20,6 +23,7 @@
 //! `public{service, port}`, `stream{…}`, `flow{peer, flow}`); shutdown cancels a token and waits for the tracker.
 #![forbid(unsafe_code)]
 
+pub mod groups;
 pub mod identity;
 pub mod server;
 

@@ -39,14 +39,23 @@ pub(crate) async fn register(
         } else if !seen.insert(spec.name.clone()) {
             RegisterOutcome::Invalid(format!("duplicate service name `{}`", spec.name))
         } else {
-            match spec.kind {
-                ServiceKind::Tcp => bind_tcp(&spec, allowance, session, shared).await,
-                ServiceKind::Udp => crate::udp::bind(&spec, allowance, session, shared),
+            match (&spec.group, spec.kind) {
+                (Some(membership), _) => {
+                    let (outcome, joined) =
+                        shared.groups.join(&spec, membership, &session.name, &session.conn, &session.streams);
+                    if let Some(joined) = joined {
+                        session.memberships().insert(spec.name.clone(), joined);
+                    }
+                    outcome
+                }
+                (None, ServiceKind::Tcp) => bind_tcp(&spec, allowance, session, shared).await,
+                (None, ServiceKind::Udp) => crate::udp::bind(&spec, allowance, session, shared),
                 _ => RegisterOutcome::Invalid("unsupported service type".into()),
             }
         };
         match &outcome {
             RegisterOutcome::Ok { port } => info!(service = %spec.name, port, "service published"),
+            RegisterOutcome::Joined { port } => info!(service = %spec.name, port, "service joined its group"),
             refused => {
                 warn!(service = %spec.name, port = spec.remote_port, reason = %refused, "service refused")
             }

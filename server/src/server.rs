@@ -16,6 +16,7 @@ use wmproxy_proto::transport::{self, TransportTuning};
 use wmproxy_proto::udp::{UdpSnapshot, UdpStats};
 use wmproxy_proto::wire::{ALPN, close_code};
 
+use crate::groups::{self, GroupStatus, Groups};
 use crate::identity::{Identity, IdentityError};
 use crate::sessions::Sessions;
 use crate::throttle::AuthThrottle;
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     pub udp_stats: Arc<UdpStats>,
     /// Permits for UDP flows, all clients together.
     pub udp_flows: Arc<Semaphore>,
+    /// Load-balancing groups.
+    pub groups: Groups,
     throttle: Mutex<AuthThrottle>,
 }
 
@@ -67,6 +70,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Server {
     endpoint: quinn::Endpoint,
+    group_listeners: Vec<(Arc<groups::Group>, tokio::net::TcpListener)>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     clients: Arc<Semaphore>,
@@ -93,6 +97,19 @@ impl ServerHandle {
     /// Tasks alive on the server's tracker: one per tunnel, stream and UDP flow.
     pub fn tasks(&self) -> usize {
         self.shared.tracker.len()
+    }
+
+    /// Every group with its backends' health, sorted by name.
+    pub fn groups(&self) -> Vec<GroupStatus> {
+        let mut all: Vec<_> = self.shared.groups.all().map(|g| g.status()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Drains (or restores) the backend `service` of `client` in every group it serves.
+    /// Returns whether one was found.
+    pub fn set_drained(&self, client: &str, service: &str, drained: bool) -> bool {
+        self.shared.sessions.set_drained(client, service, drained)
     }
 
     /// UDP counters, all clients together (`active_flows` is the size of the flow tables).
@@ -122,15 +139,27 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let clients = Arc::new(Semaphore::new(config.limits.max_clients as usize));
         let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
+        let groups = Groups::new(&config.groups);
+        let mut group_listeners = Vec::new();
+        for group in groups.all() {
+            let addr = Groups::listen_addr(config.public_bind, group);
+            let bind = || {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener)
+            };
+            group_listeners.push((group.clone(), bind().map_err(|source| ServerError::Bind { addr, source })?));
+        }
         let shared = Arc::new(Shared {
             config,
             sessions: Sessions::default(),
             tracker: TaskTracker::new(),
             udp_stats: Arc::default(),
             udp_flows,
+            groups,
             throttle: Mutex::new(AuthThrottle::default()),
         });
-        Ok(Self { endpoint, shared, fingerprint, clients })
+        Ok(Self { endpoint, group_listeners, shared, fingerprint, clients })
     }
 
     /// The bound UDP address.
@@ -151,7 +180,12 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then closes every tunnel and waits (up to a few
     /// seconds) for their tasks.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { endpoint, shared, clients, .. } = self;
+        let Self { endpoint, shared, clients, group_listeners, .. } = self;
+        for (group, listener) in group_listeners {
+            let span = info_span!("group", name = %group.name, port = group.port);
+            let serve = groups::accept_users(group, listener, shared.clone(), shutdown.clone());
+            shared.tracker.spawn(serve.instrument(span));
+        }
         loop {
             let incoming = tokio::select! {
                 () = shutdown.cancelled() => break,

@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 use wmproxy_config::Limits;
 use wmproxy_proto::udp::{FlowTable, UdpStats};
 
+use crate::groups::{self, Membership};
+
 /// One authenticated tunnel.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -34,14 +36,23 @@ pub(crate) struct Session {
     pub flows: Arc<FlowTable>,
     /// Permits for this client's UDP flows, either direction.
     pub udp_permits: Arc<Semaphore>,
+    /// The groups its services joined, by service name.
+    pub memberships: Mutex<HashMap<String, Membership>>,
 }
 
 impl Session {
+    /// The group memberships. Never held across an `.await`.
+    pub fn memberships(&self) -> std::sync::MutexGuard<'_, HashMap<String, Membership>> {
+        self.memberships.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Ends the session: closes the tunnel with `code`/`reason`, stops its public listeners and
     /// waits until their ports are closed.
     pub async fn shut(&self, code: u32, reason: &str) {
         self.cancel.cancel();
         self.flows.close_all();
+        let memberships: Vec<_> = self.memberships().drain().map(|(_, m)| m).collect();
+        groups::leave(&memberships);
         self.conn.close(VarInt::from_u32(code), reason.as_bytes());
         self.listeners.close();
         self.listeners.wait().await;
@@ -75,6 +86,7 @@ impl Sessions {
             forwards: Arc::new(Semaphore::new(max_streams)),
             flows: FlowTable::new(udp_stats),
             udp_permits: Arc::new(Semaphore::new(limits.max_udp_flows_per_client as usize)),
+            memberships: Mutex::default(),
         });
         let replaced = self.lock().insert(name.to_owned(), session.clone());
         (session, replaced)
@@ -86,6 +98,16 @@ impl Sessions {
         if map.get(&session.name).is_some_and(|s| s.id == session.id) {
             map.remove(&session.name);
         }
+    }
+
+    /// Drains or restores the group backend `service` of `client`; whether it was found.
+    pub fn set_drained(&self, client: &str, service: &str, drained: bool) -> bool {
+        let session = self.lock().get(client).cloned();
+        let Some(session) = session else {
+            return false;
+        };
+        let found = session.memberships().get(service).map(|(_, b)| b.clone());
+        found.map(|b| b.set_drained(drained)).is_some()
     }
 
     /// Names of the connected clients.

@@ -90,7 +90,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
                 info!(%reason, "client disconnected");
                 Ok(())
             }
-            result = control_loop(&mut recv) => result,
+            result = control_loop(&mut recv, &session) => result,
             () = accept_streams(&session, shared) => Ok(()),
         }
     }
@@ -165,13 +165,22 @@ fn judge_hello(
     }
 }
 
-/// After registration the client sends nothing more on the control stream (yet): the next
-/// frame, or its end, ends the tunnel.
-async fn control_loop(recv: &mut RecvStream) -> Result<(), TunnelError> {
-    match read_frame::<ControlRequest, _>(recv).await {
-        Ok(_) => Err(TunnelError::Unexpected),
-        Err(StreamError::Closed) => Ok(()),
-        Err(e) => Err(e.into()),
+/// After registration the client sends only health reports on the control stream; anything
+/// else, or its end, ends the tunnel.
+async fn control_loop(recv: &mut RecvStream, session: &Session) -> Result<(), TunnelError> {
+    loop {
+        match read_frame::<ControlRequest, _>(recv).await {
+            Ok(ControlRequest::Health { service, ok, latency_us }) => {
+                let backend = session.memberships().get(&service).map(|(_, b)| b.clone());
+                match backend {
+                    Some(b) => b.report(ok, std::time::Duration::from_micros(u64::from(latency_us))),
+                    None => debug!(%service, "health report for a service in no group; ignored"),
+                }
+            }
+            Ok(_) => return Err(TunnelError::Unexpected),
+            Err(StreamError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

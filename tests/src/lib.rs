@@ -6,12 +6,15 @@
 //! - [`TestServer`], [`TestClient`]: a server or client with test defaults, running in a task.
 //! - [`backend`]: TCP backends (echo with half-close, a reply-after-EOF server).
 //! - [`raw`]: a hand-driven QUIC peer for adversarial tests (garbage, oversized frames).
+//! - [`groups`]: load-balancing config entries, tagged and switchable backends, HTTP health
+//!   endpoints.
 //! - [`udp`]: a UDP echo backend, user sockets with request/reply retries, UDP config entries.
 //! - [`eventually`]: polls a condition (every 10 ms, within [`DEADLINE`]) for state that has no
 //!   event to wait on, such as a counter.
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod groups;
 pub mod raw;
 pub mod udp;
 
@@ -151,7 +154,7 @@ impl Drop for TestServer {
 
 /// A TCP service entry for a client config.
 pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
-    Service { name: name.into(), kind: ServiceType::Tcp, local_addr: local.to_string(), remote_port }
+    Service { name: name.into(), kind: ServiceType::Tcp, local_addr: local.to_string(), remote_port, group: None }
 }
 
 /// A local forward entry for a client config, listening on a free loopback port.

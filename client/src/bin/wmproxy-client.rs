@@ -123,7 +123,7 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         trust: ServerTrust::Fingerprint(fingerprint),
         name,
         token: Secret::new(token.clone()),
-        services: vec![Service { name: kind_name.into(), kind, local_addr: local.clone(), remote_port }],
+        services: vec![Service { name: kind_name.into(), kind, local_addr: local.clone(), remote_port, group: None }],
         forwards: Vec::new(),
         limits: ClientLimits::default(),
     })

@@ -74,3 +74,13 @@ pub fn verify(token: &AuthToken, exporter: &[u8], proof: &Proof) -> bool {
     let key = hmac::Key::new(hmac::HMAC_SHA256, token.expose());
     hmac::verify(&key, exporter, &proof.0).is_ok()
 }
+
+/// Whether two secrets (for example group keys) are equal, in time that does not depend on
+/// where they differ.
+pub fn same_secret(expected: &[u8], given: &[u8]) -> bool {
+    // HMAC both under one key and let ring compare the tags in constant time: lengths and
+    // contents are hidden alike.
+    let key = hmac::Key::new(hmac::HMAC_SHA256, b"wmproxy secret comparison");
+    let tag = hmac::sign(&key, expected);
+    hmac::verify(&key, given, tag.as_ref()).is_ok()
+}

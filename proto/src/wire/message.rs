@@ -79,6 +79,17 @@ pub enum ControlRequest {
         /// The services to publish.
         services: Vec<ServiceSpec>,
     },
+    /// `enum#1 | str service | bool ok | varint latency_us`: the result of one active health
+    /// check of a grouped service's backend. **Not answered**: the server applies it to the
+    /// backend's health (rise/fall) and sends no [`ControlReply`].
+    Health {
+        /// The service (a group member) that was checked.
+        service: String,
+        /// Whether the check passed.
+        ok: bool,
+        /// How long the check took, microseconds.
+        latency_us: u32,
+    },
 }
 impl WireMessage for ControlRequest {}
 
@@ -96,7 +107,7 @@ impl WireMessage for ControlReply {}
 
 /// One service a client asks the server to publish.
 ///
-/// Layout: `str name | ServiceKind | varint remote_port`.
+/// Layout: `str name | ServiceKind | varint remote_port | Option<GroupMembership> group`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique per client; at most [`super::MAX_NAME_LEN`] bytes.
@@ -104,7 +115,50 @@ pub struct ServiceSpec {
     /// What is published.
     pub kind: ServiceKind,
     /// Public port on the server; `0` lets the server pick a free port in the allowance.
+    /// Ignored for a group member: the group has its port.
     pub remote_port: u16,
+    /// Join a load-balancing group as one of its backends instead of publishing a port.
+    pub group: Option<GroupMembership>,
+}
+
+/// How a service joins a group.
+///
+/// Layout: `str group | str key | varint weight | bool drain | Option<HealthSpec> health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembership {
+    /// The group's name, as configured on the server.
+    pub group: String,
+    /// The group's key (compared in constant time; masked in `Debug`).
+    pub key: GroupKey,
+    /// Relative share of the group's work, at least 1.
+    pub weight: u32,
+    /// Joins drained: no new work.
+    pub drain: bool,
+    /// Present when the client runs an active check and will send [`ControlRequest::Health`].
+    pub health: Option<HealthSpec>,
+}
+
+/// A group key. `Debug` prints `MASKED`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupKey(pub String);
+
+impl std::fmt::Debug for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// The thresholds the server applies to a backend's reported checks.
+///
+/// Layout: `varint rise | varint fall | bool start_healthy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub fall: u32,
+    /// Healthy before the first check.
+    pub start_healthy: bool,
 }
 
 /// The kind of a published service.
@@ -152,6 +206,18 @@ pub enum RegisterOutcome {
     /// did not offer them in its transport parameters).
     #[error("UDP needs QUIC datagrams, which this tunnel does not support")]
     DatagramsUnsupported,
+    /// `enum#5 | varint port`: joined its group, which serves public port `port`.
+    #[error("joined the group serving port {port}")]
+    Joined {
+        /// The group's public port.
+        port: u16,
+    },
+    /// `enum#6`: the server has no group of that name (or of that type).
+    #[error("no such group on the server")]
+    UnknownGroup,
+    /// `enum#7`: the group key is wrong.
+    #[error("wrong group key")]
+    WrongGroupKey,
 }
 
 /// First frame on a data stream, from the end that opened it.

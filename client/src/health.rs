@@ -1,0 +1,99 @@
+//! Active health checks of grouped services, run here where the backends live; each result is
+//! reported to the server on the control stream (`ControlRequest::Health`), which applies
+//! `rise` and `fall`.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use wmproxy_config::{CheckType, HealthCheck};
+use wmproxy_proto::wire::ControlRequest;
+
+/// Runs `check` against `addr` every interval until `stop`, sending each result on `reports`.
+/// A full report queue drops the result (the next one follows an interval later).
+pub async fn run(
+    service: String,
+    addr: String,
+    check: HealthCheck,
+    reports: mpsc::Sender<ControlRequest>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(check.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(check.timeout(), probe(&addr, &check)).await.unwrap_or(Err("timed out".into()));
+        let latency = started.elapsed();
+        if let Err(why) = &result {
+            debug!(%service, %why, "health check failed");
+        }
+        let report = ControlRequest::Health {
+            service: service.clone(),
+            ok: result.is_ok(),
+            latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+        };
+        if reports.try_send(report).is_err() && reports.is_closed() {
+            break;
+        }
+    }
+}
+
+/// One check: `Ok` when the backend passes.
+pub async fn probe(addr: &str, check: &HealthCheck) -> Result<(), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    match check.kind {
+        CheckType::Tcp => Ok(()),
+        CheckType::Http => {
+            let status = http_get(tcp, check.host.as_deref().unwrap_or(addr), &check.path).await?;
+            if check.accepts(status) { Ok(()) } else { Err(format!("status {status}")) }
+        }
+    }
+}
+
+/// `GET path` with `Host: host` over `tcp`; the response status.
+async fn http_get(tcp: TcpStream, host: &str, path: &str) -> Result<u16, String> {
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| format!("http: {e}"))?;
+    let request = Request::get(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "wmproxy-health-check")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let mut conn = std::pin::pin!(conn);
+    let mut response = std::pin::pin!(sender.send_request(request));
+    // The connection must be driven for the response to arrive; it may also finish first (the
+    // server closes after answering), and then the response is already there or never comes.
+    let response = tokio::select! {
+        biased;
+        response = &mut response => response,
+        _ = &mut conn => response.await,
+    };
+    response.map(|r| r.status().as_u16()).map_err(|e| format!("http: {e}"))
+}
+
+/// Health reports that may wait for the control stream; beyond it results are dropped.
+pub const REPORT_QUEUE: usize = 64;
+
+/// Writes queued control messages (health reports) to the control stream until the queue
+/// closes or the stream fails.
+pub async fn write_reports(mut send: quinn::SendStream, mut reports: mpsc::Receiver<ControlRequest>) {
+    while let Some(report) = reports.recv().await {
+        if let Err(e) = wmproxy_proto::stream::write_frame(&mut send, &report).await {
+            debug!(error = %e, "control stream closed; health reports stop");
+            break;
+        }
+    }
+    // Ends our side of the control stream: the server takes it as the client leaving.
+    let _ = send.finish();
+}

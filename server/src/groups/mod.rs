@@ -1,0 +1,281 @@
+//! Load-balancing groups: a public port (bound at start) served by backends, each a service of
+//! a connected client that joined with the group's key. Picking, health and membership live
+//! here, in one place the status view reads.
+//!
+//! - [`health`]: a backend's active (rise/fall) and passive (max_fails/fail_timeout) state.
+//! - [`policy`]: round robin, smooth weighted round robin, least connections, IP hash.
+//! - `serve`: the public port's accept loop, with retry on the next backend.
+
+pub mod health;
+pub mod policy;
+mod serve;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use wmproxy_config::{GroupFile, Secret, ServiceType};
+use wmproxy_proto::wire::{GroupMembership, RegisterOutcome, ServiceKind, ServiceSpec, auth};
+
+use self::health::{Health, HealthView, Passive};
+use self::policy::{Candidate, Selector};
+pub(crate) use self::serve::accept_users;
+
+/// One backend: a service on a client, serving a group.
+#[derive(Debug)]
+pub struct Backend {
+    id: u64,
+    /// The client it lives on.
+    pub client: String,
+    /// Its service name on that client (what the `Expose` header names).
+    pub service: String,
+    /// Relative share of work.
+    pub weight: u32,
+    pub(crate) conn: quinn::Connection,
+    /// The session's permits for public connections.
+    pub(crate) streams: Arc<Semaphore>,
+    drained: AtomicBool,
+    active: AtomicUsize,
+    hash_key: u64,
+    health: Mutex<Health>,
+}
+
+/// A service's place in a group: removed from the group when the session ends.
+pub(crate) type Membership = (Arc<Group>, Arc<Backend>);
+
+/// Counts one connection as active on a backend until dropped.
+#[derive(Debug)]
+pub(crate) struct ActiveGuard(Arc<Backend>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Backend {
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies an active check result reported by the client.
+    pub(crate) fn report(&self, ok: bool, latency: Duration) {
+        if let Some(healthy) = self.health().report(ok, latency) {
+            info!(client = %self.client, service = %self.service, healthy, "backend health changed");
+        }
+    }
+
+    /// A dial failed before any byte was relayed (passive check).
+    pub(crate) fn dial_failed(&self) {
+        if self.health().dial_failed(Instant::now()) {
+            warn!(client = %self.client, service = %self.service, "backend ejected after failed dials");
+        }
+    }
+
+    /// A dial succeeded.
+    pub(crate) fn dial_succeeded(&self) {
+        self.health().dial_succeeded();
+    }
+
+    /// Counts a connection as active until the guard is dropped.
+    pub(crate) fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    /// Drains (no new work, current connections stay) or restores the backend.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
+    }
+
+    fn eligible(&self, now: Instant) -> bool {
+        !self.drained.load(Ordering::Relaxed) && self.health().eligible(now)
+    }
+
+    fn status(&self, now: Instant) -> BackendStatus {
+        BackendStatus {
+            client: self.client.clone(),
+            service: self.service.clone(),
+            weight: self.weight,
+            drained: self.drained.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed),
+            health: self.health().view(now),
+        }
+    }
+}
+
+/// A backend's state, for status output and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// Client name.
+    pub client: String,
+    /// Service name on that client.
+    pub service: String,
+    /// Weight.
+    pub weight: u32,
+    /// Drained: gets no new work.
+    pub drained: bool,
+    /// Connections it serves now.
+    pub active: usize,
+    /// Health state and counters.
+    pub health: HealthView,
+}
+
+/// A group's state, for status output and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group's name.
+    pub name: String,
+    /// Its public port.
+    pub port: u16,
+    /// Its backends, in the order they joined.
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug)]
+struct Members {
+    backends: Vec<Arc<Backend>>,
+    selector: Selector,
+}
+
+/// A load-balancing group.
+#[derive(Debug)]
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    kind: ServiceType,
+    /// Its public port.
+    pub port: u16,
+    key: Secret,
+    passive: Passive,
+    /// Further backends tried when a dial fails.
+    pub retries: u32,
+    members: Mutex<Members>,
+}
+
+impl Group {
+    fn new(file: &GroupFile) -> Self {
+        Self {
+            name: file.name.get_ref().clone(),
+            kind: file.kind,
+            port: file.remote_port,
+            key: file.key.clone(),
+            passive: Passive { max_fails: file.max_fails, fail_timeout: file.fail_timeout() },
+            retries: file.retries,
+            members: Mutex::new(Members { backends: Vec::new(), selector: Selector::new(file.policy) }),
+        }
+    }
+
+    fn members(&self) -> MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backend for a new connection from `user`, among the eligible ones not in `tried`.
+    pub(crate) fn pick(&self, user: IpAddr, tried: &[u64]) -> Option<Arc<Backend>> {
+        let now = Instant::now();
+        let mut guard = self.members();
+        let members = &mut *guard;
+        let eligible: Vec<&Arc<Backend>> =
+            members.backends.iter().filter(|b| !tried.contains(&b.id) && b.eligible(now)).collect();
+        let candidates: Vec<Candidate> = eligible
+            .iter()
+            .map(|b| Candidate {
+                id: b.id,
+                weight: b.weight,
+                active: b.active.load(Ordering::Relaxed),
+                hash_key: b.hash_key,
+            })
+            .collect();
+        let index = members.selector.pick(&candidates, user)?;
+        eligible.get(index).map(|b| Arc::clone(b))
+    }
+
+    fn remove(&self, id: u64) {
+        let mut members = self.members();
+        members.backends.retain(|b| b.id != id);
+        members.selector.forget(id);
+    }
+
+    /// The group's state now.
+    pub fn status(&self) -> GroupStatus {
+        let now = Instant::now();
+        let backends = self.members().backends.iter().map(|b| b.status(now)).collect();
+        GroupStatus { name: self.name.clone(), port: self.port, backends }
+    }
+}
+
+/// Every group of the server, by name. Built once from the config.
+#[derive(Debug, Default)]
+pub struct Groups {
+    by_name: HashMap<String, Arc<Group>>,
+    next_id: AtomicU64,
+}
+
+impl Groups {
+    /// The groups of the config (ports are bound by the caller).
+    pub fn new(files: &[GroupFile]) -> Self {
+        let by_name = files.iter().map(|f| (f.name.get_ref().clone(), Arc::new(Group::new(f)))).collect();
+        Self { by_name, next_id: AtomicU64::new(0) }
+    }
+
+    /// All groups.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.by_name.values()
+    }
+
+    /// Adds the service `spec` of `client` to its group, if the name, type and key are right.
+    /// Returns the outcome and, on success, the membership to remove when the session ends.
+    pub(crate) fn join(
+        &self,
+        spec: &ServiceSpec,
+        membership: &GroupMembership,
+        client: &str,
+        conn: &quinn::Connection,
+        streams: &Arc<Semaphore>,
+    ) -> (RegisterOutcome, Option<Membership>) {
+        let kind = match spec.kind {
+            ServiceKind::Tcp => ServiceType::Tcp,
+            _ => ServiceType::Udp,
+        };
+        let Some(group) = self.by_name.get(&membership.group).filter(|g| g.kind == kind) else {
+            return (RegisterOutcome::UnknownGroup, None);
+        };
+        if !auth::same_secret(group.key.expose().as_bytes(), membership.key.0.as_bytes()) {
+            return (RegisterOutcome::WrongGroupKey, None);
+        }
+        if membership.weight == 0 {
+            return (RegisterOutcome::Invalid("weight must be at least 1".into()), None);
+        }
+        let backend = Arc::new(Backend {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            client: client.to_owned(),
+            service: spec.name.clone(),
+            weight: membership.weight,
+            conn: conn.clone(),
+            streams: streams.clone(),
+            drained: AtomicBool::new(membership.drain),
+            active: AtomicUsize::new(0),
+            hash_key: policy::identity_hash(client, &spec.name),
+            health: Mutex::new(Health::new(membership.health, group.passive)),
+        });
+        group.members().backends.push(backend.clone());
+        (RegisterOutcome::Joined { port: group.port }, Some((group.clone(), backend)))
+    }
+
+    /// The group serving public TCP port `port` on `addr`, for binding.
+    pub fn listen_addr(public_bind: IpAddr, group: &Group) -> SocketAddr {
+        SocketAddr::new(public_bind, group.port)
+    }
+}
+
+/// Removes a session's backends from their groups (the client left).
+pub(crate) fn leave(memberships: &[Membership]) {
+    for (group, backend) in memberships {
+        group.remove(backend.id);
+    }
+}

@@ -1,0 +1,86 @@
+//! A group's public TCP port: each user connection goes to the backend the policy picks; when
+//! a dial fails before any byte was relayed, the next eligible backend is tried.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+use wmproxy_proto::datastream::{self, DataStreamError};
+use wmproxy_proto::relay::relay;
+use wmproxy_proto::wire::OpenStream;
+
+use super::Group;
+use crate::server::Shared;
+
+/// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts users on the group's port until `shutdown`.
+pub(crate) async fn accept_users(
+    group: Arc<Group>,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let span = info_span!("stream", group = %group.name, %peer, backend = tracing::field::Empty);
+                let timeout = shared.config.limits.stream_open_timeout();
+                shared.tracker.spawn(serve_user(group.clone(), tcp, peer, timeout).instrument(span));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Carries one user connection to a backend, trying up to `1 + retries` of them. With none
+/// left, the user's connection is closed at once.
+async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, timeout: Duration) {
+    let _ = tcp.set_nodelay(true);
+    let mut tried = Vec::new();
+    for _ in 0..=group.retries {
+        let Some(backend) = group.pick(peer.ip(), &tried) else {
+            break;
+        };
+        tried.push(backend.id);
+        let Ok(_permit) = backend.streams.clone().try_acquire_owned() else {
+            debug!(client = %backend.client, "backend's client at its stream limit; trying another");
+            continue;
+        };
+        let _active = backend.begin();
+        let header = OpenStream::Expose { service: backend.service.clone(), peer_addr: peer };
+        match datastream::open_confirmed(&backend.conn, &header, timeout).await {
+            Ok((send, recv)) => {
+                backend.dial_succeeded();
+                tracing::Span::current()
+                    .record("backend", tracing::field::display(format_args!("{}/{}", backend.client, backend.service)));
+                match relay(tcp, send, recv).await {
+                    Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished"),
+                    Err(e) => debug!(error = %e, "relay ended"),
+                }
+                return;
+            }
+            Err(e) => {
+                if !matches!(e, DataStreamError::Refused(wmproxy_proto::wire::OpenResult::Busy)) {
+                    backend.dial_failed();
+                }
+                debug!(client = %backend.client, service = %backend.service, error = %e, "backend failed; trying another");
+            }
+        }
+    }
+    debug!(tried = tried.len(), "no backend could take the connection; closing it");
+}
