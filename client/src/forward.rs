@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 use wmproxy_proto::datastream;
-use wmproxy_proto::udp::listener::{self, FlowPermits, FlowSource};
+use wmproxy_proto::udp::listener::{self, FlowSource, NoRoute, Route};
 use wmproxy_proto::udp::{FlowTable, UdpStats};
 use wmproxy_proto::wire::OpenStream;
 
@@ -95,15 +95,11 @@ struct UdpForward {
 }
 
 impl FlowSource for UdpForward {
-    fn tunnel(&self) -> Option<(Connection, Arc<FlowTable>)> {
-        self.tunnel.borrow().as_ref().map(|t| (t.conn.clone(), t.flows.clone()))
-    }
-
-    fn permits(&self) -> Option<FlowPermits> {
-        self.permits.clone().try_acquire_owned().ok().map(|p| vec![p])
-    }
-
-    fn header(&self, peer: SocketAddr) -> OpenStream {
-        OpenStream::UdpConnect { target: self.target.clone(), peer_addr: peer }
+    fn route(&self, peer: SocketAddr) -> Result<Route, NoRoute> {
+        let (conn, table) =
+            self.tunnel.borrow().as_ref().map(|t| (t.conn.clone(), t.flows.clone())).ok_or(NoRoute::NoTunnel)?;
+        let guards = listener::permits(&[&self.permits]).ok_or(NoRoute::FlowLimit)?;
+        let header = OpenStream::UdpConnect { target: self.target.clone(), peer_addr: peer };
+        Ok(Route { conn, table, header, ends_with: None, guards })
     }
 }

@@ -262,6 +262,10 @@ impl ClientFile {
                     if let Some(m) = s.health_check.as_ref().and_then(HealthCheck::problem) {
                         return Err(invalid(src, "services.health_check", Some(at), m));
                     }
+                    if s.kind == ServiceType::Udp && s.health_check.as_ref().is_some_and(|h| h.addr.is_none()) {
+                        let m = "a UDP service's health check needs `addr` (a TCP or HTTP port that tells its health)";
+                        return Err(invalid(src, "services.health_check.addr", Some(at), m));
+                    }
                     if let Some(addr) = s.health_check.as_ref().and_then(|h| h.addr.as_deref()) {
                         split_host_port(addr).map_err(|m| invalid(src, "services.health_check.addr", Some(at), &m))?;
                     }

@@ -223,9 +223,6 @@ impl ServerFile {
             if !names.insert(g.name.get_ref().clone()) {
                 return Err(invalid(src, "groups.name", at, &format!("duplicate group name `{}`", g.name.get_ref())));
             }
-            if g.kind != crate::ServiceType::Tcp {
-                return Err(invalid(src, "groups.type", at, "only TCP groups are supported so far"));
-            }
             if g.remote_port == 0 {
                 return Err(invalid(src, "groups.remote_port", at, "a group needs a fixed public port"));
             }

@@ -41,8 +41,7 @@ pub(crate) async fn register(
         } else {
             match (&spec.group, spec.kind) {
                 (Some(membership), _) => {
-                    let (outcome, joined) =
-                        shared.groups.join(&spec, membership, &session.name, &session.conn, &session.streams);
+                    let (outcome, joined) = shared.groups.join(&spec, membership, session);
                     if let Some(joined) = joined {
                         session.memberships().insert(spec.name.clone(), joined);
                     }

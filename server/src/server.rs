@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::ServerConfig;
+use wmproxy_config::{ServerConfig, ServiceType};
 use wmproxy_proto::tls::Fingerprint;
 use wmproxy_proto::transport::{self, TransportTuning};
 use wmproxy_proto::udp::{UdpSnapshot, UdpStats};
@@ -66,11 +66,18 @@ impl Shared {
     }
 }
 
+/// A group's public socket, bound at start.
+#[derive(Debug)]
+enum GroupSocket {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
     endpoint: quinn::Endpoint,
-    group_listeners: Vec<(Arc<groups::Group>, tokio::net::TcpListener)>,
+    group_listeners: Vec<(Arc<groups::Group>, GroupSocket)>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     clients: Arc<Semaphore>,
@@ -143,10 +150,13 @@ impl Server {
         let mut group_listeners = Vec::new();
         for group in groups.all() {
             let addr = Groups::listen_addr(config.public_bind, group);
-            let bind = || {
-                let listener = std::net::TcpListener::bind(addr)?;
-                listener.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(listener)
+            let bind = || match group.kind {
+                ServiceType::Tcp => {
+                    let listener = std::net::TcpListener::bind(addr)?;
+                    listener.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(listener).map(GroupSocket::Tcp)
+                }
+                ServiceType::Udp => tokio::net::UdpSocket::from_std(transport::bind_udp(addr)?).map(GroupSocket::Udp),
             };
             group_listeners.push((group.clone(), bind().map_err(|source| ServerError::Bind { addr, source })?));
         }
@@ -181,10 +191,25 @@ impl Server {
     /// seconds) for their tasks.
     pub async fn run(self, shutdown: CancellationToken) {
         let Self { endpoint, shared, clients, group_listeners, .. } = self;
-        for (group, listener) in group_listeners {
+        for (group, socket) in group_listeners {
             let span = info_span!("group", name = %group.name, port = group.port);
-            let serve = groups::accept_users(group, listener, shared.clone(), shutdown.clone());
-            shared.tracker.spawn(serve.instrument(span));
+            match socket {
+                GroupSocket::Tcp(listener) => {
+                    let serve = groups::accept_users(group, listener, shared.clone(), shutdown.clone());
+                    shared.tracker.spawn(serve.instrument(span));
+                }
+                GroupSocket::Udp(socket) => {
+                    let serve = wmproxy_proto::udp::listener::serve(
+                        Arc::new(socket),
+                        groups::GroupPort { group, shared: shared.clone() },
+                        shared.udp_stats.clone(),
+                        shared.config.limits.stream_open_timeout(),
+                        shared.tracker.clone(),
+                        shutdown.clone(),
+                    );
+                    shared.tracker.spawn(serve.instrument(span));
+                }
+            }
         }
         loop {
             let incoming = tokio::select! {

@@ -5,13 +5,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quinn::Connection;
 use tokio::net::UdpSocket;
 use tracing::{Instrument, info_span};
 use wmproxy_config::PortAllowance;
 use wmproxy_proto::transport;
-use wmproxy_proto::udp::FlowTable;
-use wmproxy_proto::udp::listener::{self, FlowPermits, FlowSource};
+use wmproxy_proto::udp::listener::{self, FlowSource, NoRoute, Route};
 use wmproxy_proto::wire::{OpenStream, RegisterOutcome, ServiceSpec};
 
 use crate::server::Shared;
@@ -66,17 +64,15 @@ struct PublicPort {
 }
 
 impl FlowSource for PublicPort {
-    fn tunnel(&self) -> Option<(Connection, Arc<FlowTable>)> {
-        Some((self.session.conn.clone(), self.session.flows.clone()))
-    }
-
-    fn permits(&self) -> Option<FlowPermits> {
-        let mine = self.session.udp_permits.clone().try_acquire_owned().ok()?;
-        let all = self.shared.udp_flows.clone().try_acquire_owned().ok()?;
-        Some(vec![mine, all])
-    }
-
-    fn header(&self, peer: SocketAddr) -> OpenStream {
-        OpenStream::UdpExpose { service: self.service.clone(), peer_addr: peer }
+    fn route(&self, peer: SocketAddr) -> Result<Route, NoRoute> {
+        let guards =
+            listener::permits(&[&self.session.udp_permits, &self.shared.udp_flows]).ok_or(NoRoute::FlowLimit)?;
+        Ok(Route {
+            conn: self.session.conn.clone(),
+            table: self.session.flows.clone(),
+            header: OpenStream::UdpExpose { service: self.service.clone(), peer_addr: peer },
+            ends_with: None,
+            guards,
+        })
     }
 }

@@ -84,3 +84,24 @@ pub fn service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
 pub fn forward_to(target: SocketAddr) -> Forward {
     Forward { kind: ServiceType::Udp, listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
 }
+
+/// A UDP echo that answers `tag:payload`, until the returned token is cancelled.
+pub async fn tagged_echo(tag: &str) -> Result<(SocketAddr, tokio_util::sync::CancellationToken)> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let addr = socket.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (token, prefix) = (stop.clone(), format!("{tag}:"));
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let (n, from) = tokio::select! {
+                () = token.cancelled() => break,
+                r = socket.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
+            };
+            let mut reply = prefix.clone().into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    Ok((addr, stop))
+}

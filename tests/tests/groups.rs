@@ -290,3 +290,53 @@ async fn a_wrong_group_key_is_refused_while_the_other_services_register() -> Res
     assert_eq!(server.handle.groups()[0].backends.len(), 1, "only the right key joined");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_group_spreads_flows_and_moves_them_off_a_dead_backend() -> Result<()> {
+    use wmproxy_tests::udp;
+    init_tracing();
+    let public = udp::user().await?.local_addr()?;
+    let mut group = groups::group("web", public.port(), Policy::RoundRobin);
+    group.kind = wmproxy_config::ServiceType::Udp;
+    let server = TestServer::start(move |f| f.groups.push(group)).await?;
+    let ((u1, stop_u1), (u2, _stop_u2)) = (udp::tagged_echo("u1").await?, udp::tagged_echo("u2").await?);
+    // UDP backends are checked through a companion TCP port that dies with them.
+    let (h1, h2) = (tagged("h1").await?, tagged("h2").await?);
+    let udp_member = |name: &str, local, health: SocketAddr| {
+        let mut check = tcp_check(50, 2, 2);
+        check.addr = Some(health.to_string());
+        let mut m = member(name, local, "web", 1, Some(check));
+        m.kind = wmproxy_config::ServiceType::Udp;
+        m
+    };
+    let _x = members(&server, "x", vec![udp_member("u1", u1, h1.addr)]).await?;
+    let _y = members(&server, "y", vec![udp_member("u2", u2, h2.addr)]).await?;
+    for b in ["u1", "u2"] {
+        eventually("both backends healthy", || state_of(&server, b) == Some(HealthState::Healthy)).await?;
+    }
+
+    let mut users = Vec::new();
+    let mut on_u1 = 0;
+    for i in 0..20 {
+        let socket = udp::user().await?;
+        let reply = udp::request(&socket, public, format!("hi {i}").as_bytes()).await?;
+        on_u1 += usize::from(reply.starts_with(b"u1:"));
+        users.push(socket);
+    }
+    ensure!((5..=15).contains(&on_u1), "flows spread over both backends: {on_u1} of 20 on u1");
+
+    stop_u1.cancel();
+    h1.stop();
+    eventually("u1 unhealthy", || state_of(&server, "u1") == Some(HealthState::Unhealthy)).await?;
+    let deadline = tokio::time::Instant::now() + wmproxy_tests::DEADLINE;
+    for (i, socket) in users.iter().enumerate() {
+        loop {
+            let reply = udp::request(socket, public, format!("again {i}").as_bytes()).await;
+            if reply.as_deref().is_ok_and(|r| r.starts_with(b"u2:")) {
+                break;
+            }
+            ensure!(tokio::time::Instant::now() < deadline, "user {i} never moved to u2");
+        }
+    }
+    Ok(())
+}

@@ -25,17 +25,52 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause after a failed receive so that a persistent error does not spin.
 const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Permits a flow holds until it ends (for example one per-client and one global).
-pub type FlowPermits = Vec<OwnedSemaphorePermit>;
+/// What a flow holds until it ends: limit permits, active-connection counters.
+pub type FlowGuards = Vec<Box<dyn Send>>;
+
+/// Where a new flow goes.
+pub struct Route {
+    /// The tunnel it rides.
+    pub conn: Connection,
+    /// That tunnel's flow table.
+    pub table: Arc<FlowTable>,
+    /// The header that opens it.
+    pub header: OpenStream,
+    /// Also ends the flow when cancelled (its backend stopped being healthy).
+    pub ends_with: Option<CancellationToken>,
+    /// Held until the flow ends.
+    pub guards: FlowGuards,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route").field("header", &self.header).field("guards", &self.guards.len()).finish()
+    }
+}
+
+/// Why a packet could not start a flow (each is counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No tunnel right now, or no healthy backend.
+    NoTunnel,
+    /// A flow limit is reached.
+    FlowLimit,
+}
 
 /// What a listener needs to start flows.
 pub trait FlowSource: Send + 'static {
-    /// The tunnel new flows ride, with its flow table; `None` drops the packet.
-    fn tunnel(&self) -> Option<(Connection, Arc<FlowTable>)>;
-    /// Permits for one more flow; `None` when a limit is reached (the packet is dropped).
-    fn permits(&self) -> Option<FlowPermits>;
-    /// The header that opens a flow for `peer`.
-    fn header(&self, peer: SocketAddr) -> OpenStream;
+    /// Where a new flow from `peer` goes, with the permits it holds.
+    fn route(&self, peer: SocketAddr) -> Result<Route, NoRoute>;
+}
+
+/// Permits from each semaphore, or `None` if any is exhausted.
+pub fn permits(semaphores: &[&Arc<tokio::sync::Semaphore>]) -> Option<FlowGuards> {
+    let mut guards: FlowGuards = Vec::with_capacity(semaphores.len());
+    for s in semaphores {
+        let permit: OwnedSemaphorePermit = Arc::clone(s).try_acquire_owned().ok()?;
+        guards.push(Box::new(permit));
+    }
+    Some(guards)
 }
 
 /// Receives on `socket` until `cancel`, starting one flow per user address. Flow tasks run
@@ -88,29 +123,32 @@ pub async fn serve(
             flow.send(conn, payload);
             continue;
         }
-        let Some((conn, table)) = source.tunnel() else {
-            UdpStats::bump(&stats.dropped_no_tunnel);
-            continue;
+        let route = match source.route(peer) {
+            Ok(route) => route,
+            Err(NoRoute::NoTunnel) => {
+                UdpStats::bump(&stats.dropped_no_tunnel);
+                continue;
+            }
+            Err(NoRoute::FlowLimit) => {
+                debug!(%peer, "UDP flow limit reached; dropping the packet");
+                UdpStats::bump(&stats.dropped_flow_limit);
+                continue;
+            }
         };
-        let Some(permits) = source.permits() else {
-            debug!(%peer, "UDP flow limit reached; dropping the packet");
-            UdpStats::bump(&stats.dropped_flow_limit);
-            continue;
-        };
+        let Route { conn, table, header, ends_with, guards } = route;
         if flows.len() >= purge_at {
             flows.retain(|_, (f, _)| !f.done().is_cancelled());
             purge_at = (flows.len() * 2).max(64);
         }
-        let (flow, rx) = Flow::new(Sink::Peer { socket: socket.clone(), peer }, &table);
+        let (flow, rx) = Flow::ending_with(Sink::Peer { socket: socket.clone(), peer }, &table, ends_with.as_ref());
         // Not confirmed yet: the packet is queued to follow the header on the stream.
         flow.send(&conn, payload);
         flows.insert(peer, (flow.clone(), conn.clone()));
-        let header = source.header(peer);
         let span = info_span!("flow", %peer, flow = tracing::field::Empty);
         tracker.spawn(
             async move {
                 flow::open(conn, table, flow, rx, header, open_timeout).await;
-                drop(permits);
+                drop(guards);
             }
             .instrument(span),
         );

@@ -95,6 +95,16 @@ impl Flow {
     /// A new flow of `table`'s tunnel, and the receiver of its stream-path packets (for the
     /// flow's task). Datagrams are off until [`Flow::confirm`].
     pub fn new(sink: Sink, table: &FlowTable) -> (Arc<Self>, mpsc::Receiver<Queued>) {
+        Self::ending_with(sink, table, None)
+    }
+
+    /// As [`Flow::new`], and the flow also ends when `parent` is cancelled (for example when
+    /// its backend stops being healthy).
+    pub fn ending_with(
+        sink: Sink,
+        table: &FlowTable,
+        parent: Option<&CancellationToken>,
+    ) -> (Arc<Self>, mpsc::Receiver<Queued>) {
         let (to_stream, rx) = mpsc::channel(STREAM_QUEUE_PACKETS);
         let flow = Arc::new(Self {
             id: AtomicU64::new(u64::MAX),
@@ -103,7 +113,7 @@ impl Flow {
             last_active_ms: AtomicU64::new(0),
             sink,
             to_stream,
-            done: CancellationToken::new(),
+            done: parent.map_or_else(CancellationToken::new, CancellationToken::child_token),
             stats: table.stats.clone(),
             budget: table.queued_bytes.clone(),
         });

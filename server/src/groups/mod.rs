@@ -18,13 +18,16 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wmproxy_config::{GroupFile, Secret, ServiceType};
+use wmproxy_proto::udp::FlowTable;
 use wmproxy_proto::wire::{GroupMembership, RegisterOutcome, ServiceKind, ServiceSpec, auth};
 
 use self::health::{Health, HealthView, Passive};
 use self::policy::{Candidate, Selector};
-pub(crate) use self::serve::accept_users;
+pub(crate) use self::serve::{GroupPort, accept_users};
+use crate::sessions::Session;
 
 /// One backend: a service on a client, serving a group.
 #[derive(Debug)]
@@ -39,6 +42,12 @@ pub struct Backend {
     pub(crate) conn: quinn::Connection,
     /// The session's permits for public connections.
     pub(crate) streams: Arc<Semaphore>,
+    /// The session's UDP flow table and flow permits.
+    pub(crate) flows: Arc<FlowTable>,
+    pub(crate) udp_permits: Arc<Semaphore>,
+    /// Cancelled (and replaced) when the backend stops being healthy: its UDP flows end, and
+    /// their users' next packets start flows on a healthy backend.
+    flows_end: Mutex<CancellationToken>,
     drained: AtomicBool,
     active: AtomicUsize,
     hash_key: u64,
@@ -65,16 +74,32 @@ impl Backend {
 
     /// Applies an active check result reported by the client.
     pub(crate) fn report(&self, ok: bool, latency: Duration) {
-        if let Some(healthy) = self.health().report(ok, latency) {
+        let changed = self.health().report(ok, latency);
+        if let Some(healthy) = changed {
             info!(client = %self.client, service = %self.service, healthy, "backend health changed");
+            if !healthy {
+                self.end_flows();
+            }
         }
     }
 
     /// A dial failed before any byte was relayed (passive check).
     pub(crate) fn dial_failed(&self) {
-        if self.health().dial_failed(Instant::now()) {
+        let ejected = self.health().dial_failed(Instant::now());
+        if ejected {
             warn!(client = %self.client, service = %self.service, "backend ejected after failed dials");
+            self.end_flows();
         }
+    }
+
+    /// The token a new UDP flow on this backend ends with.
+    pub(crate) fn flows_token(&self) -> CancellationToken {
+        self.flows_end.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn end_flows(&self) {
+        let old = std::mem::take(&mut *self.flows_end.lock().unwrap_or_else(|p| p.into_inner()));
+        old.cancel();
     }
 
     /// A dial succeeded.
@@ -148,9 +173,10 @@ struct Members {
 pub struct Group {
     /// Its name.
     pub name: String,
-    kind: ServiceType,
     /// Its public port.
     pub port: u16,
+    /// TCP or UDP.
+    pub kind: ServiceType,
     key: Secret,
     passive: Passive,
     /// Further backends tried when a dial fails.
@@ -234,9 +260,7 @@ impl Groups {
         &self,
         spec: &ServiceSpec,
         membership: &GroupMembership,
-        client: &str,
-        conn: &quinn::Connection,
-        streams: &Arc<Semaphore>,
+        session: &Session,
     ) -> (RegisterOutcome, Option<Membership>) {
         let kind = match spec.kind {
             ServiceKind::Tcp => ServiceType::Tcp,
@@ -248,19 +272,25 @@ impl Groups {
         if !auth::same_secret(group.key.expose().as_bytes(), membership.key.0.as_bytes()) {
             return (RegisterOutcome::WrongGroupKey, None);
         }
+        if kind == ServiceType::Udp && session.conn.max_datagram_size().is_none() {
+            return (RegisterOutcome::DatagramsUnsupported, None);
+        }
         if membership.weight == 0 {
             return (RegisterOutcome::Invalid("weight must be at least 1".into()), None);
         }
         let backend = Arc::new(Backend {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            client: client.to_owned(),
+            client: session.name.clone(),
             service: spec.name.clone(),
             weight: membership.weight,
-            conn: conn.clone(),
-            streams: streams.clone(),
+            conn: session.conn.clone(),
+            streams: session.streams.clone(),
+            flows: session.flows.clone(),
+            udp_permits: session.udp_permits.clone(),
+            flows_end: Mutex::default(),
             drained: AtomicBool::new(membership.drain),
             active: AtomicUsize::new(0),
-            hash_key: policy::identity_hash(client, &spec.name),
+            hash_key: policy::identity_hash(&session.name, &spec.name),
             health: Mutex::new(Health::new(membership.health, group.passive)),
         });
         group.members().backends.push(backend.clone());

@@ -1,5 +1,7 @@
-//! A group's public TCP port: each user connection goes to the backend the policy picks; when
-//! a dial fails before any byte was relayed, the next eligible backend is tried.
+//! A group's public port. TCP: each user connection goes to the backend the policy picks; when
+//! a dial fails before any byte was relayed, the next eligible backend is tried. UDP: each new
+//! user address starts a flow on the picked backend, which it keeps while that backend stays
+//! healthy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +13,8 @@ use tracing::{Instrument, debug, info_span, warn};
 use wmproxy_proto::datastream::{self, DataStreamError};
 use wmproxy_proto::relay::relay;
 use wmproxy_proto::wire::OpenStream;
+
+use wmproxy_proto::udp::listener::{self, FlowSource, NoRoute, Route};
 
 use super::Group;
 use crate::server::Shared;
@@ -83,4 +87,29 @@ async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, timeout
         }
     }
     debug!(tried = tried.len(), "no backend could take the connection; closing it");
+}
+
+/// The flow source of a UDP group's port: a flow rides the tunnel of the backend the policy
+/// picks, within that client's and the server's flow limits, and ends if the backend stops
+/// being healthy.
+#[derive(Debug)]
+pub(crate) struct GroupPort {
+    pub group: Arc<Group>,
+    pub shared: Arc<Shared>,
+}
+
+impl FlowSource for GroupPort {
+    fn route(&self, peer: SocketAddr) -> Result<Route, NoRoute> {
+        let backend = self.group.pick(peer.ip(), &[]).ok_or(NoRoute::NoTunnel)?;
+        let mut guards =
+            listener::permits(&[&backend.udp_permits, &self.shared.udp_flows]).ok_or(NoRoute::FlowLimit)?;
+        guards.push(Box::new(backend.begin()));
+        Ok(Route {
+            conn: backend.conn.clone(),
+            table: backend.flows.clone(),
+            header: OpenStream::UdpExpose { service: backend.service.clone(), peer_addr: peer },
+            ends_with: Some(backend.flows_token()),
+            guards,
+        })
+    }
 }
