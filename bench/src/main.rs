@@ -5,6 +5,7 @@
 //! Run: `cargo run --release -p wmproxy-bench --locked` (see `bench/README.md`).
 
 mod backends;
+mod groups;
 mod quic;
 mod udp;
 
@@ -26,6 +27,8 @@ enum Only {
     Tcp,
     /// The UDP figures.
     Udp,
+    /// The load-balancing figures.
+    Groups,
 }
 
 /// Figures for wmproxy's TCP and UDP paths on loopback.
@@ -67,11 +70,42 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if cli.only != Only::Udp {
+    if matches!(cli.only, Only::All | Only::Tcp) {
         run_tcp(&cli).await?;
     }
-    if cli.only != Only::Tcp {
+    if matches!(cli.only, Only::All | Only::Udp) {
         run_udp(&cli).await?;
+    }
+    if matches!(cli.only, Only::All | Only::Groups) {
+        run_groups(&cli).await?;
+    }
+    Ok(())
+}
+
+async fn run_groups(cli: &Cli) -> Result<()> {
+    use wmproxy_config::Policy;
+    println!("== picking a backend (the policy alone), ns per pick");
+    for policy in [Policy::RoundRobin, Policy::WeightedRoundRobin, Policy::LeastConnections, Policy::IpHash] {
+        let one = groups::pick_ns(policy, 1, 1_000_000);
+        let many = groups::pick_ns(policy, 64, 200_000);
+        println!("{policy:?}: 1 backend {one:>6.1} ns | 64 backends {many:>7.1} ns");
+    }
+    println!("== new connection (connect + 1-byte echo) through a group vs a plain service, {} samples", cli.connects);
+    for n in [1usize, 64] {
+        let (_server, _client, group, plain) = groups::group_of(n).await?;
+        let direct = connect_latency(plain, cli.connects).await?;
+        let through = connect_latency(group, cli.connects).await?;
+        println!("-- group of {n} backend(s) (\"direct\" = the same backend as a plain service)");
+        print_percentiles(direct, through);
+    }
+    println!("== recovery: one of two backends dies; a user connects every 5 ms for 4 s, no retry");
+    for (name, passive, active) in [
+        ("passive only (max_fails 1)", true, None),
+        ("active only, 1 s interval, fall 2", false, Some(Duration::from_secs(1))),
+        ("passive + active 1 s", true, Some(Duration::from_secs(1))),
+    ] {
+        let (failed, last) = groups::recovery(passive, active, Duration::from_secs(4)).await?;
+        println!("{name}: {failed} failed connection(s), last {:.1} ms after the death", last.as_secs_f64() * 1e3);
     }
     Ok(())
 }

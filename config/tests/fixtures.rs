@@ -23,7 +23,11 @@ fn examples_parse() {
     let client = load_client(&here("examples/client.toml")).unwrap();
     assert!(matches!(client.trust, ServerTrust::Fingerprint(fp) if fp[0] == 0x3b));
     assert_eq!(client.server_name, "203.0.113.10");
-    assert_eq!(client.services.len(), 3);
+    assert_eq!(client.services.len(), 4);
+    let web = client.services[3].group.as_ref().unwrap();
+    assert_eq!((web.group.as_str(), web.weight), ("web", 5));
+    assert_eq!(web.health_check.as_ref().unwrap().rise, 2);
+    assert_eq!(server.groups[0].policy, wmproxy_config::Policy::WeightedRoundRobin);
     assert_eq!(client.services[2].kind, ServiceType::Udp);
     assert_eq!(client.forwards[0].target, "db.internal.example:5432");
     assert_eq!((client.forwards[0].kind, client.forwards[1].kind), (ServiceType::Tcp, ServiceType::Udp));
@@ -49,6 +53,7 @@ const SERVER_BAD: &[(&str, &[&str])] = &[
     ("server-short-token.toml", &["token", "line 1", "at least 8"]),
     ("server-bad-cidr.toml", &["allow", "line 3"]),
     ("server-zero-udp-idle.toml", &["limits", "at least 1 second"]),
+    ("server-bad-policy.toml", &["random", "line 7"]),
 ];
 
 const CLIENT_BAD: &[(&str, &[&str])] = &[
@@ -60,6 +65,8 @@ const CLIENT_BAD: &[(&str, &[&str])] = &[
     ("client-bad-service-type.toml", &["type", "line 8", "sctp"]),
     ("client-bad-name.toml", &["name", "line 3", "not a valid name"]),
     ("client-zero-udp-flows.toml", &["limits", "at least 1"]),
+    ("client-group-without-key.toml", &["group_key", "line 7"]),
+    ("client-udp-check-without-addr.toml", &["health_check.addr", "line 7"]),
 ];
 
 #[test]
