@@ -117,12 +117,15 @@ async fn an_http_check_follows_the_status_with_rise_and_fall() -> Result<()> {
     let (server, public) = server_with_group(Policy::RoundRobin, |_| {}).await?;
     let web = tagged("web").await?;
     let (health, status) = groups::http_status_endpoint().await?;
-    status.store(503, std::sync::atomic::Ordering::Relaxed);
     let _c = members(&server, "a", vec![member("web", web.addr, "web", 1, Some(groups::http_check(health, 20, 2, 2)))])
         .await?;
     let view = || server.handle.groups()[0].backends[0].health;
-    eventually("several 503 checks", || view().checks >= 5).await?;
-    ensure!(view().state == HealthState::Unhealthy, "503 is unhealthy: {:?}", view());
+    eventually("healthy on 200", || view().state == HealthState::Healthy).await?;
+    ensure!(which(public).await? == "web");
+
+    status.store(503, std::sync::atomic::Ordering::Relaxed);
+    eventually("unhealthy after `fall` 503s", || view().state == HealthState::Unhealthy).await?;
+    ensure!(view().fail_streak >= 2, "{:?}", view());
     ensure!(which(public).await.is_err(), "no healthy backend: the user's connection is closed");
 
     status.store(200, std::sync::atomic::Ordering::Relaxed);
