@@ -42,10 +42,20 @@ async fn many_hostile_connections_do_not_grow_the_server() -> Result<()> {
     let baseline = server.handle.tasks();
     // Warm up: allocator arenas and quinn's buffers reach their working size.
     batch(&endpoint, &server, 200).await?;
-    let before = rss_bytes()?;
-    batch(&endpoint, &server, 600).await?;
-    let grown = rss_bytes()?.saturating_sub(before);
-    println!("RSS {} KiB before, +{} KiB after 600 more hostile connections", before / 1024, grown / 1024);
+    // Two equal batches: a leak grows RSS in both, while allocator noise (arenas growing once
+    // when both cores are busy, seen up to 11 MiB) shows in one at most.
+    let mut growth = Vec::new();
+    for _ in 0..2 {
+        let before = rss_bytes()?;
+        batch(&endpoint, &server, 600).await?;
+        growth.push(rss_bytes()?.saturating_sub(before));
+        println!(
+            "RSS {} KiB before, +{} KiB after 600 more hostile connections",
+            before / 1024,
+            growth[growth.len() - 1] / 1024
+        );
+    }
+    let grown = growth.iter().copied().min().unwrap_or(0);
 
     // Structurally: every hostile connection's task is gone (the last may still be finishing,
     // so poll).
@@ -58,9 +68,8 @@ async fn many_hostile_connections_do_not_grow_the_server() -> Result<()> {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // Coarsely: RSS is noisy by a few MiB (allocator arenas), but a leak of 16 KiB per
-    // connection would add over 9 MiB here.
-    assert!(grown < 9 * 1024 * 1024, "RSS grew by {grown} bytes");
+    // Coarsely: a leak of 16 KiB per connection would add over 9 MiB in each batch.
+    assert!(grown < 9 * 1024 * 1024, "RSS grew by {growth:?} bytes");
 
     assert_eq!(server.handle.clients(), ["good"]);
     assert_eq!(server.handle.throttled_addresses(), 0, "garbage is not a failed login");
