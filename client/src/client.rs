@@ -23,7 +23,7 @@ use crate::error::ClientError;
 use crate::expose::{self, ExposeContext, Services};
 use crate::forward::{self, Tunnel};
 use crate::session::{self, Session};
-use crate::{health, tls};
+use crate::{health, proxy, tls};
 
 /// How long shutdown waits for streams to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,11 +63,12 @@ impl ClientStatus {
     }
 }
 
-/// A bound local forward.
+/// A bound local forward or proxy.
 #[derive(Debug)]
 enum ForwardListener {
     Tcp(TcpListener),
     Udp(UdpSocket),
+    Proxy(TcpListener, wmproxy_config::Proxy),
 }
 
 impl ForwardListener {
@@ -75,6 +76,7 @@ impl ForwardListener {
         match self {
             Self::Tcp(l) => l.local_addr(),
             Self::Udp(s) => s.local_addr(),
+            Self::Proxy(l, _) => l.local_addr(),
         }
     }
 }
@@ -106,6 +108,11 @@ impl Client {
             };
             forwards.push((listener, f.target.clone()));
         }
+        for p in &config.proxies {
+            let listener =
+                TcpListener::bind(p.listen).await.map_err(|source| ClientError::Listen { addr: p.listen, source })?;
+            forwards.push((ForwardListener::Proxy(listener, p.clone()), String::new()));
+        }
         let (status, _) = watch::channel(ClientStatus::Connecting { attempt: 0, last_error: None });
         let udp_stats = Arc::default();
         Ok(Self { config, quic, forwards, status, protocol_version: PROTOCOL_VERSION, udp_stats })
@@ -121,7 +128,7 @@ impl Client {
         self.status.subscribe()
     }
 
-    /// Where the local forwards listen, in config order.
+    /// Where the local forwards listen, in config order, then the proxies.
     pub fn forward_addrs(&self) -> Vec<SocketAddr> {
         self.forwards.iter().filter_map(|(l, _)| l.local_addr().ok()).collect()
     }
@@ -150,6 +157,7 @@ impl Client {
                     let (permits, stats) = (udp_permits.clone(), udp_stats.clone());
                     tracker.spawn(forward::serve_udp(s, target, rx, permits, stats, tasks, stop).instrument(span))
                 }
+                ForwardListener::Proxy(l, p) => tracker.spawn(proxy::serve(l, p, rx, tasks, stop).instrument(span)),
             };
         }
         let services: Arc<Services> =

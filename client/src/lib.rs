@@ -8,6 +8,7 @@
 //! - `expose`: streams the server opens (a user reached a published service): dial the local
 //!   address, answer, relay.
 //! - `forward`: local listeners whose connections ride the current tunnel (`Connect`).
+//! - `proxy`: local SOCKS5 (and HTTP) proxies whose connections become `Connect` streams.
 //! - `health`: active health checks of grouped services (TCP connect or HTTP GET), reported
 //!   to the server on the control stream.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
@@ -22,6 +23,7 @@ pub mod session;
 mod expose;
 mod forward;
 mod health;
+mod proxy;
 pub mod tls;
 
 pub use client::{Client, ClientStatus};

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::group::{GroupJoin, HealthCheck};
+use crate::proxy::{Proxy, ProxyFile};
 use crate::secret::Secret;
 use crate::{ConfigError, check_name, invalid};
 
@@ -40,6 +41,9 @@ pub struct ClientFile {
     /// Local ports whose connections leave from the server.
     #[serde(default)]
     pub forwards: Vec<ForwardFile>,
+    /// Local SOCKS5 and HTTP proxies whose connections leave from the server.
+    #[serde(default)]
+    pub proxies: Vec<ProxyFile>,
     /// Resource limits.
     #[serde(default)]
     pub limits: ClientLimits,
@@ -181,6 +185,8 @@ pub struct ClientConfig {
     pub services: Vec<Service>,
     /// Local forwards.
     pub forwards: Vec<Forward>,
+    /// Local proxies.
+    pub proxies: Vec<Proxy>,
     /// Resource limits.
     pub limits: ClientLimits,
 }
@@ -295,6 +301,11 @@ impl ClientFile {
             forwards.push(Forward { kind: f.kind, listen: f.listen, target });
         }
 
+        let mut proxies = Vec::with_capacity(self.proxies.len());
+        for p in self.proxies {
+            proxies.push(p.validate().map_err(|m| invalid(src, "proxies", None, m))?);
+        }
+
         Ok(ClientConfig {
             server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
             server_addr,
@@ -303,6 +314,7 @@ impl ClientFile {
             token: self.token,
             services,
             forwards,
+            proxies,
             limits: self.limits,
         })
     }

@@ -6,6 +6,7 @@
 //! - [`ports`]: public port allowances. [`egress`]: which targets a server may dial.
 //! - [`group`]: load-balancing groups (server side) and how a service joins one, with its
 //!   health check (client side).
+//! - [`proxy`]: the client's local SOCKS5 and HTTP proxies.
 //! - [`secret`]: tokens, masked in `Debug` and `Display`.
 //!
 //! Parsing is strict (`deny_unknown_fields`); every error names the key and the line. Field
@@ -18,6 +19,7 @@ pub mod client;
 pub mod egress;
 pub mod group;
 pub mod ports;
+pub mod proxy;
 pub mod secret;
 pub mod server;
 
@@ -27,6 +29,7 @@ pub use client::{ClientConfig, ClientFile, ClientLimits, Forward, ServerTrust, S
 pub use egress::EgressPolicy;
 pub use group::{CheckType, GroupFile, GroupJoin, HealthCheck, Policy};
 pub use ports::{PortAllowance, PortRange};
+pub use proxy::{Credentials, Proxy, ProxyType};
 pub use secret::Secret;
 pub use server::{ClientEntry, Limits, ServerConfig, ServerFile, TlsFiles};
 

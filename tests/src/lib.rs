@@ -8,6 +8,7 @@
 //! - [`raw`]: a hand-driven QUIC peer for adversarial tests (garbage, oversized frames).
 //! - [`groups`]: load-balancing config entries, tagged and switchable backends, HTTP health
 //!   endpoints.
+//! - [`proxy`]: an HTTP file server, proxy entries, curl, raw SOCKS5 bytes.
 //! - [`udp`]: a UDP echo backend, user sockets with request/reply retries, UDP config entries.
 //! - [`eventually`]: polls a condition (every 10 ms, within [`DEADLINE`]) for state that has no
 //!   event to wait on, such as a counter.
@@ -15,6 +16,7 @@
 
 pub mod backend;
 pub mod groups;
+pub mod proxy;
 pub mod raw;
 pub mod udp;
 
@@ -136,6 +138,7 @@ impl TestServer {
             token: Secret::new(TOKEN),
             services: Vec::new(),
             forwards: Vec::new(),
+            proxies: Vec::new(),
             limits: wmproxy_config::ClientLimits::default(),
         }
     }

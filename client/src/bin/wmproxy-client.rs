@@ -125,6 +125,7 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         token: Secret::new(token.clone()),
         services: vec![Service { name: kind_name.into(), kind, local_addr: local.clone(), remote_port, group: None }],
         forwards: Vec::new(),
+        proxies: Vec::new(),
         limits: ClientLimits::default(),
     })
 }

@@ -1,0 +1,57 @@
+//! Local proxies whose connections leave from the server: each accepted user runs its
+//! handshake in its own task under the proxy's deadline (a silent user never blocks another),
+//! then becomes a `Connect` stream through the current tunnel. The server dials the target
+//! under its egress policy, and its answer becomes the proxy's reply.
+
+mod socks5;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+use wmproxy_config::{Proxy, ProxyType};
+
+use crate::forward::Tunnel;
+
+/// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts proxy users on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Proxy,
+    tunnel: watch::Receiver<Option<Tunnel>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                }
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let span = info_span!("proxy_user", %peer, target = tracing::field::Empty);
+        let conn = tunnel.borrow().as_ref().map(|t| t.conn.clone());
+        let task = match proxy.kind {
+            ProxyType::Socks5 => socks5::serve(tcp, peer, proxy.clone(), conn),
+            ProxyType::Http => {
+                warn!(%peer, "HTTP proxy not available yet; closing");
+                continue;
+            }
+        };
+        tracker.spawn(task.instrument(span));
+    }
+}

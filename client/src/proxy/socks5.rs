@@ -1,0 +1,95 @@
+//! A SOCKS5 user (RFC 1928, with RFC 1929 username/password), on fast-socks5's server
+//! protocol. CONNECT only; names are resolved at the server, where the egress policy is
+//! checked after resolution. Every failure gets its RFC reply code.
+
+use std::net::SocketAddr;
+
+use fast_socks5::server::{Socks5ServerProtocol, SocksServerError};
+use fast_socks5::util::target_addr::TargetAddr;
+use fast_socks5::{ReplyError, Socks5Command};
+use quinn::Connection;
+use tokio::net::TcpStream;
+use tracing::{Span, debug};
+use wmproxy_config::Proxy;
+use wmproxy_proto::datastream::{self, DataStreamError};
+use wmproxy_proto::relay::relay;
+use wmproxy_proto::wire::{OpenResult, OpenStream, auth};
+
+use crate::expose::STREAM_OPEN_TIMEOUT;
+
+/// Serves one SOCKS5 user: greeting and request within the proxy's deadline, then the
+/// server's dial, the reply, and the relay.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Proxy, conn: Option<Connection>) {
+    let request = tokio::time::timeout(proxy.handshake_timeout, handshake(tcp, &proxy)).await;
+    let (protocol, command, target) = match request {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => return debug!(error = %e, "SOCKS5 handshake failed"),
+        Err(_) => return debug!("SOCKS5 handshake timed out; closing"),
+    };
+    if command != Socks5Command::TCPConnect {
+        debug!(?command, "unsupported SOCKS5 command");
+        let _ = protocol.reply_error(&ReplyError::CommandNotSupported).await;
+        return;
+    }
+    let target = match target {
+        TargetAddr::Ip(addr) => addr.to_string(),
+        TargetAddr::Domain(name, _) if name.is_empty() => {
+            let _ = protocol.reply_error(&ReplyError::AddressTypeNotSupported).await;
+            return;
+        }
+        TargetAddr::Domain(name, port) => format!("{name}:{port}"),
+    };
+    Span::current().record("target", target.as_str());
+    let Some(conn) = conn else {
+        debug!("no tunnel to the server right now");
+        let _ = protocol.reply_error(&ReplyError::NetworkUnreachable).await;
+        return;
+    };
+    let header = OpenStream::Connect { target, peer_addr: peer };
+    match datastream::open_confirmed(&conn, &header, STREAM_OPEN_TIMEOUT).await {
+        Ok((send, recv)) => {
+            // The bound address is the server's business; clients ignore it for CONNECT.
+            let Ok(tcp) = protocol.reply_success(SocketAddr::from(([0, 0, 0, 0], 0))).await else {
+                return;
+            };
+            match relay(tcp, send, recv).await {
+                Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "proxied connection finished"),
+                Err(e) => debug!(error = %e, "proxied connection ended"),
+            }
+        }
+        Err(e) => {
+            debug!(error = %e, "target not reached");
+            let _ = protocol.reply_error(&reply_for(&e)).await;
+        }
+    }
+}
+
+type Request = (Socks5ServerProtocol<TcpStream, fast_socks5::server::states::CommandRead>, Socks5Command, TargetAddr);
+
+/// Method negotiation, authentication (if configured) and the request.
+async fn handshake(tcp: TcpStream, proxy: &Proxy) -> Result<Request, SocksServerError> {
+    let authenticated = match &proxy.credentials {
+        None => Socks5ServerProtocol::accept_no_auth(tcp).await?,
+        Some(c) => {
+            let check = |user: String, pass: String| {
+                // Both compared in constant time, and both always compared.
+                let user_ok = auth::same_secret(c.username.as_bytes(), user.as_bytes());
+                let pass_ok = auth::same_secret(c.password.expose().as_bytes(), pass.as_bytes());
+                user_ok & pass_ok
+            };
+            Socks5ServerProtocol::accept_password_auth(tcp, check).await?.0
+        }
+    };
+    authenticated.read_command().await
+}
+
+/// The RFC 1928 reply for a failed `Connect`.
+fn reply_for(e: &DataStreamError) -> ReplyError {
+    match e {
+        DataStreamError::Refused(OpenResult::NotAllowed) => ReplyError::ConnectionNotAllowed,
+        DataStreamError::Refused(OpenResult::Refused) => ReplyError::ConnectionRefused,
+        DataStreamError::Refused(OpenResult::Unreachable) => ReplyError::HostUnreachable,
+        DataStreamError::Refused(OpenResult::Timeout) | DataStreamError::Timeout => ReplyError::TtlExpired,
+        _ => ReplyError::GeneralFailure,
+    }
+}

@@ -1,0 +1,89 @@
+//! Proxy test helpers: an HTTP file server that counts its connections, proxy config entries,
+//! and a hand-driven SOCKS5 client for malformed input.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wmproxy_config::{Credentials, Proxy, ProxyType, Secret};
+
+/// An HTTP/1.1 server that answers every request with `body` (`Connection: close`), and counts
+/// the connections it accepted.
+pub async fn file_server(body: Vec<u8>) -> Result<(SocketAddr, Arc<AtomicUsize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (count, body) = (accepted.clone(), Arc::new(body));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                if stream.write_all(reply.as_bytes()).await.is_ok() {
+                    let _ = stream.write_all(&body).await;
+                }
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, accepted))
+}
+
+/// A proxy entry on a free loopback port.
+pub fn proxy(kind: ProxyType, credentials: Option<(&str, &str)>) -> Proxy {
+    Proxy {
+        kind,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        credentials: credentials.map(|(u, p)| Credentials { username: u.into(), password: Secret::new(p) }),
+        handshake_timeout: Duration::from_secs(1),
+    }
+}
+
+/// Runs `curl` with `args` and returns its stdout (the downloaded body); fails on a non-zero
+/// exit, with curl's stderr.
+pub async fn curl(args: &[&str]) -> Result<Vec<u8>> {
+    let out = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(args)
+        .output()
+        .await
+        .context("running curl (install it: apt-get install curl)")?;
+    anyhow::ensure!(out.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(out.stdout)
+}
+
+/// Sends raw bytes to a SOCKS5 proxy and returns everything it answers until it closes (or 2 s
+/// pass).
+pub async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(proxy).await?;
+    stream.write_all(bytes).await?;
+    let mut back = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut back)).await;
+    Ok(back)
+}
+
+/// A SOCKS5 CONNECT request (no auth) for `atyp` + `addr` bytes + `port`, with greeting.
+pub fn connect_request(cmd: u8, atyp: u8, addr: &[u8], port: u16) -> Vec<u8> {
+    let mut out = vec![5, 1, 0, 5, cmd, 0, atyp];
+    out.extend_from_slice(addr);
+    out.extend_from_slice(&port.to_be_bytes());
+    out
+}
+
+/// The reply code (REP) of a SOCKS5 reply `VER REP RSV ATYP …`.
+pub fn reply_code(reply: &[u8]) -> Option<u8> {
+    reply.get(1).copied()
+}
