@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use quinn::Connection;
 use tokio::net::{TcpListener, UdpSocket};
@@ -17,9 +16,6 @@ use wmproxy_proto::udp::{FlowTable, UdpStats};
 use wmproxy_proto::wire::OpenStream;
 
 use crate::expose::STREAM_OPEN_TIMEOUT;
-
-/// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The current tunnel, as forwards see it: `None` while reconnecting.
 #[derive(Debug, Clone)]
@@ -39,26 +35,11 @@ pub async fn serve_tcp(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                }
-            }
-        };
+    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
         let Some(conn) = tunnel.borrow().as_ref().map(|t| t.conn.clone()) else {
             warn!(%peer, "no tunnel to the server right now; closing the connection");
             continue;
         };
-        let _ = tcp.set_nodelay(true);
         let header = OpenStream::Connect { target: target.clone(), peer_addr: peer };
         let span = info_span!("stream", %peer);
         tracker.spawn(

@@ -7,6 +7,7 @@
 //!   reading exactly one frame and never past it.
 //! - [`tls`]: certificate fingerprints and the pinned-fingerprint verifier.
 //! - [`transport`]: the tuned quinn `TransportConfig` and UDP socket setup both ends use.
+//! - [`accept`]: the accept step of every TCP listener (stop token, error backoff).
 //! - [`datastream`]: the life of a data stream on both ends (open, header, answer, relay).
 //! - [`dial`]: connects to a `host:port` target and maps failures to [`wire::OpenResult`].
 //! - [`shutdown`]: process signals to a cancellation token, for both binaries.
@@ -21,6 +22,7 @@
 //! a [`wire::OpenResult`]; then both run [`relay::relay`].
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod datastream;
 pub mod dial;
 pub mod relay;

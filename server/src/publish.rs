@@ -18,9 +18,6 @@ use wmproxy_proto::wire::{MAX_SERVICES, OpenStream, RegisterOutcome, ServiceKind
 use crate::server::Shared;
 use crate::sessions::Session;
 
-/// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Binds a public listener for each spec and starts serving it. One result per spec, in order;
 /// a bad spec does not affect the others.
 pub(crate) async fn register(
@@ -95,36 +92,15 @@ async fn bind_tcp(
 
 /// Accepts users until the session ends; then the listener is dropped and the port refuses.
 async fn accept_users(listener: TcpListener, service: String, session: Arc<Session>, shared: Arc<Shared>) {
-    loop {
-        let accepted = tokio::select! {
-            () = session.cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
+    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &session.cancel).await {
+        let Ok(permit) = session.streams.clone().try_acquire_owned() else {
+            warn!(%peer, "stream limit of this client reached; closing the connection");
+            continue;
         };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let Ok(permit) = session.streams.clone().try_acquire_owned() else {
-                    warn!(%peer, "stream limit of this client reached; closing the connection");
-                    continue;
-                };
-                let span = info_span!("stream", %peer);
-                let task = expose(
-                    tcp,
-                    peer,
-                    service.clone(),
-                    session.conn.clone(),
-                    shared.config.limits.stream_open_timeout(),
-                    permit,
-                );
-                shared.tracker.spawn(task.instrument(span));
-            }
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::select! {
-                    () = session.cancel.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
-                }
-            }
-        }
+        let span = info_span!("stream", %peer);
+        let timeout = shared.config.limits.stream_open_timeout();
+        let task = expose(tcp, peer, service.clone(), session.conn.clone(), timeout, permit);
+        shared.tracker.spawn(task.instrument(span));
     }
     debug!("public port closed");
 }
@@ -138,7 +114,6 @@ async fn expose(
     timeout: Duration,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _ = tcp.set_nodelay(true);
     let header = OpenStream::Expose { service, peer_addr: peer };
     match datastream::open_and_relay(&conn, &header, tcp, timeout).await {
         Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished"),

@@ -5,8 +5,6 @@
 
 mod socks5;
 
-use std::time::Duration;
-
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -16,9 +14,6 @@ use wmproxy_config::{Proxy, ProxyType};
 
 use crate::forward::Tunnel;
 
-/// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Accepts proxy users on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -27,22 +22,7 @@ pub async fn serve(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                }
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
         let span = info_span!("proxy_user", %peer, target = tracing::field::Empty);
         let conn = tunnel.borrow().as_ref().map(|t| t.conn.clone());
         let task = match proxy.kind {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 use wmproxy_proto::datastream::{self, DataStreamError};
 use wmproxy_proto::relay::relay;
 use wmproxy_proto::wire::OpenStream;
@@ -19,9 +19,6 @@ use wmproxy_proto::udp::listener::{self, FlowSource, NoRoute, Route};
 use super::Group;
 use crate::server::Shared;
 
-/// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Accepts users on the group's port until `shutdown`.
 pub(crate) async fn accept_users(
     group: Arc<Group>,
@@ -29,32 +26,16 @@ pub(crate) async fn accept_users(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let span = info_span!("stream", group = %group.name, %peer, backend = tracing::field::Empty);
-                let timeout = shared.config.limits.stream_open_timeout();
-                shared.tracker.spawn(serve_user(group.clone(), tcp, peer, timeout).instrument(span));
-            }
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
-                }
-            }
-        }
+    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
+        let span = info_span!("stream", group = %group.name, %peer, backend = tracing::field::Empty);
+        let timeout = shared.config.limits.stream_open_timeout();
+        shared.tracker.spawn(serve_user(group.clone(), tcp, peer, timeout).instrument(span));
     }
 }
 
 /// Carries one user connection to a backend, trying up to `1 + retries` of them. With none
 /// left, the user's connection is closed at once.
 async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, timeout: Duration) {
-    let _ = tcp.set_nodelay(true);
     let mut tried = Vec::new();
     for _ in 0..=group.retries {
         let Some(backend) = group.pick(peer.ip(), &tried) else {
