@@ -3,13 +3,14 @@
 //! then becomes a `Connect` stream through the current tunnel. The server dials the target
 //! under its egress policy, and its answer becomes the proxy's reply.
 
+mod http;
 mod socks5;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info_span};
 use wmproxy_config::{Proxy, ProxyType};
 
 use crate::forward::Tunnel;
@@ -25,13 +26,11 @@ pub async fn serve(
     while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
         let span = info_span!("proxy_user", %peer, target = tracing::field::Empty);
         let conn = tunnel.borrow().as_ref().map(|t| t.conn.clone());
-        let task = match proxy.kind {
-            ProxyType::Socks5 => socks5::serve(tcp, peer, proxy.clone(), conn),
+        match proxy.kind {
+            ProxyType::Socks5 => tracker.spawn(socks5::serve(tcp, peer, proxy.clone(), conn).instrument(span)),
             ProxyType::Http => {
-                warn!(%peer, "HTTP proxy not available yet; closing");
-                continue;
+                tracker.spawn(http::serve(tcp, peer, proxy.clone(), conn, tracker.clone()).instrument(span))
             }
         };
-        tracker.spawn(task.instrument(span));
     }
 }
