@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use wmproxy_client::ClientStatus;
 use wmproxy_config::{Credentials, Proxy, ProxyType, Secret};
+
+use crate::{TestClient, TestServer};
 
 /// An HTTP/1.1 server that answers every request with `body` (`Connection: close`), and counts
 /// the connections it accepted.
@@ -86,4 +89,25 @@ pub fn connect_request(cmd: u8, atyp: u8, addr: &[u8], port: u16) -> Vec<u8> {
 /// The reply code (REP) of a SOCKS5 reply `VER REP RSV ATYP …`.
 pub fn reply_code(reply: &[u8]) -> Option<u8> {
     reply.get(1).copied()
+}
+
+/// A server (egress allowing 127.0.0.1/32 when `allow_loopback`, else the default policy) and a
+/// connected client with one proxy of `kind`; returns them and the proxy's address.
+pub async fn setup(
+    kind: ProxyType,
+    allow_loopback: bool,
+    credentials: Option<(&str, &str)>,
+) -> Result<(TestServer, TestClient, SocketAddr)> {
+    let server = TestServer::start(|f| {
+        if allow_loopback {
+            f.egress.allow = vec![ipnet::IpNet::from(std::net::IpAddr::from([127, 0, 0, 1]))];
+        }
+    })
+    .await?;
+    let mut config = server.client_config("home");
+    config.proxies.push(proxy(kind, credentials));
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+    let addr = client.forward_addrs.first().copied().context("the proxy's address")?;
+    Ok((server, client, addr))
 }

@@ -8,28 +8,16 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Result, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wmproxy_client::ClientStatus;
 use wmproxy_config::ProxyType;
 use wmproxy_tests::backend::{checksum, dead_port, pattern};
-use wmproxy_tests::proxy::{curl, file_server, proxy};
+use wmproxy_tests::proxy::{curl, file_server};
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
 async fn setup(
     allow_loopback: bool,
     credentials: Option<(&str, &str)>,
 ) -> Result<(TestServer, TestClient, SocketAddr)> {
-    let server = TestServer::start(|f| {
-        if allow_loopback {
-            f.egress.allow = vec!["127.0.0.1/32".parse().unwrap()];
-        }
-    })
-    .await?;
-    let mut config = server.client_config("home");
-    config.proxies.push(proxy(ProxyType::Http, credentials));
-    let mut client = TestClient::start(config).await?;
-    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
-    let addr = client.forward_addrs[0];
-    Ok((server, client, addr))
+    wmproxy_tests::proxy::setup(ProxyType::Http, allow_loopback, credentials).await
 }
 
 /// Sends `request` raw and returns the status line of the answer.

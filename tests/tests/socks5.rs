@@ -7,30 +7,16 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Result, ensure};
 use tokio::io::AsyncWriteExt;
-use wmproxy_client::ClientStatus;
 use wmproxy_config::ProxyType;
 use wmproxy_tests::backend::{checksum, pattern};
-use wmproxy_tests::proxy::{connect_request, curl, file_server, proxy, raw_exchange, reply_code};
+use wmproxy_tests::proxy::{connect_request, curl, file_server, raw_exchange, reply_code};
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
-/// A server whose egress allows 127.0.0.1 (or the default policy), and a client with one SOCKS5
-/// proxy; returns them and the proxy's address.
 async fn setup(
     allow_loopback: bool,
     credentials: Option<(&str, &str)>,
 ) -> Result<(TestServer, TestClient, SocketAddr)> {
-    let server = TestServer::start(|f| {
-        if allow_loopback {
-            f.egress.allow = vec!["127.0.0.1/32".parse().unwrap()];
-        }
-    })
-    .await?;
-    let mut config = server.client_config("home");
-    config.proxies.push(proxy(ProxyType::Socks5, credentials));
-    let mut client = TestClient::start(config).await?;
-    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
-    let addr = client.forward_addrs[0];
-    Ok((server, client, addr))
+    wmproxy_tests::proxy::setup(ProxyType::Socks5, allow_loopback, credentials).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
