@@ -19,6 +19,11 @@ pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Sessi
         return;
     };
     let egress = &shared.config.egress;
+    // Name and port rules first (before any lookup); the address rules run on every resolved
+    // address inside the dial.
+    let target_allowed = |target: &str| {
+        wmproxy_config::client::split_host_port(target).is_ok_and(|(host, port)| egress.permits_target(host, port))
+    };
     match header {
         OpenStream::Connect { target, peer_addr } => {
             Span::current().record("target", target.as_str());
@@ -27,7 +32,11 @@ pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Sessi
                 return datastream::refuse(send, OpenResult::Busy).await;
             };
             debug!(%peer_addr, "forward requested");
-            let dialed = wmproxy_proto::dial::dial(&target, timeout, |ip| egress.permits(ip)).await;
+            let dialed = if target_allowed(&target) {
+                wmproxy_proto::dial::dial(&target, timeout, |ip| egress.permits(ip)).await
+            } else {
+                Err(OpenResult::NotAllowed)
+            };
             datastream::complete(send, recv, dialed).await;
         }
         OpenStream::UdpConnect { target, peer_addr } => {
@@ -40,7 +49,12 @@ pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Sessi
                 return datastream::refuse(send, OpenResult::Busy).await;
             };
             debug!(%peer_addr, "UDP forward flow requested");
-            match wmproxy_proto::dial::dial_udp(&target, timeout, |ip| egress.permits(ip)).await {
+            let dialed = if target_allowed(&target) {
+                wmproxy_proto::dial::dial_udp(&target, timeout, |ip| egress.permits(ip)).await
+            } else {
+                Err(OpenResult::NotAllowed)
+            };
+            match dialed {
                 Ok(socket) => {
                     flow::accept(session.conn.clone(), session.flows.clone(), Arc::new(socket), send, recv).await
                 }

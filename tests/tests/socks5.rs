@@ -122,3 +122,32 @@ async fn a_slowloris_greeting_is_closed_at_its_deadline_while_others_are_served(
     println!("slowloris closed after {took:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_domain_and_port_rules_apply_before_any_lookup_or_dial() -> Result<()> {
+    init_tracing();
+    let (web, accepted) = file_server(b"ok".to_vec()).await?;
+    let (other, other_accepted) = file_server(b"other".to_vec()).await?;
+    let server = TestServer::start(|f| {
+        f.egress.allow = vec!["127.0.0.1/32".parse().unwrap()];
+        f.egress.deny_domains = vec!["localhost".into()];
+        f.egress.deny_ports = vec![other.port().to_string().parse().unwrap()];
+    })
+    .await?;
+    let mut config = server.client_config("home");
+    config.proxies.push(wmproxy_tests::proxy::proxy(ProxyType::Socks5, None));
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("connected", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })).await?;
+    let proxy = client.forward_addrs[0];
+
+    let mut name = vec![9];
+    name.extend_from_slice(b"localhost");
+    let answer = raw_exchange(proxy, &connect_request(1, 3, &name, web.port())).await?;
+    ensure!(reply_code(&answer[2..]) == Some(2), "denied name: {answer:?}");
+    let answer = raw_exchange(proxy, &connect_request(1, 1, &[127, 0, 0, 1], other.port())).await?;
+    ensure!(reply_code(&answer[2..]) == Some(2), "denied port: {answer:?}");
+    ensure!(accepted.load(Ordering::Relaxed) == 0 && other_accepted.load(Ordering::Relaxed) == 0);
+    let got = curl(&["--socks5-hostname", &proxy.to_string(), &format!("http://127.0.0.1:{}/", web.port())]).await?;
+    ensure!(got == b"ok", "the same target by address is allowed");
+    Ok(())
+}
