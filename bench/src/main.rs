@@ -6,6 +6,7 @@
 
 mod backends;
 mod groups;
+mod proxies;
 mod quic;
 mod udp;
 
@@ -29,6 +30,8 @@ enum Only {
     Udp,
     /// The load-balancing figures.
     Groups,
+    /// The proxy figures.
+    Proxies,
 }
 
 /// Figures for wmproxy's TCP and UDP paths on loopback.
@@ -78,6 +81,41 @@ async fn run(cli: Cli) -> Result<()> {
     }
     if matches!(cli.only, Only::All | Only::Groups) {
         run_groups(&cli).await?;
+    }
+    if matches!(cli.only, Only::All | Only::Proxies) {
+        run_proxies(&cli).await?;
+    }
+    Ok(())
+}
+
+async fn run_proxies(cli: &Cli) -> Result<()> {
+    use proxies::Via;
+    let (_server, _client, socks, http) = proxies::setup().await?;
+    let (sink, echo) = (backends::sink().await?, backends::echo().await?);
+    let bytes = cli.bulk_mib * 1024 * 1024;
+    println!("== bulk upload through the client's proxies (egress at the server), {} MiB per run", cli.bulk_mib);
+    for (name, via) in [("SOCKS5", Via::Socks5(socks)), ("HTTP CONNECT", Via::HttpConnect(http))] {
+        let (mut directs, mut tunnels, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..cli.repeat.max(1) {
+            let direct = proxies::bulk(Via::Direct, sink, bytes).await?;
+            let through = proxies::bulk(via, sink, bytes).await?;
+            directs.push(direct);
+            tunnels.push(through);
+            ratios.push(through / direct);
+        }
+        println!(
+            "{name}: direct {:>6.2} Gbit/s | proxy {:>5.2} Gbit/s | ratio {:>5.1} % (median of {} pairs)",
+            median(&mut directs),
+            median(&mut tunnels),
+            100.0 * median(&mut ratios),
+            cli.repeat.max(1)
+        );
+    }
+    println!("== time to first byte (connect, proxy handshake, 1-byte echo), {} samples", cli.connects);
+    let direct = proxies::first_byte(Via::Direct, echo, cli.connects).await?;
+    for (name, via) in [("SOCKS5", Via::Socks5(socks)), ("HTTP CONNECT", Via::HttpConnect(http))] {
+        println!("-- {name}");
+        print_percentiles(direct, proxies::first_byte(via, echo, cli.connects).await?);
     }
     Ok(())
 }
