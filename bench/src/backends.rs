@@ -48,3 +48,19 @@ pub async fn echo() -> Result<SocketAddr> {
     });
     Ok(addr)
 }
+
+/// Writes `bytes` of filler to a [`sink`] connection, half-closes, and checks the sink's count.
+pub async fn upload_to_sink(s: &mut tokio::net::TcpStream, bytes: usize) -> Result<()> {
+    s.set_nodelay(true)?;
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n]).await?;
+        left -= n;
+    }
+    s.shutdown().await?;
+    let got = s.read_u64().await?;
+    anyhow::ensure!(got == bytes as u64, "sink counted {got} of {bytes} bytes");
+    Ok(())
+}

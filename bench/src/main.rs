@@ -297,18 +297,7 @@ async fn bulk(addr: SocketAddr, bytes: usize, streams: usize) -> Result<f64> {
     for _ in 0..streams {
         tasks.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await?;
-            s.set_nodelay(true)?;
-            let chunk = vec![0x5au8; 256 * 1024];
-            let mut left = per;
-            while left > 0 {
-                let n = left.min(chunk.len());
-                s.write_all(&chunk[..n]).await?;
-                left -= n;
-            }
-            s.shutdown().await?;
-            let got = s.read_u64().await?;
-            anyhow::ensure!(got == per as u64, "sink counted {got} of {per} bytes");
-            anyhow::Ok(())
+            backends::upload_to_sink(&mut s, per).await
         }));
     }
     for t in tasks {

@@ -70,17 +70,7 @@ pub async fn connect(via: Via, target: SocketAddr) -> Result<TcpStream> {
 pub async fn bulk(via: Via, target: SocketAddr, bytes: usize) -> Result<f64> {
     let started = Instant::now();
     let mut s = connect(via, target).await?;
-    s.set_nodelay(true)?;
-    let chunk = vec![0x5au8; 256 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        s.write_all(&chunk[..n]).await?;
-        left -= n;
-    }
-    s.shutdown().await?;
-    let got = s.read_u64().await?;
-    ensure!(got == bytes as u64, "sink counted {got} of {bytes} bytes");
+    crate::backends::upload_to_sink(&mut s, bytes).await?;
     Ok(bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
 }
 
