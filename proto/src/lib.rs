@@ -9,6 +9,8 @@
 //! - [`transport`]: the tuned quinn `TransportConfig` and UDP socket setup both ends use.
 //! - [`accept`]: the accept step of every TCP listener (stop token, error backoff).
 //! - [`datastream`]: the life of a data stream on both ends (open, header, answer, relay).
+//! - [`proxy`]: SOCKS5 (fast-socks5) and HTTP (hyper) proxy front-ends; the target goes to an
+//!   [`proxy::Upstream`] that opens a stream through a tunnel.
 //! - [`dial`]: connects to a `host:port` target and maps failures to [`wire::OpenResult`].
 //! - [`shutdown`]: process signals to a cancellation token, for both binaries.
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
@@ -25,6 +27,7 @@
 pub mod accept;
 pub mod datastream;
 pub mod dial;
+pub mod proxy;
 pub mod relay;
 pub mod shutdown;
 pub mod stream;

@@ -1,6 +1,6 @@
 //! An HTTP proxy user, on hyper: `CONNECT host:port` (a tunnel) and absolute-form requests
 //! (`GET http://host/…`, forwarded with hop-by-hop headers removed). Each request's target is
-//! dialed by the server under its egress policy.
+//! dialed by the far end under its egress policy.
 //!
 //! Answers: `407` (with `Proxy-Authenticate`) for missing or wrong credentials, before any
 //! dial; `400` for a malformed request and `431` for oversized headers (hyper's parser);
@@ -21,16 +21,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug};
-use wmproxy_config::Proxy;
-use wmproxy_proto::datastream::{self, DataStreamError};
-use wmproxy_proto::relay::relay;
-use wmproxy_proto::wire::{OpenResult, OpenStream, auth};
 
-use crate::expose::STREAM_OPEN_TIMEOUT;
+use super::{ProxySettings, Upstream};
+use crate::datastream::DataStreamError;
+use crate::relay::relay;
+use crate::wire::{OpenResult, auth};
 
 /// Largest request head accepted; beyond it hyper answers `431`.
 const MAX_HEAD: usize = 16 * 1024;
@@ -41,17 +40,24 @@ type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 type PendingTunnel = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, SendStream, RecvStream)>>>;
 
 /// Serves one HTTP proxy user (keep-alive: several requests) until it leaves.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Proxy, conn: Option<Connection>, tracker: TaskTracker) {
+pub async fn serve<U: Upstream>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: ProxySettings,
+    upstream: Arc<U>,
+    tracker: TaskTracker,
+) {
     let expected = proxy.credentials.as_ref().map(|c| {
-        let pair = format!("{}:{}", c.username, c.password.expose());
+        let pair = format!("{}:{}", c.username, c.password);
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
     });
     let pending: PendingTunnel = Arc::default();
     let service = {
         let pending = pending.clone();
         service_fn(move |req| {
-            let (conn, expected, pending, tracker) = (conn.clone(), expected.clone(), pending.clone(), tracker.clone());
-            async move { Ok::<_, Infallible>(handle(req, peer, conn, expected.as_deref(), &pending, &tracker).await) }
+            let (upstream, expected, pending, tracker) =
+                (upstream.clone(), expected.clone(), pending.clone(), tracker.clone());
+            async move { Ok::<_, Infallible>(handle(req, peer, &*upstream, expected.as_deref(), &pending, &tracker).await) }
         })
     };
     let mut builder = http1::Builder::new();
@@ -66,10 +72,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Proxy, conn: Option<
     }
 }
 
-async fn handle(
+async fn handle<U: Upstream>(
     req: Request<Incoming>,
     peer: SocketAddr,
-    conn: Option<Connection>,
+    upstream: &U,
     expected: Option<&str>,
     pending: &PendingTunnel,
     tracker: &TaskTracker,
@@ -88,11 +94,7 @@ async fn handle(
         return plain(StatusCode::BAD_REQUEST, "absolute-form URI (http://host/…) or CONNECT host:port expected\n");
     };
     Span::current().record("target", target.as_str());
-    let Some(conn) = conn else {
-        return plain(StatusCode::BAD_GATEWAY, "no tunnel to the server right now\n");
-    };
-    let header = OpenStream::Connect { target, peer_addr: peer };
-    let (send, recv) = match datastream::open_confirmed(&conn, &header, STREAM_OPEN_TIMEOUT).await {
+    let (send, recv) = match upstream.open(target, peer).await {
         Ok(pair) => pair,
         Err(e) => {
             debug!(error = %e, "target not reached");

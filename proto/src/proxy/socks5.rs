@@ -4,22 +4,22 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use fast_socks5::server::{Socks5ServerProtocol, SocksServerError};
 use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{ReplyError, Socks5Command};
-use quinn::Connection;
 use tokio::net::TcpStream;
 use tracing::{Span, debug};
-use wmproxy_config::Proxy;
-use wmproxy_proto::datastream::{self, DataStreamError};
-use wmproxy_proto::relay::relay;
-use wmproxy_proto::wire::{OpenResult, OpenStream, auth};
 
-use crate::expose::STREAM_OPEN_TIMEOUT;
+use super::{ProxySettings, Upstream};
+use crate::datastream::DataStreamError;
+use crate::relay::relay;
+use crate::wire::{OpenResult, auth};
 
 /// Serves one SOCKS5 user: greeting and request within the proxy's deadline, then the
 /// server's dial, the reply, and the relay.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Proxy, conn: Option<Connection>) {
+pub async fn serve<U: Upstream>(tcp: TcpStream, peer: SocketAddr, proxy: ProxySettings, upstream: Arc<U>) {
     let request = tokio::time::timeout(proxy.handshake_timeout, handshake(tcp, &proxy)).await;
     let (protocol, command, target) = match request {
         Ok(Ok(request)) => request,
@@ -40,13 +40,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Proxy, conn: Option<
         TargetAddr::Domain(name, port) => format!("{name}:{port}"),
     };
     Span::current().record("target", target.as_str());
-    let Some(conn) = conn else {
-        debug!("no tunnel to the server right now");
-        let _ = protocol.reply_error(&ReplyError::NetworkUnreachable).await;
-        return;
-    };
-    let header = OpenStream::Connect { target, peer_addr: peer };
-    match datastream::open_confirmed(&conn, &header, STREAM_OPEN_TIMEOUT).await {
+    match upstream.open(target, peer).await {
         Ok((send, recv)) => {
             // The bound address is the server's business; clients ignore it for CONNECT.
             let Ok(tcp) = protocol.reply_success(SocketAddr::from(([0, 0, 0, 0], 0))).await else {
@@ -67,14 +61,14 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, proxy: Proxy, conn: Option<
 type Request = (Socks5ServerProtocol<TcpStream, fast_socks5::server::states::CommandRead>, Socks5Command, TargetAddr);
 
 /// Method negotiation, authentication (if configured) and the request.
-async fn handshake(tcp: TcpStream, proxy: &Proxy) -> Result<Request, SocksServerError> {
+async fn handshake(tcp: TcpStream, proxy: &ProxySettings) -> Result<Request, SocksServerError> {
     let authenticated = match &proxy.credentials {
         None => Socks5ServerProtocol::accept_no_auth(tcp).await?,
         Some(c) => {
             let check = |user: String, pass: String| {
                 // Both compared in constant time, and both always compared.
                 let user_ok = auth::same_secret(c.username.as_bytes(), user.as_bytes());
-                let pass_ok = auth::same_secret(c.password.expose().as_bytes(), pass.as_bytes());
+                let pass_ok = auth::same_secret(c.password.as_bytes(), pass.as_bytes());
                 user_ok & pass_ok
             };
             Socks5ServerProtocol::accept_password_auth(tcp, check).await?.0
@@ -90,6 +84,8 @@ fn reply_for(e: &DataStreamError) -> ReplyError {
         DataStreamError::Refused(OpenResult::Refused) => ReplyError::ConnectionRefused,
         DataStreamError::Refused(OpenResult::Unreachable) => ReplyError::HostUnreachable,
         DataStreamError::Refused(OpenResult::Timeout) | DataStreamError::Timeout => ReplyError::TtlExpired,
+        // No tunnel to the far end, or it went away.
+        DataStreamError::Tunnel(_) => ReplyError::NetworkUnreachable,
         _ => ReplyError::GeneralFailure,
     }
 }

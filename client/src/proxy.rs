@@ -1,0 +1,60 @@
+//! The client's local proxies: SOCKS5 and HTTP front-ends (`wmproxy_proto::proxy`) whose
+//! targets become `Connect` streams through the current tunnel; the server dials them under
+//! its egress policy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::{RecvStream, SendStream};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wmproxy_config::{Proxy, ProxyType};
+use wmproxy_proto::datastream::{self, DataStreamError};
+use wmproxy_proto::proxy::{self as front, Credentials, ProxyKind, ProxySettings, Upstream};
+use wmproxy_proto::wire::OpenStream;
+
+use crate::expose::STREAM_OPEN_TIMEOUT;
+use crate::forward::Tunnel;
+
+/// Serves one configured proxy until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Proxy,
+    tunnel: watch::Receiver<Option<Tunnel>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let upstream = Arc::new(ThroughServer { tunnel });
+    front::serve(listener, settings(&proxy), upstream, tracker, shutdown).await;
+}
+
+/// The front-end settings of a configured proxy.
+pub fn settings(proxy: &Proxy) -> ProxySettings {
+    ProxySettings {
+        kind: match proxy.kind {
+            ProxyType::Socks5 => ProxyKind::Socks5,
+            ProxyType::Http => ProxyKind::Http,
+        },
+        credentials: proxy
+            .credentials
+            .as_ref()
+            .map(|c| Credentials { username: c.username.clone(), password: c.password.expose().to_owned() }),
+        handshake_timeout: proxy.handshake_timeout,
+    }
+}
+
+/// Targets leave from the server: a `Connect` stream through the current tunnel.
+struct ThroughServer {
+    tunnel: watch::Receiver<Option<Tunnel>>,
+}
+
+impl Upstream for ThroughServer {
+    async fn open(&self, target: String, peer: SocketAddr) -> Result<(SendStream, RecvStream), DataStreamError> {
+        let conn = self.tunnel.borrow().as_ref().map(|t| t.conn.clone());
+        let conn = conn.ok_or_else(|| DataStreamError::Tunnel("no tunnel to the server right now".into()))?;
+        let header = OpenStream::Connect { target, peer_addr: peer };
+        datastream::open_confirmed(&conn, &header, STREAM_OPEN_TIMEOUT).await
+    }
+}

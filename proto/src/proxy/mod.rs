@@ -1,0 +1,89 @@
+//! SOCKS5 and HTTP proxy front-ends both ends use: the client's local proxies (egress at the
+//! server) and the server's proxies (egress at a client). Each accepted user runs its handshake
+//! in its own task under the proxy's deadline, so a silent user never blocks another. The
+//! target goes to an [`Upstream`], which opens a stream to the far end and waits for its dial
+//! result; that result becomes the proxy's answer (a SOCKS5 reply code, an HTTP status).
+
+pub mod http;
+pub mod socks5;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span};
+
+use crate::datastream::DataStreamError;
+
+/// Where a proxy's connections go: opens a stream to `target` through a tunnel, for `peer`,
+/// and returns it once the far end has dialed (or why it did not).
+pub trait Upstream: Send + Sync + 'static {
+    /// Opens the stream and waits for the far end's answer.
+    fn open(
+        &self,
+        target: String,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<(SendStream, RecvStream), DataStreamError>> + Send;
+}
+
+/// The proxy protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// SOCKS5, CONNECT.
+    Socks5,
+    /// HTTP: CONNECT and absolute-form requests.
+    Http,
+}
+
+/// A user name and password a proxy requires. `Debug` masks the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials").field("username", &self.username).field("password", &"MASKED").finish()
+    }
+}
+
+/// How one proxy listener behaves.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// The protocol.
+    pub kind: ProxyKind,
+    /// Required credentials, if any.
+    pub credentials: Option<Credentials>,
+    /// Time a user has for its greeting and request (SOCKS5) or request head (HTTP).
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts proxy users on `listener` until `stop`; each runs in its own task on `tracker`,
+/// under the span `proxy_user{peer, target}`.
+pub async fn serve<U: Upstream>(
+    listener: TcpListener,
+    settings: ProxySettings,
+    upstream: Arc<U>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    while let Some((tcp, peer)) = crate::accept::next(&listener, &stop).await {
+        let span = info_span!("proxy_user", %peer, target = tracing::field::Empty);
+        let (settings, upstream) = (settings.clone(), upstream.clone());
+        match settings.kind {
+            ProxyKind::Socks5 => tracker.spawn(socks5::serve(tcp, peer, settings, upstream).instrument(span)),
+            ProxyKind::Http => {
+                tracker.spawn(http::serve(tcp, peer, settings, upstream, tracker.clone()).instrument(span))
+            }
+        };
+    }
+}
