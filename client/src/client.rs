@@ -167,7 +167,12 @@ impl Client {
             .iter()
             .filter_map(|s| Some((s.name.clone(), s.group.as_ref()?.health_check.clone()?)))
             .collect();
-        let udp = UdpSetup { permits: udp_permits, stats: udp_stats, idle: config.limits.udp_flow_idle_timeout() };
+        let udp = UdpSetup {
+            permits: udp_permits,
+            stats: udp_stats,
+            idle: config.limits.udp_flow_idle_timeout(),
+            egress: Arc::new(config.egress.clone()),
+        };
 
         let mut backoff = Backoff::default();
         let mut jitter = Jitter::default();
@@ -229,11 +234,12 @@ impl Client {
     }
 }
 
-/// What every tunnel's UDP flows share.
+/// What every tunnel's streams and UDP flows share.
 struct UdpSetup {
     permits: Arc<Semaphore>,
     stats: Arc<UdpStats>,
     idle: Duration,
+    egress: Arc<wmproxy_config::EgressPolicy>,
 }
 
 /// Serves one tunnel until it ends or `shutdown`. Returns why it ended.
@@ -279,6 +285,7 @@ async fn serve_session(
         conn: conn.clone(),
         flows: flows.clone(),
         udp_permits: udp.permits.clone(),
+        egress: udp.egress.clone(),
     };
     info!("tunnel up");
 

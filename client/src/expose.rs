@@ -1,6 +1,7 @@
 //! Streams the server opens: a user reached one of our published services. For TCP, dial the
 //! service's local address, answer, relay; for a UDP flow, connect a socket to it and run the
-//! flow.
+//! flow. A user of one of the server's proxies (`ProxyConnect`) is dialed under our egress
+//! policy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{Span, debug};
-use wmproxy_config::ServiceType;
+use wmproxy_config::client::split_host_port;
+use wmproxy_config::{EgressPolicy, ServiceType};
 use wmproxy_proto::datastream;
 use wmproxy_proto::udp::{FlowTable, UdpStats, flow};
 use wmproxy_proto::wire::{OpenResult, OpenStream};
@@ -31,6 +33,8 @@ pub struct ExposeContext {
     pub flows: Arc<FlowTable>,
     /// Permits for UDP flows (the client's `max_udp_flows`).
     pub udp_permits: Arc<Semaphore>,
+    /// What the server's proxies may reach from here.
+    pub egress: Arc<EgressPolicy>,
 }
 
 /// Serves one stream opened by the server, under the span `stream{service, peer, flow}`.
@@ -65,7 +69,19 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
                 Err(result) => datastream::refuse(send, result).await,
             }
         }
-        // The server may not ask a client to dial arbitrary targets.
+        OpenStream::ProxyConnect { target, peer_addr } => {
+            Span::current().record("service", "proxy").record("peer", tracing::field::display(peer_addr));
+            debug!(%target, "proxy connection from the server");
+            let egress = &ctx.egress;
+            let allowed = split_host_port(&target).is_ok_and(|(host, port)| egress.permits_target(host, port));
+            let dialed = if allowed {
+                wmproxy_proto::dial::dial(&target, STREAM_OPEN_TIMEOUT, |ip| egress.permits(ip)).await
+            } else {
+                Err(OpenResult::NotAllowed)
+            };
+            datastream::complete(send, recv, dialed).await;
+        }
+        // Anything else the server may not ask of a client.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
     }
 }

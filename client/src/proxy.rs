@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wmproxy_config::{Proxy, ProxyType};
 use wmproxy_proto::datastream::{self, DataStreamError};
-use wmproxy_proto::proxy::{self as front, Credentials, ProxyKind, ProxySettings, Upstream};
+use wmproxy_proto::proxy::{self as front, ProxyKind, ProxySettings, Upstream};
 use wmproxy_proto::wire::OpenStream;
 
 use crate::expose::STREAM_OPEN_TIMEOUT;
@@ -31,18 +31,12 @@ pub async fn serve(
 }
 
 /// The front-end settings of a configured proxy.
-pub fn settings(proxy: &Proxy) -> ProxySettings {
-    ProxySettings {
-        kind: match proxy.kind {
-            ProxyType::Socks5 => ProxyKind::Socks5,
-            ProxyType::Http => ProxyKind::Http,
-        },
-        credentials: proxy
-            .credentials
-            .as_ref()
-            .map(|c| Credentials { username: c.username.clone(), password: c.password.expose().to_owned() }),
-        handshake_timeout: proxy.handshake_timeout,
-    }
+fn settings(proxy: &Proxy) -> ProxySettings {
+    let kind = match proxy.kind {
+        ProxyType::Socks5 => ProxyKind::Socks5,
+        ProxyType::Http => ProxyKind::Http,
+    };
+    ProxySettings::new(kind, proxy.credential_pair(), proxy.handshake_timeout)
 }
 
 /// Targets leave from the server: a `Connect` stream through the current tunnel.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::egress::{EgressFile, EgressPolicy};
 use crate::group::{GroupJoin, HealthCheck};
 use crate::proxy::{Proxy, ProxyFile};
 use crate::secret::Secret;
@@ -44,6 +45,9 @@ pub struct ClientFile {
     /// Local SOCKS5 and HTTP proxies whose connections leave from the server.
     #[serde(default)]
     pub proxies: Vec<ProxyFile>,
+    /// Which targets the server's proxies may reach from this client.
+    #[serde(default)]
+    pub egress: EgressFile,
     /// Resource limits.
     #[serde(default)]
     pub limits: ClientLimits,
@@ -187,6 +191,8 @@ pub struct ClientConfig {
     pub forwards: Vec<Forward>,
     /// Local proxies.
     pub proxies: Vec<Proxy>,
+    /// Egress policy for the server's proxies that leave from here.
+    pub egress: EgressPolicy,
     /// Resource limits.
     pub limits: ClientLimits,
 }
@@ -303,6 +309,9 @@ impl ClientFile {
 
         let mut proxies = Vec::with_capacity(self.proxies.len());
         for p in self.proxies {
+            if p.via.is_some() {
+                return Err(invalid(src, "proxies.via", None, "`via` is for the server's proxies"));
+            }
             proxies.push(p.validate().map_err(|m| invalid(src, "proxies", None, m))?);
         }
 
@@ -315,6 +324,7 @@ impl ClientFile {
             services,
             forwards,
             proxies,
+            egress: self.egress.into(),
             limits: self.limits,
         })
     }

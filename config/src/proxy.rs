@@ -36,6 +36,9 @@ pub struct ProxyFile {
     /// Seconds a user has to finish the greeting and request.
     #[serde(default = "default_handshake_timeout_secs")]
     pub handshake_timeout_secs: u64,
+    /// Server only: the client whose network the connections leave from.
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 fn default_handshake_timeout_secs() -> u64 {
@@ -53,6 +56,8 @@ pub struct Proxy {
     pub credentials: Option<Credentials>,
     /// Time for the greeting and request.
     pub handshake_timeout: Duration,
+    /// Server only: the client the connections leave from.
+    pub via: Option<String>,
 }
 
 /// A user name and password a proxy requires.
@@ -62,6 +67,13 @@ pub struct Credentials {
     pub username: String,
     /// The password.
     pub password: Secret,
+}
+
+impl Proxy {
+    /// The credentials as (user name, password), for the proxy front-end.
+    pub fn credential_pair(&self) -> Option<(&str, &str)> {
+        self.credentials.as_ref().map(|c| (c.username.as_str(), c.password.expose()))
+    }
 }
 
 impl ProxyFile {
@@ -80,6 +92,7 @@ impl ProxyFile {
             listen: self.listen,
             credentials,
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            via: self.via,
         })
     }
 }

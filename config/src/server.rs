@@ -11,6 +11,7 @@ use toml::Spanned;
 use crate::egress::{EgressFile, EgressPolicy};
 use crate::group::GroupFile;
 use crate::ports::{PortAllowance, PortRange};
+use crate::proxy::{Proxy, ProxyFile};
 use crate::secret::Secret;
 use crate::{ConfigError, check_name, invalid};
 
@@ -52,6 +53,9 @@ pub struct ServerFile {
     /// Load-balancing groups: public ports served by backends that join with the group's key.
     #[serde(default)]
     pub groups: Vec<GroupFile>,
+    /// SOCKS5 and HTTP proxies whose connections leave from a client (`via`).
+    #[serde(default)]
+    pub proxies: Vec<ProxyFile>,
 }
 
 impl Default for ServerFile {
@@ -67,6 +71,7 @@ impl Default for ServerFile {
             egress: EgressFile::default(),
             clients: Vec::new(),
             groups: Vec::new(),
+            proxies: Vec::new(),
         }
     }
 }
@@ -186,6 +191,8 @@ pub struct ServerConfig {
     pub egress: EgressPolicy,
     /// Load-balancing groups, names unique.
     pub groups: Vec<GroupFile>,
+    /// Proxies with egress at a client, each with its `via`.
+    pub proxies: Vec<Proxy>,
 }
 
 impl ServerFile {
@@ -230,6 +237,13 @@ impl ServerFile {
                 return Err(invalid(src, "groups.fail_timeout_secs", at, "must be at least 1 when max_fails is set"));
             }
         }
+        let mut proxies = Vec::with_capacity(self.proxies.len());
+        for p in self.proxies {
+            if p.via.as_deref().is_none_or(|v| check_name(v).is_err()) {
+                return Err(invalid(src, "proxies.via", None, "a server proxy needs `via`: the client it leaves from"));
+            }
+            proxies.push(p.validate().map_err(|m| invalid(src, "proxies", None, m))?);
+        }
         Ok(ServerConfig {
             bind: self.bind,
             state_dir: self.state_dir,
@@ -240,6 +254,7 @@ impl ServerFile {
             limits: self.limits,
             egress: self.egress.into(),
             groups: self.groups,
+            proxies,
         })
     }
 }

@@ -11,6 +11,7 @@
 //!   data stream to the client (`Expose`), then a relay.
 //! - `udp`: public UDP ports; each user address becomes a flow to the client (`UdpExpose`),
 //!   carried as QUIC datagrams (see `wmproxy_proto::udp`).
+//! - `proxy`: SOCKS5 and HTTP proxies whose connections leave from a client (`via`).
 //! - `connect`: data streams from the client (`Connect`, `UdpConnect`: local forwards) are
 //!   dialed under the egress policy, then relayed.
 //! - [`groups`]: load-balancing groups: a public port served by backends (services of
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod server;
 
 mod connect;
+mod proxy;
 mod publish;
 mod sessions;
 mod throttle;

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub udp_flows: Arc<Semaphore>,
     /// Load-balancing groups.
     pub groups: Groups,
+    /// Where the proxies listen (bound addresses, in config order).
+    pub proxy_addrs: Vec<SocketAddr>,
     throttle: Mutex<AuthThrottle>,
 }
 
@@ -78,6 +80,7 @@ enum GroupSocket {
 pub struct Server {
     endpoint: quinn::Endpoint,
     group_listeners: Vec<(Arc<groups::Group>, GroupSocket)>,
+    proxy_listeners: Vec<(wmproxy_config::Proxy, tokio::net::TcpListener)>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     clients: Arc<Semaphore>,
@@ -104,6 +107,11 @@ impl ServerHandle {
     /// Tasks alive on the server's tracker: one per tunnel, stream and UDP flow.
     pub fn tasks(&self) -> usize {
         self.shared.tracker.len()
+    }
+
+    /// Where the server's proxies listen, in config order.
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.proxy_addrs.clone()
     }
 
     /// Every group with its backends' health, sorted by name.
@@ -145,6 +153,16 @@ impl Server {
         let endpoint = transport::endpoint(socket, Some(server_config))
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let clients = Arc::new(Semaphore::new(config.limits.max_clients as usize));
+        let mut proxy_listeners = Vec::new();
+        for proxy in &config.proxies {
+            let addr = proxy.listen;
+            let bind = || {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener)
+            };
+            proxy_listeners.push((proxy.clone(), bind().map_err(|source| ServerError::Bind { addr, source })?));
+        }
         let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         let groups = Groups::new(&config.groups);
         let mut group_listeners = Vec::new();
@@ -167,9 +185,10 @@ impl Server {
             udp_stats: Arc::default(),
             udp_flows,
             groups,
+            proxy_addrs: proxy_listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect(),
             throttle: Mutex::new(AuthThrottle::default()),
         });
-        Ok(Self { endpoint, group_listeners, shared, fingerprint, clients })
+        Ok(Self { endpoint, group_listeners, proxy_listeners, shared, fingerprint, clients })
     }
 
     /// The bound UDP address.
@@ -190,7 +209,12 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then closes every tunnel and waits (up to a few
     /// seconds) for their tasks.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { endpoint, shared, clients, group_listeners, .. } = self;
+        let Self { endpoint, shared, clients, group_listeners, proxy_listeners, .. } = self;
+        for (proxy, listener) in proxy_listeners {
+            let span = info_span!("proxy", listen = %proxy.listen, via = proxy.via.as_deref().unwrap_or_default());
+            let serve = crate::proxy::serve(listener, proxy, shared.clone(), shutdown.clone());
+            shared.tracker.spawn(serve.instrument(span));
+        }
         for (group, socket) in group_listeners {
             let span = info_span!("group", name = %group.name, port = group.port);
             match socket {

@@ -110,6 +110,11 @@ impl Sessions {
         found.map(|b| b.set_drained(drained)).is_some()
     }
 
+    /// The live session of `client`.
+    pub fn get(&self, client: &str) -> Option<Arc<Session>> {
+        self.lock().get(client).cloned()
+    }
+
     /// Names of the connected clients.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<_> = self.lock().keys().cloned().collect();

@@ -139,6 +139,7 @@ impl TestServer {
             services: Vec::new(),
             forwards: Vec::new(),
             proxies: Vec::new(),
+            egress: wmproxy_config::EgressPolicy::default(),
             limits: wmproxy_config::ClientLimits::default(),
         }
     }

@@ -126,6 +126,7 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         services: vec![Service { name: kind_name.into(), kind, local_addr: local.clone(), remote_port, group: None }],
         forwards: Vec::new(),
         proxies: Vec::new(),
+        egress: wmproxy_config::EgressPolicy::default(),
         limits: ClientLimits::default(),
     })
 }

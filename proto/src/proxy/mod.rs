@@ -67,6 +67,14 @@ pub struct ProxySettings {
     pub handshake_timeout: Duration,
 }
 
+impl ProxySettings {
+    /// Settings from a proxy's configured parts.
+    pub fn new(kind: ProxyKind, credentials: Option<(&str, &str)>, handshake_timeout: Duration) -> Self {
+        let credentials = credentials.map(|(u, p)| Credentials { username: u.to_owned(), password: p.to_owned() });
+        Self { kind, credentials, handshake_timeout }
+    }
+}
+
 /// Accepts proxy users on `listener` until `stop`; each runs in its own task on `tracker`,
 /// under the span `proxy_user{peer, target}`.
 pub async fn serve<U: Upstream>(

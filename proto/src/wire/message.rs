@@ -258,6 +258,15 @@ pub enum OpenStream {
         /// The local user's address as the client saw it.
         peer_addr: SocketAddr,
     },
+    /// `enum#4 | str target | SocketAddr peer_addr`, server → client: a user of one of the
+    /// server's proxies (egress at this client); the client dials `target` if its own egress
+    /// policy allows.
+    ProxyConnect {
+        /// `host:port` to dial from the client.
+        target: String,
+        /// The proxy user's address as the server saw it.
+        peer_addr: SocketAddr,
+    },
 }
 impl WireMessage for OpenStream {}
 

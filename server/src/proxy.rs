@@ -1,0 +1,44 @@
+//! The server's proxies: SOCKS5 and HTTP front-ends (`wmproxy_proto::proxy`) whose
+//! connections leave from a client's network (`via`). The client dials each target under its
+//! own egress policy (`ProxyConnect`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::{RecvStream, SendStream};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wmproxy_config::{Proxy, ProxyType};
+use wmproxy_proto::datastream::{self, DataStreamError};
+use wmproxy_proto::proxy::{self as front, ProxyKind, ProxySettings, Upstream};
+use wmproxy_proto::wire::OpenStream;
+
+use crate::server::Shared;
+
+/// Serves one configured proxy until `shutdown`.
+pub(crate) async fn serve(listener: TcpListener, proxy: Proxy, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let kind = match proxy.kind {
+        ProxyType::Socks5 => ProxyKind::Socks5,
+        ProxyType::Http => ProxyKind::Http,
+    };
+    let settings = ProxySettings::new(kind, proxy.credential_pair(), proxy.handshake_timeout);
+    let via = proxy.via.clone().unwrap_or_default();
+    let tracker = shared.tracker.clone();
+    front::serve(listener, settings, Arc::new(ThroughClient { shared, via }), tracker, shutdown).await;
+}
+
+/// Targets leave from the client `via`, if it is connected.
+struct ThroughClient {
+    shared: Arc<Shared>,
+    via: String,
+}
+
+impl Upstream for ThroughClient {
+    async fn open(&self, target: String, peer: SocketAddr) -> Result<(SendStream, RecvStream), DataStreamError> {
+        let session = self.shared.sessions.get(&self.via);
+        let session =
+            session.ok_or_else(|| DataStreamError::Tunnel(format!("client `{}` is not connected", self.via)))?;
+        let header = OpenStream::ProxyConnect { target, peer_addr: peer };
+        datastream::open_confirmed(&session.conn, &header, self.shared.config.limits.stream_open_timeout()).await
+    }
+}

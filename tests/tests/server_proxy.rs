@@ -1,0 +1,83 @@
+//! The server's proxies, egress at a client (`via`): curl through SOCKS5 and HTTP reaches a host
+//! only the client can reach, under the client's egress policy.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Result, ensure};
+use wmproxy_client::ClientStatus;
+use wmproxy_config::ProxyType;
+use wmproxy_config::proxy::ProxyFile;
+use wmproxy_tests::backend::{checksum, pattern};
+use wmproxy_tests::proxy::{connect_request, curl, file_server, raw_exchange, reply_code};
+use wmproxy_tests::{TestClient, TestServer, init_tracing};
+
+fn server_proxy(kind: ProxyType, via: &str) -> ProxyFile {
+    ProxyFile {
+        kind,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        username: None,
+        password: None,
+        handshake_timeout_secs: 1,
+        via: Some(via.into()),
+    }
+}
+
+/// A server with a SOCKS5 and an HTTP proxy via client `office`; returns it and their addresses.
+async fn server() -> Result<(TestServer, SocketAddr, SocketAddr)> {
+    let server = TestServer::start(|f| {
+        f.proxies = vec![server_proxy(ProxyType::Socks5, "office"), server_proxy(ProxyType::Http, "office")];
+    })
+    .await?;
+    let addrs = server.handle.proxy_addrs();
+    Ok((server, addrs[0], addrs[1]))
+}
+
+async fn office(server: &TestServer, allow_loopback: bool) -> Result<TestClient> {
+    let mut config = server.client_config("office");
+    if allow_loopback {
+        config.egress =
+            wmproxy_config::egress::EgressFile { allow: vec!["127.0.0.1/32".parse().unwrap()], ..Default::default() }
+                .into();
+    }
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reaches_the_clients_network_through_the_servers_proxies() -> Result<()> {
+    init_tracing();
+    let body = pattern(10 * 1024 * 1024, 9);
+    let (intranet, _) = file_server(body.clone()).await?;
+    let url = format!("http://localhost:{}/file", intranet.port());
+    let (server, socks, http) = server().await?;
+    let _office = office(&server, true).await?;
+    for args in [
+        vec!["--socks5-hostname".to_owned(), socks.to_string(), url.clone()],
+        vec!["--proxy".to_owned(), format!("http://{http}"), url.clone()],
+        vec!["--proxytunnel".to_owned(), "--proxy".to_owned(), format!("http://{http}"), url.clone()],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let got = curl(&args).await?;
+        ensure!(got.len() == body.len() && checksum(&got) == checksum(&body), "{args:?}: body altered");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_egress_policy_decides_and_a_missing_client_is_unreachable() -> Result<()> {
+    init_tracing();
+    let (intranet, accepted) = file_server(b"private".to_vec()).await?;
+    let (server, socks, _http) = server().await?;
+    // No client yet: "network unreachable".
+    let answer = raw_exchange(socks, &connect_request(1, 1, &[127, 0, 0, 1], intranet.port())).await?;
+    ensure!(reply_code(&answer[2..]) == Some(3), "no client: {answer:?}");
+    // The client's default policy denies loopback.
+    let _office = office(&server, false).await?;
+    let answer = raw_exchange(socks, &connect_request(1, 1, &[127, 0, 0, 1], intranet.port())).await?;
+    ensure!(reply_code(&answer[2..]) == Some(2), "denied at the client: {answer:?}");
+    ensure!(accepted.load(Ordering::Relaxed) == 0, "the denied target saw a connection");
+    Ok(())
+}
