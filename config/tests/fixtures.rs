@@ -33,6 +33,7 @@ fn examples_parse() {
     assert_eq!((client.forwards[0].kind, client.forwards[1].kind), (ServiceType::Tcp, ServiceType::Udp));
     assert_eq!(client.limits.udp_flow_idle_timeout_secs, 60);
     assert_eq!(client.proxies.len(), 2);
+    assert_eq!(server.proxies[0].via.as_deref(), Some("office"));
     assert!(client.proxies[0].credentials.is_some() && client.proxies[1].credentials.is_none());
     assert_eq!(server.limits.max_udp_flows_per_client, 1024);
 }
