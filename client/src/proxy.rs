@@ -51,4 +51,8 @@ impl Upstream for ThroughServer {
         let header = OpenStream::Connect { target, peer_addr: peer };
         datastream::open_confirmed(&conn, &header, STREAM_OPEN_TIMEOUT).await
     }
+
+    fn udp(&self) -> Option<(quinn::Connection, Arc<wmproxy_proto::udp::FlowTable>)> {
+        self.tunnel.borrow().as_ref().map(|t| (t.conn.clone(), t.flows.clone()))
+    }
 }

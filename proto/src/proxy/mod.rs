@@ -6,6 +6,8 @@
 
 pub mod http;
 pub mod socks5;
+pub mod socks_udp;
+mod udp_associate;
 
 use std::fmt;
 use std::future::Future;
@@ -30,6 +32,13 @@ pub trait Upstream: Send + Sync + 'static {
         target: String,
         peer: SocketAddr,
     ) -> impl Future<Output = Result<(SendStream, RecvStream), DataStreamError>> + Send;
+
+    /// The tunnel and flow table SOCKS5 UDP ASSOCIATE flows ride (`UdpConnect`: the far end
+    /// sends each destination's packets under its egress policy); `None` when this upstream
+    /// carries no UDP, and the command is refused as not supported.
+    fn udp(&self) -> Option<(quinn::Connection, Arc<crate::udp::FlowTable>)> {
+        None
+    }
 }
 
 /// The proxy protocol.
@@ -88,7 +97,9 @@ pub async fn serve<U: Upstream>(
         let span = info_span!("proxy_user", %peer, target = tracing::field::Empty);
         let (settings, upstream) = (settings.clone(), upstream.clone());
         match settings.kind {
-            ProxyKind::Socks5 => tracker.spawn(socks5::serve(tcp, peer, settings, upstream).instrument(span)),
+            ProxyKind::Socks5 => {
+                tracker.spawn(socks5::serve(tcp, peer, settings, upstream, tracker.clone()).instrument(span))
+            }
             ProxyKind::Http => {
                 tracker.spawn(http::serve(tcp, peer, settings, upstream, tracker.clone()).instrument(span))
             }

@@ -1,15 +1,16 @@
 //! A SOCKS5 user (RFC 1928, with RFC 1929 username/password), on fast-socks5's server
-//! protocol. CONNECT only; names are resolved at the server, where the egress policy is
+//! protocol. CONNECT, and UDP ASSOCIATE where the upstream carries UDP
+//! (`super::udp_associate`); names are resolved at the far end, where the egress policy is
 //! checked after resolution. Every failure gets its RFC reply code.
 
 use std::net::SocketAddr;
-
 use std::sync::Arc;
 
 use fast_socks5::server::{Socks5ServerProtocol, SocksServerError};
 use fast_socks5::util::target_addr::TargetAddr;
 use fast_socks5::{ReplyError, Socks5Command};
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 use tracing::{Span, debug};
 
 use super::{ProxySettings, Upstream};
@@ -19,13 +20,24 @@ use crate::wire::{OpenResult, auth};
 
 /// Serves one SOCKS5 user: greeting and request within the proxy's deadline, then the
 /// server's dial, the reply, and the relay.
-pub async fn serve<U: Upstream>(tcp: TcpStream, peer: SocketAddr, proxy: ProxySettings, upstream: Arc<U>) {
+pub async fn serve<U: Upstream>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: ProxySettings,
+    upstream: Arc<U>,
+    tracker: TaskTracker,
+) {
+    let Ok(local) = tcp.local_addr() else { return };
     let request = tokio::time::timeout(proxy.handshake_timeout, handshake(tcp, &proxy)).await;
     let (protocol, command, target) = match request {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => return debug!(error = %e, "SOCKS5 handshake failed"),
         Err(_) => return debug!("SOCKS5 handshake timed out; closing"),
     };
+    if command == Socks5Command::UDPAssociate {
+        let route = upstream.udp();
+        return super::udp_associate::run(protocol, peer, local, route, tracker, UDP_OPEN_TIMEOUT).await;
+    }
     if command != Socks5Command::TCPConnect {
         debug!(?command, "unsupported SOCKS5 command");
         let _ = protocol.reply_error(&ReplyError::CommandNotSupported).await;
@@ -57,6 +69,9 @@ pub async fn serve<U: Upstream>(tcp: TcpStream, peer: SocketAddr, proxy: ProxySe
         }
     }
 }
+
+/// Time for a UDP ASSOCIATE flow's stream to open and be answered.
+const UDP_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Request = (Socks5ServerProtocol<TcpStream, fast_socks5::server::states::CommandRead>, Socks5Command, TargetAddr);
 

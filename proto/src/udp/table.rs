@@ -38,6 +38,15 @@ pub enum Sink {
     },
     /// A socket of the flow's own, connected to its target.
     Connected(Arc<UdpSocket>),
+    /// A SOCKS5 UDP relay socket: packets go to the user with this header in front.
+    Prefixed {
+        /// The relay socket.
+        socket: Arc<UdpSocket>,
+        /// The user's address.
+        peer: SocketAddr,
+        /// The SOCKS5 UDP reply header.
+        prefix: Arc<[u8]>,
+    },
 }
 
 impl Sink {
@@ -45,6 +54,7 @@ impl Sink {
         match self {
             Self::Peer { socket, peer } => socket.try_send_to(payload, *peer),
             Self::Connected(socket) => socket.try_send(payload),
+            Self::Prefixed { socket, peer, prefix } => socket.try_send_to(&[&prefix[..], payload].concat(), *peer),
         }
     }
 
@@ -53,6 +63,7 @@ impl Sink {
         match self {
             Self::Peer { socket, peer } => socket.send_to(payload, *peer).await,
             Self::Connected(socket) => socket.send(payload).await,
+            Self::Prefixed { socket, peer, prefix } => socket.send_to(&[&prefix[..], payload].concat(), *peer).await,
         }
     }
 }

@@ -1,0 +1,113 @@
+//! SOCKS5 UDP ASSOCIATE (RFC 1928 §7) over QUIC datagrams: a relay socket for one user, whose
+//! datagrams become UDP flows (`UdpConnect`, one per destination) through the tunnel. The far
+//! end applies its egress policy to each destination when its flow opens.
+//!
+//! Only datagrams from the user's IP are taken, and the first one fixes its port; others, and
+//! fragments (`FRAG` ≠ 0), are dropped and counted. The association, with its flows, ends when
+//! the user's TCP connection closes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fast_socks5::ReplyError;
+use fast_socks5::server::{Socks5ServerProtocol, states};
+use quinn::Connection;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span};
+
+use super::socks_udp;
+use crate::udp::stats::UdpStats;
+use crate::udp::{Flow, FlowTable, Sink, flow};
+use crate::wire::OpenStream;
+use crate::wire::udp::MAX_PACKET_LEN;
+
+/// Destinations one association may have flows to at once; beyond, packets are dropped.
+pub const MAX_DESTINATIONS: usize = 256;
+
+/// Runs one association until the user's TCP connection closes.
+pub(super) async fn run(
+    protocol: Socks5ServerProtocol<TcpStream, states::CommandRead>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    route: Option<(Connection, Arc<FlowTable>)>,
+    tracker: TaskTracker,
+    open_timeout: Duration,
+) {
+    let Some((conn, table)) = route else {
+        let _ = protocol.reply_error(&ReplyError::CommandNotSupported).await;
+        return;
+    };
+    // The relay listens on the address the user reached us at.
+    let socket = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            debug!(error = %e, "cannot bind the UDP relay");
+            let _ = protocol.reply_error(&ReplyError::GeneralFailure).await;
+            return;
+        }
+    };
+    let Ok(relay_addr) = socket.local_addr() else { return };
+    let Ok(mut tcp) = protocol.reply_success(relay_addr).await else { return };
+    if socket.writable().await.is_err() {
+        return;
+    }
+    debug!(%relay_addr, "UDP association open");
+
+    let done = CancellationToken::new();
+    let stats = table.stats().clone();
+    let mut user: Option<SocketAddr> = None;
+    let mut flows: HashMap<Vec<u8>, Arc<Flow>> = HashMap::new();
+    let mut buf = vec![0u8; MAX_PACKET_LEN];
+    let mut tcp_buf = [0u8; 64];
+    loop {
+        let (n, from) = tokio::select! {
+            // Anything but data on the control connection (its end, an error) ends the association.
+            read = tcp.read(&mut tcp_buf) => match read {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            },
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+        };
+        if from.ip() != peer.ip() || user.is_some_and(|u| u != from) {
+            debug!(%from, "datagram from another address; dropped");
+            UdpStats::bump(&stats.dropped_malformed);
+            continue;
+        }
+        let user = *user.get_or_insert(from);
+        let datagram = match socks_udp::parse(buf.get(..n).unwrap_or_default()) {
+            Ok(d) if d.frag == 0 => d,
+            _ => {
+                UdpStats::bump(&stats.dropped_malformed);
+                continue;
+            }
+        };
+        if let Some(flow) = flows.get(datagram.address).filter(|f| !f.done().is_cancelled()) {
+            flow.send(&conn, datagram.payload);
+            continue;
+        }
+        flows.retain(|_, f| !f.done().is_cancelled());
+        if flows.len() >= MAX_DESTINATIONS {
+            UdpStats::bump(&stats.dropped_flow_limit);
+            continue;
+        }
+        let prefix: Arc<[u8]> = socks_udp::reply_header(datagram.address).into();
+        let sink = Sink::Prefixed { socket: socket.clone(), peer: user, prefix };
+        let (flow, rx) = Flow::ending_with(sink, &table, Some(&done));
+        flow.send(&conn, datagram.payload);
+        flows.insert(datagram.address.to_vec(), flow.clone());
+        let header = OpenStream::UdpConnect { target: datagram.target.clone(), peer_addr: user };
+        let span = info_span!("flow", target = %datagram.target, flow = tracing::field::Empty);
+        let (conn, table) = (conn.clone(), table.clone());
+        tracker.spawn(flow::open(conn, table, flow, rx, header, open_timeout).instrument(span));
+    }
+    done.cancel();
+    debug!("UDP association closed");
+}
