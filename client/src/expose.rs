@@ -81,6 +81,24 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
             };
             datastream::complete(send, recv, dialed).await;
         }
+        OpenStream::ProxyUdpConnect { target, peer_addr } => {
+            Span::current().record("service", "proxy-udp").record("peer", tracing::field::display(peer_addr));
+            let Ok(_permit) = ctx.udp_permits.clone().try_acquire_owned() else {
+                UdpStats::bump(&ctx.flows.stats().dropped_flow_limit);
+                return datastream::refuse(send, OpenResult::Busy).await;
+            };
+            let egress = &ctx.egress;
+            let allowed = split_host_port(&target).is_ok_and(|(host, port)| egress.permits_target(host, port));
+            let dialed = if allowed {
+                wmproxy_proto::dial::dial_udp(&target, STREAM_OPEN_TIMEOUT, |ip| egress.permits(ip)).await
+            } else {
+                Err(OpenResult::NotAllowed)
+            };
+            match dialed {
+                Ok(socket) => flow::accept(ctx.conn, ctx.flows, Arc::new(socket), send, recv).await,
+                Err(result) => datastream::refuse(send, result).await,
+            }
+        }
         // Anything else the server may not ask of a client.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
     }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wmproxy_config::{Proxy, ProxyType};
 use wmproxy_proto::datastream::{self, DataStreamError};
-use wmproxy_proto::proxy::{self as front, ProxyKind, ProxySettings, Upstream};
+use wmproxy_proto::proxy::{self as front, ProxyKind, ProxySettings, UdpRoute, Upstream};
 use wmproxy_proto::wire::OpenStream;
 
 use crate::expose::STREAM_OPEN_TIMEOUT;
@@ -52,7 +52,11 @@ impl Upstream for ThroughServer {
         datastream::open_confirmed(&conn, &header, STREAM_OPEN_TIMEOUT).await
     }
 
-    fn udp(&self) -> Option<(quinn::Connection, Arc<wmproxy_proto::udp::FlowTable>)> {
-        self.tunnel.borrow().as_ref().map(|t| (t.conn.clone(), t.flows.clone()))
+    fn udp(&self, _peer: SocketAddr) -> Option<UdpRoute> {
+        self.tunnel.borrow().as_ref().map(|t| UdpRoute {
+            conn: t.conn.clone(),
+            table: t.flows.clone(),
+            header: |target, peer_addr| OpenStream::UdpConnect { target, peer_addr },
+        })
     }
 }

@@ -85,6 +85,7 @@ fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(OpenStream::UdpExpose { service: "dns".into(), peer_addr: peer() });
     check_round_trip(OpenStream::UdpConnect { target: "9.9.9.9:53".into(), peer_addr: peer() });
     check_round_trip(OpenStream::ProxyConnect { target: "intranet.example:80".into(), peer_addr: peer() });
+    check_round_trip(OpenStream::ProxyUdpConnect { target: "10.0.0.53:53".into(), peer_addr: peer() });
     for r in [
         OpenResult::Ok,
         OpenResult::Refused,

@@ -112,3 +112,27 @@ pub async fn setup(
     let addr = client.forward_addrs.first().copied().context("the proxy's address")?;
     Ok((server, client, addr))
 }
+
+/// Opens a SOCKS5 UDP ASSOCIATE (no auth) on `proxy`: the control connection (the association
+/// lives as long as it) and the relay's address.
+pub async fn udp_associate(proxy: SocketAddr) -> Result<(TcpStream, SocketAddr)> {
+    let mut control = TcpStream::connect(proxy).await?;
+    control.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+    let mut reply = [0u8; 12];
+    control.read_exact(&mut reply).await?;
+    anyhow::ensure!(reply[..4] == [5, 0, 5, 0] && reply[5] == 1, "associate refused: {reply:?}");
+    let relay =
+        SocketAddr::from(([reply[6], reply[7], reply[8], reply[9]], u16::from_be_bytes([reply[10], reply[11]])));
+    Ok((control, relay))
+}
+
+/// A SOCKS5 UDP datagram (fragment `frag`) for the IPv4 `target`.
+pub fn socks_udp(frag: u8, target: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut d = vec![0, 0, frag, 1];
+    if let std::net::IpAddr::V4(ip) = target.ip() {
+        d.extend_from_slice(&ip.octets());
+    }
+    d.extend_from_slice(&target.port().to_be_bytes());
+    d.extend_from_slice(payload);
+    d
+}

@@ -81,3 +81,45 @@ async fn the_clients_egress_policy_decides_and_a_missing_client_is_unreachable()
     ensure!(accepted.load(Ordering::Relaxed) == 0, "the denied target saw a connection");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_udp_associate_and_a_group_as_via() -> Result<()> {
+    init_tracing();
+    let (intranet, _) = file_server(b"inside".to_vec()).await?;
+    let dns = wmproxy_tests::udp::echo().await?;
+    let group_port = wmproxy_tests::backend::dead_port().await?;
+    let server = TestServer::start(|f| {
+        let mut locked = server_proxy(ProxyType::Socks5, "office");
+        locked.username = Some("eve".into());
+        locked.password = Some(wmproxy_config::Secret::new("pa55-word"));
+        f.proxies = vec![locked, server_proxy(ProxyType::Socks5, "branches")];
+        f.groups.push(wmproxy_tests::groups::group("branches", group_port.port(), wmproxy_config::Policy::RoundRobin));
+    })
+    .await?;
+    let (locked, by_group) = (server.handle.proxy_addrs()[0], server.handle.proxy_addrs()[1]);
+    let _office = office(&server, true).await?;
+    let url = format!("http://127.0.0.1:{}/", intranet.port());
+
+    ensure!(curl(&["--proxy", &format!("socks5h://eve:pa55-word@{locked}"), &url]).await? == b"inside");
+    ensure!(curl(&["--proxy", &format!("socks5h://eve:wrong@{locked}"), &url]).await.is_err());
+
+    // A branch client joins the group `branches`; the proxy via the group leaves from it.
+    let mut branch = server.client_config("branch-1");
+    branch.egress =
+        wmproxy_config::egress::EgressFile { allow: vec!["127.0.0.1/32".parse().unwrap()], ..Default::default() }
+            .into();
+    let web = wmproxy_tests::groups::tagged("b1").await?;
+    branch.services.push(wmproxy_tests::groups::member("b1", web.addr, "branches", 1, None));
+    let mut branch = TestClient::start(branch).await?;
+    branch.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+    ensure!(curl(&["--socks5-hostname", &by_group.to_string(), &url]).await? == b"inside");
+
+    // UDP ASSOCIATE on a server proxy: the flow leaves from the branch client.
+    let (_control, relay) = wmproxy_tests::proxy::udp_associate(by_group).await?;
+    let user = wmproxy_tests::udp::user().await?;
+    let query = wmproxy_tests::proxy::socks_udp(0, dns, b"\x00\x01 A? intranet.example");
+    let answer = wmproxy_tests::udp::request(&user, relay, &query).await?;
+    ensure!(answer == query, "answer: {answer:?}");
+    ensure!(branch.udp.snapshot().active_flows == 1, "the flow's socket is on the branch client");
+    Ok(())
+}

@@ -154,29 +154,12 @@ async fn egress_domain_and_port_rules_apply_before_any_lookup_or_dial() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_associate_carries_a_dns_like_round_trip_and_ends_with_its_tcp_connection() -> Result<()> {
-    use tokio::io::AsyncReadExt;
     init_tracing();
     let echo = wmproxy_tests::udp::echo().await?;
     let (_s, client, proxy) = setup(true, None).await?;
-    let mut control = tokio::net::TcpStream::connect(proxy).await?;
-    control.write_all(&[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
-    let mut reply = [0u8; 12];
-    control.read_exact(&mut reply).await?;
-    ensure!(reply[..4] == [5, 0, 5, 0] && reply[5] == 1, "associate: {reply:?}");
-    let relay =
-        SocketAddr::from(([reply[6], reply[7], reply[8], reply[9]], u16::from_be_bytes([reply[10], reply[11]])));
-
+    let (control, relay) = wmproxy_tests::proxy::udp_associate(proxy).await?;
     let user = wmproxy_tests::udp::user().await?;
-    let std::net::IpAddr::V4(ip) = echo.ip() else { unreachable!() };
-    let mut header = vec![0, 0, 0, 1];
-    header.extend_from_slice(&ip.octets());
-    header.extend_from_slice(&echo.port().to_be_bytes());
-    let datagram = |frag: u8, payload: &[u8]| {
-        let mut d = header.clone();
-        d[2] = frag;
-        d.extend_from_slice(payload);
-        d
-    };
+    let datagram = |frag: u8, payload: &[u8]| wmproxy_tests::proxy::socks_udp(frag, echo, payload);
     // A fragment is dropped; the whole datagram behind it is answered, from the echo's address.
     user.send_to(&datagram(1, b"fragment"), relay).await?;
     let query = b"\x12\x34 A? example.com";

@@ -33,12 +33,24 @@ pub trait Upstream: Send + Sync + 'static {
         peer: SocketAddr,
     ) -> impl Future<Output = Result<(SendStream, RecvStream), DataStreamError>> + Send;
 
-    /// The tunnel and flow table SOCKS5 UDP ASSOCIATE flows ride (`UdpConnect`: the far end
-    /// sends each destination's packets under its egress policy); `None` when this upstream
-    /// carries no UDP, and the command is refused as not supported.
-    fn udp(&self) -> Option<(quinn::Connection, Arc<crate::udp::FlowTable>)> {
+    /// Where the UDP flows of a SOCKS5 UDP ASSOCIATE from `peer` go (the far end sends each
+    /// destination's packets under its egress policy); `None` when there is no tunnel or this
+    /// upstream carries no UDP, and the command is refused.
+    fn udp(&self, peer: SocketAddr) -> Option<UdpRoute> {
+        let _ = peer;
         None
     }
+}
+
+/// The tunnel, flow table and flow header of SOCKS5 UDP ASSOCIATE flows.
+#[derive(Debug, Clone)]
+pub struct UdpRoute {
+    /// The tunnel.
+    pub conn: quinn::Connection,
+    /// Its flow table.
+    pub table: Arc<crate::udp::FlowTable>,
+    /// The header that opens a flow to `target` for the user at the address.
+    pub header: fn(String, SocketAddr) -> crate::wire::OpenStream,
 }
 
 /// The proxy protocol.

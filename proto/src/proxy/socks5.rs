@@ -35,7 +35,7 @@ pub async fn serve<U: Upstream>(
         Err(_) => return debug!("SOCKS5 handshake timed out; closing"),
     };
     if command == Socks5Command::UDPAssociate {
-        let route = upstream.udp();
+        let route = upstream.udp(peer);
         return super::udp_associate::run(protocol, peer, local, route, tracker, UDP_OPEN_TIMEOUT).await;
     }
     if command != Socks5Command::TCPConnect {

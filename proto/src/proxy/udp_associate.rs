@@ -13,17 +13,15 @@ use std::time::Duration;
 
 use fast_socks5::ReplyError;
 use fast_socks5::server::{Socks5ServerProtocol, states};
-use quinn::Connection;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
-use super::socks_udp;
+use super::{UdpRoute, socks_udp};
 use crate::udp::stats::UdpStats;
-use crate::udp::{Flow, FlowTable, Sink, flow};
-use crate::wire::OpenStream;
+use crate::udp::{Flow, Sink, flow};
 use crate::wire::udp::MAX_PACKET_LEN;
 
 /// Destinations one association may have flows to at once; beyond, packets are dropped.
@@ -34,11 +32,11 @@ pub(super) async fn run(
     protocol: Socks5ServerProtocol<TcpStream, states::CommandRead>,
     peer: SocketAddr,
     local: SocketAddr,
-    route: Option<(Connection, Arc<FlowTable>)>,
+    route: Option<UdpRoute>,
     tracker: TaskTracker,
     open_timeout: Duration,
 ) {
-    let Some((conn, table)) = route else {
+    let Some(UdpRoute { conn, table, header: header_for }) = route else {
         let _ = protocol.reply_error(&ReplyError::CommandNotSupported).await;
         return;
     };
@@ -103,7 +101,7 @@ pub(super) async fn run(
         let (flow, rx) = Flow::ending_with(sink, &table, Some(&done));
         flow.send(&conn, datagram.payload);
         flows.insert(datagram.address.to_vec(), flow.clone());
-        let header = OpenStream::UdpConnect { target: datagram.target.clone(), peer_addr: user };
+        let header = header_for(datagram.target.clone(), user);
         let span = info_span!("flow", target = %datagram.target, flow = tracing::field::Empty);
         let (conn, table) = (conn.clone(), table.clone());
         tracker.spawn(flow::open(conn, table, flow, rx, header, open_timeout).instrument(span));

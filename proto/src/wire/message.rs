@@ -267,6 +267,15 @@ pub enum OpenStream {
         /// The proxy user's address as the server saw it.
         peer_addr: SocketAddr,
     },
+    /// `enum#5 | str target | SocketAddr peer_addr`, server → client: a UDP flow of a SOCKS5
+    /// UDP ASSOCIATE on one of the server's proxies; the client sends its packets to `target`
+    /// if its egress policy allows.
+    ProxyUdpConnect {
+        /// `host:port` the client sends to.
+        target: String,
+        /// The proxy user's UDP address as the server saw it.
+        peer_addr: SocketAddr,
+    },
 }
 impl WireMessage for OpenStream {}
 

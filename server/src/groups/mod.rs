@@ -254,6 +254,11 @@ impl Groups {
         self.by_name.values()
     }
 
+    /// The group `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Group>> {
+        self.by_name.get(name)
+    }
+
     /// Adds the service `spec` of `client` to its group, if the name, type and key are right.
     /// Returns the outcome and, on success, the membership to remove when the session ends.
     pub(crate) fn join(
