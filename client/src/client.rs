@@ -101,7 +101,10 @@ impl Client {
         for f in &config.forwards {
             let listen_err = |source| ClientError::Listen { addr: f.listen, source };
             let listener = match f.kind {
-                ServiceType::Tcp => ForwardListener::Tcp(TcpListener::bind(f.listen).await.map_err(listen_err)?),
+                // Validation allows only "tcp" and "udp" forwards.
+                ServiceType::Tcp | ServiceType::Http => {
+                    ForwardListener::Tcp(TcpListener::bind(f.listen).await.map_err(listen_err)?)
+                }
                 ServiceType::Udp => ForwardListener::Udp(
                     transport::bind_udp(f.listen).and_then(UdpSocket::from_std).map_err(listen_err)?,
                 ),

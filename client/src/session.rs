@@ -9,8 +9,8 @@ use wmproxy_config::{ClientConfig, ServiceType};
 use wmproxy_proto::stream::{read_frame, write_frame};
 use wmproxy_proto::transport;
 use wmproxy_proto::wire::{
-    AuthToken, ControlReply, ControlRequest, GroupKey, GroupMembership, HealthSpec, Hello, HelloReply, RejectReason,
-    ServiceKind, ServiceResult, ServiceSpec, auth,
+    AuthToken, ControlReply, ControlRequest, GroupKey, GroupMembership, HealthSpec, Hello, HelloReply, HttpSpec,
+    RejectReason, ServiceKind, ServiceResult, ServiceSpec, auth,
 };
 
 use crate::error::ClientError;
@@ -108,8 +108,15 @@ async fn handshake(
             kind: match s.kind {
                 ServiceType::Tcp => ServiceKind::Tcp,
                 ServiceType::Udp => ServiceKind::Udp,
+                ServiceType::Http => ServiceKind::Http,
             },
             remote_port: s.remote_port,
+            http: s.http.as_ref().map(|h| HttpSpec {
+                custom_domains: h.custom_domains.clone(),
+                subdomain: h.subdomain.clone(),
+                locations: h.locations.clone(),
+                host_header_rewrite: h.host_header_rewrite.clone(),
+            }),
             group: s.group.as_ref().map(|g| GroupMembership {
                 group: g.group.clone(),
                 key: GroupKey(g.key.expose().to_owned()),

@@ -11,6 +11,7 @@ use crate::egress::{EgressFile, EgressPolicy};
 use crate::group::{GroupJoin, HealthCheck};
 use crate::proxy::{Proxy, ProxyFile};
 use crate::secret::Secret;
+use crate::vhost::{HttpRoute, normalize_host};
 use crate::{ConfigError, check_name, invalid};
 
 /// The client's config file as written.
@@ -108,6 +109,18 @@ pub struct ServiceFile {
     /// Active health check, run here and reported to the server.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// `type = "http"`: host names served on the server's vhost port.
+    #[serde(default)]
+    pub custom_domains: Vec<String>,
+    /// `type = "http"`: served at `<subdomain>.<the server's subdomain_host>`.
+    #[serde(default)]
+    pub subdomain: Option<String>,
+    /// `type = "http"`: path prefixes served (all paths when empty); the longest match wins.
+    #[serde(default)]
+    pub locations: Vec<String>,
+    /// `type = "http"`: the `Host` header the service sees.
+    #[serde(default)]
+    pub host_header_rewrite: Option<String>,
 }
 
 /// The kind of a service or forward.
@@ -119,6 +132,8 @@ pub enum ServiceType {
     Tcp,
     /// A UDP port, carried as QUIC datagrams.
     Udp,
+    /// An HTTP service, reached by host name on the server's vhost port.
+    Http,
 }
 
 /// One `[[forwards]]` entry.
@@ -159,6 +174,8 @@ pub struct Service {
     pub remote_port: u16,
     /// The group it joins, if any.
     pub group: Option<GroupJoin>,
+    /// For `type = "http"`: its host names and paths.
+    pub http: Option<HttpRoute>,
 }
 
 /// A validated local forward.
@@ -290,12 +307,33 @@ impl ClientFile {
                     })
                 }
             };
+            let http = if s.kind == ServiceType::Http {
+                if s.custom_domains.is_empty() && s.subdomain.is_none() {
+                    let m = "an HTTP service needs `custom_domains` or `subdomain`";
+                    return Err(invalid(src, "services.custom_domains", Some(at), m));
+                }
+                if s.locations.iter().any(|l| !l.starts_with('/')) {
+                    return Err(invalid(src, "services.locations", Some(at), "a location starts with `/`"));
+                }
+                Some(HttpRoute {
+                    custom_domains: s.custom_domains.iter().map(|d| normalize_host(d)).collect(),
+                    subdomain: s.subdomain.map(|d| normalize_host(&d)),
+                    locations: s.locations,
+                    host_header_rewrite: s.host_header_rewrite,
+                })
+            } else if !s.custom_domains.is_empty() || s.subdomain.is_some() || !s.locations.is_empty() {
+                let m = "`custom_domains`, `subdomain` and `locations` are for `type = \"http\"`";
+                return Err(invalid(src, "services.type", Some(at), m));
+            } else {
+                None
+            };
             services.push(Service {
                 name: sname,
                 kind: s.kind,
                 local_addr: s.local_addr,
                 remote_port: s.remote_port,
                 group,
+                http,
             });
         }
 
@@ -304,6 +342,9 @@ impl ClientFile {
             let at = f.target.span().start;
             let target = f.target.into_inner();
             split_host_port(&target).map_err(|m| invalid(src, "forwards.target", Some(at), &m))?;
+            if f.kind == ServiceType::Http {
+                return Err(invalid(src, "forwards.type", Some(at), "a forward is \"tcp\" or \"udp\""));
+            }
             forwards.push(Forward { kind: f.kind, listen: f.listen, target });
         }
 

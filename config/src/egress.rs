@@ -96,7 +96,8 @@ impl EgressPolicy {
 }
 
 /// `example.com` matches exactly; `*.example.com` matches any name below it (not itself).
-fn domain_matches(pattern: &str, name: &str) -> bool {
+/// Both are expected lower-case.
+pub fn domain_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(suffix) => name.strip_suffix(suffix).is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
         None => pattern == name,

@@ -7,6 +7,7 @@
 //! - [`group`]: load-balancing groups (server side) and how a service joins one, with its
 //!   health check (client side).
 //! - [`proxy`]: the client's local SOCKS5 and HTTP proxies.
+//! - [`vhost`]: the server's HTTP virtual-host port and the routes HTTP services ask for.
 //! - [`secret`]: tokens, masked in `Debug` and `Display`.
 //!
 //! Parsing is strict (`deny_unknown_fields`); every error names the key and the line. Field
@@ -22,6 +23,7 @@ pub mod ports;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod vhost;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +34,7 @@ pub use ports::{PortAllowance, PortRange};
 pub use proxy::{Credentials, Proxy, ProxyType};
 pub use secret::Secret;
 pub use server::{ClientEntry, Limits, ServerConfig, ServerFile, TlsFiles};
+pub use vhost::{HttpRoute, VhostFile};
 
 /// Longest client or service name, in bytes (the wire protocol's limit).
 pub const MAX_NAME_LEN: usize = 64;

@@ -13,6 +13,7 @@ use crate::group::GroupFile;
 use crate::ports::{PortAllowance, PortRange};
 use crate::proxy::{Proxy, ProxyFile};
 use crate::secret::Secret;
+use crate::vhost::VhostFile;
 use crate::{ConfigError, check_name, invalid};
 
 /// The documented default UDP port of the server.
@@ -38,6 +39,13 @@ pub struct ServerFile {
     /// Ports clients authenticated with `token` may publish.
     #[serde(default = "default_allow_ports")]
     pub allow_ports: Vec<PortRange>,
+    /// Host names clients authenticated with `token` may claim on the vhost port
+    /// (`example.com`, `*.example.com`).
+    #[serde(default)]
+    pub allow_domains: Vec<String>,
+    /// The HTTP virtual-host port.
+    #[serde(default)]
+    pub vhost: VhostFile,
     /// A PEM certificate and key; without them the server generates and keeps its own.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -66,6 +74,8 @@ impl Default for ServerFile {
             public_bind: default_public_bind(),
             token: None,
             allow_ports: default_allow_ports(),
+            allow_domains: Vec::new(),
+            vhost: VhostFile::default(),
             tls: None,
             limits: Limits::default(),
             egress: EgressFile::default(),
@@ -159,6 +169,9 @@ pub struct ClientEntryFile {
     pub token: Secret,
     /// Ports it may publish.
     pub allow_ports: Vec<PortRange>,
+    /// Host names it may claim on the vhost port.
+    #[serde(default)]
+    pub allow_domains: Vec<String>,
 }
 
 /// What a named client may do.
@@ -168,6 +181,15 @@ pub struct ClientEntry {
     pub token: Secret,
     /// Ports it may publish.
     pub allow_ports: PortAllowance,
+    /// Host names it may claim (lower-case patterns).
+    pub allow_domains: Vec<String>,
+}
+
+impl ClientEntry {
+    /// Whether this client may claim `host` (normalized) on the vhost port.
+    pub fn allows_domain(&self, host: &str) -> bool {
+        self.allow_domains.iter().any(|p| crate::egress::domain_matches(p, host))
+    }
 }
 
 /// The validated server configuration.
@@ -193,6 +215,12 @@ pub struct ServerConfig {
     pub groups: Vec<GroupFile>,
     /// Proxies with egress at a client, each with its `via`.
     pub proxies: Vec<Proxy>,
+    /// The HTTP virtual-host port.
+    pub vhost: VhostFile,
+}
+
+fn lower(domains: Vec<String>) -> Vec<String> {
+    domains.iter().map(|d| crate::vhost::normalize_host(d)).collect()
 }
 
 impl ServerFile {
@@ -218,7 +246,11 @@ impl ServerFile {
             let span = entry.name.span();
             let name = entry.name.into_inner();
             check_name(&name).map_err(|m| invalid(src, "clients.name", Some(span.start), &m))?;
-            let value = ClientEntry { token: entry.token, allow_ports: PortAllowance(entry.allow_ports) };
+            let value = ClientEntry {
+                token: entry.token,
+                allow_ports: PortAllowance(entry.allow_ports),
+                allow_domains: lower(entry.allow_domains),
+            };
             if clients.insert(name.clone(), value).is_some() {
                 return Err(invalid(src, "clients.name", Some(span.start), &format!("duplicate client name `{name}`")));
             }
@@ -229,6 +261,9 @@ impl ServerFile {
             check_name(g.name.get_ref()).map_err(|m| invalid(src, "groups.name", at, &m))?;
             if !names.insert(g.name.get_ref().clone()) {
                 return Err(invalid(src, "groups.name", at, &format!("duplicate group name `{}`", g.name.get_ref())));
+            }
+            if g.kind == crate::ServiceType::Http {
+                return Err(invalid(src, "groups.type", at, "a group is \"tcp\" or \"udp\""));
             }
             if g.remote_port == 0 {
                 return Err(invalid(src, "groups.remote_port", at, "a group needs a fixed public port"));
@@ -248,7 +283,12 @@ impl ServerFile {
             bind: self.bind,
             state_dir: self.state_dir,
             public_bind: self.public_bind,
-            shared: self.token.map(|token| ClientEntry { token, allow_ports: PortAllowance(self.allow_ports) }),
+            shared: self.token.map(|token| ClientEntry {
+                token,
+                allow_ports: PortAllowance(self.allow_ports),
+                allow_domains: lower(self.allow_domains),
+            }),
+            vhost: self.vhost,
             clients,
             tls: self.tls,
             limits: self.limits,

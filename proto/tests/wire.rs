@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use wmproxy_proto::wire::{
     self, AuthToken, ControlReply, ControlRequest, FrameError, GroupKey, GroupMembership, HealthSpec, Hello,
-    HelloReply, MAX_FRAME_LEN, OpenResult, OpenStream, Proof, RegisterOutcome, RejectReason, ServiceKind,
+    HelloReply, HttpSpec, MAX_FRAME_LEN, OpenResult, OpenStream, Proof, RegisterOutcome, RejectReason, ServiceKind,
     ServiceResult, ServiceSpec, WireMessage, auth, frame,
 };
 
@@ -21,9 +21,20 @@ fn hello() -> Hello {
 fn register() -> ControlRequest {
     ControlRequest::Register {
         services: vec![
-            ServiceSpec { name: "ssh".into(), kind: ServiceKind::Tcp, remote_port: 6000, group: None },
-            ServiceSpec { name: "web".into(), kind: ServiceKind::Tcp, remote_port: 0, group: None },
-            ServiceSpec { name: "dns".into(), kind: ServiceKind::Udp, remote_port: 6053, group: None },
+            ServiceSpec { name: "ssh".into(), kind: ServiceKind::Tcp, remote_port: 6000, group: None, http: None },
+            ServiceSpec { name: "dns".into(), kind: ServiceKind::Udp, remote_port: 6053, group: None, http: None },
+            ServiceSpec {
+                name: "web".into(),
+                kind: ServiceKind::Http,
+                remote_port: 0,
+                group: None,
+                http: Some(HttpSpec {
+                    custom_domains: vec!["example.com".into(), "*.example.org".into()],
+                    subdomain: Some("blog".into()),
+                    locations: vec!["/api".into()],
+                    host_header_rewrite: None,
+                }),
+            },
             ServiceSpec {
                 name: "web-2".into(),
                 kind: ServiceKind::Tcp,
@@ -35,6 +46,7 @@ fn register() -> ControlRequest {
                     drain: false,
                     health: Some(HealthSpec { rise: 2, fall: 3, start_healthy: false }),
                 }),
+                http: None,
             },
         ],
     }
@@ -50,6 +62,8 @@ fn registered() -> ControlReply {
             ServiceResult { name: "web-2".into(), outcome: RegisterOutcome::Joined { port: 80 } },
             ServiceResult { name: "web-3".into(), outcome: RegisterOutcome::UnknownGroup },
             ServiceResult { name: "web-4".into(), outcome: RegisterOutcome::WrongGroupKey },
+            ServiceResult { name: "web-5".into(), outcome: RegisterOutcome::DomainNotAllowed("x.org".into()) },
+            ServiceResult { name: "web-6".into(), outcome: RegisterOutcome::RouteTaken("x.org/api".into()) },
         ],
     }
 }
@@ -168,6 +182,7 @@ fn encoding_over_the_cap_fails_cleanly() {
             kind: ServiceKind::Tcp,
             remote_port: 1,
             group: None,
+            http: None,
         })
         .collect();
     let mut out = vec![1, 2, 3];

@@ -11,6 +11,8 @@
 //!   data stream to the client (`Expose`), then a relay.
 //! - `udp`: public UDP ports; each user address becomes a flow to the client (`UdpExpose`),
 //!   carried as QUIC datagrams (see `wmproxy_proto::udp`).
+//! - `vhost`: the HTTP virtual-host port: every request routed by its own `Host` and path to
+//!   a client's `type = "http"` service; WebSocket upgrades passed through.
 //! - `proxy`: SOCKS5 and HTTP proxies whose connections leave from a client (`via`).
 //! - `connect`: data streams from the client (`Connect`, `UdpConnect`: local forwards) are
 //!   dialed under the egress policy, then relayed.
@@ -35,5 +37,6 @@ mod sessions;
 mod throttle;
 mod tunnel;
 mod udp;
+mod vhost;
 
 pub use server::{Server, ServerError, ServerHandle};

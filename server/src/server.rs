@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub udp_flows: Arc<Semaphore>,
     /// Load-balancing groups.
     pub groups: Groups,
+    /// HTTP routes of the vhost port.
+    pub router: crate::vhost::Router,
     /// Where the proxies listen (bound addresses, in config order).
     pub proxy_addrs: Vec<SocketAddr>,
     throttle: Mutex<AuthThrottle>,
@@ -81,6 +83,7 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     group_listeners: Vec<(Arc<groups::Group>, GroupSocket)>,
     proxy_listeners: Vec<(wmproxy_config::Proxy, tokio::net::TcpListener)>,
+    vhost_listener: Option<tokio::net::TcpListener>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     clients: Arc<Semaphore>,
@@ -107,6 +110,11 @@ impl ServerHandle {
     /// Tasks alive on the server's tracker: one per tunnel, stream and UDP flow.
     pub fn tasks(&self) -> usize {
         self.shared.tracker.len()
+    }
+
+    /// Where the vhost port listens, if configured.
+    pub fn vhost_addr(&self) -> Option<SocketAddr> {
+        self.shared.config.vhost.http_bind
     }
 
     /// Where the server's proxies listen, in config order.
@@ -156,12 +164,16 @@ impl Server {
         let mut proxy_listeners = Vec::new();
         for proxy in &config.proxies {
             let addr = proxy.listen;
-            let bind = || {
-                let listener = std::net::TcpListener::bind(addr)?;
-                listener.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(listener)
-            };
-            proxy_listeners.push((proxy.clone(), bind().map_err(|source| ServerError::Bind { addr, source })?));
+            proxy_listeners.push((proxy.clone(), bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?));
+        }
+        let vhost_listener = match config.vhost.http_bind {
+            Some(addr) => Some(bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?),
+            None => None,
+        };
+        let mut config = config;
+        // With port 0 the system picked one: routes report the port actually bound.
+        if let Some(bound) = vhost_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            config.vhost.http_bind = Some(bound);
         }
         let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         let groups = Groups::new(&config.groups);
@@ -169,12 +181,10 @@ impl Server {
         for group in groups.all() {
             let addr = Groups::listen_addr(config.public_bind, group);
             let bind = || match group.kind {
-                ServiceType::Tcp => {
-                    let listener = std::net::TcpListener::bind(addr)?;
-                    listener.set_nonblocking(true)?;
-                    tokio::net::TcpListener::from_std(listener).map(GroupSocket::Tcp)
-                }
+                ServiceType::Tcp => bind_tcp(addr).map(GroupSocket::Tcp),
                 ServiceType::Udp => tokio::net::UdpSocket::from_std(transport::bind_udp(addr)?).map(GroupSocket::Udp),
+                // Refused by config validation; kept an error rather than a panic.
+                ServiceType::Http => Err(io::Error::other("HTTP groups are not supported")),
             };
             group_listeners.push((group.clone(), bind().map_err(|source| ServerError::Bind { addr, source })?));
         }
@@ -185,10 +195,11 @@ impl Server {
             udp_stats: Arc::default(),
             udp_flows,
             groups,
+            router: crate::vhost::Router::default(),
             proxy_addrs: proxy_listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect(),
             throttle: Mutex::new(AuthThrottle::default()),
         });
-        Ok(Self { endpoint, group_listeners, proxy_listeners, shared, fingerprint, clients })
+        Ok(Self { endpoint, group_listeners, proxy_listeners, vhost_listener, shared, fingerprint, clients })
     }
 
     /// The bound UDP address.
@@ -209,7 +220,11 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then closes every tunnel and waits (up to a few
     /// seconds) for their tasks.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { endpoint, shared, clients, group_listeners, proxy_listeners, .. } = self;
+        let Self { endpoint, shared, clients, group_listeners, proxy_listeners, vhost_listener, .. } = self;
+        if let Some(listener) = vhost_listener {
+            let serve = crate::vhost::serve(listener, shared.clone(), shutdown.clone());
+            shared.tracker.spawn(serve.instrument(info_span!("vhost")));
+        }
         for (proxy, listener) in proxy_listeners {
             let span = info_span!("proxy", listen = %proxy.listen, via = proxy.via.as_deref().unwrap_or_default());
             let serve = crate::proxy::serve(listener, proxy, shared.clone(), shutdown.clone());
@@ -265,6 +280,13 @@ impl Server {
         endpoint.wait_idle().await;
         info!("stopped");
     }
+}
+
+/// Binds a TCP listener outside of an async context (for listeners bound at start).
+fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 fn quic_server_config(identity: Identity, tuning: &TransportTuning) -> Result<quinn::ServerConfig, ServerError> {

@@ -70,6 +70,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
     if let Some(old) = replaced {
         info!("replacing the previous session of this client");
         old.shut(close_code::REPLACED, "replaced by a newer connection of this client").await;
+        shared.router.remove_session(old.id);
     }
     info!("client authenticated");
     let datagrams = session.flows.clone().run(conn.clone(), limits.udp_flow_idle_timeout());
@@ -101,6 +102,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
         Err(e) => (close_code::PROTOCOL_ERROR, e.to_string()),
     };
     session.shut(code, &reason).await;
+    shared.router.remove_session(session.id);
     shared.sessions.remove(&session);
     result
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use wmproxy_config::{CheckType, GroupFile, GroupJoin, HealthCheck, Policy, Secret, Service, ServiceType};
@@ -43,6 +43,7 @@ pub fn member(name: &str, local: SocketAddr, group: &str, weight: u32, check: Op
             drain: false,
             health_check: check,
         }),
+        http: None,
     }
 }
 
@@ -166,14 +167,8 @@ pub async fn http_endpoint(answer: impl Fn(u64) -> u16 + Send + Sync + 'static) 
             let status = answer(n);
             n += 1;
             tokio::spawn(async move {
-                // Read the request head (up to 8 KiB), then answer.
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if crate::proxy::read_head(&mut stream).await.is_none() {
+                    return;
                 }
                 let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                 let _ = stream.write_all(reply.as_bytes()).await;

@@ -158,7 +158,14 @@ impl Drop for TestServer {
 
 /// A TCP service entry for a client config.
 pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
-    Service { name: name.into(), kind: ServiceType::Tcp, local_addr: local.to_string(), remote_port, group: None }
+    Service {
+        name: name.into(),
+        kind: ServiceType::Tcp,
+        local_addr: local.to_string(),
+        remote_port,
+        group: None,
+        http: None,
+    }
 }
 
 /// A local forward entry for a client config, listening on a free loopback port.

@@ -26,13 +26,8 @@ pub async fn file_server(body: Vec<u8>) -> Result<(SocketAddr, Arc<AtomicUsize>)
             count.fetch_add(1, Ordering::Relaxed);
             let body = body.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream).await.is_none() {
+                    return;
                 }
                 let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
                 if stream.write_all(reply.as_bytes()).await.is_ok() {
@@ -135,4 +130,82 @@ pub fn socks_udp(frag: u8, target: SocketAddr, payload: &[u8]) -> Vec<u8> {
     d.extend_from_slice(&target.port().to_be_bytes());
     d.extend_from_slice(payload);
     d
+}
+
+/// An HTTP/1.1 backend that answers each request (`Connection: close`) with one line:
+/// `<tag> <path> host=<Host> xff=<X-Forwarded-For> xfh=<X-Forwarded-Host>`.
+pub async fn http_tagged(tag: &str) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let tag = tag.to_owned();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tag = tag.clone();
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut stream).await else { return };
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            l.split_once(':')
+                                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                                .map(|(_, v)| v.trim().to_owned())
+                        })
+                        .unwrap_or_default()
+                };
+                let body = format!(
+                    "{tag} {path} host={} xff={} xfh={}",
+                    header("host"),
+                    header("x-forwarded-for"),
+                    header("x-forwarded-host")
+                );
+                let reply =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Sends one HTTP/1.1 request on `stream` (keep-alive) and reads one response with a
+/// `content-length`; returns the status code and body.
+pub async fn keep_alive_request(stream: &mut TcpStream, host: &str, path: &str) -> Result<(u16, String)> {
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.context("response head")?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .context("content-length")?
+        .parse()?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok((status, String::from_utf8_lossy(&body).to_string()))
+}
+
+/// Reads an HTTP request head (up to 16 KiB, through the blank line); `None` if the peer
+/// leaves first.
+pub async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
 }

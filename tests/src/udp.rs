@@ -77,7 +77,14 @@ pub async fn request(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Resu
 
 /// A UDP service entry for a client config.
 pub fn service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
-    Service { name: name.into(), kind: ServiceType::Udp, local_addr: local.to_string(), remote_port, group: None }
+    Service {
+        name: name.into(),
+        kind: ServiceType::Udp,
+        local_addr: local.to_string(),
+        remote_port,
+        group: None,
+        http: None,
+    }
 }
 
 /// A UDP forward entry for a client config, on a free loopback port.

@@ -277,7 +277,7 @@ async fn a_udp_service_without_datagram_support_is_refused_at_registration() -> 
             t.datagram_receive_buffer_size(None);
         })
         .await?;
-    let spec = |name: &str, kind| ServiceSpec { name: name.into(), kind, remote_port: 0, group: None };
+    let spec = |name: &str, kind| ServiceSpec { name: name.into(), kind, remote_port: 0, group: None, http: None };
     let services = vec![spec("dns", ServiceKind::Udp), spec("web", ServiceKind::Tcp)];
     write_frame(&mut send, &ControlRequest::Register { services }).await?;
     let ControlReply::Registered { results } = read_frame(&mut recv).await? else { bail!("unexpected reply") };

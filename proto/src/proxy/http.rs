@@ -34,7 +34,8 @@ use crate::wire::{OpenResult, auth};
 /// Largest request head accepted; beyond it hyper answers `431`.
 const MAX_HEAD: usize = 16 * 1024;
 
-type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The response body type of the HTTP front-ends.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// A CONNECT whose tunnel is open, waiting for hyper to hand over the client's connection.
 type PendingTunnel = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, SendStream, RecvStream)>>>;
@@ -175,7 +176,7 @@ async fn tunnel_relay(upgrade: hyper::upgrade::OnUpgrade, mut send: SendStream, 
 }
 
 /// Removes the hop-by-hop headers (RFC 9110 §7.6.1), including those `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -212,7 +213,8 @@ fn refusal(e: &DataStreamError) -> Response<Body> {
     }
 }
 
-fn plain(status: StatusCode, text: &str) -> Response<Body> {
+/// A short `text/plain` response.
+pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut response =
         Response::new(Full::new(Bytes::from(text.to_owned())).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;

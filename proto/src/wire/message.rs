@@ -107,7 +107,8 @@ impl WireMessage for ControlReply {}
 
 /// One service a client asks the server to publish.
 ///
-/// Layout: `str name | ServiceKind | varint remote_port | Option<GroupMembership> group`.
+/// Layout: `str name | ServiceKind | varint remote_port | Option<GroupMembership> group |
+/// Option<HttpSpec> http`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique per client; at most [`super::MAX_NAME_LEN`] bytes.
@@ -119,6 +120,24 @@ pub struct ServiceSpec {
     pub remote_port: u16,
     /// Join a load-balancing group as one of its backends instead of publishing a port.
     pub group: Option<GroupMembership>,
+    /// For [`ServiceKind::Http`]: the host names and paths it serves.
+    pub http: Option<HttpSpec>,
+}
+
+/// The routes an HTTP service asks for on the vhost port.
+///
+/// Layout: `[str] custom_domains | Option<str> subdomain | [str] locations |
+/// Option<str> host_header_rewrite`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSpec {
+    /// Host names (`example.com`, `*.example.com`), lower-case.
+    pub custom_domains: Vec<String>,
+    /// A name under the server's `subdomain_host`.
+    pub subdomain: Option<String>,
+    /// Path prefixes (all paths when empty).
+    pub locations: Vec<String>,
+    /// The `Host` header the service sees.
+    pub host_header_rewrite: Option<String>,
 }
 
 /// How a service joins a group.
@@ -170,6 +189,9 @@ pub enum ServiceKind {
     /// `enum#1`: a UDP port; every user address becomes one flow (see [`super::udp`]).
     /// Needs QUIC datagrams on the tunnel.
     Udp,
+    /// `enum#2`: an HTTP service on the server's vhost port, reached by host name and path
+    /// ([`ServiceSpec::http`]); every request becomes one data stream.
+    Http,
 }
 
 /// The outcome of registering one [`ServiceSpec`].
@@ -218,6 +240,13 @@ pub enum RegisterOutcome {
     /// `enum#7`: the group key is wrong.
     #[error("wrong group key")]
     WrongGroupKey,
+    /// `enum#8 | str domain`: the host name is outside this client's `allow_domains`, or the
+    /// server has no vhost port (or no `subdomain_host` for a subdomain).
+    #[error("host name `{0}` not allowed for this client")]
+    DomainNotAllowed(String),
+    /// `enum#9 | str route`: another service already serves this host name and path.
+    #[error("`{0}` is already served by another service")]
+    RouteTaken(String),
 }
 
 /// First frame on a data stream, from the end that opened it.

@@ -1,0 +1,56 @@
+//! HTTP virtual hosts: the server's `[vhost]` port, and how a client's `type = "http"` service
+//! asks for host names and path prefixes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The server's `[vhost]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VhostFile {
+    /// Where the HTTP virtual-host port listens; off when unset.
+    pub http_bind: Option<SocketAddr>,
+    /// `subdomain = "x"` services are served at `x.<subdomain_host>`.
+    pub subdomain_host: Option<String>,
+    /// Seconds a user has to send a request head.
+    pub header_read_timeout_secs: u64,
+    /// Largest request head, bytes; larger gets `431`.
+    pub max_header_bytes: usize,
+}
+
+impl Default for VhostFile {
+    fn default() -> Self {
+        Self { http_bind: None, subdomain_host: None, header_read_timeout_secs: 10, max_header_bytes: 16 * 1024 }
+    }
+}
+
+impl VhostFile {
+    /// [`Self::header_read_timeout_secs`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+}
+
+/// How an HTTP service is reached on the vhost port (validated).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpRoute {
+    /// Host names (`example.com`, `*.example.com`).
+    pub custom_domains: Vec<String>,
+    /// A name under the server's `subdomain_host`.
+    pub subdomain: Option<String>,
+    /// Path prefixes served (`/` when empty); the longest match wins.
+    pub locations: Vec<String>,
+    /// The `Host` the backend sees, if not the user's.
+    pub host_header_rewrite: Option<String>,
+}
+
+/// Lower-cases a host name and drops a trailing dot and any `:port`.
+pub fn normalize_host(host: &str) -> String {
+    let without_port = match host.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') && port.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}

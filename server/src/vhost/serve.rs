@@ -1,0 +1,141 @@
+//! The vhost port: HTTP/1.1 with keep-alive (hyper). Every request is routed by its own
+//! `Host` (and path), so two requests on one connection may reach two services; each goes
+//! over its own data stream to the client that serves it. `Upgrade` requests (WebSocket) are
+//! passed through, and after a `101` both sides are relayed until either closes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+use wmproxy_config::vhost::normalize_host;
+use wmproxy_proto::datastream;
+use wmproxy_proto::proxy::http::{Body, plain, strip_hop_by_hop};
+use wmproxy_proto::wire::OpenStream;
+
+use crate::server::Shared;
+
+/// Accepts users on the vhost port until `shutdown`.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
+        let span = info_span!("vhost_user", %peer);
+        shared.tracker.spawn(connection(tcp, peer, shared.clone()).instrument(span));
+    }
+}
+
+/// Serves one user connection (several requests, keep-alive) until it closes.
+async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(req, peer, &shared).await) }
+        })
+    };
+    let vhost = &shared.config.vhost;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(vhost.header_read_timeout())
+        .max_buf_size(vhost.max_header_bytes);
+    if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).with_upgrades().await {
+        debug!(error = %e, "vhost connection ended");
+    }
+}
+
+/// Routes one request and forwards it.
+async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Shared>) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return plain(StatusCode::BAD_REQUEST, "a Host header is required\n");
+    };
+    let Some(route) = shared.router.find(&normalize_host(&host), req.uri().path()) else {
+        return plain(StatusCode::NOT_FOUND, "no service is published for this host\n");
+    };
+    let Ok(permit) = route.streams.clone().try_acquire_owned() else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n");
+    };
+    let header = OpenStream::Expose { service: route.service.clone(), peer_addr: peer };
+    let timeout = shared.config.limits.stream_open_timeout();
+    let (send, recv) = match datastream::open_confirmed(&route.conn, &header, timeout).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "service not reached");
+            return plain(StatusCode::BAD_GATEWAY, "the service could not be reached\n");
+        }
+    };
+
+    let upgrading = req.headers().contains_key(header::UPGRADE);
+    if !upgrading {
+        strip_hop_by_hop(req.headers_mut());
+    }
+    let headers = req.headers_mut();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        headers.insert("x-forwarded-host", v);
+    }
+    if let Some(rewrite) = route.host_rewrite.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(header::HOST, rewrite);
+    }
+    let user_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+
+    let io = TokioIo::new(tokio::io::join(recv, send));
+    let (mut sender, backend) = match hyper::client::conn::http1::handshake(io).await {
+        Ok(pair) => pair,
+        Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),
+    };
+    shared.tracker.spawn(
+        async move {
+            if let Err(e) = backend.with_upgrades().await {
+                debug!(error = %e, "backend connection ended");
+            }
+            drop(permit);
+        }
+        .in_current_span(),
+    );
+    let mut response = match sender.send_request(req).await {
+        Ok(response) => response,
+        Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(user_upgrade) = user_upgrade {
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            shared.tracker.spawn(relay_upgraded(user_upgrade, backend_upgrade).in_current_span());
+        }
+    } else {
+        strip_hop_by_hop(response.headers_mut());
+    }
+    response.map(http_body_util::BodyExt::boxed_unsync)
+}
+
+/// Relays an upgraded connection (WebSocket) both ways until either side closes.
+async fn relay_upgraded(user: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let (Ok(user), Ok(backend)) = (user.await, backend.await) else {
+        return debug!("upgrade did not complete");
+    };
+    let (mut user, mut backend) = (TokioIo::new(user), TokioIo::new(backend));
+    match tokio::io::copy_bidirectional(&mut user, &mut backend).await {
+        Ok((up, down)) => debug!(up, down, "upgraded connection finished"),
+        Err(e) => debug!(error = %e, "upgraded connection ended"),
+    }
+}

@@ -1,0 +1,130 @@
+//! The HTTP virtual-host port: routing by each request's own Host (keep-alive), wildcards and
+//! path prefixes, forwarded headers, and bad input.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+
+use anyhow::{Result, ensure};
+use wmproxy_client::ClientStatus;
+use wmproxy_config::{HttpRoute, Service, ServiceType};
+use wmproxy_proto::wire::RegisterOutcome;
+use wmproxy_tests::proxy::{curl, http_tagged, keep_alive_request};
+use wmproxy_tests::{TestClient, TestServer, init_tracing};
+
+fn http_service(name: &str, local: SocketAddr, domains: &[&str], locations: &[&str]) -> Service {
+    Service {
+        name: name.into(),
+        kind: ServiceType::Http,
+        local_addr: local.to_string(),
+        remote_port: 0,
+        group: None,
+        http: Some(HttpRoute {
+            custom_domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            subdomain: None,
+            locations: locations.iter().map(|l| (*l).to_owned()).collect(),
+            host_header_rewrite: None,
+        }),
+    }
+}
+
+/// A server with a vhost port that lets the shared token claim `*.example.com` and
+/// `*.wild.example`, and a client with `services`; returns them and the vhost address.
+async fn setup(services: Vec<Service>) -> Result<(TestServer, TestClient, SocketAddr)> {
+    let server = TestServer::start(|f| {
+        f.vhost.http_bind = Some("127.0.0.1:0".parse().unwrap());
+        f.vhost.header_read_timeout_secs = 1;
+        f.allow_domains = vec!["*.example.com".into(), "*.wild.example".into()];
+    })
+    .await?;
+    let vhost = server.handle.vhost_addr().unwrap();
+    let mut config = server.client_config("home");
+    config.services = services;
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+    Ok((server, client, vhost))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_on_one_port_each_request_routed_by_its_own_host() -> Result<()> {
+    init_tracing();
+    let (a, b) = (http_tagged("a").await?, http_tagged("b").await?);
+    let services = vec![http_service("a", a, &["a.example.com"], &[]), http_service("b", b, &["b.example.com"], &[])];
+    let (_s, _c, vhost) = setup(services).await?;
+
+    // Keep-alive: one connection, requests for both hosts, alternating.
+    let mut conn = tokio::net::TcpStream::connect(vhost).await?;
+    for (host, tag) in [("a.example.com", "a"), ("b.example.com", "b"), ("A.Example.com:80", "a")] {
+        let (status, body) = keep_alive_request(&mut conn, host, "/x").await?;
+        ensure!(status == 200 && body.starts_with(&format!("{tag} /x ")), "{host}: {status} {body}");
+        ensure!(body.contains("xff=127.0.0.1") && body.contains(&format!("xfh={host}")), "forwarded headers: {body}");
+    }
+    // And curl.
+    let got = curl(&["-H", "Host: b.example.com", &format!("http://{vhost}/from-curl")]).await?;
+    ensure!(String::from_utf8_lossy(&got).starts_with("b /from-curl "), "curl: {got:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_and_path_prefixes_longest_match_first() -> Result<()> {
+    init_tracing();
+    let (wild, api, exact) = (http_tagged("wild").await?, http_tagged("api").await?, http_tagged("exact").await?);
+    let services = vec![
+        http_service("wild", wild, &["*.wild.example"], &[]),
+        http_service("api", api, &["x.wild.example"], &["/api"]),
+        http_service("exact", exact, &["x.wild.example"], &["/api/v2"]),
+    ];
+    let (_s, _c, vhost) = setup(services).await?;
+    let mut conn = tokio::net::TcpStream::connect(vhost).await?;
+    for (host, path, tag) in [
+        ("x.wild.example", "/api/1", "api"),
+        ("x.wild.example", "/api", "api"),
+        ("x.wild.example", "/api/v2/users", "exact"),
+        ("x.wild.example", "/apix", "wild"),
+        ("x.wild.example", "/", "wild"),
+        ("y.wild.example", "/api/1", "wild"),
+        ("deep.y.wild.example", "/", "wild"),
+    ] {
+        let (status, body) = keep_alive_request(&mut conn, host, path).await?;
+        ensure!(status == 200 && body.starts_with(&format!("{tag} {path} ")), "{host}{path}: {status} {body}");
+    }
+    let (status, _) = keep_alive_request(&mut conn, "wild.example", "/").await?;
+    ensure!(status == 404, "a wildcard does not match its bare suffix");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_and_a_domain_outside_the_allowance() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let a = http_tagged("a").await?;
+    let services =
+        vec![http_service("a", a, &["a.example.com"], &[]), http_service("stolen", a, &["bank.example.org"], &[])];
+    let (_s, client, vhost) = setup(services).await?;
+    let status = client.status.borrow().clone();
+    let ClientStatus::Connected { services } = status else { unreachable!() };
+    assert_eq!(services[1].outcome, RegisterOutcome::DomainNotAllowed("bank.example.org".into()));
+
+    let status_of = |request: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(vhost).await?;
+        s.write_all(&request).await?;
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(wmproxy_tests::DEADLINE, s.read_to_end(&mut back)).await;
+        anyhow::Ok(String::from_utf8_lossy(&back).lines().next().unwrap_or_default().to_owned())
+    };
+    ensure!(status_of(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await?.starts_with("HTTP/1.1 400"), "missing Host");
+    let huge = format!("GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    ensure!(status_of(huge.into_bytes()).await?.starts_with("HTTP/1.1 431"), "64 KiB header");
+    let unknown = b"GET / HTTP/1.1\r\nHost: nobody.example.com\r\nConnection: close\r\n\r\n".to_vec();
+    ensure!(status_of(unknown).await?.starts_with("HTTP/1.1 404"), "unknown host");
+
+    // Slowloris: a head never finished is closed at the 1 s deadline; others are served.
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(vhost).await?;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Slow: ").await?;
+    let got = curl(&["-H", "Host: a.example.com", &format!("http://{vhost}/")]).await?;
+    ensure!(got.starts_with(b"a / ") && started.elapsed() < std::time::Duration::from_secs(1), "served at once");
+    let mut back = Vec::new();
+    tokio::time::timeout(wmproxy_tests::DEADLINE, slow.read_to_end(&mut back)).await??;
+    ensure!(started.elapsed() >= std::time::Duration::from_millis(900), "closed at its deadline");
+    Ok(())
+}
