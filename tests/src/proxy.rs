@@ -209,3 +209,24 @@ pub async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     }
     Some(head)
 }
+
+/// A WebSocket echo backend (tokio-tungstenite): every text or binary message comes back;
+/// pings are answered by the library; a close is returned.
+pub async fn websocket_echo() -> Result<SocketAddr> {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}

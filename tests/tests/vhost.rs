@@ -128,3 +128,37 @@ async fn bad_requests_and_a_domain_outside_the_allowance() -> Result<()> {
     ensure!(started.elapsed() >= std::time::Duration::from_millis(900), "closed at its deadline");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_echo_through_the_vhost() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    init_tracing();
+    let ws_backend = wmproxy_tests::proxy::websocket_echo().await?;
+    let (_s, _c, vhost) = setup(vec![http_service("ws", ws_backend, &["ws.example.com"], &[])]).await?;
+    let tcp = tokio::net::TcpStream::connect(vhost).await?;
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://ws.example.com/chat", tcp).await?;
+    ensure!(response.status() == 101);
+
+    ws.send(Message::text("hello")).await?;
+    ensure!(ws.next().await.unwrap()? == Message::text("hello"));
+    let big = wmproxy_tests::backend::pattern(1024 * 1024, 5);
+    ws.send(Message::binary(big.clone())).await?;
+    ensure!(ws.next().await.unwrap()?.into_data() == big, "1 MiB binary message");
+    ws.send(Message::Ping(b"are you there".to_vec().into())).await?;
+    ensure!(ws.next().await.unwrap()? == Message::Pong(b"are you there".to_vec().into()));
+    for i in 0..1000 {
+        ws.send(Message::text(format!("small {i}"))).await?;
+    }
+    for i in 0..1000 {
+        ensure!(ws.next().await.unwrap()? == Message::text(format!("small {i}")), "message {i}");
+    }
+    ws.close(None).await?;
+    // The close handshake completes: the backend's close frame, then the end of the stream.
+    let mut closed = false;
+    while let Some(message) = ws.next().await {
+        closed |= matches!(message?, Message::Close(_));
+    }
+    ensure!(closed, "the backend's close frame came back");
+    Ok(())
+}
