@@ -163,8 +163,13 @@ impl Client {
                 ForwardListener::Proxy(l, p) => tracker.spawn(proxy::serve(l, p, rx, tasks, stop).instrument(span)),
             };
         }
-        let services: Arc<Services> =
-            Arc::new(config.services.iter().map(|s| (s.name.clone(), (s.local_addr.clone(), s.kind))).collect());
+        let services: Arc<Services> = Arc::new(
+            config
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), (s.local_addr.clone(), s.kind, s.proxy_protocol)))
+                .collect(),
+        );
         let health_checks: HashMap<String, HealthCheck> = config
             .services
             .iter()
@@ -277,7 +282,7 @@ async fn serve_session(
     let (reports, queued) = mpsc::channel(health::REPORT_QUEUE);
     tracker.spawn(health::write_reports(control_send, queued).in_current_span());
     let checks = shutdown.child_token();
-    for (name, (local, _)) in services.iter() {
+    for (name, (local, _, _)) in services.iter() {
         let Some(check) = health_checks.get(name) else { continue };
         let addr = check.addr.clone().unwrap_or_else(|| local.clone());
         let task = health::run(name.clone(), addr, check.clone(), reports.clone(), checks.clone());

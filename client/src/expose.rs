@@ -11,7 +11,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{Span, debug};
 use wmproxy_config::client::split_host_port;
-use wmproxy_config::{EgressPolicy, ServiceType};
+use wmproxy_config::{EgressPolicy, ProxyProtocol, ServiceType};
 use wmproxy_proto::datastream;
 use wmproxy_proto::udp::{FlowTable, UdpStats, flow};
 use wmproxy_proto::wire::{OpenResult, OpenStream};
@@ -19,8 +19,8 @@ use wmproxy_proto::wire::{OpenResult, OpenStream};
 /// Time for the server's header, and for dialing a local service.
 pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Published services by name: local address and kind.
-pub type Services = HashMap<String, (String, ServiceType)>;
+/// Published services by name: local address, kind, and the PROXY protocol header to send.
+pub type Services = HashMap<String, (String, ServiceType, Option<ProxyProtocol>)>;
 
 /// What streams of one tunnel share.
 #[derive(Debug, Clone)]
@@ -47,8 +47,12 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
             Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
             let dialed = match ctx.services.get(&service) {
                 // Local services may be anywhere the client can reach, loopback included.
-                Some((local, ServiceType::Tcp | ServiceType::Http)) => {
-                    wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_| true).await
+                Some((local, ServiceType::Tcp | ServiceType::Http, pp)) => {
+                    let dialed = wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_| true).await;
+                    match (dialed, pp) {
+                        (Ok(tcp), Some(version)) => send_proxy_header(tcp, *version, peer_addr).await,
+                        (dialed, _) => dialed,
+                    }
                 }
                 _ => Err(OpenResult::UnknownService),
             };
@@ -56,7 +60,7 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
         }
         OpenStream::UdpExpose { service, peer_addr } => {
             Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
-            let Some((local, ServiceType::Udp)) = ctx.services.get(&service) else {
+            let Some((local, ServiceType::Udp, _)) = ctx.services.get(&service) else {
                 return datastream::refuse(send, OpenResult::UnknownService).await;
             };
             let Ok(_permit) = ctx.udp_permits.clone().try_acquire_owned() else {
@@ -102,4 +106,26 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
         // Anything else the server may not ask of a client.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
     }
+}
+
+/// Writes a PROXY protocol header naming the user (`peer`) as the source to a freshly dialed
+/// service, before any of the user's bytes.
+async fn send_proxy_header(
+    mut tcp: tokio::net::TcpStream,
+    version: ProxyProtocol,
+    peer: std::net::SocketAddr,
+) -> Result<tokio::net::TcpStream, OpenResult> {
+    use tokio::io::AsyncWriteExt;
+    let destination = tcp.peer_addr().map_err(|_| OpenResult::Unreachable)?;
+    let header = match version {
+        ProxyProtocol::V1 => ppp::v1::Addresses::from((peer, destination)).to_string().into_bytes(),
+        ProxyProtocol::V2 => {
+            let command = ppp::v2::Version::Two | ppp::v2::Command::Proxy;
+            ppp::v2::Builder::with_addresses(command, ppp::v2::Protocol::Stream, (peer, destination))
+                .build()
+                .map_err(|_| OpenResult::Unreachable)?
+        }
+    };
+    tcp.write_all(&header).await.map_err(|_| OpenResult::Unreachable)?;
+    Ok(tcp)
 }

@@ -121,6 +121,20 @@ pub struct ServiceFile {
     /// `type = "http"`: the `Host` header the service sees.
     #[serde(default)]
     pub host_header_rewrite: Option<String>,
+    /// Send a PROXY protocol header (`"v1"` or `"v2"`) to the service before the user's bytes,
+    /// so it learns the user's real address.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// The text header (`PROXY TCP4 …`).
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// The kind of a service or forward.
@@ -176,6 +190,8 @@ pub struct Service {
     pub group: Option<GroupJoin>,
     /// For `type = "http"`: its host names and paths.
     pub http: Option<HttpRoute>,
+    /// The PROXY protocol header to send the service, if any.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// A validated local forward.
@@ -327,6 +343,14 @@ impl ClientFile {
             } else {
                 None
             };
+            if s.proxy_protocol.is_some() && s.kind == ServiceType::Udp {
+                return Err(invalid(
+                    src,
+                    "services.proxy_protocol",
+                    Some(at),
+                    "PROXY protocol is for TCP and HTTP services",
+                ));
+            }
             services.push(Service {
                 name: sname,
                 kind: s.kind,
@@ -334,6 +358,7 @@ impl ClientFile {
                 remote_port: s.remote_port,
                 group,
                 http,
+                proxy_protocol: s.proxy_protocol,
             });
         }
 

@@ -27,7 +27,7 @@ pub mod vhost;
 
 use std::path::{Path, PathBuf};
 
-pub use client::{ClientConfig, ClientFile, ClientLimits, Forward, ServerTrust, Service, ServiceType};
+pub use client::{ClientConfig, ClientFile, ClientLimits, Forward, ProxyProtocol, ServerTrust, Service, ServiceType};
 pub use egress::EgressPolicy;
 pub use group::{CheckType, GroupFile, GroupJoin, HealthCheck, Policy};
 pub use ports::{PortAllowance, PortRange};

@@ -44,6 +44,7 @@ pub fn member(name: &str, local: SocketAddr, group: &str, weight: u32, check: Op
             health_check: check,
         }),
         http: None,
+        proxy_protocol: None,
     }
 }
 

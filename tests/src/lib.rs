@@ -165,6 +165,7 @@ pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
         remote_port,
         group: None,
         http: None,
+        proxy_protocol: None,
     }
 }
 

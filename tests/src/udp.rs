@@ -84,6 +84,7 @@ pub fn service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
         remote_port,
         group: None,
         http: None,
+        proxy_protocol: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn http_service(name: &str, local: SocketAddr, domains: &[&str], locations: &[&s
             locations: locations.iter().map(|l| (*l).to_owned()).collect(),
             host_header_rewrite: None,
         }),
+        proxy_protocol: None,
     }
 }
 

@@ -130,6 +130,7 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
             remote_port,
             group: None,
             http: None,
+            proxy_protocol: None,
         }],
         forwards: Vec::new(),
         proxies: Vec::new(),
