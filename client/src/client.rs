@@ -102,7 +102,7 @@ impl Client {
             let listen_err = |source| ClientError::Listen { addr: f.listen, source };
             let listener = match f.kind {
                 // Validation allows only "tcp" and "udp" forwards.
-                ServiceType::Tcp | ServiceType::Http => {
+                ServiceType::Tcp | ServiceType::Http | ServiceType::Https => {
                     ForwardListener::Tcp(TcpListener::bind(f.listen).await.map_err(listen_err)?)
                 }
                 ServiceType::Udp => ForwardListener::Udp(

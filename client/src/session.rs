@@ -109,6 +109,7 @@ async fn handshake(
                 ServiceType::Tcp => ServiceKind::Tcp,
                 ServiceType::Udp => ServiceKind::Udp,
                 ServiceType::Http => ServiceKind::Http,
+                ServiceType::Https => ServiceKind::Https,
             },
             remote_port: s.remote_port,
             http: s.http.as_ref().map(|h| HttpSpec {

@@ -148,6 +148,8 @@ pub enum ServiceType {
     Udp,
     /// An HTTP service, reached by host name on the server's vhost port.
     Http,
+    /// A TLS service, reached by SNI host name on the server's HTTPS port (TLS passed through).
+    Https,
 }
 
 /// One `[[forwards]]` entry.
@@ -323,7 +325,7 @@ impl ClientFile {
                     })
                 }
             };
-            let http = if s.kind == ServiceType::Http {
+            let http = if matches!(s.kind, ServiceType::Http | ServiceType::Https) {
                 if s.custom_domains.is_empty() && s.subdomain.is_none() {
                     let m = "an HTTP service needs `custom_domains` or `subdomain`";
                     return Err(invalid(src, "services.custom_domains", Some(at), m));
@@ -338,7 +340,7 @@ impl ClientFile {
                     host_header_rewrite: s.host_header_rewrite,
                 })
             } else if !s.custom_domains.is_empty() || s.subdomain.is_some() || !s.locations.is_empty() {
-                let m = "`custom_domains`, `subdomain` and `locations` are for `type = \"http\"`";
+                let m = "`custom_domains`, `subdomain` and `locations` are for `type = \"http\"` and `\"https\"`";
                 return Err(invalid(src, "services.type", Some(at), m));
             } else {
                 None
@@ -367,7 +369,7 @@ impl ClientFile {
             let at = f.target.span().start;
             let target = f.target.into_inner();
             split_host_port(&target).map_err(|m| invalid(src, "forwards.target", Some(at), &m))?;
-            if f.kind == ServiceType::Http {
+            if matches!(f.kind, ServiceType::Http | ServiceType::Https) {
                 return Err(invalid(src, "forwards.type", Some(at), "a forward is \"tcp\" or \"udp\""));
             }
             forwards.push(Forward { kind: f.kind, listen: f.listen, target });

@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub struct VhostFile {
     /// Where the HTTP virtual-host port listens; off when unset.
     pub http_bind: Option<SocketAddr>,
+    /// Where the HTTPS port listens (routing by TLS SNI, TLS passed through); off when unset.
+    pub https_bind: Option<SocketAddr>,
     /// `subdomain = "x"` services are served at `x.<subdomain_host>`.
     pub subdomain_host: Option<String>,
     /// Seconds a user has to send a request head.
@@ -22,7 +24,13 @@ pub struct VhostFile {
 
 impl Default for VhostFile {
     fn default() -> Self {
-        Self { http_bind: None, subdomain_host: None, header_read_timeout_secs: 10, max_header_bytes: 16 * 1024 }
+        Self {
+            http_bind: None,
+            https_bind: None,
+            subdomain_host: None,
+            header_read_timeout_secs: 10,
+            max_header_bytes: 16 * 1024,
+        }
     }
 }
 

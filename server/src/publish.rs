@@ -46,10 +46,11 @@ pub(crate) async fn register(
                 }
                 (None, ServiceKind::Tcp) => bind_tcp(&spec, allowance, session, shared).await,
                 (None, ServiceKind::Udp) => crate::udp::bind(&spec, allowance, session, shared),
-                (None, ServiceKind::Http) => match &spec.http {
+                (None, kind @ (ServiceKind::Http | ServiceKind::Https)) => match &spec.http {
                     Some(http) => {
                         let entry = shared.config.client(&session.name);
-                        shared.router.register(&spec, http, session, entry, &shared.config.vhost)
+                        let tls = kind == ServiceKind::Https;
+                        shared.router.register(&spec, http, session, entry, &shared.config.vhost, tls)
                     }
                     None => RegisterOutcome::Invalid("an HTTP service needs its host names".into()),
                 },

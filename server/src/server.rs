@@ -84,6 +84,7 @@ pub struct Server {
     group_listeners: Vec<(Arc<groups::Group>, GroupSocket)>,
     proxy_listeners: Vec<(wmproxy_config::Proxy, tokio::net::TcpListener)>,
     vhost_listener: Option<tokio::net::TcpListener>,
+    tls_listener: Option<tokio::net::TcpListener>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     clients: Arc<Semaphore>,
@@ -110,6 +111,11 @@ impl ServerHandle {
     /// Tasks alive on the server's tracker: one per tunnel, stream and UDP flow.
     pub fn tasks(&self) -> usize {
         self.shared.tracker.len()
+    }
+
+    /// Where the HTTPS (SNI) port listens, if configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.shared.config.vhost.https_bind
     }
 
     /// Where the vhost port listens, if configured.
@@ -170,10 +176,17 @@ impl Server {
             Some(addr) => Some(bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?),
             None => None,
         };
+        let tls_listener = match config.vhost.https_bind {
+            Some(addr) => Some(bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?),
+            None => None,
+        };
         let mut config = config;
         // With port 0 the system picked one: routes report the port actually bound.
         if let Some(bound) = vhost_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             config.vhost.http_bind = Some(bound);
+        }
+        if let Some(bound) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            config.vhost.https_bind = Some(bound);
         }
         let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         let groups = Groups::new(&config.groups);
@@ -184,7 +197,7 @@ impl Server {
                 ServiceType::Tcp => bind_tcp(addr).map(GroupSocket::Tcp),
                 ServiceType::Udp => tokio::net::UdpSocket::from_std(transport::bind_udp(addr)?).map(GroupSocket::Udp),
                 // Refused by config validation; kept an error rather than a panic.
-                ServiceType::Http => Err(io::Error::other("HTTP groups are not supported")),
+                ServiceType::Http | ServiceType::Https => Err(io::Error::other("HTTP groups are not supported")),
             };
             group_listeners.push((group.clone(), bind().map_err(|source| ServerError::Bind { addr, source })?));
         }
@@ -199,7 +212,16 @@ impl Server {
             proxy_addrs: proxy_listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect(),
             throttle: Mutex::new(AuthThrottle::default()),
         });
-        Ok(Self { endpoint, group_listeners, proxy_listeners, vhost_listener, shared, fingerprint, clients })
+        Ok(Self {
+            endpoint,
+            group_listeners,
+            proxy_listeners,
+            vhost_listener,
+            tls_listener,
+            shared,
+            fingerprint,
+            clients,
+        })
     }
 
     /// The bound UDP address.
@@ -220,7 +242,12 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then closes every tunnel and waits (up to a few
     /// seconds) for their tasks.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { endpoint, shared, clients, group_listeners, proxy_listeners, vhost_listener, .. } = self;
+        let Self { endpoint, shared, clients, group_listeners, proxy_listeners, vhost_listener, tls_listener, .. } =
+            self;
+        if let Some(listener) = tls_listener {
+            let serve = crate::vhost::serve_tls(listener, shared.clone(), shutdown.clone());
+            shared.tracker.spawn(serve.instrument(info_span!("https")));
+        }
         if let Some(listener) = vhost_listener {
             let serve = crate::vhost::serve(listener, shared.clone(), shutdown.clone());
             shared.tracker.spawn(serve.instrument(info_span!("vhost")));

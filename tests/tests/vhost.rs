@@ -163,3 +163,71 @@ async fn a_websocket_echo_through_the_vhost() -> Result<()> {
     ensure!(closed, "the backend's close frame came back");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_passthrough_reaches_the_private_tls_service_which_the_user_verifies() -> Result<()> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    // The private service's own certificate; the server never sees its key.
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["secure.example.com".to_owned()])?.self_signed(&key)?;
+    let cert_der = CertificateDer::from(cert.der().to_vec());
+    let provider = wmproxy_proto::tls::crypto_provider();
+    let tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert_der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let backend = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = [0u8; 64];
+                if let Ok(n) = tls.read(&mut buf).await {
+                    let _ = tls.write_all(&[b"secret: ", &buf[..n]].concat()).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+
+    let server = TestServer::start(|f| {
+        f.vhost.https_bind = Some("127.0.0.1:0".parse().unwrap());
+        f.allow_domains = vec!["*.example.com".into()];
+    })
+    .await?;
+    let https = server.handle.https_addr().unwrap();
+    let mut config = server.client_config("home");
+    let mut service = http_service("secure", backend, &["secure.example.com"], &[]);
+    service.kind = ServiceType::Https;
+    config.services.push(service);
+    let mut client = TestClient::start(config).await?;
+    ensure!(client.port_of("secure").await? == https.port());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der)?;
+    let user_tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(user_tls));
+    let tcp = tokio::net::TcpStream::connect(https).await?;
+    let mut tls = connector.connect(ServerName::try_from("secure.example.com")?, tcp).await?;
+    tls.write_all(b"ping").await?;
+    let mut reply = Vec::new();
+    tls.read_to_end(&mut reply).await?;
+    ensure!(reply == b"secret: ping", "reply: {reply:?}");
+
+    // An unknown name: closed before any TLS answer.
+    let tcp = tokio::net::TcpStream::connect(https).await?;
+    ensure!(connector.connect(ServerName::try_from("other.example.com")?, tcp).await.is_err());
+    Ok(())
+}

@@ -192,6 +192,9 @@ pub enum ServiceKind {
     /// `enum#2`: an HTTP service on the server's vhost port, reached by host name and path
     /// ([`ServiceSpec::http`]); every request becomes one data stream.
     Http,
+    /// `enum#3`: a TLS service on the server's HTTPS port, reached by the SNI of the user's
+    /// ClientHello ([`ServiceSpec::http`] names the hosts); TLS passes through untouched.
+    Https,
 }
 
 /// The outcome of registering one [`ServiceSpec`].

@@ -5,8 +5,11 @@
 //!   routes another session holds) and lookup (an exact host beats a wildcard, a longer
 //!   wildcard suffix beats a shorter one, then the longest path prefix wins).
 //! - `serve`: the port itself (hyper), forwarding each request over its own data stream.
+//! - `sni`: the HTTPS port: reads the TLS ClientHello (rustls's `Acceptor`, nothing
+//!   terminated), routes by its SNI and passes every byte through.
 
 mod serve;
+mod sni;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -15,6 +18,7 @@ use wmproxy_config::{ClientEntry, VhostFile};
 use wmproxy_proto::wire::{HttpSpec, RegisterOutcome, ServiceSpec};
 
 pub(crate) use self::serve::serve;
+pub(crate) use self::sni::serve as serve_tls;
 use crate::sessions::Session;
 
 /// One host name + path prefix served by a client's service.
@@ -24,6 +28,8 @@ pub(crate) struct Route {
     host: String,
     /// A path prefix starting with `/`.
     location: String,
+    /// Served on the HTTPS (SNI) port rather than the HTTP one.
+    tls: bool,
     session_id: u64,
     pub conn: quinn::Connection,
     pub streams: Arc<Semaphore>,
@@ -64,6 +70,7 @@ impl Router {
 
     /// Adds the routes of HTTP service `spec`, if the client may claim its names and no other
     /// session serves the same name and path.
+    /// `tls` routes go to the HTTPS (SNI) port and have no locations.
     pub fn register(
         &self,
         spec: &ServiceSpec,
@@ -71,10 +78,18 @@ impl Router {
         session: &Session,
         entry: Option<&ClientEntry>,
         vhost: &VhostFile,
+        tls: bool,
     ) -> RegisterOutcome {
-        let Some(port) = vhost.http_bind.map(|a| a.port()) else {
-            return RegisterOutcome::Invalid("this server has no vhost port".into());
+        let bind = if tls { vhost.https_bind } else { vhost.http_bind };
+        let Some(port) = bind.map(|a| a.port()) else {
+            return RegisterOutcome::Invalid(format!(
+                "this server has no {} port",
+                if tls { "HTTPS" } else { "vhost" }
+            ));
         };
+        if tls && !http.locations.is_empty() {
+            return RegisterOutcome::Invalid("TLS is passed through: an HTTPS service has no `locations`".into());
+        }
         let mut hosts = Vec::new();
         for domain in &http.custom_domains {
             if !entry.is_some_and(|e| e.allows_domain(domain)) {
@@ -94,7 +109,8 @@ impl Router {
         let mut routes = self.lock();
         for host in &hosts {
             for location in &locations {
-                if routes.iter().any(|r| &r.host == host && &r.location == location && r.session_id != session.id) {
+                let taken = |r: &&Arc<Route>| &r.host == host && &r.location == location && r.tls == tls;
+                if routes.iter().filter(taken).any(|r| r.session_id != session.id) {
                     return RegisterOutcome::RouteTaken(format!("{host}{location}"));
                 }
             }
@@ -104,6 +120,7 @@ impl Router {
                 routes.push(Arc::new(Route {
                     host: host.clone(),
                     location: location.clone(),
+                    tls,
                     session_id: session.id,
                     conn: session.conn.clone(),
                     streams: session.streams.clone(),
@@ -120,11 +137,12 @@ impl Router {
         self.lock().retain(|r| r.session_id != id);
     }
 
-    /// The route for a request to `host` (normalized) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<Arc<Route>> {
+    /// The route for a request to `host` (normalized) and `path`, on the HTTPS port if `tls`.
+    pub fn find(&self, host: &str, path: &str, tls: bool) -> Option<Arc<Route>> {
         let routes = self.lock();
         routes
             .iter()
+            .filter(|r| r.tls == tls)
             .filter_map(|r| Some((r.host_score(host)?, r)))
             .filter(|(_, r)| r.covers(path))
             .max_by_key(|(score, r)| (*score, r.location.len()))

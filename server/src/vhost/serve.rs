@@ -62,7 +62,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
     let Some(host) = host.filter(|h| !h.is_empty()) else {
         return plain(StatusCode::BAD_REQUEST, "a Host header is required\n");
     };
-    let Some(route) = shared.router.find(&normalize_host(&host), req.uri().path()) else {
+    let Some(route) = shared.router.find(&normalize_host(&host), req.uri().path(), false) else {
         return plain(StatusCode::NOT_FOUND, "no service is published for this host\n");
     };
     let Ok(permit) = route.streams.clone().try_acquire_owned() else {

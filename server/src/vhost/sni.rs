@@ -1,0 +1,90 @@
+//! The HTTPS port: routes each connection by the SNI of its TLS ClientHello, without
+//! terminating TLS, so the certificate and key stay with the private service. The ClientHello
+//! is parsed by rustls's `Acceptor` from a copy of the bytes; every byte read is then forwarded
+//! first, and the rest relayed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::server::Acceptor;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+use wmproxy_config::vhost::normalize_host;
+use wmproxy_proto::datastream;
+use wmproxy_proto::relay::relay;
+use wmproxy_proto::wire::OpenStream;
+
+use crate::server::Shared;
+
+/// Largest ClientHello read before giving up.
+const MAX_HELLO: usize = 16 * 1024;
+
+/// Accepts users on the HTTPS port until `shutdown`.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
+        let span = info_span!("tls_user", %peer, sni = tracing::field::Empty);
+        shared.tracker.spawn(connection(tcp, peer, shared.clone()).instrument(span));
+    }
+}
+
+async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let timeout = shared.config.vhost.header_read_timeout();
+    let (sni, hello) = match tokio::time::timeout(timeout, client_hello(&mut tcp)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(why)) => return debug!(why, "not a usable ClientHello; closing"),
+        Err(_) => return debug!("no ClientHello in time; closing"),
+    };
+    let Some(sni) = sni else {
+        return debug!("ClientHello without SNI; closing");
+    };
+    tracing::Span::current().record("sni", sni.as_str());
+    let Some(route) = shared.router.find(&normalize_host(&sni), "/", true) else {
+        return debug!("no service for this name; closing");
+    };
+    let Ok(_permit) = route.streams.clone().try_acquire_owned() else {
+        return debug!("the service's client is at its stream limit; closing");
+    };
+    let header = OpenStream::Expose { service: route.service.clone(), peer_addr: peer };
+    let opened = datastream::open_confirmed(&route.conn, &header, shared.config.limits.stream_open_timeout()).await;
+    let (mut send, recv) = match opened {
+        Ok(pair) => pair,
+        Err(e) => return debug!(error = %e, "service not reached"),
+    };
+    if send.write_all(&hello).await.is_err() {
+        return;
+    }
+    match relay(tcp, send, recv).await {
+        Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "TLS connection finished"),
+        Err(e) => debug!(error = %e, "TLS connection ended"),
+    }
+}
+
+/// Reads until the ClientHello is complete; returns its SNI and every byte read.
+async fn client_hello(tcp: &mut TcpStream) -> Result<(Option<String>, Vec<u8>), &'static str> {
+    let mut acceptor = Acceptor::default();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut chunk).await.map_err(|_| "read failed")?;
+        if n == 0 {
+            return Err("closed before the ClientHello");
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        if seen.len() > MAX_HELLO {
+            return Err("ClientHello too large");
+        }
+        let mut fresh = &chunk[..n];
+        while !fresh.is_empty() {
+            if acceptor.read_tls(&mut fresh).map_err(|_| "not TLS")? == 0 {
+                break;
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok((accepted.client_hello().server_name().map(str::to_owned), seen)),
+            Ok(None) => continue,
+            Err(_) => return Err("not a TLS ClientHello"),
+        }
+    }
+}
