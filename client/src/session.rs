@@ -9,8 +9,8 @@ use wmproxy_config::{ClientConfig, ServiceType};
 use wmproxy_proto::stream::{read_frame, write_frame};
 use wmproxy_proto::transport;
 use wmproxy_proto::wire::{
-    AuthToken, ControlReply, ControlRequest, GroupKey, GroupMembership, HealthSpec, Hello, HelloReply, HttpSpec,
-    RejectReason, ServiceKind, ServiceResult, ServiceSpec, auth,
+    AuthToken, BasicAuth, ControlReply, ControlRequest, GroupKey, GroupMembership, HealthSpec, Hello, HelloReply,
+    HttpSpec, RejectReason, ServiceKind, ServiceResult, ServiceSpec, auth,
 };
 
 use crate::error::ClientError;
@@ -117,6 +117,10 @@ async fn handshake(
                 subdomain: h.subdomain.clone(),
                 locations: h.locations.clone(),
                 host_header_rewrite: h.host_header_rewrite.clone(),
+                basic_auth: h
+                    .basic_auth
+                    .as_ref()
+                    .map(|(user, password)| BasicAuth { user: user.clone(), password: password.expose().to_owned() }),
             }),
             group: s.group.as_ref().map(|g| GroupMembership {
                 group: g.group.clone(),

@@ -121,6 +121,12 @@ pub struct ServiceFile {
     /// `type = "http"`: the `Host` header the service sees.
     #[serde(default)]
     pub host_header_rewrite: Option<String>,
+    /// `type = "http"`: require HTTP Basic auth with this user name (and `http_password`).
+    #[serde(default)]
+    pub http_user: Option<String>,
+    /// `type = "http"`: the password for `http_user`.
+    #[serde(default)]
+    pub http_password: Option<Secret>,
     /// Send a PROXY protocol header (`"v1"` or `"v2"`) to the service before the user's bytes,
     /// so it learns the user's real address.
     #[serde(default)]
@@ -338,6 +344,14 @@ impl ClientFile {
                     subdomain: s.subdomain.map(|d| normalize_host(&d)),
                     locations: s.locations,
                     host_header_rewrite: s.host_header_rewrite,
+                    basic_auth: match (s.http_user, s.http_password) {
+                        (None, None) => None,
+                        (Some(user), Some(password)) if s.kind == ServiceType::Http => Some((user, password)),
+                        _ => {
+                            let m = "set both `http_user` and `http_password` (type = \"http\" only), or neither";
+                            return Err(invalid(src, "services.http_user", Some(at), m));
+                        }
+                    },
                 })
             } else if !s.custom_domains.is_empty() || s.subdomain.is_some() || !s.locations.is_empty() {
                 let m = "`custom_domains`, `subdomain` and `locations` are for `type = \"http\"` and `\"https\"`";

@@ -52,6 +52,8 @@ pub struct HttpRoute {
     pub locations: Vec<String>,
     /// The `Host` the backend sees, if not the user's.
     pub host_header_rewrite: Option<String>,
+    /// HTTP Basic credentials the server requires (user name, password).
+    pub basic_auth: Option<(String, crate::Secret)>,
 }
 
 /// Lower-cases a host name and drops a trailing dot and any `:port`.

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use wmproxy_proto::wire::{
-    self, AuthToken, ControlReply, ControlRequest, FrameError, GroupKey, GroupMembership, HealthSpec, Hello,
+    self, AuthToken, BasicAuth, ControlReply, ControlRequest, FrameError, GroupKey, GroupMembership, HealthSpec, Hello,
     HelloReply, HttpSpec, MAX_FRAME_LEN, OpenResult, OpenStream, Proof, RegisterOutcome, RejectReason, ServiceKind,
     ServiceResult, ServiceSpec, WireMessage, auth, frame,
 };
@@ -33,6 +33,7 @@ fn register() -> ControlRequest {
                     subdomain: Some("blog".into()),
                     locations: vec!["/api".into()],
                     host_header_rewrite: None,
+                    basic_auth: Some(BasicAuth { user: "u".into(), password: "p".into() }),
                 }),
             },
             ServiceSpec {

@@ -23,6 +23,7 @@ fn http_service(name: &str, local: SocketAddr, domains: &[&str], locations: &[&s
             subdomain: None,
             locations: locations.iter().map(|l| (*l).to_owned()).collect(),
             host_header_rewrite: None,
+            basic_auth: None,
         }),
         proxy_protocol: None,
     }
@@ -229,5 +230,30 @@ async fn sni_passthrough_reaches_the_private_tls_service_which_the_user_verifies
     // An unknown name: closed before any TLS answer.
     let tcp = tokio::net::TcpStream::connect(https).await?;
     ensure!(connector.connect(ServerName::try_from("other.example.com")?, tcp).await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_basic_auth_answers_401_until_the_right_credentials() -> Result<()> {
+    init_tracing();
+    let a = http_tagged("a").await?;
+    let mut service = http_service("a", a, &["a.example.com"], &[]);
+    if let Some(http) = &mut service.http {
+        http.basic_auth = Some(("ann".into(), wmproxy_config::Secret::new("open-sesame")));
+    }
+    let (_s, _c, vhost) = setup(vec![service]).await?;
+    let url = format!("http://{vhost}/private");
+    let status = |args: Vec<String>| async move {
+        let mut all = vec!["-o".to_owned(), "/dev/null".to_owned(), "-w".to_owned(), "%{http_code}".to_owned()];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        anyhow::Ok(String::from_utf8(curl(&all).await?)?)
+    };
+    let host = "Host: a.example.com".to_owned();
+    ensure!(status(vec!["-H".into(), host.clone(), url.clone()]).await? == "401", "no credentials");
+    ensure!(status(vec!["-u".into(), "ann:wrong".into(), "-H".into(), host.clone(), url.clone()]).await? == "401");
+    ensure!(
+        status(vec!["-u".into(), "ann:open-sesame".into(), "-H".into(), host.clone(), url.clone()]).await? == "200"
+    );
     Ok(())
 }

@@ -127,7 +127,7 @@ pub struct ServiceSpec {
 /// The routes an HTTP service asks for on the vhost port.
 ///
 /// Layout: `[str] custom_domains | Option<str> subdomain | [str] locations |
-/// Option<str> host_header_rewrite`.
+/// Option<str> host_header_rewrite | Option<BasicAuth> basic_auth`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpSpec {
     /// Host names (`example.com`, `*.example.com`), lower-case.
@@ -138,6 +138,25 @@ pub struct HttpSpec {
     pub locations: Vec<String>,
     /// The `Host` header the service sees.
     pub host_header_rewrite: Option<String>,
+    /// HTTP Basic credentials the server requires before forwarding a request.
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// A user name and password for HTTP Basic auth. `Debug` masks the password.
+///
+/// Layout: `str user | str password`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth").field("user", &self.user).field("password", &"MASKED").finish()
+    }
 }
 
 /// How a service joins a group.

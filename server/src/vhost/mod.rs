@@ -35,6 +35,8 @@ pub(crate) struct Route {
     pub streams: Arc<Semaphore>,
     pub service: String,
     pub host_rewrite: Option<String>,
+    /// The `Authorization` value a request must carry (`Basic …`), if the service requires it.
+    pub authorization: Option<String>,
 }
 
 impl Route {
@@ -126,6 +128,11 @@ impl Router {
                     streams: session.streams.clone(),
                     service: spec.name.clone(),
                     host_rewrite: http.host_header_rewrite.clone(),
+                    authorization: http.basic_auth.as_ref().map(|a| {
+                        use base64::Engine;
+                        let pair = format!("{}:{}", a.user, a.password);
+                        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+                    }),
                 }));
             }
         }

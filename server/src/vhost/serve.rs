@@ -65,6 +65,16 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
     let Some(route) = shared.router.find(&normalize_host(&host), req.uri().path(), false) else {
         return plain(StatusCode::NOT_FOUND, "no service is published for this host\n");
     };
+    if let Some(expected) = &route.authorization {
+        let given = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
+        if !wmproxy_proto::wire::auth::same_secret(expected.as_bytes(), given) {
+            let mut response = plain(StatusCode::UNAUTHORIZED, "authentication required\n");
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"wmproxy\""));
+            return response;
+        }
+    }
     let Ok(permit) = route.streams.clone().try_acquire_owned() else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n");
     };
