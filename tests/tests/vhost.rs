@@ -257,3 +257,22 @@ async fn a_service_with_basic_auth_answers_401_until_the_right_credentials() -> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    init_tracing();
+    let a = http_tagged("a").await?;
+    let (_s, _c, vhost) = setup(vec![http_service("a", a, &["a.example.com"], &[])]).await?;
+    let mut conn = tokio::net::TcpStream::connect(vhost).await?;
+    let (status, _) = keep_alive_request(&mut conn, "a.example.com", "/").await?;
+    ensure!(status == 200);
+    let idle_from = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(wmproxy_tests::DEADLINE, conn.read(&mut buf)).await??;
+    let idle = idle_from.elapsed();
+    ensure!(n == 0, "closed, not answered");
+    ensure!(idle >= std::time::Duration::from_millis(900), "kept open for the 1 s timeout: {idle:?}");
+    println!("idle keep-alive connection closed after {idle:?}");
+    Ok(())
+}
