@@ -69,6 +69,9 @@ enum ForwardListener {
     Tcp(TcpListener),
     Udp(UdpSocket),
     Proxy(TcpListener, wmproxy_config::Proxy),
+    /// Local TCP connections become WebSocket connections to a URL (directly, not through the
+    /// tunnel).
+    Ws(TcpListener),
 }
 
 impl ForwardListener {
@@ -76,7 +79,7 @@ impl ForwardListener {
         match self {
             Self::Tcp(l) => l.local_addr(),
             Self::Udp(s) => s.local_addr(),
-            Self::Proxy(l, _) => l.local_addr(),
+            Self::Proxy(l, _) | Self::Ws(l) => l.local_addr(),
         }
     }
 }
@@ -101,7 +104,8 @@ impl Client {
         for f in &config.forwards {
             let listen_err = |source| ClientError::Listen { addr: f.listen, source };
             let listener = match f.kind {
-                // Validation allows only "tcp" and "udp" forwards.
+                ServiceType::Ws => ForwardListener::Ws(TcpListener::bind(f.listen).await.map_err(listen_err)?),
+                // Validation allows only "tcp", "udp" and "ws" forwards.
                 ServiceType::Tcp | ServiceType::Http | ServiceType::Https => {
                     ForwardListener::Tcp(TcpListener::bind(f.listen).await.map_err(listen_err)?)
                 }
@@ -161,6 +165,7 @@ impl Client {
                     tracker.spawn(forward::serve_udp(s, target, rx, permits, stats, tasks, stop).instrument(span))
                 }
                 ForwardListener::Proxy(l, p) => tracker.spawn(proxy::serve(l, p, rx, tasks, stop).instrument(span)),
+                ForwardListener::Ws(l) => tracker.spawn(forward::serve_ws(l, target, tasks, stop).instrument(span)),
             };
         }
         let services: Arc<Services> = Arc::new(

@@ -47,7 +47,7 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
             Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
             let dialed = match ctx.services.get(&service) {
                 // Local services may be anywhere the client can reach, loopback included.
-                Some((local, ServiceType::Tcp | ServiceType::Http | ServiceType::Https, pp)) => {
+                Some((local, ServiceType::Tcp | ServiceType::Http | ServiceType::Https | ServiceType::Ws, pp)) => {
                     let dialed = wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_| true).await;
                     match (dialed, pp) {
                         (Ok(tcp), Some(version)) => send_proxy_header(tcp, *version, peer_addr).await,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quinn::Connection;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,5 +82,34 @@ impl FlowSource for UdpForward {
         let guards = listener::permits(&[&self.permits]).ok_or(NoRoute::FlowLimit)?;
         let header = OpenStream::UdpConnect { target: self.target.clone(), peer_addr: peer };
         Ok(Route { conn, table, header, ends_with: None, guards })
+    }
+}
+
+/// Serves a `ws` forward until `shutdown`: each local connection becomes a WebSocket
+/// connection to `url` (`ws://host:port/path`), its bytes carried as binary messages.
+pub async fn serve_ws(listener: TcpListener, url: String, tracker: TaskTracker, shutdown: CancellationToken) {
+    let authority = url.strip_prefix("ws://").unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
+    let addr = if authority.contains(':') { authority } else { format!("{authority}:80") };
+    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
+        let (url, addr) = (url.clone(), addr.clone());
+        let span = info_span!("ws_forward", %peer);
+        tracker.spawn(
+            async move {
+                let connected = async {
+                    let remote = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+                    let _ = remote.set_nodelay(true);
+                    tokio_tungstenite::client_async(url.as_str(), remote).await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(STREAM_OPEN_TIMEOUT, connected).await {
+                    Ok(Ok((ws, _))) => {
+                        let (from_ws, to_ws) = wmproxy_proto::wsbridge::bridge(ws, tcp).await;
+                        debug!(from_ws, to_ws, "WebSocket forward finished");
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "WebSocket connection failed"),
+                    Err(_) => warn!("WebSocket connection timed out"),
+                }
+            }
+            .instrument(span),
+        );
     }
 }

@@ -110,6 +110,7 @@ async fn handshake(
                 ServiceType::Udp => ServiceKind::Udp,
                 ServiceType::Http => ServiceKind::Http,
                 ServiceType::Https => ServiceKind::Https,
+                ServiceType::Ws => ServiceKind::Ws,
             },
             remote_port: s.remote_port,
             http: s.http.as_ref().map(|h| HttpSpec {

@@ -156,6 +156,10 @@ pub enum ServiceType {
     Http,
     /// A TLS service, reached by SNI host name on the server's HTTPS port (TLS passed through).
     Https,
+    /// A TCP service published as a WebSocket endpoint on the server's vhost port (one
+    /// WebSocket connection ↔ one TCP connection, binary messages); as a forward, a local TCP
+    /// port whose connections become WebSocket connections to the `target` URL.
+    Ws,
 }
 
 /// One `[[forwards]]` entry.
@@ -331,7 +335,7 @@ impl ClientFile {
                     })
                 }
             };
-            let http = if matches!(s.kind, ServiceType::Http | ServiceType::Https) {
+            let http = if matches!(s.kind, ServiceType::Http | ServiceType::Https | ServiceType::Ws) {
                 if s.custom_domains.is_empty() && s.subdomain.is_none() {
                     let m = "an HTTP service needs `custom_domains` or `subdomain`";
                     return Err(invalid(src, "services.custom_domains", Some(at), m));
@@ -382,6 +386,14 @@ impl ClientFile {
         for f in self.forwards {
             let at = f.target.span().start;
             let target = f.target.into_inner();
+            if f.kind == ServiceType::Ws {
+                let ok = target.strip_prefix("ws://").is_some_and(|rest| !rest.is_empty());
+                if !ok {
+                    return Err(invalid(src, "forwards.target", Some(at), "a \"ws\" forward's target is a ws:// URL"));
+                }
+                forwards.push(Forward { kind: f.kind, listen: f.listen, target });
+                continue;
+            }
             split_host_port(&target).map_err(|m| invalid(src, "forwards.target", Some(at), &m))?;
             if matches!(f.kind, ServiceType::Http | ServiceType::Https) {
                 return Err(invalid(src, "forwards.type", Some(at), "a forward is \"tcp\" or \"udp\""));

@@ -262,7 +262,7 @@ impl ServerFile {
             if !names.insert(g.name.get_ref().clone()) {
                 return Err(invalid(src, "groups.name", at, &format!("duplicate group name `{}`", g.name.get_ref())));
             }
-            if matches!(g.kind, crate::ServiceType::Http | crate::ServiceType::Https) {
+            if matches!(g.kind, crate::ServiceType::Http | crate::ServiceType::Https | crate::ServiceType::Ws) {
                 return Err(invalid(src, "groups.type", at, "a group is \"tcp\" or \"udp\""));
             }
             if g.remote_port == 0 {

@@ -15,6 +15,7 @@
 //! - [`shutdown`]: process signals to a cancellation token, for both binaries.
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
 //!   half-close and allocating buffers only while data flows.
+//! - [`wsbridge`]: a byte stream carried as WebSocket binary messages (the ws↔tcp bridge).
 //! - [`udp`]: UDP flows: QUIC datagrams tagged with a flow id, flow tables with idle sweeps,
 //!   listeners shared by many users.
 //!
@@ -35,3 +36,4 @@ pub mod tls;
 pub mod transport;
 pub mod udp;
 pub mod wire;
+pub mod wsbridge;

@@ -46,11 +46,10 @@ pub(crate) async fn register(
                 }
                 (None, ServiceKind::Tcp) => bind_tcp(&spec, allowance, session, shared).await,
                 (None, ServiceKind::Udp) => crate::udp::bind(&spec, allowance, session, shared),
-                (None, kind @ (ServiceKind::Http | ServiceKind::Https)) => match &spec.http {
+                (None, ServiceKind::Http | ServiceKind::Https | ServiceKind::Ws) => match &spec.http {
                     Some(http) => {
                         let entry = shared.config.client(&session.name);
-                        let tls = kind == ServiceKind::Https;
-                        shared.router.register(&spec, http, session, entry, &shared.config.vhost, tls)
+                        shared.router.register(&spec, http, session, entry, &shared.config.vhost)
                     }
                     None => RegisterOutcome::Invalid("an HTTP service needs its host names".into()),
                 },

@@ -197,7 +197,9 @@ impl Server {
                 ServiceType::Tcp => bind_tcp(addr).map(GroupSocket::Tcp),
                 ServiceType::Udp => tokio::net::UdpSocket::from_std(transport::bind_udp(addr)?).map(GroupSocket::Udp),
                 // Refused by config validation; kept an error rather than a panic.
-                ServiceType::Http | ServiceType::Https => Err(io::Error::other("HTTP groups are not supported")),
+                ServiceType::Http | ServiceType::Https | ServiceType::Ws => {
+                    Err(io::Error::other("HTTP groups are not supported"))
+                }
             };
             group_listeners.push((group.clone(), bind().map_err(|source| ServerError::Bind { addr, source })?));
         }

@@ -276,3 +276,50 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() -> R
     println!("idle keep-alive connection closed after {idle:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ws_tcp_bridge_carries_a_tcp_echo_session_end_to_end() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let echo = wmproxy_tests::backend::echo().await?;
+    // The private TCP echo, published as a WebSocket endpoint at ws://localhost/.
+    let server = TestServer::start(|f| {
+        f.vhost.http_bind = Some("127.0.0.1:0".parse().unwrap());
+        f.allow_domains = vec!["localhost".into()];
+    })
+    .await?;
+    let vhost = server.handle.vhost_addr().unwrap();
+    let mut published = server.client_config("home");
+    let mut service = http_service("echo-ws", echo, &["localhost"], &[]);
+    service.kind = ServiceType::Ws;
+    published.services.push(service);
+    let mut home = TestClient::start(published).await?;
+    home.port_of("echo-ws").await?;
+
+    // Elsewhere, a client's local TCP port whose connections become WebSocket connections.
+    let mut bridging = server.client_config("laptop");
+    bridging.forwards.push(wmproxy_config::Forward {
+        kind: ServiceType::Ws,
+        listen: "127.0.0.1:0".parse()?,
+        target: format!("ws://localhost:{}/", vhost.port()),
+    });
+    let laptop = TestClient::start(bridging).await?;
+    let local = laptop.forward_addrs[0];
+
+    // An interactive session (WebSocket has no half-close: a close ends both directions).
+    let mut tcp = tokio::net::TcpStream::connect(local).await?;
+    for round in 0..30u64 {
+        let chunk = wmproxy_tests::backend::pattern(10_000, round + 1);
+        tcp.write_all(&chunk).await?;
+        let mut back = vec![0u8; chunk.len()];
+        tokio::time::timeout(wmproxy_tests::DEADLINE, tcp.read_exact(&mut back)).await??;
+        ensure!(back == chunk, "round {round}: echo through TCP → WebSocket → vhost → tunnel → TCP altered");
+    }
+    drop(tcp);
+
+    // A plain HTTP request to the bridge endpoint is refused.
+    let mut conn = tokio::net::TcpStream::connect(vhost).await?;
+    let (status, _) = keep_alive_request(&mut conn, "localhost", "/").await?;
+    ensure!(status == 400);
+    Ok(())
+}

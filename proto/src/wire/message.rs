@@ -214,6 +214,9 @@ pub enum ServiceKind {
     /// `enum#3`: a TLS service on the server's HTTPS port, reached by the SNI of the user's
     /// ClientHello ([`ServiceSpec::http`] names the hosts); TLS passes through untouched.
     Https,
+    /// `enum#4`: a TCP service published as a WebSocket endpoint on the vhost port: the server
+    /// accepts the WebSocket and carries its binary messages as the data stream's bytes.
+    Ws,
 }
 
 /// The outcome of registering one [`ServiceSpec`].

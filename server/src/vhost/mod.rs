@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Semaphore;
 use wmproxy_config::{ClientEntry, VhostFile};
-use wmproxy_proto::wire::{HttpSpec, RegisterOutcome, ServiceSpec};
+use wmproxy_proto::wire::{HttpSpec, RegisterOutcome, ServiceKind, ServiceSpec};
 
 pub(crate) use self::serve::serve;
 pub(crate) use self::sni::serve as serve_tls;
@@ -30,6 +30,8 @@ pub(crate) struct Route {
     location: String,
     /// Served on the HTTPS (SNI) port rather than the HTTP one.
     tls: bool,
+    /// A `ws` service: the server accepts the WebSocket and bridges it to a TCP stream.
+    pub bridge: bool,
     session_id: u64,
     pub conn: quinn::Connection,
     pub streams: Arc<Semaphore>,
@@ -72,7 +74,8 @@ impl Router {
 
     /// Adds the routes of HTTP service `spec`, if the client may claim its names and no other
     /// session serves the same name and path.
-    /// `tls` routes go to the HTTPS (SNI) port and have no locations.
+    /// `Https` routes go to the HTTPS (SNI) port and have no locations; `Ws` routes are
+    /// WebSocket bridges on the HTTP port.
     pub fn register(
         &self,
         spec: &ServiceSpec,
@@ -80,8 +83,9 @@ impl Router {
         session: &Session,
         entry: Option<&ClientEntry>,
         vhost: &VhostFile,
-        tls: bool,
     ) -> RegisterOutcome {
+        let tls = spec.kind == ServiceKind::Https;
+        let bridge = spec.kind == ServiceKind::Ws;
         let bind = if tls { vhost.https_bind } else { vhost.http_bind };
         let Some(port) = bind.map(|a| a.port()) else {
             return RegisterOutcome::Invalid(format!(
@@ -123,6 +127,7 @@ impl Router {
                     host: host.clone(),
                     location: location.clone(),
                     tls,
+                    bridge,
                     session_id: session.id,
                     conn: session.conn.clone(),
                     streams: session.streams.clone(),

@@ -78,6 +78,9 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
     let Ok(permit) = route.streams.clone().try_acquire_owned() else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n");
     };
+    if route.bridge && !is_websocket(&req) {
+        return plain(StatusCode::BAD_REQUEST, "this address takes WebSocket connections only\n");
+    }
     let header = OpenStream::Expose { service: route.service.clone(), peer_addr: peer };
     let timeout = shared.config.limits.stream_open_timeout();
     let (send, recv) = match datastream::open_confirmed(&route.conn, &header, timeout).await {
@@ -88,6 +91,9 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
         }
     };
 
+    if route.bridge {
+        return accept_bridge(req, send, recv, permit, shared);
+    }
     let upgrading = req.headers().contains_key(header::UPGRADE);
     if !upgrading {
         strip_hop_by_hop(req.headers_mut());
@@ -136,6 +142,53 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
         strip_hop_by_hop(response.headers_mut());
     }
     response.map(http_body_util::BodyExt::boxed_unsync)
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && req.headers().contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// Accepts the user's WebSocket (the `101` answer) and bridges it, once upgraded, to the data
+/// stream of a `ws` service.
+fn accept_bridge(
+    mut req: Request<Incoming>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    shared: &Arc<Shared>,
+) -> Response<Body> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    shared.tracker.spawn(
+        async move {
+            let Ok(upgraded) = upgrade.await else {
+                return debug!("WebSocket upgrade did not complete");
+            };
+            let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), role, None).await;
+            let (from_ws, to_ws) = wmproxy_proto::wsbridge::bridge(ws, tokio::io::join(recv, send)).await;
+            debug!(from_ws, to_ws, "WebSocket bridge finished");
+            drop(permit);
+        }
+        .in_current_span(),
+    );
+    let mut response = plain(StatusCode::SWITCHING_PROTOCOLS, "");
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
 }
 
 /// Relays an upgraded connection (WebSocket) both ways until either side closes.
