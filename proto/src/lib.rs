@@ -13,6 +13,7 @@
 //!   [`proxy::Upstream`] that opens a stream through a tunnel.
 //! - [`dial`]: connects to a `host:port` target and maps failures to [`wire::OpenResult`].
 //! - [`shutdown`]: process signals to a cancellation token, for both binaries.
+//! - [`cli`]: the rest both binaries' `main` share (logging, `check`, the runtime).
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
 //!   half-close and allocating buffers only while data flows.
 //! - [`wsbridge`]: a byte stream carried as WebSocket binary messages (the ws↔tcp bridge).
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod cli;
 pub mod datastream;
 pub mod dial;
 pub mod proxy;

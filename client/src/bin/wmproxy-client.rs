@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use wmproxy_client::Client;
 use wmproxy_config::client::{parse_fingerprint, split_host_port};
 use wmproxy_config::{ClientConfig, ClientLimits, Secret, ServerTrust, Service, ServiceType};
+use wmproxy_proto::cli;
 
 /// wmproxy client: publishes local services on a wmproxy server, and forwards local ports
 /// through it.
@@ -63,16 +64,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Check { config }) = &cli.command {
-        return match wmproxy_config::load_client(config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
-                ExitCode::FAILURE
-            }
-        };
+        return cli::report_check(config, wmproxy_config::load_client(config));
     }
     let config = match load(&cli) {
         Ok(c) => c,
@@ -81,21 +73,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::init_logging();
+    cli::run(run(config))
 }
 
 fn load(cli: &Cli) -> Result<ClientConfig> {
@@ -157,11 +136,4 @@ async fn run(config: ClientConfig) -> Result<()> {
     tokio::spawn(wmproxy_proto::shutdown::on_signal(shutdown.clone()));
     client.run(shutdown).await?;
     Ok(())
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }

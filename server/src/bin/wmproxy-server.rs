@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wmproxy_config::{Secret, ServerConfig, ServerFile};
+use wmproxy_proto::cli;
 use wmproxy_server::Server;
 use wmproxy_server::identity::load_or_generate_token;
 
@@ -44,32 +45,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Check { config }) = &cli.command {
-        return match wmproxy_config::load_server(config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
-                ExitCode::FAILURE
-            }
-        };
+        return cli::report_check(config, wmproxy_config::load_server(config));
     }
-    init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::init_logging();
+    cli::run(serve(cli))
 }
 
 async fn serve(cli: Cli) -> Result<()> {
@@ -106,11 +85,4 @@ fn embedded(cli: &Cli) -> Result<(ServerConfig, Option<Secret>)> {
         file.bind = bind;
     }
     Ok((file.validate("")?, Some(token)))
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
