@@ -10,7 +10,6 @@ use std::time::Duration;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{Span, debug};
-use wmproxy_config::client::split_host_port;
 use wmproxy_config::{EgressPolicy, ProxyProtocol, ServiceType};
 use wmproxy_proto::datastream;
 use wmproxy_proto::udp::{FlowTable, UdpStats, flow};
@@ -48,7 +47,7 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
             let dialed = match ctx.services.get(&service) {
                 // Local services may be anywhere the client can reach, loopback included.
                 Some((local, ServiceType::Tcp | ServiceType::Http | ServiceType::Https | ServiceType::Ws, pp)) => {
-                    let dialed = wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_| true).await;
+                    let dialed = wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_, _| true, |_| true).await;
                     match (dialed, pp) {
                         (Ok(tcp), Some(version)) => send_proxy_header(tcp, *version, peer_addr).await,
                         (dialed, _) => dialed,
@@ -63,48 +62,47 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
             let Some((local, ServiceType::Udp, _)) = ctx.services.get(&service) else {
                 return datastream::refuse(send, OpenResult::UnknownService).await;
             };
-            let Ok(_permit) = ctx.udp_permits.clone().try_acquire_owned() else {
-                debug!("UDP flow limit reached; refusing a flow");
-                UdpStats::bump(&ctx.flows.stats().dropped_flow_limit);
-                return datastream::refuse(send, OpenResult::Busy).await;
-            };
-            match wmproxy_proto::dial::dial_udp(local, STREAM_OPEN_TIMEOUT, |_| true).await {
-                Ok(socket) => flow::accept(ctx.conn, ctx.flows, Arc::new(socket), send, recv).await,
-                Err(result) => datastream::refuse(send, result).await,
-            }
+            // Local services may be anywhere the client can reach, loopback included.
+            let local = local.clone();
+            udp_flow(ctx, send, recv, &local, |_, _| true, |_| true).await;
         }
         OpenStream::ProxyConnect { target, peer_addr } => {
             Span::current().record("service", "proxy").record("peer", tracing::field::display(peer_addr));
             debug!(%target, "proxy connection from the server");
             let egress = &ctx.egress;
-            let allowed = split_host_port(&target).is_ok_and(|(host, port)| egress.permits_target(host, port));
-            let dialed = if allowed {
-                wmproxy_proto::dial::dial(&target, STREAM_OPEN_TIMEOUT, |ip| egress.permits(ip)).await
-            } else {
-                Err(OpenResult::NotAllowed)
-            };
+            let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
+            let dialed = wmproxy_proto::dial::dial(&target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await;
             datastream::complete(send, recv, dialed).await;
         }
         OpenStream::ProxyUdpConnect { target, peer_addr } => {
             Span::current().record("service", "proxy-udp").record("peer", tracing::field::display(peer_addr));
-            let Ok(_permit) = ctx.udp_permits.clone().try_acquire_owned() else {
-                UdpStats::bump(&ctx.flows.stats().dropped_flow_limit);
-                return datastream::refuse(send, OpenResult::Busy).await;
-            };
-            let egress = &ctx.egress;
-            let allowed = split_host_port(&target).is_ok_and(|(host, port)| egress.permits_target(host, port));
-            let dialed = if allowed {
-                wmproxy_proto::dial::dial_udp(&target, STREAM_OPEN_TIMEOUT, |ip| egress.permits(ip)).await
-            } else {
-                Err(OpenResult::NotAllowed)
-            };
-            match dialed {
-                Ok(socket) => flow::accept(ctx.conn, ctx.flows, Arc::new(socket), send, recv).await,
-                Err(result) => datastream::refuse(send, result).await,
-            }
+            let egress = ctx.egress.clone();
+            let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
+            udp_flow(ctx, send, recv, &target, allow_target, allow_ip).await;
         }
         // Anything else the server may not ask of a client.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
+    }
+}
+
+/// Runs a UDP flow the server opened toward `target`: within the client's flow limit, with a
+/// socket connected to the first address the checks allow.
+async fn udp_flow(
+    ctx: ExposeContext,
+    send: SendStream,
+    recv: RecvStream,
+    target: &str,
+    allow_target: impl Fn(&str, u16) -> bool,
+    allow_ip: impl Fn(std::net::IpAddr) -> bool,
+) {
+    let Ok(_permit) = ctx.udp_permits.clone().try_acquire_owned() else {
+        debug!("UDP flow limit reached; refusing a flow");
+        UdpStats::bump(&ctx.flows.stats().dropped_flow_limit);
+        return datastream::refuse(send, OpenResult::Busy).await;
+    };
+    match wmproxy_proto::dial::dial_udp(target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await {
+        Ok(socket) => flow::accept(ctx.conn, ctx.flows, Arc::new(socket), send, recv).await,
+        Err(result) => datastream::refuse(send, result).await,
     }
 }
 

@@ -17,12 +17,18 @@ use crate::wire::{MAX_TARGET_LEN, OpenResult};
 pub const FLOW_SOCKET_BUFFER: usize = 1024 * 1024;
 
 /// Resolves `target` and connects to the first address `permits` accepts, within `timeout` for
-/// the lookup and for each connect. Sets `TCP_NODELAY` on success.
+/// the lookup and for each connect. `permits_target` judges the name (or IP literal) and port
+/// first, before any lookup. Sets `TCP_NODELAY` on success.
 ///
-/// Failures: `NotAllowed` when every resolved address is refused by `permits`; `Refused`,
-/// `Timeout` or `Unreachable` from the last address tried.
-pub async fn dial(target: &str, timeout: Duration, permits: impl Fn(IpAddr) -> bool) -> Result<TcpStream, OpenResult> {
-    let addrs = resolve(target, timeout).await?;
+/// Failures: `NotAllowed` when `permits_target` refuses or every resolved address is refused by
+/// `permits`; `Refused`, `Timeout` or `Unreachable` from the last address tried.
+pub async fn dial(
+    target: &str,
+    timeout: Duration,
+    permits_target: impl Fn(&str, u16) -> bool,
+    permits: impl Fn(IpAddr) -> bool,
+) -> Result<TcpStream, OpenResult> {
+    let addrs = resolve(target, timeout, permits_target).await?;
     let mut last = if addrs.is_empty() { OpenResult::Unreachable } else { OpenResult::NotAllowed };
     for addr in addrs.into_iter().filter(|a| permits(a.ip())) {
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -39,16 +45,18 @@ pub async fn dial(target: &str, timeout: Duration, permits: impl Fn(IpAddr) -> b
 }
 
 /// Resolves `target` and connects a new UDP socket to the first address `permits` accepts
-/// (the egress check happens here, after resolution, once per flow).
+/// (the egress check happens here, once per flow: `permits_target` before the lookup,
+/// `permits` on each resolved address).
 ///
-/// Failures: `NotAllowed` when every resolved address is refused by `permits`; `Unreachable`
-/// when the name does not resolve or no socket can be connected; `Timeout` for a slow lookup.
+/// Failures: `NotAllowed` when a check refuses every way; `Unreachable` when the name does not
+/// resolve or no socket can be connected; `Timeout` for a slow lookup.
 pub async fn dial_udp(
     target: &str,
     timeout: Duration,
+    permits_target: impl Fn(&str, u16) -> bool,
     permits: impl Fn(IpAddr) -> bool,
 ) -> Result<UdpSocket, OpenResult> {
-    let addrs = resolve(target, timeout).await?;
+    let addrs = resolve(target, timeout, permits_target).await?;
     let mut last = if addrs.is_empty() { OpenResult::Unreachable } else { OpenResult::NotAllowed };
     for addr in addrs.into_iter().filter(|a| permits(a.ip())) {
         let local = match addr {
@@ -71,10 +79,19 @@ pub async fn dial_udp(
     Err(last)
 }
 
-/// Looks `target` up within `timeout`.
-async fn resolve(target: &str, timeout: Duration) -> Result<Vec<SocketAddr>, OpenResult> {
+/// Looks `target` up within `timeout`, if `permits_target` allows its host and port.
+async fn resolve(
+    target: &str,
+    timeout: Duration,
+    permits_target: impl Fn(&str, u16) -> bool,
+) -> Result<Vec<SocketAddr>, OpenResult> {
     if target.len() > MAX_TARGET_LEN {
         return Err(OpenResult::Unreachable);
+    }
+    let (host, port) = target.rsplit_once(':').ok_or(OpenResult::Unreachable)?;
+    let port: u16 = port.parse().map_err(|_| OpenResult::Unreachable)?;
+    if !permits_target(host, port) {
+        return Err(OpenResult::NotAllowed);
     }
     match tokio::time::timeout(timeout, tokio::net::lookup_host(target)).await {
         Ok(Ok(addrs)) => Ok(addrs.collect()),

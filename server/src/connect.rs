@@ -19,11 +19,8 @@ pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Sessi
         return;
     };
     let egress = &shared.config.egress;
-    // Name and port rules first (before any lookup); the address rules run on every resolved
-    // address inside the dial.
-    let target_allowed = |target: &str| {
-        wmproxy_config::client::split_host_port(target).is_ok_and(|(host, port)| egress.permits_target(host, port))
-    };
+    // The dial checks the name and port before any lookup, then every resolved address.
+    let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
     match header {
         OpenStream::Connect { target, peer_addr } => {
             Span::current().record("target", target.as_str());
@@ -32,11 +29,7 @@ pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Sessi
                 return datastream::refuse(send, OpenResult::Busy).await;
             };
             debug!(%peer_addr, "forward requested");
-            let dialed = if target_allowed(&target) {
-                wmproxy_proto::dial::dial(&target, timeout, |ip| egress.permits(ip)).await
-            } else {
-                Err(OpenResult::NotAllowed)
-            };
+            let dialed = wmproxy_proto::dial::dial(&target, timeout, allow_target, allow_ip).await;
             datastream::complete(send, recv, dialed).await;
         }
         OpenStream::UdpConnect { target, peer_addr } => {
@@ -49,12 +42,7 @@ pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Sessi
                 return datastream::refuse(send, OpenResult::Busy).await;
             };
             debug!(%peer_addr, "UDP forward flow requested");
-            let dialed = if target_allowed(&target) {
-                wmproxy_proto::dial::dial_udp(&target, timeout, |ip| egress.permits(ip)).await
-            } else {
-                Err(OpenResult::NotAllowed)
-            };
-            match dialed {
+            match wmproxy_proto::dial::dial_udp(&target, timeout, allow_target, allow_ip).await {
                 Ok(socket) => {
                     flow::accept(session.conn.clone(), session.flows.clone(), Arc::new(socket), send, recv).await
                 }
