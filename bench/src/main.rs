@@ -306,21 +306,9 @@ async fn bulk(addr: SocketAddr, bytes: usize, streams: usize) -> Result<f64> {
     Ok((per * streams) as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
 }
 
-/// Connect + 1-byte echo, sequentially; returns (p50, p99).
+/// Connect + 1-byte echo to `addr`, sequentially; returns (p50, p99).
 async fn connect_latency(addr: SocketAddr, samples: usize) -> Result<(Duration, Duration)> {
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = Instant::now();
-        let mut s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        s.write_all(b"x").await?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await?;
-        times.push(started.elapsed());
-    }
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    Ok((at(0.50), at(0.99)))
+    proxies::first_byte(proxies::Via::Direct, addr, samples).await
 }
 
 /// Resident set size of this process, bytes.
