@@ -31,21 +31,9 @@ pub fn group(name: &str, port: u16, policy: Policy) -> GroupFile {
 
 /// A service entry that joins `group` with `weight`, with an optional active check.
 pub fn member(name: &str, local: SocketAddr, group: &str, weight: u32, check: Option<HealthCheck>) -> Service {
-    Service {
-        name: name.into(),
-        kind: ServiceType::Tcp,
-        local_addr: local.to_string(),
-        remote_port: 0,
-        group: Some(GroupJoin {
-            group: group.into(),
-            key: Secret::new(GROUP_KEY),
-            weight,
-            drain: false,
-            health_check: check,
-        }),
-        http: None,
-        proxy_protocol: None,
-    }
+    let group =
+        GroupJoin { group: group.into(), key: Secret::new(GROUP_KEY), weight, drain: false, health_check: check };
+    Service { group: Some(group), ..crate::service(ServiceType::Tcp, name, local, 0) }
 }
 
 /// A TCP connect check every `interval_ms`.

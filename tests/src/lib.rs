@@ -156,11 +156,11 @@ impl Drop for TestServer {
     }
 }
 
-/// A TCP service entry for a client config.
-pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
+/// A plain service entry of `kind` for a client config (no group, routes or PROXY header).
+pub fn service(kind: ServiceType, name: &str, local: SocketAddr, remote_port: u16) -> Service {
     Service {
         name: name.into(),
-        kind: ServiceType::Tcp,
+        kind,
         local_addr: local.to_string(),
         remote_port,
         group: None,
@@ -169,9 +169,19 @@ pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
     }
 }
 
-/// A local forward entry for a client config, listening on a free loopback port.
+/// A TCP service entry for a client config.
+pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
+    service(ServiceType::Tcp, name, local, remote_port)
+}
+
+/// A local forward entry of `kind` for a client config, listening on a free loopback port.
+pub fn forward(kind: ServiceType, target: SocketAddr) -> Forward {
+    Forward { kind, listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
+}
+
+/// A TCP local forward entry for a client config, listening on a free loopback port.
 pub fn forward_to(target: SocketAddr) -> Forward {
-    Forward { kind: ServiceType::Tcp, listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
+    forward(ServiceType::Tcp, target)
 }
 
 /// Starts an echo backend and a client `name` that publishes it as service `echo` on a port the

@@ -77,20 +77,12 @@ pub async fn request(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Resu
 
 /// A UDP service entry for a client config.
 pub fn service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
-    Service {
-        name: name.into(),
-        kind: ServiceType::Udp,
-        local_addr: local.to_string(),
-        remote_port,
-        group: None,
-        http: None,
-        proxy_protocol: None,
-    }
+    crate::service(ServiceType::Udp, name, local, remote_port)
 }
 
 /// A UDP forward entry for a client config, on a free loopback port.
 pub fn forward_to(target: SocketAddr) -> Forward {
-    Forward { kind: ServiceType::Udp, listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
+    crate::forward(ServiceType::Udp, target)
 }
 
 /// A UDP echo that answers `tag:payload`, until the returned token is cancelled.

@@ -12,21 +12,12 @@ use wmproxy_tests::proxy::{curl, http_tagged, keep_alive_request};
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
 fn http_service(name: &str, local: SocketAddr, domains: &[&str], locations: &[&str]) -> Service {
-    Service {
-        name: name.into(),
-        kind: ServiceType::Http,
-        local_addr: local.to_string(),
-        remote_port: 0,
-        group: None,
-        http: Some(HttpRoute {
-            custom_domains: domains.iter().map(|d| (*d).to_owned()).collect(),
-            subdomain: None,
-            locations: locations.iter().map(|l| (*l).to_owned()).collect(),
-            host_header_rewrite: None,
-            basic_auth: None,
-        }),
-        proxy_protocol: None,
-    }
+    let route = HttpRoute {
+        custom_domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+        locations: locations.iter().map(|l| (*l).to_owned()).collect(),
+        ..HttpRoute::default()
+    };
+    Service { http: Some(route), ..wmproxy_tests::service(ServiceType::Http, name, local, 0) }
 }
 
 /// A server with a vhost port that lets the shared token claim `*.example.com` and
