@@ -74,27 +74,41 @@ async fn bind_tcp(
     session: &Arc<Session>,
     shared: &Arc<Shared>,
 ) -> RegisterOutcome {
-    let port = spec.remote_port;
-    if port != 0 && !allowance.allows(port) {
-        return RegisterOutcome::PortNotAllowed;
-    }
-    let listener = match TcpListener::bind(SocketAddr::new(shared.config.public_bind, port)).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => return RegisterOutcome::PortInUse,
-        Err(e) => return RegisterOutcome::Invalid(format!("cannot listen: {e}")),
+    let bound = bind_public(spec.remote_port, allowance, shared, crate::server::bind_tcp, TcpListener::local_addr);
+    let (listener, bound) = match bound {
+        Ok(pair) => pair,
+        Err(refused) => return refused,
     };
-    let Ok(bound) = listener.local_addr().map(|a| a.port()) else {
-        return RegisterOutcome::Invalid("cannot read the bound port".into());
-    };
-    if !allowance.allows(bound) {
-        // Port 0 let the system pick a port outside this client's allowance.
-        return RegisterOutcome::PortNotAllowed;
-    }
     let span = info_span!("public", service = %spec.name, port = bound);
     session
         .listeners
         .spawn(accept_users(listener, spec.name.clone(), session.clone(), shared.clone()).instrument(span));
     RegisterOutcome::Ok { port: bound }
+}
+
+/// Binds a public port for a service: the requested port (0: any) must be in `allowance`, and
+/// so must the port actually bound. A refusal is the registration's answer.
+pub(crate) fn bind_public<S>(
+    requested: u16,
+    allowance: &PortAllowance,
+    shared: &Shared,
+    bind: impl FnOnce(SocketAddr) -> io::Result<S>,
+    local_addr: impl FnOnce(&S) -> io::Result<SocketAddr>,
+) -> Result<(S, u16), RegisterOutcome> {
+    if requested != 0 && !allowance.allows(requested) {
+        return Err(RegisterOutcome::PortNotAllowed);
+    }
+    let socket = match bind(SocketAddr::new(shared.config.public_bind, requested)) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(RegisterOutcome::PortInUse),
+        Err(e) => return Err(RegisterOutcome::Invalid(format!("cannot bind: {e}"))),
+    };
+    let bound = local_addr(&socket).map_err(|_| RegisterOutcome::Invalid("cannot read the bound port".into()))?.port();
+    if !allowance.allows(bound) {
+        // Port 0 let the system pick a port outside this client's allowance.
+        return Err(RegisterOutcome::PortNotAllowed);
+    }
+    Ok((socket, bound))
 }
 
 /// Accepts users until the session ends; then the listener is dropped and the port refuses.

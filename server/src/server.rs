@@ -311,11 +311,13 @@ impl Server {
     }
 }
 
-/// Binds a TCP listener outside of an async context (for listeners bound at start).
-fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    tokio::net::TcpListener::from_std(listener)
+/// Binds a TCP listener without awaiting (for listeners bound at start, and public ports).
+/// The backlog is tokio's (1024) rather than std's 128, so bursts of users are not refused.
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 fn quic_server_config(identity: Identity, tuning: &TransportTuning) -> Result<quinn::ServerConfig, ServerError> {

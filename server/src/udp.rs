@@ -1,7 +1,6 @@
 //! Public UDP ports: binding one for a client's UDP service, and the flow source that opens a
 //! flow to the client for each new user address.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use wmproxy_proto::transport;
 use wmproxy_proto::udp::listener::{self, FlowSource, NoRoute, Route};
 use wmproxy_proto::wire::{OpenStream, RegisterOutcome, ServiceSpec};
 
+use crate::publish;
 use crate::server::Shared;
 use crate::sessions::Session;
 
@@ -25,23 +25,11 @@ pub(crate) fn bind(
     if session.conn.max_datagram_size().is_none() {
         return RegisterOutcome::DatagramsUnsupported;
     }
-    let port = spec.remote_port;
-    if port != 0 && !allowance.allows(port) {
-        return RegisterOutcome::PortNotAllowed;
-    }
-    let socket =
-        match transport::bind_udp(SocketAddr::new(shared.config.public_bind, port)).and_then(UdpSocket::from_std) {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return RegisterOutcome::PortInUse,
-            Err(e) => return RegisterOutcome::Invalid(format!("cannot bind UDP: {e}")),
-        };
-    let Ok(bound) = socket.local_addr().map(|a| a.port()) else {
-        return RegisterOutcome::Invalid("cannot read the bound port".into());
+    let bind = |addr| transport::bind_udp(addr).and_then(UdpSocket::from_std);
+    let (socket, bound) = match publish::bind_public(spec.remote_port, allowance, shared, bind, UdpSocket::local_addr) {
+        Ok(pair) => pair,
+        Err(refused) => return refused,
     };
-    if !allowance.allows(bound) {
-        // Port 0 let the system pick a port outside this client's allowance.
-        return RegisterOutcome::PortNotAllowed;
-    }
     let source = PublicPort { service: spec.name.clone(), session: session.clone(), shared: shared.clone() };
     let serve = listener::serve(
         Arc::new(socket),
