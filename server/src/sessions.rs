@@ -13,6 +13,7 @@ use wmproxy_config::Limits;
 use wmproxy_proto::udp::{FlowTable, UdpStats};
 
 use crate::groups::{self, Membership};
+use crate::vhost::Router;
 
 /// One authenticated tunnel.
 #[derive(Debug)]
@@ -46,13 +47,15 @@ impl Session {
         self.memberships.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ends the session: closes the tunnel with `code`/`reason`, stops its public listeners and
-    /// waits until their ports are closed.
-    pub async fn shut(&self, code: u32, reason: &str) {
+    /// Ends the session: takes its backends out of their groups and its routes off the vhost
+    /// `router`, closes the tunnel with `code`/`reason`, stops its public listeners and waits
+    /// until their ports are closed.
+    pub async fn shut(&self, router: &Router, code: u32, reason: &str) {
         self.cancel.cancel();
         self.flows.close_all();
         let memberships: Vec<_> = self.memberships().drain().map(|(_, m)| m).collect();
         groups::leave(&memberships);
+        router.remove_session(self.id);
         self.conn.close(VarInt::from_u32(code), reason.as_bytes());
         self.listeners.close();
         self.listeners.wait().await;

@@ -69,8 +69,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
     let (session, replaced) = shared.sessions.insert(&name, conn.clone(), limits, shared.udp_stats.clone());
     if let Some(old) = replaced {
         info!("replacing the previous session of this client");
-        old.shut(close_code::REPLACED, "replaced by a newer connection of this client").await;
-        shared.router.remove_session(old.id);
+        old.shut(&shared.router, close_code::REPLACED, "replaced by a newer connection of this client").await;
     }
     info!("client authenticated");
     let datagrams = session.flows.clone().run(conn.clone(), limits.udp_flow_idle_timeout());
@@ -101,8 +100,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
         Ok(()) => (close_code::NORMAL, "server closing the tunnel".to_owned()),
         Err(e) => (close_code::PROTOCOL_ERROR, e.to_string()),
     };
-    session.shut(code, &reason).await;
-    shared.router.remove_session(session.id);
+    session.shut(&shared.router, code, &reason).await;
     shared.sessions.remove(&session);
     result
 }
