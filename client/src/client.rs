@@ -275,13 +275,15 @@ async fn serve_session(
             refused => warn!(service = %r.name, reason = %refused, "service refused by the server"),
         }
     }
-    status.send_replace(ClientStatus::Connected { services: results });
     let flows = FlowTable::new(udp.stats.clone());
     tracker.spawn(flows.clone().run(conn.clone(), udp.idle).in_current_span());
     if conn.max_datagram_size().is_none() {
         warn!("the server does not accept QUIC datagrams: UDP packets will ride flow streams");
     }
     tunnel.send_replace(Some(Tunnel { conn: conn.clone(), flows: flows.clone() }));
+    // Connected is announced only once forwards and proxies can use the tunnel: a caller that
+    // waits for it may send through them at once.
+    status.send_replace(ClientStatus::Connected { services: results });
     // Health reports share the control stream; `reports` lives as long as the session, so the
     // stream stays open until the session ends.
     let (reports, queued) = mpsc::channel(health::REPORT_QUEUE);

@@ -335,7 +335,14 @@ impl ClientFile {
                     })
                 }
             };
-            let http = if matches!(s.kind, ServiceType::Http | ServiceType::Https | ServiceType::Ws) {
+            let http = if group.is_some() {
+                let named = !s.custom_domains.is_empty() || s.subdomain.is_some() || !s.locations.is_empty();
+                if named || s.host_header_rewrite.is_some() || s.http_user.is_some() || s.http_password.is_some() {
+                    let m = "a group's host names and HTTP settings are set on the server; leave them out";
+                    return Err(invalid(src, "services.group", Some(at), m));
+                }
+                None
+            } else if matches!(s.kind, ServiceType::Http | ServiceType::Https | ServiceType::Ws) {
                 if s.custom_domains.is_empty() && s.subdomain.is_none() {
                     let m = "an HTTP service needs `custom_domains` or `subdomain`";
                     return Err(invalid(src, "services.custom_domains", Some(at), m));

@@ -32,11 +32,20 @@ pub struct GroupFile {
     pub name: toml::Spanned<String>,
     /// What a client must send as `group_key` to join.
     pub key: Secret,
-    /// `"tcp"` (default) or `"udp"`.
+    /// `"tcp"` (default), `"udp"`, `"http"` (host names on the vhost port) or `"https"` (SNI
+    /// names on the HTTPS port, TLS passed through).
     #[serde(default, rename = "type")]
     pub kind: ServiceType,
-    /// The public port, bound at server start on `public_bind`.
+    /// TCP and UDP: the public port, bound at server start on `public_bind`.
+    #[serde(default)]
     pub remote_port: u16,
+    /// HTTP and HTTPS: the host names the group serves (`example.com`, `*.example.com`). They
+    /// are the operator's, so no client's `allow_domains` applies.
+    #[serde(default)]
+    pub custom_domains: Vec<String>,
+    /// HTTP: path prefixes served (`/` when empty).
+    #[serde(default)]
+    pub locations: Vec<String>,
     /// How a backend is picked.
     #[serde(default)]
     pub policy: Policy,

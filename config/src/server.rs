@@ -225,7 +225,7 @@ fn lower(domains: Vec<String>) -> Vec<String> {
 
 impl ServerFile {
     /// Validates into a [`ServerConfig`]. `src` is the TOML text, used to name lines.
-    pub fn validate(self, src: &str) -> Result<ServerConfig, ConfigError> {
+    pub fn validate(mut self, src: &str) -> Result<ServerConfig, ConfigError> {
         if self.token.is_none() && self.clients.is_empty() {
             return Err(invalid(
                 src,
@@ -256,21 +256,59 @@ impl ServerFile {
             }
         }
         let mut names = std::collections::HashSet::new();
-        for g in &self.groups {
+        for g in &mut self.groups {
             let at = Some(g.name.span().start);
             check_name(g.name.get_ref()).map_err(|m| invalid(src, "groups.name", at, &m))?;
             if !names.insert(g.name.get_ref().clone()) {
                 return Err(invalid(src, "groups.name", at, &format!("duplicate group name `{}`", g.name.get_ref())));
             }
-            if matches!(g.kind, crate::ServiceType::Http | crate::ServiceType::Https | crate::ServiceType::Ws) {
-                return Err(invalid(src, "groups.type", at, "a group is \"tcp\" or \"udp\""));
-            }
-            if g.remote_port == 0 {
-                return Err(invalid(src, "groups.remote_port", at, "a group needs a fixed public port"));
+            match g.kind {
+                crate::ServiceType::Tcp | crate::ServiceType::Udp => {
+                    if g.remote_port == 0 {
+                        return Err(invalid(src, "groups.remote_port", at, "a group needs a fixed public port"));
+                    }
+                    if !g.custom_domains.is_empty() || !g.locations.is_empty() {
+                        let m = "`custom_domains` and `locations` are for \"http\" and \"https\" groups";
+                        return Err(invalid(src, "groups.custom_domains", at, m));
+                    }
+                }
+                crate::ServiceType::Http | crate::ServiceType::Https => {
+                    let https = g.kind == crate::ServiceType::Https;
+                    if g.remote_port != 0 {
+                        let m = "an HTTP group is served on the vhost port; leave `remote_port` out";
+                        return Err(invalid(src, "groups.remote_port", at, m));
+                    }
+                    if g.custom_domains.is_empty() {
+                        return Err(invalid(src, "groups.custom_domains", at, "an HTTP group needs its host names"));
+                    }
+                    if https && !g.locations.is_empty() {
+                        let m = "TLS is passed through: an \"https\" group has no `locations`";
+                        return Err(invalid(src, "groups.locations", at, m));
+                    }
+                    if g.locations.iter().any(|l| !l.starts_with('/')) {
+                        return Err(invalid(src, "groups.locations", at, "a location starts with `/`"));
+                    }
+                    let v = &self.vhost;
+                    let terminated = v.https_bind.is_some() && v.tls.is_some();
+                    if https && v.https_bind.is_none() {
+                        return Err(invalid(src, "groups.type", at, "this group needs `[vhost] https_bind`"));
+                    }
+                    if !https && v.http_bind.is_none() && !terminated {
+                        let m = "this group needs `[vhost] http_bind` (or `https_bind` with `[vhost.tls]`)";
+                        return Err(invalid(src, "groups.type", at, m));
+                    }
+                    g.custom_domains = lower(std::mem::take(&mut g.custom_domains));
+                }
+                crate::ServiceType::Ws => {
+                    return Err(invalid(src, "groups.type", at, "a group is \"tcp\", \"udp\", \"http\" or \"https\""));
+                }
             }
             if g.max_fails > 0 && g.fail_timeout_secs == 0 {
                 return Err(invalid(src, "groups.fail_timeout_secs", at, "must be at least 1 when max_fails is set"));
             }
+        }
+        if self.vhost.tls.is_some() && self.vhost.https_bind.is_none() {
+            return Err(invalid(src, "vhost.tls", None, "`[vhost.tls]` is for the HTTPS port: set `https_bind`"));
         }
         let mut proxies = Vec::with_capacity(self.proxies.len());
         for p in self.proxies {

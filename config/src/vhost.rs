@@ -20,6 +20,11 @@ pub struct VhostFile {
     pub header_read_timeout_secs: u64,
     /// Largest request head, bytes; larger gets `431`.
     pub max_header_bytes: usize,
+    /// `[vhost.tls]`: a certificate for the HTTPS port. A connection whose SNI no `https`
+    /// service or group claims is then terminated here and its requests routed like the vhost
+    /// port's (to `http` services and groups, `X-Forwarded-Proto: https`). Without it, such a
+    /// connection is closed.
+    pub tls: Option<crate::TlsFiles>,
 }
 
 impl Default for VhostFile {
@@ -30,6 +35,7 @@ impl Default for VhostFile {
             subdomain_host: None,
             header_read_timeout_secs: 10,
             max_header_bytes: 16 * 1024,
+            tls: None,
         }
     }
 }

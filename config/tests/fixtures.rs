@@ -28,6 +28,8 @@ fn examples_parse() {
     assert_eq!((web.group.as_str(), web.weight), ("web", 5));
     assert_eq!(web.health_check.as_ref().unwrap().rise, 2);
     assert_eq!(server.groups[0].policy, wmproxy_config::Policy::WeightedRoundRobin);
+    assert_eq!(server.groups[1].custom_domains, ["www.example.com"]);
+    assert_eq!(server.vhost.http_bind.map(|a| a.port()), Some(80));
     assert_eq!(client.services[2].kind, ServiceType::Udp);
     assert_eq!(client.forwards[0].target, "db.internal.example:5432");
     assert_eq!((client.forwards[0].kind, client.forwards[1].kind), (ServiceType::Tcp, ServiceType::Udp));
@@ -57,6 +59,8 @@ const SERVER_BAD: &[(&str, &[&str])] = &[
     ("server-bad-cidr.toml", &["allow", "line 3"]),
     ("server-zero-udp-idle.toml", &["limits", "at least 1 second"]),
     ("server-bad-policy.toml", &["random", "line 7"]),
+    ("server-http-group-without-hosts.toml", &["groups.custom_domains", "line 7", "host names"]),
+    ("server-vhost-tls-without-https.toml", &["vhost.tls", "https_bind"]),
 ];
 
 const CLIENT_BAD: &[(&str, &[&str])] = &[
@@ -70,6 +74,7 @@ const CLIENT_BAD: &[(&str, &[&str])] = &[
     ("client-zero-udp-flows.toml", &["limits", "at least 1"]),
     ("client-group-without-key.toml", &["group_key", "line 7"]),
     ("client-udp-check-without-addr.toml", &["health_check.addr", "line 7"]),
+    ("client-group-with-domains.toml", &["services.group", "line 7", "set on the server"]),
 ];
 
 #[test]

@@ -70,7 +70,8 @@ impl Identity {
         }
     }
 
-    fn load(cert_path: &Path, key_path: &Path) -> Result<Self, IdentityError> {
+    /// Loads a PEM certificate chain and key.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, IdentityError> {
         let load_err = |what, path: &Path, reason: String| IdentityError::Load { what, path: path.to_owned(), reason };
         let certs = CertificateDer::pem_file_iter(cert_path)
             .map_err(|e| load_err("certificate", cert_path, e.to_string()))?

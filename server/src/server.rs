@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub groups: Groups,
     /// HTTP routes of the vhost port.
     pub router: crate::vhost::Router,
+    /// `[vhost.tls]`: the HTTPS port terminates TLS for names no `https` route claims.
+    pub vhost_tls: Option<Arc<rustls::ServerConfig>>,
     /// Where the proxies listen (bound addresses, in config order).
     pub proxy_addrs: Vec<SocketAddr>,
     throttle: Mutex<AuthThrottle>,
@@ -189,20 +191,30 @@ impl Server {
             config.vhost.https_bind = Some(bound);
         }
         let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
-        let groups = Groups::new(&config.groups);
+        let groups = Groups::new(&config.groups, &config.vhost);
+        let router = crate::vhost::Router::default();
         let mut group_listeners = Vec::new();
-        for group in groups.all() {
+        for file in &config.groups {
+            let Some(group) = groups.get(file.name.get_ref()) else { continue };
             let addr = Groups::listen_addr(config.public_bind, group);
-            let bind = || match group.kind {
+            let socket = match group.kind {
                 ServiceType::Tcp => bind_tcp(addr).map(GroupSocket::Tcp),
-                ServiceType::Udp => tokio::net::UdpSocket::from_std(transport::bind_udp(addr)?).map(GroupSocket::Udp),
-                // Refused by config validation; kept an error rather than a panic.
-                ServiceType::Http | ServiceType::Https | ServiceType::Ws => {
-                    Err(io::Error::other("HTTP groups are not supported"))
+                ServiceType::Udp => {
+                    transport::bind_udp(addr).and_then(tokio::net::UdpSocket::from_std).map(GroupSocket::Udp)
                 }
+                ServiceType::Http | ServiceType::Https => {
+                    router.add_group(group, file);
+                    continue;
+                }
+                // Refused by config validation; kept an error rather than a panic.
+                ServiceType::Ws => Err(io::Error::other("a group cannot be of type ws")),
             };
-            group_listeners.push((group.clone(), bind().map_err(|source| ServerError::Bind { addr, source })?));
+            group_listeners.push((group.clone(), socket.map_err(|source| ServerError::Bind { addr, source })?));
         }
+        let vhost_tls = match &config.vhost.tls {
+            Some(files) => Some(vhost_tls_config(Identity::load(&files.cert, &files.key)?)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
             sessions: Sessions::default(),
@@ -210,7 +222,8 @@ impl Server {
             udp_stats: Arc::default(),
             udp_flows,
             groups,
-            router: crate::vhost::Router::default(),
+            router,
+            vhost_tls,
             proxy_addrs: proxy_listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect(),
             throttle: Mutex::new(AuthThrottle::default()),
         });
@@ -318,6 +331,18 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> 
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// The TLS setup of the HTTPS port's terminated connections (HTTP/1.1).
+fn vhost_tls_config(identity: Identity) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(wmproxy_proto::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
 }
 
 fn quic_server_config(identity: Identity, tuning: &TransportTuning) -> Result<quinn::ServerConfig, ServerError> {

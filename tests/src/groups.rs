@@ -22,6 +22,8 @@ pub fn group(name: &str, port: u16, policy: Policy) -> GroupFile {
         key: Secret::new(GROUP_KEY),
         kind: ServiceType::Tcp,
         remote_port: port,
+        custom_domains: Vec::new(),
+        locations: Vec::new(),
         policy,
         max_fails: 1,
         fail_timeout_secs: 10,

@@ -18,6 +18,7 @@ pub mod backend;
 pub mod groups;
 pub mod proxy;
 pub mod raw;
+pub mod tls;
 pub mod udp;
 
 use std::net::SocketAddr;

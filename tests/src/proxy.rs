@@ -155,10 +155,11 @@ pub async fn http_tagged(tag: &str) -> Result<SocketAddr> {
                         .unwrap_or_default()
                 };
                 let body = format!(
-                    "{tag} {path} host={} xff={} xfh={}",
+                    "{tag} {path} host={} xff={} xfh={} xfp={}",
                     header("host"),
                     header("x-forwarded-for"),
-                    header("x-forwarded-host")
+                    header("x-forwarded-host"),
+                    header("x-forwarded-proto")
                 );
                 let reply =
                     format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
@@ -172,7 +173,10 @@ pub async fn http_tagged(tag: &str) -> Result<SocketAddr> {
 
 /// Sends one HTTP/1.1 request on `stream` (keep-alive) and reads one response with a
 /// `content-length`; returns the status code and body.
-pub async fn keep_alive_request(stream: &mut TcpStream, host: &str, path: &str) -> Result<(u16, String)> {
+pub async fn keep_alive_request<S>(stream: &mut S, host: &str, path: &str) -> Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];

@@ -9,6 +9,7 @@ use wmproxy_client::ClientStatus;
 use wmproxy_config::{HttpRoute, Service, ServiceType};
 use wmproxy_proto::wire::RegisterOutcome;
 use wmproxy_tests::proxy::{curl, http_tagged, keep_alive_request};
+use wmproxy_tests::tls::TestCert;
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
 fn http_service(name: &str, local: SocketAddr, domains: &[&str], locations: &[&str]) -> Service {
@@ -158,23 +159,45 @@ async fn a_websocket_echo_through_the_vhost() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_passthrough_reaches_the_private_tls_service_which_the_user_verifies() -> Result<()> {
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-    use std::sync::Arc;
+    use rustls_pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     init_tracing();
     // The private service's own certificate; the server never sees its key.
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["secure.example.com".to_owned()])?.self_signed(&key)?;
-    let cert_der = CertificateDer::from(cert.der().to_vec());
-    let provider = wmproxy_proto::tls::crypto_provider();
-    let tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert_der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let cert = TestCert::new(&["secure.example.com"])?;
+    let backend = tls_backend(&cert).await?;
+    let server = TestServer::start(|f| {
+        f.vhost.https_bind = Some("127.0.0.1:0".parse().unwrap());
+        f.allow_domains = vec!["*.example.com".into()];
+    })
+    .await?;
+    let https = server.handle.https_addr().unwrap();
+    let mut config = server.client_config("home");
+    config.services.push(https_service("secure", backend, "secure.example.com"));
+    let mut client = TestClient::start(config).await?;
+    ensure!(client.port_of("secure").await? == https.port());
+
+    let connector = cert.connector()?;
+    let tcp = tokio::net::TcpStream::connect(https).await?;
+    let mut tls = connector.connect(ServerName::try_from("secure.example.com")?, tcp).await?;
+    tls.write_all(b"ping").await?;
+    let mut reply = Vec::new();
+    tls.read_to_end(&mut reply).await?;
+    ensure!(reply == b"secret: ping", "reply: {reply:?}");
+
+    // An unknown name: closed before any TLS answer.
+    let tcp = tokio::net::TcpStream::connect(https).await?;
+    ensure!(connector.connect(ServerName::try_from("other.example.com")?, tcp).await.is_err());
+    Ok(())
+}
+
+fn https_service(name: &str, local: SocketAddr, domain: &str) -> Service {
+    Service { kind: ServiceType::Https, ..http_service(name, local, &[domain], &[]) }
+}
+
+/// A private TLS service with `cert`: answers the first read with `secret: ` and those bytes.
+async fn tls_backend(cert: &TestCert) -> Result<SocketAddr> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let acceptor = cert.acceptor()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let backend = listener.local_addr()?;
     tokio::spawn(async move {
@@ -190,37 +213,51 @@ async fn sni_passthrough_reaches_the_private_tls_service_which_the_user_verifies
             });
         }
     });
+    Ok(backend)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_https_port_terminates_tls_for_http_services_and_passes_https_ones_through() -> Result<()> {
+    use rustls_pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    // The server's own certificate, for names it terminates.
+    let server_cert = TestCert::new(&["*.example.com"])?;
+    let files = server_cert.write_pem(dir.path())?;
+    let private_cert = TestCert::new(&["secure.example.com"])?;
     let server = TestServer::start(|f| {
         f.vhost.https_bind = Some("127.0.0.1:0".parse().unwrap());
+        f.vhost.tls = Some(files);
         f.allow_domains = vec!["*.example.com".into()];
     })
     .await?;
     let https = server.handle.https_addr().unwrap();
     let mut config = server.client_config("home");
-    let mut service = http_service("secure", backend, &["secure.example.com"], &[]);
-    service.kind = ServiceType::Https;
-    config.services.push(service);
+    config.services.push(http_service("app", http_tagged("app").await?, &["app.example.com"], &[]));
+    config.services.push(https_service("secure", tls_backend(&private_cert).await?, "secure.example.com"));
     let mut client = TestClient::start(config).await?;
-    ensure!(client.port_of("secure").await? == https.port());
+    // Without an HTTP port, the HTTPS port is where `http` services are reached.
+    ensure!(client.port_of("app").await? == https.port());
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert_der)?;
-    let user_tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(user_tls));
+    let terminated = server_cert.connector()?;
     let tcp = tokio::net::TcpStream::connect(https).await?;
-    let mut tls = connector.connect(ServerName::try_from("secure.example.com")?, tcp).await?;
+    let mut tls = terminated.connect(ServerName::try_from("app.example.com")?, tcp).await?;
+    for path in ["/one", "/two"] {
+        let (status, body) = keep_alive_request(&mut tls, "app.example.com", path).await?;
+        ensure!(status == 200 && body.starts_with(&format!("app {path} ")), "{status} {body}");
+        ensure!(body.contains("xfp=https") && body.contains("xfh=app.example.com"), "forwarded headers: {body}");
+    }
+    let (status, _) = keep_alive_request(&mut tls, "nobody.example.com", "/").await?;
+    ensure!(status == 404, "an unknown host over terminated TLS: {status}");
+
+    // A name an `https` service claims still reaches its own certificate, untouched.
+    let tcp = tokio::net::TcpStream::connect(https).await?;
+    let mut tls = private_cert.connector()?.connect(ServerName::try_from("secure.example.com")?, tcp).await?;
     tls.write_all(b"ping").await?;
     let mut reply = Vec::new();
     tls.read_to_end(&mut reply).await?;
     ensure!(reply == b"secret: ping", "reply: {reply:?}");
-
-    // An unknown name: closed before any TLS answer.
-    let tcp = tokio::net::TcpStream::connect(https).await?;
-    ensure!(connector.connect(ServerName::try_from("other.example.com")?, tcp).await.is_err());
     Ok(())
 }
 
@@ -312,5 +349,60 @@ async fn the_ws_tcp_bridge_carries_a_tcp_echo_session_end_to_end() -> Result<()>
     let mut conn = tokio::net::TcpStream::connect(vhost).await?;
     let (status, _) = keep_alive_request(&mut conn, "localhost", "/").await?;
     ensure!(status == 400);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_served_by_a_group_spreads_requests_and_answers_503_or_502_without_a_backend() -> Result<()> {
+    use wmproxy_config::Policy;
+    use wmproxy_tests::groups::{group, member};
+    init_tracing();
+    let http_group = |name: &str, domain: &str| {
+        let mut g = group(name, 0, Policy::RoundRobin);
+        g.kind = ServiceType::Http;
+        g.custom_domains = vec![domain.to_owned()];
+        g
+    };
+    let server = TestServer::start(|f| {
+        f.vhost.http_bind = Some("127.0.0.1:0".parse().unwrap());
+        f.groups = vec![http_group("site", "lb.example.com"), http_group("broken", "broken.example.com")];
+    })
+    .await?;
+    let vhost = server.handle.vhost_addr().unwrap();
+    let mut conn = tokio::net::TcpStream::connect(vhost).await?;
+    // The route is the server's own: it exists before any backend joins.
+    let (status, body) = keep_alive_request(&mut conn, "lb.example.com", "/").await?;
+    ensure!(status == 503 && body.contains("no healthy backend"), "{status} {body}");
+
+    let http_member = |name: &str, local: SocketAddr, group: &str| Service {
+        kind: ServiceType::Http,
+        ..member(name, local, group, 1, None)
+    };
+    let mut config = server.client_config("home");
+    config.services = vec![
+        http_member("a", http_tagged("a").await?, "site"),
+        http_member("b", http_tagged("b").await?, "site"),
+        http_member("gone", wmproxy_tests::backend::dead_port().await?, "broken"),
+    ];
+    let mut client = TestClient::start(config).await?;
+    let status = client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+    let ClientStatus::Connected { services } = status else { unreachable!() };
+    for s in &services {
+        ensure!(s.outcome == RegisterOutcome::Joined { port: vhost.port() }, "{}: {}", s.name, s.outcome);
+    }
+
+    let mut seen = Vec::new();
+    for i in 0..4 {
+        let (status, body) = keep_alive_request(&mut conn, "lb.example.com", &format!("/{i}")).await?;
+        ensure!(status == 200 && body.contains(&format!(" /{i} host=lb.example.com")), "{status} {body}");
+        seen.push(body[..1].to_owned());
+    }
+    ensure!(seen == ["a", "b", "a", "b"] || seen == ["b", "a", "b", "a"], "round robin over both: {seen:?}");
+
+    // The only backend of `broken` fails its dial (502) and is ejected: then 503.
+    let (status, _) = keep_alive_request(&mut conn, "broken.example.com", "/").await?;
+    ensure!(status == 502, "a failing backend: {status}");
+    let (status, _) = keep_alive_request(&mut conn, "broken.example.com", "/").await?;
+    ensure!(status == 503, "an ejected backend: {status}");
     Ok(())
 }

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use wmproxy_config::{GroupFile, Secret, ServiceType};
+use wmproxy_config::{GroupFile, Secret, ServiceType, VhostFile};
 use wmproxy_proto::udp::FlowTable;
 use wmproxy_proto::wire::{GroupMembership, RegisterOutcome, ServiceKind, ServiceSpec, auth};
 
@@ -173,9 +173,9 @@ struct Members {
 pub struct Group {
     /// Its name.
     pub name: String,
-    /// Its public port.
+    /// Its public port (for HTTP groups, the vhost or HTTPS port).
     pub port: u16,
-    /// TCP or UDP.
+    /// TCP, UDP, HTTP or HTTPS.
     pub kind: ServiceType,
     key: Secret,
     passive: Passive,
@@ -185,11 +185,16 @@ pub struct Group {
 }
 
 impl Group {
-    fn new(file: &GroupFile) -> Self {
+    fn new(file: &GroupFile, vhost: &VhostFile) -> Self {
+        let port = match file.kind {
+            ServiceType::Http => vhost.http_bind.or(vhost.https_bind).map_or(0, |a| a.port()),
+            ServiceType::Https => vhost.https_bind.map_or(0, |a| a.port()),
+            ServiceType::Tcp | ServiceType::Udp | ServiceType::Ws => file.remote_port,
+        };
         Self {
             name: file.name.get_ref().clone(),
             kind: file.kind,
-            port: file.remote_port,
+            port,
             key: file.key.clone(),
             passive: Passive { max_fails: file.max_fails, fail_timeout: file.fail_timeout() },
             retries: file.retries,
@@ -243,9 +248,10 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// The groups of the config (ports are bound by the caller).
-    pub fn new(files: &[GroupFile]) -> Self {
-        let by_name = files.iter().map(|f| (f.name.get_ref().clone(), Arc::new(Group::new(f)))).collect();
+    /// The groups of the config (ports are bound by the caller; `vhost` holds the ports bound
+    /// for HTTP groups).
+    pub fn new(files: &[GroupFile], vhost: &VhostFile) -> Self {
+        let by_name = files.iter().map(|f| (f.name.get_ref().clone(), Arc::new(Group::new(f, vhost)))).collect();
         Self { by_name, next_id: AtomicU64::new(0) }
     }
 
@@ -269,7 +275,11 @@ impl Groups {
     ) -> (RegisterOutcome, Option<Membership>) {
         let kind = match spec.kind {
             ServiceKind::Tcp => ServiceType::Tcp,
-            _ => ServiceType::Udp,
+            ServiceKind::Udp => ServiceType::Udp,
+            ServiceKind::Http => ServiceType::Http,
+            ServiceKind::Https => ServiceType::Https,
+            ServiceKind::Ws => ServiceType::Ws,
+            _ => return (RegisterOutcome::UnknownGroup, None),
         };
         let Some(group) = self.by_name.get(&membership.group).filter(|g| g.kind == kind) else {
             return (RegisterOutcome::UnknownGroup, None);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use wmproxy_proto::datastream::{self, DataStreamError};
@@ -16,7 +17,7 @@ use wmproxy_proto::wire::OpenStream;
 
 use wmproxy_proto::udp::listener::{self, FlowSource, NoRoute, Route};
 
-use super::Group;
+use super::{ActiveGuard, Group};
 use crate::server::Shared;
 
 /// Accepts users on the group's port until `shutdown`.
@@ -33,41 +34,61 @@ pub(crate) async fn accept_users(
     }
 }
 
-/// Carries one user connection to a backend, trying up to `1 + retries` of them. With none
-/// left, the user's connection is closed at once.
+/// Carries one user connection to a backend. With none left, the user's connection is closed
+/// at once.
 async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, timeout: Duration) {
-    let mut tried = Vec::new();
-    for _ in 0..=group.retries {
-        let Some(backend) = group.pick(peer.ip(), &tried) else {
-            break;
-        };
-        tried.push(backend.id);
-        let Ok(_permit) = backend.streams.clone().try_acquire_owned() else {
-            debug!(client = %backend.client, "backend's client at its stream limit; trying another");
-            continue;
-        };
-        let _active = backend.begin();
-        let header = OpenStream::Expose { service: backend.service.clone(), peer_addr: peer };
-        match datastream::open_confirmed(&backend.conn, &header, timeout).await {
-            Ok((send, recv)) => {
-                backend.dial_succeeded();
-                tracing::Span::current()
-                    .record("backend", tracing::field::display(format_args!("{}/{}", backend.client, backend.service)));
-                match relay(tcp, send, recv).await {
-                    Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished"),
-                    Err(e) => debug!(error = %e, "relay ended"),
+    match group.open(peer, timeout).await {
+        Ok(opened) => match relay(tcp, opened.send, opened.recv).await {
+            Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished"),
+            Err(e) => debug!(error = %e, "relay ended"),
+        },
+        Err(tried) => debug!(tried, "no backend could take the connection; closing it"),
+    }
+}
+
+/// A data stream to the backend a group picked, holding that backend's stream permit and
+/// active count while it lives.
+#[derive(Debug)]
+pub(crate) struct BackendStream {
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub hold: (OwnedSemaphorePermit, ActiveGuard),
+}
+
+impl Group {
+    /// Opens a data stream for one connection of `peer` on a backend, trying up to
+    /// `1 + retries` of them; passive health learns each result. Records the backend on the
+    /// current span. `Err` carries how many backends were tried: `0` means none was eligible.
+    pub(crate) async fn open(&self, peer: SocketAddr, timeout: Duration) -> Result<BackendStream, usize> {
+        let mut tried = Vec::new();
+        for _ in 0..=self.retries {
+            let Some(backend) = self.pick(peer.ip(), &tried) else {
+                break;
+            };
+            tried.push(backend.id);
+            let Ok(permit) = backend.streams.clone().try_acquire_owned() else {
+                debug!(client = %backend.client, "backend's client at its stream limit; trying another");
+                continue;
+            };
+            let active = backend.begin();
+            let header = OpenStream::Expose { service: backend.service.clone(), peer_addr: peer };
+            match datastream::open_confirmed(&backend.conn, &header, timeout).await {
+                Ok((send, recv)) => {
+                    backend.dial_succeeded();
+                    let name = format_args!("{}/{}", backend.client, backend.service);
+                    tracing::Span::current().record("backend", tracing::field::display(name));
+                    return Ok(BackendStream { send, recv, hold: (permit, active) });
                 }
-                return;
-            }
-            Err(e) => {
-                if !matches!(e, DataStreamError::Refused(wmproxy_proto::wire::OpenResult::Busy)) {
-                    backend.dial_failed();
+                Err(e) => {
+                    if !matches!(e, DataStreamError::Refused(wmproxy_proto::wire::OpenResult::Busy)) {
+                        backend.dial_failed();
+                    }
+                    debug!(client = %backend.client, service = %backend.service, error = %e, "backend failed; trying another");
                 }
-                debug!(client = %backend.client, service = %backend.service, error = %e, "backend failed; trying another");
             }
         }
+        Err(tried.len())
     }
-    debug!(tried = tried.len(), "no backend could take the connection; closing it");
 }
 
 /// The flow source of a UDP group's port: a flow rides the tunnel of the backend the policy

@@ -1,25 +1,61 @@
-//! HTTP virtual hosts: the routes HTTP services registered (host name + path prefix → a
-//! client's service), and the vhost port that routes every request by its own `Host`.
+//! HTTP virtual hosts: the routes HTTP services registered and HTTP groups declare (a host
+//! name and path prefix lead to a client's service, or to a group's backends), and the vhost
+//! port that routes every request by its own `Host`.
 //!
 //! - this module: the [`Router`] table, registration checks (the client's `allow_domains`,
-//!   routes another session holds) and lookup (an exact host beats a wildcard, a longer
-//!   wildcard suffix beats a shorter one, then the longest path prefix wins).
+//!   routes another session or a group holds), lookup (an exact host beats a wildcard, a
+//!   longer wildcard suffix beats a shorter one, then the longest path prefix wins) and
+//!   opening a data stream to a route's target.
 //! - `serve`: the port itself (hyper), forwarding each request over its own data stream.
-//! - `sni`: the HTTPS port: reads the TLS ClientHello (rustls's `Acceptor`, nothing
-//!   terminated), routes by its SNI and passes every byte through.
+//! - `sni`: the HTTPS port: reads the TLS ClientHello (rustls's `Acceptor`), routes by its SNI
+//!   and passes every byte through, or, with `[vhost.tls]`, terminates TLS and serves the
+//!   requests like the vhost port.
 
 mod serve;
 mod sni;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use wmproxy_config::{ClientEntry, VhostFile};
-use wmproxy_proto::wire::{HttpSpec, RegisterOutcome, ServiceKind, ServiceSpec};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
+use wmproxy_config::{ClientEntry, GroupFile, ServiceType, VhostFile};
+use wmproxy_proto::datastream;
+use wmproxy_proto::wire::{HttpSpec, OpenStream, RegisterOutcome, ServiceKind, ServiceSpec};
 
 pub(crate) use self::serve::serve;
 pub(crate) use self::sni::serve as serve_tls;
+use crate::groups::{ActiveGuard, Group};
 use crate::sessions::Session;
+
+/// What serves a route.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// One client's service.
+    Service { session_id: u64, conn: quinn::Connection, streams: Arc<Semaphore>, service: String },
+    /// A load-balancing group's backends (the route comes from the server's config).
+    Group(Arc<Group>),
+}
+
+/// Why no data stream was opened for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenError {
+    /// The client is at its stream limit (`503`).
+    Busy,
+    /// A group with no eligible backend (`503`).
+    NoBackend,
+    /// The client or every backend tried failed to reach the service (`502`).
+    Unreachable,
+}
+
+/// A data stream to the service behind a route, and the permits it holds while it lives.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub hold: (OwnedSemaphorePermit, Option<ActiveGuard>),
+}
 
 /// One host name + path prefix served by a client's service.
 #[derive(Debug)]
@@ -32,16 +68,39 @@ pub(crate) struct Route {
     tls: bool,
     /// A `ws` service: the server accepts the WebSocket and bridges it to a TCP stream.
     pub bridge: bool,
-    session_id: u64,
-    pub conn: quinn::Connection,
-    pub streams: Arc<Semaphore>,
-    pub service: String,
+    target: Target,
     pub host_rewrite: Option<String>,
     /// The `Authorization` value a request must carry (`Basic …`), if the service requires it.
     pub authorization: Option<String>,
 }
 
 impl Route {
+    /// Opens a data stream for one connection of `peer` to the service behind this route.
+    pub async fn open(&self, peer: SocketAddr, timeout: Duration) -> Result<Opened, OpenError> {
+        match &self.target {
+            Target::Service { conn, streams, service, .. } => {
+                let permit = streams.clone().try_acquire_owned().map_err(|_| OpenError::Busy)?;
+                let header = OpenStream::Expose { service: service.clone(), peer_addr: peer };
+                match datastream::open_confirmed(conn, &header, timeout).await {
+                    Ok((send, recv)) => Ok(Opened { send, recv, hold: (permit, None) }),
+                    Err(e) => {
+                        debug!(error = %e, "service not reached");
+                        Err(OpenError::Unreachable)
+                    }
+                }
+            }
+            Target::Group(group) => match group.open(peer, timeout).await {
+                Ok(b) => Ok(Opened { send: b.send, recv: b.recv, hold: (b.hold.0, Some(b.hold.1)) }),
+                Err(0) => Err(OpenError::NoBackend),
+                Err(_) => Err(OpenError::Unreachable),
+            },
+        }
+    }
+
+    fn owned_by(&self, session_id: u64) -> bool {
+        matches!(self.target, Target::Service { session_id: id, .. } if id == session_id)
+    }
+
     /// How well this route's host matches `host`: `None` if not at all; higher is better.
     fn host_score(&self, host: &str) -> Option<usize> {
         if self.host == host {
@@ -86,7 +145,9 @@ impl Router {
     ) -> RegisterOutcome {
         let tls = spec.kind == ServiceKind::Https;
         let bridge = spec.kind == ServiceKind::Ws;
-        let bind = if tls { vhost.https_bind } else { vhost.http_bind };
+        // Without an HTTP port, `http` services are reached where the HTTPS port terminates TLS.
+        let terminated = vhost.https_bind.filter(|_| vhost.tls.is_some());
+        let bind = if tls { vhost.https_bind } else { vhost.http_bind.or(terminated) };
         let Some(port) = bind.map(|a| a.port()) else {
             return RegisterOutcome::Invalid(format!(
                 "this server has no {} port",
@@ -116,7 +177,7 @@ impl Router {
         for host in &hosts {
             for location in &locations {
                 let taken = |r: &&Arc<Route>| &r.host == host && &r.location == location && r.tls == tls;
-                if routes.iter().filter(taken).any(|r| r.session_id != session.id) {
+                if routes.iter().filter(taken).any(|r| !r.owned_by(session.id)) {
                     return RegisterOutcome::RouteTaken(format!("{host}{location}"));
                 }
             }
@@ -128,10 +189,12 @@ impl Router {
                     location: location.clone(),
                     tls,
                     bridge,
-                    session_id: session.id,
-                    conn: session.conn.clone(),
-                    streams: session.streams.clone(),
-                    service: spec.name.clone(),
+                    target: Target::Service {
+                        session_id: session.id,
+                        conn: session.conn.clone(),
+                        streams: session.streams.clone(),
+                        service: spec.name.clone(),
+                    },
                     host_rewrite: http.host_header_rewrite.clone(),
                     authorization: http.basic_auth.as_ref().map(|a| {
                         use base64::Engine;
@@ -144,9 +207,29 @@ impl Router {
         RegisterOutcome::Ok { port }
     }
 
+    /// Adds the routes of an `http` or `https` group (validated config: names unique).
+    pub fn add_group(&self, group: &Arc<Group>, file: &GroupFile) {
+        let tls = file.kind == ServiceType::Https;
+        let locations = if file.locations.is_empty() { vec!["/".to_owned()] } else { file.locations.clone() };
+        let mut routes = self.lock();
+        for host in &file.custom_domains {
+            for location in &locations {
+                routes.push(Arc::new(Route {
+                    host: host.clone(),
+                    location: location.clone(),
+                    tls,
+                    bridge: false,
+                    target: Target::Group(group.clone()),
+                    host_rewrite: None,
+                    authorization: None,
+                }));
+            }
+        }
+    }
+
     /// Removes every route of session `id` (it ended or was replaced).
     pub fn remove_session(&self, id: u64) {
-        self.lock().retain(|r| r.session_id != id);
+        self.lock().retain(|r| !r.owned_by(id));
     }
 
     /// The route for a request to `host` (normalized) and `path`, on the HTTPS port if `tls`.

@@ -17,27 +17,36 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use wmproxy_config::vhost::normalize_host;
-use wmproxy_proto::datastream;
 use wmproxy_proto::proxy::http::{Body, plain, strip_hop_by_hop};
-use wmproxy_proto::wire::OpenStream;
 
+use super::{OpenError, Opened};
 use crate::server::Shared;
 
 /// Accepts users on the vhost port until `shutdown`.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
         let span = info_span!("vhost_user", %peer);
-        shared.tracker.spawn(connection(tcp, peer, shared.clone()).instrument(span));
+        shared.tracker.spawn(connection(tcp, peer, Scheme::Http, shared.clone()).instrument(span));
     }
 }
 
+/// How the user reached the vhost: plain, or TLS terminated at the HTTPS port.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
 /// Serves one user connection (several requests, keep-alive) until it closes.
-async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn connection<I>(io: I, peer: SocketAddr, scheme: Scheme, shared: Arc<Shared>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(req, peer, &shared).await) }
+            async move { Ok::<_, Infallible>(handle(req, peer, scheme, &shared).await) }
         })
     };
     let vhost = &shared.config.vhost;
@@ -46,13 +55,13 @@ async fn connection(tcp: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Sh
         .timer(TokioTimer::new())
         .header_read_timeout(vhost.header_read_timeout())
         .max_buf_size(vhost.max_header_bytes);
-    if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).with_upgrades().await {
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
         debug!(error = %e, "vhost connection ended");
     }
 }
 
 /// Routes one request and forwards it.
-async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Shared>) -> Response<Body> {
+async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, shared: &Arc<Shared>) -> Response<Body> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -75,24 +84,20 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
             return response;
         }
     }
-    let Ok(permit) = route.streams.clone().try_acquire_owned() else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n");
-    };
     if route.bridge && !is_websocket(&req) {
         return plain(StatusCode::BAD_REQUEST, "this address takes WebSocket connections only\n");
     }
-    let header = OpenStream::Expose { service: route.service.clone(), peer_addr: peer };
-    let timeout = shared.config.limits.stream_open_timeout();
-    let (send, recv) = match datastream::open_confirmed(&route.conn, &header, timeout).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            debug!(error = %e, "service not reached");
-            return plain(StatusCode::BAD_GATEWAY, "the service could not be reached\n");
+    let Opened { send, recv, hold } = match route.open(peer, shared.config.limits.stream_open_timeout()).await {
+        Ok(opened) => opened,
+        Err(OpenError::Busy) => return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n"),
+        Err(OpenError::NoBackend) => {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend serves this host\n");
         }
+        Err(OpenError::Unreachable) => return plain(StatusCode::BAD_GATEWAY, "the service could not be reached\n"),
     };
 
     if route.bridge {
-        return accept_bridge(req, send, recv, permit, shared);
+        return accept_bridge(req, send, recv, hold, shared);
     }
     let upgrading = req.headers().contains_key(header::UPGRADE);
     if !upgrading {
@@ -106,7 +111,11 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = match scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(&host) {
         headers.insert("x-forwarded-host", v);
     }
@@ -125,7 +134,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Share
             if let Err(e) = backend.with_upgrades().await {
                 debug!(error = %e, "backend connection ended");
             }
-            drop(permit);
+            drop(hold);
         }
         .in_current_span(),
     );
@@ -158,7 +167,7 @@ fn accept_bridge(
     mut req: Request<Incoming>,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    hold: impl Send + 'static,
     shared: &Arc<Shared>,
 ) -> Response<Body> {
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -176,7 +185,7 @@ fn accept_bridge(
             let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), role, None).await;
             let (from_ws, to_ws) = wmproxy_proto::wsbridge::bridge(ws, tokio::io::join(recv, send)).await;
             debug!(from_ws, to_ws, "WebSocket bridge finished");
-            drop(permit);
+            drop(hold);
         }
         .in_current_span(),
     );

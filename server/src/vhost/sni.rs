@@ -2,20 +2,24 @@
 //! terminating TLS, so the certificate and key stay with the private service. The ClientHello
 //! is parsed by rustls's `Acceptor` from a copy of the bytes; every byte read is then forwarded
 //! first, and the rest relayed.
+//!
+//! With `[vhost.tls]`, a connection whose SNI no `https` route claims is terminated here
+//! instead (the bytes read are replayed to rustls) and served like the vhost port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls::ServerConfig;
 use rustls::server::Acceptor;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use wmproxy_config::vhost::normalize_host;
-use wmproxy_proto::datastream;
 use wmproxy_proto::relay::relay;
-use wmproxy_proto::wire::OpenStream;
 
+use super::Opened;
+use super::serve::Scheme;
 use crate::server::Shared;
 
 /// Largest ClientHello read before giving up.
@@ -36,21 +40,20 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         Ok(Err(why)) => return debug!(why, "not a usable ClientHello; closing"),
         Err(_) => return debug!("no ClientHello in time; closing"),
     };
-    let Some(sni) = sni else {
-        return debug!("ClientHello without SNI; closing");
+    if let Some(sni) = &sni {
+        tracing::Span::current().record("sni", sni.as_str());
+    }
+    let route = sni.as_deref().and_then(|sni| shared.router.find(&normalize_host(sni), "/", true));
+    let Some(route) = route else {
+        return match shared.vhost_tls.clone() {
+            Some(config) => terminate(tcp, hello, peer, config, shared).await,
+            None => debug!("no service for this name; closing"),
+        };
     };
-    tracing::Span::current().record("sni", sni.as_str());
-    let Some(route) = shared.router.find(&normalize_host(&sni), "/", true) else {
-        return debug!("no service for this name; closing");
-    };
-    let Ok(_permit) = route.streams.clone().try_acquire_owned() else {
-        return debug!("the service's client is at its stream limit; closing");
-    };
-    let header = OpenStream::Expose { service: route.service.clone(), peer_addr: peer };
-    let opened = datastream::open_confirmed(&route.conn, &header, shared.config.limits.stream_open_timeout()).await;
-    let (mut send, recv) = match opened {
-        Ok(pair) => pair,
-        Err(e) => return debug!(error = %e, "service not reached"),
+    let opened = route.open(peer, shared.config.limits.stream_open_timeout()).await;
+    let Opened { mut send, recv, hold: _hold } = match opened {
+        Ok(opened) => opened,
+        Err(e) => return debug!(error = ?e, "service not reached; closing"),
     };
     if send.write_all(&hello).await.is_err() {
         return;
@@ -58,6 +61,19 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     match relay(tcp, send, recv).await {
         Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "TLS connection finished"),
         Err(e) => debug!(error = %e, "TLS connection ended"),
+    }
+}
+
+/// Completes the TLS handshake with the server's own certificate, replaying the `hello` bytes
+/// already read, then serves the connection's requests like the vhost port.
+async fn terminate(tcp: TcpStream, hello: Vec<u8>, peer: SocketAddr, config: Arc<ServerConfig>, shared: Arc<Shared>) {
+    let (read, write) = tcp.into_split();
+    let replayed = tokio::io::join(std::io::Cursor::new(hello).chain(read), write);
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(replayed);
+    match tokio::time::timeout(shared.config.vhost.header_read_timeout(), handshake).await {
+        Ok(Ok(tls)) => super::serve::connection(tls, peer, Scheme::Https, shared).await,
+        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+        Err(_) => debug!("TLS handshake not finished in time; closing"),
     }
 }
 
