@@ -1,0 +1,121 @@
+//! A real browser through the vhost: headless Chromium opens a page that a private service
+//! serves by host name; the page opens a WebSocket back through the tunnel (a second service,
+//! on the longer path prefix `/ws`), and the test reads the page's result from the DOM.
+//!
+//! Skipped, with a message, when no Chromium is found (`.ci/run` installs Debian's `chromium`;
+//! `WMPROXY_CHROMIUM` names another binary).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use wmproxy_client::ClientStatus;
+use wmproxy_config::{HttpRoute, Service, ServiceType};
+use wmproxy_tests::proxy::{read_head, websocket_echo};
+use wmproxy_tests::{TestClient, TestServer, init_tracing};
+
+/// The page: its result paragraph says `echo: …` once the WebSocket answered.
+const PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>wmproxy browser test</title></head>
+<body><p id="result">pending</p>
+<script>
+const result = document.getElementById("result");
+const ws = new WebSocket(`ws://${location.host}/ws`);
+ws.onopen = () => ws.send("hello through the tunnel");
+ws.onmessage = (event) => { result.textContent = "echo: " + event.data; ws.close(); };
+ws.onerror = () => { result.textContent = "websocket error"; };
+</script></body></html>
+"#;
+
+/// How long Chromium may take, start to DOM dump.
+const BROWSER_DEADLINE: Duration = Duration::from_secs(60);
+
+fn chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("WMPROXY_CHROMIUM") {
+        return Some(path.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser", "google-chrome"].map(|name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A private web server that answers every request with [`PAGE`].
+async fn page_server() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut stream).await.is_none() {
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n",
+                    PAGE.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(PAGE.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn http_service(name: &str, local: SocketAddr, location: &str) -> Service {
+    let route = HttpRoute {
+        custom_domains: vec!["app.example.com".into()],
+        locations: vec![location.into()],
+        ..HttpRoute::default()
+    };
+    Service { http: Some(route), ..wmproxy_tests::service(ServiceType::Http, name, local, 0) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_loads_a_page_through_the_vhost_and_its_websocket_echoes_back() -> Result<()> {
+    init_tracing();
+    let Some(chromium) = chromium() else {
+        eprintln!("SKIPPED: no Chromium found (install Debian's `chromium`, or set WMPROXY_CHROMIUM)");
+        return Ok(());
+    };
+    let server = TestServer::start(|f| {
+        f.vhost.http_bind = Some("127.0.0.1:0".parse().expect("a literal address"));
+        f.allow_domains = vec!["app.example.com".into()];
+    })
+    .await?;
+    let vhost = server.handle.vhost_addr().context("vhost port")?;
+    let mut config = server.client_config("home");
+    config.services =
+        vec![http_service("page", page_server().await?, "/"), http_service("socket", websocket_echo().await?, "/ws")];
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+
+    let profile = tempfile::tempdir()?;
+    let mut browser = tokio::process::Command::new(&chromium);
+    browser
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .args(["--no-proxy-server", "--virtual-time-budget=10000", "--dump-dom"])
+        .arg("--host-resolver-rules=MAP app.example.com 127.0.0.1")
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://app.example.com:{}/", vhost.port()))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(BROWSER_DEADLINE, browser.output())
+        .await
+        .context("Chromium did not finish in time")?
+        .with_context(|| format!("cannot run {}", chromium.display()))?;
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr_tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+    ensure!(
+        dom.contains(r#"<p id="result">echo: hello through the tunnel</p>"#),
+        "the page's result (Chromium exit {:?}):\n{dom}\nlast lines of stderr, newest first:\n{}",
+        output.status.code(),
+        stderr_tail.join("\n")
+    );
+    Ok(())
+}
