@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::egress::{EgressFile, EgressPolicy};
@@ -15,7 +15,7 @@ use crate::vhost::{HttpRoute, normalize_host};
 use crate::{ConfigError, check_name, invalid};
 
 /// The client's config file as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
     /// The server, `host:port` (UDP).
@@ -52,10 +52,13 @@ pub struct ClientFile {
     /// Resource limits.
     #[serde(default)]
     pub limits: ClientLimits,
+    /// The control API; off without this table.
+    #[serde(default)]
+    pub control: Option<crate::ControlFile>,
 }
 
 /// The client's `[limits]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientLimits {
     /// UDP flows open at once (services and forwards together). A packet that would start a
@@ -80,7 +83,7 @@ impl ClientLimits {
 }
 
 /// One `[[services]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     /// Unique name within this client.
@@ -134,7 +137,7 @@ pub struct ServiceFile {
 }
 
 /// A PROXY protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyProtocol {
     /// The text header (`PROXY TCP4 …`).
@@ -144,7 +147,7 @@ pub enum ProxyProtocol {
 }
 
 /// The kind of a service or forward.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceType {
     /// A TCP port.
@@ -163,7 +166,7 @@ pub enum ServiceType {
 }
 
 /// One `[[forwards]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardFile {
     /// `"tcp"` (the default) or `"udp"`.
@@ -177,7 +180,7 @@ pub struct ForwardFile {
 
 /// How the client decides to trust the server. Exactly one is configured: there is no
 /// insecure mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ServerTrust {
     /// SHA-256 of the server certificate (32 bytes).
     Fingerprint([u8; 32]),
@@ -188,7 +191,7 @@ pub enum ServerTrust {
 }
 
 /// A validated service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
     /// Unique name.
     pub name: String,
@@ -207,7 +210,7 @@ pub struct Service {
 }
 
 /// A validated local forward.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Forward {
     /// TCP or UDP.
     pub kind: ServiceType,
@@ -218,7 +221,7 @@ pub struct Forward {
 }
 
 /// The validated client configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientConfig {
     /// `host:port` of the server.
     pub server_addr: String,
@@ -240,6 +243,8 @@ pub struct ClientConfig {
     pub egress: EgressPolicy,
     /// Resource limits.
     pub limits: ClientLimits,
+    /// The control API, if on.
+    pub control: Option<crate::ControlFile>,
 }
 
 impl ClientFile {
@@ -427,6 +432,7 @@ impl ClientFile {
             proxies,
             egress: self.egress.into(),
             limits: self.limits,
+            control: self.control,
         })
     }
 }

@@ -4,12 +4,12 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ports::PortRange;
 
 /// The `[egress]` table as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressFile {
     /// Networks that may be dialed even when a built-in rule denies them (e.g. `127.0.0.1/32`).
@@ -36,7 +36,7 @@ pub struct EgressFile {
 /// The egress decision, in order: `deny` (explicit) → refuse; `allow` (explicit) → permit;
 /// loopback, link-local (cloud metadata lives there), unspecified, multicast or broadcast →
 /// refuse; anything else → permit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EgressPolicy {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::ServiceType;
 use crate::secret::Secret;
 
 /// How a group picks the backend for a new connection or flow.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// Each healthy backend in turn.
@@ -25,7 +25,7 @@ pub enum Policy {
 }
 
 /// One `[[groups]]` entry on the server.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupFile {
     /// The group's name, as clients name it in `group`.
@@ -79,7 +79,7 @@ impl GroupFile {
 }
 
 /// What kind of active check a backend gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
     /// A TCP connect to the backend.
@@ -91,7 +91,7 @@ pub enum CheckType {
 
 /// `[services.health_check]`: an active check the client runs against its backend and reports
 /// to the server.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// `"tcp"` (default) or `"http"`.
@@ -171,7 +171,7 @@ impl HealthCheck {
 }
 
 /// How a client service joins a group (validated).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupJoin {
     /// The group's name.
     pub group: String,

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod control;
 pub mod egress;
 pub mod group;
 pub mod ports;
@@ -28,6 +29,7 @@ pub mod vhost;
 use std::path::{Path, PathBuf};
 
 pub use client::{ClientConfig, ClientFile, ClientLimits, Forward, ProxyProtocol, ServerTrust, Service, ServiceType};
+pub use control::ControlFile;
 pub use egress::EgressPolicy;
 pub use group::{CheckType, GroupFile, GroupJoin, HealthCheck, Policy};
 pub use ports::{PortAllowance, PortRange};

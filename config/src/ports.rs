@@ -3,7 +3,7 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An inclusive range of ports a client may publish on.
 #[derive(Clone, PartialEq, Eq)]
@@ -24,6 +24,12 @@ impl PortRange {
 impl fmt::Debug for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.0.start(), self.0.end())
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}-{}", self.0.start(), self.0.end()))
     }
 }
 
@@ -62,7 +68,7 @@ impl<'de> Deserialize<'de> for PortRange {
 }
 
 /// The set of public ports one client may use.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PortAllowance(pub Vec<PortRange>);
 
 impl PortAllowance {

@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
 /// The proxy protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyType {
     /// SOCKS5 (RFC 1928), CONNECT; no-auth or username/password (RFC 1929).
@@ -19,7 +19,7 @@ pub enum ProxyType {
 }
 
 /// One `[[proxies]]` entry as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyFile {
     /// `"socks5"` or `"http"`.
@@ -46,7 +46,7 @@ fn default_handshake_timeout_secs() -> u64 {
 }
 
 /// A validated proxy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Proxy {
     /// The protocol.
     pub kind: ProxyType,
@@ -61,7 +61,7 @@ pub struct Proxy {
 }
 
 /// A user name and password a proxy requires.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Credentials {
     /// The user name.
     pub username: String,

@@ -1,8 +1,8 @@
-//! A secret string whose `Debug` and `Display` print `MASKED`.
+//! A secret string whose `Debug`, `Display` and `Serialize` print `MASKED`.
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A token or password from the config. Read it with [`Secret::expose`] only where it is used.
 #[derive(Clone, PartialEq, Eq)]
@@ -29,6 +29,13 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("MASKED")
+    }
+}
+
+/// Serialized as `MASKED` too (`/now`): the value never leaves through serde.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("MASKED")
     }
 }
 

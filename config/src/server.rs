@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::egress::{EgressFile, EgressPolicy};
@@ -21,7 +21,7 @@ pub const DEFAULT_PORT: u16 = 7835;
 
 /// The server's config file as written. Every field has a default but authentication: set
 /// `token` or add `[[clients]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// UDP address the QUIC endpoint binds.
@@ -46,6 +46,9 @@ pub struct ServerFile {
     /// The HTTP virtual-host port.
     #[serde(default)]
     pub vhost: VhostFile,
+    /// The control API; off without this table.
+    #[serde(default)]
+    pub control: Option<crate::ControlFile>,
     /// A PEM certificate and key; without them the server generates and keeps its own.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -76,6 +79,7 @@ impl Default for ServerFile {
             allow_ports: default_allow_ports(),
             allow_domains: Vec::new(),
             vhost: VhostFile::default(),
+            control: None,
             tls: None,
             limits: Limits::default(),
             egress: EgressFile::default(),
@@ -100,7 +104,7 @@ fn default_allow_ports() -> Vec<PortRange> {
 }
 
 /// `[tls]`: certificate chain and private key, PEM.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// Certificate chain, leaf first.
@@ -110,7 +114,7 @@ pub struct TlsFiles {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Tunnels connected at once, authenticated or not.
@@ -160,7 +164,7 @@ impl Limits {
 }
 
 /// One `[[clients]]` entry as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientEntryFile {
     /// The client's name, as it sends in its Hello.
@@ -175,7 +179,7 @@ pub struct ClientEntryFile {
 }
 
 /// What a named client may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientEntry {
     /// Its token.
     pub token: Secret,
@@ -193,7 +197,7 @@ impl ClientEntry {
 }
 
 /// The validated server configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerConfig {
     /// UDP address of the QUIC endpoint.
     pub bind: SocketAddr,
@@ -217,6 +221,8 @@ pub struct ServerConfig {
     pub proxies: Vec<Proxy>,
     /// The HTTP virtual-host port.
     pub vhost: VhostFile,
+    /// The control API, if on.
+    pub control: Option<crate::ControlFile>,
 }
 
 fn lower(domains: Vec<String>) -> Vec<String> {
@@ -327,6 +333,7 @@ impl ServerFile {
                 allow_domains: lower(self.allow_domains),
             }),
             vhost: self.vhost,
+            control: self.control,
             clients,
             tls: self.tls,
             limits: self.limits,

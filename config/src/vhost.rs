@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The server's `[vhost]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VhostFile {
     /// Where the HTTP virtual-host port listens; off when unset.
@@ -48,7 +48,7 @@ impl VhostFile {
 }
 
 /// How an HTTP service is reached on the vhost port (validated).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct HttpRoute {
     /// Host names (`example.com`, `*.example.com`).
     pub custom_domains: Vec<String>,

@@ -14,6 +14,7 @@
 //! - [`dial`]: connects to a `host:port` target and maps failures to [`wire::OpenResult`].
 //! - [`shutdown`]: process signals to a cancellation token, for both binaries.
 //! - [`cli`]: the rest both binaries' `main` share (logging, `check`, the runtime).
+//! - [`control`]: the loopback control API (bearer token, JSON) and the CLI's calls to it.
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
 //!   half-close and allocating buffers only while data flows.
 //! - [`wsbridge`]: a byte stream carried as WebSocket binary messages (the ws↔tcp bridge).
@@ -28,6 +29,7 @@
 
 pub mod accept;
 pub mod cli;
+pub mod control;
 pub mod datastream;
 pub mod dial;
 pub mod proxy;

@@ -19,6 +19,8 @@
 //! - [`groups`]: load-balancing groups: a public port served by backends (services of
 //!   clients that joined with the group's key), picked by policy, with active and passive
 //!   health checks and retry on the next backend.
+//! - `control`: the control API's endpoints (`[control]`: status, config, reload, adapt, stop,
+//!   drain, metrics) on [`wmproxy_proto::control`]'s loopback HTTP server.
 //! - [`identity`]: the TLS certificate (from PEM, or generated and kept in the state dir) and the
 //!   embedded setup's token. `throttle`: failed-auth counts per source address.
 //!
@@ -31,6 +33,7 @@ pub mod identity;
 pub mod server;
 
 mod connect;
+mod control;
 mod proxy;
 mod publish;
 mod sessions;

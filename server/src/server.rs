@@ -87,6 +87,8 @@ pub struct Server {
     proxy_listeners: Vec<(wmproxy_config::Proxy, tokio::net::TcpListener)>,
     vhost_listener: Option<tokio::net::TcpListener>,
     tls_listener: Option<tokio::net::TcpListener>,
+    control_listener: Option<tokio::net::TcpListener>,
+    config_path: Option<std::path::PathBuf>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     clients: Arc<Semaphore>,
@@ -118,6 +120,11 @@ impl ServerHandle {
     /// Where the HTTPS (SNI) port listens, if configured.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.shared.config.vhost.https_bind
+    }
+
+    /// Where the control API listens, if `[control]` is set.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.shared.config.control.as_ref().and_then(|c| c.bind)
     }
 
     /// Where the vhost port listens, if configured.
@@ -190,6 +197,15 @@ impl Server {
         if let Some(bound) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             config.vhost.https_bind = Some(bound);
         }
+        let control_listener = match &mut config.control {
+            Some(control) => {
+                let addr = control.addr(wmproxy_config::control::SERVER_CONTROL_BIND);
+                let listener = bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?;
+                control.bind = listener.local_addr().ok();
+                Some(listener)
+            }
+            None => None,
+        };
         let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         let groups = Groups::new(&config.groups, &config.vhost);
         let router = crate::vhost::Router::default();
@@ -233,10 +249,17 @@ impl Server {
             proxy_listeners,
             vhost_listener,
             tls_listener,
+            control_listener,
+            config_path: None,
             shared,
             fingerprint,
             clients,
         })
+    }
+
+    /// The config file this server was loaded from: `/reload` and `/adapt` re-read it.
+    pub fn set_config_path(&mut self, path: std::path::PathBuf) {
+        self.config_path = Some(path);
     }
 
     /// The bound UDP address.
@@ -257,8 +280,25 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then closes every tunnel and waits (up to a few
     /// seconds) for their tasks.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { endpoint, shared, clients, group_listeners, proxy_listeners, vhost_listener, tls_listener, .. } =
-            self;
+        let Self {
+            endpoint,
+            shared,
+            clients,
+            group_listeners,
+            proxy_listeners,
+            vhost_listener,
+            tls_listener,
+            control_listener,
+            config_path,
+            ..
+        } = self;
+        if let (Some(listener), Some(control)) = (control_listener, &shared.config.control) {
+            let api = crate::control::ServerControl { shared: shared.clone(), config_path, stop: shutdown.clone() };
+            let token = control.token.expose().to_owned();
+            let serve =
+                wmproxy_proto::control::serve(listener, token, Arc::new(api), shutdown.clone(), shared.tracker.clone());
+            shared.tracker.spawn(serve.instrument(info_span!("control_api")));
+        }
         if let Some(listener) = tls_listener {
             let serve = crate::vhost::serve_tls(listener, shared.clone(), shutdown.clone());
             shared.tracker.spawn(serve.instrument(info_span!("https")));

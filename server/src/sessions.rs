@@ -39,6 +39,10 @@ pub(crate) struct Session {
     pub udp_permits: Arc<Semaphore>,
     /// The groups its services joined, by service name.
     pub memberships: Mutex<HashMap<String, Membership>>,
+    /// When the tunnel was accepted.
+    pub since: std::time::SystemTime,
+    /// What its registration asked and got, for status output.
+    pub services: Mutex<Vec<wmproxy_proto::wire::ServiceResult>>,
 }
 
 impl Session {
@@ -90,6 +94,8 @@ impl Sessions {
             flows: FlowTable::new(udp_stats),
             udp_permits: Arc::new(Semaphore::new(limits.max_udp_flows_per_client as usize)),
             memberships: Mutex::default(),
+            since: std::time::SystemTime::now(),
+            services: Mutex::default(),
         });
         let replaced = self.lock().insert(name.to_owned(), session.clone());
         (session, replaced)
@@ -116,6 +122,13 @@ impl Sessions {
     /// The live session of `client`.
     pub fn get(&self, client: &str) -> Option<Arc<Session>> {
         self.lock().get(client).cloned()
+    }
+
+    /// Every live session, by client name.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// Names of the connected clients.

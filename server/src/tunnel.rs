@@ -82,6 +82,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
         };
         let allowance = shared.config.client(&name).map(|c| c.allow_ports.clone()).unwrap_or_default();
         let results = publish::register(services, &allowance, &session, shared).await;
+        session.services.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&results);
         write_frame(&mut send, &ControlReply::Registered { results }).await?;
 
         tokio::select! {

@@ -36,6 +36,8 @@ use wmproxy_server::{Server, ServerHandle};
 
 /// The shared token test servers accept.
 pub const TOKEN: &str = "test-token-0123456789";
+/// The control API token of test servers and clients.
+pub const CONTROL_TOKEN: &str = "control-token-9876543210";
 
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -74,6 +76,10 @@ impl TestServer {
             public_bind: "127.0.0.1".parse()?,
             token: Some(Secret::new(TOKEN)),
             allow_ports: vec![PortRange::new(1024, 65535).context("range")?],
+            control: Some(wmproxy_config::ControlFile {
+                bind: Some("127.0.0.1:0".parse()?),
+                token: Secret::new(CONTROL_TOKEN),
+            }),
             ..ServerFile::default()
         };
         adjust(&mut file);
@@ -93,9 +99,21 @@ impl TestServer {
         Ok(Self { addr, fingerprint, handle, file, shutdown, task: Some(task), _state: None })
     }
 
+    /// Sends `method path` with `body` to the server's control API with the right token;
+    /// returns the status and the body (JSON, or text for `/metrics`).
+    pub async fn control(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        let addr = self.handle.control_addr().context("the control API is off")?;
+        control_call(addr, Some(CONTROL_TOKEN), method, path, body).await
+    }
+
     /// Stops the server and waits until it has closed its endpoint.
     pub async fn stop(&mut self) -> Result<()> {
         self.shutdown.cancel();
+        self.wait_stopped().await
+    }
+
+    /// Waits until the server has stopped by itself (`/stop`) and closed its endpoint.
+    pub async fn wait_stopped(&mut self) -> Result<()> {
         if let Some(task) = self.task.take() {
             tokio::time::timeout(DEADLINE, task).await.context("server did not stop")??;
         }
@@ -142,6 +160,7 @@ impl TestServer {
             proxies: Vec::new(),
             egress: wmproxy_config::EgressPolicy::default(),
             limits: wmproxy_config::ClientLimits::default(),
+            control: None,
         }
     }
 }
@@ -155,6 +174,19 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Sends one request to a control API at `addr` with `token`; the status and the body.
+pub async fn control_call(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String)> {
+    let method = hyper::Method::from_bytes(method.as_bytes())?;
+    let body = bytes::Bytes::copy_from_slice(body.as_bytes());
+    Ok(wmproxy_proto::control::call(addr, token, method, path, body).await?)
 }
 
 /// A plain service entry of `kind` for a client config (no group, routes or PROXY header).

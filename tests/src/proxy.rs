@@ -234,3 +234,33 @@ pub async fn websocket_echo() -> Result<SocketAddr> {
     });
     Ok(addr)
 }
+
+/// A keep-alive HTTP/1.1 connection driven by hyper's client, for requests to the vhost.
+pub struct HyperConnection(hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>);
+
+impl std::fmt::Debug for HyperConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HyperConnection")
+    }
+}
+
+impl HyperConnection {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        Ok(Self(sender))
+    }
+
+    /// `GET path` with `Host: host` on this connection; the status and the body.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, String)> {
+        use http_body_util::BodyExt;
+        self.0.ready().await?;
+        let request = hyper::Request::get(path).header(hyper::header::HOST, host).body(http_body_util::Empty::new())?;
+        let response = self.0.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}

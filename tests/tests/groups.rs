@@ -244,7 +244,11 @@ async fn a_drained_backend_keeps_its_connections_and_gets_no_new_ones() -> Resul
         (held, conn) = groups::which_from(public, None).await?;
     }
     ensure!(held == "a");
-    ensure!(server.handle.set_drained("x", "a", true));
+    // Through the control API, as an operator would.
+    let (status, body) = server.control("POST", "/backends/x:a/drain", "").await?;
+    ensure!(status == 200 && body.contains("\"drained\": true"), "{status} {body}");
+    let (status, _) = server.control("POST", "/backends/x:nobody/drain", "").await?;
+    ensure!(status == 404, "an unknown backend: {status}");
     for _ in 0..10 {
         ensure!(which(public).await? == "b");
     }
@@ -253,7 +257,8 @@ async fn a_drained_backend_keeps_its_connections_and_gets_no_new_ones() -> Resul
     let mut back = [0u8; 4];
     conn.read_exact(&mut back).await?;
     ensure!(&back == b"ping");
-    ensure!(server.handle.set_drained("x", "a", false));
+    let (status, body) = server.control("POST", "/backends/x:a/undrain", "").await?;
+    ensure!(status == 200, "{status} {body}");
     let mut got_a = false;
     for _ in 0..4 {
         got_a |= which(public).await? == "a";

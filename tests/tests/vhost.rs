@@ -8,7 +8,7 @@ use anyhow::{Result, ensure};
 use wmproxy_client::ClientStatus;
 use wmproxy_config::{HttpRoute, Service, ServiceType};
 use wmproxy_proto::wire::RegisterOutcome;
-use wmproxy_tests::proxy::{curl, http_tagged, keep_alive_request};
+use wmproxy_tests::proxy::{HyperConnection, curl, http_tagged, keep_alive_request};
 use wmproxy_tests::tls::TestCert;
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
@@ -45,10 +45,10 @@ async fn two_services_on_one_port_each_request_routed_by_its_own_host() -> Resul
     let services = vec![http_service("a", a, &["a.example.com"], &[]), http_service("b", b, &["b.example.com"], &[])];
     let (_s, _c, vhost) = setup(services).await?;
 
-    // Keep-alive: one connection, requests for both hosts, alternating.
-    let mut conn = tokio::net::TcpStream::connect(vhost).await?;
+    // Keep-alive (hyper's client): one connection, requests for both hosts, alternating.
+    let mut conn = HyperConnection::connect(vhost).await?;
     for (host, tag) in [("a.example.com", "a"), ("b.example.com", "b"), ("A.Example.com:80", "a")] {
-        let (status, body) = keep_alive_request(&mut conn, host, "/x").await?;
+        let (status, body) = conn.get(host, "/x").await?;
         ensure!(status == 200 && body.starts_with(&format!("{tag} /x ")), "{host}: {status} {body}");
         ensure!(body.contains("xff=127.0.0.1") && body.contains(&format!("xfh={host}")), "forwarded headers: {body}");
     }

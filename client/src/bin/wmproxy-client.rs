@@ -115,6 +115,7 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         proxies: Vec::new(),
         egress: wmproxy_config::EgressPolicy::default(),
         limits: ClientLimits::default(),
+        control: None,
     })
 }
 

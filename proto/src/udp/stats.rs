@@ -11,7 +11,7 @@ macro_rules! counters {
         }
 
         /// A copy of [`UdpStats`] at one moment.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
         pub struct UdpSnapshot {
             $($(#[$doc])* pub $name: u64,)*
         }

@@ -18,7 +18,8 @@ pub struct Passive {
 }
 
 /// What a backend's health says, for status output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HealthState {
     /// Receives new work.
     Healthy,
@@ -47,7 +48,7 @@ pub struct Health {
 }
 
 /// A copy of the counters, for status output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct HealthView {
     /// The state now.
     pub state: HealthState,
@@ -57,10 +58,18 @@ pub struct HealthView {
     pub fail_streak: u32,
     /// Active checks reported so far.
     pub checks: u64,
-    /// Duration of the last active check.
+    /// Duration of the last active check (milliseconds in JSON).
+    #[serde(rename = "last_latency_ms", serialize_with = "as_millis")]
     pub last_latency: Option<Duration>,
     /// Failed dials in the current window.
     pub recent_fails: u32,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_secs_f64() * 1000.0)),
+        None => s.serialize_none(),
+    }
 }
 
 impl Health {

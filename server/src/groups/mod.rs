@@ -135,7 +135,7 @@ impl Backend {
 }
 
 /// A backend's state, for status output and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BackendStatus {
     /// Client name.
     pub client: String,
@@ -152,7 +152,7 @@ pub struct BackendStatus {
 }
 
 /// A group's state, for status output and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GroupStatus {
     /// The group's name.
     pub name: String,

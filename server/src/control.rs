@@ -1,0 +1,152 @@
+//! The server's control API (`[control]`, loopback, bearer token): what each endpoint does.
+//! The HTTP side (auth, body limits, JSON replies) is [`wmproxy_proto::control`].
+//!
+//! | endpoint | |
+//! |---|---|
+//! | `GET /status` | clients (address, since, RTT, services), groups and backends, UDP counters |
+//! | `GET /now` | the running config, secrets masked |
+//! | `POST /reload` | re-reads the config file and applies the difference |
+//! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
+//! | `POST /stop` | graceful stop |
+//! | `POST /backends/{client}:{service}/drain`, `/undrain` | drains or restores a backend |
+//! | `GET /metrics` | Prometheus text |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use wmproxy_proto::control::{ControlApi, Reply};
+
+use crate::groups::GroupStatus;
+use crate::server::Shared;
+
+/// The server's answers to control requests.
+#[derive(Debug)]
+pub(crate) struct ServerControl {
+    pub shared: Arc<Shared>,
+    /// The config file `/reload` and `/adapt` read, if the server was started from one.
+    pub config_path: Option<PathBuf>,
+    /// Cancelled by `/stop`.
+    pub stop: CancellationToken,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    clients: Vec<ClientStatus>,
+    groups: Vec<GroupStatus>,
+    udp: wmproxy_proto::udp::UdpSnapshot,
+}
+
+#[derive(Debug, Serialize)]
+struct ClientStatus {
+    name: String,
+    address: String,
+    /// Seconds since the Unix epoch.
+    connected_since: u64,
+    rtt_ms: f64,
+    services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceStatus {
+    name: String,
+    /// `ok`, `joined` or why the server refused it.
+    outcome: String,
+    port: Option<u16>,
+}
+
+impl ControlApi for ServerControl {
+    async fn handle(&self, method: Method, path: String, body: Bytes) -> Reply {
+        match (&method, path.as_str()) {
+            (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
+            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &self.shared.config),
+            (&Method::POST, "/adapt") => self.adapt(&body),
+            (&Method::POST, "/stop") => {
+                self.stop.cancel();
+                Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
+            }
+            (&Method::POST, p) if p.starts_with("/backends/") => self.drain(p),
+            _ => Reply::not_found(&method, &path),
+        }
+    }
+}
+
+impl ServerControl {
+    fn status(&self) -> Status {
+        let mut groups: Vec<GroupStatus> = self.shared.groups.all().map(|g| g.status()).collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        let clients = self
+            .shared
+            .sessions
+            .all()
+            .iter()
+            .map(|s| ClientStatus {
+                name: s.name.clone(),
+                address: s.conn.remote_address().to_string(),
+                connected_since: s.since.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs(),
+                rtt_ms: s.conn.rtt().as_secs_f64() * 1000.0,
+                services: s.services.lock().unwrap_or_else(|p| p.into_inner()).iter().map(service_status).collect(),
+            })
+            .collect();
+        Status { clients, groups, udp: self.shared.udp_stats.snapshot() }
+    }
+
+    /// `/adapt`: validates the body, or the config file when the body is empty.
+    fn adapt(&self, body: &[u8]) -> Reply {
+        let checked = if body.is_empty() {
+            let Some(path) = &self.config_path else {
+                return Reply::error(StatusCode::BAD_REQUEST, "no config file to read: send one as the body");
+            };
+            wmproxy_config::load_server(path)
+        } else {
+            match std::str::from_utf8(body) {
+                Ok(text) => wmproxy_config::parse_server(text),
+                Err(_) => return Reply::error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"),
+            }
+        };
+        verdict(checked.map(|_| ()))
+    }
+
+    /// `/backends/{client}:{service}/drain` and `/undrain`.
+    fn drain(&self, path: &str) -> Reply {
+        let rest = path.trim_start_matches("/backends/");
+        let (name, drained) = match rest.rsplit_once('/') {
+            Some((name, "drain")) => (name, true),
+            Some((name, "undrain")) => (name, false),
+            _ => return Reply::not_found(&Method::POST, path),
+        };
+        let Some((client, service)) = name.split_once(':') else {
+            return Reply::error(StatusCode::BAD_REQUEST, "name a backend as `client:service`");
+        };
+        if self.shared.sessions.set_drained(client, service, drained) {
+            Reply::json(StatusCode::OK, &serde_json::json!({ "backend": name, "drained": drained }))
+        } else {
+            Reply::error(StatusCode::NOT_FOUND, &format!("no connected backend `{name}`"))
+        }
+    }
+}
+
+fn service_status(result: &wmproxy_proto::wire::ServiceResult) -> ServiceStatus {
+    use wmproxy_proto::wire::RegisterOutcome;
+    let (outcome, port) = match &result.outcome {
+        RegisterOutcome::Ok { port } => ("ok".to_owned(), Some(*port)),
+        RegisterOutcome::Joined { port } => ("joined".to_owned(), Some(*port)),
+        refused => (refused.to_string(), None),
+    };
+    ServiceStatus { name: result.name.clone(), outcome, port }
+}
+
+/// `200 {"valid": true}` or `422 {"valid": false, "error": …}` (the error names key and line).
+pub(crate) fn verdict(checked: Result<(), wmproxy_config::ConfigError>) -> Reply {
+    match checked {
+        Ok(()) => Reply::json(StatusCode::OK, &serde_json::json!({ "valid": true })),
+        Err(e) => Reply::json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "valid": false, "error": e.to_string() }),
+        ),
+    }
+}

@@ -1,0 +1,87 @@
+//! The server's control API: the bearer token, masked secrets, status, validation without
+//! applying, unknown paths and a graceful stop.
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use wmproxy_client::ClientStatus;
+use wmproxy_config::Secret;
+use wmproxy_tests::{CONTROL_TOKEN, TOKEN, TestClient, TestServer, control_call, init_tracing};
+
+const OFFICE_TOKEN: &str = "office-token-secret-42";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_wants_its_token_and_never_shows_a_secret() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|f| {
+        f.clients.push(wmproxy_config::server::ClientEntryFile {
+            name: toml::Spanned::new(0..0, "office".into()),
+            token: Secret::new(OFFICE_TOKEN),
+            allow_ports: Vec::new(),
+            allow_domains: Vec::new(),
+        });
+    })
+    .await?;
+    let addr = server.handle.control_addr().context("control API")?;
+    ensure!(addr.ip().is_loopback());
+    for token in [None, Some("wrong-token-0000000000"), Some(&CONTROL_TOKEN[..CONTROL_TOKEN.len() - 1])] {
+        let (status, body) = control_call(addr, token, "GET", "/now", "").await?;
+        ensure!(status == 401 && !body.contains("MASKED"), "{token:?}: {status} {body}");
+    }
+
+    let (status, now) = server.control("GET", "/now", "").await?;
+    ensure!(status == 200, "{status} {now}");
+    let parsed: Value = serde_json::from_str(&now)?;
+    ensure!(parsed["clients"]["office"]["token"] == "MASKED", "{now}");
+    for secret in [TOKEN, CONTROL_TOKEN, OFFICE_TOKEN] {
+        ensure!(!now.contains(secret), "/now shows a secret: {now}");
+    }
+
+    let echo = wmproxy_tests::backend::echo().await?;
+    let mut config = server.client_config("home");
+    config.services.push(wmproxy_tests::tcp_service("echo", echo, 0));
+    let mut client = TestClient::start(config).await?;
+    let port = client.port_of("echo").await?;
+    let (status, body) = server.control("GET", "/status", "").await?;
+    ensure!(status == 200, "{status} {body}");
+    let parsed: Value = serde_json::from_str(&body)?;
+    let home = &parsed["clients"][0];
+    ensure!(home["name"] == "home" && home["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{body}");
+    ensure!(home["services"][0]["outcome"] == "ok" && home["services"][0]["port"] == port, "{body}");
+    ensure!(!body.contains(TOKEN), "{body}");
+
+    let (status, body) = server.control("GET", "/no-such-thing", "").await?;
+    ensure!(status == 404, "{status} {body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapt_reports_errors_with_key_and_line_and_applies_nothing() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|_| {}).await?;
+    let (status, body) = server.control("POST", "/adapt", "token = \"long-enough-token\"\nbnid = 1\n").await?;
+    ensure!(status == 422 && body.contains("bnid") && body.contains("line 2"), "unknown key: {status} {body}");
+    let (status, body) = server.control("POST", "/adapt", "token = \"long-enough-token\"\n[limits\n").await?;
+    ensure!(status == 422 && body.contains("line 2"), "syntax error: {status} {body}");
+    let (status, body) = server.control("POST", "/adapt", "token = \"long-enough-token\"\n").await?;
+    ensure!(status == 200 && body.contains("\"valid\": true"), "a valid config: {status} {body}");
+    // Started without a file, an empty body has nothing to check.
+    let (status, _) = server.control("POST", "/adapt", "").await?;
+    ensure!(status == 400);
+    // Nothing was applied: the running config is the one it started with.
+    let (_, now) = server.control("GET", "/now", "").await?;
+    ensure!(serde_json::from_str::<Value>(&now)?["limits"]["max_clients"] == 256, "{now}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_through_the_api_ends_the_server_and_its_client_sees_it_go() -> Result<()> {
+    init_tracing();
+    let mut server = TestServer::start(|_| {}).await?;
+    let mut client = TestClient::start(server.client_config("home")).await?;
+    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+    let (status, body) = server.control("POST", "/stop", "").await?;
+    ensure!(status == 200 && body.contains("stopping"), "{status} {body}");
+    server.wait_stopped().await?;
+    client.wait_for("reconnecting", |s| matches!(s, ClientStatus::Connecting { .. })).await?;
+    Ok(())
+}
