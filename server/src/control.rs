@@ -70,6 +70,10 @@ impl ControlApi for ServerControl {
                 Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
             }
             (&Method::POST, p) if p.starts_with("/backends/") => self.drain(p),
+            (&Method::GET, "/metrics") => match self.shared.metrics.encode(&self.shared) {
+                Ok(text) => Reply::metrics(text),
+                Err(_) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
+            },
             _ => Reply::not_found(&method, &path),
         }
     }

@@ -21,6 +21,8 @@
 //!   health checks and retry on the next backend.
 //! - `control`: the control API's endpoints (`[control]`: status, config, reload, adapt, stop,
 //!   drain, metrics) on [`wmproxy_proto::control`]'s loopback HTTP server.
+//! - `metrics`: Prometheus counters (prometheus-client) bumped on the network path, plus the
+//!   state read at scrape time (UDP counters, backend health).
 //! - [`identity`]: the TLS certificate (from PEM, or generated and kept in the state dir) and the
 //!   embedded setup's token. `throttle`: failed-auth counts per source address.
 //!
@@ -34,6 +36,7 @@ pub mod server;
 
 mod connect;
 mod control;
+mod metrics;
 mod proxy;
 mod publish;
 mod sessions;

@@ -5,9 +5,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use quinn::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -119,8 +117,7 @@ async fn accept_users(listener: TcpListener, service: String, session: Arc<Sessi
             continue;
         };
         let span = info_span!("stream", %peer);
-        let timeout = shared.config.limits.stream_open_timeout();
-        let task = expose(tcp, peer, service.clone(), session.conn.clone(), timeout, permit);
+        let task = expose(tcp, peer, service.clone(), session.clone(), shared.clone(), permit);
         shared.tracker.spawn(task.instrument(span));
     }
     debug!("public port closed");
@@ -131,13 +128,18 @@ async fn expose(
     tcp: TcpStream,
     peer: SocketAddr,
     service: String,
-    conn: Connection,
-    timeout: Duration,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let counted = shared.metrics.stream(&session.name, &service);
     let header = OpenStream::Expose { service, peer_addr: peer };
-    match datastream::open_and_relay(&conn, &header, tcp, timeout).await {
-        Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished"),
+    let timeout = shared.config.limits.stream_open_timeout();
+    match datastream::open_and_relay(&session.conn, &header, tcp, timeout).await {
+        Ok(stats) => {
+            counted.carried(&stats);
+            debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished");
+        }
         Err(e) => debug!(error = %e, "stream ended without data or aborted"),
     }
 }

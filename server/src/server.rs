@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub router: crate::vhost::Router,
     /// `[vhost.tls]`: the HTTPS port terminates TLS for names no `https` route claims.
     pub vhost_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Prometheus counters.
+    pub metrics: crate::metrics::Metrics,
     /// Where the proxies listen (bound addresses, in config order).
     pub proxy_addrs: Vec<SocketAddr>,
     throttle: Mutex<AuthThrottle>,
@@ -240,6 +242,7 @@ impl Server {
             groups,
             router,
             vhost_tls,
+            metrics: crate::metrics::Metrics::default(),
             proxy_addrs: proxy_listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect(),
             throttle: Mutex::new(AuthThrottle::default()),
         });

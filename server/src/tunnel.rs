@@ -53,7 +53,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
     let handshake_timeout = shared.config.limits.handshake_timeout();
     let deadline = tokio::time::Instant::now() + handshake_timeout;
 
-    let (conn, name, (mut send, mut recv)) = tokio::time::timeout_at(deadline, async {
+    let handshake = tokio::time::timeout_at(deadline, async {
         let conn = incoming.await?;
         let (name, control) = authenticate(&conn, peer, shared).await.inspect_err(|e| {
             let code =
@@ -62,8 +62,18 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
         })?;
         Ok::<_, TunnelError>((conn, name, control))
     })
-    .await??;
+    .await
+    .map_err(TunnelError::from)
+    .and_then(|r| r);
+    let (conn, name, (mut send, mut recv)) = handshake.inspect_err(|e| {
+        let failed = match e {
+            TunnelError::Rejected(_) => &shared.metrics.auth_failures,
+            _ => &shared.metrics.handshakes_failed,
+        };
+        failed.inc();
+    })?;
     Span::current().record("client", name.as_str());
+    let _counted = shared.metrics.tunnel();
 
     let limits = &shared.config.limits;
     let (session, replaced) = shared.sessions.insert(&name, conn.clone(), limits, shared.udp_stats.clone());
@@ -91,7 +101,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
                 info!(%reason, "client disconnected");
                 Ok(())
             }
-            result = control_loop(&mut recv, &session) => result,
+            result = control_loop(&mut recv, &session, shared) => result,
             () = accept_streams(&session, shared) => Ok(()),
         }
     }
@@ -168,10 +178,11 @@ fn judge_hello(
 
 /// After registration the client sends only health reports on the control stream; anything
 /// else, or its end, ends the tunnel.
-async fn control_loop(recv: &mut RecvStream, session: &Session) -> Result<(), TunnelError> {
+async fn control_loop(recv: &mut RecvStream, session: &Session, shared: &Shared) -> Result<(), TunnelError> {
     loop {
         match read_frame::<ControlRequest, _>(recv).await {
             Ok(ControlRequest::Health { service, ok, latency_us }) => {
+                shared.metrics.check_latency.observe(f64::from(latency_us) / 1e6);
                 let backend = session.memberships().get(&service).map(|(_, b)| b.clone());
                 match backend {
                     Some(b) => b.report(ok, std::time::Duration::from_micros(u64::from(latency_us))),

@@ -58,6 +58,20 @@ counters! {
     dropped_socket,
 }
 
+impl UdpSnapshot {
+    /// The packet drop counters by cause (`flow_limit`, `no_tunnel`, …), for metrics.
+    pub fn drops(&self) -> [(&'static str, u64); 6] {
+        [
+            ("flow_limit", self.dropped_flow_limit),
+            ("no_tunnel", self.dropped_no_tunnel),
+            ("unknown_flow", self.dropped_unknown_flow),
+            ("malformed", self.dropped_malformed),
+            ("queue_full", self.dropped_queue_full),
+            ("socket", self.dropped_socket),
+        ]
+    }
+}
+
 impl UdpStats {
     /// Adds one to `counter`.
     pub fn bump(counter: &AtomicU64) {

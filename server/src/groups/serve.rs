@@ -29,19 +29,24 @@ pub(crate) async fn accept_users(
 ) {
     while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
         let span = info_span!("stream", group = %group.name, %peer, backend = tracing::field::Empty);
-        let timeout = shared.config.limits.stream_open_timeout();
-        shared.tracker.spawn(serve_user(group.clone(), tcp, peer, timeout).instrument(span));
+        shared.tracker.spawn(serve_user(group.clone(), tcp, peer, shared.clone()).instrument(span));
     }
 }
 
 /// Carries one user connection to a backend. With none left, the user's connection is closed
 /// at once.
-async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, timeout: Duration) {
-    match group.open(peer, timeout).await {
-        Ok(opened) => match relay(tcp, opened.send, opened.recv).await {
-            Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished"),
-            Err(e) => debug!(error = %e, "relay ended"),
-        },
+async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    match group.open(peer, shared.config.limits.stream_open_timeout()).await {
+        Ok(opened) => {
+            let counted = shared.metrics.stream(&opened.backend.client, &opened.backend.service);
+            match relay(tcp, opened.send, opened.recv).await {
+                Ok(stats) => {
+                    counted.carried(&stats);
+                    debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished");
+                }
+                Err(e) => debug!(error = %e, "relay ended"),
+            }
+        }
         Err(tried) => debug!(tried, "no backend could take the connection; closing it"),
     }
 }
@@ -52,6 +57,7 @@ async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, timeout
 pub(crate) struct BackendStream {
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
+    pub backend: Arc<super::Backend>,
     pub hold: (OwnedSemaphorePermit, ActiveGuard),
 }
 
@@ -77,7 +83,7 @@ impl Group {
                     backend.dial_succeeded();
                     let name = format_args!("{}/{}", backend.client, backend.service);
                     tracing::Span::current().record("backend", tracing::field::display(name));
-                    return Ok(BackendStream { send, recv, hold: (permit, active) });
+                    return Ok(BackendStream { send, recv, backend, hold: (permit, active) });
                 }
                 Err(e) => {
                     if !matches!(e, DataStreamError::Refused(wmproxy_proto::wire::OpenResult::Busy)) {

@@ -1,0 +1,196 @@
+//! The server's Prometheus metrics (prometheus-client), served at the control API's `/metrics`.
+//!
+//! Counters bumped on the network path live in [`Metrics`] (relaxed atomics). State that lives
+//! elsewhere (UDP counters, backends' health) is read at scrape time into a second registry,
+//! so nothing is copied on the hot path.
+//!
+//! Label sets are bounded: `client` and `service` come from authenticated registrations, at
+//! most `max_clients` × `MAX_SERVICES` pairs.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use wmproxy_proto::relay::RelayStats;
+
+use crate::groups::health::HealthState;
+use crate::server::Shared;
+
+/// A published service: the client it lives on and its name there.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ServiceLabels {
+    pub client: String,
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupBackendLabels {
+    group: String,
+    client: String,
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+}
+
+/// Everything counted as it happens.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub tunnels_accepted: Counter,
+    pub tunnels_active: Gauge,
+    pub handshakes_failed: Counter,
+    pub auth_failures: Counter,
+    pub streams_opened: Family<ServiceLabels, Counter>,
+    pub streams_active: Family<ServiceLabels, Gauge>,
+    /// User → service.
+    pub bytes_in: Family<ServiceLabels, Counter>,
+    /// Service → user.
+    pub bytes_out: Family<ServiceLabels, Counter>,
+    pub check_latency: Histogram,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+    pub last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Self {
+            registry: Registry::default(),
+            tunnels_accepted: Counter::default(),
+            tunnels_active: Gauge::default(),
+            handshakes_failed: Counter::default(),
+            auth_failures: Counter::default(),
+            streams_opened: Family::default(),
+            streams_active: Family::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            // 1 ms to ~16 s.
+            check_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            last_reload_ok: Gauge::default(),
+        };
+        let mut registry = Registry::with_prefix("wmproxy");
+        registry.register(
+            "tunnels_accepted",
+            "Tunnels that completed the handshake and authenticated",
+            m.tunnels_accepted.clone(),
+        );
+        registry.register("tunnels_active", "Tunnels open now", m.tunnels_active.clone());
+        registry.register(
+            "handshakes_failed",
+            "Tunnel handshakes that failed or timed out (not auth)",
+            m.handshakes_failed.clone(),
+        );
+        registry.register("auth_failures", "Tunnels refused for bad credentials or version", m.auth_failures.clone());
+        registry.register("streams_opened", "Public connections carried to a service", m.streams_opened.clone());
+        registry.register("streams_active", "Public connections open now, per service", m.streams_active.clone());
+        registry.register("service_bytes_in", "Bytes from users to a service", m.bytes_in.clone());
+        registry.register("service_bytes_out", "Bytes from a service to its users", m.bytes_out.clone());
+        registry.register("health_check_latency_seconds", "Active health check durations", m.check_latency.clone());
+        registry.register("reloads", "Config reloads attempted", m.reloads.clone());
+        registry.register("reload_failures", "Config reloads refused (invalid config)", m.reload_failures.clone());
+        registry.register(
+            "last_reload_success",
+            "1 if the last reload applied, 0 if it was refused",
+            m.last_reload_ok.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+/// Counts one public connection to a service as active until dropped, then adds its bytes.
+#[derive(Debug)]
+pub(crate) struct StreamGuard<'a> {
+    metrics: &'a Metrics,
+    labels: ServiceLabels,
+}
+
+/// Counts one authenticated tunnel as active until dropped.
+#[derive(Debug)]
+pub(crate) struct TunnelGuard<'a>(&'a Metrics);
+
+impl Drop for TunnelGuard<'_> {
+    fn drop(&mut self) {
+        self.0.tunnels_active.dec();
+    }
+}
+
+impl Metrics {
+    /// Counts a tunnel that authenticated, active until the guard drops.
+    pub fn tunnel(&self) -> TunnelGuard<'_> {
+        self.tunnels_accepted.inc();
+        self.tunnels_active.inc();
+        TunnelGuard(self)
+    }
+
+    /// Starts counting a public connection to `service` of `client`.
+    pub fn stream(&self, client: &str, service: &str) -> StreamGuard<'_> {
+        let labels = ServiceLabels { client: client.to_owned(), service: service.to_owned() };
+        self.streams_opened.get_or_create(&labels).inc();
+        self.streams_active.get_or_create(&labels).inc();
+        StreamGuard { metrics: self, labels }
+    }
+
+    /// The Prometheus text of every metric, with the scrape-time ones from `shared`.
+    pub fn encode(&self, shared: &Shared) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode_registry(&mut out, &self.registry)?;
+        encode_registry(&mut out, &scrape(shared))?;
+        encode_eof(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl StreamGuard<'_> {
+    /// Adds the bytes a finished relay carried.
+    pub fn carried(&self, stats: &RelayStats) {
+        self.metrics.bytes_in.get_or_create(&self.labels).inc_by(stats.tcp_to_quic);
+        self.metrics.bytes_out.get_or_create(&self.labels).inc_by(stats.quic_to_tcp);
+    }
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.streams_active.get_or_create(&self.labels).dec();
+    }
+}
+
+/// The state read at scrape time: UDP counters and backends' health.
+fn scrape(shared: &Shared) -> Registry {
+    let mut registry = Registry::with_prefix("wmproxy");
+    let udp = shared.udp_stats.snapshot();
+    let flows: Gauge = Gauge::default();
+    flows.set(i64::try_from(udp.active_flows).unwrap_or(i64::MAX));
+    registry.register("udp_flows_active", "UDP flows open now", flows);
+    let opened: Counter = Counter::default();
+    opened.inc_by(udp.flows_opened);
+    registry.register("udp_flows_opened", "UDP flows set up", opened);
+    let sent: Counter = Counter::default();
+    sent.inc_by(udp.datagrams_sent);
+    registry.register("udp_datagrams_sent", "UDP packets sent into tunnels as QUIC datagrams", sent);
+    let received: Counter = Counter::default();
+    received.inc_by(udp.datagrams_received);
+    registry.register("udp_datagrams_received", "QUIC datagrams received and delivered", received);
+    let dropped: Family<CauseLabels, Counter> = Family::default();
+    for (cause, n) in udp.drops() {
+        dropped.get_or_create(&CauseLabels { cause: cause.to_owned() }).inc_by(n);
+    }
+    registry.register("udp_datagrams_dropped", "UDP packets dropped, by cause", dropped);
+
+    let healthy: Family<GroupBackendLabels, Gauge> = Family::default();
+    for group in shared.groups.all() {
+        for b in group.status().backends {
+            let labels = GroupBackendLabels { group: group.name.clone(), client: b.client, service: b.service };
+            healthy.get_or_create(&labels).set(i64::from(b.health.state == HealthState::Healthy && !b.drained));
+        }
+    }
+    registry.register("backend_healthy", "1 if a group backend receives new work, else 0", healthy);
+    registry
+}
