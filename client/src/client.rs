@@ -307,17 +307,23 @@ async fn serve_session(
     let ended = tokio::select! {
         () = shutdown.cancelled() => "client shutting down".to_owned(),
         reason = conn.closed() => reason.to_string(),
-        () = async {
-            while let Ok((send, recv)) = conn.accept_bi().await {
-                let span = info_span!(
-                    "stream",
-                    service = tracing::field::Empty,
-                    peer = tracing::field::Empty,
-                    flow = tracing::field::Empty
-                );
-                tracker.spawn(expose::serve(send, recv, ctx.clone()).instrument(span));
+        // The accept error is the connection's end, with the server's close reason if it gave one.
+        reason = async {
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let span = info_span!(
+                            "stream",
+                            service = tracing::field::Empty,
+                            peer = tracing::field::Empty,
+                            flow = tracing::field::Empty
+                        );
+                        tracker.spawn(expose::serve(send, recv, ctx.clone()).instrument(span));
+                    }
+                    Err(e) => break e.to_string(),
+                }
             }
-        } => "tunnel closed".to_owned(),
+        } => reason,
     };
     tunnel.send_replace(None);
     checks.cancel();

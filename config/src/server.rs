@@ -132,6 +132,10 @@ pub struct Limits {
     pub max_udp_flows_per_client: u32,
     /// Seconds without a packet either way after which a UDP flow is closed.
     pub udp_flow_idle_timeout_secs: u64,
+    /// Seconds in-flight connections get to finish when the server stops (SIGTERM, ctrl-c,
+    /// `/stop`): it stops accepting at once, then closes each tunnel, with its reason, once
+    /// its connections are done or this time is up.
+    pub drain_grace_secs: u64,
 }
 
 impl Default for Limits {
@@ -144,11 +148,16 @@ impl Default for Limits {
             max_udp_flows: 16_384,
             max_udp_flows_per_client: 1024,
             udp_flow_idle_timeout_secs: 60,
+            drain_grace_secs: 30,
         }
     }
 }
 
 impl Limits {
+    /// [`Self::drain_grace_secs`] as a duration.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_secs(self.drain_grace_secs)
+    }
     /// [`Self::handshake_timeout_secs`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)

@@ -22,7 +22,8 @@ use crate::sessions::Sessions;
 use crate::throttle::AuthThrottle;
 use crate::tunnel;
 
-/// How long shutdown waits for streams to finish before closing the endpoint regardless.
+/// How long shutdown waits, beyond the drain grace period, for tasks to end before closing the
+/// endpoint regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
@@ -358,7 +359,8 @@ impl Server {
         }
         info!("shutting down");
         shared.tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait()).await.is_err() {
+        let drain = shared.config.limits.drain_grace().saturating_add(DRAIN_TIMEOUT);
+        if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
             warn!("tasks still running after the drain timeout; closing anyway");
         }
         endpoint.close(VarInt::from_u32(close_code::NORMAL), b"server shutting down");

@@ -96,7 +96,10 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
         write_frame(&mut send, &ControlReply::Registered { results }).await?;
 
         tokio::select! {
-            () = shutdown.cancelled() => Ok(()),
+            () = shutdown.cancelled() => {
+                drain(&session, &shared.config.limits).await;
+                Ok(())
+            }
             reason = conn.closed() => {
                 info!(%reason, "client disconnected");
                 Ok(())
@@ -108,6 +111,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
     .await;
 
     let (code, reason) = match &result {
+        Ok(()) if shutdown.is_cancelled() => (close_code::NORMAL, "server shutting down".to_owned()),
         Ok(()) => (close_code::NORMAL, "server closing the tunnel".to_owned()),
         Err(e) => (close_code::PROTOCOL_ERROR, e.to_string()),
     };
@@ -173,6 +177,21 @@ fn judge_hello(
     } else {
         shared.throttle().record_failure(ip, now);
         Err(RejectReason::BadCredentials)
+    }
+}
+
+/// The server is stopping: stops this session's public ports at once, then waits (up to the
+/// grace period) until every connection through the tunnel, either way, has finished.
+async fn drain(session: &Session, limits: &wmproxy_config::Limits) {
+    session.cancel.cancel();
+    let all = limits.max_streams_per_client;
+    let finished = async {
+        let _public = session.streams.acquire_many(all).await;
+        let _forwards = session.forwards.acquire_many(all).await;
+    };
+    match tokio::time::timeout(limits.drain_grace(), finished).await {
+        Ok(()) => info!("tunnel drained"),
+        Err(_) => warn!("connections still open after the drain grace period; closing the tunnel"),
     }
 }
 

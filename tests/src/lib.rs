@@ -76,6 +76,8 @@ impl TestServer {
             public_bind: "127.0.0.1".parse()?,
             token: Some(Secret::new(TOKEN)),
             allow_ports: vec![PortRange::new(1024, 65535).context("range")?],
+            // Tests stop servers with connections open; they need not wait the default 30 s.
+            limits: wmproxy_config::Limits { drain_grace_secs: 1, ..wmproxy_config::Limits::default() },
             control: Some(wmproxy_config::ControlFile {
                 bind: Some("127.0.0.1:0".parse()?),
                 token: Secret::new(CONTROL_TOKEN),
