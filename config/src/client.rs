@@ -52,9 +52,6 @@ pub struct ClientFile {
     /// Resource limits.
     #[serde(default)]
     pub limits: ClientLimits,
-    /// The control API; off without this table.
-    #[serde(default)]
-    pub control: Option<crate::ControlFile>,
 }
 
 /// The client's `[limits]`.
@@ -243,8 +240,6 @@ pub struct ClientConfig {
     pub egress: EgressPolicy,
     /// Resource limits.
     pub limits: ClientLimits,
-    /// The control API, if on.
-    pub control: Option<crate::ControlFile>,
 }
 
 impl ClientFile {
@@ -432,7 +427,6 @@ impl ClientFile {
             proxies,
             egress: self.egress.into(),
             limits: self.limits,
-            control: self.control,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! `[control]`: the control API of either end (loopback HTTP, JSON, bearer token).
+//! `[control]`: the server's control API (loopback HTTP, JSON, bearer token). The client has
+//! none yet.
 
 use std::net::SocketAddr;
 
@@ -8,8 +9,6 @@ use crate::Secret;
 
 /// The server's control API address when `bind` is left out.
 pub const SERVER_CONTROL_BIND: &str = "127.0.0.1:8837";
-/// The client's control API address when `bind` is left out (beside a server on one host).
-pub const CLIENT_CONTROL_BIND: &str = "127.0.0.1:8838";
 
 /// `[control]`. Without this table the control API is off.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -24,7 +23,7 @@ pub struct ControlFile {
 }
 
 impl ControlFile {
-    /// `bind`, or `default` (one of the `*_CONTROL_BIND` constants).
+    /// `bind`, or `default` ([`SERVER_CONTROL_BIND`]).
     pub fn addr(&self, default: &str) -> SocketAddr {
         self.bind.unwrap_or_else(|| default.parse().expect("the default control addresses are literals"))
     }

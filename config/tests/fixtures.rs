@@ -30,6 +30,8 @@ fn examples_parse() {
     assert_eq!(server.groups[0].policy, wmproxy_config::Policy::WeightedRoundRobin);
     assert_eq!(server.groups[1].custom_domains, ["www.example.com"]);
     assert_eq!(server.vhost.http_bind.map(|a| a.port()), Some(80));
+    assert_eq!(server.control.as_ref().map(|c| c.addr("127.0.0.1:1").port()), Some(8837));
+    assert_eq!(server.limits.drain_grace_secs, 30);
     assert_eq!(client.services[2].kind, ServiceType::Udp);
     assert_eq!(client.forwards[0].target, "db.internal.example:5432");
     assert_eq!((client.forwards[0].kind, client.forwards[1].kind), (ServiceType::Tcp, ServiceType::Udp));

@@ -162,7 +162,6 @@ impl TestServer {
             proxies: Vec::new(),
             egress: wmproxy_config::EgressPolicy::default(),
             limits: wmproxy_config::ClientLimits::default(),
-            control: None,
         }
     }
 }

@@ -115,7 +115,6 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         proxies: Vec::new(),
         egress: wmproxy_config::EgressPolicy::default(),
         limits: ClientLimits::default(),
-        control: None,
     })
 }
 
