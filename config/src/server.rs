@@ -303,12 +303,10 @@ impl ServerFile {
                     if g.locations.iter().any(|l| !l.starts_with('/')) {
                         return Err(invalid(src, "groups.locations", at, "a location starts with `/`"));
                     }
-                    let v = &self.vhost;
-                    let terminated = v.https_bind.is_some() && v.tls.is_some();
-                    if https && v.https_bind.is_none() {
+                    if https && self.vhost.https_bind.is_none() {
                         return Err(invalid(src, "groups.type", at, "this group needs `[vhost] https_bind`"));
                     }
-                    if !https && v.http_bind.is_none() && !terminated {
+                    if !https && self.vhost.http_routes_bind().is_none() {
                         let m = "this group needs `[vhost] http_bind` (or `https_bind` with `[vhost.tls]`)";
                         return Err(invalid(src, "groups.type", at, m));
                     }

@@ -41,6 +41,12 @@ impl Default for VhostFile {
 }
 
 impl VhostFile {
+    /// Where `http` services and groups are reached: the HTTP port, or, without one, the HTTPS
+    /// port when it terminates TLS (`[vhost.tls]`). `None`: nowhere.
+    pub fn http_routes_bind(&self) -> Option<SocketAddr> {
+        self.http_bind.or(self.https_bind.filter(|_| self.tls.is_some()))
+    }
+
     /// [`Self::header_read_timeout_secs`] as a duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)

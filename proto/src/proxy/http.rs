@@ -48,10 +48,7 @@ pub async fn serve<U: Upstream>(
     upstream: Arc<U>,
     tracker: TaskTracker,
 ) {
-    let expected = proxy.credentials.as_ref().map(|c| {
-        let pair = format!("{}:{}", c.username, c.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
-    });
+    let expected = proxy.credentials.as_ref().map(|c| basic_authorization(&c.username, &c.password));
     let pending: PendingTunnel = Arc::default();
     let service = {
         let pending = pending.clone();
@@ -211,6 +208,11 @@ fn refusal(e: &DataStreamError) -> Response<Body> {
         }
         _ => plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),
     }
+}
+
+/// The `Authorization` (or `Proxy-Authorization`) value of HTTP Basic credentials.
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
 }
 
 /// A short `text/plain` response.

@@ -187,7 +187,7 @@ pub struct Group {
 impl Group {
     fn new(file: &GroupFile, vhost: &VhostFile) -> Self {
         let port = match file.kind {
-            ServiceType::Http => vhost.http_bind.or(vhost.https_bind).map_or(0, |a| a.port()),
+            ServiceType::Http => vhost.http_routes_bind().map_or(0, |a| a.port()),
             ServiceType::Https => vhost.https_bind.map_or(0, |a| a.port()),
             ServiceType::Tcp | ServiceType::Udp | ServiceType::Ws => file.remote_port,
         };

@@ -22,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 use wmproxy_config::{ClientEntry, GroupFile, ServiceType, VhostFile};
 use wmproxy_proto::datastream;
+use wmproxy_proto::proxy::http::basic_authorization;
 use wmproxy_proto::wire::{HttpSpec, OpenStream, RegisterOutcome, ServiceKind, ServiceSpec};
 
 pub(crate) use self::serve::serve;
@@ -145,9 +146,7 @@ impl Router {
     ) -> RegisterOutcome {
         let tls = spec.kind == ServiceKind::Https;
         let bridge = spec.kind == ServiceKind::Ws;
-        // Without an HTTP port, `http` services are reached where the HTTPS port terminates TLS.
-        let terminated = vhost.https_bind.filter(|_| vhost.tls.is_some());
-        let bind = if tls { vhost.https_bind } else { vhost.http_bind.or(terminated) };
+        let bind = if tls { vhost.https_bind } else { vhost.http_routes_bind() };
         let Some(port) = bind.map(|a| a.port()) else {
             return RegisterOutcome::Invalid(format!(
                 "this server has no {} port",
@@ -173,6 +172,7 @@ impl Router {
             }
         }
         let locations = if http.locations.is_empty() { vec!["/".to_owned()] } else { http.locations.clone() };
+        let authorization = http.basic_auth.as_ref().map(|a| basic_authorization(&a.user, &a.password));
         let mut routes = self.lock();
         for host in &hosts {
             for location in &locations {
@@ -196,11 +196,7 @@ impl Router {
                         service: spec.name.clone(),
                     },
                     host_rewrite: http.host_header_rewrite.clone(),
-                    authorization: http.basic_auth.as_ref().map(|a| {
-                        use base64::Engine;
-                        let pair = format!("{}:{}", a.user, a.password);
-                        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
-                    }),
+                    authorization: authorization.clone(),
                 }));
             }
         }
