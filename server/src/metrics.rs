@@ -105,11 +105,13 @@ impl Default for Metrics {
     }
 }
 
-/// Counts one public connection to a service as active until dropped, then adds its bytes.
+/// Counts one public connection to a service as active until dropped, and adds its bytes.
+/// Holds the service's counters themselves (shared handles), so the label lookup happens once.
 #[derive(Debug)]
-pub(crate) struct StreamGuard<'a> {
-    metrics: &'a Metrics,
-    labels: ServiceLabels,
+pub(crate) struct StreamGuard {
+    active: Gauge,
+    bytes_in: Counter,
+    bytes_out: Counter,
 }
 
 /// Counts one authenticated tunnel as active until dropped.
@@ -131,11 +133,16 @@ impl Metrics {
     }
 
     /// Starts counting a public connection to `service` of `client`.
-    pub fn stream(&self, client: &str, service: &str) -> StreamGuard<'_> {
+    pub fn stream(&self, client: &str, service: &str) -> StreamGuard {
         let labels = ServiceLabels { client: client.to_owned(), service: service.to_owned() };
         self.streams_opened.get_or_create(&labels).inc();
-        self.streams_active.get_or_create(&labels).inc();
-        StreamGuard { metrics: self, labels }
+        let active = self.streams_active.get_or_create(&labels).clone();
+        active.inc();
+        StreamGuard {
+            active,
+            bytes_in: self.bytes_in.get_or_create(&labels).clone(),
+            bytes_out: self.bytes_out.get_or_create(&labels).clone(),
+        }
     }
 
     /// The Prometheus text of every metric, with the scrape-time ones from `shared`.
@@ -148,17 +155,17 @@ impl Metrics {
     }
 }
 
-impl StreamGuard<'_> {
+impl StreamGuard {
     /// Adds the bytes a finished relay carried.
     pub fn carried(&self, stats: &RelayStats) {
-        self.metrics.bytes_in.get_or_create(&self.labels).inc_by(stats.tcp_to_quic);
-        self.metrics.bytes_out.get_or_create(&self.labels).inc_by(stats.quic_to_tcp);
+        self.bytes_in.inc_by(stats.tcp_to_quic);
+        self.bytes_out.inc_by(stats.quic_to_tcp);
     }
 }
 
-impl Drop for StreamGuard<'_> {
+impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.metrics.streams_active.get_or_create(&self.labels).dec();
+        self.active.dec();
     }
 }
 
