@@ -1,7 +1,6 @@
 //! The client: keeps one tunnel up, reconnecting with backoff, and serves its services and
 //! forwards through whichever tunnel is current.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,15 +12,19 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::{ClientConfig, HealthCheck, ServiceType};
+use wmproxy_config::{ClientConfig, Service, ServiceType};
+use wmproxy_proto::stream::read_frame;
 use wmproxy_proto::transport;
 use wmproxy_proto::udp::{FlowTable, UdpStats};
-use wmproxy_proto::wire::{PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult, close_code};
+use wmproxy_proto::wire::{
+    ControlReply, ControlRequest, PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult, close_code,
+};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::error::ClientError;
-use crate::expose::{self, ExposeContext, Services};
+use crate::expose::{self, ExposeContext};
 use crate::forward::{self, Tunnel};
+use crate::reload::Reloader;
 use crate::session::{self, Session};
 use crate::{health, proxy, tls};
 
@@ -93,6 +96,8 @@ pub struct Client {
     status: watch::Sender<ClientStatus>,
     protocol_version: u32,
     udp_stats: Arc<UdpStats>,
+    reloader: Reloader,
+    control_listener: Option<TcpListener>,
 }
 
 impl Client {
@@ -120,9 +125,41 @@ impl Client {
                 TcpListener::bind(p.listen).await.map_err(|source| ClientError::Listen { addr: p.listen, source })?;
             forwards.push((ForwardListener::Proxy(listener, p.clone()), String::new()));
         }
+        let control_listener = match &config.control {
+            Some(control) => {
+                let addr = control.addr(wmproxy_config::control::CLIENT_CONTROL_BIND);
+                Some(TcpListener::bind(addr).await.map_err(|source| ClientError::Listen { addr, source })?)
+            }
+            None => None,
+        };
         let (status, _) = watch::channel(ClientStatus::Connecting { attempt: 0, last_error: None });
         let udp_stats = Arc::default();
-        Ok(Self { config, quic, forwards, status, protocol_version: PROTOCOL_VERSION, udp_stats })
+        let reloader = Reloader::new(&config, None);
+        Ok(Self {
+            config,
+            quic,
+            forwards,
+            status,
+            protocol_version: PROTOCOL_VERSION,
+            udp_stats,
+            reloader,
+            control_listener,
+        })
+    }
+
+    /// The config file this client was loaded from: `/reload`, SIGHUP and `/adapt` read it.
+    pub fn set_config_path(&mut self, path: std::path::PathBuf) {
+        self.reloader = Reloader::new(&self.config, Some(path));
+    }
+
+    /// Applies reloaded configs to this client while it runs.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Where the control API listens, if `[control]` is set.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The client's UDP counters (`active_flows` is the size of its flow table).
@@ -149,8 +186,19 @@ impl Client {
     /// Keeps the tunnel up until `shutdown`, or until an error that retrying cannot fix (wrong
     /// token, untrusted server, version mismatch), which it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let Self { config, quic, forwards, status, protocol_version, udp_stats } = self;
+        let Self { config, quic, forwards, status, protocol_version, udp_stats, reloader, control_listener } = self;
         let tracker = TaskTracker::new();
+        if let (Some(listener), Some(control)) = (control_listener, &config.control) {
+            let api = crate::control::ClientControl {
+                status: status.subscribe(),
+                reloader: reloader.clone(),
+                stop: shutdown.clone(),
+            };
+            let token = control.token.expose().to_owned();
+            let serve =
+                wmproxy_proto::control::serve(listener, token, Arc::new(api), shutdown.clone(), tracker.clone());
+            tracker.spawn(serve.instrument(info_span!("control_api")));
+        }
         let (tunnel_tx, tunnel_rx) = watch::channel::<Option<Tunnel>>(None);
         let udp_permits = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         for (listener, target) in forwards {
@@ -168,18 +216,6 @@ impl Client {
                 ForwardListener::Ws(l) => tracker.spawn(forward::serve_ws(l, target, tasks, stop).instrument(span)),
             };
         }
-        let services: Arc<Services> = Arc::new(
-            config
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), (s.local_addr.clone(), s.kind, s.proxy_protocol)))
-                .collect(),
-        );
-        let health_checks: HashMap<String, HealthCheck> = config
-            .services
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), s.group.as_ref()?.health_check.clone()?)))
-            .collect();
         let udp = UdpSetup {
             permits: udp_permits,
             stats: udp_stats,
@@ -191,27 +227,21 @@ impl Client {
         let mut jitter = Jitter::default();
         let mut attempt = 0u32;
         let result = loop {
+            let mut services = reloader.services();
+            let wanted = services.borrow_and_update().clone();
             let established = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                r = session::establish(&config, &quic, protocol_version) => r,
+                r = session::establish(&config, &wanted, &quic, protocol_version) => r,
             };
             let wait = match established {
                 Ok(session) => {
                     attempt = 0;
                     backoff.reset();
                     let span = info_span!("tunnel", server = %config.server_addr, client = %config.name);
-                    let ended = serve_session(
-                        session,
-                        &services,
-                        &health_checks,
-                        &udp,
-                        &status,
-                        &tunnel_tx,
-                        &tracker,
-                        &shutdown,
-                    )
-                    .instrument(span)
-                    .await;
+                    let ended =
+                        serve_session(session, (wanted, services), &udp, &status, &tunnel_tx, &tracker, &shutdown)
+                            .instrument(span)
+                            .await;
                     if shutdown.is_cancelled() {
                         break Ok(());
                     }
@@ -255,26 +285,19 @@ struct UdpSetup {
     egress: Arc<wmproxy_config::EgressPolicy>,
 }
 
-/// Serves one tunnel until it ends or `shutdown`. Returns why it ended.
-#[allow(clippy::too_many_arguments)]
+/// Serves one tunnel until it ends or `shutdown`. Returns why it ended. `services` is what the
+/// tunnel registered with, and the watch a reload changes.
 async fn serve_session(
     session: Session,
-    services: &Arc<Services>,
-    health_checks: &HashMap<String, HealthCheck>,
+    (registered, services): (Arc<Vec<Service>>, watch::Receiver<Arc<Vec<Service>>>),
     udp: &UdpSetup,
     status: &watch::Sender<ClientStatus>,
     tunnel: &watch::Sender<Option<Tunnel>>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> String {
-    let Session { endpoint, conn, services: results, control: (control_send, _control_recv) } = session;
-    for r in &results {
-        match &r.outcome {
-            RegisterOutcome::Ok { port } => info!(service = %r.name, port, "service published"),
-            RegisterOutcome::Joined { port } => info!(service = %r.name, port, "service joined its group"),
-            refused => warn!(service = %r.name, reason = %refused, "service refused by the server"),
-        }
-    }
+    let Session { endpoint, conn, services: results, control: (control_send, control_recv) } = session;
+    log_results(&results);
     let flows = FlowTable::new(udp.stats.clone());
     tracker.spawn(flows.clone().run(conn.clone(), udp.idle).in_current_span());
     if conn.max_datagram_size().is_none() {
@@ -284,17 +307,12 @@ async fn serve_session(
     // Connected is announced only once forwards and proxies can use the tunnel: a caller that
     // waits for it may send through them at once.
     status.send_replace(ClientStatus::Connected { services: results });
-    // Health reports share the control stream; `reports` lives as long as the session, so the
-    // stream stays open until the session ends.
-    let (reports, queued) = mpsc::channel(health::REPORT_QUEUE);
+    // Health reports and later registrations share the control stream; `requests` lives as
+    // long as the session, so the stream stays open until the session ends.
+    let (requests, queued) = mpsc::channel(health::REPORT_QUEUE);
     tracker.spawn(health::write_reports(control_send, queued).in_current_span());
-    let checks = shutdown.child_token();
-    for (name, (local, _, _)) in services.iter() {
-        let Some(check) = health_checks.get(name) else { continue };
-        let addr = check.addr.clone().unwrap_or_else(|| local.clone());
-        let task = health::run(name.clone(), addr, check.clone(), reports.clone(), checks.clone());
-        tracker.spawn(task.instrument(info_span!("health_check", service = %name)));
-    }
+    let mut checks = health::Checks::new(requests.clone(), tracker.clone(), shutdown.child_token());
+    checks.sync(&registered);
     let ctx = ExposeContext {
         services: services.clone(),
         conn: conn.clone(),
@@ -324,10 +342,11 @@ async fn serve_session(
                 }
             }
         } => reason,
+        reason = follow_reloads(services, (&requests, control_recv), status, &mut checks) => reason,
     };
     tunnel.send_replace(None);
-    checks.cancel();
-    drop(reports);
+    drop(checks);
+    drop(requests);
     flows.close_all();
     let stats = conn.stats();
     info!(
@@ -342,4 +361,44 @@ async fn serve_session(
     conn.close(VarInt::from_u32(close_code::NORMAL), b"client closing the tunnel");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     ended
+}
+
+fn log_results(results: &[ServiceResult]) {
+    for r in results {
+        match &r.outcome {
+            RegisterOutcome::Ok { port } => info!(service = %r.name, port, "service published"),
+            RegisterOutcome::Joined { port } => info!(service = %r.name, port, "service joined its group"),
+            refused => warn!(service = %r.name, reason = %refused, "service refused by the server"),
+        }
+    }
+}
+
+/// Registers the services again on the live tunnel each time a reload changes them (the
+/// server keeps unchanged ones as they are), and makes the health checks follow. Returns only
+/// when the control stream fails, with why.
+async fn follow_reloads(
+    mut services: watch::Receiver<Arc<Vec<Service>>>,
+    (requests, mut replies): (&mpsc::Sender<ControlRequest>, quinn::RecvStream),
+    status: &watch::Sender<ClientStatus>,
+    checks: &mut health::Checks,
+) -> String {
+    loop {
+        if services.changed().await.is_err() {
+            // No reloader any more: nothing will change again.
+            return std::future::pending().await;
+        }
+        let wanted = services.borrow_and_update().clone();
+        info!(services = wanted.len(), "registering the reloaded services");
+        if requests.send(ControlRequest::Register { services: session::specs(&wanted) }).await.is_err() {
+            return "control stream closed".to_owned();
+        }
+        let results = match read_frame::<ControlReply, _>(&mut replies).await {
+            Ok(ControlReply::Registered { results }) => results,
+            Ok(_) => return "unexpected reply on the control stream".to_owned(),
+            Err(e) => return format!("control stream: {e}"),
+        };
+        log_results(&results);
+        status.send_replace(ClientStatus::Connected { services: results });
+        checks.sync(&wanted);
+    }
 }

@@ -1,16 +1,15 @@
 //! Streams the server opens: a user reached one of our published services. For TCP, dial the
-//! service's local address, answer, relay; for a UDP flow, connect a socket to it and run the
-//! flow. A user of one of the server's proxies (`ProxyConnect`) is dialed under our egress
-//! policy.
+//! service's local address, answer, relay, and log the finished connection (the access log,
+//! per service); for a UDP flow, connect a socket to it and run the flow. A user of one of the
+//! server's proxies (`ProxyConnect`) is dialed under our egress policy.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::Semaphore;
-use tracing::{Span, debug};
-use wmproxy_config::{EgressPolicy, ProxyProtocol, ServiceType};
+use tokio::sync::{Semaphore, watch};
+use tracing::{Span, debug, info};
+use wmproxy_config::{EgressPolicy, ProxyProtocol, Service, ServiceType};
 use wmproxy_proto::datastream;
 use wmproxy_proto::udp::{FlowTable, UdpStats, flow};
 use wmproxy_proto::wire::{OpenResult, OpenStream};
@@ -18,14 +17,11 @@ use wmproxy_proto::wire::{OpenResult, OpenStream};
 /// Time for the server's header, and for dialing a local service.
 pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Published services by name: local address, kind, and the PROXY protocol header to send.
-pub type Services = HashMap<String, (String, ServiceType, Option<ProxyProtocol>)>;
-
 /// What streams of one tunnel share.
 #[derive(Debug, Clone)]
 pub struct ExposeContext {
-    /// The configured services.
-    pub services: Arc<Services>,
+    /// The configured services, as last reloaded.
+    pub services: watch::Receiver<Arc<Vec<Service>>>,
     /// The tunnel.
     pub conn: Connection,
     /// Its UDP flows.
@@ -44,26 +40,34 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
     match header {
         OpenStream::Expose { service, peer_addr } => {
             Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
-            let dialed = match ctx.services.get(&service) {
-                // Local services may be anywhere the client can reach, loopback included.
-                Some((local, ServiceType::Tcp | ServiceType::Http | ServiceType::Https | ServiceType::Ws, pp)) => {
-                    let dialed = wmproxy_proto::dial::dial(local, STREAM_OPEN_TIMEOUT, |_, _| true, |_| true).await;
-                    match (dialed, pp) {
-                        (Ok(tcp), Some(version)) => send_proxy_header(tcp, *version, peer_addr).await,
-                        (dialed, _) => dialed,
-                    }
-                }
-                _ => Err(OpenResult::UnknownService),
-            };
-            datastream::complete(send, recv, dialed).await;
-        }
-        OpenStream::UdpExpose { service, peer_addr } => {
-            Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
-            let Some((local, ServiceType::Udp, _)) = ctx.services.get(&service) else {
+            let started = Instant::now();
+            let found = ctx.services.borrow().iter().find(|s| s.name == service && s.kind != ServiceType::Udp).cloned();
+            let Some(found) = found else {
                 return datastream::refuse(send, OpenResult::UnknownService).await;
             };
             // Local services may be anywhere the client can reach, loopback included.
-            let local = local.clone();
+            let dialed = wmproxy_proto::dial::dial(&found.local_addr, STREAM_OPEN_TIMEOUT, |_, _| true, |_| true).await;
+            let dialed = match (dialed, found.proxy_protocol) {
+                (Ok(tcp), Some(version)) => send_proxy_header(tcp, version, peer_addr).await,
+                (dialed, _) => dialed,
+            };
+            let outcome = datastream::complete(send, recv, dialed).await;
+            if found.access_log {
+                access_log(&found, peer_addr, started, &outcome);
+            }
+        }
+        OpenStream::UdpExpose { service, peer_addr } => {
+            Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
+            let local = ctx
+                .services
+                .borrow()
+                .iter()
+                .find(|s| s.name == service && s.kind == ServiceType::Udp)
+                .map(|s| s.local_addr.clone());
+            let Some(local) = local else {
+                return datastream::refuse(send, OpenResult::UnknownService).await;
+            };
+            // Local services may be anywhere the client can reach, loopback included.
             udp_flow(ctx, send, recv, &local, |_, _| true, |_| true).await;
         }
         OpenStream::ProxyConnect { target, peer_addr } => {
@@ -72,7 +76,7 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
             let egress = &ctx.egress;
             let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
             let dialed = wmproxy_proto::dial::dial(&target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await;
-            datastream::complete(send, recv, dialed).await;
+            let _ = datastream::complete(send, recv, dialed).await;
         }
         OpenStream::ProxyUdpConnect { target, peer_addr } => {
             Span::current().record("service", "proxy-udp").record("peer", tracing::field::display(peer_addr));
@@ -83,6 +87,32 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
         // Anything else the server may not ask of a client.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
     }
+}
+
+/// The access log: one structured event per finished connection to a published service, with
+/// target `wmproxy::access` (filter it with `RUST_LOG=wmproxy::access=info`).
+fn access_log(
+    service: &Service,
+    peer: std::net::SocketAddr,
+    started: Instant,
+    outcome: &Result<wmproxy_proto::relay::RelayStats, datastream::DataStreamError>,
+) {
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (bytes_in, bytes_out, result) = match outcome {
+        Ok(stats) => (stats.quic_to_tcp, stats.tcp_to_quic, "ok".to_owned()),
+        Err(e) => (0, 0, e.to_string()),
+    };
+    info!(
+        target: "wmproxy::access",
+        service = %service.name,
+        user = %peer,
+        backend = %service.local_addr,
+        bytes_in,
+        bytes_out,
+        duration_ms,
+        %result,
+        "connection finished"
+    );
 }
 
 /// Runs a UDP flow the server opened toward `target`: within the client's flow limit, with a

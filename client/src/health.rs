@@ -2,6 +2,7 @@
 //! reported to the server on the control stream (`ControlRequest::Health`), which applies
 //! `rise` and `fall`.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,8 +12,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
-use wmproxy_config::{CheckType, HealthCheck};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span};
+use wmproxy_config::{CheckType, HealthCheck, Service};
 use wmproxy_proto::wire::ControlRequest;
 
 /// Runs `check` against `addr` every interval until `stop`, sending each result on `reports`.
@@ -96,4 +98,55 @@ pub async fn write_reports(mut send: quinn::SendStream, mut reports: mpsc::Recei
     }
     // Ends our side of the control stream: the server takes it as the client leaving.
     let _ = send.finish();
+}
+
+/// The health checks a tunnel runs, one per grouped service that has one; [`Checks::sync`]
+/// follows the services after a reload. Dropping it stops them all.
+#[derive(Debug)]
+pub struct Checks {
+    running: HashMap<String, (String, HealthCheck, CancellationToken)>,
+    reports: mpsc::Sender<ControlRequest>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Checks {
+    /// No checks yet; they report on `reports` and stop with `stop`.
+    pub fn new(reports: mpsc::Sender<ControlRequest>, tracker: TaskTracker, stop: CancellationToken) -> Self {
+        Self { running: HashMap::new(), reports, tracker, stop }
+    }
+
+    /// Stops the checks of services that are gone or whose check (or address) changed, and
+    /// starts the missing ones.
+    pub fn sync(&mut self, services: &[Service]) {
+        let wanted: HashMap<&str, (String, &HealthCheck)> = services
+            .iter()
+            .filter_map(|s| {
+                let check = s.group.as_ref()?.health_check.as_ref()?;
+                Some((s.name.as_str(), (check.addr.clone().unwrap_or_else(|| s.local_addr.clone()), check)))
+            })
+            .collect();
+        self.running.retain(|name, (addr, check, stop)| {
+            let keep = wanted.get(name.as_str()).is_some_and(|(a, c)| a == addr && *c == check);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (name, (addr, check)) in wanted {
+            if self.running.contains_key(name) {
+                continue;
+            }
+            let stop = self.stop.child_token();
+            let task = run(name.to_owned(), addr.clone(), check.clone(), self.reports.clone(), stop.clone());
+            self.tracker.spawn(task.instrument(info_span!("health_check", service = %name)));
+            self.running.insert(name.to_owned(), (addr, check.clone(), stop));
+        }
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }

@@ -12,12 +12,16 @@
 //! - `health`: active health checks of grouped services (TCP connect or HTTP GET), reported
 //!   to the server on the control stream.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
+//! - [`reload`]: applies a reloaded config; services are registered again on the live tunnel.
+//! - `control`: the control API (`[control]`): status, reload, adapt, stop.
 //! - [`backoff`]: reconnect delays with jitter. [`error`]: errors, and which are retried.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod client;
+mod control;
 pub mod error;
+pub mod reload;
 pub mod session;
 
 mod expose;
@@ -28,3 +32,4 @@ pub mod tls;
 
 pub use client::{Client, ClientStatus};
 pub use error::ClientError;
+pub use reload::{ReloadError, Reloader};

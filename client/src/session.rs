@@ -1,11 +1,11 @@
 //! One tunnel attempt: resolve, QUIC handshake, Hello with the proof, Register. Returns the live
-//! connection with the per-service results.
+//! connection with the per-service results. [`specs`] is what a (re)registration asks for.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint};
-use wmproxy_config::{ClientConfig, ServiceType};
+use wmproxy_config::{ClientConfig, Service, ServiceType};
 use wmproxy_proto::stream::{read_frame, write_frame};
 use wmproxy_proto::transport;
 use wmproxy_proto::wire::{
@@ -35,6 +35,7 @@ pub struct Session {
 /// Connects, authenticates and registers, within [`HANDSHAKE_TIMEOUT`].
 pub async fn establish(
     config: &ClientConfig,
+    services: &[Service],
     quic: &quinn::ClientConfig,
     hello_version: u32,
 ) -> Result<Session, ClientError> {
@@ -53,7 +54,7 @@ pub async fn establish(
             .connect_with(quic.clone(), addr, &config.server_name)
             .map_err(|e| ClientError::Tunnel(e.to_string()))?;
         let conn = connecting.await?;
-        let (services, control) = handshake(&conn, config, hello_version).await?;
+        let (services, control) = handshake(&conn, config, services, hello_version).await?;
         Ok::<_, ClientError>((conn, services, control))
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
@@ -78,6 +79,7 @@ async fn resolve(server_addr: &str) -> Result<SocketAddr, ClientError> {
 async fn handshake(
     conn: &Connection,
     config: &ClientConfig,
+    services: &[Service],
     hello_version: u32,
 ) -> Result<(Vec<ServiceResult>, (quinn::SendStream, quinn::RecvStream)), ClientError> {
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -100,8 +102,17 @@ async fn handshake(
         _ => return Err(ClientError::Tunnel("unknown reply to Hello".into())),
     }
 
-    let services = config
-        .services
+    write_frame(&mut send, &ControlRequest::Register { services: specs(services) }).await?;
+    let results = match read_frame::<ControlReply, _>(&mut recv).await? {
+        ControlReply::Registered { results } => results,
+        _ => return Err(ClientError::Tunnel("unknown reply to Register".into())),
+    };
+    Ok((results, (send, recv)))
+}
+
+/// What the server is asked to publish for `services`.
+pub(crate) fn specs(services: &[Service]) -> Vec<ServiceSpec> {
+    services
         .iter()
         .map(|s| ServiceSpec {
             name: s.name.clone(),
@@ -135,11 +146,5 @@ async fn handshake(
                 }),
             }),
         })
-        .collect();
-    write_frame(&mut send, &ControlRequest::Register { services }).await?;
-    let results = match read_frame::<ControlReply, _>(&mut recv).await? {
-        ControlReply::Registered { results } => results,
-        _ => return Err(ClientError::Tunnel("unknown reply to Register".into())),
-    };
-    Ok((results, (send, recv)))
+        .collect()
 }

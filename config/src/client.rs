@@ -52,6 +52,9 @@ pub struct ClientFile {
     /// Resource limits.
     #[serde(default)]
     pub limits: ClientLimits,
+    /// The client's control API; off without this table.
+    #[serde(default)]
+    pub control: Option<crate::ControlFile>,
 }
 
 /// The client's `[limits]`.
@@ -131,6 +134,10 @@ pub struct ServiceFile {
     /// so it learns the user's real address.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Log one line per finished connection (user, bytes each way, duration, result); on by
+    /// default.
+    #[serde(default)]
+    pub access_log: Option<bool>,
 }
 
 /// A PROXY protocol version.
@@ -204,6 +211,8 @@ pub struct Service {
     pub http: Option<HttpRoute>,
     /// The PROXY protocol header to send the service, if any.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Log each finished connection.
+    pub access_log: bool,
 }
 
 /// A validated local forward.
@@ -240,6 +249,8 @@ pub struct ClientConfig {
     pub egress: EgressPolicy,
     /// Resource limits.
     pub limits: ClientLimits,
+    /// The control API, if on.
+    pub control: Option<crate::ControlFile>,
 }
 
 impl ClientFile {
@@ -386,6 +397,7 @@ impl ClientFile {
                 group,
                 http,
                 proxy_protocol: s.proxy_protocol,
+                access_log: s.access_log.unwrap_or(true),
             });
         }
 
@@ -427,6 +439,7 @@ impl ClientFile {
             proxies,
             egress: self.egress.into(),
             limits: self.limits,
+            control: self.control,
         })
     }
 }

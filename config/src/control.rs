@@ -1,5 +1,5 @@
-//! `[control]`: the server's control API (loopback HTTP, JSON, bearer token). The client has
-//! none yet.
+//! `[control]`: the control API of the server or the client (loopback HTTP, JSON, bearer
+//! token).
 
 use std::net::SocketAddr;
 
@@ -9,6 +9,9 @@ use crate::Secret;
 
 /// The server's control API address when `bind` is left out.
 pub const SERVER_CONTROL_BIND: &str = "127.0.0.1:8837";
+
+/// The client's control API address when `bind` is left out.
+pub const CLIENT_CONTROL_BIND: &str = "127.0.0.1:8838";
 
 /// `[control]`. Without this table the control API is off.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -23,7 +26,7 @@ pub struct ControlFile {
 }
 
 impl ControlFile {
-    /// `bind`, or `default` ([`SERVER_CONTROL_BIND`]).
+    /// `bind`, or `default` ([`SERVER_CONTROL_BIND`] or [`CLIENT_CONTROL_BIND`]).
     pub fn addr(&self, default: &str) -> SocketAddr {
         self.bind.unwrap_or_else(|| default.parse().expect("the default control addresses are literals"))
     }

@@ -9,6 +9,8 @@
 //! - [`proxy`]: the client's local SOCKS5 and HTTP proxies.
 //! - [`vhost`]: the server's HTTP virtual-host port and the routes HTTP services ask for.
 //! - [`secret`]: tokens, masked in `Debug` and `Display`.
+//! - [`control`]: `[control]`, the control API of either end. [`reload`]: the report of what a
+//!   reload changed.
 //!
 //! Parsing is strict (`deny_unknown_fields`); every error names the key and the line. Field
 //! types validate themselves while parsing, so toml reports their position; checks that span
@@ -22,6 +24,7 @@ pub mod egress;
 pub mod group;
 pub mod ports;
 pub mod proxy;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod vhost;
@@ -34,6 +37,7 @@ pub use egress::EgressPolicy;
 pub use group::{CheckType, GroupFile, GroupJoin, HealthCheck, Policy};
 pub use ports::{PortAllowance, PortRange};
 pub use proxy::{Credentials, Proxy, ProxyType};
+pub use reload::ReloadReport;
 pub use secret::Secret;
 pub use server::{ClientEntry, Limits, ServerConfig, ServerFile, TlsFiles};
 pub use vhost::{HttpRoute, VhostFile};

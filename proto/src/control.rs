@@ -64,6 +64,40 @@ impl Reply {
         Self::error(StatusCode::NOT_FOUND, &format!("no such endpoint: {method} {path}"))
     }
 
+    /// The answer to validating a config: `200 {"valid": true}`, or `422 {"valid": false,
+    /// "error": …}` (config errors name the key and line).
+    pub fn verdict<E: std::fmt::Display>(checked: Result<(), E>) -> Self {
+        match checked {
+            Ok(()) => Self::json(StatusCode::OK, &serde_json::json!({ "valid": true })),
+            Err(e) => Self::json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({ "valid": false, "error": e.to_string() }),
+            ),
+        }
+    }
+
+    /// `POST /adapt`: validates the body with `parse`, or, when the body is empty, the config
+    /// file at `path` with `load`; applies nothing.
+    pub fn adapt<T, E: std::fmt::Display>(
+        body: &[u8],
+        path: Option<&std::path::Path>,
+        load: impl FnOnce(&std::path::Path) -> Result<T, E>,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Self {
+        let checked = if body.is_empty() {
+            let Some(path) = path else {
+                return Self::error(StatusCode::BAD_REQUEST, "no config file to read: send one as the body");
+            };
+            load(path)
+        } else {
+            match std::str::from_utf8(body) {
+                Ok(text) => parse(text),
+                Err(_) => return Self::error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"),
+            }
+        };
+        Self::verdict(checked.map(|_| ()))
+    }
+
     /// Prometheus text exposition.
     pub fn metrics(body: String) -> Self {
         Self {
@@ -71,6 +105,29 @@ impl Reply {
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             body,
         }
+    }
+}
+
+/// One service's registration result, as both ends' `/status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    /// The service's name.
+    pub name: String,
+    /// `ok`, `joined` or why the server refused it.
+    pub outcome: String,
+    /// Its public port, once published.
+    pub port: Option<u16>,
+}
+
+impl From<&crate::wire::ServiceResult> for ServiceStatus {
+    fn from(result: &crate::wire::ServiceResult) -> Self {
+        use crate::wire::RegisterOutcome;
+        let (outcome, port) = match &result.outcome {
+            RegisterOutcome::Ok { port } => ("ok".to_owned(), Some(*port)),
+            RegisterOutcome::Joined { port } => ("joined".to_owned(), Some(*port)),
+            refused => (refused.to_string(), None),
+        };
+        Self { name: result.name.clone(), outcome, port }
     }
 }
 

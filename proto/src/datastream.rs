@@ -130,8 +130,12 @@ pub async fn read_header(
 }
 
 /// Answers a TCP stream the peer opened with the outcome of the dial, and on success relays
-/// until both directions end. Logs the outcome in the current span.
-pub async fn complete(send: SendStream, recv: RecvStream, dialed: Result<TcpStream, OpenResult>) {
+/// until both directions end. Logs the outcome in the current span, and returns it.
+pub async fn complete(
+    send: SendStream,
+    recv: RecvStream,
+    dialed: Result<TcpStream, OpenResult>,
+) -> Result<RelayStats, DataStreamError> {
     let result = match dialed {
         Ok(tcp) => answer_and_relay(send, recv, tcp).await,
         Err(result) => {
@@ -139,11 +143,12 @@ pub async fn complete(send: SendStream, recv: RecvStream, dialed: Result<TcpStre
             Err(DataStreamError::Refused(result))
         }
     };
-    match result {
+    match &result {
         Ok(stats) => debug!(from_peer = stats.quic_to_tcp, to_peer = stats.tcp_to_quic, "stream finished"),
         Err(DataStreamError::Refused(result)) => debug!(%result, "stream refused"),
         Err(e) => debug!(error = %e, "stream aborted"),
     }
+    result
 }
 
 async fn answer_and_relay(

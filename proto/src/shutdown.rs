@@ -23,3 +23,10 @@ pub async fn on_signal(shutdown: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
 }
+
+/// Completes `grace` after `stop` is cancelled: what a live connection of a removed listener or
+/// service waits on before it is closed. Pending forever while `stop` is not cancelled.
+pub async fn after_grace(stop: &CancellationToken, grace: std::time::Duration) {
+    stop.cancelled().await;
+    tokio::time::sleep(grace).await;
+}

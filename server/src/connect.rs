@@ -14,11 +14,11 @@ use crate::sessions::Session;
 
 /// Serves one data stream opened by a client, under the span `stream{id, target, flow}`.
 pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Session>, shared: Arc<Shared>) {
-    let timeout = shared.config.limits.stream_open_timeout();
+    let timeout = shared.config().limits.stream_open_timeout();
     let Some((send, recv, header)) = datastream::read_header(send, recv, timeout).await else {
         return;
     };
-    let egress = &shared.config.egress;
+    let egress = &shared.config().egress;
     // The dial checks the name and port before any lookup, then every resolved address.
     let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
     match header {
@@ -30,7 +30,7 @@ pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Sessi
             };
             debug!(%peer_addr, "forward requested");
             let dialed = wmproxy_proto::dial::dial(&target, timeout, allow_target, allow_ip).await;
-            datastream::complete(send, recv, dialed).await;
+            let _ = datastream::complete(send, recv, dialed).await;
         }
         OpenStream::UdpConnect { target, peer_addr } => {
             Span::current().record("target", target.as_str());

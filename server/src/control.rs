@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use wmproxy_proto::control::{ControlApi, Reply};
+use wmproxy_proto::control::{ControlApi, Reply, ServiceStatus};
 
 use crate::groups::GroupStatus;
 use crate::server::Shared;
@@ -51,20 +51,17 @@ struct ClientStatus {
     services: Vec<ServiceStatus>,
 }
 
-#[derive(Debug, Serialize)]
-struct ServiceStatus {
-    name: String,
-    /// `ok`, `joined` or why the server refused it.
-    outcome: String,
-    port: Option<u16>,
-}
-
 impl ControlApi for ServerControl {
     async fn handle(&self, method: Method, path: String, body: Bytes) -> Reply {
         match (&method, path.as_str()) {
             (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
-            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &self.shared.config),
-            (&Method::POST, "/adapt") => self.adapt(&body),
+            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &*self.shared.config()),
+            (&Method::POST, "/adapt") => Reply::adapt(
+                &body,
+                self.config_path.as_deref(),
+                wmproxy_config::load_server,
+                wmproxy_config::parse_server,
+            ),
             (&Method::POST, "/stop") => {
                 self.stop.cancel();
                 Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
@@ -93,26 +90,16 @@ impl ServerControl {
                 address: s.conn.remote_address().to_string(),
                 connected_since: s.since.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs(),
                 rtt_ms: s.conn.rtt().as_secs_f64() * 1000.0,
-                services: s.services.lock().unwrap_or_else(|p| p.into_inner()).iter().map(service_status).collect(),
+                services: s
+                    .services
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(ServiceStatus::from)
+                    .collect(),
             })
             .collect();
         Status { clients, groups, udp: self.shared.udp_stats.snapshot() }
-    }
-
-    /// `/adapt`: validates the body, or the config file when the body is empty.
-    fn adapt(&self, body: &[u8]) -> Reply {
-        let checked = if body.is_empty() {
-            let Some(path) = &self.config_path else {
-                return Reply::error(StatusCode::BAD_REQUEST, "no config file to read: send one as the body");
-            };
-            wmproxy_config::load_server(path)
-        } else {
-            match std::str::from_utf8(body) {
-                Ok(text) => wmproxy_config::parse_server(text),
-                Err(_) => return Reply::error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"),
-            }
-        };
-        verdict(checked.map(|_| ()))
     }
 
     /// `/backends/{client}:{service}/drain` and `/undrain`.
@@ -131,26 +118,5 @@ impl ServerControl {
         } else {
             Reply::error(StatusCode::NOT_FOUND, &format!("no connected backend `{name}`"))
         }
-    }
-}
-
-fn service_status(result: &wmproxy_proto::wire::ServiceResult) -> ServiceStatus {
-    use wmproxy_proto::wire::RegisterOutcome;
-    let (outcome, port) = match &result.outcome {
-        RegisterOutcome::Ok { port } => ("ok".to_owned(), Some(*port)),
-        RegisterOutcome::Joined { port } => ("joined".to_owned(), Some(*port)),
-        refused => (refused.to_string(), None),
-    };
-    ServiceStatus { name: result.name.clone(), outcome, port }
-}
-
-/// `200 {"valid": true}` or `422 {"valid": false, "error": …}` (the error names key and line).
-pub(crate) fn verdict(checked: Result<(), wmproxy_config::ConfigError>) -> Reply {
-    match checked {
-        Ok(()) => Reply::json(StatusCode::OK, &serde_json::json!({ "valid": true })),
-        Err(e) => Reply::json(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &serde_json::json!({ "valid": false, "error": e.to_string() }),
-        ),
     }
 }

@@ -52,7 +52,7 @@ impl Upstream for ThroughClient {
         let tunnel = self.tunnel(peer);
         let (conn, _) = tunnel.ok_or_else(|| DataStreamError::Tunnel(format!("`{}` is not connected", self.via)))?;
         let header = OpenStream::ProxyConnect { target, peer_addr: peer };
-        datastream::open_confirmed(&conn, &header, self.shared.config.limits.stream_open_timeout()).await
+        datastream::open_confirmed(&conn, &header, self.shared.config().limits.stream_open_timeout()).await
     }
 
     fn udp(&self, peer: SocketAddr) -> Option<UdpRoute> {

@@ -48,7 +48,8 @@ pub enum ServerError {
 /// State every task of the server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub config: ServerConfig,
+    /// The running config; a reload swaps it (see [`Shared::config`]).
+    config: std::sync::RwLock<Arc<ServerConfig>>,
     pub sessions: Sessions,
     pub tracker: TaskTracker,
     /// Counters of every client's UDP flows.
@@ -69,6 +70,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The running config, as of now. A task that needs one consistent view keeps the `Arc`.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The failed-auth table. Never held across an `.await`.
     pub fn throttle(&self) -> MutexGuard<'_, AuthThrottle> {
         self.throttle.lock().unwrap_or_else(|p| p.into_inner())
@@ -122,17 +128,17 @@ impl ServerHandle {
 
     /// Where the HTTPS (SNI) port listens, if configured.
     pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.shared.config.vhost.https_bind
+        self.shared.config().vhost.https_bind
     }
 
     /// Where the control API listens, if `[control]` is set.
     pub fn control_addr(&self) -> Option<SocketAddr> {
-        self.shared.config.control.as_ref().and_then(|c| c.bind)
+        self.shared.config().control.as_ref().and_then(|c| c.bind)
     }
 
     /// Where the vhost port listens, if configured.
     pub fn vhost_addr(&self) -> Option<SocketAddr> {
-        self.shared.config.vhost.http_bind
+        self.shared.config().vhost.http_bind
     }
 
     /// Where the server's proxies listen, in config order.
@@ -235,7 +241,7 @@ impl Server {
             None => None,
         };
         let shared = Arc::new(Shared {
-            config,
+            config: std::sync::RwLock::new(Arc::new(config)),
             sessions: Sessions::default(),
             tracker: TaskTracker::new(),
             udp_stats: Arc::default(),
@@ -296,7 +302,7 @@ impl Server {
             config_path,
             ..
         } = self;
-        if let (Some(listener), Some(control)) = (control_listener, &shared.config.control) {
+        if let (Some(listener), Some(control)) = (control_listener, &shared.config().control) {
             let api = crate::control::ServerControl { shared: shared.clone(), config_path, stop: shutdown.clone() };
             let token = control.token.expose().to_owned();
             let serve =
@@ -328,7 +334,7 @@ impl Server {
                         Arc::new(socket),
                         groups::GroupPort { group, shared: shared.clone() },
                         shared.udp_stats.clone(),
-                        shared.config.limits.stream_open_timeout(),
+                        shared.config().limits.stream_open_timeout(),
                         shared.tracker.clone(),
                         shutdown.clone(),
                     );
@@ -359,7 +365,7 @@ impl Server {
         }
         info!("shutting down");
         shared.tracker.close();
-        let drain = shared.config.limits.drain_grace().saturating_add(DRAIN_TIMEOUT);
+        let drain = shared.config().limits.drain_grace().saturating_add(DRAIN_TIMEOUT);
         if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
             warn!("tasks still running after the drain timeout; closing anyway");
         }

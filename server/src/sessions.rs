@@ -41,14 +41,21 @@ pub(crate) struct Session {
     pub memberships: Mutex<HashMap<String, Membership>>,
     /// When the tunnel was accepted.
     pub since: std::time::SystemTime,
-    /// What its registration asked and got, for status output.
+    /// What its latest registration asked and got, for status output.
     pub services: Mutex<Vec<wmproxy_proto::wire::ServiceResult>>,
+    /// The services published now, by name: a later `Register` keeps the unchanged ones.
+    pub published: Mutex<HashMap<String, crate::publish::Published>>,
 }
 
 impl Session {
     /// The group memberships. Never held across an `.await`.
     pub fn memberships(&self) -> std::sync::MutexGuard<'_, HashMap<String, Membership>> {
         self.memberships.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The published services. Never held across an `.await`.
+    pub fn published(&self) -> std::sync::MutexGuard<'_, HashMap<String, crate::publish::Published>> {
+        self.published.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ends the session: takes its backends out of their groups and its routes off the vhost
@@ -96,6 +103,7 @@ impl Sessions {
             memberships: Mutex::default(),
             since: std::time::SystemTime::now(),
             services: Mutex::default(),
+            published: Mutex::default(),
         });
         let replaced = self.lock().insert(name.to_owned(), session.clone());
         (session, replaced)

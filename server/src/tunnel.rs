@@ -50,7 +50,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, shutdo
 
 async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &CancellationToken) -> Result<(), TunnelError> {
     let peer = incoming.remote_address();
-    let handshake_timeout = shared.config.limits.handshake_timeout();
+    let handshake_timeout = shared.config().limits.handshake_timeout();
     let deadline = tokio::time::Instant::now() + handshake_timeout;
 
     let handshake = tokio::time::timeout_at(deadline, async {
@@ -75,7 +75,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
     Span::current().record("client", name.as_str());
     let _counted = shared.metrics.tunnel();
 
-    let limits = &shared.config.limits;
+    let limits = &shared.config().limits;
     let (session, replaced) = shared.sessions.insert(&name, conn.clone(), limits, shared.udp_stats.clone());
     if let Some(old) = replaced {
         info!("replacing the previous session of this client");
@@ -90,21 +90,18 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &Cancell
         let ControlRequest::Register { services } = request else {
             return Err(TunnelError::Unexpected);
         };
-        let allowance = shared.config.client(&name).map(|c| c.allow_ports.clone()).unwrap_or_default();
-        let results = publish::register(services, &allowance, &session, shared).await;
-        session.services.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&results);
-        write_frame(&mut send, &ControlReply::Registered { results }).await?;
+        register(services, &mut send, &session, shared).await?;
 
         tokio::select! {
             () = shutdown.cancelled() => {
-                drain(&session, &shared.config.limits).await;
+                drain(&session, &shared.config().limits).await;
                 Ok(())
             }
             reason = conn.closed() => {
                 info!(%reason, "client disconnected");
                 Ok(())
             }
-            result = control_loop(&mut recv, &session, shared) => result,
+            result = control_loop((&mut send, &mut recv), &session, shared) => result,
             () = accept_streams(&session, shared) => Ok(()),
         }
     }
@@ -166,11 +163,11 @@ fn judge_hello(
     conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&hello.client_name))
         .map_err(|_| RejectReason::Invalid("TLS exporter unavailable".into()))?;
     // Unknown names are checked against a dummy token so both paths take the same time.
-    let token = match shared.config.client(&hello.client_name) {
+    let token = match shared.config().client(&hello.client_name) {
         Some(entry) => wire::AuthToken::new(entry.token.expose()),
         None => wire::AuthToken::new(&b"wmproxy-no-such-client"[..]),
     };
-    let known = shared.config.client(&hello.client_name).is_some();
+    let known = shared.config().client(&hello.client_name).is_some();
     if auth::verify(&token, &exporter, &hello.proof) && known {
         shared.throttle().record_success(ip);
         Ok(hello.client_name)
@@ -195,11 +192,33 @@ async fn drain(session: &Session, limits: &wmproxy_config::Limits) {
     }
 }
 
-/// After registration the client sends only health reports on the control stream; anything
-/// else, or its end, ends the tunnel.
-async fn control_loop(recv: &mut RecvStream, session: &Session, shared: &Shared) -> Result<(), TunnelError> {
+/// Publishes `services` (the whole set the client wants now) and answers with the results.
+async fn register(
+    services: Vec<wmproxy_proto::wire::ServiceSpec>,
+    send: &mut SendStream,
+    session: &Arc<Session>,
+    shared: &Arc<Shared>,
+) -> Result<(), TunnelError> {
+    let allowance = shared.config().client(&session.name).map(|c| c.allow_ports.clone()).unwrap_or_default();
+    let results = publish::register(services, &allowance, session, shared).await;
+    session.services.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&results);
+    write_frame(send, &ControlReply::Registered { results }).await?;
+    Ok(())
+}
+
+/// After the first registration the client sends health reports, and a new `Register` when
+/// its config was reloaded; anything else, or the stream's end, ends the tunnel.
+async fn control_loop(
+    (send, recv): (&mut SendStream, &mut RecvStream),
+    session: &Arc<Session>,
+    shared: &Arc<Shared>,
+) -> Result<(), TunnelError> {
     loop {
         match read_frame::<ControlRequest, _>(recv).await {
+            Ok(ControlRequest::Register { services }) => {
+                info!(services = services.len(), "client registers again (its config was reloaded)");
+                register(services, send, session, shared).await?;
+            }
             Ok(ControlRequest::Health { service, ok, latency_us }) => {
                 shared.metrics.check_latency.observe(f64::from(latency_us) / 1e6);
                 let backend = session.memberships().get(&service).map(|(_, b)| b.clone());

@@ -15,12 +15,14 @@ use crate::publish;
 use crate::server::Shared;
 use crate::sessions::Session;
 
-/// Binds the public UDP port of `spec` and starts serving it until the session ends.
+/// Binds the public UDP port of `spec` and starts serving it until `stop` (the service is
+/// withdrawn or the session ends).
 pub(crate) fn bind(
     spec: &ServiceSpec,
     allowance: &PortAllowance,
     session: &Arc<Session>,
     shared: &Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> RegisterOutcome {
     if session.conn.max_datagram_size().is_none() {
         return RegisterOutcome::DatagramsUnsupported;
@@ -35,9 +37,9 @@ pub(crate) fn bind(
         Arc::new(socket),
         source,
         shared.udp_stats.clone(),
-        shared.config.limits.stream_open_timeout(),
+        shared.config().limits.stream_open_timeout(),
         shared.tracker.clone(),
-        session.cancel.clone(),
+        stop,
     );
     session.listeners.spawn(serve.instrument(info_span!("public", service = %spec.name, udp_port = bound)));
     RegisterOutcome::Ok { port: bound }

@@ -92,3 +92,40 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub fn checksum(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
+
+/// A server that reads until EOF, counting bytes into the returned counter (a progress signal
+/// for tests), then answers with 16 bytes: the count and the [`checksum`] of what it read,
+/// both big-endian `u64`.
+pub async fn checksum_sink() -> Result<(SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let (mut count, mut hash) = (0u64, checksum(&[]));
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let chunk = &buf[..n];
+                            hash = chunk.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+                            count += n as u64;
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let mut answer = count.to_be_bytes().to_vec();
+                answer.extend_from_slice(&hash.to_be_bytes());
+                let _ = stream.write_all(&answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, received))
+}

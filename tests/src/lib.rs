@@ -149,6 +149,16 @@ impl TestServer {
         self.file.state_dir.clone()
     }
 
+    /// The head of a client config file (TOML) that trusts this server, named `name`, with the
+    /// shared token and a control API on port 0 with [`CONTROL_TOKEN`]; append services.
+    pub fn client_toml(&self, name: &str) -> String {
+        format!(
+            "server_addr = \"{}\"\nserver_name = \"wmproxy\"\nserver_fingerprint = \"{}\"\nname = \"{name}\"\n\
+             token = \"{TOKEN}\"\n\n[control]\nbind = \"127.0.0.1:0\"\ntoken = \"{CONTROL_TOKEN}\"\n",
+            self.addr, self.fingerprint
+        )
+    }
+
     /// A client config that trusts this server, named `name`, with the shared token.
     pub fn client_config(&self, name: &str) -> ClientConfig {
         ClientConfig {
@@ -162,6 +172,7 @@ impl TestServer {
             proxies: Vec::new(),
             egress: wmproxy_config::EgressPolicy::default(),
             limits: wmproxy_config::ClientLimits::default(),
+            control: None,
         }
     }
 }
@@ -200,6 +211,7 @@ pub fn service(kind: ServiceType, name: &str, local: SocketAddr, remote_port: u1
         group: None,
         http: None,
         proxy_protocol: None,
+        access_log: true,
     }
 }
 

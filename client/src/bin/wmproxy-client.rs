@@ -110,11 +110,13 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
             group: None,
             http: None,
             proxy_protocol: None,
+            access_log: true,
         }],
         forwards: Vec::new(),
         proxies: Vec::new(),
         egress: wmproxy_config::EgressPolicy::default(),
         limits: ClientLimits::default(),
+        control: None,
     })
 }
 

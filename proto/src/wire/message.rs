@@ -74,7 +74,10 @@ pub enum RejectReason {
 #[non_exhaustive]
 pub enum ControlRequest {
     /// `enum#0 | [ServiceSpec]`: publish these services (replaces any earlier registration).
-    /// At most [`super::MAX_SERVICES`] entries.
+    /// At most [`super::MAX_SERVICES`] entries. Sent once after the Welcome, and again whenever
+    /// the client's config is reloaded: services whose spec is unchanged keep their ports and
+    /// connections, the others are withdrawn or published. Each is answered by
+    /// [`ControlReply::Registered`].
     Register {
         /// The services to publish.
         services: Vec<ServiceSpec>,

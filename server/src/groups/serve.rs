@@ -36,7 +36,7 @@ pub(crate) async fn accept_users(
 /// Carries one user connection to a backend. With none left, the user's connection is closed
 /// at once.
 async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    match group.open(peer, shared.config.limits.stream_open_timeout()).await {
+    match group.open(peer, shared.config().limits.stream_open_timeout()).await {
         Ok(opened) => {
             let counted = shared.metrics.stream(&opened.backend.client, &opened.backend.service);
             match relay(tcp, opened.send, opened.recv).await {

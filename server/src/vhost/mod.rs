@@ -223,6 +223,13 @@ impl Router {
         }
     }
 
+    /// Removes the routes of `service` of session `id` (the client withdrew it).
+    pub fn remove_service(&self, id: u64, service: &str) {
+        self.lock().retain(|r| {
+            !matches!(&r.target, Target::Service { session_id, service: s, .. } if *session_id == id && s == service)
+        });
+    }
+
     /// Removes every route of session `id` (it ended or was replaced).
     pub fn remove_session(&self, id: u64) {
         self.lock().retain(|r| !r.owned_by(id));

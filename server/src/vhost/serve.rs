@@ -49,7 +49,7 @@ where
             async move { Ok::<_, Infallible>(handle(req, peer, scheme, &shared).await) }
         })
     };
-    let vhost = &shared.config.vhost;
+    let vhost = &shared.config().vhost;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -87,7 +87,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, sh
     if route.bridge && !is_websocket(&req) {
         return plain(StatusCode::BAD_REQUEST, "this address takes WebSocket connections only\n");
     }
-    let Opened { send, recv, hold } = match route.open(peer, shared.config.limits.stream_open_timeout()).await {
+    let Opened { send, recv, hold } = match route.open(peer, shared.config().limits.stream_open_timeout()).await {
         Ok(opened) => opened,
         Err(OpenError::Busy) => return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n"),
         Err(OpenError::NoBackend) => {

@@ -34,7 +34,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: 
 }
 
 async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let timeout = shared.config.vhost.header_read_timeout();
+    let timeout = shared.config().vhost.header_read_timeout();
     let (sni, hello) = match tokio::time::timeout(timeout, client_hello(&mut tcp)).await {
         Ok(Ok(read)) => read,
         Ok(Err(why)) => return debug!(why, "not a usable ClientHello; closing"),
@@ -50,7 +50,7 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             None => debug!("no service for this name; closing"),
         };
     };
-    let opened = route.open(peer, shared.config.limits.stream_open_timeout()).await;
+    let opened = route.open(peer, shared.config().limits.stream_open_timeout()).await;
     let Opened { mut send, recv, hold: _hold } = match opened {
         Ok(opened) => opened,
         Err(e) => return debug!(error = ?e, "service not reached; closing"),
@@ -70,7 +70,7 @@ async fn terminate(tcp: TcpStream, hello: Vec<u8>, peer: SocketAddr, config: Arc
     let (read, write) = tcp.into_split();
     let replayed = tokio::io::join(std::io::Cursor::new(hello).chain(read), write);
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(replayed);
-    match tokio::time::timeout(shared.config.vhost.header_read_timeout(), handshake).await {
+    match tokio::time::timeout(shared.config().vhost.header_read_timeout(), handshake).await {
         Ok(Ok(tls)) => super::serve::connection(tls, peer, Scheme::Https, shared).await,
         Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
         Err(_) => debug!("TLS handshake not finished in time; closing"),

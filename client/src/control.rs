@@ -1,0 +1,73 @@
+//! The client's control API (`[control]`, loopback, bearer token; default
+//! `127.0.0.1:8838`). The HTTP side is [`wmproxy_proto::control`].
+//!
+//! | endpoint | |
+//! |---|---|
+//! | `GET /status` | the tunnel's state and each service's registration result |
+//! | `GET /now` | the running config, secrets masked |
+//! | `POST /reload` | re-reads the config file and publishes the services again on the live tunnel |
+//! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
+//! | `POST /stop` | stops the client (it does not reconnect) |
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wmproxy_proto::control::{ControlApi, Reply, ServiceStatus};
+
+use crate::ClientStatus;
+use crate::reload::{ReloadError, Reloader};
+
+/// The client's answers to control requests.
+#[derive(Debug)]
+pub(crate) struct ClientControl {
+    pub status: watch::Receiver<ClientStatus>,
+    pub reloader: Reloader,
+    /// Cancelled by `/stop`.
+    pub stop: CancellationToken,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    /// `connecting`, `connected` or `stopped`.
+    state: &'static str,
+    /// Why the last attempt or tunnel failed, while connecting.
+    last_error: Option<String>,
+    services: Vec<ServiceStatus>,
+}
+
+impl ControlApi for ClientControl {
+    async fn handle(&self, method: Method, path: String, body: Bytes) -> Reply {
+        match (&method, path.as_str()) {
+            (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
+            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &self.reloader.running()),
+            (&Method::POST, "/reload") => match self.reloader.reload() {
+                Ok(report) => Reply::json(StatusCode::OK, &report),
+                Err(ReloadError::NoFile) => Reply::error(StatusCode::CONFLICT, &ReloadError::NoFile.to_string()),
+                Err(e) => Reply::verdict(Err(e)),
+            },
+            (&Method::POST, "/adapt") => {
+                Reply::adapt(&body, self.reloader.path(), wmproxy_config::load_client, wmproxy_config::parse_client)
+            }
+            (&Method::POST, "/stop") => {
+                self.stop.cancel();
+                Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
+            }
+            _ => Reply::not_found(&method, &path),
+        }
+    }
+}
+
+impl ClientControl {
+    fn status(&self) -> Status {
+        let (state, last_error, services) = match &*self.status.borrow() {
+            ClientStatus::Connecting { last_error, .. } => ("connecting", last_error.clone(), Vec::new()),
+            ClientStatus::Stopped { error } => ("stopped", error.clone(), Vec::new()),
+            ClientStatus::Connected { services } => {
+                ("connected", None, services.iter().map(ServiceStatus::from).collect())
+            }
+        };
+        Status { state, last_error, services }
+    }
+}

@@ -1,0 +1,112 @@
+//! Reloading a running client: services added, removed and kept on the live tunnel, while a
+//! large transfer through a kept service goes on; a bad file changes nothing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wmproxy_tests::backend::{self, checksum, pattern};
+use wmproxy_tests::{CONTROL_TOKEN, DEADLINE, TOKEN, TestClient, TestServer, control_call, eventually, init_tracing};
+
+/// Half of the transfer through the kept service: one half before the reload, one after.
+const HALF: usize = 128 * 1024 * 1024;
+
+fn service(name: &str, local: SocketAddr) -> String {
+    format!("\n[[services]]\nname = \"{name}\"\nlocal_addr = \"{local}\"\n")
+}
+
+/// Polls until connecting to `port` is refused (a closed listener's port), within the deadline.
+async fn refused(port: u16) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            _ if tokio::time::Instant::now() > deadline => anyhow::bail!("port {port} still accepts"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_bad_files() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|_| {}).await?;
+    let (sink, received) = backend::checksum_sink().await?;
+    let echo = backend::echo().await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("client.toml");
+    let head = server.client_toml("home");
+    std::fs::write(&path, format!("{head}{}{}", service("a", sink), service("c", echo)))?;
+    let mut control = None;
+    let mut client = TestClient::start_with(wmproxy_config::load_client(&path)?, |c| {
+        c.set_config_path(path.clone());
+        control = c.control_addr();
+    })
+    .await?;
+    let control = control.context("the client's control API")?;
+    let port_a = client.port_of("a").await?;
+    let port_c = client.port_of("c").await?;
+    backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port_c)), 1000, 3).await?;
+
+    // The first half of A's transfer goes through before the reload, the second after.
+    let data = pattern(2 * HALF, 42);
+    let expected = checksum(&data);
+    let (mut from_a, mut to_a) = TcpStream::connect(("127.0.0.1", port_a)).await?.into_split();
+    let (resume, resumed) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        to_a.write_all(&data[..HALF]).await?;
+        resumed.await?;
+        to_a.write_all(&data[HALF..]).await?;
+        to_a.shutdown().await?;
+        anyhow::Ok(())
+    });
+    eventually("A's bytes reaching its backend", || received.load(Ordering::Relaxed) >= 1024 * 1024).await?;
+
+    std::fs::write(&path, format!("{head}{}{}", service("a", sink), service("b", echo)))?;
+    let (status, body) = control_call(control, Some(CONTROL_TOKEN), "POST", "/reload", "").await?;
+    ensure!(status == 200, "reload: {status} {body}");
+    let report: Value = serde_json::from_str(&body)?;
+    ensure!(report["added"] == json!(["services.b"]) && report["removed"] == json!(["services.c"]), "{body}");
+    ensure!(report["changed"] == json!([]) && report["restart_required"] == json!([]), "{body}");
+    let now = client.wait_for("b published", |s| s.port_of("b").is_some()).await?;
+    ensure!(now.port_of("c").is_none() && now.port_of("a") == Some(port_a), "{now:?}");
+    let port_b = now.port_of("b").context("b")?;
+    backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port_b)), 100_000, 7).await?;
+    refused(port_c).await?;
+
+    // A bad file (an unknown key, then a syntax error) is refused with its key and line, and
+    // changes nothing.
+    std::fs::write(&path, format!("{head}{}bnid = 1\n", service("a", sink)))?;
+    let line = format!("line {}", std::fs::read_to_string(&path)?.lines().count());
+    let (status, body) = control_call(control, Some(CONTROL_TOKEN), "POST", "/reload", "").await?;
+    ensure!(status == 422 && body.contains("bnid") && body.contains(&line), "unknown key: {status} {body}");
+    std::fs::write(&path, format!("{head}[[services]\n"))?;
+    let line = format!("line {}", std::fs::read_to_string(&path)?.lines().count());
+    let (status, body) = control_call(control, Some(CONTROL_TOKEN), "POST", "/reload", "").await?;
+    ensure!(status == 422 && body.contains(&line), "syntax error: {status} {body}");
+    let (status, body) = control_call(control, Some(CONTROL_TOKEN), "POST", "/adapt", "").await?;
+    ensure!(status == 422 && body.contains(&line), "adapt: {status} {body}");
+    backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port_b)), 100_000, 8).await?;
+    let (_, status_body) = control_call(control, Some(CONTROL_TOKEN), "GET", "/status", "").await?;
+    let services: Value = serde_json::from_str::<Value>(&status_body)?["services"].clone();
+    ensure!(services.as_array().map(Vec::len) == Some(2), "{status_body}");
+
+    // The client's API also wants its token, and shows no secret.
+    let (status, _) = control_call(control, None, "GET", "/status", "").await?;
+    ensure!(status == 401);
+    let (_, now) = control_call(control, Some(CONTROL_TOKEN), "GET", "/now", "").await?;
+    ensure!(!now.contains(TOKEN) && !now.contains(CONTROL_TOKEN) && now.contains("MASKED"), "{now}");
+
+    // A's transfer, which spans the reloads, completes intact.
+    resume.send(()).ok().context("writer gone")?;
+    let mut answer = [0u8; 16];
+    from_a.read_exact(&mut answer).await?;
+    writer.await??;
+    let count = u64::from_be_bytes(answer[..8].try_into()?);
+    let sum = u64::from_be_bytes(answer[8..].try_into()?);
+    ensure!(count == 2 * HALF as u64 && sum == expected, "A's backend got {count} bytes, checksum {sum:x}");
+    Ok(())
+}
