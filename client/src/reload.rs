@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 use wmproxy_config::{ClientConfig, ConfigError, ReloadReport, Service};
 
 /// Why a reload was not applied. The running config is untouched.
@@ -80,13 +80,7 @@ impl Reloader {
             running.services.clone_from(&new.services);
             self.desired.send_replace(Arc::new(new.services));
         }
-        info!(
-            added = ?report.added,
-            removed = ?report.removed,
-            changed = ?report.changed,
-            restart_required = ?report.restart_required,
-            "config reloaded"
-        );
+        report.log();
         report
     }
 

@@ -43,6 +43,17 @@ impl ReloadReport {
         }
     }
 
+    /// Logs the applied reload as one structured event.
+    pub fn log(&self) {
+        tracing::info!(
+            added = ?self.added,
+            removed = ?self.removed,
+            changed = ?self.changed,
+            restart_required = ?self.restart_required,
+            "config reloaded"
+        );
+    }
+
     /// Whether the reload changed nothing.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty() && self.restart_required.is_empty()

@@ -1,5 +1,6 @@
 //! What both binaries' `main` share: logging to stderr, the report of the `check` subcommand,
-//! and running the async main on a runtime with its error as the exit status.
+//! the control subcommands, and running the async main on a runtime with its error as the exit
+//! status.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -24,6 +25,53 @@ pub fn report_check<T, E: Display>(path: &Path, loaded: Result<T, E>) -> ExitCod
         }
         Err(e) => {
             eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A control subcommand (`status`, `reload`, `stop`) for the end whose config file `file` gave
+/// `api`: its control API's address and token, or `None` without `[control]`. Sends `method
+/// path` and prints the reply. Exit 0 on a 2xx answer, 1 otherwise.
+pub fn control_subcommand<E: Display>(
+    file: &Path,
+    api: Result<Option<(std::net::SocketAddr, String)>, E>,
+    method: hyper::Method,
+    path: &str,
+) -> ExitCode {
+    match api {
+        Ok(Some((addr, token))) => control_command(addr, &token, method, path),
+        Ok(None) => {
+            eprintln!("{}: no [control] table: the control API is off", file.display());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn control_command(addr: std::net::SocketAddr, token: &str, method: hyper::Method, path: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let called = runtime.block_on(crate::control::call(addr, Some(token), method, path, bytes::Bytes::new()));
+    match called {
+        Ok((status, body)) if (200..300).contains(&status) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("{path}: {status}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: control API at {addr}: {e}");
             ExitCode::FAILURE
         }
     }

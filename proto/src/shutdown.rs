@@ -30,3 +30,25 @@ pub async fn after_grace(stop: &CancellationToken, grace: std::time::Duration) {
     stop.cancelled().await;
     tokio::time::sleep(grace).await;
 }
+
+/// Runs `reload` on each SIGHUP, for the life of the process (on other systems, never). Run it
+/// in a spawned task.
+pub async fn on_hangup<F: std::future::Future<Output = ()>>(mut reload: impl FnMut() -> F) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload through the control API");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = &mut reload;
+        std::future::pending::<()>().await;
+    }
+}

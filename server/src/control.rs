@@ -11,7 +11,6 @@
 //! | `POST /backends/{client}:{service}/drain`, `/undrain` | drains or restores a backend |
 //! | `GET /metrics` | Prometheus text |
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -28,8 +27,6 @@ use crate::server::Shared;
 #[derive(Debug)]
 pub(crate) struct ServerControl {
     pub shared: Arc<Shared>,
-    /// The config file `/reload` and `/adapt` read, if the server was started from one.
-    pub config_path: Option<PathBuf>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
 }
@@ -56,9 +53,17 @@ impl ControlApi for ServerControl {
         match (&method, path.as_str()) {
             (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
             (&Method::GET, "/now") => Reply::json(StatusCode::OK, &*self.shared.config()),
+            (&Method::POST, "/reload") => {
+                let path = self.shared.config_path.get().map(|p| p.as_path());
+                match crate::reload::reload(&self.shared, path).await {
+                    Ok(report) => Reply::json(StatusCode::OK, &report),
+                    Err(e @ crate::reload::ReloadError::Config(_)) => Reply::verdict(Err(e)),
+                    Err(e) => Reply::error(StatusCode::CONFLICT, &e.to_string()),
+                }
+            }
             (&Method::POST, "/adapt") => Reply::adapt(
                 &body,
-                self.config_path.as_deref(),
+                self.shared.config_path.get().map(|p| p.as_path()),
                 wmproxy_config::load_server,
                 wmproxy_config::parse_server,
             ),
@@ -78,7 +83,7 @@ impl ControlApi for ServerControl {
 
 impl ServerControl {
     fn status(&self) -> Status {
-        let mut groups: Vec<GroupStatus> = self.shared.groups.all().map(|g| g.status()).collect();
+        let mut groups: Vec<GroupStatus> = self.shared.groups.all().iter().map(|g| g.status()).collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name));
         let clients = self
             .shared

@@ -36,9 +36,11 @@ pub mod server;
 
 mod connect;
 mod control;
+mod listeners;
 mod metrics;
 mod proxy;
 mod publish;
+pub mod reload;
 mod sessions;
 mod throttle;
 mod tunnel;

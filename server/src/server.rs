@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::{ServerConfig, ServiceType};
+use wmproxy_config::ServerConfig;
 use wmproxy_proto::tls::Fingerprint;
 use wmproxy_proto::transport::{self, TransportTuning};
 use wmproxy_proto::udp::{UdpSnapshot, UdpStats};
@@ -20,7 +20,7 @@ use crate::groups::{self, GroupStatus, Groups};
 use crate::identity::{Identity, IdentityError};
 use crate::sessions::Sessions;
 use crate::throttle::AuthThrottle;
-use crate::tunnel;
+use crate::{listeners, tunnel};
 
 /// How long shutdown waits, beyond the drain grace period, for tasks to end before closing the
 /// endpoint regardless.
@@ -50,6 +50,11 @@ pub enum ServerError {
 pub(crate) struct Shared {
     /// The running config; a reload swaps it (see [`Shared::config`]).
     config: std::sync::RwLock<Arc<ServerConfig>>,
+    /// The config as the file gave it (port 0 where the system picked one): what a reload
+    /// compares against.
+    loaded: std::sync::RwLock<Arc<ServerConfig>>,
+    /// The file the config came from, if any.
+    pub config_path: std::sync::OnceLock<std::path::PathBuf>,
     pub sessions: Sessions,
     pub tracker: TaskTracker,
     /// Counters of every client's UDP flows.
@@ -64,6 +69,8 @@ pub(crate) struct Shared {
     pub vhost_tls: Option<Arc<rustls::ServerConfig>>,
     /// Prometheus counters.
     pub metrics: crate::metrics::Metrics,
+    /// Stop tokens of the group ports and proxies.
+    pub listeners: listeners::Listeners,
     /// Where the proxies listen (bound addresses, in config order).
     pub proxy_addrs: Vec<SocketAddr>,
     throttle: Mutex<AuthThrottle>,
@@ -75,29 +82,32 @@ impl Shared {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The config as loaded, for comparing with a reloaded file.
+    pub fn loaded(&self) -> Arc<ServerConfig> {
+        self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs a reloaded config: `running` is what tasks read, `loaded` what the file said.
+    pub fn set_config(&self, running: Arc<ServerConfig>, loaded: Arc<ServerConfig>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = running;
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+    }
+
     /// The failed-auth table. Never held across an `.await`.
     pub fn throttle(&self) -> MutexGuard<'_, AuthThrottle> {
         self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// A group's public socket, bound at start.
-#[derive(Debug)]
-enum GroupSocket {
-    Tcp(tokio::net::TcpListener),
-    Udp(tokio::net::UdpSocket),
-}
-
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
     endpoint: quinn::Endpoint,
-    group_listeners: Vec<(Arc<groups::Group>, GroupSocket)>,
+    group_listeners: Vec<(Arc<groups::Group>, crate::listeners::GroupSocket)>,
     proxy_listeners: Vec<(wmproxy_config::Proxy, tokio::net::TcpListener)>,
     vhost_listener: Option<tokio::net::TcpListener>,
     tls_listener: Option<tokio::net::TcpListener>,
     control_listener: Option<tokio::net::TcpListener>,
-    config_path: Option<std::path::PathBuf>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     clients: Arc<Semaphore>,
@@ -148,7 +158,7 @@ impl ServerHandle {
 
     /// Every group with its backends' health, sorted by name.
     pub fn groups(&self) -> Vec<GroupStatus> {
-        let mut all: Vec<_> = self.shared.groups.all().map(|g| g.status()).collect();
+        let mut all: Vec<_> = self.shared.groups.all().iter().map(|g| g.status()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -157,6 +167,12 @@ impl ServerHandle {
     /// Returns whether one was found.
     pub fn set_drained(&self, client: &str, service: &str, drained: bool) -> bool {
         self.shared.sessions.set_drained(client, service, drained)
+    }
+
+    /// Re-reads the config file the server was started from and applies it (what SIGHUP and
+    /// `POST /reload` do); the report says what changed.
+    pub async fn reload(&self) -> Result<wmproxy_config::ReloadReport, crate::reload::ReloadError> {
+        crate::reload::reload(&self.shared, self.shared.config_path.get().map(|p| p.as_path())).await
     }
 
     /// UDP counters, all clients together (`active_flows` is the size of the flow tables).
@@ -185,10 +201,12 @@ impl Server {
         let endpoint = transport::endpoint(socket, Some(server_config))
             .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
         let clients = Arc::new(Semaphore::new(config.limits.max_clients as usize));
+        let loaded = Arc::new(config.clone());
         let mut proxy_listeners = Vec::new();
         for proxy in &config.proxies {
             let addr = proxy.listen;
-            proxy_listeners.push((proxy.clone(), bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?));
+            let listener = listeners::bind_reusable(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            proxy_listeners.push((proxy.clone(), listener));
         }
         let vhost_listener = match config.vhost.http_bind {
             Some(addr) => Some(bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?),
@@ -221,20 +239,13 @@ impl Server {
         let mut group_listeners = Vec::new();
         for file in &config.groups {
             let Some(group) = groups.get(file.name.get_ref()) else { continue };
-            let addr = Groups::listen_addr(config.public_bind, group);
-            let socket = match group.kind {
-                ServiceType::Tcp => bind_tcp(addr).map(GroupSocket::Tcp),
-                ServiceType::Udp => {
-                    transport::bind_udp(addr).and_then(tokio::net::UdpSocket::from_std).map(GroupSocket::Udp)
-                }
-                ServiceType::Http | ServiceType::Https => {
-                    router.add_group(group, file);
-                    continue;
-                }
-                // Refused by config validation; kept an error rather than a panic.
-                ServiceType::Ws => Err(io::Error::other("a group cannot be of type ws")),
-            };
-            group_listeners.push((group.clone(), socket.map_err(|source| ServerError::Bind { addr, source })?));
+            let addr = SocketAddr::new(config.public_bind, file.remote_port);
+            match listeners::bind_group(config.public_bind, file)
+                .map_err(|source| ServerError::Bind { addr, source })?
+            {
+                Some(socket) => group_listeners.push((group, socket)),
+                None => router.add_group(&group, file),
+            }
         }
         let vhost_tls = match &config.vhost.tls {
             Some(files) => Some(vhost_tls_config(Identity::load(&files.cert, &files.key)?)?),
@@ -242,6 +253,8 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             config: std::sync::RwLock::new(Arc::new(config)),
+            loaded: std::sync::RwLock::new(loaded),
+            config_path: std::sync::OnceLock::new(),
             sessions: Sessions::default(),
             tracker: TaskTracker::new(),
             udp_stats: Arc::default(),
@@ -250,6 +263,7 @@ impl Server {
             router,
             vhost_tls,
             metrics: crate::metrics::Metrics::default(),
+            listeners: listeners::Listeners::default(),
             proxy_addrs: proxy_listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect(),
             throttle: Mutex::new(AuthThrottle::default()),
         });
@@ -260,7 +274,6 @@ impl Server {
             vhost_listener,
             tls_listener,
             control_listener,
-            config_path: None,
             shared,
             fingerprint,
             clients,
@@ -269,7 +282,7 @@ impl Server {
 
     /// The config file this server was loaded from: `/reload` and `/adapt` re-read it.
     pub fn set_config_path(&mut self, path: std::path::PathBuf) {
-        self.config_path = Some(path);
+        let _ = self.shared.config_path.set(path);
     }
 
     /// The bound UDP address.
@@ -299,11 +312,10 @@ impl Server {
             vhost_listener,
             tls_listener,
             control_listener,
-            config_path,
             ..
         } = self;
         if let (Some(listener), Some(control)) = (control_listener, &shared.config().control) {
-            let api = crate::control::ServerControl { shared: shared.clone(), config_path, stop: shutdown.clone() };
+            let api = crate::control::ServerControl { shared: shared.clone(), stop: shutdown.clone() };
             let token = control.token.expose().to_owned();
             let serve =
                 wmproxy_proto::control::serve(listener, token, Arc::new(api), shutdown.clone(), shared.tracker.clone());
@@ -317,30 +329,12 @@ impl Server {
             let serve = crate::vhost::serve(listener, shared.clone(), shutdown.clone());
             shared.tracker.spawn(serve.instrument(info_span!("vhost")));
         }
+        shared.listeners.set_root(shutdown.clone());
         for (proxy, listener) in proxy_listeners {
-            let span = info_span!("proxy", listen = %proxy.listen, via = proxy.via.as_deref().unwrap_or_default());
-            let serve = crate::proxy::serve(listener, proxy, shared.clone(), shutdown.clone());
-            shared.tracker.spawn(serve.instrument(span));
+            listeners::spawn_proxy(&shared, proxy, listener);
         }
         for (group, socket) in group_listeners {
-            let span = info_span!("group", name = %group.name, port = group.port);
-            match socket {
-                GroupSocket::Tcp(listener) => {
-                    let serve = groups::accept_users(group, listener, shared.clone(), shutdown.clone());
-                    shared.tracker.spawn(serve.instrument(span));
-                }
-                GroupSocket::Udp(socket) => {
-                    let serve = wmproxy_proto::udp::listener::serve(
-                        Arc::new(socket),
-                        groups::GroupPort { group, shared: shared.clone() },
-                        shared.udp_stats.clone(),
-                        shared.config().limits.stream_open_timeout(),
-                        shared.tracker.clone(),
-                        shutdown.clone(),
-                    );
-                    shared.tracker.spawn(serve.instrument(span));
-                }
-            }
+            listeners::spawn_group(&shared, group, socket);
         }
         loop {
             let incoming = tokio::select! {

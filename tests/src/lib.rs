@@ -90,9 +90,23 @@ impl TestServer {
         Ok(server)
     }
 
+    /// A server started from the config file at `path`, as the binary does: `/reload` and
+    /// `/adapt` read that file.
+    pub async fn start_from(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        let file: ServerFile = toml::from_str(&text)?;
+        let config = wmproxy_config::load_server(path)?;
+        let mut server = Server::bind(config)?;
+        server.set_config_path(path.to_owned());
+        Self::run(server, file)
+    }
+
     async fn spawn(file: ServerFile) -> Result<Self> {
         let config = file.clone().validate("")?;
-        let server = Server::bind(config)?;
+        Self::run(Server::bind(config)?, file)
+    }
+
+    fn run(server: Server, file: ServerFile) -> Result<Self> {
         let addr = server.local_addr()?;
         let fingerprint = server.fingerprint();
         let handle = server.handle();

@@ -1,5 +1,6 @@
-//! Reloading a running client: services added, removed and kept on the live tunnel, while a
-//! large transfer through a kept service goes on; a bad file changes nothing.
+//! Reloading a running client (services added, removed and kept on the live tunnel, while a
+//! large transfer through a kept service goes on) and a running server (groups added, removed
+//! and changed in place); a bad file changes nothing.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -8,7 +9,9 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use wmproxy_client::ClientStatus;
 use wmproxy_tests::backend::{self, checksum, pattern};
+use wmproxy_tests::groups::{GROUP_KEY, member, tagged, which, which_from};
 use wmproxy_tests::{CONTROL_TOKEN, DEADLINE, TOKEN, TestClient, TestServer, control_call, eventually, init_tracing};
 
 /// Half of the transfer through the kept service: one half before the reload, one after.
@@ -108,5 +111,92 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
     let count = u64::from_be_bytes(answer[..8].try_into()?);
     let sum = u64::from_be_bytes(answer[8..].try_into()?);
     ensure!(count == 2 * HALF as u64 && sum == expected, "A's backend got {count} bytes, checksum {sum:x}");
+    Ok(())
+}
+
+/// A server config file: `[[groups]]` of TCP groups `(name, port)` with `policy`.
+fn server_toml(state: &std::path::Path, grace: u64, policy: &str, groups: &[(&str, u16)]) -> String {
+    let mut text = format!(
+        "bind = \"127.0.0.1:0\"\nstate_dir = \"{}\"\npublic_bind = \"127.0.0.1\"\ntoken = \"{TOKEN}\"\n\
+         allow_ports = [\"1024-65535\"]\n\n[limits]\ndrain_grace_secs = {grace}\n\n\
+         [control]\nbind = \"127.0.0.1:0\"\ntoken = \"{CONTROL_TOKEN}\"\n",
+        state.display()
+    );
+    for (name, port) in groups {
+        text += &format!(
+            "\n[[groups]]\nname = \"{name}\"\nkey = \"{GROUP_KEY}\"\nremote_port = {port}\npolicy = \"{policy}\"\n"
+        );
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reload_changes_policy_in_place_adds_and_removes_groups_and_refuses_bad_files() -> Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("server.toml");
+    let mut ports = Vec::new();
+    while ports.len() < 3 {
+        let port = backend::dead_port().await?.port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let (p1, p2, p3) = (ports[0], ports[1], ports[2]);
+    std::fs::write(&path, server_toml(dir.path(), 1, "round_robin", &[("g1", p1), ("g2", p2)]))?;
+    let server = TestServer::start_from(&path).await?;
+    let (a, b, echo) = (tagged("a").await?, tagged("b").await?, backend::echo().await?);
+    let mut config = server.client_config("home");
+    config.services = vec![member("a", a.addr, "g1", 1, None), member("b", b.addr, "g1", 1, None)];
+    config.services.push(member("c", echo, "g2", 1, None));
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("joined", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+    let g1 = SocketAddr::from(([127, 0, 0, 1], p1));
+    let g2 = SocketAddr::from(([127, 0, 0, 1], p2));
+    let (first, second) = (which(g1).await?, which(g1).await?);
+    ensure!(first != second, "round robin alternates: {first} {second}");
+    let (held_tag, mut held) = which_from(g1, None).await?;
+
+    // Bad files: refused with key and line; nothing changes.
+    std::fs::write(&path, "bind = \"127.0.0.1:0\"\nbnid = 1\n")?;
+    let (status, body) = server.control("POST", "/reload", "").await?;
+    ensure!(status == 422 && body.contains("bnid") && body.contains("line 2"), "unknown key: {status} {body}");
+    std::fs::write(&path, "bind = \"127.0.0.1:0\"\n[limits\n")?;
+    let (status, body) = server.control("POST", "/reload", "").await?;
+    ensure!(status == 422 && body.contains("line 2"), "syntax error: {status} {body}");
+    backend::assert_echo(g2, 10_000, 1).await?;
+
+    // g1's policy changes, g2 goes, g3 comes; the grace period needs a restart.
+    std::fs::write(&path, server_toml(dir.path(), 2, "ip_hash", &[("g1", p1), ("g3", p3)]))?;
+    let (status, body) = server.control("POST", "/reload", "").await?;
+    ensure!(status == 200, "reload: {status} {body}");
+    let report: Value = serde_json::from_str(&body)?;
+    ensure!(report["added"] == json!(["groups.g3"]) && report["removed"] == json!(["groups.g2"]), "{body}");
+    ensure!(report["changed"] == json!(["groups.g1"]) && report["restart_required"] == json!(["limits"]), "{body}");
+
+    // The connection held through g1 still works, and g1 kept both backends.
+    held.write_all(b"still here").await?;
+    let mut back = [0u8; 10];
+    held.read_exact(&mut back).await?;
+    ensure!(&back == b"still here", "held connection to {held_tag}");
+    let groups = server.handle.groups();
+    let names: Vec<_> = groups.iter().map(|g| (g.name.as_str(), g.backends.len())).collect();
+    ensure!(names == [("g1", 2), ("g3", 0)], "{names:?}");
+    // ip_hash now: one user address sticks to one backend.
+    let sticky = which(g1).await?;
+    for _ in 0..3 {
+        ensure!(which(g1).await? == sticky, "ip_hash keeps a user on one backend");
+    }
+    refused(p2).await?;
+    let mut g3 = TcpStream::connect(("127.0.0.1", p3)).await?;
+    ensure!(g3.read(&mut [0u8; 1]).await? == 0, "g3 has no backend yet: closed");
+
+    let (_, now) = server.control("GET", "/now", "").await?;
+    let now: Value = serde_json::from_str(&now)?;
+    ensure!(now["limits"]["drain_grace_secs"] == 1 && now["groups"][0]["policy"] == "ip_hash", "{now}");
+    let (_, metrics) = server.control("GET", "/metrics", "").await?;
+    for line in ["wmproxy_reloads_total 3", "wmproxy_reload_failures_total 2", "wmproxy_last_reload_success 1"] {
+        ensure!(metrics.lines().any(|l| l == line), "no `{line}` in {metrics}");
+    }
     Ok(())
 }

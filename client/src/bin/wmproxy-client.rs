@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use hyper::Method;
 use tokio_util::sync::CancellationToken;
 use wmproxy_client::Client;
 use wmproxy_config::client::{parse_fingerprint, split_host_port};
@@ -59,14 +60,39 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Prints the running client's status (tunnel state, services) from its control API.
+    Status(Control),
+    /// Makes the running client re-read its config file and publish its services again.
+    Reload(Control),
+    /// Stops the running client (it does not reconnect).
+    Stop(Control),
+}
+
+/// How to reach the control API: the `[control]` table of the client's config file.
+#[derive(Debug, Args)]
+struct Control {
+    /// The running client's config file.
+    #[arg(long, short)]
+    config: PathBuf,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Check { config }) = &cli.command {
-        return cli::report_check(config, wmproxy_config::load_client(config));
-    }
-    let config = match load(&cli) {
+    let (control, method, path) = match &cli.command {
+        Some(Command::Check { config }) => return cli::report_check(config, wmproxy_config::load_client(config)),
+        Some(Command::Status(c)) => (c, Method::GET, "/status"),
+        Some(Command::Reload(c)) => (c, Method::POST, "/reload"),
+        Some(Command::Stop(c)) => (c, Method::POST, "/stop"),
+        None => return start(&cli),
+    };
+    let api = wmproxy_config::load_client(&control.config).map(|c| {
+        c.control.map(|api| (api.addr(wmproxy_config::control::CLIENT_CONTROL_BIND), api.token.expose().to_owned()))
+    });
+    cli::control_subcommand(&control.config, api, method, path)
+}
+
+fn start(cli: &Cli) -> ExitCode {
+    let config = match load(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -74,7 +100,7 @@ fn main() -> ExitCode {
         }
     };
     cli::init_logging();
-    cli::run(run(config))
+    cli::run(run(config, cli.config.clone()))
 }
 
 fn load(cli: &Cli) -> Result<ClientConfig> {
@@ -132,10 +158,19 @@ fn host_name() -> String {
     if name.is_empty() { "client".into() } else { name }
 }
 
-async fn run(config: ClientConfig) -> Result<()> {
-    let client = Client::new(config).await?;
+async fn run(config: ClientConfig, path: Option<PathBuf>) -> Result<()> {
+    let mut client = Client::new(config).await?;
+    if let Some(path) = path {
+        client.set_config_path(path);
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(wmproxy_proto::shutdown::on_signal(shutdown.clone()));
+    let reloader = client.reloader();
+    // A refused reload is logged and changes nothing.
+    tokio::spawn(wmproxy_proto::shutdown::on_hangup(move || {
+        let _ = reloader.reload();
+        std::future::ready(())
+    }));
     client.run(shutdown).await?;
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hyper::Method;
 use tokio_util::sync::CancellationToken;
 use wmproxy_config::{Secret, ServerConfig, ServerFile};
 use wmproxy_proto::cli;
@@ -40,15 +41,38 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Prints the running server's status (clients, services, groups) from its control API.
+    Status(Control),
+    /// Makes the running server re-read its config file and apply the difference.
+    Reload(Control),
+    /// Stops the running server gracefully.
+    Stop(Control),
+}
+
+/// How to reach the control API: the `[control]` table of the server's config file.
+#[derive(Debug, clap::Args)]
+struct Control {
+    /// The running server's config file.
+    #[arg(long, short)]
+    config: PathBuf,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Check { config }) = &cli.command {
-        return cli::report_check(config, wmproxy_config::load_server(config));
-    }
-    cli::init_logging();
-    cli::run(serve(cli))
+    let (control, method, path) = match &cli.command {
+        Some(Command::Check { config }) => return cli::report_check(config, wmproxy_config::load_server(config)),
+        Some(Command::Status(c)) => (c, Method::GET, "/status"),
+        Some(Command::Reload(c)) => (c, Method::POST, "/reload"),
+        Some(Command::Stop(c)) => (c, Method::POST, "/stop"),
+        None => {
+            cli::init_logging();
+            return cli::run(serve(cli));
+        }
+    };
+    let api = wmproxy_config::load_server(&control.config).map(|c| {
+        c.control.map(|api| (api.addr(wmproxy_config::control::SERVER_CONTROL_BIND), api.token.expose().to_owned()))
+    });
+    cli::control_subcommand(&control.config, api, method, path)
 }
 
 async fn serve(cli: Cli) -> Result<()> {
@@ -56,7 +80,10 @@ async fn serve(cli: Cli) -> Result<()> {
         Some(path) => (wmproxy_config::load_server(path)?, None),
         None => embedded(&cli)?,
     };
-    let server = Server::bind(config).context("cannot start the server")?;
+    let mut server = Server::bind(config).context("cannot start the server")?;
+    if let Some(path) = &cli.config {
+        server.set_config_path(path.clone());
+    }
     let addr = server.local_addr()?;
     let fingerprint = server.fingerprint();
     println!("wmproxy-server listening on udp {addr}");
@@ -73,6 +100,14 @@ async fn serve(cli: Cli) -> Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wmproxy_proto::shutdown::on_signal(shutdown.clone()));
+    let handle = server.handle();
+    // A refused reload is logged by the server and changes nothing.
+    tokio::spawn(wmproxy_proto::shutdown::on_hangup(move || {
+        let handle = handle.clone();
+        async move {
+            let _ = handle.reload().await;
+        }
+    }));
     server.run(shutdown).await;
     Ok(())
 }

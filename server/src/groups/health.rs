@@ -73,6 +73,11 @@ fn as_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, 
 }
 
 impl Health {
+    /// New passive thresholds (a reload changed the group's); the state so far is kept.
+    pub fn set_passive(&mut self, passive: Passive) {
+        self.passive = passive;
+    }
+
     /// A new backend's health. With an active check it starts unhealthy unless
     /// `start_healthy`; without one it starts healthy.
     pub fn new(active: Option<HealthSpec>, passive: Passive) -> Self {

@@ -11,7 +11,7 @@ pub mod policy;
 mod serve;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -173,15 +173,33 @@ struct Members {
 pub struct Group {
     /// Its name.
     pub name: String,
-    /// Its public port (for HTTP groups, the vhost or HTTPS port).
-    pub port: u16,
+    /// Its public port (for HTTP groups, the vhost or HTTPS port); a reload may move it.
+    port: std::sync::atomic::AtomicU16,
     /// TCP, UDP, HTTP or HTTPS.
     pub kind: ServiceType,
+    settings: Mutex<Settings>,
+    members: Mutex<Members>,
+}
+
+/// What a reload may change in a group without touching its port or its connections.
+#[derive(Debug, Clone)]
+struct Settings {
     key: Secret,
     passive: Passive,
     /// Further backends tried when a dial fails.
-    pub retries: u32,
-    members: Mutex<Members>,
+    retries: u32,
+    policy: wmproxy_config::Policy,
+}
+
+impl Settings {
+    fn of(file: &GroupFile) -> Self {
+        Self {
+            key: file.key.clone(),
+            passive: Passive { max_fails: file.max_fails, fail_timeout: file.fail_timeout() },
+            retries: file.retries,
+            policy: file.policy,
+        }
+    }
 }
 
 impl Group {
@@ -194,16 +212,55 @@ impl Group {
         Self {
             name: file.name.get_ref().clone(),
             kind: file.kind,
-            port,
-            key: file.key.clone(),
-            passive: Passive { max_fails: file.max_fails, fail_timeout: file.fail_timeout() },
-            retries: file.retries,
+            port: std::sync::atomic::AtomicU16::new(port),
+            settings: Mutex::new(Settings::of(file)),
             members: Mutex::new(Members { backends: Vec::new(), selector: Selector::new(file.policy) }),
         }
     }
 
     fn members(&self) -> MutexGuard<'_, Members> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its public port (for HTTP groups, the vhost or HTTPS port).
+    pub fn port(&self) -> u16 {
+        self.port.load(Ordering::Relaxed)
+    }
+
+    /// Moves the group to `port` (a reload; the caller binds it). Backends stay.
+    pub(crate) fn set_port(&self, port: u16) {
+        self.port.store(port, Ordering::Relaxed);
+    }
+
+    /// Takes every backend out (a reload removed the group): no work goes to them any more.
+    pub(crate) fn clear(&self) -> usize {
+        let mut members = self.members();
+        let dropped = members.backends.len();
+        members.backends.clear();
+        dropped
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Further backends tried when a dial fails.
+    pub fn retries(&self) -> u32 {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).retries
+    }
+
+    /// Applies a reloaded entry of this group (same name, kind and port): key, passive checks,
+    /// retries and policy. Backends and their connections stay; a new policy starts afresh.
+    pub(crate) fn update(&self, file: &GroupFile) {
+        let new = Settings::of(file);
+        let old = std::mem::replace(&mut *self.settings.lock().unwrap_or_else(|p| p.into_inner()), new.clone());
+        let mut members = self.members();
+        if old.policy != new.policy {
+            members.selector = Selector::new(new.policy);
+        }
+        for backend in &members.backends {
+            backend.health().set_passive(new.passive);
+        }
     }
 
     /// The backend for a new connection from `user`, among the eligible ones not in `tried`.
@@ -236,14 +293,15 @@ impl Group {
     pub fn status(&self) -> GroupStatus {
         let now = Instant::now();
         let backends = self.members().backends.iter().map(|b| b.status(now)).collect();
-        GroupStatus { name: self.name.clone(), port: self.port, backends }
+        GroupStatus { name: self.name.clone(), port: self.port(), backends }
     }
 }
 
-/// Every group of the server, by name. Built once from the config.
+/// Every group of the server, by name. Built from the config; a reload adds and removes
+/// groups. The lock is held for single operations only.
 #[derive(Debug, Default)]
 pub struct Groups {
-    by_name: HashMap<String, Arc<Group>>,
+    by_name: std::sync::RwLock<HashMap<String, Arc<Group>>>,
     next_id: AtomicU64,
 }
 
@@ -251,18 +309,33 @@ impl Groups {
     /// The groups of the config (ports are bound by the caller; `vhost` holds the ports bound
     /// for HTTP groups).
     pub fn new(files: &[GroupFile], vhost: &VhostFile) -> Self {
-        let by_name = files.iter().map(|f| (f.name.get_ref().clone(), Arc::new(Group::new(f, vhost)))).collect();
-        Self { by_name, next_id: AtomicU64::new(0) }
+        let groups = Self::default();
+        for file in files {
+            groups.insert(file, vhost);
+        }
+        groups
+    }
+
+    /// Adds (or replaces) the group of `file`; returns it.
+    pub(crate) fn insert(&self, file: &GroupFile, vhost: &VhostFile) -> Arc<Group> {
+        let group = Arc::new(Group::new(file, vhost));
+        self.by_name.write().unwrap_or_else(|p| p.into_inner()).insert(group.name.clone(), group.clone());
+        group
+    }
+
+    /// Takes the group `name` out (a reload removed it): no new members join it.
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<Group>> {
+        self.by_name.write().unwrap_or_else(|p| p.into_inner()).remove(name)
     }
 
     /// All groups.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Group>> {
-        self.by_name.values()
+    pub fn all(&self) -> Vec<Arc<Group>> {
+        self.by_name.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     /// The group `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<Group>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Group>> {
+        self.by_name.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
     /// Adds the service `spec` of `client` to its group, if the name, type and key are right.
@@ -281,10 +354,11 @@ impl Groups {
             ServiceKind::Ws => ServiceType::Ws,
             _ => return (RegisterOutcome::UnknownGroup, None),
         };
-        let Some(group) = self.by_name.get(&membership.group).filter(|g| g.kind == kind) else {
+        let Some(group) = self.get(&membership.group).filter(|g| g.kind == kind) else {
             return (RegisterOutcome::UnknownGroup, None);
         };
-        if !auth::same_secret(group.key.expose().as_bytes(), membership.key.0.as_bytes()) {
+        let settings = group.settings();
+        if !auth::same_secret(settings.key.expose().as_bytes(), membership.key.0.as_bytes()) {
             return (RegisterOutcome::WrongGroupKey, None);
         }
         if kind == ServiceType::Udp && session.conn.max_datagram_size().is_none() {
@@ -306,15 +380,10 @@ impl Groups {
             drained: AtomicBool::new(membership.drain),
             active: AtomicUsize::new(0),
             hash_key: policy::identity_hash(&session.name, &spec.name),
-            health: Mutex::new(Health::new(membership.health, group.passive)),
+            health: Mutex::new(Health::new(membership.health, settings.passive)),
         });
         group.members().backends.push(backend.clone());
-        (RegisterOutcome::Joined { port: group.port }, Some((group.clone(), backend)))
-    }
-
-    /// The group serving public TCP port `port` on `addr`, for binding.
-    pub fn listen_addr(public_bind: IpAddr, group: &Group) -> SocketAddr {
-        SocketAddr::new(public_bind, group.port)
+        (RegisterOutcome::Joined { port: group.port() }, Some((group.clone(), backend)))
     }
 }
 

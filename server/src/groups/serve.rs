@@ -20,31 +20,38 @@ use wmproxy_proto::udp::listener::{self, FlowSource, NoRoute, Route};
 use super::{ActiveGuard, Group};
 use crate::server::Shared;
 
-/// Accepts users on the group's port until `shutdown`.
+/// Accepts users on the group's port until `stop` (shutdown, or a reload removed or moved the
+/// group).
 pub(crate) async fn accept_users(
     group: Arc<Group>,
     listener: TcpListener,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
-    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
+    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &stop).await {
         let span = info_span!("stream", group = %group.name, %peer, backend = tracing::field::Empty);
-        shared.tracker.spawn(serve_user(group.clone(), tcp, peer, shared.clone()).instrument(span));
+        shared.tracker.spawn(serve_user(group.clone(), tcp, peer, shared.clone(), stop.clone()).instrument(span));
     }
 }
 
 /// Carries one user connection to a backend. With none left, the user's connection is closed
-/// at once.
-async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    match group.open(peer, shared.config().limits.stream_open_timeout()).await {
+/// at once. Once the port is stopped, the connection gets the drain grace period.
+async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
+    let limits = shared.config().limits.clone();
+    match group.open(peer, limits.stream_open_timeout()).await {
         Ok(opened) => {
             let counted = shared.metrics.stream(&opened.backend.client, &opened.backend.service);
-            match relay(tcp, opened.send, opened.recv).await {
-                Ok(stats) => {
-                    counted.carried(&stats);
-                    debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished");
+            tokio::select! {
+                relayed = relay(tcp, opened.send, opened.recv) => match relayed {
+                    Ok(stats) => {
+                        counted.carried(&stats);
+                        debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished");
+                    }
+                    Err(e) => debug!(error = %e, "relay ended"),
+                },
+                () = wmproxy_proto::shutdown::after_grace(&stop, limits.drain_grace()) => {
+                    debug!("the group's port stopped and the grace period is over; connection closed");
                 }
-                Err(e) => debug!(error = %e, "relay ended"),
             }
         }
         Err(tried) => debug!(tried, "no backend could take the connection; closing it"),
@@ -67,7 +74,7 @@ impl Group {
     /// current span. `Err` carries how many backends were tried: `0` means none was eligible.
     pub(crate) async fn open(&self, peer: SocketAddr, timeout: Duration) -> Result<BackendStream, usize> {
         let mut tried = Vec::new();
-        for _ in 0..=self.retries {
+        for _ in 0..=self.retries() {
             let Some(backend) = self.pick(peer.ip(), &tried) else {
                 break;
             };

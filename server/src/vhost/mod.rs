@@ -230,6 +230,11 @@ impl Router {
         });
     }
 
+    /// Removes the routes of the group `name` (a reload removed or changed it).
+    pub fn remove_group(&self, name: &str) {
+        self.lock().retain(|r| !matches!(&r.target, Target::Group(g) if g.name == name));
+    }
+
     /// Removes every route of session `id` (it ended or was replaced).
     pub fn remove_session(&self, id: u64) {
         self.lock().retain(|r| !r.owned_by(id));
