@@ -45,7 +45,16 @@ struct ClientStatus {
     /// Seconds since the Unix epoch.
     connected_since: u64,
     rtt_ms: f64,
-    services: Vec<ServiceStatus>,
+    services: Vec<ServiceTraffic>,
+}
+
+/// A service's registration result and what it carried.
+#[derive(Debug, Serialize)]
+struct ServiceTraffic {
+    #[serde(flatten)]
+    result: ServiceStatus,
+    #[serde(flatten)]
+    traffic: crate::groups::Traffic,
 }
 
 impl ControlApi for ServerControl {
@@ -85,6 +94,9 @@ impl ServerControl {
     fn status(&self) -> Status {
         let mut groups: Vec<GroupStatus> = self.shared.groups.all().iter().map(|g| g.status()).collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name));
+        for backend in groups.iter_mut().flat_map(|g| g.backends.iter_mut()) {
+            backend.traffic = self.shared.metrics.traffic(&backend.client, &backend.service);
+        }
         let clients = self
             .shared
             .sessions
@@ -100,7 +112,10 @@ impl ServerControl {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .iter()
-                    .map(ServiceStatus::from)
+                    .map(|r| ServiceTraffic {
+                        result: ServiceStatus::from(r),
+                        traffic: self.shared.metrics.traffic(&s.name, &r.name),
+                    })
                     .collect(),
             })
             .collect();

@@ -145,6 +145,17 @@ impl Metrics {
         }
     }
 
+    /// What `service` of `client` carried so far (zero if nothing yet).
+    pub fn traffic(&self, client: &str, service: &str) -> crate::groups::Traffic {
+        let labels = ServiceLabels { client: client.to_owned(), service: service.to_owned() };
+        crate::groups::Traffic {
+            connections: self.streams_opened.get(&labels).map_or(0, |c| c.get()),
+            active: self.streams_active.get(&labels).map_or(0, |g| g.get()),
+            bytes_in: self.bytes_in.get(&labels).map_or(0, |c| c.get()),
+            bytes_out: self.bytes_out.get(&labels).map_or(0, |c| c.get()),
+        }
+    }
+
     /// The Prometheus text of every metric, with the scrape-time ones from `shared`.
     pub fn encode(&self, shared: &Shared) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -160,6 +171,62 @@ impl StreamGuard {
     pub fn carried(&self, stats: &RelayStats) {
         self.bytes_in.inc_by(stats.tcp_to_quic);
         self.bytes_out.inc_by(stats.quic_to_tcp);
+    }
+}
+
+/// A connection to a service whose bytes are counted as they pass (the vhost's data streams,
+/// which hyper drives): writes are user → service, reads service → user. Counts the connection
+/// as active until dropped.
+#[derive(Debug)]
+pub(crate) struct Counted<T> {
+    inner: T,
+    guard: StreamGuard,
+}
+
+impl<T> Counted<T> {
+    pub fn new(inner: T, guard: StreamGuard) -> Self {
+        Self { inner, guard }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.guard.bytes_out.inc_by((buf.filled().len() - before) as u64);
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.guard.bytes_in.inc_by(*n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -125,5 +125,11 @@ async fn metrics_parse_and_count_known_traffic() -> Result<()> {
     ensure!(get("wmproxy_auth_failures_total", &[]) >= 1.0, "{text}");
     ensure!(get("wmproxy_udp_datagrams_dropped_total", &[("cause", "malformed")]) == 0.0, "{text}");
     ensure!(!text.contains(TOKEN) && !text.contains(CONTROL_TOKEN));
+    // /status shows the same traffic per service.
+    let (_, status) = server.control("GET", "/status", "").await?;
+    let echo = &serde_json::from_str::<Value>(&status)?["clients"][0]["services"][0];
+    let at_least = |key: &str, n: u64| echo[key].as_u64().is_some_and(|v| v >= n);
+    ensure!(at_least("bytes_in", SENT as u64) && at_least("bytes_out", SENT as u64), "{status}");
+    ensure!(at_least("connections", 1) && echo["active"] == 0 && echo["name"] == "echo", "{status}");
     Ok(())
 }

@@ -43,7 +43,7 @@ async fn two_services_on_one_port_each_request_routed_by_its_own_host() -> Resul
     init_tracing();
     let (a, b) = (http_tagged("a").await?, http_tagged("b").await?);
     let services = vec![http_service("a", a, &["a.example.com"], &[]), http_service("b", b, &["b.example.com"], &[])];
-    let (_s, _c, vhost) = setup(services).await?;
+    let (server, _c, vhost) = setup(services).await?;
 
     // Keep-alive (hyper's client): one connection, requests for both hosts, alternating.
     let mut conn = HyperConnection::connect(vhost).await?;
@@ -55,6 +55,16 @@ async fn two_services_on_one_port_each_request_routed_by_its_own_host() -> Resul
     // And curl.
     let got = curl(&["-H", "Host: b.example.com", &format!("http://{vhost}/from-curl")]).await?;
     ensure!(String::from_utf8_lossy(&got).starts_with("b /from-curl "), "curl: {got:?}");
+    // Each request rode one data stream of its service, counted with its bytes.
+    let (_, status) = server.control("GET", "/status", "").await?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    for (name, requests) in [("a", 2), ("b", 2)] {
+        let services = status["clients"][0]["services"].as_array().cloned().unwrap_or_default();
+        let service = services.iter().find(|s| s["name"] == name);
+        let counted = |key: &str| service.and_then(|s| s[key].as_u64()).unwrap_or(0);
+        ensure!(counted("connections") == requests, "{name}: {status}");
+        ensure!(counted("bytes_in") > 100 && counted("bytes_out") > 100, "{name}: {status}");
+    }
     Ok(())
 }
 

@@ -130,6 +130,7 @@ impl Backend {
             drained: self.drained.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
             health: self.health().view(now),
+            traffic: Traffic::default(),
         }
     }
 }
@@ -149,6 +150,21 @@ pub struct BackendStatus {
     pub active: usize,
     /// Health state and counters.
     pub health: HealthView,
+    /// Connections and bytes of its service so far (filled in by the status view).
+    pub traffic: Traffic,
+}
+
+/// What a published service (or backend) carried: connections, and bytes of finished ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    /// Connections opened to it.
+    pub connections: u64,
+    /// Connections open now.
+    pub active: i64,
+    /// Bytes from users to the service (counted when a connection ends).
+    pub bytes_in: u64,
+    /// Bytes from the service to users (counted when a connection ends).
+    pub bytes_out: u64,
 }
 
 /// A group's state, for status output and tests.

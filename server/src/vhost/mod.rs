@@ -34,7 +34,7 @@ use crate::sessions::Session;
 #[derive(Debug)]
 pub(crate) enum Target {
     /// One client's service.
-    Service { session_id: u64, conn: quinn::Connection, streams: Arc<Semaphore>, service: String },
+    Service { session_id: u64, client: String, conn: quinn::Connection, streams: Arc<Semaphore>, service: String },
     /// A load-balancing group's backends (the route comes from the server's config).
     Group(Arc<Group>),
 }
@@ -56,6 +56,8 @@ pub(crate) struct Opened {
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
     pub hold: (OwnedSemaphorePermit, Option<ActiveGuard>),
+    /// The client and service that took it (for the metrics).
+    pub served_by: (String, String),
 }
 
 /// One host name + path prefix served by a client's service.
@@ -79,11 +81,13 @@ impl Route {
     /// Opens a data stream for one connection of `peer` to the service behind this route.
     pub async fn open(&self, peer: SocketAddr, timeout: Duration) -> Result<Opened, OpenError> {
         match &self.target {
-            Target::Service { conn, streams, service, .. } => {
+            Target::Service { client, conn, streams, service, .. } => {
                 let permit = streams.clone().try_acquire_owned().map_err(|_| OpenError::Busy)?;
                 let header = OpenStream::Expose { service: service.clone(), peer_addr: peer };
                 match datastream::open_confirmed(conn, &header, timeout).await {
-                    Ok((send, recv)) => Ok(Opened { send, recv, hold: (permit, None) }),
+                    Ok((send, recv)) => {
+                        Ok(Opened { send, recv, hold: (permit, None), served_by: (client.clone(), service.clone()) })
+                    }
                     Err(e) => {
                         debug!(error = %e, "service not reached");
                         Err(OpenError::Unreachable)
@@ -91,7 +95,12 @@ impl Route {
                 }
             }
             Target::Group(group) => match group.open(peer, timeout).await {
-                Ok(b) => Ok(Opened { send: b.send, recv: b.recv, hold: (b.hold.0, Some(b.hold.1)) }),
+                Ok(b) => Ok(Opened {
+                    served_by: (b.backend.client.clone(), b.backend.service.clone()),
+                    send: b.send,
+                    recv: b.recv,
+                    hold: (b.hold.0, Some(b.hold.1)),
+                }),
                 Err(0) => Err(OpenError::NoBackend),
                 Err(_) => Err(OpenError::Unreachable),
             },
@@ -191,6 +200,7 @@ impl Router {
                     bridge,
                     target: Target::Service {
                         session_id: session.id,
+                        client: session.name.clone(),
                         conn: session.conn.clone(),
                         streams: session.streams.clone(),
                         service: spec.name.clone(),

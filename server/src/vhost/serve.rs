@@ -87,14 +87,15 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, sh
     if route.bridge && !is_websocket(&req) {
         return plain(StatusCode::BAD_REQUEST, "this address takes WebSocket connections only\n");
     }
-    let Opened { send, recv, hold } = match route.open(peer, shared.config().limits.stream_open_timeout()).await {
-        Ok(opened) => opened,
-        Err(OpenError::Busy) => return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n"),
-        Err(OpenError::NoBackend) => {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend serves this host\n");
-        }
-        Err(OpenError::Unreachable) => return plain(StatusCode::BAD_GATEWAY, "the service could not be reached\n"),
-    };
+    let Opened { send, recv, hold, served_by } =
+        match route.open(peer, shared.config().limits.stream_open_timeout()).await {
+            Ok(opened) => opened,
+            Err(OpenError::Busy) => return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n"),
+            Err(OpenError::NoBackend) => {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend serves this host\n");
+            }
+            Err(OpenError::Unreachable) => return plain(StatusCode::BAD_GATEWAY, "the service could not be reached\n"),
+        };
 
     if route.bridge {
         return accept_bridge(req, send, recv, hold, shared);
@@ -124,7 +125,8 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, sh
     }
     let user_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
-    let io = TokioIo::new(tokio::io::join(recv, send));
+    let counted = shared.metrics.stream(&served_by.0, &served_by.1);
+    let io = TokioIo::new(crate::metrics::Counted::new(tokio::io::join(recv, send), counted));
     let (mut sender, backend) = match hyper::client::conn::http1::handshake(io).await {
         Ok(pair) => pair,
         Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),

@@ -51,15 +51,20 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         };
     };
     let opened = route.open(peer, shared.config().limits.stream_open_timeout()).await;
-    let Opened { mut send, recv, hold: _hold } = match opened {
+    let Opened { mut send, recv, hold: _hold, served_by } = match opened {
         Ok(opened) => opened,
         Err(e) => return debug!(error = ?e, "service not reached; closing"),
     };
     if send.write_all(&hello).await.is_err() {
         return;
     }
+    let counted = shared.metrics.stream(&served_by.0, &served_by.1);
     match relay(tcp, send, recv).await {
-        Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "TLS connection finished"),
+        Ok(mut stats) => {
+            stats.tcp_to_quic += hello.len() as u64;
+            counted.carried(&stats);
+            debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "TLS connection finished");
+        }
         Err(e) => debug!(error = %e, "TLS connection ended"),
     }
 }
