@@ -29,7 +29,7 @@ use crate::session::{self, Session};
 use crate::{health, proxy, tls};
 
 /// How long shutdown waits for streams to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the client is doing, published on a watch channel ([`Client::status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

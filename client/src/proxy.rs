@@ -27,7 +27,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let upstream = Arc::new(ThroughServer { tunnel });
-    front::serve(listener, settings(&proxy), upstream, tracker, shutdown).await;
+    // On shutdown, connections in flight get as long as the client waits for its tasks.
+    let grace = crate::client::DRAIN_TIMEOUT;
+    front::serve(listener, settings(&proxy), upstream, tracker, (shutdown, grace)).await;
 }
 
 /// The front-end settings of a configured proxy.

@@ -25,7 +25,8 @@ pub(crate) async fn serve(listener: TcpListener, proxy: Proxy, shared: Arc<Share
     let settings = ProxySettings::new(kind, proxy.credential_pair(), proxy.handshake_timeout);
     let via = proxy.via.clone().unwrap_or_default();
     let tracker = shared.tracker.clone();
-    front::serve(listener, settings, Arc::new(ThroughClient { shared, via }), tracker, shutdown).await;
+    let grace = shared.config().limits.drain_grace();
+    front::serve(listener, settings, Arc::new(ThroughClient { shared, via }), tracker, (shutdown, grace)).await;
 }
 
 /// Targets leave from the client `via` (or from a client serving the group `via`), if it is

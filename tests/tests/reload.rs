@@ -114,14 +114,16 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
     Ok(())
 }
 
-/// A server config file: `[[groups]]` of TCP groups `(name, port)` with `policy`.
-fn server_toml(state: &std::path::Path, grace: u64, policy: &str, groups: &[(&str, u16)]) -> String {
+/// A server config file: `[[groups]]` of TCP groups `(name, port)` with `policy`, and a SOCKS5
+/// proxy through the client `home` on `proxy`.
+fn server_toml(state: &std::path::Path, grace: u64, policy: &str, groups: &[(&str, u16)], proxy: u16) -> String {
     let mut text = format!(
         "bind = \"127.0.0.1:0\"\nstate_dir = \"{}\"\npublic_bind = \"127.0.0.1\"\ntoken = \"{TOKEN}\"\n\
          allow_ports = [\"1024-65535\"]\n\n[limits]\ndrain_grace_secs = {grace}\n\n\
          [control]\nbind = \"127.0.0.1:0\"\ntoken = \"{CONTROL_TOKEN}\"\n",
         state.display()
     );
+    text += &format!("\n[[proxies]]\ntype = \"socks5\"\nlisten = \"127.0.0.1:{proxy}\"\nvia = \"home\"\n");
     for (name, port) in groups {
         text += &format!(
             "\n[[groups]]\nname = \"{name}\"\nkey = \"{GROUP_KEY}\"\nremote_port = {port}\npolicy = \"{policy}\"\n"
@@ -136,14 +138,14 @@ async fn a_server_reload_changes_policy_in_place_adds_and_removes_groups_and_ref
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("server.toml");
     let mut ports = Vec::new();
-    while ports.len() < 3 {
+    while ports.len() < 5 {
         let port = backend::dead_port().await?.port();
         if !ports.contains(&port) {
             ports.push(port);
         }
     }
-    let (p1, p2, p3) = (ports[0], ports[1], ports[2]);
-    std::fs::write(&path, server_toml(dir.path(), 1, "round_robin", &[("g1", p1), ("g2", p2)]))?;
+    let (p1, p2, p3, old_proxy, new_proxy) = (ports[0], ports[1], ports[2], ports[3], ports[4]);
+    std::fs::write(&path, server_toml(dir.path(), 1, "round_robin", &[("g1", p1), ("g2", p2)], old_proxy))?;
     let server = TestServer::start_from(&path).await?;
     let (a, b, echo) = (tagged("a").await?, tagged("b").await?, backend::echo().await?);
     let mut config = server.client_config("home");
@@ -166,12 +168,16 @@ async fn a_server_reload_changes_policy_in_place_adds_and_removes_groups_and_ref
     ensure!(status == 422 && body.contains("line 2"), "syntax error: {status} {body}");
     backend::assert_echo(g2, 10_000, 1).await?;
 
-    // g1's policy changes, g2 goes, g3 comes; the grace period needs a restart.
-    std::fs::write(&path, server_toml(dir.path(), 2, "ip_hash", &[("g1", p1), ("g3", p3)]))?;
+    // g1's policy changes, g2 goes, g3 comes, the proxy moves; the grace period needs a restart.
+    TcpStream::connect(("127.0.0.1", old_proxy)).await.context("the first proxy listens")?;
+    std::fs::write(&path, server_toml(dir.path(), 2, "ip_hash", &[("g1", p1), ("g3", p3)], new_proxy))?;
     let (status, body) = server.control("POST", "/reload", "").await?;
     ensure!(status == 200, "reload: {status} {body}");
     let report: Value = serde_json::from_str(&body)?;
-    ensure!(report["added"] == json!(["groups.g3"]) && report["removed"] == json!(["groups.g2"]), "{body}");
+    let (added_proxy, removed_proxy) =
+        (format!("proxies.127.0.0.1:{new_proxy}"), format!("proxies.127.0.0.1:{old_proxy}"));
+    ensure!(report["added"] == json!(["groups.g3", added_proxy]), "{body}");
+    ensure!(report["removed"] == json!(["groups.g2", removed_proxy]), "{body}");
     ensure!(report["changed"] == json!(["groups.g1"]) && report["restart_required"] == json!(["limits"]), "{body}");
 
     // The connection held through g1 still works, and g1 kept both backends.
@@ -188,6 +194,8 @@ async fn a_server_reload_changes_policy_in_place_adds_and_removes_groups_and_ref
         ensure!(which(g1).await? == sticky, "ip_hash keeps a user on one backend");
     }
     refused(p2).await?;
+    refused(old_proxy).await?;
+    TcpStream::connect(("127.0.0.1", new_proxy)).await.context("the new proxy listens")?;
     let mut g3 = TcpStream::connect(("127.0.0.1", p3)).await?;
     ensure!(g3.read(&mut [0u8; 1]).await? == 0, "g3 has no backend yet: closed");
 

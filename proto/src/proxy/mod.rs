@@ -97,24 +97,33 @@ impl ProxySettings {
 }
 
 /// Accepts proxy users on `listener` until `stop`; each runs in its own task on `tracker`,
-/// under the span `proxy_user{peer, target}`.
+/// under the span `proxy_user{peer, target}`. Once `stop` is cancelled, connections in flight
+/// get `grace`, then are closed.
 pub async fn serve<U: Upstream>(
     listener: TcpListener,
     settings: ProxySettings,
     upstream: Arc<U>,
     tracker: TaskTracker,
-    stop: CancellationToken,
+    (stop, grace): (CancellationToken, std::time::Duration),
 ) {
     while let Some((tcp, peer)) = crate::accept::next(&listener, &stop).await {
         let span = info_span!("proxy_user", %peer, target = tracing::field::Empty);
-        let (settings, upstream) = (settings.clone(), upstream.clone());
-        match settings.kind {
-            ProxyKind::Socks5 => {
-                tracker.spawn(socks5::serve(tcp, peer, settings, upstream, tracker.clone()).instrument(span))
-            }
-            ProxyKind::Http => {
-                tracker.spawn(http::serve(tcp, peer, settings, upstream, tracker.clone()).instrument(span))
+        let (settings, upstream, stop) = (settings.clone(), upstream.clone(), stop.clone());
+        let tasks = tracker.clone();
+        let user = async move {
+            let served = async {
+                match settings.kind {
+                    ProxyKind::Socks5 => socks5::serve(tcp, peer, settings, upstream, tasks).await,
+                    ProxyKind::Http => http::serve(tcp, peer, settings, upstream, tasks).await,
+                }
+            };
+            tokio::select! {
+                () = served => {}
+                () = crate::shutdown::after_grace(&stop, grace) => {
+                    tracing::debug!("the proxy stopped and the grace period is over; connection closed");
+                }
             }
         };
+        tracker.spawn(user.instrument(span));
     }
 }
