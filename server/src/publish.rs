@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wmproxy_config::PortAllowance;
 use wmproxy_proto::datastream;
@@ -28,8 +29,20 @@ use crate::sessions::Session;
 pub(crate) struct Published {
     spec: ServiceSpec,
     outcome: RegisterOutcome,
-    stop: CancellationToken,
+    stop: ServiceStop,
 }
+
+/// What stops one published service: its token (a child of the session's), and the tracker of
+/// its listener task, so that a withdrawal can wait until the port is really closed (a changed
+/// service may bind the same port again at once).
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceStop {
+    pub token: CancellationToken,
+    pub listener: TaskTracker,
+}
+
+/// How long a withdrawal waits for a listener task to drop its socket.
+const LISTENER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Makes `specs` the session's published services. One result per spec, in order; a bad spec
 /// does not affect the others. Services published by an earlier registration with the same
@@ -52,7 +65,7 @@ pub(crate) async fn register(
         .map(|(name, _)| name.clone())
         .collect();
     for name in stale {
-        withdraw(&name, session, shared);
+        withdraw(&name, session, shared).await;
     }
     let mut seen = HashSet::new();
     let mut results = Vec::with_capacity(specs.len().min(MAX_SERVICES));
@@ -89,7 +102,7 @@ async fn publish(
     session: &Arc<Session>,
     shared: &Arc<Shared>,
 ) -> RegisterOutcome {
-    let stop = session.cancel.child_token();
+    let stop = ServiceStop { token: session.cancel.child_token(), listener: TaskTracker::new() };
     let outcome = match (&spec.group, spec.kind) {
         (Some(membership), _) => {
             let (outcome, joined) = shared.groups.join(spec, membership, session);
@@ -119,9 +132,14 @@ async fn publish(
 
 /// Takes a service off the session: its port closes now (live connections get the grace
 /// period), its routes and its group membership go at once.
-fn withdraw(name: &str, session: &Session, shared: &Shared) {
-    if let Some(published) = session.published().remove(name) {
-        published.stop.cancel();
+async fn withdraw(name: &str, session: &Session, shared: &Shared) {
+    let published = session.published().remove(name);
+    if let Some(published) = published {
+        published.stop.token.cancel();
+        published.stop.listener.close();
+        if tokio::time::timeout(LISTENER_CLOSE_TIMEOUT, published.stop.listener.wait()).await.is_err() {
+            warn!(service = %name, "the withdrawn service's listener is slow to close");
+        }
     }
     let membership = session.memberships().remove(name);
     if let Some(membership) = membership {
@@ -136,7 +154,7 @@ fn bind_tcp(
     allowance: &PortAllowance,
     session: &Arc<Session>,
     shared: &Arc<Shared>,
-    stop: CancellationToken,
+    stop: ServiceStop,
 ) -> RegisterOutcome {
     let bound = bind_public(spec.remote_port, allowance, shared, crate::server::bind_tcp, TcpListener::local_addr);
     let (listener, bound) = match bound {
@@ -144,8 +162,8 @@ fn bind_tcp(
         Err(refused) => return refused,
     };
     let span = info_span!("public", service = %spec.name, port = bound);
-    let serve = accept_users(listener, spec.name.clone(), session.clone(), shared.clone(), stop);
-    session.listeners.spawn(serve.instrument(span));
+    let serve = accept_users(listener, spec.name.clone(), session.clone(), shared.clone(), stop.token);
+    session.listeners.spawn(stop.listener.track_future(serve.instrument(span)));
     RegisterOutcome::Ok { port: bound }
 }
 

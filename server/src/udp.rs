@@ -22,7 +22,7 @@ pub(crate) fn bind(
     allowance: &PortAllowance,
     session: &Arc<Session>,
     shared: &Arc<Shared>,
-    stop: tokio_util::sync::CancellationToken,
+    stop: publish::ServiceStop,
 ) -> RegisterOutcome {
     if session.conn.max_datagram_size().is_none() {
         return RegisterOutcome::DatagramsUnsupported;
@@ -39,9 +39,10 @@ pub(crate) fn bind(
         shared.udp_stats.clone(),
         shared.config().limits.stream_open_timeout(),
         shared.tracker.clone(),
-        stop,
+        stop.token,
     );
-    session.listeners.spawn(serve.instrument(info_span!("public", service = %spec.name, udp_port = bound)));
+    let span = info_span!("public", service = %spec.name, udp_port = bound);
+    session.listeners.spawn(stop.listener.track_future(serve.instrument(span)));
     RegisterOutcome::Ok { port: bound }
 }
 

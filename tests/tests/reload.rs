@@ -42,7 +42,10 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("client.toml");
     let head = server.client_toml("home");
-    std::fs::write(&path, format!("{head}{}{}", service("a", sink), service("c", echo)))?;
+    // `d` keeps its public port across the reload but changes its backend.
+    let (port_d, new_d) = (backend::dead_port().await?.port(), tagged("new-d").await?);
+    let d = |local: SocketAddr| format!("{}remote_port = {port_d}\n", service("d", local));
+    std::fs::write(&path, format!("{head}{}{}{}", service("a", sink), service("c", echo), d(echo)))?;
     let mut control = None;
     let mut client = TestClient::start_with(wmproxy_config::load_client(&path)?, |c| {
         c.set_config_path(path.clone());
@@ -68,17 +71,19 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
     });
     eventually("A's bytes reaching its backend", || received.load(Ordering::Relaxed) >= 1024 * 1024).await?;
 
-    std::fs::write(&path, format!("{head}{}{}", service("a", sink), service("b", echo)))?;
+    std::fs::write(&path, format!("{head}{}{}{}", service("a", sink), service("b", echo), d(new_d.addr)))?;
     let (status, body) = control_call(control, Some(CONTROL_TOKEN), "POST", "/reload", "").await?;
     ensure!(status == 200, "reload: {status} {body}");
     let report: Value = serde_json::from_str(&body)?;
     ensure!(report["added"] == json!(["services.b"]) && report["removed"] == json!(["services.c"]), "{body}");
-    ensure!(report["changed"] == json!([]) && report["restart_required"] == json!([]), "{body}");
+    ensure!(report["changed"] == json!(["services.d"]) && report["restart_required"] == json!([]), "{body}");
     let now = client.wait_for("b published", |s| s.port_of("b").is_some()).await?;
     ensure!(now.port_of("c").is_none() && now.port_of("a") == Some(port_a), "{now:?}");
     let port_b = now.port_of("b").context("b")?;
     backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port_b)), 100_000, 7).await?;
     refused(port_c).await?;
+    let d_now = which(SocketAddr::from(([127, 0, 0, 1], port_d))).await?;
+    ensure!(now.port_of("d") == Some(port_d) && d_now == "new-d", "d on its port: {d_now} {now:?}");
 
     // A bad file (an unknown key, then a syntax error) is refused with its key and line, and
     // changes nothing.
@@ -95,7 +100,7 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
     backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port_b)), 100_000, 8).await?;
     let (_, status_body) = control_call(control, Some(CONTROL_TOKEN), "GET", "/status", "").await?;
     let services: Value = serde_json::from_str::<Value>(&status_body)?["services"].clone();
-    ensure!(services.as_array().map(Vec::len) == Some(2), "{status_body}");
+    ensure!(services.as_array().map(Vec::len) == Some(3), "{status_body}");
 
     // The client's API also wants its token, and shows no secret.
     let (status, _) = control_call(control, None, "GET", "/status", "").await?;
