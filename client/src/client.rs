@@ -188,10 +188,13 @@ impl Client {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
         let Self { config, quic, forwards, status, protocol_version, udp_stats, reloader, control_listener } = self;
         let tracker = TaskTracker::new();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {
             let api = crate::control::ClientControl {
                 status: status.subscribe(),
                 reloader: reloader.clone(),
+                metrics: metrics.clone(),
+                udp: udp_stats.clone(),
                 stop: shutdown.clone(),
             };
             let token = control.token.expose().to_owned();
@@ -221,6 +224,7 @@ impl Client {
             stats: udp_stats,
             idle: config.limits.udp_flow_idle_timeout(),
             egress: Arc::new(config.egress.clone()),
+            metrics,
         };
 
         let mut backoff = Backoff::default();
@@ -277,12 +281,13 @@ impl Client {
     }
 }
 
-/// What every tunnel's streams and UDP flows share.
+/// What every tunnel's streams and UDP flows share, and the per-service counters.
 struct UdpSetup {
     permits: Arc<Semaphore>,
     stats: Arc<UdpStats>,
     idle: Duration,
     egress: Arc<wmproxy_config::EgressPolicy>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Serves one tunnel until it ends or `shutdown`. Returns why it ended. `services` is what the
@@ -319,6 +324,7 @@ async fn serve_session(
         flows: flows.clone(),
         udp_permits: udp.permits.clone(),
         egress: udp.egress.clone(),
+        metrics: udp.metrics.clone(),
     };
     info!("tunnel up");
 

@@ -8,6 +8,7 @@
 //! | `POST /reload` | re-reads the config file and publishes the services again on the live tunnel |
 //! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
 //! | `POST /stop` | stops the client (it does not reconnect) |
+//! | `GET /metrics` | Prometheus text: connections and bytes per service, tunnel up, UDP |
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -24,6 +25,8 @@ use crate::reload::{ReloadError, Reloader};
 pub(crate) struct ClientControl {
     pub status: watch::Receiver<ClientStatus>,
     pub reloader: Reloader,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub udp: std::sync::Arc<wmproxy_proto::udp::UdpStats>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
 }
@@ -53,6 +56,13 @@ impl ControlApi for ClientControl {
             (&Method::POST, "/stop") => {
                 self.stop.cancel();
                 Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
+            }
+            (&Method::GET, "/metrics") => {
+                let connected = matches!(*self.status.borrow(), ClientStatus::Connected { .. });
+                match self.metrics.encode(connected, &self.udp.snapshot()) {
+                    Ok(text) => Reply::metrics(text),
+                    Err(_) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
+                }
             }
             _ => Reply::not_found(&method, &path),
         }

@@ -30,6 +30,8 @@ pub struct ExposeContext {
     pub udp_permits: Arc<Semaphore>,
     /// What the server's proxies may reach from here.
     pub egress: Arc<EgressPolicy>,
+    /// Per-service counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Serves one stream opened by the server, under the span `stream{service, peer, flow}`.
@@ -52,6 +54,7 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
                 (dialed, _) => dialed,
             };
             let outcome = datastream::complete(send, recv, dialed).await;
+            ctx.metrics.finished(&found.name, outcome.as_ref().ok());
             if found.access_log {
                 access_log(&found, peer_addr, started, &outcome);
             }

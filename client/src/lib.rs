@@ -13,7 +13,8 @@
 //!   to the server on the control stream.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
 //! - [`reload`]: applies a reloaded config; services are registered again on the live tunnel.
-//! - `control`: the control API (`[control]`): status, reload, adapt, stop.
+//! - `control`: the control API (`[control]`): status, reload, adapt, stop, metrics.
+//! - `metrics`: its Prometheus counters (connections and bytes per service, tunnel up, UDP).
 //! - [`backoff`]: reconnect delays with jitter. [`error`]: errors, and which are retried.
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod session;
 mod expose;
 mod forward;
 mod health;
+mod metrics;
 mod proxy;
 pub mod tls;
 

@@ -15,6 +15,7 @@
 //! - [`shutdown`]: process signals to a cancellation token, for both binaries.
 //! - [`cli`]: the rest both binaries' `main` share (logging, `check`, the runtime).
 //! - [`control`]: the loopback control API (bearer token, JSON) and the CLI's calls to it.
+//! - [`metrics`]: Prometheus metrics both ends expose (UDP counters).
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
 //!   half-close and allocating buffers only while data flows.
 //! - [`wsbridge`]: a byte stream carried as WebSocket binary messages (the ws↔tcp bridge).
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod control;
 pub mod datastream;
 pub mod dial;
+pub mod metrics;
 pub mod proxy;
 pub mod relay;
 pub mod shutdown;

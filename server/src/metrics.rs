@@ -33,11 +33,6 @@ struct GroupBackendLabels {
     service: String,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CauseLabels {
-    cause: String,
-}
-
 /// Everything counted as it happens.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -239,24 +234,7 @@ impl Drop for StreamGuard {
 /// The state read at scrape time: UDP counters and backends' health.
 fn scrape(shared: &Shared) -> Registry {
     let mut registry = Registry::with_prefix("wmproxy");
-    let udp = shared.udp_stats.snapshot();
-    let flows: Gauge = Gauge::default();
-    flows.set(i64::try_from(udp.active_flows).unwrap_or(i64::MAX));
-    registry.register("udp_flows_active", "UDP flows open now", flows);
-    let opened: Counter = Counter::default();
-    opened.inc_by(udp.flows_opened);
-    registry.register("udp_flows_opened", "UDP flows set up", opened);
-    let sent: Counter = Counter::default();
-    sent.inc_by(udp.datagrams_sent);
-    registry.register("udp_datagrams_sent", "UDP packets sent into tunnels as QUIC datagrams", sent);
-    let received: Counter = Counter::default();
-    received.inc_by(udp.datagrams_received);
-    registry.register("udp_datagrams_received", "QUIC datagrams received and delivered", received);
-    let dropped: Family<CauseLabels, Counter> = Family::default();
-    for (cause, n) in udp.drops() {
-        dropped.get_or_create(&CauseLabels { cause: cause.to_owned() }).inc_by(n);
-    }
-    registry.register("udp_datagrams_dropped", "UDP packets dropped, by cause", dropped);
+    wmproxy_proto::metrics::register_udp(&mut registry, &shared.udp_stats.snapshot());
 
     let healthy: Family<GroupBackendLabels, Gauge> = Family::default();
     for group in shared.groups.all() {

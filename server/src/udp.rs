@@ -38,7 +38,9 @@ pub(crate) fn bind(
         source,
         shared.udp_stats.clone(),
         shared.config().limits.stream_open_timeout(),
-        shared.tracker.clone(),
+        // The flows are the service's: a withdrawal waits for them too, since each holds the
+        // socket, before the port may be bound again.
+        stop.listener.clone(),
         stop.token,
     );
     let span = info_span!("public", service = %spec.name, udp_port = bound);

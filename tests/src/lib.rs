@@ -298,6 +298,18 @@ impl TestClient {
         Ok(Self { status, udp, forward_addrs, shutdown, task: Some(task) })
     }
 
+    /// Starts a client from the config file at `path`, as the binary does (`/reload` reads
+    /// that file); returns it and where its control API listens (the file must have `[control]`).
+    pub async fn start_from(path: &std::path::Path) -> Result<(Self, SocketAddr)> {
+        let mut control = None;
+        let client = Self::start_with(wmproxy_config::load_client(path)?, |c| {
+            c.set_config_path(path.to_owned());
+            control = c.control_addr();
+        })
+        .await?;
+        Ok((client, control.context("the client's control API is off")?))
+    }
+
     /// Waits until the status satisfies `pred`; returns that status.
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&ClientStatus) -> bool) -> Result<ClientStatus> {
         let waited =

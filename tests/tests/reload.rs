@@ -46,13 +46,7 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
     let (port_d, new_d) = (backend::dead_port().await?.port(), tagged("new-d").await?);
     let d = |local: SocketAddr| format!("{}remote_port = {port_d}\n", service("d", local));
     std::fs::write(&path, format!("{head}{}{}{}", service("a", sink), service("c", echo), d(echo)))?;
-    let mut control = None;
-    let mut client = TestClient::start_with(wmproxy_config::load_client(&path)?, |c| {
-        c.set_config_path(path.clone());
-        control = c.control_addr();
-    })
-    .await?;
-    let control = control.context("the client's control API")?;
+    let (mut client, control) = TestClient::start_from(&path).await?;
     let port_a = client.port_of("a").await?;
     let port_c = client.port_of("c").await?;
     backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port_c)), 1000, 3).await?;
@@ -116,6 +110,25 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
     let count = u64::from_be_bytes(answer[..8].try_into()?);
     let sum = u64::from_be_bytes(answer[8..].try_into()?);
     ensure!(count == 2 * HALF as u64 && sum == expected, "A's backend got {count} bytes, checksum {sum:x}");
+
+    // The client's /metrics counts A's bytes once the connection has ended on its side too.
+    drop(from_a);
+    let line = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("wmproxy_client_service_bytes_in_total{service=\"a\"} ")?.parse::<u64>().ok())
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let metrics = loop {
+        let (_, text) = control_call(control, Some(CONTROL_TOKEN), "GET", "/metrics", "").await?;
+        if line(&text).is_some_and(|n| n >= 2 * HALF as u64) {
+            break text;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "A's bytes never counted: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    ensure!(metrics.lines().any(|l| l == "wmproxy_client_tunnel_up 1"), "{metrics}");
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))?;
+    ensure!(scrape.samples.iter().any(|s| s.metric == "wmproxy_client_connections_total"), "{metrics}");
     Ok(())
 }
 
@@ -211,5 +224,47 @@ async fn a_server_reload_changes_policy_in_place_adds_and_removes_groups_and_ref
     for line in ["wmproxy_reloads_total 3", "wmproxy_reload_failures_total 2", "wmproxy_last_reload_success 1"] {
         ensure!(metrics.lines().any(|l| l == line), "no `{line}` in {metrics}");
     }
+    Ok(())
+}
+
+/// Sends `payload` from `socket` to `to` until a reply comes (UDP may drop the first packets
+/// while a flow opens); returns it.
+async fn udp_answer(socket: &tokio::net::UdpSocket, to: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+    for _ in 0..50 {
+        if let Ok(reply) = wmproxy_tests::udp::request(socket, to, payload).await {
+            return Ok(reply);
+        }
+    }
+    anyhow::bail!("no UDP reply from {to}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_service_changed_by_a_reload_keeps_its_fixed_port_and_reaches_its_new_backend() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|_| {}).await?;
+    let ((old, _o), (new, _n)) =
+        (wmproxy_tests::udp::tagged_echo("old").await?, wmproxy_tests::udp::tagged_echo("new").await?);
+    let port = tokio::net::UdpSocket::bind("127.0.0.1:0").await?.local_addr()?.port();
+    let public = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("client.toml");
+    let head = server.client_toml("home");
+    let u = |local: SocketAddr| {
+        format!("{head}\n[[services]]\nname = \"u\"\ntype = \"udp\"\nlocal_addr = \"{local}\"\nremote_port = {port}\n")
+    };
+    std::fs::write(&path, u(old))?;
+    let (mut client, control) = TestClient::start_from(&path).await?;
+    ensure!(client.port_of("u").await? == port);
+    let user = wmproxy_tests::udp::user().await?;
+    ensure!(udp_answer(&user, public, b"x").await? == b"old:x", "before the reload");
+
+    // The user's flow is live while the service changes its backend on the same port.
+    std::fs::write(&path, u(new))?;
+    let (status, body) = control_call(control, Some(CONTROL_TOKEN), "POST", "/reload", "").await?;
+    ensure!(status == 200 && body.contains("services.u"), "reload: {status} {body}");
+    let now = client.wait_for("u published again", |s| s.port_of("u").is_some()).await?;
+    ensure!(now.port_of("u") == Some(port), "u lost its port: {now:?}");
+    let fresh = wmproxy_tests::udp::user().await?;
+    ensure!(udp_answer(&fresh, public, b"y").await? == b"new:y", "a new user after the reload");
     Ok(())
 }
