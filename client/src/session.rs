@@ -1,5 +1,5 @@
 //! One tunnel attempt: resolve, QUIC handshake, Hello with the proof, Register. Returns the live
-//! connection with the per-service results. [`specs`] is what a (re)registration asks for.
+//! connection with the per-service results. `specs` is what a (re)registration asks for.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;

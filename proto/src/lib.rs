@@ -24,8 +24,8 @@
 //!
 //! Data flow: an end calls [`datastream::open_and_relay`], which opens a QUIC stream, writes a
 //! [`wire::OpenStream`] and pipelines its user's bytes; the other end's
-//! [`datastream::accept`] reads the header, dials (usually with [`dial::dial`]) and answers with
-//! a [`wire::OpenResult`]; then both run [`relay::relay`].
+//! [`datastream::read_header`] reads the header, dials (usually with [`dial::dial`]) and
+//! [`datastream::complete`] answers with a [`wire::OpenResult`]; then both run [`relay::relay`].
 #![forbid(unsafe_code)]
 
 pub mod accept;

@@ -7,8 +7,9 @@
 //!   registration run there under the handshake timeout; then it serves the control stream and
 //!   accepts the client's data streams.
 //! - `sessions`: live tunnels by client name; a reconnecting client replaces its old session.
-//! - `publish`: registers services and binds public TCP ports; each user connection becomes a
-//!   data stream to the client (`Expose`), then a relay.
+//! - `publish`: registers services (again on a reloaded client: unchanged ones are kept) and
+//!   binds public TCP ports; each user connection becomes a data stream to the client
+//!   (`Expose`), then a relay.
 //! - `udp`: public UDP ports; each user address becomes a flow to the client (`UdpExpose`),
 //!   carried as QUIC datagrams (see `wmproxy_proto::udp`).
 //! - `vhost`: the HTTP virtual-host port: every request routed by its own `Host` and path to
@@ -19,6 +20,9 @@
 //! - [`groups`]: load-balancing groups: a public port served by backends (services of
 //!   clients that joined with the group's key), picked by policy, with active and passive
 //!   health checks and retry on the next backend.
+//! - `listeners`: the config's own listeners (group ports, proxies) and their stop tokens.
+//! - [`reload`]: applies a reloaded config file (`POST /reload`, SIGHUP): what changes in
+//!   place, what is started or stopped, what needs a restart.
 //! - `control`: the control API's endpoints (`[control]`: status, config, reload, adapt, stop,
 //!   drain, metrics) on [`wmproxy_proto::control`]'s loopback HTTP server.
 //! - `metrics`: Prometheus counters (prometheus-client) bumped on the network path, plus the

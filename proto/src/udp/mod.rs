@@ -14,7 +14,7 @@
 //!
 //! # Bounds
 //! Flows per client and in total are capped by semaphores the caller passes in
-//! ([`listener::FlowSource::permits`], and the acceptor's own check). Packets are never queued
+//! ([`listener::permits`], and the acceptor's own check). Packets are never queued
 //! without bound: datagrams go straight to a socket (`try_send`, dropped if its buffer is
 //! full), and the stream path has a per-flow packet limit and a per-tunnel byte budget
 //! ([`table::STREAM_QUEUE_BYTES`]). quinn bounds its own datagram buffers (see
