@@ -48,6 +48,7 @@ pub enum ReloadError {
 
 /// Re-reads the config file at `path` and applies it; counts the attempt in the metrics.
 pub(crate) async fn reload(shared: &Arc<Shared>, path: Option<&Path>) -> Result<ReloadReport, ReloadError> {
+    let _one_at_a_time = shared.reloading.lock().await;
     shared.metrics.reloads.inc();
     let result = match path {
         None => Err(ReloadError::NoFile),

@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     loaded: std::sync::RwLock<Arc<ServerConfig>>,
     /// The file the config came from, if any.
     pub config_path: std::sync::OnceLock<std::path::PathBuf>,
+    /// Held while a reload applies, so that two (SIGHUP and `/reload`) never interleave.
+    pub reloading: tokio::sync::Mutex<()>,
     pub sessions: Sessions,
     pub tracker: TaskTracker,
     /// Counters of every client's UDP flows.
@@ -255,6 +257,7 @@ impl Server {
             config: std::sync::RwLock::new(Arc::new(config)),
             loaded: std::sync::RwLock::new(loaded),
             config_path: std::sync::OnceLock::new(),
+            reloading: tokio::sync::Mutex::new(()),
             sessions: Sessions::default(),
             tracker: TaskTracker::new(),
             udp_stats: Arc::default(),
