@@ -149,17 +149,17 @@ fn apply_groups(
         }
     }
     for file in &config.groups {
-        let name = file.name.get_ref();
-        let existing = shared.groups.get(name);
-        let group = match &existing {
+        if old.contains(file) {
+            continue;
+        }
+        let group = match shared.groups.get(file.name.get_ref()) {
             Some(group) => {
                 group.update(file);
-                group.clone()
+                group
             }
             None => shared.groups.insert(file, &config.vhost),
         };
         if matches!(file.kind, ServiceType::Http | ServiceType::Https) {
-            shared.router.remove_group(name);
             shared.router.add_group(&group, file);
         }
     }

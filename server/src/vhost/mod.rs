@@ -213,11 +213,13 @@ impl Router {
         RegisterOutcome::Ok { port }
     }
 
-    /// Adds the routes of an `http` or `https` group (validated config: names unique).
+    /// Sets the routes of an `http` or `https` group (validated config: names unique): any routes
+    /// it had are replaced in the same step, so a reload leaves no moment without them.
     pub fn add_group(&self, group: &Arc<Group>, file: &GroupFile) {
         let tls = file.kind == ServiceType::Https;
         let locations = if file.locations.is_empty() { vec!["/".to_owned()] } else { file.locations.clone() };
         let mut routes = self.lock();
+        routes.retain(|r| !matches!(&r.target, Target::Group(g) if g.name == group.name));
         for host in &file.custom_domains {
             for location in &locations {
                 routes.push(Arc::new(Route {
