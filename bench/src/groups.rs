@@ -31,7 +31,8 @@ pub fn pick_ns(policy: Policy, n: usize, picks: usize) -> f64 {
 /// a plain service; returns both public addresses (and what keeps them alive).
 pub async fn group_of(n: usize) -> Result<(TestServer, TestClient, SocketAddr, SocketAddr)> {
     let public = backend::dead_port().await?;
-    let server = TestServer::start(|f| f.groups.push(groups::group("web", public.port(), Policy::RoundRobin))).await?;
+    let server =
+        TestServer::start(|f| f.groups.push(groups::tcp_group("web", public.port(), Policy::RoundRobin))).await?;
     let echo = backend::echo().await?;
     let mut config = server.client_config("bench-groups");
     config.services = (0..n).map(|i| member(&format!("b{i}"), echo, "web", 1, None)).collect::<Vec<Service>>();
@@ -49,7 +50,7 @@ pub async fn recovery(passive: bool, active_interval: Option<Duration>, run: Dur
     group.max_fails = u32::from(passive);
     // No retry: every connection sent to the dead backend fails, which is what is measured.
     group.retries = 0;
-    let server = TestServer::start(move |f| f.groups.push(group)).await?;
+    let server = TestServer::start(move |f| f.groups.push(wmproxy_config::GroupFile::Tcp(group))).await?;
     let (live, dead) = (tagged("live").await?, tagged("dead").await?);
     let check = active_interval.map(|i| {
         let mut c = tcp_check(i.as_millis() as u64, 2, 2);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use wmproxy_proto::tls::{Fingerprint, PinnedCertVerifier, crypto_provider};
-use wmproxy_proto::transport::{self, TransportTuning};
+use wmproxy_tunnel::tls::{Fingerprint, PinnedCertVerifier, crypto_provider};
+use wmproxy_tunnel::transport::{self, TransportTuning};
 
 /// Sends `bytes` over one stream and returns Gbit/s of payload.
 pub async fn bare_stream(bytes: usize) -> Result<f64> {

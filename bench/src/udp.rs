@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use wmproxy_proto::transport;
+use wmproxy_tunnel::transport;
 
 /// What one paced run saw.
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,5 @@
 //! The client's control API (`[control]`, loopback, bearer token; default
-//! `127.0.0.1:8838`). The HTTP side is [`wmproxy_proto::control`].
+//! `127.0.0.1:8838`). The HTTP side is [`wmproxy_ops::control`].
 //!
 //! | endpoint | |
 //! |---|---|
@@ -15,7 +15,7 @@ use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use wmproxy_proto::control::{ControlApi, Reply, ServiceStatus};
+use wmproxy_ops::control::{ControlApi, Reply, ServiceStatus};
 
 use crate::ClientStatus;
 use crate::reload::{ReloadError, Reloader};
@@ -26,7 +26,7 @@ pub(crate) struct ClientControl {
     pub status: watch::Receiver<ClientStatus>,
     pub reloader: Reloader,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    pub udp: std::sync::Arc<wmproxy_proto::udp::UdpStats>,
+    pub udp: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
 }

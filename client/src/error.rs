@@ -1,35 +1,39 @@
-//! The client's errors, and which of them are worth retrying.
+//! The client's errors, whose side says whether they are worth retrying.
 
-use wmproxy_proto::datastream::DataStreamError;
-use wmproxy_proto::stream::StreamError;
-use wmproxy_proto::wire::RejectReason;
+use std::path::PathBuf;
+
+use wmproxy_tunnel::Side;
+use wmproxy_tunnel::stream::StreamError;
+use wmproxy_wire::RejectReason;
 
 /// Why the client could not (or can no longer) keep its tunnel.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The TLS setup is wrong (bad CA file, no roots): a config problem.
     #[error("TLS setup: {0}")]
-    Tls(String),
-    /// A local forward could not listen.
-    #[error("cannot listen on {addr} for a forward: {source}")]
+    Tls(#[from] TlsSetupError),
+    /// A local forward, proxy or the control API could not listen.
+    #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// `server_addr` did not resolve, or the local UDP socket could not be bound.
-    #[error("cannot reach the server at {addr}: {reason}")]
+    #[error("cannot reach the server at {addr}: {source}")]
     Resolve {
         /// The configured address.
         addr: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The QUIC/TLS handshake failed because of the server's identity (fingerprint or CA
     /// mismatch) or a protocol (ALPN) mismatch. Retrying will not help.
     #[error("TLS handshake refused: {0}")]
-    Untrusted(String),
+    Untrusted(#[source] quinn::ConnectionError),
     /// The server refused this client.
     #[error("server rejected the client: {0}")]
     Rejected(RejectReason),
@@ -43,23 +47,83 @@ pub enum ClientError {
     },
     /// The tunnel could not be set up or was lost; retried.
     #[error("tunnel: {0}")]
-    Tunnel(String),
+    Tunnel(#[from] TunnelError),
     /// The handshake did not finish in time; retried.
     #[error("connecting to the server timed out")]
     Timeout,
 }
 
+/// Why the TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// rustls refused the setup.
+    #[error("{0}")]
+    Rustls(#[source] rustls::Error),
+    /// The setup suits no QUIC cipher suite.
+    #[error("{0}")]
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The CA file could not be read as PEM certificates.
+    #[error("CA file {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate of the CA file was refused.
+    #[error("CA file {path}: {source}")]
+    CaCert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The CA file holds no certificate.
+    #[error("CA file {0}: no certificate in file")]
+    EmptyCaFile(PathBuf),
+    /// The system has no usable root certificate.
+    #[error("no usable system root certificates ({0} errors)")]
+    NoSystemRoots(usize),
+}
+
+/// Why a tunnel could not be set up, or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The connection could not be started (a bad address or server name).
+    #[error("cannot start the connection: {0}")]
+    Connect(#[source] quinn::ConnectError),
+    /// The connection failed or was closed (by the server, with its reason, or by the network).
+    #[error("{0}")]
+    Connection(#[source] quinn::ConnectionError),
+    /// The control stream failed.
+    #[error("control stream: {0}")]
+    Control(#[source] StreamError),
+    /// The TLS session offers no keying material for the proof.
+    #[error("TLS exporter unavailable")]
+    Exporter,
+    /// The server answered with a message it should not have.
+    #[error("unexpected reply on the control stream")]
+    UnexpectedReply,
+}
+
 impl ClientError {
-    /// Whether reconnecting could help. Wrong credentials, an untrusted server and a version
-    /// mismatch end the client with a clear error instead of retrying forever.
-    pub fn is_retryable(&self) -> bool {
+    /// Whose fault it is: the tunnel's (the network, the server's load) is retried; anything
+    /// that needs the operator (this end's config, the server's identity or its refusal of our
+    /// credentials) is internal and ends the client.
+    pub fn side(&self) -> Side {
         match self {
-            Self::Tunnel(_) | Self::Timeout | Self::Resolve { .. } => true,
-            Self::Rejected(r) => {
-                matches!(r, RejectReason::Throttled { .. } | RejectReason::ServerFull)
-            }
-            _ => false,
+            Self::Tunnel(_) | Self::Timeout | Self::Resolve { .. } => Side::Tunnel,
+            Self::Rejected(RejectReason::Throttled { .. } | RejectReason::ServerFull) => Side::Tunnel,
+            _ => Side::Internal,
         }
+    }
+
+    /// Whether reconnecting could help. Wrong credentials, an untrusted server and a version
+    /// mismatch end the client with a clear error instead of retrying for ever.
+    pub fn is_retryable(&self) -> bool {
+        self.side() == Side::Tunnel
     }
 }
 
@@ -69,21 +133,24 @@ impl From<quinn::ConnectionError> for ClientError {
         // (ours or theirs) or no common ALPN. Retrying will not fix either.
         let tls_alert = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
         match &e {
-            quinn::ConnectionError::TransportError(t) if tls_alert(t.code) => Self::Untrusted(e.to_string()),
-            quinn::ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code) => Self::Untrusted(e.to_string()),
-            _ => Self::Tunnel(e.to_string()),
+            quinn::ConnectionError::TransportError(t) if tls_alert(t.code) => Self::Untrusted(e),
+            quinn::ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code) => Self::Untrusted(e),
+            _ => Self::Tunnel(TunnelError::Connection(e)),
         }
     }
 }
 
 impl From<StreamError> for ClientError {
     fn from(e: StreamError) -> Self {
-        Self::Tunnel(format!("control stream: {e}"))
+        Self::Tunnel(TunnelError::Control(e))
     }
 }
 
-impl From<DataStreamError> for ClientError {
-    fn from(e: DataStreamError) -> Self {
-        Self::Tunnel(e.to_string())
+impl From<RejectReason> for ClientError {
+    fn from(reason: RejectReason) -> Self {
+        match reason {
+            RejectReason::VersionMismatch { server, client } => Self::VersionMismatch { server, client },
+            other => Self::Rejected(other),
+        }
     }
 }

@@ -6,36 +6,31 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::{Semaphore, watch};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::watch;
 use tracing::{Span, debug, info};
-use wmproxy_config::{EgressPolicy, ProxyProtocol, Service, ServiceType};
-use wmproxy_proto::datastream;
-use wmproxy_proto::udp::{FlowTable, UdpStats, flow};
-use wmproxy_proto::wire::{OpenResult, OpenStream};
+use wmproxy_config::{EgressPolicy, ProxyProtocol, Service, ServiceKind};
+use wmproxy_tunnel::udp::{UdpStats, flow};
+use wmproxy_tunnel::{Tunnel, datastream};
+use wmproxy_wire::{OpenResult, OpenStream, Target};
 
 /// Time for the server's header, and for dialing a local service.
 pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What streams of one tunnel share.
-#[derive(Debug, Clone)]
-pub struct ExposeContext {
+/// What the streams the server opens need, whatever the tunnel.
+#[derive(Debug)]
+pub struct Exposer {
     /// The configured services, as last reloaded.
     pub services: watch::Receiver<Arc<Vec<Service>>>,
-    /// The tunnel.
-    pub conn: Connection,
-    /// Its UDP flows.
-    pub flows: Arc<FlowTable>,
-    /// Permits for UDP flows (the client's `max_udp_flows`).
-    pub udp_permits: Arc<Semaphore>,
     /// What the server's proxies may reach from here.
-    pub egress: Arc<EgressPolicy>,
+    pub egress: EgressPolicy,
     /// Per-service counters.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Serves one stream opened by the server, under the span `stream{service, peer, flow}`.
-pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
+/// Serves one stream the server opened on `tunnel`, under the span `stream{service, peer,
+/// flow}`.
+pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, ctx: Arc<Exposer>) {
     let Some((send, recv, header)) = datastream::read_header(send, recv, STREAM_OPEN_TIMEOUT).await else {
         return;
     };
@@ -43,13 +38,19 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
         OpenStream::Expose { service, peer_addr } => {
             Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
             let started = Instant::now();
-            let found = ctx.services.borrow().iter().find(|s| s.name == service && s.kind != ServiceType::Udp).cloned();
+            let found = ctx
+                .services
+                .borrow()
+                .iter()
+                .find(|s| s.name == service && s.exposure.kind() != ServiceKind::Udp)
+                .cloned();
             let Some(found) = found else {
                 return datastream::refuse(send, OpenResult::UnknownService).await;
             };
             // Local services may be anywhere the client can reach, loopback included.
-            let dialed = wmproxy_proto::dial::dial(&found.local_addr, STREAM_OPEN_TIMEOUT, |_, _| true, |_| true).await;
-            let dialed = match (dialed, found.proxy_protocol) {
+            let dialed =
+                wmproxy_tunnel::dial::dial(&found.local_addr, STREAM_OPEN_TIMEOUT, |_, _| true, |_| true).await;
+            let dialed = match (dialed, found.exposure.proxy_protocol()) {
                 (Ok(tcp), Some(version)) => send_proxy_header(tcp, version, peer_addr).await,
                 (dialed, _) => dialed,
             };
@@ -65,27 +66,27 @@ pub async fn serve(send: SendStream, recv: RecvStream, ctx: ExposeContext) {
                 .services
                 .borrow()
                 .iter()
-                .find(|s| s.name == service && s.kind == ServiceType::Udp)
+                .find(|s| s.name == service && s.exposure.kind() == ServiceKind::Udp)
                 .map(|s| s.local_addr.clone());
             let Some(local) = local else {
                 return datastream::refuse(send, OpenResult::UnknownService).await;
             };
             // Local services may be anywhere the client can reach, loopback included.
-            udp_flow(ctx, send, recv, &local, |_, _| true, |_| true).await;
+            udp_flow(&tunnel, (send, recv), &local, |_, _| true, |_| true).await;
         }
         OpenStream::ProxyConnect { target, peer_addr } => {
             Span::current().record("service", "proxy").record("peer", tracing::field::display(peer_addr));
             debug!(%target, "proxy connection from the server");
             let egress = &ctx.egress;
             let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
-            let dialed = wmproxy_proto::dial::dial(&target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await;
+            let dialed = wmproxy_tunnel::dial::dial(&target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await;
             let _ = datastream::complete(send, recv, dialed).await;
         }
         OpenStream::ProxyUdpConnect { target, peer_addr } => {
             Span::current().record("service", "proxy-udp").record("peer", tracing::field::display(peer_addr));
-            let egress = ctx.egress.clone();
+            let egress = &ctx.egress;
             let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
-            udp_flow(ctx, send, recv, &target, allow_target, allow_ip).await;
+            udp_flow(&tunnel, (send, recv), &target, allow_target, allow_ip).await;
         }
         // Anything else the server may not ask of a client.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
@@ -98,7 +99,7 @@ fn access_log(
     service: &Service,
     peer: std::net::SocketAddr,
     started: Instant,
-    outcome: &Result<wmproxy_proto::relay::RelayStats, datastream::DataStreamError>,
+    outcome: &Result<wmproxy_tunnel::relay::RelayStats, datastream::DataStreamError>,
 ) {
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (bytes_in, bytes_out, result) = match outcome {
@@ -118,23 +119,22 @@ fn access_log(
     );
 }
 
-/// Runs a UDP flow the server opened toward `target`: within the client's flow limit, with a
-/// socket connected to the first address the checks allow.
+/// Runs a UDP flow the server opened on `tunnel` toward `target`: within the client's flow
+/// limit, with a socket connected to the first address the checks allow.
 async fn udp_flow(
-    ctx: ExposeContext,
-    send: SendStream,
-    recv: RecvStream,
-    target: &str,
+    tunnel: &Tunnel,
+    (send, recv): (SendStream, RecvStream),
+    target: &Target,
     allow_target: impl Fn(&str, u16) -> bool,
     allow_ip: impl Fn(std::net::IpAddr) -> bool,
 ) {
-    let Ok(_permit) = ctx.udp_permits.clone().try_acquire_owned() else {
+    let Some(_permit) = tunnel.flow_permit() else {
         debug!("UDP flow limit reached; refusing a flow");
-        UdpStats::bump(&ctx.flows.stats().dropped_flow_limit);
+        UdpStats::bump(&tunnel.flows().stats().dropped_flow_limit);
         return datastream::refuse(send, OpenResult::Busy).await;
     };
-    match wmproxy_proto::dial::dial_udp(target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await {
-        Ok(socket) => flow::accept(ctx.conn, ctx.flows, Arc::new(socket), send, recv).await,
+    match wmproxy_tunnel::dial::dial_udp(target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await {
+        Ok(socket) => flow::accept(tunnel, Arc::new(socket), send, recv).await,
         Err(result) => datastream::refuse(send, result).await,
     }
 }

@@ -1,52 +1,38 @@
 //! Local forwards: a local TCP listener or UDP port whose traffic leaves from the server
-//! toward a target.
+//! toward a target, through the [`CurrentTunnel`]; or a local TCP port whose connections become
+//! WebSocket connections to a URL.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quinn::Connection;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
-use wmproxy_proto::datastream;
-use wmproxy_proto::udp::listener::{self, FlowSource, NoRoute, Route};
-use wmproxy_proto::udp::{FlowTable, UdpStats};
-use wmproxy_proto::wire::OpenStream;
+use wmproxy_tunnel::udp::UdpStats;
+use wmproxy_tunnel::{Ask, OpenError};
+use wmproxy_wire::Target;
 
+use crate::current::CurrentTunnel;
 use crate::expose::STREAM_OPEN_TIMEOUT;
-
-/// The current tunnel, as forwards see it: `None` while reconnecting.
-#[derive(Debug, Clone)]
-pub struct Tunnel {
-    /// The connection.
-    pub conn: Connection,
-    /// Its UDP flows.
-    pub flows: Arc<FlowTable>,
-}
 
 /// Accepts local connections until `shutdown`; each rides the current tunnel, if any (without
 /// one it is closed at once rather than left hanging).
 pub async fn serve_tcp(
     listener: TcpListener,
-    target: String,
-    tunnel: watch::Receiver<Option<Tunnel>>,
+    target: Target,
+    current: CurrentTunnel,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
-        let Some(conn) = tunnel.borrow().as_ref().map(|t| t.conn.clone()) else {
-            warn!(%peer, "no tunnel to the server right now; closing the connection");
-            continue;
-        };
-        let header = OpenStream::Connect { target: target.clone(), peer_addr: peer };
+    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
+        let (current, target) = (current.clone(), target.clone());
         let span = info_span!("stream", %peer);
         tracker.spawn(
             async move {
-                match datastream::open_and_relay(&conn, &header, tcp, STREAM_OPEN_TIMEOUT).await {
+                match current.carry(tcp, peer, target).await {
                     Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "forward finished"),
-                    Err(e) => debug!(error = %e, "forward ended without data or aborted"),
+                    Err(OpenError::TunnelGone) => warn!("no tunnel to the server right now; connection closed"),
+                    Err(e) => debug!(error = %e, side = %e.side(), "forward ended without data or aborted"),
                 }
             }
             .instrument(span),
@@ -58,31 +44,23 @@ pub async fn serve_tcp(
 /// current tunnel. Without a tunnel, or over `max_udp_flows`, packets are dropped and counted.
 pub async fn serve_udp(
     socket: UdpSocket,
-    target: String,
-    tunnel: watch::Receiver<Option<Tunnel>>,
-    permits: Arc<Semaphore>,
+    target: Target,
+    current: CurrentTunnel,
     stats: Arc<UdpStats>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let source = UdpForward { target, tunnel, permits };
-    listener::serve(Arc::new(socket), source, stats, STREAM_OPEN_TIMEOUT, tracker, shutdown).await;
-}
-
-struct UdpForward {
-    target: String,
-    tunnel: watch::Receiver<Option<Tunnel>>,
-    permits: Arc<Semaphore>,
-}
-
-impl FlowSource for UdpForward {
-    fn route(&self, peer: SocketAddr) -> Result<Route, NoRoute> {
-        let (conn, table) =
-            self.tunnel.borrow().as_ref().map(|t| (t.conn.clone(), t.flows.clone())).ok_or(NoRoute::NoTunnel)?;
-        let guards = listener::permits(&[&self.permits]).ok_or(NoRoute::FlowLimit)?;
-        let header = OpenStream::UdpConnect { target: self.target.clone(), peer_addr: peer };
-        Ok(Route { conn, table, header, ends_with: None, guards })
-    }
+    let socket = Arc::new(socket);
+    wmproxy_tunnel::udp::listener::serve(
+        socket,
+        &current,
+        Ask::Target(target),
+        stats,
+        STREAM_OPEN_TIMEOUT,
+        tracker,
+        shutdown,
+    )
+    .await;
 }
 
 /// Serves a `ws` forward until `shutdown`: each local connection becomes a WebSocket
@@ -90,7 +68,7 @@ impl FlowSource for UdpForward {
 pub async fn serve_ws(listener: TcpListener, url: String, tracker: TaskTracker, shutdown: CancellationToken) {
     let authority = url.strip_prefix("ws://").unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
     let addr = if authority.contains(':') { authority } else { format!("{authority}:80") };
-    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
+    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
         let (url, addr) = (url.clone(), addr.clone());
         let span = info_span!("ws_forward", %peer);
         tracker.spawn(
@@ -102,7 +80,7 @@ pub async fn serve_ws(listener: TcpListener, url: String, tracker: TaskTracker, 
                 };
                 match tokio::time::timeout(STREAM_OPEN_TIMEOUT, connected).await {
                     Ok(Ok((ws, _))) => {
-                        let (from_ws, to_ws) = wmproxy_proto::wsbridge::bridge(ws, tcp).await;
+                        let (from_ws, to_ws) = wmproxy_frontend::wsbridge::bridge(ws, tcp).await;
                         debug!(from_ws, to_ws, "WebSocket forward finished");
                     }
                     Ok(Err(e)) => warn!(error = %e, "WebSocket connection failed"),

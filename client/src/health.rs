@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 use wmproxy_config::{CheckType, HealthCheck, Service};
-use wmproxy_proto::wire::ControlRequest;
+use wmproxy_wire::{ControlRequest, Name};
 
 /// Runs `check` against `addr` every interval until `stop`, sending each result on `reports`.
 /// A full report queue drops the result (the next one follows an interval later).
 pub async fn run(
-    service: String,
+    service: Name,
     addr: String,
     check: HealthCheck,
     reports: mpsc::Sender<ControlRequest>,
@@ -91,7 +91,7 @@ pub const REPORT_QUEUE: usize = 64;
 /// closes or the stream fails.
 pub async fn write_reports(mut send: quinn::SendStream, mut reports: mpsc::Receiver<ControlRequest>) {
     while let Some(report) = reports.recv().await {
-        if let Err(e) = wmproxy_proto::stream::write_frame(&mut send, &report).await {
+        if let Err(e) = wmproxy_tunnel::stream::write_frame(&mut send, &report).await {
             debug!(error = %e, "control stream closed; health reports stop");
             break;
         }
@@ -104,7 +104,7 @@ pub async fn write_reports(mut send: quinn::SendStream, mut reports: mpsc::Recei
 /// follows the services after a reload. Dropping it stops them all.
 #[derive(Debug)]
 pub struct Checks {
-    running: HashMap<String, (String, HealthCheck, CancellationToken)>,
+    running: HashMap<Name, (String, HealthCheck, CancellationToken)>,
     reports: mpsc::Sender<ControlRequest>,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -119,15 +119,15 @@ impl Checks {
     /// Stops the checks of services that are gone or whose check (or address) changed, and
     /// starts the missing ones.
     pub fn sync(&mut self, services: &[Service]) {
-        let wanted: HashMap<&str, (String, &HealthCheck)> = services
+        let wanted: HashMap<&Name, (String, &HealthCheck)> = services
             .iter()
             .filter_map(|s| {
-                let check = s.group.as_ref()?.health_check.as_ref()?;
-                Some((s.name.as_str(), (check.addr.clone().unwrap_or_else(|| s.local_addr.clone()), check)))
+                let check = s.exposure.group()?.health_check.as_ref()?;
+                Some((&s.name, (check.addr.clone().unwrap_or_else(|| s.local_addr.to_string()), check)))
             })
             .collect();
         self.running.retain(|name, (addr, check, stop)| {
-            let keep = wanted.get(name.as_str()).is_some_and(|(a, c)| a == addr && *c == check);
+            let keep = wanted.get(name).is_some_and(|(a, c)| a == addr && *c == check);
             if !keep {
                 stop.cancel();
             }
@@ -138,9 +138,9 @@ impl Checks {
                 continue;
             }
             let stop = self.stop.child_token();
-            let task = run(name.to_owned(), addr.clone(), check.clone(), self.reports.clone(), stop.clone());
+            let task = run(name.clone(), addr.clone(), check.clone(), self.reports.clone(), stop.clone());
             self.tracker.spawn(task.instrument(info_span!("health_check", service = %name)));
-            self.running.insert(name.to_owned(), (addr, check.clone(), stop));
+            self.running.insert(name.clone(), (addr, check.clone(), stop));
         }
     }
 }

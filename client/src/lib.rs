@@ -1,37 +1,48 @@
-//! The wmproxy client: keeps a QUIC tunnel to the server and serves its services and forwards.
+//! The wmproxy client: keeps a QUIC tunnel to the server and serves its services, forwards and
+//! proxies through it.
 //!
 //! # Layout
-//! - [`client`]: [`Client`] binds forward listeners; [`Client::run`] is the reconnect loop,
+//! - [`client`]: [`Client`] binds the local listeners; [`Client::run`] is the reconnect loop,
 //!   publishing [`ClientStatus`] on a watch channel.
-//! - [`session`]: one attempt: resolve, QUIC handshake, Hello with the TLS-bound proof,
-//!   Register.
+//! - [`handshake`]: one attempt: resolve, QUIC handshake, Hello with the TLS-bound proof,
+//!   Register; gives an [`handshake::Established`] tunnel.
+//! - `tunnel`: serves one established tunnel until it ends: installs it as the current tunnel,
+//!   accepts the server's streams, follows reloads on the control stream.
+//! - [`current`]: [`CurrentTunnel`], the one handle for "the tunnel up now", which forwards and
+//!   proxies hold as their [`wmproxy_tunnel::Upstream`].
 //! - `expose`: streams the server opens (a user reached a published service): dial the local
-//!   address, answer, relay.
-//! - `forward`: local listeners whose connections ride the current tunnel (`Connect`).
-//! - `proxy`: local SOCKS5 (and HTTP) proxies whose connections become `Connect` streams.
-//! - `health`: active health checks of grouped services (TCP connect or HTTP GET), reported
-//!   to the server on the control stream.
+//!   address, answer, relay, log the connection.
+//! - `forward`: local TCP/UDP ports whose traffic leaves from the server (`Connect`), and `ws`
+//!   forwards. `proxy`: local SOCKS5 and HTTP proxies.
+//! - `health`: active health checks of grouped services, reported on the control stream.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
 //! - [`reload`]: applies a reloaded config; services are registered again on the live tunnel.
-//! - `control`: the control API (`[control]`): status, reload, adapt, stop, metrics.
-//! - `metrics`: its Prometheus counters (connections and bytes per service, tunnel up, UDP).
-//! - [`backoff`]: reconnect delays with jitter. [`error`]: errors, and which are retried.
+//! - `control`: the control API (`[control]`). `metrics`: its Prometheus counters.
+//! - [`backoff`]: reconnect delays with jitter. [`error`]: errors, and their side (which decides
+//!   whether to retry).
+//!
+//! Data flow: a local connection to a forward → [`CurrentTunnel::carry`] → a `Connect` stream
+//! through the tunnel up now → the server dials the target. A user of a published service →
+//! the server opens an `Expose` stream → `expose` dials the local service and relays.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod client;
 mod control;
+pub mod current;
 pub mod error;
+pub mod handshake;
 pub mod reload;
-pub mod session;
+pub mod tls;
 
 mod expose;
 mod forward;
 mod health;
 mod metrics;
 mod proxy;
-pub mod tls;
+mod tunnel;
 
 pub use client::{Client, ClientStatus};
+pub use current::CurrentTunnel;
 pub use error::ClientError;
 pub use reload::{ReloadError, Reloader};

@@ -8,8 +8,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use wmproxy_proto::relay::RelayStats;
-use wmproxy_proto::udp::UdpSnapshot;
+use wmproxy_tunnel::relay::RelayStats;
+use wmproxy_tunnel::udp::UdpSnapshot;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
@@ -55,7 +55,7 @@ impl Metrics {
         let up: Gauge = Gauge::default();
         up.set(i64::from(connected));
         scraped.register("tunnel_up", "1 while the tunnel to the server is up", up);
-        wmproxy_proto::metrics::register_udp(&mut scraped, udp);
+        wmproxy_ops::metrics::register_udp(&mut scraped, udp);
         let mut out = String::new();
         encode_registry(&mut out, &self.registry)?;
         encode_registry(&mut out, &scraped)?;

@@ -65,7 +65,7 @@ impl Reloader {
     pub fn apply(&self, new: ClientConfig) -> ReloadReport {
         let mut running = self.lock();
         let mut report = ReloadReport::default();
-        report.compare("services", &running.services, &new.services, |s| s.name.clone());
+        report.compare("services", &running.services, &new.services, |s| s.name.to_string());
         report.restart_if("server_addr", &running.server_addr, &new.server_addr);
         report.restart_if("server_name", &running.server_name, &new.server_name);
         report.restart_if("trust", &running.trust, &new.trust);

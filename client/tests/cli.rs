@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use hyper::Method;
 use tokio::process::Command;
-use wmproxy_proto::control::call;
+use wmproxy_ops::control::call;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const BIN: &str = env!("CARGO_BIN_EXE_wmproxy-client");

@@ -1,21 +1,25 @@
 //! The client's config file (`wmproxy-client --config F`) and its validated form.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+use wmproxy_wire::Name;
 
 use crate::egress::{EgressFile, EgressPolicy};
-use crate::group::{GroupJoin, HealthCheck};
+use crate::forward::{Forward, ForwardFile};
 use crate::proxy::{Proxy, ProxyFile};
 use crate::secret::Secret;
-use crate::vhost::{HttpRoute, normalize_host};
-use crate::{ConfigError, check_name, invalid};
+use crate::service::{Service, ServiceFile};
+use crate::tagged::Section;
+use crate::{ConfigError, invalid};
+
+/// The client's sections whose entries are tagged by `type`, with the tag of an untyped entry.
+pub(crate) const TAGGED: &[Section] = &[("services", Some("tcp")), ("forwards", Some("tcp")), ("proxies", None)];
 
 /// The client's config file as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
     /// The server, `host:port` (UDP).
@@ -82,106 +86,6 @@ impl ClientLimits {
     }
 }
 
-/// One `[[services]]` entry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceFile {
-    /// Unique name within this client.
-    pub name: Spanned<String>,
-    /// `"tcp"` (the default) or `"udp"`.
-    #[serde(default, rename = "type")]
-    pub kind: ServiceType,
-    /// Where the service listens, reachable from the client.
-    pub local_addr: String,
-    /// Public port on the server; 0 (the default) lets the server choose. Not used with
-    /// `group`: the group's port is set on the server.
-    #[serde(default)]
-    pub remote_port: u16,
-    /// Join this load-balancing group of the server instead of publishing a port of its own.
-    #[serde(default)]
-    pub group: Option<Spanned<String>>,
-    /// The group's key.
-    #[serde(default)]
-    pub group_key: Option<Secret>,
-    /// Share of the group's work relative to other backends (default 1).
-    #[serde(default)]
-    pub weight: Option<u32>,
-    /// Join drained: no new work (for maintenance).
-    #[serde(default)]
-    pub drain: bool,
-    /// Active health check, run here and reported to the server.
-    #[serde(default)]
-    pub health_check: Option<HealthCheck>,
-    /// `type = "http"`: host names served on the server's vhost port.
-    #[serde(default)]
-    pub custom_domains: Vec<String>,
-    /// `type = "http"`: served at `<subdomain>.<the server's subdomain_host>`.
-    #[serde(default)]
-    pub subdomain: Option<String>,
-    /// `type = "http"`: path prefixes served (all paths when empty); the longest match wins.
-    #[serde(default)]
-    pub locations: Vec<String>,
-    /// `type = "http"`: the `Host` header the service sees.
-    #[serde(default)]
-    pub host_header_rewrite: Option<String>,
-    /// `type = "http"`: require HTTP Basic auth with this user name (and `http_password`).
-    #[serde(default)]
-    pub http_user: Option<String>,
-    /// `type = "http"`: the password for `http_user`.
-    #[serde(default)]
-    pub http_password: Option<Secret>,
-    /// Send a PROXY protocol header (`"v1"` or `"v2"`) to the service before the user's bytes,
-    /// so it learns the user's real address.
-    #[serde(default)]
-    pub proxy_protocol: Option<ProxyProtocol>,
-    /// Log one line per finished connection (user, bytes each way, duration, result); on by
-    /// default.
-    #[serde(default)]
-    pub access_log: Option<bool>,
-}
-
-/// A PROXY protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyProtocol {
-    /// The text header (`PROXY TCP4 …`).
-    V1,
-    /// The binary header.
-    V2,
-}
-
-/// The kind of a service or forward.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServiceType {
-    /// A TCP port.
-    #[default]
-    Tcp,
-    /// A UDP port, carried as QUIC datagrams.
-    Udp,
-    /// An HTTP service, reached by host name on the server's vhost port.
-    Http,
-    /// A TLS service, reached by SNI host name on the server's HTTPS port (TLS passed through).
-    Https,
-    /// A TCP service published as a WebSocket endpoint on the server's vhost port (one
-    /// WebSocket connection ↔ one TCP connection, binary messages); as a forward, a local TCP
-    /// port whose connections become WebSocket connections to the `target` URL.
-    Ws,
-}
-
-/// One `[[forwards]]` entry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardFile {
-    /// `"tcp"` (the default) or `"udp"`.
-    #[serde(default, rename = "type")]
-    pub kind: ServiceType,
-    /// Local address to listen on.
-    pub listen: SocketAddr,
-    /// `host:port` the server dials (or, for UDP, sends to).
-    pub target: Spanned<String>,
-}
-
 /// How the client decides to trust the server. Exactly one is configured: there is no
 /// insecure mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -194,38 +98,6 @@ pub enum ServerTrust {
     SystemRoots,
 }
 
-/// A validated service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Service {
-    /// Unique name.
-    pub name: String,
-    /// Kind.
-    pub kind: ServiceType,
-    /// Local `host:port`.
-    pub local_addr: String,
-    /// Requested public port (0: server chooses).
-    pub remote_port: u16,
-    /// The group it joins, if any.
-    pub group: Option<GroupJoin>,
-    /// For `type = "http"`: its host names and paths.
-    pub http: Option<HttpRoute>,
-    /// The PROXY protocol header to send the service, if any.
-    pub proxy_protocol: Option<ProxyProtocol>,
-    /// Log each finished connection.
-    pub access_log: bool,
-}
-
-/// A validated local forward.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Forward {
-    /// TCP or UDP.
-    pub kind: ServiceType,
-    /// Local listen address.
-    pub listen: SocketAddr,
-    /// `host:port` dialed from the server.
-    pub target: String,
-}
-
 /// The validated client configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientConfig {
@@ -236,7 +108,7 @@ pub struct ClientConfig {
     /// How the server is trusted.
     pub trust: ServerTrust,
     /// This client's name.
-    pub name: String,
+    pub name: Name,
     /// Its token.
     pub token: Secret,
     /// Services to publish.
@@ -293,140 +165,21 @@ impl ClientFile {
             return Err(invalid(src, "limits", None, "limits must be at least 1"));
         }
 
-        let name_at = self.name.span().start;
-        let name = self.name.into_inner();
-        check_name(&name).map_err(|m| invalid(src, "name", Some(name_at), &m))?;
+        let name = crate::name(src, "name", self.name)?;
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(self.services.len());
-        for s in self.services {
-            let at = s.name.span().start;
-            let sname = s.name.into_inner();
-            check_name(&sname).map_err(|m| invalid(src, "services.name", Some(at), &m))?;
-            if !seen.insert(sname.clone()) {
-                return Err(invalid(src, "services.name", Some(at), &format!("duplicate service name `{sname}`")));
+        for entry in self.services {
+            let at = entry.name_span().start;
+            let service = entry.validate(src)?;
+            if !seen.insert(service.name.clone()) {
+                let m = format!("duplicate service name `{}`", service.name);
+                return Err(invalid(src, "services.name", Some(at), &m));
             }
-            split_host_port(&s.local_addr).map_err(|m| invalid(src, "services.local_addr", Some(at), &m))?;
-            let group = match (s.group, s.group_key) {
-                (None, None) if s.health_check.is_none() && s.weight.is_none() && !s.drain => None,
-                (None, _) => {
-                    let m = "`group_key`, `weight`, `drain` and `health_check` need `group`";
-                    return Err(invalid(src, "services.group", Some(at), m));
-                }
-                (Some(_), None) => {
-                    return Err(invalid(src, "services.group_key", Some(at), "`group` needs `group_key`"));
-                }
-                (Some(group), Some(key)) => {
-                    let group_at = group.span().start;
-                    let group = group.into_inner();
-                    check_name(&group).map_err(|m| invalid(src, "services.group", Some(group_at), &m))?;
-                    if s.remote_port != 0 {
-                        let m = "a group's port is set on the server; leave `remote_port` out";
-                        return Err(invalid(src, "services.remote_port", Some(at), m));
-                    }
-                    if s.weight == Some(0) {
-                        return Err(invalid(src, "services.weight", Some(at), "weight must be at least 1"));
-                    }
-                    if let Some(m) = s.health_check.as_ref().and_then(HealthCheck::problem) {
-                        return Err(invalid(src, "services.health_check", Some(at), m));
-                    }
-                    if s.kind == ServiceType::Udp && s.health_check.as_ref().is_some_and(|h| h.addr.is_none()) {
-                        let m = "a UDP service's health check needs `addr` (a TCP or HTTP port that tells its health)";
-                        return Err(invalid(src, "services.health_check.addr", Some(at), m));
-                    }
-                    if let Some(addr) = s.health_check.as_ref().and_then(|h| h.addr.as_deref()) {
-                        split_host_port(addr).map_err(|m| invalid(src, "services.health_check.addr", Some(at), &m))?;
-                    }
-                    Some(GroupJoin {
-                        group,
-                        key,
-                        weight: s.weight.unwrap_or(1),
-                        drain: s.drain,
-                        health_check: s.health_check,
-                    })
-                }
-            };
-            let http = if group.is_some() {
-                let named = !s.custom_domains.is_empty() || s.subdomain.is_some() || !s.locations.is_empty();
-                if named || s.host_header_rewrite.is_some() || s.http_user.is_some() || s.http_password.is_some() {
-                    let m = "a group's host names and HTTP settings are set on the server; leave them out";
-                    return Err(invalid(src, "services.group", Some(at), m));
-                }
-                None
-            } else if matches!(s.kind, ServiceType::Http | ServiceType::Https | ServiceType::Ws) {
-                if s.custom_domains.is_empty() && s.subdomain.is_none() {
-                    let m = "an HTTP service needs `custom_domains` or `subdomain`";
-                    return Err(invalid(src, "services.custom_domains", Some(at), m));
-                }
-                if s.locations.iter().any(|l| !l.starts_with('/')) {
-                    return Err(invalid(src, "services.locations", Some(at), "a location starts with `/`"));
-                }
-                Some(HttpRoute {
-                    custom_domains: s.custom_domains.iter().map(|d| normalize_host(d)).collect(),
-                    subdomain: s.subdomain.map(|d| normalize_host(&d)),
-                    locations: s.locations,
-                    host_header_rewrite: s.host_header_rewrite,
-                    basic_auth: match (s.http_user, s.http_password) {
-                        (None, None) => None,
-                        (Some(user), Some(password)) if s.kind == ServiceType::Http => Some((user, password)),
-                        _ => {
-                            let m = "set both `http_user` and `http_password` (type = \"http\" only), or neither";
-                            return Err(invalid(src, "services.http_user", Some(at), m));
-                        }
-                    },
-                })
-            } else if !s.custom_domains.is_empty() || s.subdomain.is_some() || !s.locations.is_empty() {
-                let m = "`custom_domains`, `subdomain` and `locations` are for `type = \"http\"` and `\"https\"`";
-                return Err(invalid(src, "services.type", Some(at), m));
-            } else {
-                None
-            };
-            if s.proxy_protocol.is_some() && s.kind == ServiceType::Udp {
-                return Err(invalid(
-                    src,
-                    "services.proxy_protocol",
-                    Some(at),
-                    "PROXY protocol is for TCP and HTTP services",
-                ));
-            }
-            services.push(Service {
-                name: sname,
-                kind: s.kind,
-                local_addr: s.local_addr,
-                remote_port: s.remote_port,
-                group,
-                http,
-                proxy_protocol: s.proxy_protocol,
-                access_log: s.access_log.unwrap_or(true),
-            });
+            services.push(service);
         }
-
-        let mut forwards = Vec::with_capacity(self.forwards.len());
-        for f in self.forwards {
-            let at = f.target.span().start;
-            let target = f.target.into_inner();
-            if f.kind == ServiceType::Ws {
-                let ok = target.strip_prefix("ws://").is_some_and(|rest| !rest.is_empty());
-                if !ok {
-                    return Err(invalid(src, "forwards.target", Some(at), "a \"ws\" forward's target is a ws:// URL"));
-                }
-                forwards.push(Forward { kind: f.kind, listen: f.listen, target });
-                continue;
-            }
-            split_host_port(&target).map_err(|m| invalid(src, "forwards.target", Some(at), &m))?;
-            if matches!(f.kind, ServiceType::Http | ServiceType::Https) {
-                return Err(invalid(src, "forwards.type", Some(at), "a forward is \"tcp\" or \"udp\""));
-            }
-            forwards.push(Forward { kind: f.kind, listen: f.listen, target });
-        }
-
-        let mut proxies = Vec::with_capacity(self.proxies.len());
-        for p in self.proxies {
-            if p.via.is_some() {
-                return Err(invalid(src, "proxies.via", None, "`via` is for the server's proxies"));
-            }
-            proxies.push(p.validate().map_err(|m| invalid(src, "proxies", None, m))?);
-        }
+        let forwards = self.forwards.into_iter().map(|f| f.validate(src)).collect::<Result<Vec<_>, _>>()?;
+        let proxies = self.proxies.into_iter().map(|p| p.validate(src)).collect::<Result<Vec<_>, _>>()?;
 
         Ok(ClientConfig {
             server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),

@@ -4,9 +4,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use wmproxy_wire::{Name, ServiceKind};
 
-use crate::client::ServiceType;
 use crate::secret::Secret;
+use crate::vhost::{VhostFile, normalize_host};
+use crate::{ConfigError, invalid};
 
 /// How a group picks the backend for a new connection or flow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -24,41 +27,92 @@ pub enum Policy {
     IpHash,
 }
 
-/// One `[[groups]]` entry on the server.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupFile {
-    /// The group's name, as clients name it in `group`.
-    pub name: toml::Spanned<String>,
-    /// What a client must send as `group_key` to join.
-    pub key: Secret,
-    /// `"tcp"` (default), `"udp"`, `"http"` (host names on the vhost port) or `"https"` (SNI
-    /// names on the HTTPS port, TLS passed through).
-    #[serde(default, rename = "type")]
-    pub kind: ServiceType,
-    /// TCP and UDP: the public port, bound at server start on `public_bind`.
-    #[serde(default)]
-    pub remote_port: u16,
-    /// HTTP and HTTPS: the host names the group serves (`example.com`, `*.example.com`). They
-    /// are the operator's, so no client's `allow_domains` applies.
-    #[serde(default)]
-    pub custom_domains: Vec<String>,
-    /// HTTP: path prefixes served (`/` when empty).
-    #[serde(default)]
-    pub locations: Vec<String>,
-    /// How a backend is picked.
-    #[serde(default)]
-    pub policy: Policy,
-    /// Passive check: this many failed dials within `fail_timeout_secs` eject a backend for
-    /// `fail_timeout_secs`. `0` turns passive checks off.
-    #[serde(default = "default_max_fails")]
-    pub max_fails: u32,
-    /// The window and the ejection time of the passive check.
-    #[serde(default = "default_fail_timeout_secs")]
-    pub fail_timeout_secs: u64,
-    /// Further backends tried when a dial fails before any byte was relayed.
-    #[serde(default = "default_retries")]
-    pub retries: u32,
+/// Writes one kind's group file struct: the keys every group has, then the kind's own.
+macro_rules! group_file {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// The group's name, as clients name it in `group`.
+            pub name: Spanned<String>,
+            /// What a client must send as `group_key` to join.
+            pub key: Secret,
+            /// How a backend is picked.
+            #[serde(default)]
+            pub policy: Policy,
+            /// Passive check: this many failed dials within `fail_timeout_secs` eject a backend
+            /// for `fail_timeout_secs`. `0` turns passive checks off.
+            #[serde(default = "default_max_fails")]
+            pub max_fails: u32,
+            /// The window and the ejection time of the passive check.
+            #[serde(default = "default_fail_timeout_secs")]
+            pub fail_timeout_secs: u64,
+            /// Further backends tried when a dial fails before any byte was relayed.
+            #[serde(default = "default_retries")]
+            pub retries: u32,
+            $($(#[$fdoc])* #[serde(default)] pub $field: $ty,)*
+        }
+
+        impl $name {
+            fn entry(&self, src: &str, kind: GroupKind) -> Result<GroupEntry, ConfigError> {
+                let at = Some(self.name.span().start);
+                if self.max_fails > 0 && self.fail_timeout_secs == 0 {
+                    return Err(invalid(src, "groups.fail_timeout_secs", at, "must be at least 1 when max_fails is set"));
+                }
+                Ok(GroupEntry {
+                    name: crate::name(src, "groups.name", self.name.clone())?,
+                    key: self.key.clone(),
+                    policy: self.policy,
+                    max_fails: self.max_fails,
+                    fail_timeout_secs: self.fail_timeout_secs,
+                    retries: self.retries,
+                    kind,
+                })
+            }
+        }
+    };
+}
+
+group_file! {
+    /// `type = "tcp"` (the default) or `"udp"`: a public port, bound at server start.
+    PortGroupFile {
+        /// The public port on `public_bind`.
+        remote_port: u16,
+    }
+}
+
+group_file! {
+    /// `type = "http"`: host names (and paths) on the vhost port.
+    HttpGroupFile {
+        /// The host names (`example.com`, `*.example.com`). They are the operator's, so no
+        /// client's `allow_domains` applies.
+        custom_domains: Vec<String>,
+        /// Path prefixes served (`/` when empty).
+        locations: Vec<String>,
+    }
+}
+
+group_file! {
+    /// `type = "https"`: host names on the HTTPS port, by SNI; TLS passes through.
+    HttpsGroupFile {
+        /// The host names.
+        custom_domains: Vec<String>,
+    }
+}
+
+/// One `[[groups]]` entry as written, by its `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupFile {
+    /// `type = "tcp"`.
+    Tcp(PortGroupFile),
+    /// `type = "udp"`.
+    Udp(PortGroupFile),
+    /// `type = "http"`.
+    Http(HttpGroupFile),
+    /// `type = "https"`.
+    Https(HttpsGroupFile),
 }
 
 fn default_max_fails() -> u32 {
@@ -71,10 +125,132 @@ fn default_retries() -> u32 {
     2
 }
 
-impl GroupFile {
+/// A validated group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupEntry {
+    /// Its name.
+    pub name: Name,
+    /// The key members join with.
+    pub key: Secret,
+    /// How a backend is picked.
+    pub policy: Policy,
+    /// Passive check: failed dials that eject a backend (`0`: off).
+    pub max_fails: u32,
+    /// The passive check's window and ejection time, seconds.
+    pub fail_timeout_secs: u64,
+    /// Further backends tried when a dial fails.
+    pub retries: u32,
+    /// Where it is served.
+    #[serde(flatten)]
+    pub kind: GroupKind,
+}
+
+/// Where a group is served, by its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum GroupKind {
+    /// A public TCP port.
+    Tcp {
+        /// The port.
+        remote_port: u16,
+    },
+    /// A public UDP port.
+    Udp {
+        /// The port.
+        remote_port: u16,
+    },
+    /// Host names and paths on the vhost port.
+    Http {
+        /// Host names, lower-case.
+        custom_domains: Vec<String>,
+        /// Path prefixes (`/` when empty).
+        locations: Vec<String>,
+    },
+    /// Host names on the HTTPS port.
+    Https {
+        /// Host names, lower-case.
+        custom_domains: Vec<String>,
+    },
+}
+
+impl GroupKind {
+    /// The kind of service that may join.
+    pub fn service_kind(&self) -> ServiceKind {
+        match self {
+            Self::Tcp { .. } => ServiceKind::Tcp,
+            Self::Udp { .. } => ServiceKind::Udp,
+            Self::Http { .. } => ServiceKind::Http,
+            Self::Https { .. } => ServiceKind::Https,
+        }
+    }
+
+    /// Its public port, for TCP and UDP groups.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Self::Tcp { remote_port } | Self::Udp { remote_port } => Some(*remote_port),
+            Self::Http { .. } | Self::Https { .. } => None,
+        }
+    }
+}
+
+impl GroupEntry {
     /// [`Self::fail_timeout_secs`] as a duration.
     pub fn fail_timeout(&self) -> Duration {
         Duration::from_secs(self.fail_timeout_secs)
+    }
+}
+
+impl GroupFile {
+    /// Where the entry's name is written.
+    pub(crate) fn name(&self) -> &Spanned<String> {
+        match self {
+            Self::Tcp(f) | Self::Udp(f) => &f.name,
+            Self::Http(f) => &f.name,
+            Self::Https(f) => &f.name,
+        }
+    }
+
+    /// Validates the entry; `vhost` says which ports HTTP groups can be served on.
+    pub(crate) fn validate(self, src: &str, vhost: &VhostFile) -> Result<GroupEntry, ConfigError> {
+        let at = Some(self.name().span().start);
+        let lower = |domains: &[String]| domains.iter().map(|d| normalize_host(d)).collect::<Vec<_>>();
+        let needs_hosts = |domains: &[String]| {
+            if domains.is_empty() {
+                return Err(invalid(src, "groups.custom_domains", at, "an HTTP group needs its host names"));
+            }
+            Ok(())
+        };
+        match &self {
+            Self::Tcp(f) | Self::Udp(f) => {
+                if f.remote_port == 0 {
+                    return Err(invalid(src, "groups.remote_port", at, "a group needs a fixed public port"));
+                }
+                let kind = match self {
+                    Self::Udp(_) => GroupKind::Udp { remote_port: f.remote_port },
+                    _ => GroupKind::Tcp { remote_port: f.remote_port },
+                };
+                f.entry(src, kind)
+            }
+            Self::Http(f) => {
+                needs_hosts(&f.custom_domains)?;
+                if f.locations.iter().any(|l| !l.starts_with('/')) {
+                    return Err(invalid(src, "groups.locations", at, "a location starts with `/`"));
+                }
+                if vhost.http_routes_bind().is_none() {
+                    let m = "this group needs `[vhost] http_bind` (or `https_bind` with `[vhost.tls]`)";
+                    return Err(invalid(src, "groups.type", at, m));
+                }
+                let kind = GroupKind::Http { custom_domains: lower(&f.custom_domains), locations: f.locations.clone() };
+                f.entry(src, kind)
+            }
+            Self::Https(f) => {
+                needs_hosts(&f.custom_domains)?;
+                if vhost.https_bind.is_none() {
+                    return Err(invalid(src, "groups.type", at, "this group needs `[vhost] https_bind`"));
+                }
+                f.entry(src, GroupKind::Https { custom_domains: lower(&f.custom_domains) })
+            }
+        }
     }
 }
 
@@ -174,7 +350,7 @@ impl HealthCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupJoin {
     /// The group's name.
-    pub group: String,
+    pub group: Name,
     /// Its key.
     pub key: Secret,
     /// Relative share of work (at least 1).

@@ -1,49 +1,58 @@
 //! wmproxy configuration: TOML files, their defaults, and validation into runtime types.
 //!
 //! # Layout
-//! - [`server`]: `ServerFile` (the file as written) → `ServerConfig` (validated).
-//! - [`client`]: `ClientFile` → `ClientConfig`.
-//! - [`ports`]: public port allowances. [`egress`]: which targets a server may dial.
+//! - [`server`]: `ServerFile` (the file as written) → [`ServerConfig`] (validated).
+//! - [`client`]: `ClientFile` → [`ClientConfig`]; [`service`]: the client's `[[services]]`.
 //! - [`group`]: load-balancing groups (server side) and how a service joins one, with its
 //!   health check (client side).
-//! - [`proxy`]: the client's local SOCKS5 and HTTP proxies.
+//! - [`forward`]: the client's `[[forwards]]`. [`proxy`]: SOCKS5 and HTTP proxies of either end.
 //! - [`vhost`]: the server's HTTP virtual-host port and the routes HTTP services ask for.
-//! - [`secret`]: tokens, masked in `Debug` and `Display`.
+//! - [`ports`]: public port allowances. [`egress`]: which targets an end may dial.
+//! - [`secret`]: tokens, masked in `Debug`, `Display` and `Serialize`.
 //! - [`control`]: `[control]`, the control API of either end. [`reload`]: the report of what a
 //!   reload changed.
+//! - `tagged`: how an entry's `type` selects its kind (see below).
 //!
-//! Parsing is strict (`deny_unknown_fields`); every error names the key and the line. Field
-//! types validate themselves while parsing, so toml reports their position; checks that span
-//! fields (duplicate names, exactly one trust option) run in `validate` and name the line from
-//! the field's span.
+//! # How a file becomes a config
+//! Text → `toml`'s span-keeping document → `tagged` turns each `[[services]]`, `[[forwards]]`,
+//! `[[groups]]` and `[[proxies]]` entry into an enum value tagged by its `type` (`tcp` when left
+//! out, except proxies) → serde fills the `*File` types, each kind a struct of only its own keys
+//! (`deny_unknown_fields`: a TCP service with `custom_domains` is refused there, with the key
+//! and the line) → `validate` checks what spans fields (duplicates, exactly one trust option)
+//! and builds the runtime types, which cannot be half-set: a kind's variant holds exactly what
+//! it needs, names are [`wmproxy_wire::Name`]s and addresses [`wmproxy_wire::Target`]s. Every
+//! error names the key and the line.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod control;
 pub mod egress;
+pub mod forward;
 pub mod group;
 pub mod ports;
 pub mod proxy;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod service;
+mod tagged;
 pub mod vhost;
 
 use std::path::{Path, PathBuf};
 
-pub use client::{ClientConfig, ClientFile, ClientLimits, Forward, ProxyProtocol, ServerTrust, Service, ServiceType};
+pub use client::{ClientConfig, ClientFile, ClientLimits, ServerTrust};
 pub use control::ControlFile;
 pub use egress::EgressPolicy;
-pub use group::{CheckType, GroupFile, GroupJoin, HealthCheck, Policy};
+pub use forward::{Forward, ForwardKind};
+pub use group::{CheckType, GroupEntry, GroupFile, GroupJoin, GroupKind, HealthCheck, Policy};
 pub use ports::{PortAllowance, PortRange};
-pub use proxy::{Credentials, Proxy, ProxyType};
+pub use proxy::{Credentials, Proxy, ProxyType, ServerProxy};
 pub use reload::ReloadReport;
 pub use secret::Secret;
 pub use server::{ClientEntry, Limits, ServerConfig, ServerFile, TlsFiles};
-pub use vhost::{HttpRoute, VhostFile};
-
-/// Longest client or service name, in bytes (the wire protocol's limit).
-pub const MAX_NAME_LEN: usize = 64;
+pub use service::{Exposure, ProxyProtocol, Publish, Service};
+pub use vhost::{Hosts, HttpRoute, VhostFile, WsRoute};
+pub use wmproxy_wire::{Name, ServiceKind, Target};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -74,12 +83,17 @@ pub enum ConfigError {
 
 /// Parses and validates a server config from TOML text.
 pub fn parse_server(src: &str) -> Result<ServerConfig, ConfigError> {
-    toml::from_str::<ServerFile>(src)?.validate(src)
+    parse_server_file(src)?.validate(src)
+}
+
+/// Parses a server config from TOML text into the file as written, without validating it.
+pub fn parse_server_file(src: &str) -> Result<ServerFile, ConfigError> {
+    tagged::parse::<ServerFile>(src, server::TAGGED)
 }
 
 /// Parses and validates a client config from TOML text.
 pub fn parse_client(src: &str) -> Result<ClientConfig, ConfigError> {
-    toml::from_str::<ClientFile>(src)?.validate(src)
+    tagged::parse::<ClientFile>(src, client::TAGGED)?.validate(src)
 }
 
 /// Reads, parses and validates a server config file.
@@ -102,11 +116,14 @@ pub(crate) fn invalid(src: &str, key: &str, offset: Option<usize>, message: &str
     ConfigError::Invalid { key: key.to_owned(), line, message: message.to_owned() }
 }
 
-/// A client or service name: 1 to [`MAX_NAME_LEN`] bytes of `[A-Za-z0-9._-]`.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(ok_char) {
-        return Err(format!("`{name}` is not a valid name: 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -"));
-    }
-    Ok(())
+/// Checks a name written at `offset` under `key` (1 to 64 of `A-Z a-z 0-9 . _ -`).
+pub(crate) fn name(src: &str, key: &str, spanned: toml::Spanned<String>) -> Result<Name, ConfigError> {
+    let at = spanned.span().start;
+    let text = spanned.into_inner();
+    Name::new(&text).map_err(|e| invalid(src, key, Some(at), &format!("`{text}` is not a valid name: {e}")))
+}
+
+/// Checks a `host:port` written at `offset` under `key`.
+pub(crate) fn target(src: &str, key: &str, offset: usize, text: &str) -> Result<Target, ConfigError> {
+    Target::new(text).map_err(|_| invalid(src, key, Some(offset), &format!("`{text}` is not host:port")))
 }

@@ -1,12 +1,17 @@
-//! `[[proxies]]` on the client: a local SOCKS5 or HTTP proxy whose connections leave from the
-//! server, under the server's egress policy.
+//! `[[proxies]]` of either end: a SOCKS5 or HTTP proxy. On the client, its connections leave
+//! from the server (under the server's egress policy); on the server, from the client named by
+//! `via` (under that client's policy). `type` is required and selects the protocol; both take
+//! the same keys, and only the server's take `via`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use wmproxy_wire::Name;
 
 use crate::secret::Secret;
+use crate::{ConfigError, invalid};
 
 /// The proxy protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -18,13 +23,10 @@ pub enum ProxyType {
     Http,
 }
 
-/// One `[[proxies]]` entry as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// The keys of a client's proxy, whatever its protocol.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProxyFile {
-    /// `"socks5"` or `"http"`.
-    #[serde(rename = "type")]
-    pub kind: ProxyType,
+pub struct ProxyFields {
     /// Local address to listen on.
     pub listen: SocketAddr,
     /// Require this user name (with `password`).
@@ -36,9 +38,45 @@ pub struct ProxyFile {
     /// Seconds a user has to finish the greeting and request.
     #[serde(default = "default_handshake_timeout_secs")]
     pub handshake_timeout_secs: u64,
-    /// Server only: the client whose network the connections leave from.
+}
+
+/// The keys of a server's proxy: a client's, and `via`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerProxyFields {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Require this user name (with `password`).
     #[serde(default)]
-    pub via: Option<String>,
+    pub username: Option<String>,
+    /// Require this password (with `username`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Seconds a user has to finish the greeting and request.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// The client (or the group of clients) whose network the connections leave from.
+    pub via: Spanned<String>,
+}
+
+/// One client `[[proxies]]` entry as written, by its `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyFile {
+    /// `type = "socks5"`.
+    Socks5(ProxyFields),
+    /// `type = "http"`.
+    Http(ProxyFields),
+}
+
+/// One server `[[proxies]]` entry as written, by its `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerProxyFile {
+    /// `type = "socks5"`.
+    Socks5(ServerProxyFields),
+    /// `type = "http"`.
+    Http(ServerProxyFields),
 }
 
 fn default_handshake_timeout_secs() -> u64 {
@@ -49,6 +87,7 @@ fn default_handshake_timeout_secs() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Proxy {
     /// The protocol.
+    #[serde(rename = "type")]
     pub kind: ProxyType,
     /// Where it listens.
     pub listen: SocketAddr,
@@ -56,8 +95,16 @@ pub struct Proxy {
     pub credentials: Option<Credentials>,
     /// Time for the greeting and request.
     pub handshake_timeout: Duration,
-    /// Server only: the client the connections leave from.
-    pub via: Option<String>,
+}
+
+/// A validated server proxy: a proxy and the client (or group) it leaves from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerProxy {
+    /// The proxy.
+    #[serde(flatten)]
+    pub proxy: Proxy,
+    /// The client or group its connections leave from.
+    pub via: Name,
 }
 
 /// A user name and password a proxy requires.
@@ -76,23 +123,45 @@ impl Proxy {
     }
 }
 
+fn proxy(
+    kind: ProxyType,
+    listen: SocketAddr,
+    (username, password): (Option<String>, Option<Secret>),
+    handshake_timeout_secs: u64,
+) -> Result<Proxy, &'static str> {
+    let credentials = match (username, password) {
+        (None, None) => None,
+        (Some(username), Some(password)) => Some(Credentials { username, password }),
+        _ => return Err("set both `username` and `password`, or neither"),
+    };
+    if handshake_timeout_secs == 0 {
+        return Err("handshake_timeout_secs must be at least 1");
+    }
+    Ok(Proxy { kind, listen, credentials, handshake_timeout: Duration::from_secs(handshake_timeout_secs) })
+}
+
 impl ProxyFile {
-    /// Validates the entry; the error is a message for the caller to place.
-    pub fn validate(self) -> Result<Proxy, &'static str> {
-        let credentials = match (self.username, self.password) {
-            (None, None) => None,
-            (Some(username), Some(password)) => Some(Credentials { username, password }),
-            _ => return Err("set both `username` and `password`, or neither"),
+    /// Validates the entry.
+    pub(crate) fn validate(self, src: &str) -> Result<Proxy, ConfigError> {
+        let (kind, f) = match self {
+            Self::Socks5(f) => (ProxyType::Socks5, f),
+            Self::Http(f) => (ProxyType::Http, f),
         };
-        if self.handshake_timeout_secs == 0 {
-            return Err("handshake_timeout_secs must be at least 1");
-        }
-        Ok(Proxy {
-            kind: self.kind,
-            listen: self.listen,
-            credentials,
-            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
-            via: self.via,
-        })
+        proxy(kind, f.listen, (f.username, f.password), f.handshake_timeout_secs)
+            .map_err(|m| invalid(src, "proxies", None, m))
+    }
+}
+
+impl ServerProxyFile {
+    /// Validates the entry.
+    pub(crate) fn validate(self, src: &str) -> Result<ServerProxy, ConfigError> {
+        let (kind, f) = match self {
+            Self::Socks5(f) => (ProxyType::Socks5, f),
+            Self::Http(f) => (ProxyType::Http, f),
+        };
+        let via = crate::name(src, "proxies.via", f.via)?;
+        let proxy = proxy(kind, f.listen, (f.username, f.password), f.handshake_timeout_secs)
+            .map_err(|m| invalid(src, "proxies", None, m))?;
+        Ok(ServerProxy { proxy, via })
     }
 }

@@ -9,19 +9,23 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::egress::{EgressFile, EgressPolicy};
-use crate::group::GroupFile;
+use crate::group::{GroupEntry, GroupFile};
 use crate::ports::{PortAllowance, PortRange};
-use crate::proxy::{Proxy, ProxyFile};
+use crate::proxy::{ServerProxy, ServerProxyFile};
 use crate::secret::Secret;
+use crate::tagged::Section;
 use crate::vhost::VhostFile;
-use crate::{ConfigError, check_name, invalid};
+use crate::{ConfigError, invalid};
+
+/// The server's sections whose entries are tagged by `type`, with the tag of an untyped entry.
+pub(crate) const TAGGED: &[Section] = &[("groups", Some("tcp")), ("proxies", None)];
 
 /// The documented default UDP port of the server.
 pub const DEFAULT_PORT: u16 = 7835;
 
 /// The server's config file as written. Every field has a default but authentication: set
 /// `token` or add `[[clients]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// UDP address the QUIC endpoint binds.
@@ -66,7 +70,7 @@ pub struct ServerFile {
     pub groups: Vec<GroupFile>,
     /// SOCKS5 and HTTP proxies whose connections leave from a client (`via`).
     #[serde(default)]
-    pub proxies: Vec<ProxyFile>,
+    pub proxies: Vec<ServerProxyFile>,
 }
 
 impl Default for ServerFile {
@@ -173,7 +177,7 @@ impl Limits {
 }
 
 /// One `[[clients]]` entry as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientEntryFile {
     /// The client's name, as it sends in its Hello.
@@ -225,9 +229,9 @@ pub struct ServerConfig {
     /// Egress policy for local forwards.
     pub egress: EgressPolicy,
     /// Load-balancing groups, names unique.
-    pub groups: Vec<GroupFile>,
+    pub groups: Vec<GroupEntry>,
     /// Proxies with egress at a client, each with its `via`.
-    pub proxies: Vec<Proxy>,
+    pub proxies: Vec<ServerProxy>,
     /// The HTTP virtual-host port.
     pub vhost: VhostFile,
     /// The control API, if on.
@@ -240,7 +244,7 @@ fn lower(domains: Vec<String>) -> Vec<String> {
 
 impl ServerFile {
     /// Validates into a [`ServerConfig`]. `src` is the TOML text, used to name lines.
-    pub fn validate(mut self, src: &str) -> Result<ServerConfig, ConfigError> {
+    pub fn validate(self, src: &str) -> Result<ServerConfig, ConfigError> {
         if self.token.is_none() && self.clients.is_empty() {
             return Err(invalid(
                 src,
@@ -258,78 +262,30 @@ impl ServerFile {
         }
         let mut clients = HashMap::new();
         for entry in self.clients {
-            let span = entry.name.span();
-            let name = entry.name.into_inner();
-            check_name(&name).map_err(|m| invalid(src, "clients.name", Some(span.start), &m))?;
+            let at = entry.name.span().start;
+            let name = crate::name(src, "clients.name", entry.name)?;
             let value = ClientEntry {
                 token: entry.token,
                 allow_ports: PortAllowance(entry.allow_ports),
                 allow_domains: lower(entry.allow_domains),
             };
-            if clients.insert(name.clone(), value).is_some() {
-                return Err(invalid(src, "clients.name", Some(span.start), &format!("duplicate client name `{name}`")));
+            if clients.insert(name.to_string(), value).is_some() {
+                return Err(invalid(src, "clients.name", Some(at), &format!("duplicate client name `{name}`")));
             }
         }
-        let mut names = std::collections::HashSet::new();
-        for g in &mut self.groups {
-            let at = Some(g.name.span().start);
-            check_name(g.name.get_ref()).map_err(|m| invalid(src, "groups.name", at, &m))?;
-            if !names.insert(g.name.get_ref().clone()) {
-                return Err(invalid(src, "groups.name", at, &format!("duplicate group name `{}`", g.name.get_ref())));
+        let mut groups: Vec<GroupEntry> = Vec::with_capacity(self.groups.len());
+        for file in self.groups {
+            let at = Some(file.name().span().start);
+            let group = file.validate(src, &self.vhost)?;
+            if groups.iter().any(|g| g.name == group.name) {
+                return Err(invalid(src, "groups.name", at, &format!("duplicate group name `{}`", group.name)));
             }
-            match g.kind {
-                crate::ServiceType::Tcp | crate::ServiceType::Udp => {
-                    if g.remote_port == 0 {
-                        return Err(invalid(src, "groups.remote_port", at, "a group needs a fixed public port"));
-                    }
-                    if !g.custom_domains.is_empty() || !g.locations.is_empty() {
-                        let m = "`custom_domains` and `locations` are for \"http\" and \"https\" groups";
-                        return Err(invalid(src, "groups.custom_domains", at, m));
-                    }
-                }
-                crate::ServiceType::Http | crate::ServiceType::Https => {
-                    let https = g.kind == crate::ServiceType::Https;
-                    if g.remote_port != 0 {
-                        let m = "an HTTP group is served on the vhost port; leave `remote_port` out";
-                        return Err(invalid(src, "groups.remote_port", at, m));
-                    }
-                    if g.custom_domains.is_empty() {
-                        return Err(invalid(src, "groups.custom_domains", at, "an HTTP group needs its host names"));
-                    }
-                    if https && !g.locations.is_empty() {
-                        let m = "TLS is passed through: an \"https\" group has no `locations`";
-                        return Err(invalid(src, "groups.locations", at, m));
-                    }
-                    if g.locations.iter().any(|l| !l.starts_with('/')) {
-                        return Err(invalid(src, "groups.locations", at, "a location starts with `/`"));
-                    }
-                    if https && self.vhost.https_bind.is_none() {
-                        return Err(invalid(src, "groups.type", at, "this group needs `[vhost] https_bind`"));
-                    }
-                    if !https && self.vhost.http_routes_bind().is_none() {
-                        let m = "this group needs `[vhost] http_bind` (or `https_bind` with `[vhost.tls]`)";
-                        return Err(invalid(src, "groups.type", at, m));
-                    }
-                    g.custom_domains = lower(std::mem::take(&mut g.custom_domains));
-                }
-                crate::ServiceType::Ws => {
-                    return Err(invalid(src, "groups.type", at, "a group is \"tcp\", \"udp\", \"http\" or \"https\""));
-                }
-            }
-            if g.max_fails > 0 && g.fail_timeout_secs == 0 {
-                return Err(invalid(src, "groups.fail_timeout_secs", at, "must be at least 1 when max_fails is set"));
-            }
+            groups.push(group);
         }
         if self.vhost.tls.is_some() && self.vhost.https_bind.is_none() {
             return Err(invalid(src, "vhost.tls", None, "`[vhost.tls]` is for the HTTPS port: set `https_bind`"));
         }
-        let mut proxies = Vec::with_capacity(self.proxies.len());
-        for p in self.proxies {
-            if p.via.as_deref().is_none_or(|v| check_name(v).is_err()) {
-                return Err(invalid(src, "proxies.via", None, "a server proxy needs `via`: the client it leaves from"));
-            }
-            proxies.push(p.validate().map_err(|m| invalid(src, "proxies", None, m))?);
-        }
+        let proxies = self.proxies.into_iter().map(|p| p.validate(src)).collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
             bind: self.bind,
             state_dir: self.state_dir,
@@ -345,7 +301,7 @@ impl ServerFile {
             tls: self.tls,
             limits: self.limits,
             egress: self.egress.into(),
-            groups: self.groups,
+            groups,
             proxies,
         })
     }

@@ -1,5 +1,5 @@
-//! HTTP virtual hosts: the server's `[vhost]` port, and how a client's `type = "http"` service
-//! asks for host names and path prefixes.
+//! HTTP virtual hosts: the server's `[vhost]` port, and how a client's `http`, `https` and `ws`
+//! services ask for host names and path prefixes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -53,12 +53,12 @@ impl VhostFile {
     }
 }
 
-/// How an HTTP service is reached on the vhost port (validated).
+/// How an `http` service is reached on the vhost port (validated): by host name, then path.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct HttpRoute {
-    /// Host names (`example.com`, `*.example.com`).
+    /// Host names (`example.com`, `*.example.com`), lower-case.
     pub custom_domains: Vec<String>,
-    /// A name under the server's `subdomain_host`.
+    /// A name under the server's `subdomain_host`, lower-case.
     pub subdomain: Option<String>,
     /// Path prefixes served (`/` when empty); the longest match wins.
     pub locations: Vec<String>,
@@ -66,6 +66,28 @@ pub struct HttpRoute {
     pub host_header_rewrite: Option<String>,
     /// HTTP Basic credentials the server requires (user name, password).
     pub basic_auth: Option<(String, crate::Secret)>,
+}
+
+/// How an `https` service is reached on the HTTPS port: by the SNI host name alone (TLS passes
+/// through, so there is no path to route by).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Hosts {
+    /// Host names (`example.com`, `*.example.com`), lower-case.
+    pub custom_domains: Vec<String>,
+    /// A name under the server's `subdomain_host`, lower-case.
+    pub subdomain: Option<String>,
+}
+
+/// How a `ws` service is reached on the vhost port: by host name, then path; the server
+/// accepts the WebSocket itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct WsRoute {
+    /// Host names (`example.com`, `*.example.com`), lower-case.
+    pub custom_domains: Vec<String>,
+    /// A name under the server's `subdomain_host`, lower-case.
+    pub subdomain: Option<String>,
+    /// Path prefixes served (`/` when empty).
+    pub locations: Vec<String>,
 }
 
 /// Lower-cases a host name and drops a trailing dot and any `:port`.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use wmproxy_config::{ServerTrust, ServiceType, load_client, load_server};
+use wmproxy_config::{ForwardKind, GroupKind, ServerTrust, ServiceKind, load_client, load_server};
 
 fn here(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -24,20 +24,22 @@ fn examples_parse() {
     assert!(matches!(client.trust, ServerTrust::Fingerprint(fp) if fp[0] == 0x3b));
     assert_eq!(client.server_name, "203.0.113.10");
     assert_eq!(client.services.len(), 4);
-    let web = client.services[3].group.as_ref().unwrap();
+    let web = client.services[3].exposure.group().unwrap();
     assert_eq!((web.group.as_str(), web.weight), ("web", 5));
     assert_eq!(web.health_check.as_ref().unwrap().rise, 2);
     assert_eq!(server.groups[0].policy, wmproxy_config::Policy::WeightedRoundRobin);
-    assert_eq!(server.groups[1].custom_domains, ["www.example.com"]);
+    assert!(
+        matches!(&server.groups[1].kind, GroupKind::Http { custom_domains, .. } if custom_domains == &["www.example.com"])
+    );
     assert_eq!(server.vhost.http_bind.map(|a| a.port()), Some(80));
     assert_eq!(server.control.as_ref().map(|c| c.addr("127.0.0.1:1").port()), Some(8837));
     assert_eq!(server.limits.drain_grace_secs, 30);
-    assert_eq!(client.services[2].kind, ServiceType::Udp);
-    assert_eq!(client.forwards[0].target, "db.internal.example:5432");
-    assert_eq!((client.forwards[0].kind, client.forwards[1].kind), (ServiceType::Tcp, ServiceType::Udp));
+    assert_eq!(client.services[2].exposure.kind(), ServiceKind::Udp);
+    assert!(matches!(&client.forwards[0].kind, ForwardKind::Tcp { target } if target == "db.internal.example:5432"));
+    assert!(matches!(client.forwards[1].kind, ForwardKind::Udp { .. }));
     assert_eq!(client.limits.udp_flow_idle_timeout_secs, 60);
     assert_eq!(client.proxies.len(), 2);
-    assert_eq!(server.proxies[0].via.as_deref(), Some("office"));
+    assert_eq!(server.proxies[0].via, "office");
     assert!(client.proxies[0].credentials.is_some() && client.proxies[1].credentials.is_none());
     assert_eq!(server.limits.max_udp_flows_per_client, 1024);
 }
@@ -63,6 +65,8 @@ const SERVER_BAD: &[(&str, &[&str])] = &[
     ("server-bad-policy.toml", &["random", "line 7"]),
     ("server-http-group-without-hosts.toml", &["groups.custom_domains", "line 7", "host names"]),
     ("server-vhost-tls-without-https.toml", &["vhost.tls", "https_bind"]),
+    // A kind takes only its own keys: refused by the parser, on the key's own line.
+    ("server-udp-group-with-locations.toml", &["unknown field `locations`", "line 8"]),
 ];
 
 const CLIENT_BAD: &[(&str, &[&str])] = &[
@@ -77,6 +81,7 @@ const CLIENT_BAD: &[(&str, &[&str])] = &[
     ("client-group-without-key.toml", &["group_key", "line 7"]),
     ("client-udp-check-without-addr.toml", &["health_check.addr", "line 7"]),
     ("client-group-with-domains.toml", &["services.group", "line 7", "set on the server"]),
+    ("client-tcp-with-domains.toml", &["unknown field `custom_domains`", "line 9"]),
 ];
 
 #[test]

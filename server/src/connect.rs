@@ -5,20 +5,26 @@ use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
 use tracing::{Span, debug, warn};
-use wmproxy_proto::datastream;
-use wmproxy_proto::udp::{UdpStats, flow};
-use wmproxy_proto::wire::{OpenResult, OpenStream};
+use wmproxy_config::ServerConfig;
+use wmproxy_tunnel::datastream;
+use wmproxy_tunnel::udp::{UdpStats, flow};
+use wmproxy_wire::{OpenResult, OpenStream};
 
-use crate::server::Shared;
 use crate::sessions::Session;
+use crate::udp::UdpBudget;
 
-/// Serves one data stream opened by a client, under the span `stream{id, target, flow}`.
-pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Session>, shared: Arc<Shared>) {
-    let timeout = shared.config().limits.stream_open_timeout();
+/// Serves one data stream opened by `session`'s client, under the span `stream{id, target,
+/// flow}`, with the egress policy of `config`, the snapshot the stream took.
+pub(crate) async fn serve(
+    (send, recv): (SendStream, RecvStream),
+    session: Arc<Session>,
+    config: Arc<ServerConfig>,
+    udp: UdpBudget,
+) {
+    let (egress, timeout) = (&config.egress, config.limits.stream_open_timeout());
     let Some((send, recv, header)) = datastream::read_header(send, recv, timeout).await else {
         return;
     };
-    let egress = &shared.config().egress;
     // The dial checks the name and port before any lookup, then every resolved address.
     let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
     match header {
@@ -29,23 +35,19 @@ pub(crate) async fn serve(send: SendStream, recv: RecvStream, session: Arc<Sessi
                 return datastream::refuse(send, OpenResult::Busy).await;
             };
             debug!(%peer_addr, "forward requested");
-            let dialed = wmproxy_proto::dial::dial(&target, timeout, allow_target, allow_ip).await;
+            let dialed = wmproxy_tunnel::dial::dial(&target, timeout, allow_target, allow_ip).await;
             let _ = datastream::complete(send, recv, dialed).await;
         }
         OpenStream::UdpConnect { target, peer_addr } => {
             Span::current().record("target", target.as_str());
-            let permits =
-                (session.udp_permits.clone().try_acquire_owned(), shared.udp_flows.clone().try_acquire_owned());
-            let (Ok(_mine), Ok(_all)) = permits else {
+            let (Some(_mine), Some(_all)) = (session.tunnel.flow_permit(), udp.permit()) else {
                 debug!("UDP flow limit reached; refusing a flow");
-                UdpStats::bump(&shared.udp_stats.dropped_flow_limit);
+                UdpStats::bump(&udp.stats.dropped_flow_limit);
                 return datastream::refuse(send, OpenResult::Busy).await;
             };
             debug!(%peer_addr, "UDP forward flow requested");
-            match wmproxy_proto::dial::dial_udp(&target, timeout, allow_target, allow_ip).await {
-                Ok(socket) => {
-                    flow::accept(session.conn.clone(), session.flows.clone(), Arc::new(socket), send, recv).await
-                }
+            match wmproxy_tunnel::dial::dial_udp(&target, timeout, allow_target, allow_ip).await {
+                Ok(socket) => flow::accept(&session.tunnel, Arc::new(socket), send, recv).await,
                 Err(result) => {
                     debug!(%result, "UDP flow refused");
                     datastream::refuse(send, result).await;

@@ -1,5 +1,5 @@
 //! The server's control API (`[control]`, loopback, bearer token): what each endpoint does.
-//! The HTTP side (auth, body limits, JSON replies) is [`wmproxy_proto::control`].
+//! The HTTP side (auth, body limits, JSON replies) is [`wmproxy_ops::control`].
 //!
 //! | endpoint | |
 //! |---|---|
@@ -18,15 +18,24 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use wmproxy_proto::control::{ControlApi, Reply, ServiceStatus};
+use wmproxy_ops::control::{ControlApi, Reply, ServiceStatus};
+use wmproxy_tunnel::udp::UdpStats;
 
-use crate::groups::GroupStatus;
-use crate::server::Shared;
+use crate::groups::{GroupStatus, Groups};
+use crate::metrics::{BackendHealth, Metrics, Scrape, Traffic};
+use crate::reload::{ReloadError, Reloader};
+use crate::sessions::Sessions;
+use crate::settings::ConfigCell;
 
-/// The server's answers to control requests.
+/// The server's answers to control requests, and what they read.
 #[derive(Debug)]
 pub(crate) struct ServerControl {
-    pub shared: Arc<Shared>,
+    pub config: Arc<ConfigCell>,
+    pub sessions: Arc<Sessions>,
+    pub groups: Arc<Groups>,
+    pub metrics: Arc<Metrics>,
+    pub udp: Arc<UdpStats>,
+    pub reloader: Arc<Reloader>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
 }
@@ -35,7 +44,7 @@ pub(crate) struct ServerControl {
 struct Status {
     clients: Vec<ClientStatus>,
     groups: Vec<GroupStatus>,
-    udp: wmproxy_proto::udp::UdpSnapshot,
+    udp: wmproxy_tunnel::udp::UdpSnapshot,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,34 +63,28 @@ struct ServiceTraffic {
     #[serde(flatten)]
     result: ServiceStatus,
     #[serde(flatten)]
-    traffic: crate::groups::Traffic,
+    traffic: Traffic,
 }
 
 impl ControlApi for ServerControl {
     async fn handle(&self, method: Method, path: String, body: Bytes) -> Reply {
         match (&method, path.as_str()) {
             (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
-            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &*self.shared.config()),
-            (&Method::POST, "/reload") => {
-                let path = self.shared.config_path.get().map(|p| p.as_path());
-                match crate::reload::reload(&self.shared, path).await {
-                    Ok(report) => Reply::json(StatusCode::OK, &report),
-                    Err(e @ crate::reload::ReloadError::Config(_)) => Reply::verdict(Err(e)),
-                    Err(e) => Reply::error(StatusCode::CONFLICT, &e.to_string()),
-                }
+            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &*self.config.snapshot()),
+            (&Method::POST, "/reload") => match self.reloader.reload().await {
+                Ok(report) => Reply::json(StatusCode::OK, &report),
+                Err(e @ ReloadError::Config(_)) => Reply::verdict(Err(e)),
+                Err(e) => Reply::error(StatusCode::CONFLICT, &e.to_string()),
+            },
+            (&Method::POST, "/adapt") => {
+                Reply::adapt(&body, self.config.path(), wmproxy_config::load_server, wmproxy_config::parse_server)
             }
-            (&Method::POST, "/adapt") => Reply::adapt(
-                &body,
-                self.shared.config_path.get().map(|p| p.as_path()),
-                wmproxy_config::load_server,
-                wmproxy_config::parse_server,
-            ),
             (&Method::POST, "/stop") => {
                 self.stop.cancel();
                 Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
             }
             (&Method::POST, p) if p.starts_with("/backends/") => self.drain(p),
-            (&Method::GET, "/metrics") => match self.shared.metrics.encode(&self.shared) {
+            (&Method::GET, "/metrics") => match self.metrics.encode(&self.scrape()) {
                 Ok(text) => Reply::metrics(text),
                 Err(_) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
             },
@@ -92,34 +95,49 @@ impl ControlApi for ServerControl {
 
 impl ServerControl {
     fn status(&self) -> Status {
-        let mut groups: Vec<GroupStatus> = self.shared.groups.all().iter().map(|g| g.status()).collect();
-        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut groups = self.groups.statuses();
         for backend in groups.iter_mut().flat_map(|g| g.backends.iter_mut()) {
-            backend.traffic = self.shared.metrics.traffic(&backend.client, &backend.service);
+            backend.traffic = self.metrics.traffic(&backend.client, &backend.service);
         }
         let clients = self
-            .shared
             .sessions
             .all()
             .iter()
             .map(|s| ClientStatus {
-                name: s.name.clone(),
-                address: s.conn.remote_address().to_string(),
+                name: s.name.to_string(),
+                address: s.tunnel.conn().remote_address().to_string(),
                 connected_since: s.since.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs(),
-                rtt_ms: s.conn.rtt().as_secs_f64() * 1000.0,
+                rtt_ms: s.tunnel.conn().rtt().as_secs_f64() * 1000.0,
                 services: s
-                    .services
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .results()
                     .iter()
                     .map(|r| ServiceTraffic {
                         result: ServiceStatus::from(r),
-                        traffic: self.shared.metrics.traffic(&s.name, &r.name),
+                        traffic: self.metrics.traffic(&s.name, &r.name),
                     })
                     .collect(),
             })
             .collect();
-        Status { clients, groups, udp: self.shared.udp_stats.snapshot() }
+        Status { clients, groups, udp: self.udp.snapshot() }
+    }
+
+    /// The state the metrics read at scrape time: UDP counters and whether each group backend
+    /// takes new work.
+    fn scrape(&self) -> Scrape {
+        let backends = self
+            .groups
+            .statuses()
+            .into_iter()
+            .flat_map(|g| {
+                g.backends.into_iter().map(move |b| BackendHealth {
+                    group: g.name.clone(),
+                    up: b.health.state == crate::groups::health::HealthState::Healthy && !b.drained,
+                    client: b.client,
+                    service: b.service,
+                })
+            })
+            .collect();
+        Scrape { udp: self.udp.snapshot(), backends }
     }
 
     /// `/backends/{client}:{service}/drain` and `/undrain`.
@@ -133,10 +151,12 @@ impl ServerControl {
         let Some((client, service)) = name.split_once(':') else {
             return Reply::error(StatusCode::BAD_REQUEST, "name a backend as `client:service`");
         };
-        if self.shared.sessions.set_drained(client, service, drained) {
-            Reply::json(StatusCode::OK, &serde_json::json!({ "backend": name, "drained": drained }))
-        } else {
-            Reply::error(StatusCode::NOT_FOUND, &format!("no connected backend `{name}`"))
+        match self.groups.backend(client, service) {
+            Some(backend) => {
+                backend.set_drained(drained);
+                Reply::json(StatusCode::OK, &serde_json::json!({ "backend": name, "drained": drained }))
+            }
+            None => Reply::error(StatusCode::NOT_FOUND, &format!("no connected backend `{name}`")),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use wmproxy_config::TlsFiles;
-use wmproxy_proto::tls::Fingerprint;
+use wmproxy_tunnel::tls::Fingerprint;
 
 /// File names inside the state directory.
 const CERT_FILE: &str = "server-cert.pem";

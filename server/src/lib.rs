@@ -1,54 +1,70 @@
 //! The wmproxy server: accepts QUIC tunnels from clients and publishes their services.
 //!
 //! # Layout
-//! - [`server`]: [`Server`] binds the endpoint; [`Server::run`] is the accept loop. Each incoming
-//!   connection is handed at once to its own task; nothing is awaited in the loop itself.
-//! - `tunnel`: one task per connection. The QUIC handshake, the Hello (version, proof) and the
-//!   registration run there under the handshake timeout; then it serves the control stream and
-//!   accepts the client's data streams.
-//! - `sessions`: live tunnels by client name; a reconnecting client replaces its old session.
-//! - `publish`: registers services (again on a reloaded client: unchanged ones are kept) and
-//!   binds public TCP ports; each user connection becomes a data stream to the client
-//!   (`Expose`), then a relay.
-//! - `udp`: public UDP ports; each user address becomes a flow to the client (`UdpExpose`),
-//!   carried as QUIC datagrams (see `wmproxy_proto::udp`).
-//! - `vhost`: the HTTP virtual-host port: every request routed by its own `Host` and path to
-//!   a client's `type = "http"` service; WebSocket upgrades passed through.
-//! - `proxy`: SOCKS5 and HTTP proxies whose connections leave from a client (`via`).
-//! - `connect`: data streams from the client (`Connect`, `UdpConnect`: local forwards) are
-//!   dialed under the egress policy, then relayed.
-//! - [`groups`]: load-balancing groups: a public port served by backends (services of
-//!   clients that joined with the group's key), picked by policy, with active and passive
-//!   health checks and retry on the next backend.
-//! - `listeners`: the config's own listeners (group ports, proxies) and their stop tokens.
-//! - [`reload`]: applies a reloaded config file (`POST /reload`, SIGHUP): what changes in
-//!   place, what is started or stopped, what needs a restart.
-//! - `control`: the control API's endpoints (`[control]`: status, config, reload, adapt, stop,
-//!   drain, metrics) on [`wmproxy_proto::control`]'s loopback HTTP server.
-//! - `metrics`: Prometheus counters (prometheus-client) bumped on the network path, plus the
-//!   state read at scrape time (UDP counters, backend health).
-//! - [`identity`]: the TLS certificate (from PEM, or generated and kept in the state dir) and the
-//!   embedded setup's token. `throttle`: failed-auth counts per source address.
+//! Composition and lifetime:
+//! - [`server`]: [`Server::bind`] builds every subsystem and gives each module only the
+//!   handles it uses; [`Server::run`] is the accept loop (each connection goes at once to its
+//!   own task) and the graceful shutdown. [`ServerHandle`] is the view tests and the binary use.
+//! - `runtime`: the task tracker and the root stop token (alive from `bind`), and `Serving`,
+//!   what every public listener needs. `settings`: the running config, one snapshot per
+//!   operation. `sockets`: binding listeners.
 //!
-//! Every task is spawned on one `TaskTracker` and carries its span (`tunnel{peer, client}`,
-//! `public{service, port}`, `stream{…}`, `flow{peer, flow}`); shutdown cancels a token and waits for the tracker.
+//! Tunnels:
+//! - `tunnel`: one task per connection: handshake, Hello (`auth`, with the throttle in
+//!   `sessions`), registration, control stream, the client's data streams (`connect`).
+//! - `sessions`: live tunnels by client name; a reconnecting client replaces its old session.
+//!
+//! Publications and how users reach them:
+//! - `registry`: every publication, keyed by (session, service), owning its port, its routes
+//!   or its group membership; dropping an entry withdraws it, the one teardown path.
+//! - `upstream`: the one place a connection or a flow becomes a data stream to a client, and
+//!   the upstream of one service. [`groups`]: load-balancing groups, the other upstream.
+//! - `routes`: the vhost and HTTPS routes, indexed by host. `vhost`: those two ports.
+//! - `proxy`: SOCKS5 and HTTP proxies whose connections leave from a client (`via`).
+//! - `listeners`: what the config declares (group ports and routes, proxies), by config key.
+//! - `udp`: the server-wide UDP flow budget.
+//!
+//! Operations:
+//! - [`reload`]: applies a reloaded config file (`POST /reload`, SIGHUP).
+//! - `control`: the control API's endpoints, on [`wmproxy_ops::control`]'s loopback server.
+//! - `metrics`: Prometheus counters bumped on the network path, plus state read at scrape time.
+//! - [`identity`]: the TLS certificate and the embedded setup's token. `throttle`: failed-auth
+//!   counts per source address.
+//!
+//! # Data path of one public TCP connection
+//! `registry::ports` accepts the user on the service's public port and calls
+//! `ServiceUpstream::carry`, which takes a stream permit of the client's [`wmproxy_tunnel::Tunnel`]
+//! and opens a QUIC stream with an `Expose` header, the user's bytes pipelined behind it; the
+//! client dials its local service and answers; then [`wmproxy_tunnel::relay`] copies both ways.
+//! A group port (`groups::port`), a vhost or SNI route and a proxy do the same through
+//! [`wmproxy_tunnel::Upstream::open`], which waits for the answer first (so a group can try the
+//! next backend).
+//!
+//! Every task is spawned on the runtime's tracker and carries its span (`tunnel{peer, client}`,
+//! `public{service, port}`, `stream{…}`, `flow{peer, flow}`); shutdown cancels the root token
+//! and waits for the tracker.
 #![forbid(unsafe_code)]
 
-pub mod groups;
-pub mod identity;
-pub mod server;
-
+mod auth;
 mod connect;
 mod control;
+pub mod groups;
+pub mod identity;
 mod listeners;
 mod metrics;
 mod proxy;
-mod publish;
+mod registry;
 pub mod reload;
+mod routes;
+mod runtime;
+pub mod server;
 mod sessions;
+mod settings;
+mod sockets;
 mod throttle;
 mod tunnel;
 mod udp;
+mod upstream;
 mod vhost;
 
 pub use server::{Server, ServerError, ServerHandle};

@@ -1,120 +1,130 @@
-//! The server's own listeners, those its config declares (group ports and proxies): binding
-//! them, starting them, and the table of their stop tokens by config key (`groups.NAME`,
-//! `proxies.ADDR`), so that a reload can stop one and start another without touching the rest.
+//! The listeners the config declares: each group's port (or, for an HTTP group, its routes)
+//! and each proxy. They are kept by config key (`groups.NAME`, `proxies.ADDR`) so that a reload
+//! can stop one and start another without touching the rest; dropping an entry stops it (its
+//! live connections get the drain grace period).
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
-use wmproxy_config::{GroupFile, Proxy, ServiceType};
+use wmproxy_config::{GroupEntry, GroupKind, ServerProxy};
 
-use wmproxy_proto::transport;
+use crate::groups::{self, Group, GroupSocket, Groups};
+use crate::proxy::{self, Via};
+use crate::routes::{RouteHandle, RouteOwner, RouteTarget, Routes, Template};
+use crate::runtime::Serving;
+use crate::sessions::Sessions;
+use crate::udp::UdpBudget;
 
-use crate::groups::{self, Group};
-use crate::server::Shared;
-
-/// A group's public socket.
+/// One running listener of the config.
 #[derive(Debug)]
-pub(crate) enum GroupSocket {
-    Tcp(TcpListener),
-    Udp(UdpSocket),
+struct Listener {
+    stop: CancellationToken,
+    /// An HTTP group's routes.
+    routes: Option<RouteHandle>,
+    /// Where it listens (proxies), and when it started (for config order).
+    addr: Option<(u64, SocketAddr)>,
 }
 
-/// Binds the public socket of the group `file` on `public_bind`; `None` for an HTTP group,
-/// which is served on the vhost or HTTPS port (its routes go to the router instead).
-pub(crate) fn bind_group(public_bind: IpAddr, file: &GroupFile) -> io::Result<Option<GroupSocket>> {
-    let addr = SocketAddr::new(public_bind, file.remote_port);
-    match file.kind {
-        ServiceType::Tcp => bind_reusable(addr).map(|l| Some(GroupSocket::Tcp(l))),
-        ServiceType::Udp => transport::bind_udp(addr).and_then(UdpSocket::from_std).map(|s| Some(GroupSocket::Udp(s))),
-        ServiceType::Http | ServiceType::Https => Ok(None),
-        // Refused by config validation; kept an error rather than a panic.
-        ServiceType::Ws => Err(io::Error::other("a group cannot be of type ws")),
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
-/// Binds a TCP listener of the server's own (group port, proxy) with `SO_REUSEPORT` as well, so
-/// that a reload can bind a changed entry's address while the old listener is still closing.
-pub(crate) fn bind_reusable(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// Starts serving a group's socket until its stop token (see [`Listeners`]).
-pub(crate) fn spawn_group(shared: &Arc<Shared>, group: Arc<Group>, socket: GroupSocket) {
-    let stop = shared.listeners.start(format!("groups.{}", group.name));
-    let span = info_span!("group", name = %group.name, port = group.port());
-    match socket {
-        GroupSocket::Tcp(listener) => {
-            let serve = groups::accept_users(group, listener, shared.clone(), stop);
-            shared.tracker.spawn(serve.instrument(span));
-        }
-        GroupSocket::Udp(socket) => {
-            let serve = wmproxy_proto::udp::listener::serve(
-                Arc::new(socket),
-                groups::GroupPort { group, shared: shared.clone() },
-                shared.udp_stats.clone(),
-                shared.config().limits.stream_open_timeout(),
-                shared.tracker.clone(),
-                stop,
-            );
-            shared.tracker.spawn(serve.instrument(span));
-        }
-    }
-}
-
-/// Starts serving a proxy's listener until its stop token. Its key is its configured address;
-/// with port 0 (tests) it is the bound one, so several such proxies do not share a key.
-pub(crate) fn spawn_proxy(shared: &Arc<Shared>, proxy: Proxy, listener: TcpListener) {
-    let key = match listener.local_addr() {
-        Ok(bound) if proxy.listen.port() == 0 => bound,
-        _ => proxy.listen,
-    };
-    let stop = shared.listeners.start(format!("proxies.{key}"));
-    let span = info_span!("proxy", listen = %proxy.listen, via = proxy.via.as_deref().unwrap_or_default());
-    let serve = crate::proxy::serve(listener, proxy, shared.clone(), stop);
-    shared.tracker.spawn(serve.instrument(span));
-}
-
-/// Stop tokens of the running config-declared listeners, children of the server's shutdown.
-#[derive(Debug, Default)]
+/// The config's listeners, and what starting one takes.
+#[derive(Debug)]
 pub(crate) struct Listeners {
-    root: Mutex<CancellationToken>,
-    by_key: Mutex<HashMap<String, CancellationToken>>,
+    by_key: Mutex<HashMap<String, Listener>>,
+    started: std::sync::atomic::AtomicU64,
+    groups: Arc<Groups>,
+    routes: Arc<Routes>,
+    sessions: Arc<Sessions>,
+    serving: Serving,
+    udp: UdpBudget,
 }
 
 impl Listeners {
-    /// Ties every listener to `shutdown` (called once, when the server starts running).
-    pub fn set_root(&self, shutdown: CancellationToken) {
-        *self.root.lock().unwrap_or_else(|p| p.into_inner()) = shutdown;
+    pub fn new(
+        groups: Arc<Groups>,
+        routes: Arc<Routes>,
+        sessions: Arc<Sessions>,
+        serving: Serving,
+        udp: UdpBudget,
+    ) -> Self {
+        Self { by_key: Mutex::default(), started: Default::default(), groups, routes, sessions, serving, udp }
     }
 
-    /// A new stop token for `key`; a listener already under that key is stopped.
-    pub fn start(&self, key: String) -> CancellationToken {
-        let stop = self.root.lock().unwrap_or_else(|p| p.into_inner()).child_token();
-        if let Some(old) = self.lock().insert(key, stop.clone()) {
-            old.cancel();
-        }
-        stop
-    }
-
-    /// Stops the listener under `key`, if any: it stops accepting at once; its connections get
-    /// the drain grace period.
-    pub fn stop(&self, key: &str) {
-        if let Some(stop) = self.lock().remove(key) {
-            stop.cancel();
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Listener>> {
         self.by_key.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves `group` on `socket` (a TCP or UDP group), in place of whatever its key had.
+    pub fn start_group_port(&self, group: Arc<Group>, socket: GroupSocket) {
+        let stop = self.serving.runtime.listener_stop();
+        let span = info_span!("group", name = %group.name, port = group.port());
+        let serve = groups::serve_port(group.clone(), socket, self.serving.clone(), stop.clone());
+        self.serving.runtime.tracker.spawn(serve.instrument(span));
+        let listener = Listener { stop, routes: None, addr: None };
+        self.lock().insert(format!("groups.{}", group.name), listener);
+    }
+
+    /// Gives an HTTP group the routes of `entry`, in place of those it had, in one step.
+    pub fn set_group_routes(&self, group: Arc<Group>, entry: &GroupEntry) {
+        let (tls, hosts, locations) = match &entry.kind {
+            GroupKind::Http { custom_domains, locations } => (false, custom_domains, locations.clone()),
+            GroupKind::Https { custom_domains } => (true, custom_domains, Vec::new()),
+            GroupKind::Tcp { .. } | GroupKind::Udp { .. } => return,
+        };
+        let locations = if locations.is_empty() { vec!["/".to_owned()] } else { locations };
+        let key = format!("groups.{}", group.name);
+        let owner = RouteOwner::Group(group.name.clone());
+        let template =
+            Template { tls, bridge: false, target: RouteTarget::Group(group), host_rewrite: None, authorization: None };
+        let mut listeners = self.lock();
+        let old = listeners.remove(&key);
+        let mut entry = old.unwrap_or_else(|| Listener { stop: CancellationToken::new(), routes: None, addr: None });
+        entry.routes = Some(self.routes.replace(entry.routes.take(), owner, &template, hosts, &locations));
+        listeners.insert(key, entry);
+    }
+
+    /// Serves `proxy` on `listener`. Its key is its configured address; with port 0 (tests) it
+    /// is the bound one, so several such proxies do not share a key.
+    pub fn start_proxy(&self, proxy: ServerProxy, listener: TcpListener) {
+        let bound = listener.local_addr().ok();
+        let key = match bound {
+            Some(bound) if proxy.proxy.listen.port() == 0 => bound,
+            _ => proxy.proxy.listen,
+        };
+        let stop = self.serving.runtime.listener_stop();
+        let span = info_span!("proxy", listen = %proxy.proxy.listen, via = %proxy.via);
+        let via = Via {
+            name: proxy.via.clone(),
+            sessions: self.sessions.clone(),
+            groups: self.groups.clone(),
+            open_timeout: self.serving.open_timeout,
+            udp: self.udp.clone(),
+        };
+        let serve = proxy::serve(listener, proxy, via, self.serving.runtime.clone(), stop.clone(), self.serving.grace);
+        self.serving.runtime.tracker.spawn(serve.instrument(span));
+        let seq = self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addr = bound.map(|a| (seq, a));
+        self.lock().insert(format!("proxies.{key}"), Listener { stop, routes: None, addr });
+    }
+
+    /// Stops the listener under `key`, if any.
+    pub fn stop(&self, key: &str) {
+        let stopped = self.lock().remove(key);
+        drop(stopped);
+    }
+
+    /// Where the proxies listen now, in the order they started (the config's, at start).
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<(u64, SocketAddr)> = self.lock().values().filter_map(|l| l.addr).collect();
+        addrs.sort();
+        addrs.into_iter().map(|(_, a)| a).collect()
     }
 }

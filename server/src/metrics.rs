@@ -14,10 +14,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use wmproxy_proto::relay::RelayStats;
-
-use crate::groups::health::HealthState;
-use crate::server::Shared;
+use wmproxy_tunnel::Side;
+use wmproxy_tunnel::relay::RelayStats;
+use wmproxy_tunnel::udp::UdpSnapshot;
 
 /// A published service: the client it lives on and its name there.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,6 +30,41 @@ struct GroupBackendLabels {
     group: String,
     client: String,
     service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SideLabels {
+    side: &'static str,
+}
+
+/// What a published service (or backend) carried: connections, and bytes of finished ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    /// Connections opened to it.
+    pub connections: u64,
+    /// Connections open now.
+    pub active: i64,
+    /// Bytes from users to the service (counted when a connection ends).
+    pub bytes_in: u64,
+    /// Bytes from the service to users (counted when a connection ends).
+    pub bytes_out: u64,
+}
+
+/// A group backend as the scrape sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct BackendHealth {
+    pub group: String,
+    pub client: String,
+    pub service: String,
+    /// Receives new work: healthy and not drained.
+    pub up: bool,
+}
+
+/// The state that lives elsewhere, read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scrape {
+    pub udp: UdpSnapshot,
+    pub backends: Vec<BackendHealth>,
 }
 
 /// Everything counted as it happens.
@@ -48,6 +82,8 @@ pub(crate) struct Metrics {
     /// Service → user.
     pub bytes_out: Family<ServiceLabels, Counter>,
     pub check_latency: Histogram,
+    /// Connections that could not be carried, by whose fault.
+    open_failures: Family<SideLabels, Counter>,
     pub reloads: Counter,
     pub reload_failures: Counter,
     pub last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -67,6 +103,7 @@ impl Default for Metrics {
             bytes_out: Family::default(),
             // 1 ms to ~16 s.
             check_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            open_failures: Family::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             last_reload_ok: Gauge::default(),
@@ -89,6 +126,11 @@ impl Default for Metrics {
         registry.register("service_bytes_in", "Bytes from users to a service", m.bytes_in.clone());
         registry.register("service_bytes_out", "Bytes from a service to its users", m.bytes_out.clone());
         registry.register("health_check_latency_seconds", "Active health check durations", m.check_latency.clone());
+        registry.register(
+            "open_failures",
+            "User connections that could not be carried to a service, by side (user, backend, tunnel, internal)",
+            m.open_failures.clone(),
+        );
         registry.register("reloads", "Config reloads attempted", m.reloads.clone());
         registry.register("reload_failures", "Config reloads refused (invalid config)", m.reload_failures.clone());
         registry.register(
@@ -140,10 +182,15 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection that could not be carried, by whose fault.
+    pub fn open_failed(&self, side: Side) {
+        self.open_failures.get_or_create(&SideLabels { side: side.as_str() }).inc();
+    }
+
     /// What `service` of `client` carried so far (zero if nothing yet).
-    pub fn traffic(&self, client: &str, service: &str) -> crate::groups::Traffic {
+    pub fn traffic(&self, client: &str, service: &str) -> Traffic {
         let labels = ServiceLabels { client: client.to_owned(), service: service.to_owned() };
-        crate::groups::Traffic {
+        Traffic {
             connections: self.streams_opened.get(&labels).map_or(0, |c| c.get()),
             active: self.streams_active.get(&labels).map_or(0, |g| g.get()),
             bytes_in: self.bytes_in.get(&labels).map_or(0, |c| c.get()),
@@ -151,11 +198,11 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text of every metric, with the scrape-time ones from `shared`.
-    pub fn encode(&self, shared: &Shared) -> Result<String, std::fmt::Error> {
+    /// The Prometheus text of every metric, with the scrape-time state `scraped`.
+    pub fn encode(&self, scraped: &Scrape) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         encode_registry(&mut out, &self.registry)?;
-        encode_registry(&mut out, &scrape(shared))?;
+        encode_registry(&mut out, &scrape(scraped))?;
         encode_eof(&mut out)?;
         Ok(out)
     }
@@ -232,16 +279,15 @@ impl Drop for StreamGuard {
 }
 
 /// The state read at scrape time: UDP counters and backends' health.
-fn scrape(shared: &Shared) -> Registry {
+fn scrape(scraped: &Scrape) -> Registry {
     let mut registry = Registry::with_prefix("wmproxy");
-    wmproxy_proto::metrics::register_udp(&mut registry, &shared.udp_stats.snapshot());
+    wmproxy_ops::metrics::register_udp(&mut registry, &scraped.udp);
 
     let healthy: Family<GroupBackendLabels, Gauge> = Family::default();
-    for group in shared.groups.all() {
-        for b in group.status().backends {
-            let labels = GroupBackendLabels { group: group.name.clone(), client: b.client, service: b.service };
-            healthy.get_or_create(&labels).set(i64::from(b.health.state == HealthState::Healthy && !b.drained));
-        }
+    for b in &scraped.backends {
+        let labels =
+            GroupBackendLabels { group: b.group.clone(), client: b.client.clone(), service: b.service.clone() };
+        healthy.get_or_create(&labels).set(i64::from(b.up));
     }
     registry.register("backend_healthy", "1 if a group backend receives new work, else 0", healthy);
     registry

@@ -1,63 +1,88 @@
-//! The server's proxies: SOCKS5 and HTTP front-ends (`wmproxy_proto::proxy`) whose
-//! connections leave from a client's network (`via`). The client dials each target under its
-//! own egress policy (`ProxyConnect`).
+//! The server's proxies: SOCKS5 and HTTP front-ends ([`wmproxy_frontend::proxy`]) whose
+//! connections leave from a client's network. [`Via`] is their upstream: the client the proxy's
+//! `via` names (its live session, looked up per connection), or else the group of that name.
+//! The client dials each target under its own egress policy (`ProxyConnect`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wmproxy_config::{Proxy, ProxyType};
-use wmproxy_proto::datastream::{self, DataStreamError};
-use wmproxy_proto::proxy::{self as front, ProxyKind, ProxySettings, UdpRoute, Upstream};
-use wmproxy_proto::udp::FlowTable;
-use wmproxy_proto::wire::OpenStream;
+use wmproxy_config::{ProxyType, ServerProxy};
+use wmproxy_frontend::proxy::{self as front, ProxyKind, ProxySettings};
+use wmproxy_tunnel::upstream::FlowRoute;
+use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
+use wmproxy_wire::{Name, OpenResult, OpenStream};
 
-use crate::server::Shared;
+use crate::groups::Groups;
+use crate::runtime::Runtime;
+use crate::sessions::Sessions;
+use crate::udp::UdpBudget;
+use crate::upstream::{flow_on, open_on};
 
-/// Serves one configured proxy until `shutdown`.
-pub(crate) async fn serve(listener: TcpListener, proxy: Proxy, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let kind = match proxy.kind {
+/// Where a proxy's connections leave from.
+#[derive(Debug)]
+pub(crate) struct Via {
+    /// The client (or group) name.
+    pub name: Name,
+    pub sessions: Arc<Sessions>,
+    pub groups: Arc<Groups>,
+    pub open_timeout: Duration,
+    pub udp: UdpBudget,
+}
+
+impl Via {
+    /// The live tunnel of the client `via` names, if it is connected.
+    fn client(&self) -> Option<Arc<Tunnel>> {
+        self.sessions.get(&self.name).map(|s| s.tunnel.clone())
+    }
+}
+
+/// A proxy asks only for targets; there is no service to ask a client for.
+fn target(ask: Ask) -> Result<wmproxy_wire::Target, OpenError> {
+    match ask {
+        Ask::Target(target) => Ok(target),
+        Ask::Service => Err(OpenError::Refused(OpenResult::UnknownService)),
+    }
+}
+
+impl Upstream for Via {
+    type By = ();
+
+    async fn open(&self, peer: SocketAddr, ask: Ask) -> Result<Opened<()>, OpenError> {
+        if let Some(tunnel) = self.client() {
+            let header = OpenStream::ProxyConnect { target: target(ask)?, peer_addr: peer };
+            return open_on(&tunnel, &header, self.open_timeout, ()).await;
+        }
+        let group = self.groups.get(&self.name).ok_or(OpenError::TunnelGone)?;
+        let opened = group.open(peer, ask).await?;
+        Ok(Opened { send: opened.send, recv: opened.recv, by: (), hold: opened.hold })
+    }
+
+    fn flow(&self, peer: SocketAddr, ask: Ask) -> Result<FlowRoute, OpenError> {
+        if let Some(tunnel) = self.client() {
+            let header = OpenStream::ProxyUdpConnect { target: target(ask)?, peer_addr: peer };
+            return flow_on(&tunnel, &self.udp, header, None);
+        }
+        self.groups.get(&self.name).ok_or(OpenError::TunnelGone)?.flow(peer, ask)
+    }
+}
+
+/// Serves one configured proxy until `stop`; then its connections get `grace`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    proxy: ServerProxy,
+    via: Via,
+    runtime: Runtime,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let kind = match proxy.proxy.kind {
         ProxyType::Socks5 => ProxyKind::Socks5,
         ProxyType::Http => ProxyKind::Http,
     };
-    let settings = ProxySettings::new(kind, proxy.credential_pair(), proxy.handshake_timeout);
-    let via = proxy.via.clone().unwrap_or_default();
-    let tracker = shared.tracker.clone();
-    let grace = shared.config().limits.drain_grace();
-    front::serve(listener, settings, Arc::new(ThroughClient { shared, via }), tracker, (shutdown, grace)).await;
-}
-
-/// Targets leave from the client `via` (or from a client serving the group `via`), if it is
-/// connected.
-struct ThroughClient {
-    shared: Arc<Shared>,
-    via: String,
-}
-
-impl ThroughClient {
-    /// The tunnel (and its flow table) of the client `via`, or of a healthy backend's client
-    /// when `via` names a group.
-    fn tunnel(&self, peer: SocketAddr) -> Option<(Connection, Arc<FlowTable>)> {
-        if let Some(session) = self.shared.sessions.get(&self.via) {
-            return Some((session.conn.clone(), session.flows.clone()));
-        }
-        let backend = self.shared.groups.get(&self.via)?.pick(peer.ip(), &[])?;
-        Some((backend.conn.clone(), backend.flows.clone()))
-    }
-}
-
-impl Upstream for ThroughClient {
-    async fn open(&self, target: String, peer: SocketAddr) -> Result<(SendStream, RecvStream), DataStreamError> {
-        let tunnel = self.tunnel(peer);
-        let (conn, _) = tunnel.ok_or_else(|| DataStreamError::Tunnel(format!("`{}` is not connected", self.via)))?;
-        let header = OpenStream::ProxyConnect { target, peer_addr: peer };
-        datastream::open_confirmed(&conn, &header, self.shared.config().limits.stream_open_timeout()).await
-    }
-
-    fn udp(&self, peer: SocketAddr) -> Option<UdpRoute> {
-        let (conn, table) = self.tunnel(peer)?;
-        Some(UdpRoute { conn, table, header: |target, peer_addr| OpenStream::ProxyUdpConnect { target, peer_addr } })
-    }
+    let udp_stats = via.udp.stats.clone();
+    let settings = ProxySettings::new(kind, proxy.proxy.credential_pair(), proxy.proxy.handshake_timeout, udp_stats);
+    front::serve(listener, settings, Arc::new(via), runtime.tracker, (stop, grace)).await;
 }

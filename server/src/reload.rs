@@ -14,18 +14,22 @@
 //! - `bind`, `public_bind`, `[tls]`, `state_dir`, `[limits]`, `[vhost]`, `[control]` need a
 //!   restart: the report lists them and the running values stay.
 //!
-//! Every new socket is bound before anything changes, so a reload that cannot bind (or whose
-//! file does not load) changes nothing.
+//! The running config is read once, as one snapshot; every new socket is bound before anything
+//! changes, so a reload that cannot bind (or whose file does not load) changes nothing.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tracing::{info, warn};
-use wmproxy_config::{ClientEntry, ConfigError, GroupFile, ReloadReport, ServerConfig, ServiceType};
-use wmproxy_proto::wire::close_code;
+use wmproxy_config::{ClientEntry, ConfigError, GroupEntry, GroupKind, ReloadReport, ServerConfig};
+use wmproxy_wire::close_code;
 
-use crate::listeners::{self, GroupSocket};
-use crate::server::Shared;
+use crate::groups::{self, GroupSocket, Groups};
+use crate::listeners::Listeners;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, VhostPorts};
+use crate::sessions::Sessions;
+use crate::settings::ConfigCell;
+use crate::sockets::bind_reusable;
 
 /// Why a reload was not applied. The running config is untouched.
 #[derive(Debug, thiserror::Error)]
@@ -42,162 +46,169 @@ pub enum ReloadError {
         /// The entry (`groups.NAME`, `proxies.ADDR`).
         key: String,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
 }
 
-/// Re-reads the config file at `path` and applies it; counts the attempt in the metrics.
-pub(crate) async fn reload(shared: &Arc<Shared>, path: Option<&Path>) -> Result<ReloadReport, ReloadError> {
-    let _one_at_a_time = shared.reloading.lock().await;
-    shared.metrics.reloads.inc();
-    let result = match path {
-        None => Err(ReloadError::NoFile),
-        Some(path) => match wmproxy_config::load_server(path) {
-            Ok(new) => apply(shared, new).await,
-            Err(e) => Err(e.into()),
-        },
-    };
-    match &result {
-        Ok(report) => {
-            shared.metrics.last_reload_ok.set(1);
-            report.log();
-        }
-        Err(e) => {
-            shared.metrics.reload_failures.inc();
-            shared.metrics.last_reload_ok.set(0);
-            warn!(error = %e, "reload refused; the running config is unchanged");
-        }
-    }
-    result
+/// What a reload changes, and the lock that keeps two reloads from interleaving.
+#[derive(Debug)]
+pub(crate) struct Reloader {
+    pub config: Arc<ConfigCell>,
+    pub groups: Arc<Groups>,
+    pub listeners: Arc<Listeners>,
+    pub registry: Arc<Registry>,
+    pub sessions: Arc<Sessions>,
+    pub metrics: Arc<Metrics>,
+    pub vhost: VhostPorts,
+    /// Held while a reload applies, so that two (SIGHUP and `/reload`) never interleave.
+    pub one_at_a_time: tokio::sync::Mutex<()>,
 }
 
-/// Applies `new` to the running server.
-async fn apply(shared: &Arc<Shared>, new: ServerConfig) -> Result<ReloadReport, ReloadError> {
-    let loaded = shared.loaded();
-    let running = shared.config();
+impl Reloader {
+    /// Re-reads the config file and applies it; counts the attempt in the metrics.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.one_at_a_time.lock().await;
+        self.metrics.reloads.inc();
+        let result = match self.config.path() {
+            None => Err(ReloadError::NoFile),
+            Some(path) => match wmproxy_config::load_server(path) {
+                Ok(new) => self.apply(new).await,
+                Err(e) => Err(e.into()),
+            },
+        };
+        match &result {
+            Ok(report) => {
+                self.metrics.last_reload_ok.set(1);
+                report.log();
+            }
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                self.metrics.last_reload_ok.set(0);
+                warn!(error = %e, "reload refused; the running config is unchanged");
+            }
+        }
+        result
+    }
+
+    /// Applies `new` to the running server.
+    async fn apply(&self, mut new: ServerConfig) -> Result<ReloadReport, ReloadError> {
+        let old = self.config.snapshot();
+        let restart = keep_restart_settings(&mut new, &old);
+        let mut report = report(&old, &new);
+        report.restart_required = restart.restart_required;
+
+        // Bind first: a failure leaves everything as it was.
+        let mut group_sockets = Vec::new();
+        for entry in &new.groups {
+            let unmoved = old
+                .groups
+                .iter()
+                .any(|o| o.name == entry.name && o.kind.port() == entry.kind.port() && same_kind(o, entry));
+            if unmoved {
+                continue;
+            }
+            let key = format!("groups.{}", entry.name);
+            let bound =
+                groups::bind_port(old.public_bind, &entry.kind).map_err(|source| ReloadError::Bind { key, source })?;
+            if let Some(socket) = bound {
+                group_sockets.push((entry.name.clone(), socket));
+            }
+        }
+        let mut proxy_sockets = Vec::new();
+        for proxy in new.proxies.iter().filter(|p| !old.proxies.contains(p)) {
+            let key = format!("proxies.{}", proxy.proxy.listen);
+            let listener = bind_reusable(proxy.proxy.listen).map_err(|source| ReloadError::Bind { key, source })?;
+            proxy_sockets.push((proxy.clone(), listener));
+        }
+
+        let new = Arc::new(new);
+        self.config.set(new.clone());
+        self.apply_groups(&old.groups, &new.groups, group_sockets);
+        for proxy in old.proxies.iter().filter(|p| !new.proxies.contains(p)) {
+            self.listeners.stop(&format!("proxies.{}", proxy.proxy.listen));
+        }
+        for (proxy, listener) in proxy_sockets {
+            self.listeners.start_proxy(proxy, listener);
+        }
+        self.disconnect_revoked(&old, &new).await;
+        Ok(report)
+    }
+
+    fn apply_groups(
+        &self,
+        old: &[GroupEntry],
+        new: &[GroupEntry],
+        mut sockets: Vec<(wmproxy_wire::Name, GroupSocket)>,
+    ) {
+        for entry in old.iter().filter(|o| !new.iter().any(|n| n.name == o.name && same_kind(o, n))) {
+            self.listeners.stop(&format!("groups.{}", entry.name));
+            if let Some(group) = self.groups.remove(&entry.name) {
+                let dropped = group.clear();
+                info!(group = %entry.name, backends = dropped, "group removed by a reload");
+            }
+        }
+        for entry in new.iter().filter(|n| !old.contains(n)) {
+            let group = match self.groups.get(&entry.name) {
+                Some(group) => {
+                    group.update(entry);
+                    group
+                }
+                None => self.groups.insert(entry, self.port_of(&entry.kind)),
+            };
+            self.listeners.set_group_routes(group.clone(), entry);
+            if let Some(at) = sockets.iter().position(|(name, _)| *name == entry.name) {
+                let (_, socket) = sockets.swap_remove(at);
+                group.set_port(entry.kind.port().unwrap_or_default());
+                self.listeners.start_group_port(group, socket);
+            }
+        }
+    }
+
+    /// Where a group of `kind` is served.
+    fn port_of(&self, kind: &GroupKind) -> u16 {
+        match kind {
+            GroupKind::Tcp { remote_port } | GroupKind::Udp { remote_port } => *remote_port,
+            GroupKind::Http { .. } => self.vhost.http.unwrap_or_default(),
+            GroupKind::Https { .. } => self.vhost.https.unwrap_or_default(),
+        }
+    }
+
+    /// Disconnects clients whose entry the reload removed or whose token it changed: they must
+    /// authenticate again under the new config.
+    async fn disconnect_revoked(&self, old: &ServerConfig, new: &ServerConfig) {
+        for session in self.sessions.all() {
+            let before = old.client(&session.name).map(|e| &e.token);
+            let revoked = match new.client(&session.name) {
+                None => Some("this client was removed from the server's config"),
+                Some(entry) if Some(&entry.token) != before => Some("this client's token changed"),
+                Some(_) => None,
+            };
+            if let Some(reason) = revoked {
+                info!(client = %session.name, reason, "disconnecting a client after a reload");
+                self.registry.end(&self.sessions, &session, close_code::REJECTED, reason).await;
+            }
+        }
+    }
+}
+
+fn same_kind(a: &GroupEntry, b: &GroupEntry) -> bool {
+    a.kind.service_kind() == b.kind.service_kind()
+}
+
+/// What differs between `old` and `new`.
+fn report(old: &ServerConfig, new: &ServerConfig) -> ReloadReport {
     let mut report = ReloadReport::default();
-    report.compare("groups", &loaded.groups, &new.groups, |g| g.name.get_ref().clone());
-    report.compare("proxies", &loaded.proxies, &new.proxies, |p| p.listen.to_string());
-    report.compare("clients", &sorted(&loaded), &sorted(&new), |(name, _)| name.clone());
-    if loaded.shared != new.shared {
+    report.compare("groups", &old.groups, &new.groups, |g| g.name.to_string());
+    report.compare("proxies", &old.proxies, &new.proxies, |p| p.proxy.listen.to_string());
+    report.compare("clients", &sorted(old), &sorted(new), |(name, _)| name.clone());
+    if old.shared != new.shared {
         report.changed.push("token".into());
     }
-    if loaded.egress != new.egress {
+    if old.egress != new.egress {
         report.changed.push("egress".into());
     }
-    report.restart_if("bind", &loaded.bind, &new.bind);
-    report.restart_if("public_bind", &loaded.public_bind, &new.public_bind);
-    report.restart_if("tls", &loaded.tls, &new.tls);
-    report.restart_if("state_dir", &loaded.state_dir, &new.state_dir);
-    report.restart_if("limits", &loaded.limits, &new.limits);
-    report.restart_if("vhost", &loaded.vhost, &new.vhost);
-    report.restart_if("control", &loaded.control, &new.control);
-
-    // Bind first: a failure leaves everything as it was.
-    let public_bind = running.public_bind;
-    let mut group_sockets = Vec::new();
-    for file in &new.groups {
-        let old = loaded.groups.iter().find(|g| g.name == file.name && g.kind == file.kind);
-        if old.is_some_and(|o| o.remote_port == file.remote_port) {
-            continue;
-        }
-        let key = format!("groups.{}", file.name.get_ref());
-        let socket = listeners::bind_group(public_bind, file).map_err(|source| ReloadError::Bind { key, source })?;
-        group_sockets.push((file.clone(), socket));
-    }
-    let mut proxy_sockets = Vec::new();
-    for proxy in &new.proxies {
-        if loaded.proxies.contains(proxy) {
-            continue;
-        }
-        let key = format!("proxies.{}", proxy.listen);
-        let listener = listeners::bind_reusable(proxy.listen).map_err(|source| ReloadError::Bind { key, source })?;
-        proxy_sockets.push((proxy.clone(), listener));
-    }
-
-    // The new config, with the running values of the settings that need a restart.
-    let mut effective = new.clone();
-    keep_restart_settings(&mut effective, &running);
-    let mut as_loaded = new;
-    keep_restart_settings(&mut as_loaded, &loaded);
-    shared.set_config(Arc::new(effective), Arc::new(as_loaded));
-    let config = shared.config();
-
-    apply_groups(shared, &loaded.groups, &config, group_sockets);
-    for proxy in &loaded.proxies {
-        if !config.proxies.contains(proxy) {
-            shared.listeners.stop(&format!("proxies.{}", proxy.listen));
-        }
-    }
-    for (proxy, listener) in proxy_sockets {
-        listeners::spawn_proxy(shared, proxy, listener);
-    }
-    disconnect_revoked(shared, &running, &config).await;
-    Ok(report)
-}
-
-fn apply_groups(
-    shared: &Arc<Shared>,
-    old: &[GroupFile],
-    config: &ServerConfig,
-    sockets: Vec<(GroupFile, Option<GroupSocket>)>,
-) {
-    for file in old {
-        let kept = config.groups.iter().any(|g| g.name == file.name && g.kind == file.kind);
-        if !kept {
-            remove_group(shared, file.name.get_ref());
-        }
-    }
-    for file in &config.groups {
-        if old.contains(file) {
-            continue;
-        }
-        let group = match shared.groups.get(file.name.get_ref()) {
-            Some(group) => {
-                group.update(file);
-                group
-            }
-            None => shared.groups.insert(file, &config.vhost),
-        };
-        if matches!(file.kind, ServiceType::Http | ServiceType::Https) {
-            shared.router.add_group(&group, file);
-        }
-    }
-    for (file, socket) in sockets {
-        let Some(group) = shared.groups.get(file.name.get_ref()) else { continue };
-        if let Some(socket) = socket {
-            group.set_port(file.remote_port);
-            listeners::spawn_group(shared, group, socket);
-        }
-    }
-}
-
-/// Takes a removed group out: its port stops, its routes go, its backends get no more work.
-fn remove_group(shared: &Shared, name: &str) {
-    shared.listeners.stop(&format!("groups.{name}"));
-    shared.router.remove_group(name);
-    if let Some(group) = shared.groups.remove(name) {
-        let dropped = group.clear();
-        info!(group = %name, backends = dropped, "group removed by a reload");
-    }
-}
-
-/// Disconnects clients whose entry the reload removed or whose token it changed: they must
-/// authenticate again under the new config.
-async fn disconnect_revoked(shared: &Shared, old: &ServerConfig, new: &ServerConfig) {
-    for session in shared.sessions.all() {
-        let before = old.client(&session.name).map(|e| &e.token);
-        let revoked = match new.client(&session.name) {
-            None => Some("this client was removed from the server's config"),
-            Some(entry) if Some(&entry.token) != before => Some("this client's token changed"),
-            Some(_) => None,
-        };
-        if let Some(reason) = revoked {
-            info!(client = %session.name, reason, "disconnecting a client after a reload");
-            session.shut(&shared.router, close_code::REJECTED, reason).await;
-            shared.sessions.remove(&session);
-        }
-    }
+    report
 }
 
 /// Named clients in name order, for comparing.
@@ -207,8 +218,17 @@ fn sorted(config: &ServerConfig) -> Vec<(String, ClientEntry)> {
     clients
 }
 
-/// Copies into `config` the settings of `from` that a reload does not change.
-fn keep_restart_settings(config: &mut ServerConfig, from: &ServerConfig) {
+/// Copies into `config` the settings of `from` that a reload does not change, and reports those
+/// that differed as needing a restart.
+fn keep_restart_settings(config: &mut ServerConfig, from: &ServerConfig) -> ReloadReport {
+    let mut report = ReloadReport::default();
+    report.restart_if("bind", &from.bind, &config.bind);
+    report.restart_if("public_bind", &from.public_bind, &config.public_bind);
+    report.restart_if("tls", &from.tls, &config.tls);
+    report.restart_if("state_dir", &from.state_dir, &config.state_dir);
+    report.restart_if("limits", &from.limits, &config.limits);
+    report.restart_if("vhost", &from.vhost, &config.vhost);
+    report.restart_if("control", &from.control, &config.control);
     config.bind = from.bind;
     config.public_bind = from.public_bind;
     config.tls.clone_from(&from.tls);
@@ -216,4 +236,5 @@ fn keep_restart_settings(config: &mut ServerConfig, from: &ServerConfig) {
     config.limits.clone_from(&from.limits);
     config.vhost.clone_from(&from.vhost);
     config.control.clone_from(&from.control);
+    report
 }

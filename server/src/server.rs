@@ -1,26 +1,37 @@
-//! The server: its QUIC endpoint, the accept loop and graceful shutdown.
+//! The server, composed: [`Server::bind`] builds each subsystem and hands every module only
+//! the handles it uses; [`Server::run`] is the accept loop and the graceful shutdown.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::VarInt;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::ServerConfig;
-use wmproxy_proto::tls::Fingerprint;
-use wmproxy_proto::transport::{self, TransportTuning};
-use wmproxy_proto::udp::{UdpSnapshot, UdpStats};
-use wmproxy_proto::wire::{ALPN, close_code};
+use wmproxy_config::{GroupKind, ServerConfig};
+use wmproxy_tunnel::tls::Fingerprint;
+use wmproxy_tunnel::transport::{self, TransportTuning};
+use wmproxy_tunnel::udp::UdpSnapshot;
+use wmproxy_wire::{ALPN, close_code};
 
+use crate::control::ServerControl;
 use crate::groups::{self, GroupStatus, Groups};
 use crate::identity::{Identity, IdentityError};
+use crate::listeners::Listeners;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, VhostPorts};
+use crate::reload::{ReloadError, Reloader};
+use crate::routes::Routes;
+use crate::runtime::{Runtime, Serving};
 use crate::sessions::Sessions;
-use crate::throttle::AuthThrottle;
-use crate::{listeners, tunnel};
+use crate::settings::ConfigCell;
+use crate::sockets::{bind_reusable, bind_tcp};
+use crate::tunnel::Tunnels;
+use crate::udp::UdpBudget;
+use crate::vhost::Vhost;
 
 /// How long shutdown waits, beyond the drain grace period, for tasks to end before closing the
 /// endpoint regardless.
@@ -34,161 +45,125 @@ pub enum ServerError {
     Identity(#[from] IdentityError),
     /// The certificate or key was refused by TLS.
     #[error("TLS setup failed: {0}")]
-    Tls(String),
-    /// The UDP socket could not be bound.
-    #[error("cannot bind UDP {addr}: {source}")]
+    Tls(#[source] rustls::Error),
+    /// The certificate suits no QUIC cipher suite.
+    #[error("TLS setup failed: {0}")]
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// A socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
+        #[source]
         source: io::Error,
     },
 }
 
-/// State every task of the server shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// The running config; a reload swaps it (see [`Shared::config`]).
-    config: std::sync::RwLock<Arc<ServerConfig>>,
-    /// The config as the file gave it (port 0 where the system picked one): what a reload
-    /// compares against.
-    loaded: std::sync::RwLock<Arc<ServerConfig>>,
-    /// The file the config came from, if any.
-    pub config_path: std::sync::OnceLock<std::path::PathBuf>,
-    /// Held while a reload applies, so that two (SIGHUP and `/reload`) never interleave.
-    pub reloading: tokio::sync::Mutex<()>,
-    pub sessions: Sessions,
-    pub tracker: TaskTracker,
-    /// Counters of every client's UDP flows.
-    pub udp_stats: Arc<UdpStats>,
-    /// Permits for UDP flows, all clients together.
-    pub udp_flows: Arc<Semaphore>,
-    /// Load-balancing groups.
-    pub groups: Groups,
-    /// HTTP routes of the vhost port.
-    pub router: crate::vhost::Router,
-    /// `[vhost.tls]`: the HTTPS port terminates TLS for names no `https` route claims.
-    pub vhost_tls: Option<Arc<rustls::ServerConfig>>,
-    /// Prometheus counters.
-    pub metrics: crate::metrics::Metrics,
-    /// Stop tokens of the group ports and proxies.
-    pub listeners: listeners::Listeners,
-    /// Where the proxies listen (bound addresses, in config order).
-    pub proxy_addrs: Vec<SocketAddr>,
-    throttle: Mutex<AuthThrottle>,
-}
-
-impl Shared {
-    /// The running config, as of now. A task that needs one consistent view keeps the `Arc`.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The config as loaded, for comparing with a reloaded file.
-    pub fn loaded(&self) -> Arc<ServerConfig> {
-        self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Installs a reloaded config: `running` is what tasks read, `loaded` what the file said.
-    pub fn set_config(&self, running: Arc<ServerConfig>, loaded: Arc<ServerConfig>) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = running;
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = loaded;
-    }
-
-    /// The failed-auth table. Never held across an `.await`.
-    pub fn throttle(&self) -> MutexGuard<'_, AuthThrottle> {
-        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// Where the server's own listeners are bound (port 0 in the config becomes the real port).
+#[derive(Debug, Clone, Default)]
+struct Bound {
+    vhost: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+    control: Option<SocketAddr>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
     endpoint: quinn::Endpoint,
-    group_listeners: Vec<(Arc<groups::Group>, crate::listeners::GroupSocket)>,
-    proxy_listeners: Vec<(wmproxy_config::Proxy, tokio::net::TcpListener)>,
-    vhost_listener: Option<tokio::net::TcpListener>,
-    tls_listener: Option<tokio::net::TcpListener>,
-    control_listener: Option<tokio::net::TcpListener>,
-    shared: Arc<Shared>,
     fingerprint: Fingerprint,
-    clients: Arc<Semaphore>,
+    handle: ServerHandle,
+    tunnels: Arc<Tunnels>,
+    vhost: Vhost,
+    vhost_listener: Option<TcpListener>,
+    tls_listener: Option<TcpListener>,
+    control: Option<(TcpListener, String)>,
+    max_clients: u32,
+    /// Stops everything started so far if the server is dropped without running.
+    _stop_unless_run: DropGuard,
 }
 
 /// A cheap view of a running server, for status and tests.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     // Deliberately not the endpoint: a handle must not keep the UDP port bound after `run`.
-    shared: Arc<Shared>,
+    sessions: Arc<Sessions>,
+    groups: Arc<Groups>,
+    listeners: Arc<Listeners>,
+    reloader: Arc<Reloader>,
+    udp: UdpBudget,
+    runtime: Runtime,
+    config: Arc<ConfigCell>,
+    bound: Bound,
 }
 
 impl ServerHandle {
     /// Names of the clients connected now.
     pub fn clients(&self) -> Vec<String> {
-        self.shared.sessions.names()
+        self.sessions.all().iter().map(|s| s.name.to_string()).collect()
     }
 
     /// Source addresses in the failed-auth table.
     pub fn throttled_addresses(&self) -> usize {
-        self.shared.throttle().len()
+        self.sessions.throttle().len()
     }
 
     /// Tasks alive on the server's tracker: one per tunnel, stream and UDP flow.
     pub fn tasks(&self) -> usize {
-        self.shared.tracker.len()
+        self.runtime.tracker.len()
     }
 
     /// Where the HTTPS (SNI) port listens, if configured.
     pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.shared.config().vhost.https_bind
+        self.bound.https
     }
 
     /// Where the control API listens, if `[control]` is set.
     pub fn control_addr(&self) -> Option<SocketAddr> {
-        self.shared.config().control.as_ref().and_then(|c| c.bind)
+        self.bound.control
     }
 
     /// Where the vhost port listens, if configured.
     pub fn vhost_addr(&self) -> Option<SocketAddr> {
-        self.shared.config().vhost.http_bind
+        self.bound.vhost
     }
 
-    /// Where the server's proxies listen, in config order.
+    /// Where the server's proxies listen now, in the order they started.
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
-        self.shared.proxy_addrs.clone()
+        self.listeners.proxy_addrs()
     }
 
     /// Every group with its backends' health, sorted by name.
     pub fn groups(&self) -> Vec<GroupStatus> {
-        let mut all: Vec<_> = self.shared.groups.all().iter().map(|g| g.status()).collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        self.groups.statuses()
     }
 
-    /// Drains (or restores) the backend `service` of `client` in every group it serves.
-    /// Returns whether one was found.
+    /// Drains (or restores) the backend `service` of `client`. Returns whether one was found.
     pub fn set_drained(&self, client: &str, service: &str, drained: bool) -> bool {
-        self.shared.sessions.set_drained(client, service, drained)
+        self.groups.backend(client, service).map(|b| b.set_drained(drained)).is_some()
     }
 
     /// Re-reads the config file the server was started from and applies it (what SIGHUP and
     /// `POST /reload` do); the report says what changed.
-    pub async fn reload(&self) -> Result<wmproxy_config::ReloadReport, crate::reload::ReloadError> {
-        crate::reload::reload(&self.shared, self.shared.config_path.get().map(|p| p.as_path())).await
+    pub async fn reload(&self) -> Result<wmproxy_config::ReloadReport, ReloadError> {
+        self.reloader.reload().await
     }
 
     /// UDP counters, all clients together (`active_flows` is the size of the flow tables).
     pub fn udp_stats(&self) -> UdpSnapshot {
-        self.shared.udp_stats.snapshot()
+        self.udp.stats.snapshot()
     }
 }
 
 impl Server {
-    /// Loads the identity and binds the UDP endpoint. Must be called inside a tokio runtime.
+    /// Loads the identity, binds every socket and builds the subsystems. Must be called inside
+    /// a tokio runtime.
     pub fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let bind_err = |addr: SocketAddr| move |source| ServerError::Bind { addr, source };
         let identity = Identity::load_or_generate(config.tls.as_ref(), &config.state_dir)?;
         let fingerprint = identity.fingerprint;
-        let limits = &config.limits;
+        let limits = config.limits.clone();
         let tuning = TransportTuning {
             // Forwards, UDP flows (one stream each) and the control stream.
             max_concurrent_streams: limits
@@ -197,95 +172,126 @@ impl Server {
                 .saturating_add(1),
             ..TransportTuning::default()
         };
-        let server_config = quic_server_config(identity, &tuning)?;
-        let socket =
-            transport::bind_udp(config.bind).map_err(|source| ServerError::Bind { addr: config.bind, source })?;
-        let endpoint = transport::endpoint(socket, Some(server_config))
-            .map_err(|source| ServerError::Bind { addr: config.bind, source })?;
-        let clients = Arc::new(Semaphore::new(config.limits.max_clients as usize));
-        let loaded = Arc::new(config.clone());
-        let mut proxy_listeners = Vec::new();
-        for proxy in &config.proxies {
-            let addr = proxy.listen;
-            let listener = listeners::bind_reusable(addr).map_err(|source| ServerError::Bind { addr, source })?;
-            proxy_listeners.push((proxy.clone(), listener));
-        }
-        let vhost_listener = match config.vhost.http_bind {
-            Some(addr) => Some(bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?),
-            None => None,
-        };
-        let tls_listener = match config.vhost.https_bind {
-            Some(addr) => Some(bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?),
-            None => None,
-        };
-        let mut config = config;
-        // With port 0 the system picked one: routes report the port actually bound.
-        if let Some(bound) = vhost_listener.as_ref().and_then(|l| l.local_addr().ok()) {
-            config.vhost.http_bind = Some(bound);
-        }
-        if let Some(bound) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
-            config.vhost.https_bind = Some(bound);
-        }
-        let control_listener = match &mut config.control {
+        let socket = transport::bind_udp(config.bind).map_err(bind_err(config.bind))?;
+        let endpoint =
+            transport::endpoint(socket, Some(quic_server_config(identity, &tuning)?)).map_err(bind_err(config.bind))?;
+
+        let bind_opt = |addr: Option<SocketAddr>| addr.map(|a| bind_tcp(a).map_err(bind_err(a))).transpose();
+        let vhost_listener = bind_opt(config.vhost.http_bind)?;
+        let tls_listener = bind_opt(config.vhost.https_bind)?;
+        let control = match &config.control {
             Some(control) => {
                 let addr = control.addr(wmproxy_config::control::SERVER_CONTROL_BIND);
-                let listener = bind_tcp(addr).map_err(|source| ServerError::Bind { addr, source })?;
-                control.bind = listener.local_addr().ok();
-                Some(listener)
+                Some((bind_tcp(addr).map_err(bind_err(addr))?, control.token.expose().to_owned()))
             }
             None => None,
         };
-        let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
-        let groups = Groups::new(&config.groups, &config.vhost);
-        let router = crate::vhost::Router::default();
-        let mut group_listeners = Vec::new();
-        for file in &config.groups {
-            let Some(group) = groups.get(file.name.get_ref()) else { continue };
-            let addr = SocketAddr::new(config.public_bind, file.remote_port);
-            match listeners::bind_group(config.public_bind, file)
-                .map_err(|source| ServerError::Bind { addr, source })?
-            {
-                Some(socket) => group_listeners.push((group, socket)),
-                None => router.add_group(&group, file),
+        let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let bound = Bound {
+            vhost: local(&vhost_listener),
+            https: local(&tls_listener),
+            control: control.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+        };
+        let vhost_ports = VhostPorts {
+            // Without an HTTP port, a TLS-terminating HTTPS port serves the `http` routes.
+            http: bound.vhost.or(bound.https.filter(|_| config.vhost.tls.is_some())).map(|a| a.port()),
+            https: bound.https.map(|a| a.port()),
+            subdomain_host: config.vhost.subdomain_host.as_deref().map(wmproxy_config::vhost::normalize_host),
+        };
+
+        let runtime = Runtime::default();
+        let metrics = Arc::new(Metrics::default());
+        let udp = UdpBudget::new(limits.max_udp_flows);
+        let serving = Serving {
+            runtime: runtime.clone(),
+            grace: limits.drain_grace(),
+            open_timeout: limits.stream_open_timeout(),
+            metrics: metrics.clone(),
+            udp_stats: udp.stats.clone(),
+        };
+        let sessions = Arc::new(Sessions::default());
+        let routes = Arc::new(Routes::default());
+        let groups = Arc::new(Groups::new(limits.stream_open_timeout(), udp.clone()));
+        let registry = Arc::new(Registry::new(
+            routes.clone(),
+            groups.clone(),
+            serving.clone(),
+            udp.clone(),
+            (config.public_bind, vhost_ports.clone()),
+        ));
+        let listeners =
+            Arc::new(Listeners::new(groups.clone(), routes.clone(), sessions.clone(), serving.clone(), udp.clone()));
+
+        // The config's own listeners start at once: their stop tokens are children of the root,
+        // which the drop guard cancels if the server never runs.
+        for entry in &config.groups {
+            let port = match &entry.kind {
+                GroupKind::Tcp { remote_port } | GroupKind::Udp { remote_port } => *remote_port,
+                GroupKind::Http { .. } => vhost_ports.http.unwrap_or_default(),
+                GroupKind::Https { .. } => vhost_ports.https.unwrap_or_default(),
+            };
+            let group = groups.insert(entry, port);
+            listeners.set_group_routes(group.clone(), entry);
+            let addr = SocketAddr::new(config.public_bind, port);
+            if let Some(socket) = groups::bind_port(config.public_bind, &entry.kind).map_err(bind_err(addr))? {
+                listeners.start_group_port(group, socket);
             }
         }
-        let vhost_tls = match &config.vhost.tls {
-            Some(files) => Some(vhost_tls_config(Identity::load(&files.cert, &files.key)?)?),
-            None => None,
+        for proxy in &config.proxies {
+            let addr = proxy.proxy.listen;
+            listeners.start_proxy(proxy.clone(), bind_reusable(addr).map_err(bind_err(addr))?);
+        }
+        let vhost = Vhost {
+            routes,
+            serving,
+            header_read_timeout: config.vhost.header_read_timeout(),
+            max_header_bytes: config.vhost.max_header_bytes,
+            tls: match &config.vhost.tls {
+                Some(files) => Some(vhost_tls_config(Identity::load(&files.cert, &files.key)?)?),
+                None => None,
+            },
         };
-        let shared = Arc::new(Shared {
-            config: std::sync::RwLock::new(Arc::new(config)),
-            loaded: std::sync::RwLock::new(loaded),
-            config_path: std::sync::OnceLock::new(),
-            reloading: tokio::sync::Mutex::new(()),
-            sessions: Sessions::default(),
-            tracker: TaskTracker::new(),
-            udp_stats: Arc::default(),
-            udp_flows,
-            groups,
-            router,
-            vhost_tls,
-            metrics: crate::metrics::Metrics::default(),
-            listeners: listeners::Listeners::default(),
-            proxy_addrs: proxy_listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect(),
-            throttle: Mutex::new(AuthThrottle::default()),
+
+        let max_clients = limits.max_clients;
+        let config = Arc::new(ConfigCell::new(config));
+        let reloader = Arc::new(Reloader {
+            config: config.clone(),
+            groups: groups.clone(),
+            listeners: listeners.clone(),
+            registry: registry.clone(),
+            sessions: sessions.clone(),
+            metrics: metrics.clone(),
+            vhost: vhost_ports,
+            one_at_a_time: tokio::sync::Mutex::new(()),
         });
+        let tunnels = Arc::new(Tunnels {
+            sessions: sessions.clone(),
+            registry,
+            config: config.clone(),
+            metrics,
+            udp: udp.clone(),
+            runtime: runtime.clone(),
+            limits,
+        });
+        let handle =
+            ServerHandle { sessions, groups, listeners, reloader, udp, runtime: runtime.clone(), config, bound };
         Ok(Self {
             endpoint,
-            group_listeners,
-            proxy_listeners,
+            fingerprint,
+            handle,
+            tunnels,
+            vhost,
             vhost_listener,
             tls_listener,
-            control_listener,
-            shared,
-            fingerprint,
-            clients,
+            control,
+            max_clients,
+            _stop_unless_run: runtime.shutdown.clone().drop_guard(),
         })
     }
 
     /// The config file this server was loaded from: `/reload` and `/adapt` re-read it.
     pub fn set_config_path(&mut self, path: std::path::PathBuf) {
-        let _ = self.shared.config_path.set(path);
+        self.handle.config.set_path(path);
     }
 
     /// The bound UDP address.
@@ -300,48 +306,54 @@ impl Server {
 
     /// A view for status queries.
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle { shared: self.shared.clone() }
+        self.handle.clone()
     }
 
-    /// Serves until `shutdown` is cancelled, then closes every tunnel and waits (up to a few
-    /// seconds) for their tasks.
+    /// Serves until `shutdown` is cancelled (or `/stop`), then closes every tunnel and waits (up
+    /// to the drain grace and a few seconds more) for their tasks.
     pub async fn run(self, shutdown: CancellationToken) {
         let Self {
             endpoint,
-            shared,
-            clients,
-            group_listeners,
-            proxy_listeners,
+            handle,
+            tunnels,
+            vhost,
             vhost_listener,
             tls_listener,
-            control_listener,
+            control,
+            max_clients,
+            _stop_unless_run: stop_guard,
             ..
         } = self;
-        if let (Some(listener), Some(control)) = (control_listener, &shared.config().control) {
-            let api = crate::control::ServerControl { shared: shared.clone(), stop: shutdown.clone() };
-            let token = control.token.expose().to_owned();
-            let serve =
-                wmproxy_proto::control::serve(listener, token, Arc::new(api), shutdown.clone(), shared.tracker.clone());
-            shared.tracker.spawn(serve.instrument(info_span!("control_api")));
+        let runtime = handle.runtime.clone();
+        let root = runtime.shutdown.clone();
+        let tracker = runtime.tracker.clone();
+        if let Some((listener, token)) = control {
+            let api = ServerControl {
+                config: handle.config.clone(),
+                sessions: handle.sessions.clone(),
+                groups: handle.groups.clone(),
+                metrics: tunnels.metrics.clone(),
+                udp: handle.udp.stats.clone(),
+                reloader: handle.reloader.clone(),
+                stop: root.clone(),
+            };
+            let serve = wmproxy_ops::control::serve(listener, token, Arc::new(api), root.clone(), tracker.clone());
+            tracker.spawn(serve.instrument(info_span!("control_api")));
         }
         if let Some(listener) = tls_listener {
-            let serve = crate::vhost::serve_tls(listener, shared.clone(), shutdown.clone());
-            shared.tracker.spawn(serve.instrument(info_span!("https")));
+            tracker
+                .spawn(crate::vhost::serve_tls(listener, vhost.clone(), root.clone()).instrument(info_span!("https")));
         }
         if let Some(listener) = vhost_listener {
-            let serve = crate::vhost::serve(listener, shared.clone(), shutdown.clone());
-            shared.tracker.spawn(serve.instrument(info_span!("vhost")));
+            tracker.spawn(crate::vhost::serve(listener, vhost, root.clone()).instrument(info_span!("vhost")));
         }
-        shared.listeners.set_root(shutdown.clone());
-        for (proxy, listener) in proxy_listeners {
-            listeners::spawn_proxy(&shared, proxy, listener);
-        }
-        for (group, socket) in group_listeners {
-            listeners::spawn_group(&shared, group, socket);
-        }
+
+        // Every tunnel holds one, from its first packet to its end.
+        let clients = Arc::new(Semaphore::new(max_clients as usize));
         loop {
             let incoming = tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = root.cancelled() => break,
                 incoming = endpoint.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
@@ -351,19 +363,20 @@ impl Server {
                 continue;
             };
             let span = info_span!("tunnel", peer = %incoming.remote_address(), client = tracing::field::Empty);
-            let task = tunnel::serve(incoming, shared.clone(), shutdown.clone());
-            shared.tracker.spawn(
+            let tunnel = tunnels.clone().serve(incoming);
+            tracker.spawn(
                 async move {
-                    task.await;
+                    tunnel.await;
                     drop(permit);
                 }
                 .instrument(span),
             );
         }
         info!("shutting down");
-        shared.tracker.close();
-        let drain = shared.config().limits.drain_grace().saturating_add(DRAIN_TIMEOUT);
-        if tokio::time::timeout(drain, shared.tracker.wait()).await.is_err() {
+        drop(stop_guard);
+        tracker.close();
+        let drain = tunnels.limits.drain_grace().saturating_add(DRAIN_TIMEOUT);
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             warn!("tasks still running after the drain timeout; closing anyway");
         }
         endpoint.close(VarInt::from_u32(close_code::NORMAL), b"server shutting down");
@@ -372,37 +385,28 @@ impl Server {
     }
 }
 
-/// Binds a TCP listener without awaiting (for listeners bound at start, and public ports).
-/// The backlog is tokio's (1024) rather than std's 128, so bursts of users are not refused.
-pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
 /// The TLS setup of the HTTPS port's terminated connections (HTTP/1.1).
 fn vhost_tls_config(identity: Identity) -> Result<Arc<rustls::ServerConfig>, ServerError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(wmproxy_proto::tls::crypto_provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(wmproxy_tunnel::tls::crypto_provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .map_err(ServerError::Tls)?
         .with_no_client_auth()
         .with_single_cert(identity.certs, identity.key)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+        .map_err(ServerError::Tls)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
 }
 
 fn quic_server_config(identity: Identity, tuning: &TransportTuning) -> Result<quinn::ServerConfig, ServerError> {
-    let provider = wmproxy_proto::tls::crypto_provider();
+    let provider = wmproxy_tunnel::tls::crypto_provider();
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .map_err(ServerError::Tls)?
         .with_no_client_auth()
         .with_single_cert(identity.certs, identity.key)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+        .map_err(ServerError::Tls)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| ServerError::Tls(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(ServerError::Quic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(tuning.to_config()));
     Ok(config)

@@ -3,21 +3,28 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use quinn::{RecvStream, SendStream, VarInt};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
-use wmproxy_proto::stream::{StreamError, read_frame, read_frame_body, write_frame};
-use wmproxy_proto::wire::{
-    self, ControlReply, ControlRequest, Hello, HelloReply, PROTOCOL_VERSION, RejectReason, auth, close_code, frame,
+use wmproxy_config::{Limits, ServerConfig};
+use wmproxy_tunnel::stream::{StreamError, read_frame, read_frame_body, write_frame};
+use wmproxy_tunnel::udp::FlowTable;
+use wmproxy_tunnel::{Side, Tunnel};
+use wmproxy_wire::{
+    ControlReply, ControlRequest, HelloReply, Name, PROTOCOL_VERSION, RejectReason, ServiceSpec, close_code,
 };
 
-use crate::server::Shared;
-use crate::sessions::Session;
-use crate::{connect, publish};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+use crate::sessions::{Session, Sessions};
+use crate::settings::ConfigCell;
+use crate::udp::UdpBudget;
+use crate::{auth, connect};
 
-/// Why a tunnel ended abnormally. Logged; never sent to the peer beyond the close reason.
+/// Why a tunnel ended abnormally. Logged; the peer sees only the close reason.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TunnelError {
     #[error("QUIC handshake failed: {0}")]
@@ -32,215 +39,221 @@ pub(crate) enum TunnelError {
     Unexpected,
 }
 
+impl TunnelError {
+    /// Whose fault it is: a rejection is the user's (the connecting peer), the rest the
+    /// tunnel's.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::Rejected(_) => Side::User,
+            _ => Side::Tunnel,
+        }
+    }
+}
+
 impl From<tokio::time::error::Elapsed> for TunnelError {
     fn from(_: tokio::time::error::Elapsed) -> Self {
         Self::Timeout
     }
 }
 
-/// Serves one incoming connection to its end. Runs in its own task, under the span
-/// `tunnel{peer, client}`.
-pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
-    match run(incoming, &shared, &shutdown).await {
-        Ok(()) => info!("tunnel closed"),
-        Err(TunnelError::Rejected(reason)) => warn!(%reason, "client rejected"),
-        Err(e) => warn!(error = %e, "tunnel ended"),
-    }
+/// What the tunnels of the server use: the sessions (with the login throttle), the registry,
+/// the running config, the metrics, the UDP budget and the runtime.
+#[derive(Debug)]
+pub(crate) struct Tunnels {
+    pub sessions: Arc<Sessions>,
+    pub registry: Arc<Registry>,
+    pub config: Arc<ConfigCell>,
+    pub metrics: Arc<Metrics>,
+    pub udp: UdpBudget,
+    pub runtime: Runtime,
+    /// Settings that need a restart.
+    pub limits: Limits,
 }
 
-async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, shutdown: &CancellationToken) -> Result<(), TunnelError> {
-    let peer = incoming.remote_address();
-    let handshake_timeout = shared.config().limits.handshake_timeout();
-    let deadline = tokio::time::Instant::now() + handshake_timeout;
+impl Tunnels {
+    /// Serves one incoming connection to its end. Runs in its own task, under the span
+    /// `tunnel{peer, client}`.
+    pub async fn serve(self: Arc<Self>, incoming: quinn::Incoming) {
+        match self.run(incoming).await {
+            Ok(()) => info!("tunnel closed"),
+            Err(TunnelError::Rejected(reason)) => warn!(%reason, "client rejected"),
+            Err(e) => warn!(error = %e, side = %e.side(), "tunnel ended"),
+        }
+    }
 
-    let handshake = tokio::time::timeout_at(deadline, async {
+    async fn run(&self, incoming: quinn::Incoming) -> Result<(), TunnelError> {
+        let peer = incoming.remote_address();
+        let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout();
+        // The handshake and the first registration see one config.
+        let config = self.config.snapshot();
+        let handshake = tokio::time::timeout_at(deadline, self.handshake(incoming, peer, &config)).await;
+        let (conn, name, (mut send, mut recv)) =
+            handshake.map_err(TunnelError::from).and_then(|r| r).inspect_err(|e| {
+                match e {
+                    TunnelError::Rejected(_) => &self.metrics.auth_failures,
+                    _ => &self.metrics.handshakes_failed,
+                }
+                .inc();
+            })?;
+        Span::current().record("client", name.as_str());
+        let _counted = self.metrics.tunnel();
+
+        let session = self.sessions.create(name, self.tunnel(conn.clone()), self.limits.max_streams_per_client);
+        if let Some(old) = self.sessions.insert(&session) {
+            info!("replacing the previous session of this client");
+            let reason = "replaced by a newer connection of this client";
+            self.registry.end(&self.sessions, &old, close_code::REPLACED, reason).await;
+        }
+        info!("client authenticated");
+        let flows = session.tunnel.flows().clone().run(conn.clone(), self.limits.udp_flow_idle_timeout());
+        self.runtime.tracker.spawn(flows.in_current_span());
+
+        let served = async {
+            let request = tokio::time::timeout_at(deadline, read_frame::<ControlRequest, _>(&mut recv)).await??;
+            let ControlRequest::Register { services } = request else {
+                return Err(TunnelError::Unexpected);
+            };
+            self.register(services, &mut send, &session, &config).await?;
+            tokio::select! {
+                () = self.runtime.shutdown.cancelled() => {
+                    self.drain(&session).await;
+                    Ok(())
+                }
+                reason = conn.closed() => {
+                    info!(%reason, "client disconnected");
+                    Ok(())
+                }
+                result = self.control_loop((&mut send, &mut recv), &session) => result,
+                () = self.accept_streams(&session) => Ok(()),
+            }
+        }
+        .await;
+
+        let (code, reason) = match &served {
+            Ok(()) if self.runtime.shutdown.is_cancelled() => (close_code::NORMAL, "server shutting down".to_owned()),
+            Ok(()) => (close_code::NORMAL, "server closing the tunnel".to_owned()),
+            Err(e) => (close_code::PROTOCOL_ERROR, e.to_string()),
+        };
+        self.registry.end(&self.sessions, &session, code, &reason).await;
+        served
+    }
+
+    /// The QUIC handshake and the Hello. Returns the connection, the client's name and the
+    /// control stream.
+    async fn handshake(
+        &self,
+        incoming: quinn::Incoming,
+        peer: SocketAddr,
+        config: &ServerConfig,
+    ) -> Result<(quinn::Connection, Name, (SendStream, RecvStream)), TunnelError> {
         let conn = incoming.await?;
-        let (name, control) = authenticate(&conn, peer, shared).await.inspect_err(|e| {
-            let code =
-                if matches!(e, TunnelError::Rejected(_)) { close_code::REJECTED } else { close_code::PROTOCOL_ERROR };
-            conn.close(VarInt::from_u32(code), e.to_string().as_bytes());
-        })?;
-        Ok::<_, TunnelError>((conn, name, control))
-    })
-    .await
-    .map_err(TunnelError::from)
-    .and_then(|r| r);
-    let (conn, name, (mut send, mut recv)) = handshake.inspect_err(|e| {
-        let failed = match e {
-            TunnelError::Rejected(_) => &shared.metrics.auth_failures,
-            _ => &shared.metrics.handshakes_failed,
-        };
-        failed.inc();
-    })?;
-    Span::current().record("client", name.as_str());
-    let _counted = shared.metrics.tunnel();
-
-    let limits = &shared.config().limits;
-    let (session, replaced) = shared.sessions.insert(&name, conn.clone(), limits, shared.udp_stats.clone());
-    if let Some(old) = replaced {
-        info!("replacing the previous session of this client");
-        old.shut(&shared.router, close_code::REPLACED, "replaced by a newer connection of this client").await;
-    }
-    info!("client authenticated");
-    let datagrams = session.flows.clone().run(conn.clone(), limits.udp_flow_idle_timeout());
-    session.listeners.spawn(datagrams.in_current_span());
-
-    let result = async {
-        let request = tokio::time::timeout_at(deadline, read_frame::<ControlRequest, _>(&mut recv)).await??;
-        let ControlRequest::Register { services } = request else {
-            return Err(TunnelError::Unexpected);
-        };
-        register(services, &mut send, &session, shared).await?;
-
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                drain(&session, &shared.config().limits).await;
-                Ok(())
-            }
-            reason = conn.closed() => {
-                info!(%reason, "client disconnected");
-                Ok(())
-            }
-            result = control_loop((&mut send, &mut recv), &session, shared) => result,
-            () = accept_streams(&session, shared) => Ok(()),
-        }
-    }
-    .await;
-
-    let (code, reason) = match &result {
-        Ok(()) if shutdown.is_cancelled() => (close_code::NORMAL, "server shutting down".to_owned()),
-        Ok(()) => (close_code::NORMAL, "server closing the tunnel".to_owned()),
-        Err(e) => (close_code::PROTOCOL_ERROR, e.to_string()),
-    };
-    session.shut(&shared.router, code, &reason).await;
-    shared.sessions.remove(&session);
-    result
-}
-
-/// Reads the Hello and answers it. Returns the client's name and the control stream.
-async fn authenticate(
-    conn: &quinn::Connection,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> Result<(String, (SendStream, RecvStream)), TunnelError> {
-    let (mut send, mut recv) = conn.accept_bi().await?;
-    let body = read_frame_body(&mut recv).await?;
-    let verdict = judge_hello(conn, peer, shared, &body);
-    match verdict {
-        Ok(name) => {
-            write_frame(&mut send, &HelloReply::Welcome { protocol_version: PROTOCOL_VERSION }).await?;
-            Ok((name, (send, recv)))
-        }
-        Err(reason) => {
-            write_frame(&mut send, &HelloReply::Reject(reason.clone())).await?;
-            let _ = send.finish();
-            // Let the Reject reach the client before the connection closes.
-            let _ = send.stopped().await;
-            Err(TunnelError::Rejected(reason))
-        }
-    }
-}
-
-fn judge_hello(
-    conn: &quinn::Connection,
-    peer: SocketAddr,
-    shared: &Shared,
-    body: &[u8],
-) -> Result<String, RejectReason> {
-    let version = frame::peek_protocol_version(body).map_err(|e| RejectReason::Invalid(e.to_string()))?;
-    if version != PROTOCOL_VERSION {
-        return Err(RejectReason::VersionMismatch { server: PROTOCOL_VERSION, client: version });
-    }
-    let hello: Hello = frame::decode_body(body).map_err(|e| RejectReason::Invalid(e.to_string()))?;
-    wmproxy_config::check_name(&hello.client_name).map_err(RejectReason::Invalid)?;
-
-    let now = Instant::now();
-    let ip = peer.ip();
-    if let Err(wait) = shared.throttle().check(ip, now) {
-        return Err(RejectReason::Throttled { retry_after_secs: wait.as_secs().try_into().unwrap_or(u32::MAX).max(1) });
-    }
-    let mut exporter = [0u8; auth::EXPORTER_LEN];
-    conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&hello.client_name))
-        .map_err(|_| RejectReason::Invalid("TLS exporter unavailable".into()))?;
-    // Unknown names are checked against a dummy token so both paths take the same time.
-    let token = match shared.config().client(&hello.client_name) {
-        Some(entry) => wire::AuthToken::new(entry.token.expose()),
-        None => wire::AuthToken::new(&b"wmproxy-no-such-client"[..]),
-    };
-    let known = shared.config().client(&hello.client_name).is_some();
-    if auth::verify(&token, &exporter, &hello.proof) && known {
-        shared.throttle().record_success(ip);
-        Ok(hello.client_name)
-    } else {
-        shared.throttle().record_failure(ip, now);
-        Err(RejectReason::BadCredentials)
-    }
-}
-
-/// The server is stopping: stops this session's public ports at once, then waits (up to the
-/// grace period) until every connection through the tunnel, either way, has finished.
-async fn drain(session: &Session, limits: &wmproxy_config::Limits) {
-    session.cancel.cancel();
-    let all = limits.max_streams_per_client;
-    let finished = async {
-        let _public = session.streams.acquire_many(all).await;
-        let _forwards = session.forwards.acquire_many(all).await;
-    };
-    match tokio::time::timeout(limits.drain_grace(), finished).await {
-        Ok(()) => info!("tunnel drained"),
-        Err(_) => warn!("connections still open after the drain grace period; closing the tunnel"),
-    }
-}
-
-/// Publishes `services` (the whole set the client wants now) and answers with the results.
-async fn register(
-    services: Vec<wmproxy_proto::wire::ServiceSpec>,
-    send: &mut SendStream,
-    session: &Arc<Session>,
-    shared: &Arc<Shared>,
-) -> Result<(), TunnelError> {
-    let allowance = shared.config().client(&session.name).map(|c| c.allow_ports.clone()).unwrap_or_default();
-    let results = publish::register(services, &allowance, session, shared).await;
-    session.services.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&results);
-    write_frame(send, &ControlReply::Registered { results }).await?;
-    Ok(())
-}
-
-/// After the first registration the client sends health reports, and a new `Register` when
-/// its config was reloaded; anything else, or the stream's end, ends the tunnel.
-async fn control_loop(
-    (send, recv): (&mut SendStream, &mut RecvStream),
-    session: &Arc<Session>,
-    shared: &Arc<Shared>,
-) -> Result<(), TunnelError> {
-    loop {
-        match read_frame::<ControlRequest, _>(recv).await {
-            Ok(ControlRequest::Register { services }) => {
-                info!(services = services.len(), "client registers again (its config was reloaded)");
-                register(services, send, session, shared).await?;
-            }
-            Ok(ControlRequest::Health { service, ok, latency_us }) => {
-                shared.metrics.check_latency.observe(f64::from(latency_us) / 1e6);
-                let backend = session.memberships().get(&service).map(|(_, b)| b.clone());
-                match backend {
-                    Some(b) => b.report(ok, std::time::Duration::from_micros(u64::from(latency_us))),
-                    None => debug!(%service, "health report for a service in no group; ignored"),
+        let authenticated = async {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let body = read_frame_body(&mut recv).await?;
+            match auth::authenticate(&conn, peer, &body, &self.sessions, config) {
+                Ok(name) => {
+                    write_frame(&mut send, &HelloReply::Welcome { protocol_version: PROTOCOL_VERSION }).await?;
+                    Ok((name, (send, recv)))
+                }
+                Err(reason) => {
+                    write_frame(&mut send, &HelloReply::Reject(reason.clone())).await?;
+                    let _ = send.finish();
+                    // Let the Reject reach the client before the connection closes.
+                    let _ = send.stopped().await;
+                    Err(TunnelError::Rejected(reason))
                 }
             }
-            Ok(_) => return Err(TunnelError::Unexpected),
-            Err(StreamError::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        };
+        match authenticated.await {
+            Ok((name, control)) => Ok((conn, name, control)),
+            Err(e) => {
+                let code = if matches!(e, TunnelError::Rejected(_)) {
+                    close_code::REJECTED
+                } else {
+                    close_code::PROTOCOL_ERROR
+                };
+                conn.close(VarInt::from_u32(code), e.to_string().as_bytes());
+                Err(e)
+            }
         }
     }
-}
 
-/// Accepts the client's data streams (local forwards, TCP or UDP) until the connection ends.
-/// quinn's stream limit bounds how many are open at once; [`connect::serve`] applies the
-/// per-kind limits once the header says which kind a stream is.
-async fn accept_streams(session: &Arc<Session>, shared: &Arc<Shared>) {
-    while let Ok((send, recv)) = session.conn.accept_bi().await {
-        let span = info_span!("stream", id = %send.id(), target = tracing::field::Empty, flow = tracing::field::Empty);
-        shared.tracker.spawn(connect::serve(send, recv, session.clone(), shared.clone()).instrument(span));
+    /// The handle of a new tunnel, with this server's per-client limits.
+    fn tunnel(&self, conn: quinn::Connection) -> Arc<Tunnel> {
+        let streams = Arc::new(Semaphore::new(self.limits.max_streams_per_client as usize));
+        let flows = Arc::new(Semaphore::new(self.limits.max_udp_flows_per_client as usize));
+        Arc::new(Tunnel::new(conn, FlowTable::new(self.udp.stats.clone()), streams, flows))
     }
-    debug!("no more streams from the client");
+
+    /// Publishes `services` (the whole set the client wants now) under `config`'s allowances,
+    /// and answers with the results.
+    async fn register(
+        &self,
+        services: Vec<ServiceSpec>,
+        send: &mut SendStream,
+        session: &Arc<Session>,
+        config: &ServerConfig,
+    ) -> Result<(), TunnelError> {
+        let results = match config.client(&session.name) {
+            Some(entry) => self.registry.register(session, services, entry).await,
+            // Its entry was removed by a reload that has not disconnected it yet.
+            None => Vec::new(),
+        };
+        write_frame(send, &ControlReply::Registered { results }).await?;
+        Ok(())
+    }
+
+    /// After the first registration the client sends health reports, and a new `Register` when
+    /// its config was reloaded; anything else, or the stream's end, ends the tunnel.
+    async fn control_loop(
+        &self,
+        (send, recv): (&mut SendStream, &mut RecvStream),
+        session: &Arc<Session>,
+    ) -> Result<(), TunnelError> {
+        loop {
+            match read_frame::<ControlRequest, _>(recv).await {
+                Ok(ControlRequest::Register { services }) => {
+                    info!(services = services.len(), "client registers again (its config was reloaded)");
+                    self.register(services, send, session, &self.config.snapshot()).await?;
+                }
+                Ok(ControlRequest::Health { service, ok, latency_us }) => {
+                    self.metrics.check_latency.observe(f64::from(latency_us) / 1e6);
+                    match self.registry.backend(session.id, &service) {
+                        Some(b) => b.report(ok, Duration::from_micros(u64::from(latency_us))),
+                        None => debug!(%service, "health report for a service in no group; ignored"),
+                    }
+                }
+                Ok(_) => return Err(TunnelError::Unexpected),
+                Err(StreamError::Closed) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Accepts the client's data streams (local forwards, TCP or UDP) until the connection
+    /// ends. quinn's stream limit bounds how many are open at once; [`connect::serve`] applies
+    /// the per-kind limits once the header says which kind a stream is.
+    async fn accept_streams(&self, session: &Arc<Session>) {
+        while let Ok(stream) = session.tunnel.conn().accept_bi().await {
+            let span =
+                info_span!("stream", id = %stream.0.id(), target = tracing::field::Empty, flow = tracing::field::Empty);
+            let serve = connect::serve(stream, session.clone(), self.config.snapshot(), self.udp.clone());
+            self.runtime.tracker.spawn(serve.instrument(span));
+        }
+        debug!("no more streams from the client");
+    }
+
+    /// The server is stopping (its public ports stopped with the shutdown): waits, up to the
+    /// grace period, until every connection through the tunnel, either way, has finished.
+    async fn drain(&self, session: &Session) {
+        let all = self.limits.max_streams_per_client;
+        let finished = async {
+            session.tunnel.streams_finished(all).await;
+            let _forwards = session.forwards.acquire_many(all).await;
+        };
+        match tokio::time::timeout(self.limits.drain_grace(), finished).await {
+            Ok(()) => info!("tunnel drained"),
+            Err(_) => warn!("connections still open after the drain grace period; closing the tunnel"),
+        }
+    }
 }

@@ -10,20 +10,20 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
-use wmproxy_config::{CheckType, GroupFile, GroupJoin, HealthCheck, Policy, Secret, Service, ServiceType};
+use wmproxy_config::group::{HttpGroupFile, PortGroupFile};
+use wmproxy_config::{
+    CheckType, Exposure, GroupFile, GroupJoin, HealthCheck, Policy, Publish, Secret, Service, ServiceKind,
+};
 
 /// The key test groups use.
 pub const GROUP_KEY: &str = "group-key-0123";
 
-/// A TCP group entry for the server config.
-pub fn group(name: &str, port: u16, policy: Policy) -> GroupFile {
-    GroupFile {
+/// The settings of a TCP or UDP group (wrap it: `GroupFile::Tcp(…)`, `GroupFile::Udp(…)`).
+pub fn group(name: &str, port: u16, policy: Policy) -> PortGroupFile {
+    PortGroupFile {
         name: toml::Spanned::new(0..0, name.to_owned()),
         key: Secret::new(GROUP_KEY),
-        kind: ServiceType::Tcp,
         remote_port: port,
-        custom_domains: Vec::new(),
-        locations: Vec::new(),
         policy,
         max_fails: 1,
         fail_timeout_secs: 10,
@@ -31,11 +31,47 @@ pub fn group(name: &str, port: u16, policy: Policy) -> GroupFile {
     }
 }
 
-/// A service entry that joins `group` with `weight`, with an optional active check.
+/// A TCP group entry for the server config.
+pub fn tcp_group(name: &str, port: u16, policy: Policy) -> GroupFile {
+    GroupFile::Tcp(group(name, port, policy))
+}
+
+/// An HTTP group entry serving `domain` on the vhost port.
+pub fn http_group(name: &str, domain: &str) -> GroupFile {
+    let tcp = group(name, 0, Policy::RoundRobin);
+    GroupFile::Http(HttpGroupFile {
+        name: tcp.name,
+        key: tcp.key,
+        policy: tcp.policy,
+        max_fails: tcp.max_fails,
+        fail_timeout_secs: tcp.fail_timeout_secs,
+        retries: tcp.retries,
+        custom_domains: vec![domain.to_owned()],
+        locations: Vec::new(),
+    })
+}
+
+/// A service entry of `kind` that joins `group` with `weight`, with an optional active check.
+pub fn member_of(
+    kind: ServiceKind,
+    (name, local): (&str, SocketAddr),
+    group: &str,
+    weight: u32,
+    check: Option<HealthCheck>,
+) -> Service {
+    let join =
+        GroupJoin { group: crate::name(group), key: Secret::new(GROUP_KEY), weight, drain: false, health_check: check };
+    let exposure = match kind {
+        ServiceKind::Udp => Exposure::Udp { publish: Publish::Group(join) },
+        ServiceKind::Http => Exposure::Http { publish: Publish::Group(join), proxy_protocol: None },
+        _ => Exposure::Tcp { publish: Publish::Group(join), proxy_protocol: None },
+    };
+    Service { exposure, ..crate::tcp_service(name, local, 0) }
+}
+
+/// A TCP service entry that joins `group` with `weight`, with an optional active check.
 pub fn member(name: &str, local: SocketAddr, group: &str, weight: u32, check: Option<HealthCheck>) -> Service {
-    let group =
-        GroupJoin { group: group.into(), key: Secret::new(GROUP_KEY), weight, drain: false, health_check: check };
-    Service { group: Some(group), ..crate::service(ServiceType::Tcp, name, local, 0) }
+    member_of(ServiceKind::Tcp, (name, local), group, weight, check)
 }
 
 /// A TCP connect check every `interval_ms`.

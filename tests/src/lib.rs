@@ -30,9 +30,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wmproxy_client::{Client, ClientError, ClientStatus};
-use wmproxy_config::{ClientConfig, Forward, PortRange, Secret, ServerFile, ServerTrust, Service, ServiceType};
-use wmproxy_proto::tls::Fingerprint;
+use wmproxy_config::{
+    ClientConfig, Exposure, Forward, ForwardKind, Hosts, HttpRoute, Name, PortRange, Publish, Secret, ServerFile,
+    ServerTrust, Service, ServiceKind, Target, WsRoute,
+};
 use wmproxy_server::{Server, ServerHandle};
+use wmproxy_tunnel::tls::Fingerprint;
 
 /// The shared token test servers accept.
 pub const TOKEN: &str = "test-token-0123456789";
@@ -94,7 +97,7 @@ impl TestServer {
     /// `/adapt` read that file.
     pub async fn start_from(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)?;
-        let file: ServerFile = toml::from_str(&text)?;
+        let file = wmproxy_config::parse_server_file(&text)?;
         let config = wmproxy_config::load_server(path)?;
         let mut server = Server::bind(config)?;
         server.set_config_path(path.to_owned());
@@ -179,7 +182,7 @@ impl TestServer {
             server_addr: self.addr.to_string(),
             server_name: "wmproxy".into(),
             trust: ServerTrust::Fingerprint(self.fingerprint.0),
-            name: name.into(),
+            name: self::name(name),
             token: Secret::new(TOKEN),
             services: Vec::new(),
             forwards: Vec::new(),
@@ -212,36 +215,56 @@ pub async fn control_call(
 ) -> Result<(u16, String)> {
     let method = hyper::Method::from_bytes(method.as_bytes())?;
     let body = bytes::Bytes::copy_from_slice(body.as_bytes());
-    Ok(wmproxy_proto::control::call(addr, token, method, path, body).await?)
+    Ok(wmproxy_ops::control::call(addr, token, method, path, body).await?)
 }
 
-/// A plain service entry of `kind` for a client config (no group, routes or PROXY header).
-pub fn service(kind: ServiceType, name: &str, local: SocketAddr, remote_port: u16) -> Service {
-    Service {
-        name: name.into(),
-        kind,
-        local_addr: local.to_string(),
-        remote_port,
-        group: None,
-        http: None,
-        proxy_protocol: None,
-        access_log: true,
-    }
+/// `text` as a name; test names are valid.
+pub fn name(text: &str) -> Name {
+    Name::new(text).unwrap_or_else(|e| panic!("test name `{text}`: {e}"))
+}
+
+/// `addr` as a target.
+pub fn target(addr: SocketAddr) -> Target {
+    Target::new(&addr.to_string()).unwrap_or_else(|e| panic!("test target `{addr}`: {e}"))
+}
+
+/// A plain service entry of `kind` for a client config: a port of its own for TCP and UDP
+/// (`remote_port`, 0: any), no routes yet for HTTP-like kinds, no PROXY header.
+pub fn service(kind: ServiceKind, name: &str, local: SocketAddr, remote_port: u16) -> Service {
+    let exposure = match kind {
+        ServiceKind::Udp => Exposure::Udp { publish: Publish::Own(remote_port) },
+        ServiceKind::Http => Exposure::Http { publish: Publish::Own(HttpRoute::default()), proxy_protocol: None },
+        ServiceKind::Https => Exposure::Https { publish: Publish::Own(Hosts::default()), proxy_protocol: None },
+        ServiceKind::Ws => Exposure::Ws { publish: Publish::Own(WsRoute::default()), proxy_protocol: None },
+        _ => Exposure::Tcp { publish: Publish::Own(remote_port), proxy_protocol: None },
+    };
+    Service { name: self::name(name), local_addr: target(local), access_log: true, exposure }
 }
 
 /// A TCP service entry for a client config.
 pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
-    service(ServiceType::Tcp, name, local, remote_port)
+    service(ServiceKind::Tcp, name, local, remote_port)
 }
 
-/// A local forward entry of `kind` for a client config, listening on a free loopback port.
-pub fn forward(kind: ServiceType, target: SocketAddr) -> Forward {
-    Forward { kind, listen: SocketAddr::from(([127, 0, 0, 1], 0)), target: target.to_string() }
+/// An `http` service entry for a client config, on `route`.
+pub fn http_service(name: &str, local: SocketAddr, route: HttpRoute) -> Service {
+    let exposure = Exposure::Http { publish: Publish::Own(route), proxy_protocol: None };
+    Service { exposure, ..service(ServiceKind::Http, name, local, 0) }
+}
+
+/// A local forward entry of `kind` (TCP or UDP) for a client config, listening on a free
+/// loopback port.
+pub fn forward(kind: ServiceKind, to: SocketAddr) -> Forward {
+    let kind = match kind {
+        ServiceKind::Udp => ForwardKind::Udp { target: target(to) },
+        _ => ForwardKind::Tcp { target: target(to) },
+    };
+    Forward { listen: SocketAddr::from(([127, 0, 0, 1], 0)), kind }
 }
 
 /// A TCP local forward entry for a client config, listening on a free loopback port.
 pub fn forward_to(target: SocketAddr) -> Forward {
-    forward(ServiceType::Tcp, target)
+    forward(ServiceKind::Tcp, target)
 }
 
 /// Starts an echo backend and a client `name` that publishes it as service `echo` on a port the
@@ -273,7 +296,7 @@ pub struct TestClient {
     /// The client's state.
     pub status: watch::Receiver<ClientStatus>,
     /// Its UDP counters.
-    pub udp: std::sync::Arc<wmproxy_proto::udp::UdpStats>,
+    pub udp: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
     /// Where its forwards listen.
     pub forward_addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,

@@ -47,7 +47,6 @@ pub fn proxy(kind: ProxyType, credentials: Option<(&str, &str)>) -> Proxy {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         credentials: credentials.map(|(u, p)| Credentials { username: u.into(), password: Secret::new(p) }),
         handshake_timeout: Duration::from_secs(1),
-        via: None,
     }
 }
 

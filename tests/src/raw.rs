@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 use quinn::{Connection, Endpoint};
 use wmproxy_config::ServerTrust;
-use wmproxy_proto::stream::{read_frame, write_frame};
-use wmproxy_proto::transport;
-use wmproxy_proto::wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
+use wmproxy_tunnel::stream::{read_frame, write_frame};
+use wmproxy_tunnel::transport;
+use wmproxy_wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
 
 use crate::TestServer;
 
@@ -58,7 +58,8 @@ pub async fn authenticated_with(
         .ok()
         .context("exporter")?;
     let proof = auth::prove(&AuthToken::new(token), &exporter);
-    write_frame(&mut send, &Hello { protocol_version: PROTOCOL_VERSION, client_name: name.into(), proof }).await?;
+    write_frame(&mut send, &Hello { protocol_version: PROTOCOL_VERSION, client_name: crate::name(name), proof })
+        .await?;
     match read_frame::<HelloReply, _>(&mut recv).await? {
         HelloReply::Welcome { .. } => Ok((endpoint, conn, send, recv)),
         other => anyhow::bail!("not welcomed: {other:?}"),

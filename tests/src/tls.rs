@@ -41,7 +41,7 @@ impl TestCert {
     /// A TLS acceptor serving this certificate.
     pub fn acceptor(&self) -> Result<TlsAcceptor> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
-        let config = rustls::ServerConfig::builder_with_provider(wmproxy_proto::tls::crypto_provider())
+        let config = rustls::ServerConfig::builder_with_provider(wmproxy_tunnel::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(vec![self.der.clone()], key)?;
@@ -52,7 +52,7 @@ impl TestCert {
     pub fn connector(&self) -> Result<TlsConnector> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone())?;
-        let config = rustls::ClientConfig::builder_with_provider(wmproxy_proto::tls::crypto_provider())
+        let config = rustls::ClientConfig::builder_with_provider(wmproxy_tunnel::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::net::UdpSocket;
-use wmproxy_config::{Forward, Service, ServiceType};
+use wmproxy_config::{Forward, Service, ServiceKind};
 
 /// How long one UDP request waits for its reply before it is sent again.
 pub const REPLY_WAIT: Duration = Duration::from_secs(2);
@@ -17,7 +17,7 @@ pub const TRIES: usize = 3;
 /// (4 MiB where the kernel allows), so that it is not where packets are lost. Runs until the
 /// runtime ends.
 pub async fn echo() -> Result<SocketAddr> {
-    let socket = UdpSocket::from_std(wmproxy_proto::transport::bind_udp("127.0.0.1:0".parse()?)?)?;
+    let socket = UdpSocket::from_std(wmproxy_tunnel::transport::bind_udp("127.0.0.1:0".parse()?)?)?;
     let addr = socket.local_addr()?;
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
@@ -77,12 +77,12 @@ pub async fn request(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Resu
 
 /// A UDP service entry for a client config.
 pub fn service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
-    crate::service(ServiceType::Udp, name, local, remote_port)
+    crate::service(ServiceKind::Udp, name, local, remote_port)
 }
 
 /// A UDP forward entry for a client config, on a free loopback port.
 pub fn forward_to(target: SocketAddr) -> Forward {
-    crate::forward(ServiceType::Udp, target)
+    crate::forward(ServiceKind::Udp, target)
 }
 
 /// A UDP echo that answers `tag:payload`, until the returned token is cancelled.

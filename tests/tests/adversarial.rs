@@ -2,10 +2,10 @@
 //! that connection or stream only; the server does not panic or grow, and a good client works.
 
 use anyhow::Result;
-use wmproxy_proto::stream::{read_frame, write_frame};
-use wmproxy_proto::wire::{ControlReply, ControlRequest, HelloReply, OpenResult, OpenStream};
 use wmproxy_tests::backend::{self, pattern};
 use wmproxy_tests::{DEADLINE, TestServer, echo_client, init_tracing, raw};
+use wmproxy_tunnel::stream::{read_frame, write_frame};
+use wmproxy_wire::{ControlReply, ControlRequest, HelloReply, OpenResult, OpenStream};
 
 /// Sends `bytes` as the first thing on a fresh control stream from `endpoint`; returns the
 /// server's reply (if any) and how it closed the connection.
@@ -88,7 +88,7 @@ async fn garbage_on_a_data_stream_resets_only_that_stream() -> Result<()> {
     }
     // The tunnel itself is still up and answers a well-formed request.
     let (mut send, mut recv) = conn.open_bi().await?;
-    let header = OpenStream::Connect { target: "127.0.0.1:9".into(), peer_addr: "127.0.0.1:1".parse()? };
+    let header = OpenStream::Connect { target: "127.0.0.1:9".parse()?, peer_addr: "127.0.0.1:1".parse()? };
     write_frame(&mut send, &header).await?;
     assert_eq!(read_frame::<OpenResult, _>(&mut recv).await?, OpenResult::NotAllowed);
     assert!(conn.close_reason().is_none());

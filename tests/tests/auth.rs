@@ -4,9 +4,9 @@
 use anyhow::Result;
 use wmproxy_client::{ClientError, ClientStatus};
 use wmproxy_config::{Secret, ServerTrust};
-use wmproxy_proto::wire::RejectReason;
 use wmproxy_tests::backend;
 use wmproxy_tests::{TestClient, TestServer, echo_client, init_tracing};
+use wmproxy_wire::RejectReason;
 
 #[tokio::test]
 async fn bad_token_fingerprint_and_version_are_rejected_clearly() -> Result<()> {
@@ -65,8 +65,8 @@ async fn repeated_failures_from_one_address_are_throttled() -> Result<()> {
 /// A proof made for one connection does not open another: it is bound to the TLS session.
 #[tokio::test]
 async fn a_proof_cannot_be_replayed_on_another_connection() -> Result<()> {
-    use wmproxy_proto::stream::{read_frame, write_frame};
-    use wmproxy_proto::wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
+    use wmproxy_tunnel::stream::{read_frame, write_frame};
+    use wmproxy_wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
     let endpoint = wmproxy_tests::raw::endpoint()?;
@@ -82,13 +82,21 @@ async fn a_proof_cannot_be_replayed_on_another_connection() -> Result<()> {
     // Replayed on connection B.
     let second = wmproxy_tests::raw::connect_from(&endpoint, &server).await?;
     let (mut send, mut recv) = second.open_bi().await?;
-    write_frame(&mut send, &Hello { protocol_version: PROTOCOL_VERSION, client_name: "home".into(), proof }).await?;
+    write_frame(
+        &mut send,
+        &Hello { protocol_version: PROTOCOL_VERSION, client_name: wmproxy_tests::name("home"), proof },
+    )
+    .await?;
     let reply = read_frame::<HelloReply, _>(&mut recv).await?;
     assert_eq!(reply, HelloReply::Reject(RejectReason::BadCredentials));
 
     // The same proof is accepted where it was made.
     let (mut send, mut recv) = first.open_bi().await?;
-    write_frame(&mut send, &Hello { protocol_version: PROTOCOL_VERSION, client_name: "home".into(), proof }).await?;
+    write_frame(
+        &mut send,
+        &Hello { protocol_version: PROTOCOL_VERSION, client_name: wmproxy_tests::name("home"), proof },
+    )
+    .await?;
     assert!(matches!(read_frame::<HelloReply, _>(&mut recv).await?, HelloReply::Welcome { .. }));
     Ok(())
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, ensure};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use wmproxy_client::ClientStatus;
-use wmproxy_config::{HttpRoute, Service, ServiceType};
+use wmproxy_config::{HttpRoute, Service};
 use wmproxy_tests::proxy::{read_head, websocket_echo};
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
@@ -73,7 +73,7 @@ fn http_service(name: &str, local: SocketAddr, location: &str) -> Service {
         locations: vec![location.into()],
         ..HttpRoute::default()
     };
-    Service { http: Some(route), ..wmproxy_tests::service(ServiceType::Http, name, local, 0) }
+    wmproxy_tests::http_service(name, local, route)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use wmproxy_proto::stream::{read_frame, write_frame};
-use wmproxy_proto::wire::{ControlReply, ControlRequest, OpenResult, OpenStream};
 use wmproxy_tests::backend::{self, pattern};
 use wmproxy_tests::{TestClient, TestServer, forward_to, init_tracing, raw};
+use wmproxy_tunnel::stream::{read_frame, write_frame};
+use wmproxy_wire::{ControlReply, ControlRequest, OpenResult, OpenStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_reaches_an_allowed_target_through_the_server() -> Result<()> {
@@ -52,7 +52,7 @@ async fn default_egress_policy_refuses_loopback_targets() -> Result<()> {
     };
     for target in [target.to_string(), "localhost:22".into(), "169.254.169.254:80".into()] {
         let (mut send, mut recv) = conn.open_bi().await?;
-        write_frame(&mut send, &OpenStream::Connect { target: target.clone(), peer_addr: "127.0.0.1:1".parse()? })
+        write_frame(&mut send, &OpenStream::Connect { target: target.parse()?, peer_addr: "127.0.0.1:1".parse()? })
             .await?;
         assert_eq!(read_frame::<OpenResult, _>(&mut recv).await?, OpenResult::NotAllowed, "{target}");
     }

@@ -9,20 +9,20 @@ use anyhow::{Result, ensure};
 use tokio::io::AsyncReadExt;
 use wmproxy_client::ClientStatus;
 use wmproxy_config::Policy;
-use wmproxy_proto::wire::RegisterOutcome;
 use wmproxy_server::groups::health::HealthState;
 use wmproxy_tests::groups::{self, member, tagged, tcp_check, which};
 use wmproxy_tests::{TestClient, TestServer, backend, eventually, init_tracing};
+use wmproxy_wire::RegisterOutcome;
 
 /// A server with one group `web` on a free port; returns it and the group's public address.
 async fn server_with_group(
     policy: Policy,
-    adjust: impl FnOnce(&mut wmproxy_config::GroupFile),
+    adjust: impl FnOnce(&mut wmproxy_config::group::PortGroupFile),
 ) -> Result<(TestServer, SocketAddr)> {
     let public = backend::dead_port().await?;
     let mut group = groups::group("web", public.port(), policy);
     adjust(&mut group);
-    let server = TestServer::start(move |f| f.groups.push(group)).await?;
+    let server = TestServer::start(move |f| f.groups.push(wmproxy_config::GroupFile::Tcp(group))).await?;
     Ok((server, public))
 }
 
@@ -274,7 +274,7 @@ async fn a_wrong_group_key_is_refused_while_the_other_services_register() -> Res
     let ok = tagged("ok").await?;
     let echo = backend::echo().await?;
     let mut wrong = member("wrong", ok.addr, "web", 1, None);
-    if let Some(g) = &mut wrong.group {
+    if let wmproxy_config::Exposure::Tcp { publish: wmproxy_config::Publish::Group(g), .. } = &mut wrong.exposure {
         g.key = wmproxy_config::Secret::new("not-the-key");
     }
     let mut config = server.client_config("x");
@@ -304,8 +304,7 @@ async fn a_udp_group_spreads_flows_and_moves_them_off_a_dead_backend() -> Result
     use wmproxy_tests::udp;
     init_tracing();
     let public = udp::user().await?.local_addr()?;
-    let mut group = groups::group("web", public.port(), Policy::RoundRobin);
-    group.kind = wmproxy_config::ServiceType::Udp;
+    let group = wmproxy_config::GroupFile::Udp(groups::group("web", public.port(), Policy::RoundRobin));
     let server = TestServer::start(move |f| f.groups.push(group)).await?;
     let ((u1, stop_u1), (u2, _stop_u2)) = (udp::tagged_echo("u1").await?, udp::tagged_echo("u2").await?);
     // UDP backends are checked through a companion TCP port that dies with them.
@@ -313,9 +312,7 @@ async fn a_udp_group_spreads_flows_and_moves_them_off_a_dead_backend() -> Result
     let udp_member = |name: &str, local, health: SocketAddr| {
         let mut check = tcp_check(50, 2, 2);
         check.addr = Some(health.to_string());
-        let mut m = member(name, local, "web", 1, Some(check));
-        m.kind = wmproxy_config::ServiceType::Udp;
-        m
+        groups::member_of(wmproxy_config::ServiceKind::Udp, (name, local), "web", 1, Some(check))
     };
     let _x = members(&server, "x", vec![udp_member("u1", u1, h1.addr)]).await?;
     let _y = members(&server, "y", vec![udp_member("u2", u2, h2.addr)]).await?;

@@ -2,10 +2,10 @@
 //! other test's allocations share the process while it measures.
 
 use anyhow::{Context, Result};
-use wmproxy_proto::stream::read_frame;
-use wmproxy_proto::wire::HelloReply;
 use wmproxy_tests::backend::{self, pattern};
 use wmproxy_tests::{DEADLINE, TestServer, init_tracing, raw};
+use wmproxy_tunnel::stream::read_frame;
+use wmproxy_wire::HelloReply;
 
 /// Resident set size of this process, bytes (Linux).
 fn rss_bytes() -> Result<u64> {

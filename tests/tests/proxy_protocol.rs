@@ -64,7 +64,9 @@ async fn the_backend_reads_the_users_real_address_v1_and_v2() -> Result<()> {
     let mut config = server.client_config("home");
     for (name, version) in [("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)] {
         let mut service = tcp_service(name, backend, 0);
-        service.proxy_protocol = Some(version);
+        if let wmproxy_config::Exposure::Tcp { proxy_protocol, .. } = &mut service.exposure {
+            *proxy_protocol = Some(version);
+        }
         config.services.push(service);
     }
     let mut client = TestClient::start(config).await?;

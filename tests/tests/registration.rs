@@ -3,9 +3,9 @@
 use anyhow::Result;
 use tokio::net::TcpListener;
 use wmproxy_client::ClientStatus;
-use wmproxy_proto::wire::RegisterOutcome;
 use wmproxy_tests::backend::{self, pattern};
 use wmproxy_tests::{TestClient, TestServer, init_tracing, tcp_service, udp};
+use wmproxy_wire::RegisterOutcome;
 
 #[tokio::test]
 async fn refused_ports_are_reported_and_other_services_work() -> Result<()> {

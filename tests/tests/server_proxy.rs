@@ -8,20 +8,30 @@ use std::sync::atomic::Ordering;
 use anyhow::{Result, ensure};
 use wmproxy_client::ClientStatus;
 use wmproxy_config::ProxyType;
-use wmproxy_config::proxy::ProxyFile;
+use wmproxy_config::proxy::{ServerProxyFields, ServerProxyFile};
 use wmproxy_tests::backend::{checksum, pattern};
 use wmproxy_tests::proxy::{connect_request, curl, file_server, raw_exchange, reply_code};
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
-fn server_proxy(kind: ProxyType, via: &str) -> ProxyFile {
-    ProxyFile {
-        kind,
+fn proxy_fields(via: &str) -> ServerProxyFields {
+    ServerProxyFields {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         username: None,
         password: None,
         handshake_timeout_secs: 1,
-        via: Some(via.into()),
+        via: toml::Spanned::new(0..0, via.into()),
     }
+}
+
+fn of_kind(kind: ProxyType, fields: ServerProxyFields) -> ServerProxyFile {
+    match kind {
+        ProxyType::Socks5 => ServerProxyFile::Socks5(fields),
+        ProxyType::Http => ServerProxyFile::Http(fields),
+    }
+}
+
+fn server_proxy(kind: ProxyType, via: &str) -> ServerProxyFile {
+    of_kind(kind, proxy_fields(via))
 }
 
 /// A server with a SOCKS5 and an HTTP proxy via client `office`; returns it and their addresses.
@@ -89,11 +99,15 @@ async fn credentials_udp_associate_and_a_group_as_via() -> Result<()> {
     let dns = wmproxy_tests::udp::echo().await?;
     let group_port = wmproxy_tests::backend::dead_port().await?;
     let server = TestServer::start(|f| {
-        let mut locked = server_proxy(ProxyType::Socks5, "office");
+        let mut locked = proxy_fields("office");
         locked.username = Some("eve".into());
         locked.password = Some(wmproxy_config::Secret::new("pa55-word"));
-        f.proxies = vec![locked, server_proxy(ProxyType::Socks5, "branches")];
-        f.groups.push(wmproxy_tests::groups::group("branches", group_port.port(), wmproxy_config::Policy::RoundRobin));
+        f.proxies = vec![of_kind(ProxyType::Socks5, locked), server_proxy(ProxyType::Socks5, "branches")];
+        f.groups.push(wmproxy_tests::groups::tcp_group(
+            "branches",
+            group_port.port(),
+            wmproxy_config::Policy::RoundRobin,
+        ));
     })
     .await?;
     let (locked, by_group) = (server.handle.proxy_addrs()[0], server.handle.proxy_addrs()[1]);

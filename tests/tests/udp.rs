@@ -268,8 +268,8 @@ async fn malformed_datagrams_are_dropped_and_counted() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_udp_service_without_datagram_support_is_refused_at_registration() -> Result<()> {
-    use wmproxy_proto::stream::{read_frame, write_frame};
-    use wmproxy_proto::wire::{ControlReply, ControlRequest, RegisterOutcome, ServiceKind, ServiceSpec};
+    use wmproxy_tunnel::stream::{read_frame, write_frame};
+    use wmproxy_wire::{ControlReply, ControlRequest, RegisterOutcome, ServiceKind, ServiceSpec};
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
     let (_endpoint, _conn, mut send, mut recv) =
@@ -277,7 +277,13 @@ async fn a_udp_service_without_datagram_support_is_refused_at_registration() -> 
             t.datagram_receive_buffer_size(None);
         })
         .await?;
-    let spec = |name: &str, kind| ServiceSpec { name: name.into(), kind, remote_port: 0, group: None, http: None };
+    let spec = |name: &str, kind| ServiceSpec {
+        name: wmproxy_tests::name(name),
+        kind,
+        remote_port: 0,
+        group: None,
+        http: None,
+    };
     let services = vec![spec("dns", ServiceKind::Udp), spec("web", ServiceKind::Tcp)];
     write_frame(&mut send, &ControlRequest::Register { services }).await?;
     let ControlReply::Registered { results } = read_frame(&mut recv).await? else { bail!("unexpected reply") };

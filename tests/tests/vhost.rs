@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 
 use anyhow::{Result, ensure};
 use wmproxy_client::ClientStatus;
-use wmproxy_config::{HttpRoute, Service, ServiceType};
-use wmproxy_proto::wire::RegisterOutcome;
+use wmproxy_config::{Exposure, HttpRoute, Publish, Service};
 use wmproxy_tests::proxy::{HyperConnection, curl, http_tagged, keep_alive_request};
 use wmproxy_tests::tls::TestCert;
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
+use wmproxy_wire::RegisterOutcome;
 
 fn http_service(name: &str, local: SocketAddr, domains: &[&str], locations: &[&str]) -> Service {
     let route = HttpRoute {
@@ -18,7 +18,7 @@ fn http_service(name: &str, local: SocketAddr, domains: &[&str], locations: &[&s
         locations: locations.iter().map(|l| (*l).to_owned()).collect(),
         ..HttpRoute::default()
     };
-    Service { http: Some(route), ..wmproxy_tests::service(ServiceType::Http, name, local, 0) }
+    wmproxy_tests::http_service(name, local, route)
 }
 
 /// A server with a vhost port that lets the shared token claim `*.example.com` and
@@ -201,7 +201,11 @@ async fn sni_passthrough_reaches_the_private_tls_service_which_the_user_verifies
 }
 
 fn https_service(name: &str, local: SocketAddr, domain: &str) -> Service {
-    Service { kind: ServiceType::Https, ..http_service(name, local, &[domain], &[]) }
+    let hosts = wmproxy_config::Hosts { custom_domains: vec![domain.to_owned()], subdomain: None };
+    Service {
+        exposure: Exposure::Https { publish: Publish::Own(hosts), proxy_protocol: None },
+        ..http_service(name, local, &[], &[])
+    }
 }
 
 /// A private TLS service with `cert`: answers the first read with `secret: ` and those bytes.
@@ -276,7 +280,7 @@ async fn a_service_with_basic_auth_answers_401_until_the_right_credentials() -> 
     init_tracing();
     let a = http_tagged("a").await?;
     let mut service = http_service("a", a, &["a.example.com"], &[]);
-    if let Some(http) = &mut service.http {
+    if let Exposure::Http { publish: Publish::Own(http), .. } = &mut service.exposure {
         http.basic_auth = Some(("ann".into(), wmproxy_config::Secret::new("open-sesame")));
     }
     let (_s, _c, vhost) = setup(vec![service]).await?;
@@ -328,18 +332,17 @@ async fn the_ws_tcp_bridge_carries_a_tcp_echo_session_end_to_end() -> Result<()>
     .await?;
     let vhost = server.handle.vhost_addr().unwrap();
     let mut published = server.client_config("home");
-    let mut service = http_service("echo-ws", echo, &["localhost"], &[]);
-    service.kind = ServiceType::Ws;
-    published.services.push(service);
+    let route = wmproxy_config::WsRoute { custom_domains: vec!["localhost".into()], ..Default::default() };
+    let exposure = Exposure::Ws { publish: Publish::Own(route), proxy_protocol: None };
+    published.services.push(Service { exposure, ..http_service("echo-ws", echo, &[], &[]) });
     let mut home = TestClient::start(published).await?;
     home.port_of("echo-ws").await?;
 
     // Elsewhere, a client's local TCP port whose connections become WebSocket connections.
     let mut bridging = server.client_config("laptop");
     bridging.forwards.push(wmproxy_config::Forward {
-        kind: ServiceType::Ws,
         listen: "127.0.0.1:0".parse()?,
-        target: format!("ws://localhost:{}/", vhost.port()),
+        kind: wmproxy_config::ForwardKind::Ws { target: format!("ws://localhost:{}/", vhost.port()) },
     });
     let laptop = TestClient::start(bridging).await?;
     let local = laptop.forward_addrs[0];
@@ -364,15 +367,8 @@ async fn the_ws_tcp_bridge_carries_a_tcp_echo_session_end_to_end() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_served_by_a_group_spreads_requests_and_answers_503_or_502_without_a_backend() -> Result<()> {
-    use wmproxy_config::Policy;
-    use wmproxy_tests::groups::{group, member};
+    use wmproxy_tests::groups::{http_group, member_of};
     init_tracing();
-    let http_group = |name: &str, domain: &str| {
-        let mut g = group(name, 0, Policy::RoundRobin);
-        g.kind = ServiceType::Http;
-        g.custom_domains = vec![domain.to_owned()];
-        g
-    };
     let server = TestServer::start(|f| {
         f.vhost.http_bind = Some("127.0.0.1:0".parse().unwrap());
         f.groups = vec![http_group("site", "lb.example.com"), http_group("broken", "broken.example.com")];
@@ -384,9 +380,8 @@ async fn a_host_served_by_a_group_spreads_requests_and_answers_503_or_502_withou
     let (status, body) = keep_alive_request(&mut conn, "lb.example.com", "/").await?;
     ensure!(status == 503 && body.contains("no healthy backend"), "{status} {body}");
 
-    let http_member = |name: &str, local: SocketAddr, group: &str| Service {
-        kind: ServiceType::Http,
-        ..member(name, local, group, 1, None)
+    let http_member = |name: &str, local: SocketAddr, group: &str| {
+        member_of(wmproxy_config::ServiceKind::Http, (name, local), group, 1, None)
     };
     let mut config = server.client_config("home");
     config.services = vec![

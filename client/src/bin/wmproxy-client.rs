@@ -9,8 +9,8 @@ use hyper::Method;
 use tokio_util::sync::CancellationToken;
 use wmproxy_client::Client;
 use wmproxy_config::client::{parse_fingerprint, split_host_port};
-use wmproxy_config::{ClientConfig, ClientLimits, Secret, ServerTrust, Service, ServiceType};
-use wmproxy_proto::cli;
+use wmproxy_config::{ClientConfig, ClientLimits, Exposure, Name, Publish, Secret, ServerTrust, Service, Target};
+use wmproxy_ops::cli;
 
 /// wmproxy client: publishes local services on a wmproxy server, and forwards local ports
 /// through it.
@@ -114,30 +114,24 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         bail!("give --config FILE, or --server, --fingerprint, --token, --local and --remote-port (see --help)");
     };
     split_host_port(server).map_err(anyhow::Error::msg).context("--server")?;
-    split_host_port(local).map_err(anyhow::Error::msg).context("--local")?;
+    let local = Target::new(local).context("--local")?;
     let fingerprint = parse_fingerprint(fingerprint).map_err(anyhow::Error::msg).context("--fingerprint")?;
     if token.len() < 8 {
         bail!("--token: a token is at least 8 characters long");
     }
-    let name = q.name.clone().unwrap_or_else(host_name);
-    wmproxy_config::check_name(&name).map_err(anyhow::Error::msg).context("--name")?;
-    let (kind, kind_name) = if q.udp { (ServiceType::Udp, "udp") } else { (ServiceType::Tcp, "tcp") };
+    let name = Name::new(&q.name.clone().unwrap_or_else(host_name)).context("--name")?;
+    let (exposure, kind_name) = if q.udp {
+        (Exposure::Udp { publish: Publish::Own(remote_port) }, "udp")
+    } else {
+        (Exposure::Tcp { publish: Publish::Own(remote_port), proxy_protocol: None }, "tcp")
+    };
     Ok(ClientConfig {
         server_addr: server.clone(),
         server_name: "wmproxy".into(),
         trust: ServerTrust::Fingerprint(fingerprint),
         name,
         token: Secret::new(token.clone()),
-        services: vec![Service {
-            name: kind_name.into(),
-            kind,
-            local_addr: local.clone(),
-            remote_port,
-            group: None,
-            http: None,
-            proxy_protocol: None,
-            access_log: true,
-        }],
+        services: vec![Service { name: Name::new(kind_name)?, local_addr: local, access_log: true, exposure }],
         forwards: Vec::new(),
         proxies: Vec::new(),
         egress: wmproxy_config::EgressPolicy::default(),
@@ -153,7 +147,7 @@ fn host_name() -> String {
         .trim()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .take(wmproxy_config::MAX_NAME_LEN)
+        .take(wmproxy_wire::MAX_NAME_LEN)
         .collect();
     if name.is_empty() { "client".into() } else { name }
 }
@@ -164,10 +158,10 @@ async fn run(config: ClientConfig, path: Option<PathBuf>) -> Result<()> {
         client.set_config_path(path);
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(wmproxy_proto::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(wmproxy_ops::shutdown::on_signal(shutdown.clone()));
     let reloader = client.reloader();
     // A refused reload is logged and changes nothing.
-    tokio::spawn(wmproxy_proto::shutdown::on_hangup(move || {
+    tokio::spawn(wmproxy_ops::shutdown::on_hangup(move || {
         let _ = reloader.reload();
         std::future::ready(())
     }));

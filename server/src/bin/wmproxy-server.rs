@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use tokio_util::sync::CancellationToken;
 use wmproxy_config::{Secret, ServerConfig, ServerFile};
-use wmproxy_proto::cli;
+use wmproxy_ops::cli;
 use wmproxy_server::Server;
 use wmproxy_server::identity::load_or_generate_token;
 
@@ -99,10 +99,10 @@ async fn serve(cli: Cli) -> Result<()> {
         );
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(wmproxy_proto::shutdown::on_signal(shutdown.clone()));
+    tokio::spawn(wmproxy_ops::shutdown::on_signal(shutdown.clone()));
     let handle = server.handle();
     // A refused reload is logged by the server and changes nothing.
-    tokio::spawn(wmproxy_proto::shutdown::on_hangup(move || {
+    tokio::spawn(wmproxy_ops::shutdown::on_hangup(move || {
         let handle = handle.clone();
         async move {
             let _ = handle.reload().await;

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use wmproxy_proto::wire::HealthSpec;
+use wmproxy_wire::HealthSpec;
 
 /// Passive-check settings of a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,16 +17,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use wmproxy_config::vhost::normalize_host;
-use wmproxy_proto::proxy::http::{Body, plain, strip_hop_by_hop};
+use wmproxy_frontend::http::{Body, plain, strip_hop_by_hop};
+use wmproxy_tunnel::{Ask, OpenError, Upstream};
 
-use super::{OpenError, Opened};
-use crate::server::Shared;
+use super::Vhost;
 
 /// Accepts users on the vhost port until `shutdown`.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
+pub(crate) async fn serve(listener: TcpListener, vhost: Vhost, shutdown: CancellationToken) {
+    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
         let span = info_span!("vhost_user", %peer);
-        shared.tracker.spawn(connection(tcp, peer, Scheme::Http, shared.clone()).instrument(span));
+        vhost.serving.runtime.tracker.spawn(connection(tcp, peer, Scheme::Http, vhost.clone()).instrument(span));
     }
 }
 
@@ -38,30 +38,25 @@ pub(crate) enum Scheme {
 }
 
 /// Serves one user connection (several requests, keep-alive) until it closes.
-pub(crate) async fn connection<I>(io: I, peer: SocketAddr, scheme: Scheme, shared: Arc<Shared>)
+pub(crate) async fn connection<I>(io: I, peer: SocketAddr, scheme: Scheme, vhost: Vhost)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let service = {
-        let shared = shared.clone();
-        service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(req, peer, scheme, &shared).await) }
-        })
-    };
-    let vhost = &shared.config().vhost;
+    let (timeout, max_head) = (vhost.header_read_timeout, vhost.max_header_bytes);
+    let vhost = Arc::new(vhost);
+    let service = service_fn(move |req| {
+        let vhost = vhost.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, scheme, &vhost).await) }
+    });
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(vhost.header_read_timeout())
-        .max_buf_size(vhost.max_header_bytes);
+    builder.timer(TokioTimer::new()).header_read_timeout(timeout).max_buf_size(max_head);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
         debug!(error = %e, "vhost connection ended");
     }
 }
 
 /// Routes one request and forwards it.
-async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, shared: &Arc<Shared>) -> Response<Body> {
+async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, vhost: &Vhost) -> Response<Body> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -71,12 +66,13 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, sh
     let Some(host) = host.filter(|h| !h.is_empty()) else {
         return plain(StatusCode::BAD_REQUEST, "a Host header is required\n");
     };
-    let Some(route) = shared.router.find(&normalize_host(&host), req.uri().path(), false) else {
+    let Some(route) = vhost.routes.find(&normalize_host(&host), req.uri().path(), false) else {
         return plain(StatusCode::NOT_FOUND, "no service is published for this host\n");
     };
+    let route = &route.template;
     if let Some(expected) = &route.authorization {
         let given = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
-        if !wmproxy_proto::wire::auth::same_secret(expected.as_bytes(), given) {
+        if !wmproxy_wire::auth::same_secret(expected.as_bytes(), given) {
             let mut response = plain(StatusCode::UNAUTHORIZED, "authentication required\n");
             response
                 .headers_mut()
@@ -87,18 +83,25 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, sh
     if route.bridge && !is_websocket(&req) {
         return plain(StatusCode::BAD_REQUEST, "this address takes WebSocket connections only\n");
     }
-    let Opened { send, recv, hold, served_by } =
-        match route.open(peer, shared.config().limits.stream_open_timeout()).await {
-            Ok(opened) => opened,
-            Err(OpenError::Busy) => return plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n"),
-            Err(OpenError::NoBackend) => {
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend serves this host\n");
-            }
-            Err(OpenError::Unreachable) => return plain(StatusCode::BAD_GATEWAY, "the service could not be reached\n"),
-        };
+    let opened = match route.target.open(peer, Ask::Service).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            debug!(error = %e, side = %e.side(), "service not reached");
+            vhost.serving.metrics.open_failed(e.side());
+            return match e {
+                OpenError::Busy => plain(StatusCode::SERVICE_UNAVAILABLE, "the service is busy\n"),
+                OpenError::NoneEligible => {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend serves this host\n")
+                }
+                _ => plain(StatusCode::BAD_GATEWAY, "the service could not be reached\n"),
+            };
+        }
+    };
+    let (send, recv, hold, served) = (opened.send, opened.recv, opened.hold, opened.by);
+    let tracker = &vhost.serving.runtime.tracker;
 
     if route.bridge {
-        return accept_bridge(req, send, recv, hold, shared);
+        return accept_bridge(req, send, recv, hold, tracker);
     }
     let upgrading = req.headers().contains_key(header::UPGRADE);
     if !upgrading {
@@ -125,13 +128,13 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, sh
     }
     let user_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
-    let counted = shared.metrics.stream(&served_by.0, &served_by.1);
+    let counted = vhost.serving.metrics.stream(&served.client, &served.service);
     let io = TokioIo::new(crate::metrics::Counted::new(tokio::io::join(recv, send), counted));
     let (mut sender, backend) = match hyper::client::conn::http1::handshake(io).await {
         Ok(pair) => pair,
         Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),
     };
-    shared.tracker.spawn(
+    tracker.spawn(
         async move {
             if let Err(e) = backend.with_upgrades().await {
                 debug!(error = %e, "backend connection ended");
@@ -147,7 +150,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, sh
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(user_upgrade) = user_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut response);
-            shared.tracker.spawn(relay_upgraded(user_upgrade, backend_upgrade).in_current_span());
+            tracker.spawn(relay_upgraded(user_upgrade, backend_upgrade).in_current_span());
         }
     } else {
         strip_hop_by_hop(response.headers_mut());
@@ -170,7 +173,7 @@ fn accept_bridge(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     hold: impl Send + 'static,
-    shared: &Arc<Shared>,
+    tracker: &tokio_util::task::TaskTracker,
 ) -> Response<Body> {
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
@@ -178,14 +181,14 @@ fn accept_bridge(
     };
     let accept = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
-    shared.tracker.spawn(
+    tracker.spawn(
         async move {
             let Ok(upgraded) = upgrade.await else {
                 return debug!("WebSocket upgrade did not complete");
             };
             let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
             let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), role, None).await;
-            let (from_ws, to_ws) = wmproxy_proto::wsbridge::bridge(ws, tokio::io::join(recv, send)).await;
+            let (from_ws, to_ws) = wmproxy_frontend::wsbridge::bridge(ws, tokio::io::join(recv, send)).await;
             debug!(from_ws, to_ws, "WebSocket bridge finished");
             drop(hold);
         }

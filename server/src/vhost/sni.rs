@@ -16,25 +16,25 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use wmproxy_config::vhost::normalize_host;
-use wmproxy_proto::relay::relay;
+use wmproxy_tunnel::relay::relay;
+use wmproxy_tunnel::{Ask, Upstream};
 
-use super::Opened;
+use super::Vhost;
 use super::serve::Scheme;
-use crate::server::Shared;
 
 /// Largest ClientHello read before giving up.
 const MAX_HELLO: usize = 16 * 1024;
 
 /// Accepts users on the HTTPS port until `shutdown`.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    while let Some((tcp, peer)) = wmproxy_proto::accept::next(&listener, &shutdown).await {
+pub(crate) async fn serve(listener: TcpListener, vhost: Vhost, shutdown: CancellationToken) {
+    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
         let span = info_span!("tls_user", %peer, sni = tracing::field::Empty);
-        shared.tracker.spawn(connection(tcp, peer, shared.clone()).instrument(span));
+        vhost.serving.runtime.tracker.spawn(connection(tcp, peer, vhost.clone()).instrument(span));
     }
 }
 
-async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let timeout = shared.config().vhost.header_read_timeout();
+async fn connection(mut tcp: TcpStream, peer: SocketAddr, vhost: Vhost) {
+    let timeout = vhost.header_read_timeout;
     let (sni, hello) = match tokio::time::timeout(timeout, client_hello(&mut tcp)).await {
         Ok(Ok(read)) => read,
         Ok(Err(why)) => return debug!(why, "not a usable ClientHello; closing"),
@@ -43,22 +43,25 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     if let Some(sni) = &sni {
         tracing::Span::current().record("sni", sni.as_str());
     }
-    let route = sni.as_deref().and_then(|sni| shared.router.find(&normalize_host(sni), "/", true));
+    let route = sni.as_deref().and_then(|sni| vhost.routes.find(&normalize_host(sni), "/", true));
     let Some(route) = route else {
-        return match shared.vhost_tls.clone() {
-            Some(config) => terminate(tcp, hello, peer, config, shared).await,
+        return match vhost.tls.clone() {
+            Some(config) => terminate(tcp, hello, peer, config, vhost).await,
             None => debug!("no service for this name; closing"),
         };
     };
-    let opened = route.open(peer, shared.config().limits.stream_open_timeout()).await;
-    let Opened { mut send, recv, hold: _hold, served_by } = match opened {
+    let mut opened = match route.template.target.open(peer, Ask::Service).await {
         Ok(opened) => opened,
-        Err(e) => return debug!(error = ?e, "service not reached; closing"),
+        Err(e) => {
+            vhost.serving.metrics.open_failed(e.side());
+            return debug!(error = %e, side = %e.side(), "service not reached; closing");
+        }
     };
-    if send.write_all(&hello).await.is_err() {
+    if opened.send.write_all(&hello).await.is_err() {
         return;
     }
-    let counted = shared.metrics.stream(&served_by.0, &served_by.1);
+    let (send, recv, served, _hold) = (opened.send, opened.recv, opened.by, opened.hold);
+    let counted = vhost.serving.metrics.stream(&served.client, &served.service);
     match relay(tcp, send, recv).await {
         Ok(mut stats) => {
             stats.tcp_to_quic += hello.len() as u64;
@@ -71,12 +74,12 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 
 /// Completes the TLS handshake with the server's own certificate, replaying the `hello` bytes
 /// already read, then serves the connection's requests like the vhost port.
-async fn terminate(tcp: TcpStream, hello: Vec<u8>, peer: SocketAddr, config: Arc<ServerConfig>, shared: Arc<Shared>) {
+async fn terminate(tcp: TcpStream, hello: Vec<u8>, peer: SocketAddr, config: Arc<ServerConfig>, vhost: Vhost) {
     let (read, write) = tcp.into_split();
     let replayed = tokio::io::join(std::io::Cursor::new(hello).chain(read), write);
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(replayed);
-    match tokio::time::timeout(shared.config().vhost.header_read_timeout(), handshake).await {
-        Ok(Ok(tls)) => super::serve::connection(tls, peer, Scheme::Https, shared).await,
+    match tokio::time::timeout(vhost.header_read_timeout, handshake).await {
+        Ok(Ok(tls)) => super::serve::connection(tls, peer, Scheme::Https, vhost).await,
         Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
         Err(_) => debug!("TLS handshake not finished in time; closing"),
     }

@@ -1,0 +1,102 @@
+//! One tunnel attempt: resolve, QUIC handshake, Hello with the proof, Register. Returns the
+//! live connection with the per-service results.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint};
+use wmproxy_config::{ClientConfig, Service};
+use wmproxy_tunnel::stream::{read_frame, write_frame};
+use wmproxy_tunnel::transport;
+use wmproxy_wire::{
+    AuthToken, ControlReply, ControlRequest, Hello, HelloReply, ServiceResult, ServiceSpec, auth, hello,
+};
+
+use crate::error::{ClientError, TunnelError};
+
+/// Time for the QUIC handshake, Hello and registration together.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An established, registered tunnel (the server's side of it is its `Session`).
+#[derive(Debug)]
+pub struct Established {
+    /// The endpoint the connection lives on (one per attempt: a fresh source port after a
+    /// network change).
+    pub endpoint: Endpoint,
+    /// The tunnel.
+    pub conn: Connection,
+    /// One result per configured service, in order.
+    pub services: Vec<ServiceResult>,
+    /// Kept open for the life of the tunnel; closing it tells the server we left.
+    pub control: (quinn::SendStream, quinn::RecvStream),
+}
+
+/// Connects, authenticates and registers `services`, within [`HANDSHAKE_TIMEOUT`].
+pub async fn establish(
+    config: &ClientConfig,
+    services: &[Service],
+    quic: &quinn::ClientConfig,
+    hello_version: u32,
+) -> Result<Established, ClientError> {
+    let addr = resolve(&config.server_addr).await?;
+    let unspecified = if addr.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let resolve_err = |source| ClientError::Resolve { addr: config.server_addr.clone(), source };
+    let socket = transport::bind_udp(unspecified).map_err(resolve_err)?;
+    let endpoint = transport::endpoint(socket, None).map_err(resolve_err)?;
+
+    let attempt = async {
+        let connecting =
+            endpoint.connect_with(quic.clone(), addr, &config.server_name).map_err(TunnelError::Connect)?;
+        let conn = connecting.await?;
+        let (services, control) = handshake(&conn, config, services, hello_version).await?;
+        Ok::<_, ClientError>((conn, services, control))
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+        Ok(Ok((conn, services, control))) => Ok(Established { endpoint, conn, services, control }),
+        Ok(Err(e)) => {
+            endpoint.close(0u32.into(), b"handshake failed");
+            Err(e)
+        }
+        Err(_) => {
+            endpoint.close(0u32.into(), b"handshake timed out");
+            Err(ClientError::Timeout)
+        }
+    }
+}
+
+async fn resolve(server_addr: &str) -> Result<SocketAddr, ClientError> {
+    let err = |source| ClientError::Resolve { addr: server_addr.to_owned(), source };
+    let mut addrs = tokio::net::lookup_host(server_addr).await.map_err(err)?;
+    addrs.next().ok_or_else(|| err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")))
+}
+
+async fn handshake(
+    conn: &Connection,
+    config: &ClientConfig,
+    services: &[Service],
+    hello_version: u32,
+) -> Result<(Vec<ServiceResult>, (quinn::SendStream, quinn::RecvStream)), ClientError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut exporter = [0u8; auth::EXPORTER_LEN];
+    conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&config.name))
+        .map_err(|_| TunnelError::Exporter)?;
+    let proof = auth::prove(&AuthToken::new(config.token.expose()), &exporter);
+    let hello = Hello { protocol_version: hello_version, client_name: config.name.clone(), proof };
+    write_frame(&mut send, &hello).await?;
+    hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
+
+    write_frame(&mut send, &ControlRequest::Register { services: specs(services) }).await?;
+    let ControlReply::Registered { results } = read_frame::<ControlReply, _>(&mut recv).await? else {
+        return Err(TunnelError::UnexpectedReply.into());
+    };
+    Ok((results, (send, recv)))
+}
+
+/// What the server is asked to publish for `services`.
+pub(crate) fn specs(services: &[Service]) -> Vec<ServiceSpec> {
+    services.iter().map(ServiceSpec::from).collect()
+}

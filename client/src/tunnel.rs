@@ -1,0 +1,170 @@
+//! One established tunnel, served until it ends: it becomes the current tunnel (forwards and
+//! proxies use it), the streams the server opens are served, health checks report on the
+//! control stream, and reloaded services are registered again on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use wmproxy_config::Service;
+use wmproxy_tunnel::stream::read_frame;
+use wmproxy_tunnel::udp::{FlowTable, UdpStats};
+use wmproxy_tunnel::{Side, Tunnel};
+use wmproxy_wire::{ControlReply, ControlRequest, RegisterOutcome, ServiceResult, close_code};
+
+use crate::client::ClientStatus;
+use crate::current::Installer;
+use crate::error::TunnelError;
+use crate::expose::{self, Exposer};
+use crate::handshake::{self, Established};
+use crate::health;
+
+/// Why a tunnel ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TunnelEnd {
+    /// The client is stopping.
+    #[error("client shutting down")]
+    Shutdown,
+    /// The connection ended (with the server's close reason, if it gave one).
+    #[error("{0}")]
+    Lost(#[source] quinn::ConnectionError),
+    /// The control stream failed while registering again.
+    #[error("{0}")]
+    Control(#[source] TunnelError),
+}
+
+impl TunnelEnd {
+    /// Whose fault it is.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::Shutdown => Side::Internal,
+            Self::Lost(_) | Self::Control(_) => Side::Tunnel,
+        }
+    }
+}
+
+/// What every tunnel of the client shares.
+#[derive(Debug)]
+pub(crate) struct TunnelSetup {
+    /// The client's UDP flow limit, across tunnels.
+    pub udp_flows: Arc<Semaphore>,
+    /// Its UDP counters.
+    pub udp_stats: Arc<UdpStats>,
+    /// Idle UDP flows end after this.
+    pub idle: Duration,
+    /// Where the current tunnel is installed.
+    pub installer: Installer,
+    /// The client's state.
+    pub status: watch::Sender<ClientStatus>,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl TunnelSetup {
+    /// Serves `established` until it ends or the client stops; returns why it ended.
+    /// `registered` is what it registered with, and `services` the watch a reload changes.
+    pub async fn serve(
+        &self,
+        established: Established,
+        (registered, services): (Arc<Vec<Service>>, watch::Receiver<Arc<Vec<Service>>>),
+        exposer: Arc<Exposer>,
+    ) -> TunnelEnd {
+        let Established { endpoint, conn, services: results, control: (control_send, control_recv) } = established;
+        log_results(&results);
+        let streams = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        let flows = FlowTable::new(self.udp_stats.clone());
+        let tunnel = Arc::new(Tunnel::new(conn.clone(), flows.clone(), streams, self.udp_flows.clone()));
+        self.tracker.spawn(flows.clone().run(conn.clone(), self.idle).in_current_span());
+        if !tunnel.carries_datagrams() {
+            warn!("the server does not accept QUIC datagrams: UDP packets will ride flow streams");
+        }
+        self.installer.send_replace(Some(tunnel.clone()));
+        // Connected is announced only once forwards and proxies can use the tunnel: a caller
+        // that waits for it may send through them at once.
+        self.status.send_replace(ClientStatus::Connected { services: results });
+        // Health reports and later registrations share the control stream; `requests` lives as
+        // long as the tunnel, so the stream stays open until the tunnel ends.
+        let (requests, queued) = mpsc::channel(health::REPORT_QUEUE);
+        self.tracker.spawn(health::write_reports(control_send, queued).in_current_span());
+        let mut checks = health::Checks::new(requests.clone(), self.tracker.clone(), self.shutdown.child_token());
+        checks.sync(&registered);
+        info!("tunnel up");
+
+        let ended = tokio::select! {
+            () = self.shutdown.cancelled() => TunnelEnd::Shutdown,
+            reason = conn.closed() => TunnelEnd::Lost(reason),
+            // The accept error is the connection's end, with the server's close reason if any.
+            reason = async {
+                loop {
+                    match conn.accept_bi().await {
+                        Ok(stream) => {
+                            let span = info_span!("stream", service = tracing::field::Empty, peer = tracing::field::Empty, flow = tracing::field::Empty);
+                            self.tracker.spawn(expose::serve(stream, tunnel.clone(), exposer.clone()).instrument(span));
+                        }
+                        Err(e) => break TunnelEnd::Lost(e),
+                    }
+                }
+            } => reason,
+            reason = follow_reloads(services, (&requests, control_recv), &self.status, &mut checks) => TunnelEnd::Control(reason),
+        };
+        self.installer.send_replace(None);
+        drop(checks);
+        drop(requests);
+        let stats = conn.stats();
+        info!(
+            rtt = ?stats.path.rtt,
+            mtu = stats.path.current_mtu,
+            lost_packets = stats.path.lost_packets,
+            congestion_events = stats.path.congestion_events,
+            sent_bytes = stats.udp_tx.bytes,
+            received_bytes = stats.udp_rx.bytes,
+            "tunnel statistics"
+        );
+        tunnel.close(close_code::NORMAL, "client closing the tunnel");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        ended
+    }
+}
+
+fn log_results(results: &[ServiceResult]) {
+    for r in results {
+        match &r.outcome {
+            RegisterOutcome::Ok { port } => info!(service = %r.name, port, "service published"),
+            RegisterOutcome::Joined { port } => info!(service = %r.name, port, "service joined its group"),
+            refused => warn!(service = %r.name, reason = %refused, "service refused by the server"),
+        }
+    }
+}
+
+/// Registers the services again on the live tunnel each time a reload changes them (the
+/// server keeps unchanged ones as they are), and makes the health checks follow. Returns only
+/// when the control stream fails, with why.
+async fn follow_reloads(
+    mut services: watch::Receiver<Arc<Vec<Service>>>,
+    (requests, mut replies): (&mpsc::Sender<ControlRequest>, quinn::RecvStream),
+    status: &watch::Sender<ClientStatus>,
+    checks: &mut health::Checks,
+) -> TunnelError {
+    loop {
+        if services.changed().await.is_err() {
+            // No reloader any more: nothing will change again.
+            return std::future::pending().await;
+        }
+        let wanted = services.borrow_and_update().clone();
+        info!(services = wanted.len(), "registering the reloaded services");
+        if requests.send(ControlRequest::Register { services: handshake::specs(&wanted) }).await.is_err() {
+            return TunnelError::Control(wmproxy_tunnel::stream::StreamError::Closed);
+        }
+        let results = match read_frame::<ControlReply, _>(&mut replies).await {
+            Ok(ControlReply::Registered { results }) => results,
+            Ok(_) => return TunnelError::UnexpectedReply,
+            Err(e) => return TunnelError::Control(e),
+        };
+        log_results(&results);
+        status.send_replace(ClientStatus::Connected { services: results });
+        checks.sync(&wanted);
+    }
+}

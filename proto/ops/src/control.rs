@@ -1,0 +1,243 @@
+//! The control API both ends serve on loopback (hyper, HTTP/1.1), and the CLI side that calls it.
+//!
+//! Every request must carry `Authorization: Bearer <token>`; a missing or wrong token gets `401`
+//! (compared in constant time) before the request is looked at. Request bodies are capped at
+//! [`MAX_BODY`] and must arrive within [`READ_TIMEOUT`]. Replies are JSON, or Prometheus text
+//! for `/metrics`. What each path does is the [`ControlApi`] implementation's business: the
+//! server's and the client's differ.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span};
+
+use wmproxy_wire::auth::same_secret;
+
+/// Largest request body (a config for `/adapt`).
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Time a caller has to send a request head, and then its body.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One answer of the control API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
+
+impl Reply {
+    /// `value` as JSON.
+    pub fn json(status: StatusCode, value: &impl Serialize) -> Self {
+        match serde_json::to_string_pretty(value) {
+            Ok(body) => Self { status, content_type: "application/json", body },
+            Err(e) => Self::error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode the reply: {e}")),
+        }
+    }
+
+    /// `{"error": message}`.
+    pub fn error(status: StatusCode, message: &str) -> Self {
+        let body = serde_json::json!({ "error": message }).to_string();
+        Self { status, content_type: "application/json", body }
+    }
+
+    /// `404` for a path this API does not have.
+    pub fn not_found(method: &Method, path: &str) -> Self {
+        Self::error(StatusCode::NOT_FOUND, &format!("no such endpoint: {method} {path}"))
+    }
+
+    /// The answer to validating a config: `200 {"valid": true}`, or `422 {"valid": false,
+    /// "error": …}` (config errors name the key and line).
+    pub fn verdict<E: std::fmt::Display>(checked: Result<(), E>) -> Self {
+        match checked {
+            Ok(()) => Self::json(StatusCode::OK, &serde_json::json!({ "valid": true })),
+            Err(e) => Self::json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({ "valid": false, "error": e.to_string() }),
+            ),
+        }
+    }
+
+    /// `POST /adapt`: validates the body with `parse`, or, when the body is empty, the config
+    /// file at `path` with `load`; applies nothing.
+    pub fn adapt<T, E: std::fmt::Display>(
+        body: &[u8],
+        path: Option<&std::path::Path>,
+        load: impl FnOnce(&std::path::Path) -> Result<T, E>,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Self {
+        let checked = if body.is_empty() {
+            let Some(path) = path else {
+                return Self::error(StatusCode::BAD_REQUEST, "no config file to read: send one as the body");
+            };
+            load(path)
+        } else {
+            match std::str::from_utf8(body) {
+                Ok(text) => parse(text),
+                Err(_) => return Self::error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"),
+            }
+        };
+        Self::verdict(checked.map(|_| ()))
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(body: String) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        }
+    }
+}
+
+/// One service's registration result, as both ends' `/status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    /// The service's name.
+    pub name: String,
+    /// `ok`, `joined` or why the server refused it.
+    pub outcome: String,
+    /// Its public port, once published.
+    pub port: Option<u16>,
+}
+
+impl From<&wmproxy_wire::ServiceResult> for ServiceStatus {
+    fn from(result: &wmproxy_wire::ServiceResult) -> Self {
+        use wmproxy_wire::RegisterOutcome;
+        let (outcome, port) = match &result.outcome {
+            RegisterOutcome::Ok { port } => ("ok".to_owned(), Some(*port)),
+            RegisterOutcome::Joined { port } => ("joined".to_owned(), Some(*port)),
+            refused => (refused.to_string(), None),
+        };
+        Self { name: result.name.to_string(), outcome, port }
+    }
+}
+
+/// What an end does with an authenticated control request.
+pub trait ControlApi: Send + Sync + 'static {
+    /// Answers `method path` with `body` (empty when none was sent).
+    fn handle(&self, method: Method, path: String, body: Bytes) -> impl Future<Output = Reply> + Send;
+}
+
+/// Serves the control API on `listener` until `shutdown`. Connections run as tasks of `tracker`.
+pub async fn serve<A: ControlApi>(
+    listener: TcpListener,
+    token: String,
+    api: Arc<A>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    // What a caller's `Authorization` header must equal; never logged.
+    let expected: Arc<str> = format!("Bearer {token}").into();
+    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
+        let task = connection(tcp, peer, expected.clone(), api.clone(), shutdown.clone());
+        tracker.spawn(task.instrument(info_span!("control", %peer)));
+    }
+}
+
+async fn connection<A: ControlApi>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    expected: Arc<str>,
+    api: Arc<A>,
+    shutdown: CancellationToken,
+) {
+    let service = service_fn(move |req| {
+        let (expected, api) = (expected.clone(), api.clone());
+        async move { Ok::<_, Infallible>(answer(req, &expected, &*api).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        debug!(%peer, error = %e, "control connection ended");
+    }
+}
+
+async fn answer<A: ControlApi>(req: Request<Incoming>, expected: &str, api: &A) -> Response<Full<Bytes>> {
+    let given = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
+    let reply = if !same_secret(expected.as_bytes(), given) {
+        Reply::error(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required")
+    } else {
+        let (parts, body) = req.into_parts();
+        match tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(Ok(body)) => api.handle(parts.method, parts.uri.path().to_owned(), body.to_bytes()).await,
+            Ok(Err(_)) => Reply::error(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large or broken"),
+            Err(_) => Reply::error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() = reply.status;
+    if reply.status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    response
+}
+
+/// Why [`call`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The control address refused or failed.
+    #[error("cannot reach the control API at {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("control API request failed: {0}")]
+    Http(String),
+}
+
+/// Sends one request to a control API (the CLI's `status`, `reload`, `stop`, …); returns the
+/// status code and body. `token` is sent as the bearer token, when given.
+pub async fn call(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, String), CallError> {
+    let http = |e: &dyn std::fmt::Display| CallError::Http(e.to_string());
+    let tcp = TcpStream::connect(addr).await.map_err(|source| CallError::Connect { addr, source })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| http(&e))?;
+    tokio::spawn(conn.in_current_span());
+    let mut request = Request::builder().method(method).uri(path).header(header::HOST, addr.to_string());
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(body)).map_err(|e| http(&e))?;
+    let response = sender.send_request(request).await.map_err(|e| http(&e))?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), 64 * MAX_BODY).collect().await.map_err(|e| http(&*e))?;
+    Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
+}

@@ -1,0 +1,418 @@
+//! Every message of the protocol, with the channel it may appear on.
+//!
+//! Layouts below use the notation of the [module docs](super): `varint`, `str` (varint length
+//! then UTF-8), `[T]` (varint count then items), `enum#n` (varint variant index `n`).
+//! Enum variants are only ever appended; an index, once used, keeps its meaning.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Proof;
+use crate::frame::WireMessage;
+use crate::name::{Name, Target};
+
+/// First frame on the control stream, client → server.
+///
+/// Layout: `varint protocol_version | str client_name | 32 bytes proof`.
+/// `protocol_version` must stay the first field (see [`crate::frame::peek_protocol_version`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::PROTOCOL_VERSION`] of the client.
+    pub protocol_version: u32,
+    /// The client's name (checked while decoding).
+    pub client_name: Name,
+    /// `HMAC-SHA256(token, TLS exporter)`, see [`crate::auth`].
+    pub proof: Proof,
+}
+impl WireMessage for Hello {}
+
+/// Server's answer to [`Hello`], on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum HelloReply {
+    /// `enum#0 | varint protocol_version`: authenticated; the client may register.
+    Welcome {
+        /// The server's protocol version (equal to the client's).
+        protocol_version: u32,
+    },
+    /// `enum#1 | RejectReason`: the server closes the connection after sending this.
+    Reject(RejectReason),
+}
+impl WireMessage for HelloReply {}
+
+/// Why the server refused a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// `enum#0 | varint server | varint client`.
+    VersionMismatch {
+        /// The server's protocol version.
+        server: u32,
+        /// The version the client announced.
+        client: u32,
+    },
+    /// `enum#1`: unknown client name or wrong token (deliberately not told apart).
+    BadCredentials,
+    /// `enum#2 | varint retry_after_secs`: too many failed attempts from this address.
+    Throttled {
+        /// Seconds until the server accepts attempts from this address again.
+        retry_after_secs: u32,
+    },
+    /// `enum#3`: the server has reached its client limit.
+    ServerFull,
+    /// `enum#4 | str`: the Hello was not valid (for example an over-long name).
+    Invalid(String),
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::VersionMismatch { client, server } => {
+                write!(f, "protocol version mismatch: server speaks version {server}, client speaks version {client}")
+            }
+            Self::BadCredentials => f.write_str("authentication failed: unknown client name or wrong token"),
+            Self::Throttled { retry_after_secs } => {
+                write!(f, "too many failed attempts from this address; retry in {retry_after_secs} s")
+            }
+            Self::ServerFull => f.write_str("server is full (client limit reached)"),
+            Self::Invalid(v0) => write!(f, "invalid hello: {v0}"),
+        }
+    }
+}
+
+impl std::error::Error for RejectReason {}
+
+/// Client → server on the control stream, after [`HelloReply::Welcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ControlRequest {
+    /// `enum#0 | [ServiceSpec]`: publish these services (replaces any earlier registration).
+    /// At most [`crate::MAX_SERVICES`] entries. Sent once after the Welcome, and again whenever
+    /// the client's config is reloaded: services whose spec is unchanged keep their ports and
+    /// connections, the others are withdrawn or published. Each is answered by
+    /// [`ControlReply::Registered`].
+    Register {
+        /// The services to publish.
+        services: Vec<ServiceSpec>,
+    },
+    /// `enum#1 | str service | bool ok | varint latency_us`: the result of one active health
+    /// check of a grouped service's backend. **Not answered**: the server applies it to the
+    /// backend's health (rise/fall) and sends no [`ControlReply`].
+    Health {
+        /// The service (a group member) that was checked.
+        service: Name,
+        /// Whether the check passed.
+        ok: bool,
+        /// How long the check took, microseconds.
+        latency_us: u32,
+    },
+}
+impl WireMessage for ControlRequest {}
+
+/// Server → client on the control stream, one per [`ControlRequest`], in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ControlReply {
+    /// `enum#0 | [ServiceResult]`: one result per requested service, in request order.
+    Registered {
+        /// Per-service outcome.
+        results: Vec<ServiceResult>,
+    },
+}
+impl WireMessage for ControlReply {}
+
+/// One service a client asks the server to publish.
+///
+/// Layout: `str name | ServiceKind | varint remote_port | Option<GroupMembership> group |
+/// Option<HttpSpec> http`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Unique per client (checked while decoding).
+    pub name: Name,
+    /// What is published.
+    pub kind: ServiceKind,
+    /// Public port on the server; `0` lets the server pick a free port in the allowance.
+    /// Ignored for a group member: the group has its port.
+    pub remote_port: u16,
+    /// Join a load-balancing group as one of its backends instead of publishing a port.
+    pub group: Option<GroupMembership>,
+    /// For [`ServiceKind::Http`]: the host names and paths it serves.
+    pub http: Option<HttpSpec>,
+}
+
+/// The routes an HTTP service asks for on the vhost port.
+///
+/// Layout: `[str] custom_domains | Option<str> subdomain | [str] locations |
+/// Option<str> host_header_rewrite | Option<BasicAuth> basic_auth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSpec {
+    /// Host names (`example.com`, `*.example.com`), lower-case.
+    pub custom_domains: Vec<String>,
+    /// A name under the server's `subdomain_host`.
+    pub subdomain: Option<String>,
+    /// Path prefixes (all paths when empty).
+    pub locations: Vec<String>,
+    /// The `Host` header the service sees.
+    pub host_header_rewrite: Option<String>,
+    /// HTTP Basic credentials the server requires before forwarding a request.
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// A user name and password for HTTP Basic auth. `Debug` masks the password.
+///
+/// Layout: `str user | str password`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth").field("user", &self.user).field("password", &"MASKED").finish()
+    }
+}
+
+/// How a service joins a group.
+///
+/// Layout: `str group | str key | varint weight | bool drain | Option<HealthSpec> health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembership {
+    /// The group's name, as configured on the server.
+    pub group: Name,
+    /// The group's key (compared in constant time; masked in `Debug`).
+    pub key: GroupKey,
+    /// Relative share of the group's work, at least 1.
+    pub weight: u32,
+    /// Joins drained: no new work.
+    pub drain: bool,
+    /// Present when the client runs an active check and will send [`ControlRequest::Health`].
+    pub health: Option<HealthSpec>,
+}
+
+/// A group key. `Debug` prints `MASKED`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupKey(pub String);
+
+impl std::fmt::Debug for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// The thresholds the server applies to a backend's reported checks.
+///
+/// Layout: `varint rise | varint fall | bool start_healthy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub fall: u32,
+    /// Healthy before the first check.
+    pub start_healthy: bool,
+}
+
+/// The kind of a published service. The one kind type of the project: the config's service,
+/// forward and group entries are tagged with it (`type = "tcp"`), and the server's groups and
+/// registrations match on it. Its serde names (`"tcp"`, …) matter only to JSON and TOML;
+/// bincode carries the variant index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ServiceKind {
+    /// `enum#0`: a TCP port; every public connection becomes one data stream.
+    #[default]
+    Tcp,
+    /// `enum#1`: a UDP port; every user address becomes one flow (see [`crate::udp`]).
+    /// Needs QUIC datagrams on the tunnel.
+    Udp,
+    /// `enum#2`: an HTTP service on the server's vhost port, reached by host name and path
+    /// ([`ServiceSpec::http`]); every request becomes one data stream.
+    Http,
+    /// `enum#3`: a TLS service on the server's HTTPS port, reached by the SNI of the user's
+    /// ClientHello ([`ServiceSpec::http`] names the hosts); TLS passes through untouched.
+    Https,
+    /// `enum#4`: a TCP service published as a WebSocket endpoint on the vhost port: the server
+    /// accepts the WebSocket and carries its binary messages as the data stream's bytes.
+    Ws,
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::Ws => "ws",
+        })
+    }
+}
+
+/// The outcome of registering one [`ServiceSpec`].
+///
+/// Layout: `str name | RegisterOutcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceResult {
+    /// The service's name, as requested.
+    pub name: Name,
+    /// What happened to it.
+    pub outcome: RegisterOutcome,
+}
+
+/// Per-service registration result; one bad service does not sink the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RegisterOutcome {
+    /// `enum#0 | varint port`: published on `port`.
+    Ok {
+        /// The public port (useful when `remote_port` was 0).
+        port: u16,
+    },
+    /// `enum#1`: the port is outside this client's allowance.
+    PortNotAllowed,
+    /// `enum#2`: the port is taken on the server (by another client or program).
+    PortInUse,
+    /// `enum#3 | str`: the spec itself is wrong (duplicate or over-long name, …).
+    Invalid(String),
+    /// `enum#4`: a UDP service, but this tunnel does not carry QUIC datagrams (the client
+    /// did not offer them in its transport parameters).
+    DatagramsUnsupported,
+    /// `enum#5 | varint port`: joined its group, which serves public port `port`.
+    Joined {
+        /// The group's public port.
+        port: u16,
+    },
+    /// `enum#6`: the server has no group of that name (or of that type).
+    UnknownGroup,
+    /// `enum#7`: the group key is wrong.
+    WrongGroupKey,
+    /// `enum#8 | str domain`: the host name is outside this client's `allow_domains`, or the
+    /// server has no vhost port (or no `subdomain_host` for a subdomain).
+    DomainNotAllowed(String),
+    /// `enum#9 | str route`: another service already serves this host name and path.
+    RouteTaken(String),
+}
+
+impl std::fmt::Display for RegisterOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ok { port } => write!(f, "published on port {port}"),
+            Self::PortNotAllowed => f.write_str("port not allowed for this client"),
+            Self::PortInUse => f.write_str("port already in use on the server"),
+            Self::Invalid(v0) => write!(f, "invalid service: {v0}"),
+            Self::DatagramsUnsupported => f.write_str("UDP needs QUIC datagrams, which this tunnel does not support"),
+            Self::Joined { port } => write!(f, "joined the group serving port {port}"),
+            Self::UnknownGroup => f.write_str("no such group on the server"),
+            Self::WrongGroupKey => f.write_str("wrong group key"),
+            Self::DomainNotAllowed(v0) => write!(f, "host name `{v0}` not allowed for this client"),
+            Self::RouteTaken(v0) => write!(f, "`{v0}` is already served by another service"),
+        }
+    }
+}
+
+impl std::error::Error for RegisterOutcome {}
+
+/// First frame on a data stream, from the end that opened it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OpenStream {
+    /// `enum#0 | str service | SocketAddr peer_addr`, server → client: a user connected to
+    /// the public port of `service`; the client dials the service's local address.
+    Expose {
+        /// Name of the registered service.
+        service: Name,
+        /// The user's address as the server saw it.
+        peer_addr: SocketAddr,
+    },
+    /// `enum#1 | str target | SocketAddr peer_addr`, client → server: a local forward; the
+    /// server dials `target` (`host:port`, at most [`crate::MAX_TARGET_LEN`] bytes) if its
+    /// egress policy allows.
+    Connect {
+        /// `host:port` to dial from the server.
+        target: Target,
+        /// The local user's address as the client saw it.
+        peer_addr: SocketAddr,
+    },
+    /// `enum#2 | str service | SocketAddr peer_addr`, server → client: a new UDP flow from
+    /// `peer_addr` to the public port of `service` (see [`crate::udp`]). The stream carries the
+    /// flow's packet framing after the answer, and lives as long as the flow.
+    UdpExpose {
+        /// Name of the registered UDP service.
+        service: Name,
+        /// The user's address as the server saw it.
+        peer_addr: SocketAddr,
+    },
+    /// `enum#3 | str target | SocketAddr peer_addr`, client → server: a new flow of a UDP local
+    /// forward; the server sends its packets to `target` if its egress policy allows.
+    UdpConnect {
+        /// `host:port` the server sends to.
+        target: Target,
+        /// The local user's address as the client saw it.
+        peer_addr: SocketAddr,
+    },
+    /// `enum#4 | str target | SocketAddr peer_addr`, server → client: a user of one of the
+    /// server's proxies (egress at this client); the client dials `target` if its own egress
+    /// policy allows.
+    ProxyConnect {
+        /// `host:port` to dial from the client.
+        target: Target,
+        /// The proxy user's address as the server saw it.
+        peer_addr: SocketAddr,
+    },
+    /// `enum#5 | str target | SocketAddr peer_addr`, server → client: a UDP flow of a SOCKS5
+    /// UDP ASSOCIATE on one of the server's proxies; the client sends its packets to `target`
+    /// if its egress policy allows.
+    ProxyUdpConnect {
+        /// `host:port` the client sends to.
+        target: Target,
+        /// The proxy user's UDP address as the server saw it.
+        peer_addr: SocketAddr,
+    },
+}
+impl WireMessage for OpenStream {}
+
+/// Answer to an [`OpenStream`], from the end that accepted the stream, before any payload it
+/// sends. Anything but `Ok` is followed by the stream's end, and the opener's pipelined payload
+/// is discarded.
+///
+/// Layout: `enum#n` with no fields, `n` as listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OpenResult {
+    /// `enum#0`: connected; raw bytes follow both ways.
+    Ok,
+    /// `enum#1`: the target refused the connection.
+    Refused,
+    /// `enum#2`: the target could not be reached (no route, DNS failure, …).
+    Unreachable,
+    /// `enum#3`: policy forbids this target.
+    NotAllowed,
+    /// `enum#4`: dialing the target timed out.
+    Timeout,
+    /// `enum#5`: no such service on this end.
+    UnknownService,
+    /// `enum#6`: this end has reached its limit of streams or flows.
+    Busy,
+}
+
+impl std::fmt::Display for OpenResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ok => f.write_str("connected"),
+            Self::Refused => f.write_str("connection refused by the target"),
+            Self::Unreachable => f.write_str("target unreachable"),
+            Self::NotAllowed => f.write_str("target not allowed by the egress policy"),
+            Self::Timeout => f.write_str("connecting to the target timed out"),
+            Self::UnknownService => f.write_str("unknown service"),
+            Self::Busy => f.write_str("too many open streams or flows"),
+        }
+    }
+}
+
+impl std::error::Error for OpenResult {}
+impl WireMessage for OpenResult {}

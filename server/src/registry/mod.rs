@@ -1,0 +1,202 @@
+//! The registry of publications: everything a client has published, one entry per (session,
+//! service), each owning what makes it reachable:
+//!
+//! | owner | what dropping it does |
+//! |---|---|
+//! | a public TCP or UDP port ([`ports::PortHandle`]) | the port stops accepting at once; live connections get the drain grace period |
+//! | vhost or SNI routes ([`crate::routes::RouteHandle`]) | the host names and paths go out of the index |
+//! | a group membership ([`crate::groups::Membership`]) | the backend leaves its group |
+//!
+//! An entry withdraws itself when it is dropped, and that is the only teardown there is: a
+//! re-registration drops the entries whose spec changed or went away ([`Registry::register`]),
+//! and the end of a session, whether it left, was replaced or was revoked by a reload, drops
+//! all of its entries ([`Registry::end`]). A server proxy's `via` is not an entry: it names a
+//! client, and each proxy connection looks the client's live session up, so a reconnected
+//! client serves it at once.
+//!
+//! - `publish`: what each kind of service publishes.
+//! - [`ports`]: public TCP and UDP ports.
+
+mod ports;
+mod publish;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use wmproxy_config::ClientEntry;
+use wmproxy_wire::{MAX_SERVICES, Name, RegisterOutcome, ServiceResult, ServiceSpec};
+
+use crate::groups::{Backend, Groups, Membership};
+use crate::routes::{RouteHandle, Routes};
+use crate::runtime::Serving;
+use crate::sessions::{Session, SessionId, Sessions};
+use crate::udp::UdpBudget;
+
+/// Where HTTP-like services are served, as bound.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct VhostPorts {
+    /// The port `http` and `ws` services are reached on, if any.
+    pub http: Option<u16>,
+    /// The HTTPS (SNI) port, if any.
+    pub https: Option<u16>,
+    /// `subdomain = "x"` services are served at `x.<subdomain_host>` (lower-case).
+    pub subdomain_host: Option<String>,
+}
+
+/// What keeps one publication reachable; dropping it withdraws it.
+#[derive(Debug)]
+pub(crate) enum Owner {
+    /// A public TCP or UDP port.
+    Port(ports::PortHandle),
+    /// Host names (and paths) on the vhost or HTTPS port.
+    Routes(#[allow(dead_code, reason = "held for its drop, which withdraws the routes")] RouteHandle),
+    /// A place in a group.
+    Member(Membership),
+}
+
+/// One published service.
+#[derive(Debug)]
+struct Publication {
+    /// What was asked: a registration with the same spec keeps the entry as it is.
+    spec: ServiceSpec,
+    /// What it got.
+    outcome: RegisterOutcome,
+    owner: Owner,
+}
+
+/// Every publication of every session.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    entries: Mutex<HashMap<SessionId, HashMap<Name, Publication>>>,
+    routes: Arc<Routes>,
+    groups: Arc<Groups>,
+    serving: Serving,
+    udp: UdpBudget,
+    public_bind: IpAddr,
+    vhost: VhostPorts,
+}
+
+impl Registry {
+    pub fn new(
+        routes: Arc<Routes>,
+        groups: Arc<Groups>,
+        serving: Serving,
+        udp: UdpBudget,
+        (public_bind, vhost): (IpAddr, VhostPorts),
+    ) -> Self {
+        Self { entries: Mutex::default(), routes, groups, serving, udp, public_bind, vhost }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, HashMap<Name, Publication>>> {
+        // Single inserts and removes: a poisoned lock still holds a consistent map.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `specs` the published services of `session`, within `entry`'s allowances. One
+    /// result per spec, in order; a bad spec does not affect the others. Entries whose spec is
+    /// unchanged are kept as they are (ports and connections); the others are withdrawn first,
+    /// so a changed service can take its port again.
+    pub async fn register(
+        &self,
+        session: &Arc<Session>,
+        specs: Vec<ServiceSpec>,
+        entry: &ClientEntry,
+    ) -> Vec<ServiceResult> {
+        let mut wanted: HashMap<&str, &ServiceSpec> = HashMap::new();
+        for spec in specs.iter().take(MAX_SERVICES) {
+            wanted.entry(spec.name.as_str()).or_insert(spec);
+        }
+        let stale: Vec<(Name, Publication)> = {
+            let mut entries = self.lock();
+            let mine = entries.entry(session.id).or_default();
+            let names: Vec<Name> = mine
+                .iter()
+                .filter(|(name, p)| wanted.get(name.as_str()) != Some(&&p.spec))
+                .map(|(n, _)| n.clone())
+                .collect();
+            names.into_iter().filter_map(|n| mine.remove(&n).map(|p| (n, p))).collect()
+        };
+        withdraw(stale).await;
+
+        let mut seen = HashSet::new();
+        let mut results = Vec::with_capacity(specs.len().min(MAX_SERVICES));
+        for (i, spec) in specs.into_iter().enumerate() {
+            let kept = self.lock().get(&session.id).and_then(|mine| mine.get(&spec.name).map(|p| p.outcome.clone()));
+            let outcome = if i >= MAX_SERVICES {
+                RegisterOutcome::Invalid(format!("more than {MAX_SERVICES} services"))
+            } else if !seen.insert(spec.name.clone()) {
+                RegisterOutcome::Invalid(format!("duplicate service name `{}`", spec.name))
+            } else if let Some(kept) = kept {
+                debug!(service = %spec.name, "service unchanged; kept");
+                results.push(ServiceResult { name: spec.name, outcome: kept });
+                continue;
+            } else {
+                match self.publish(&spec, session, entry) {
+                    Ok((owner, outcome)) => {
+                        self.insert(
+                            session,
+                            &spec,
+                            Publication { spec: spec.clone(), outcome: outcome.clone(), owner },
+                        );
+                        outcome
+                    }
+                    Err(refused) => refused,
+                }
+            };
+            match &outcome {
+                RegisterOutcome::Ok { port } => info!(service = %spec.name, port, "service published"),
+                RegisterOutcome::Joined { port } => info!(service = %spec.name, port, "service joined its group"),
+                refused => warn!(service = %spec.name, port = spec.remote_port, reason = %refused, "service refused"),
+            }
+            results.push(ServiceResult { name: spec.name, outcome });
+        }
+        session.set_results(&results);
+        results
+    }
+
+    /// Records a new publication, unless the session has ended meanwhile (a reload may end it
+    /// while it registers): then the publication is dropped, which withdraws it.
+    fn insert(&self, session: &Session, spec: &ServiceSpec, publication: Publication) {
+        if session.tunnel.conn().close_reason().is_some() {
+            return;
+        }
+        self.lock().entry(session.id).or_default().insert(spec.name.clone(), publication);
+    }
+
+    /// Ends `session`: closes its tunnel with `code` and `reason` (the client sees both),
+    /// withdraws everything it published (its ports are closed when this returns), and takes it
+    /// out of `sessions` unless a newer session of the client has replaced it.
+    pub async fn end(&self, sessions: &Sessions, session: &Session, code: u32, reason: &str) {
+        session.tunnel.close(code, reason);
+        let entries = self.lock().remove(&session.id).unwrap_or_default();
+        withdraw(entries.into_iter().collect()).await;
+        sessions.remove(session);
+    }
+
+    /// The group backend that `service` of `session` is, if it joined a group.
+    pub fn backend(&self, session: SessionId, service: &str) -> Option<Arc<Backend>> {
+        let entries = self.lock();
+        match &entries.get(&session)?.get(service)?.owner {
+            Owner::Member(m) => Some(m.backend().clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Drops `publications` (withdrawing each), then waits until their ports are closed.
+async fn withdraw(publications: Vec<(Name, Publication)>) {
+    let mut closing: Vec<(Name, TaskTracker)> = Vec::new();
+    for (name, publication) in publications {
+        if let Owner::Port(port) = &publication.owner {
+            closing.push((name.clone(), port.tasks()));
+        }
+        drop(publication);
+        info!(service = %name, "service withdrawn");
+    }
+    for (name, tasks) in closing {
+        ports::PortHandle::closed(tasks, &name).await;
+    }
+}

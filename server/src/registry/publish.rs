@@ -1,0 +1,95 @@
+//! Publishing one service, by what it asks for: a public port, host-name routes, or a place in
+//! a group. Each returns the [`Owner`] that keeps it published while it lives.
+
+use std::sync::Arc;
+
+use wmproxy_config::ClientEntry;
+use wmproxy_frontend::http::basic_authorization;
+use wmproxy_wire::{HttpSpec, RegisterOutcome, ServiceKind, ServiceSpec};
+
+use super::ports::{self, PortHandle};
+use super::{Owner, Registry};
+use crate::routes::{RouteOwner, RouteTarget, Template};
+use crate::sessions::Session;
+use crate::upstream::{Served, ServiceUpstream};
+
+impl Registry {
+    /// Publishes `spec` of `session`, within `entry`'s allowances.
+    pub(super) fn publish(
+        &self,
+        spec: &ServiceSpec,
+        session: &Arc<Session>,
+        entry: &ClientEntry,
+    ) -> Result<(Owner, RegisterOutcome), RegisterOutcome> {
+        let served = Served { client: session.name.clone(), service: spec.name.clone() };
+        if let Some(membership) = &spec.group {
+            let joined = self.groups.join(served, spec.kind, membership, &session.tunnel)?;
+            let port = joined.port();
+            return Ok((Owner::Member(joined), RegisterOutcome::Joined { port }));
+        }
+        let upstream =
+            ServiceUpstream::new(session.tunnel.clone(), served, self.serving.open_timeout, self.udp.clone());
+        let at = (self.public_bind, spec.remote_port);
+        let (handle, port): (PortHandle, u16) = match spec.kind {
+            ServiceKind::Tcp => ports::tcp(at, &entry.allow_ports, upstream, &self.serving)?,
+            ServiceKind::Udp if !session.tunnel.carries_datagrams() => {
+                return Err(RegisterOutcome::DatagramsUnsupported);
+            }
+            ServiceKind::Udp => ports::udp(at, &entry.allow_ports, upstream, &self.serving)?,
+            ServiceKind::Http | ServiceKind::Https | ServiceKind::Ws => {
+                let http = spec
+                    .http
+                    .as_ref()
+                    .ok_or_else(|| RegisterOutcome::Invalid("an HTTP service needs its host names".into()))?;
+                return self.claim_routes(spec.kind, http, session, entry, upstream);
+            }
+            _ => return Err(RegisterOutcome::Invalid("unsupported service type".into())),
+        };
+        Ok((Owner::Port(handle), RegisterOutcome::Ok { port }))
+    }
+
+    /// Claims the host names (and paths) of an HTTP-like service, if the client may claim its
+    /// names and no other owner serves the same name and path. `Https` routes go to the HTTPS
+    /// (SNI) port and have no locations; `Ws` routes are WebSocket bridges on the HTTP port.
+    fn claim_routes(
+        &self,
+        kind: ServiceKind,
+        http: &HttpSpec,
+        session: &Session,
+        entry: &ClientEntry,
+        upstream: ServiceUpstream,
+    ) -> Result<(Owner, RegisterOutcome), RegisterOutcome> {
+        let tls = kind == ServiceKind::Https;
+        let port = if tls { self.vhost.https } else { self.vhost.http };
+        let port = port.ok_or_else(|| {
+            RegisterOutcome::Invalid(format!("this server has no {} port", if tls { "HTTPS" } else { "vhost" }))
+        })?;
+        if tls && !http.locations.is_empty() {
+            return Err(RegisterOutcome::Invalid("TLS is passed through: an HTTPS service has no `locations`".into()));
+        }
+        let mut hosts = Vec::with_capacity(http.custom_domains.len() + 1);
+        for domain in &http.custom_domains {
+            if !entry.allows_domain(domain) {
+                return Err(RegisterOutcome::DomainNotAllowed(domain.clone()));
+            }
+            hosts.push(domain.clone());
+        }
+        if let Some(sub) = &http.subdomain {
+            match &self.vhost.subdomain_host {
+                Some(base) if !sub.is_empty() && !sub.contains('*') => hosts.push(format!("{sub}.{base}")),
+                _ => return Err(RegisterOutcome::DomainNotAllowed(sub.clone())),
+            }
+        }
+        let locations = if http.locations.is_empty() { vec!["/".to_owned()] } else { http.locations.clone() };
+        let template = Template {
+            tls,
+            bridge: kind == ServiceKind::Ws,
+            target: RouteTarget::Service(upstream),
+            host_rewrite: http.host_header_rewrite.clone(),
+            authorization: http.basic_auth.as_ref().map(|a| basic_authorization(&a.user, &a.password)),
+        };
+        let claimed = self.routes.claim(RouteOwner::Session(session.id), &template, &hosts, &locations);
+        let handle = claimed.map_err(RegisterOutcome::RouteTaken)?;
+        Ok((Owner::Routes(handle), RegisterOutcome::Ok { port }))
+    }
+}
