@@ -14,53 +14,19 @@ use tracing::{Instrument, info_span, warn};
 use wmproxy_config::{ClientConfig, ForwardKind};
 use wmproxy_tunnel::transport;
 use wmproxy_tunnel::udp::UdpStats;
-use wmproxy_wire::{PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult};
+use wmproxy_wire::{PROTOCOL_VERSION, RejectReason};
 
 use crate::backoff::{Backoff, Jitter};
 use crate::current::CurrentTunnel;
 use crate::error::ClientError;
 use crate::expose::{Exposer, STREAM_OPEN_TIMEOUT};
 use crate::reload::Reloader;
+pub use crate::status::ClientStatus;
 use crate::tunnel::TunnelSetup;
 use crate::{forward, handshake, proxy, tls};
 
 /// How long shutdown waits for streams to finish.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the client is doing, published on a watch channel ([`Client::status`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientStatus {
-    /// Trying to (re)connect; `last_error` is why the previous attempt failed.
-    Connecting {
-        /// Attempts since the last working tunnel.
-        attempt: u32,
-        /// The previous attempt's error, if any.
-        last_error: Option<String>,
-    },
-    /// The tunnel is up; one result per configured service.
-    Connected {
-        /// Per-service registration results.
-        services: Vec<ServiceResult>,
-    },
-    /// `run` has returned; `error` is why, if it was not a requested shutdown.
-    Stopped {
-        /// The fatal error.
-        error: Option<String>,
-    },
-}
-
-impl ClientStatus {
-    /// The public port of `service`, when connected and published.
-    pub fn port_of(&self, service: &str) -> Option<u16> {
-        let Self::Connected { services } = self else {
-            return None;
-        };
-        services.iter().find(|s| s.name == service).and_then(|s| match s.outcome {
-            RegisterOutcome::Ok { port } => Some(port),
-            _ => None,
-        })
-    }
-}
 
 /// A bound local forward or proxy.
 #[derive(Debug)]
@@ -208,7 +174,7 @@ impl Client {
                 }
                 LocalListener::Proxy(l, p) => {
                     let stats = udp_stats.clone();
-                    tracker.spawn(proxy::serve(l, p, current, (stats, tasks), stop).instrument(span))
+                    tracker.spawn(proxy::serve(l, p, current, (stats, tasks), (stop, DRAIN_TIMEOUT)).instrument(span))
                 }
                 LocalListener::Ws(l, url) => tracker.spawn(forward::serve_ws(l, url, tasks, stop).instrument(span)),
             };

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wmproxy_ops::control::{ControlApi, Reply, ServiceStatus};
 
-use crate::ClientStatus;
 use crate::reload::{ReloadError, Reloader};
+use crate::status::ClientStatus;
 
 /// The client's answers to control requests.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`client`]: [`Client`] binds the local listeners; [`Client::run`] is the reconnect loop,
-//!   publishing [`ClientStatus`] on a watch channel.
+//!   publishing [`ClientStatus`] (`status`) on a watch channel.
 //! - [`handshake`]: one attempt: resolve, QUIC handshake, Hello with the TLS-bound proof,
 //!   Register; gives an [`handshake::Established`] tunnel.
 //! - `tunnel`: serves one established tunnel until it ends: installs it as the current tunnel,
@@ -40,6 +40,7 @@ mod forward;
 mod health;
 mod metrics;
 mod proxy;
+mod status;
 mod tunnel;
 
 pub use client::{Client, ClientStatus};

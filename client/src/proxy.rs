@@ -13,20 +13,18 @@ use wmproxy_tunnel::udp::UdpStats;
 
 use crate::current::CurrentTunnel;
 
-/// Serves one configured proxy until `shutdown`.
+/// Serves one configured proxy until `shutdown`; then its connections get `grace`.
 pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
     current: CurrentTunnel,
     (stats, tracker): (Arc<UdpStats>, TaskTracker),
-    shutdown: CancellationToken,
+    (shutdown, grace): (CancellationToken, std::time::Duration),
 ) {
     let kind = match proxy.kind {
         ProxyType::Socks5 => ProxyKind::Socks5,
         ProxyType::Http => ProxyKind::Http,
     };
     let settings = ProxySettings::new(kind, proxy.credential_pair(), proxy.handshake_timeout, stats);
-    // On shutdown, connections in flight get as long as the client waits for its tasks.
-    let grace = crate::client::DRAIN_TIMEOUT;
     front::serve(listener, settings, Arc::new(current), tracker, (shutdown, grace)).await;
 }

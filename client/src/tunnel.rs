@@ -15,12 +15,12 @@ use wmproxy_tunnel::udp::{FlowTable, UdpStats};
 use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{ControlReply, ControlRequest, RegisterOutcome, ServiceResult, close_code};
 
-use crate::client::ClientStatus;
 use crate::current::Installer;
 use crate::error::TunnelError;
 use crate::expose::{self, Exposer};
 use crate::handshake::{self, Established};
 use crate::health;
+use crate::status::ClientStatus;
 
 /// Why a tunnel ended.
 #[derive(Debug, thiserror::Error)]

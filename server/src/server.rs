@@ -200,6 +200,8 @@ impl Server {
         };
 
         let runtime = Runtime::default();
+        // Stops whatever starts below if `bind` fails half-way, or the server never runs.
+        let stop_unless_run = runtime.shutdown.clone().drop_guard();
         let metrics = Arc::new(Metrics::default());
         let udp = UdpBudget::new(limits.max_udp_flows);
         let serving = Serving {
@@ -223,7 +225,7 @@ impl Server {
             Arc::new(Listeners::new(groups.clone(), routes.clone(), sessions.clone(), serving.clone(), udp.clone()));
 
         // The config's own listeners start at once: their stop tokens are children of the root,
-        // which the drop guard cancels if the server never runs.
+        // which the drop guard cancels if `bind` fails or the server never runs.
         for entry in &config.groups {
             let port = match &entry.kind {
                 GroupKind::Tcp { remote_port } | GroupKind::Udp { remote_port } => *remote_port,
@@ -285,7 +287,7 @@ impl Server {
             tls_listener,
             control,
             max_clients,
-            _stop_unless_run: runtime.shutdown.clone().drop_guard(),
+            _stop_unless_run: stop_unless_run,
         })
     }
 

@@ -13,7 +13,8 @@ use wmproxy_tunnel::stream::{StreamError, read_frame, read_frame_body, write_fra
 use wmproxy_tunnel::udp::FlowTable;
 use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{
-    ControlReply, ControlRequest, HelloReply, Name, PROTOCOL_VERSION, RejectReason, ServiceSpec, close_code,
+    ControlReply, ControlRequest, HelloReply, Name, PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult,
+    ServiceSpec, close_code,
 };
 
 use crate::metrics::Metrics;
@@ -196,8 +197,14 @@ impl Tunnels {
     ) -> Result<(), TunnelError> {
         let results = match config.client(&session.name) {
             Some(entry) => self.registry.register(session, services, entry).await,
-            // Its entry was removed by a reload that has not disconnected it yet.
-            None => Vec::new(),
+            // A reload removed its entry and is about to disconnect it: publish nothing.
+            None => services
+                .into_iter()
+                .map(|s| ServiceResult {
+                    name: s.name,
+                    outcome: RegisterOutcome::Invalid("this client was removed".into()),
+                })
+                .collect(),
         };
         write_frame(send, &ControlReply::Registered { results }).await?;
         Ok(())

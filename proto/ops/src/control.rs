@@ -211,11 +211,18 @@ pub enum CallError {
         /// The address.
         addr: SocketAddr,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// The HTTP exchange failed.
     #[error("control API request failed: {0}")]
-    Http(String),
+    Http(#[from] hyper::Error),
+    /// The request could not be built (a path that is not a URI).
+    #[error("control API request is malformed: {0}")]
+    Request(#[from] hyper::http::Error),
+    /// The answer's body could not be read (or was over the limit).
+    #[error("control API answer unreadable: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Sends one request to a control API (the CLI's `status`, `reload`, `stop`, …); returns the
@@ -227,17 +234,16 @@ pub async fn call(
     path: &str,
     body: Bytes,
 ) -> Result<(u16, String), CallError> {
-    let http = |e: &dyn std::fmt::Display| CallError::Http(e.to_string());
     let tcp = TcpStream::connect(addr).await.map_err(|source| CallError::Connect { addr, source })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| http(&e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn.in_current_span());
     let mut request = Request::builder().method(method).uri(path).header(header::HOST, addr.to_string());
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let request = request.body(Full::new(body)).map_err(|e| http(&e))?;
-    let response = sender.send_request(request).await.map_err(|e| http(&e))?;
+    let request = request.body(Full::new(body))?;
+    let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), 64 * MAX_BODY).collect().await.map_err(|e| http(&*e))?;
+    let body = Limited::new(response.into_body(), 64 * MAX_BODY).collect().await.map_err(CallError::Body)?;
     Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
 }

@@ -62,6 +62,17 @@ pub struct BackendStatus {
     pub traffic: crate::metrics::Traffic,
 }
 
+/// A group's state, for status output and tests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStatus {
+    /// The group's name.
+    pub name: String,
+    /// Its public port.
+    pub port: u16,
+    /// Its backends, in the order they joined.
+    pub backends: Vec<BackendStatus>,
+}
+
 impl Backend {
     pub(super) fn new(
         id: u64,

@@ -14,7 +14,7 @@ use wmproxy_tunnel::upstream::FlowRoute;
 use wmproxy_tunnel::{Ask, OpenError, Opened, Side, Upstream};
 use wmproxy_wire::{Name, ServiceKind};
 
-use super::backend::Backend;
+use super::backend::{Backend, GroupStatus};
 use super::health::Passive;
 use super::policy::Selector;
 use crate::udp::UdpBudget;
@@ -161,10 +161,10 @@ impl Group {
     }
 
     /// The group's state now.
-    pub fn status(&self) -> super::GroupStatus {
+    pub fn status(&self) -> GroupStatus {
         let now = Instant::now();
         let backends = self.members().backends.iter().map(|b| b.status(now)).collect();
-        super::GroupStatus { name: self.name.to_string(), port: self.port(), backends }
+        GroupStatus { name: self.name.to_string(), port: self.port(), backends }
     }
 }
 

@@ -27,23 +27,12 @@ use wmproxy_config::GroupEntry;
 use wmproxy_tunnel::Tunnel;
 use wmproxy_wire::{GroupMembership, Name, RegisterOutcome, ServiceKind, auth};
 
-pub use self::backend::{Backend, BackendStatus};
+pub use self::backend::{Backend, BackendStatus, GroupStatus};
 pub use self::group::Group;
 use self::health::Health;
 pub(crate) use self::port::{GroupSocket, bind as bind_port, serve as serve_port};
 use crate::udp::UdpBudget;
 use crate::upstream::Served;
-
-/// A group's state, for status output and tests.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct GroupStatus {
-    /// The group's name.
-    pub name: String,
-    /// Its public port.
-    pub port: u16,
-    /// Its backends, in the order they joined.
-    pub backends: Vec<BackendStatus>,
-}
 
 /// A service's place in a group: it leaves the group when this is dropped.
 #[derive(Debug)]

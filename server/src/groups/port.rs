@@ -14,7 +14,7 @@ use wmproxy_tunnel::accept::after_grace;
 use wmproxy_tunnel::relay::relay;
 use wmproxy_tunnel::{Ask, Upstream, transport};
 
-use super::Group;
+use super::group::Group;
 use crate::runtime::Serving;
 use crate::sockets::bind_reusable;
 

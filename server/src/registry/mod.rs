@@ -119,6 +119,9 @@ impl Registry {
                 .collect();
             names.into_iter().filter_map(|n| mine.remove(&n).map(|p| (n, p))).collect()
         };
+        for (name, _) in &stale {
+            info!(service = %name, "service withdrawn");
+        }
         withdraw(stale).await;
 
         let mut seen = HashSet::new();
@@ -194,7 +197,7 @@ async fn withdraw(publications: Vec<(Name, Publication)>) {
             closing.push((name.clone(), port.tasks()));
         }
         drop(publication);
-        info!(service = %name, "service withdrawn");
+        debug!(service = %name, "publication withdrawn");
     }
     for (name, tasks) in closing {
         ports::PortHandle::closed(tasks, &name).await;

@@ -11,25 +11,5 @@
 mod serve;
 mod sni;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-pub(crate) use self::serve::serve;
+pub(crate) use self::serve::{Vhost, serve};
 pub(crate) use self::sni::serve as serve_tls;
-use crate::routes::Routes;
-use crate::runtime::Serving;
-
-/// What the vhost and HTTPS ports use.
-#[derive(Debug, Clone)]
-pub(crate) struct Vhost {
-    /// The routes, by host.
-    pub routes: Arc<Routes>,
-    /// Where users' tasks run, timeouts and counters.
-    pub serving: Serving,
-    /// Time a user has to send a request head (or a ClientHello).
-    pub header_read_timeout: Duration,
-    /// Largest request head.
-    pub max_header_bytes: usize,
-    /// `[vhost.tls]`: the HTTPS port terminates TLS for names no `https` route claims.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-}

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -20,7 +21,23 @@ use wmproxy_config::vhost::normalize_host;
 use wmproxy_frontend::http::{Body, plain, strip_hop_by_hop};
 use wmproxy_tunnel::{Ask, OpenError, Upstream};
 
-use super::Vhost;
+use crate::routes::Routes;
+use crate::runtime::Serving;
+
+/// What the vhost and HTTPS ports use.
+#[derive(Debug, Clone)]
+pub(crate) struct Vhost {
+    /// The routes, by host.
+    pub routes: Arc<Routes>,
+    /// Where users' tasks run, timeouts and counters.
+    pub serving: Serving,
+    /// Time a user has to send a request head (or a ClientHello).
+    pub header_read_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// `[vhost.tls]`: the HTTPS port terminates TLS for names no `https` route claims.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
 
 /// Accepts users on the vhost port until `shutdown`.
 pub(crate) async fn serve(listener: TcpListener, vhost: Vhost, shutdown: CancellationToken) {

@@ -19,8 +19,7 @@ use wmproxy_config::vhost::normalize_host;
 use wmproxy_tunnel::relay::relay;
 use wmproxy_tunnel::{Ask, Upstream};
 
-use super::Vhost;
-use super::serve::Scheme;
+use super::serve::{Scheme, Vhost};
 
 /// Largest ClientHello read before giving up.
 const MAX_HELLO: usize = 16 * 1024;
