@@ -2,7 +2,7 @@
 
 use wmproxy_wire::{RegisterOutcome, ServiceResult};
 
-/// What the client is doing, published on a watch channel ([`Client::status`]).
+/// What the client is doing, published on a watch channel ([`crate::Client::status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientStatus {
     /// Trying to (re)connect; `last_error` is why the previous attempt failed.
