@@ -11,7 +11,8 @@
 //! - [`secret`]: tokens, masked in `Debug`, `Display` and `Serialize`.
 //! - [`control`]: `[control]`, the control API of either end. [`reload`]: the report of what a
 //!   reload changed.
-//! - `tagged`: how an entry's `type` selects its kind (see below).
+//! - `tagged`: how an entry's `type` selects its kind (see below). `wire`: the one conversion of
+//!   a service into what the server is asked to publish.
 //!
 //! # How a file becomes a config
 //! Text → `toml`'s span-keeping document → `tagged` turns each `[[services]]`, `[[forwards]]`,
@@ -37,6 +38,7 @@ pub mod server;
 pub mod service;
 mod tagged;
 pub mod vhost;
+mod wire;
 
 use std::path::{Path, PathBuf};
 

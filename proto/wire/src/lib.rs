@@ -10,7 +10,7 @@
 //! # Layout
 //! - [`message`]: every message, with the channel it may travel on and its byte layout.
 //! - [`frame`]: the length prefix and the bincode body; [`frame::decode`] and
-//!   [`frame::encode`] are the only ways in and out.
+//!   [`frame::encode`] (and their whole-body forms) are the ways in and out.
 //! - [`name`]: [`Name`] and [`Target`], validated while decoding: code that receives a message
 //!   never checks a name or a `host:port` again.
 //! - [`hello`]: the server's judgement of a Hello (version, then the message), as pure
