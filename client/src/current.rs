@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use wmproxy_tunnel::relay::RelayStats;
 use wmproxy_tunnel::upstream::FlowRoute;
 use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
-use wmproxy_wire::{OpenResult, OpenStream, Target};
+use wmproxy_wire::{OpenStream, Target};
 
 /// The tunnel up now, if any. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -45,27 +45,19 @@ impl CurrentTunnel {
     }
 }
 
-/// The client asks the server for targets only (services are the server's to ask for).
-fn target(ask: Ask) -> Result<Target, OpenError> {
-    match ask {
-        Ask::Target(target) => Ok(target),
-        Ask::Service => Err(OpenError::Refused(OpenResult::UnknownService)),
-    }
-}
-
 impl Upstream for CurrentTunnel {
     type By = ();
 
     async fn open(&self, peer: SocketAddr, ask: Ask) -> Result<Opened<()>, OpenError> {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
-        let header = OpenStream::Connect { target: target(ask)?, peer_addr: peer };
+        let header = OpenStream::Connect { target: ask.target()?, peer_addr: peer };
         let (send, recv) = tunnel.open_confirmed(&header, self.open_timeout).await?;
         Ok(Opened { send, recv, by: (), hold: Vec::new() })
     }
 
     fn flow(&self, peer: SocketAddr, ask: Ask) -> Result<FlowRoute, OpenError> {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
-        let header = OpenStream::UdpConnect { target: target(ask)?, peer_addr: peer };
+        let header = OpenStream::UdpConnect { target: ask.target()?, peer_addr: peer };
         let permit = tunnel.flow_permit().ok_or(OpenError::Busy)?;
         Ok(FlowRoute { tunnel, header, ends_with: None, hold: vec![Box::new(permit)] })
     }

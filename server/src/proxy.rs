@@ -13,7 +13,7 @@ use wmproxy_config::{ProxyType, ServerProxy};
 use wmproxy_frontend::proxy::{self as front, ProxyKind, ProxySettings};
 use wmproxy_tunnel::upstream::FlowRoute;
 use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
-use wmproxy_wire::{Name, OpenResult, OpenStream};
+use wmproxy_wire::{Name, OpenStream};
 
 use crate::groups::Groups;
 use crate::runtime::Runtime;
@@ -39,20 +39,12 @@ impl Via {
     }
 }
 
-/// A proxy asks only for targets; there is no service to ask a client for.
-fn target(ask: Ask) -> Result<wmproxy_wire::Target, OpenError> {
-    match ask {
-        Ask::Target(target) => Ok(target),
-        Ask::Service => Err(OpenError::Refused(OpenResult::UnknownService)),
-    }
-}
-
 impl Upstream for Via {
     type By = ();
 
     async fn open(&self, peer: SocketAddr, ask: Ask) -> Result<Opened<()>, OpenError> {
         if let Some(tunnel) = self.client() {
-            let header = OpenStream::ProxyConnect { target: target(ask)?, peer_addr: peer };
+            let header = OpenStream::ProxyConnect { target: ask.target()?, peer_addr: peer };
             return open_on(&tunnel, &header, self.open_timeout, ()).await;
         }
         let group = self.groups.get(&self.name).ok_or(OpenError::TunnelGone)?;
@@ -62,7 +54,7 @@ impl Upstream for Via {
 
     fn flow(&self, peer: SocketAddr, ask: Ask) -> Result<FlowRoute, OpenError> {
         if let Some(tunnel) = self.client() {
-            let header = OpenStream::ProxyUdpConnect { target: target(ask)?, peer_addr: peer };
+            let header = OpenStream::ProxyUdpConnect { target: ask.target()?, peer_addr: peer };
             return flow_on(&tunnel, &self.udp, header, None);
         }
         self.groups.get(&self.name).ok_or(OpenError::TunnelGone)?.flow(peer, ask)

@@ -57,6 +57,19 @@ pub async fn dead_port() -> Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
+/// Polls until connecting to `port` on 127.0.0.1 is refused (a closed listener's port), within
+/// [`crate::DEADLINE`].
+pub async fn refused(port: u16) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + crate::DEADLINE;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            _ if tokio::time::Instant::now() > deadline => anyhow::bail!("port {port} still accepts"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// Connects, sends `msg`, half-closes and reads everything back.
 pub async fn round_trip(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await?;

@@ -10,7 +10,7 @@ use wmproxy_client::ClientStatus;
 use wmproxy_config::{HttpRoute, Policy};
 use wmproxy_tests::groups::{member, tcp_group};
 use wmproxy_tests::proxy::{http_tagged, keep_alive_request};
-use wmproxy_tests::{DEADLINE, TestClient, TestServer, backend, eventually, http_service, init_tracing, tcp_service};
+use wmproxy_tests::{TestClient, TestServer, backend, eventually, http_service, init_tracing, tcp_service};
 use wmproxy_wire::RegisterOutcome;
 
 fn app(name: &str, local: SocketAddr) -> wmproxy_config::Service {
@@ -22,18 +22,6 @@ fn app(name: &str, local: SocketAddr) -> wmproxy_config::Service {
 async fn app_status(vhost: SocketAddr) -> Result<(u16, String)> {
     let mut conn = TcpStream::connect(vhost).await?;
     keep_alive_request(&mut conn, "app.example.com", "/").await
-}
-
-/// Waits until connecting to `port` is refused.
-async fn refused(port: u16) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match TcpStream::connect(("127.0.0.1", port)).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
-            _ if tokio::time::Instant::now() > deadline => anyhow::bail!("port {port} still accepts"),
-            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +60,7 @@ async fn a_session_that_ends_withdraws_its_port_its_host_names_and_its_place_in_
     // The first session ends: everything it published goes with it.
     first.stop().await?;
     eventually("the first session to end", || server.handle.clients().is_empty()).await?;
-    refused(port).await?;
+    backend::refused(port).await?;
     let (status, _) = app_status(vhost).await?;
     ensure!(status == 404, "the host name is still routed: {status}");
     let backends = server.handle.groups().into_iter().find(|g| g.name == "web").map(|g| g.backends.len());

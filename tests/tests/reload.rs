@@ -21,18 +21,6 @@ fn service(name: &str, local: SocketAddr) -> String {
     format!("\n[[services]]\nname = \"{name}\"\nlocal_addr = \"{local}\"\n")
 }
 
-/// Polls until connecting to `port` is refused (a closed listener's port), within the deadline.
-async fn refused(port: u16) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match TcpStream::connect(("127.0.0.1", port)).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
-            _ if tokio::time::Instant::now() > deadline => anyhow::bail!("port {port} still accepts"),
-            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_bad_files() -> Result<()> {
     init_tracing();
@@ -75,7 +63,7 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
     ensure!(now.port_of("c").is_none() && now.port_of("a") == Some(port_a), "{now:?}");
     let port_b = now.port_of("b").context("b")?;
     backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port_b)), 100_000, 7).await?;
-    refused(port_c).await?;
+    backend::refused(port_c).await?;
     let d_now = which(SocketAddr::from(([127, 0, 0, 1], port_d))).await?;
     ensure!(now.port_of("d") == Some(port_d) && d_now == "new-d", "d on its port: {d_now} {now:?}");
 
@@ -211,8 +199,8 @@ async fn a_server_reload_changes_policy_in_place_adds_and_removes_groups_and_ref
     for _ in 0..3 {
         ensure!(which(g1).await? == sticky, "ip_hash keeps a user on one backend");
     }
-    refused(p2).await?;
-    refused(old_proxy).await?;
+    backend::refused(p2).await?;
+    backend::refused(old_proxy).await?;
     TcpStream::connect(("127.0.0.1", new_proxy)).await.context("the new proxy listens")?;
     let mut g3 = TcpStream::connect(("127.0.0.1", p3)).await?;
     ensure!(g3.read(&mut [0u8; 1]).await? == 0, "g3 has no backend yet: closed");

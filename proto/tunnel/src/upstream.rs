@@ -27,6 +27,17 @@ pub enum Ask {
     Target(Target),
 }
 
+impl Ask {
+    /// The target asked for, for an upstream that carries targets only (a client's tunnel, a
+    /// proxy's `via`): asking it for a service is refused as an unknown service.
+    pub fn target(self) -> Result<Target, OpenError> {
+        match self {
+            Self::Target(target) => Ok(target),
+            Self::Service => Err(OpenError::Refused(OpenResult::UnknownService)),
+        }
+    }
+}
+
 /// What a connection holds until it ends: stream or flow permits, active-connection counts.
 pub type Hold = Vec<Box<dyn Send>>;
 
