@@ -109,15 +109,16 @@ impl Registry {
         for spec in specs.iter().take(MAX_SERVICES) {
             wanted.entry(spec.name.as_str()).or_insert(spec);
         }
-        let stale: Vec<(Name, Publication)> = {
-            let mut entries = self.lock();
-            let mine = entries.entry(session.id).or_default();
-            let names: Vec<Name> = mine
-                .iter()
-                .filter(|(name, p)| wanted.get(name.as_str()) != Some(&&p.spec))
-                .map(|(n, _)| n.clone())
-                .collect();
-            names.into_iter().filter_map(|n| mine.remove(&n).map(|p| (n, p))).collect()
+        let stale: Vec<(Name, Publication)> = match self.lock().get_mut(&session.id) {
+            Some(mine) => {
+                let names: Vec<Name> = mine
+                    .iter()
+                    .filter(|(name, p)| wanted.get(name.as_str()) != Some(&&p.spec))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                names.into_iter().filter_map(|n| mine.remove(&n).map(|p| (n, p))).collect()
+            }
+            None => Vec::new(),
         };
         for (name, _) in &stale {
             info!(service = %name, "service withdrawn");
@@ -162,11 +163,15 @@ impl Registry {
 
     /// Records a new publication, unless the session has ended meanwhile (a reload may end it
     /// while it registers): then the publication is dropped, which withdraws it.
+    /// The check is made under the lock, and [`Registry::end`] closes the tunnel before it
+    /// takes the lock, so no entry can outlive its session.
     fn insert(&self, session: &Session, spec: &ServiceSpec, publication: Publication) {
+        let mut entries = self.lock();
         if session.tunnel.conn().close_reason().is_some() {
-            return;
+            drop(entries);
+            return drop(publication);
         }
-        self.lock().entry(session.id).or_default().insert(spec.name.clone(), publication);
+        entries.entry(session.id).or_default().insert(spec.name.clone(), publication);
     }
 
     /// Ends `session`: closes its tunnel with `code` and `reason` (the client sees both),
