@@ -17,7 +17,8 @@ pub enum Side {
     /// The tunnel itself: the QUIC connection or stream failed, timed out, or the peer broke
     /// the protocol.
     Tunnel,
-    /// This end: a limit it enforces, or a bug.
+    /// A limit an end enforces (this end's, or the far end's when it answers `Busy`), or a
+    /// bug: nobody's health is to blame.
     Internal,
 }
 
@@ -41,8 +42,8 @@ impl Side {
             }
             // The user asked for a target the far end's policy forbids.
             OpenResult::NotAllowed => Self::User,
-            // The far end's own limit.
-            OpenResult::Busy => Self::Tunnel,
+            // The far end's own limit: not the backend's health, nor the tunnel's.
+            OpenResult::Busy => Self::Internal,
             // `Ok` is not a refusal; anything newer is the far end's business.
             _ => Self::Tunnel,
         }
@@ -52,5 +53,20 @@ impl Side {
 impl fmt::Display for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_blames_the_backend_the_user_or_a_limit() {
+        for result in [OpenResult::Refused, OpenResult::Unreachable, OpenResult::Timeout, OpenResult::UnknownService] {
+            assert_eq!(Side::of_refusal(result), Side::Backend, "{result}");
+        }
+        assert_eq!(Side::of_refusal(OpenResult::NotAllowed), Side::User);
+        // A group must not eject a backend because its client is busy.
+        assert_eq!(Side::of_refusal(OpenResult::Busy), Side::Internal);
     }
 }
