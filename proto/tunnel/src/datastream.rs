@@ -93,7 +93,14 @@ pub async fn open_and_relay(
             Ok(Err(e)) => e.into(),
             Err(_) => DataStreamError::Timeout,
         };
-        let io_error = io::Error::other(error.to_string());
+        // A refusal is not an abort: the relay closes the user's connection instead of
+        // resetting it.
+        let kind = if matches!(error, DataStreamError::Refused(_)) {
+            io::ErrorKind::ConnectionRefused
+        } else {
+            io::ErrorKind::Other
+        };
+        let io_error = io::Error::new(kind, error.to_string());
         failure = Some(error);
         Err(io_error)
     })

@@ -4,7 +4,11 @@
 //!   the QUIC stream becomes `shutdown()` of the TCP write half; the other direction keeps
 //!   flowing until it ends too.
 //! - An error in either direction (TCP reset, QUIC reset or stop) ends both: the QUIC stream is
-//!   reset and stopped, and the TCP socket is closed.
+//!   reset and stopped, and the TCP socket is reset (closed with a zero linger, so its peer gets
+//!   an RST), unless the far end refused the stream before any byte came back (then it is just
+//!   closed). An abort therefore reaches the far end as an abort, hop by hop: a backend's reset
+//!   becomes the user's, and the other way round. A truncated transfer never passes for a
+//!   complete one (which a FIN, a clean end of data, would claim).
 //! - Memory: an idle relay holds no buffer. QUIC → TCP writes quinn's own received chunks; TCP
 //!   → QUIC allocates a chunk only once the socket is readable and hands it to quinn without a
 //!   copy. What is in flight is bounded by the QUIC stream window and the TCP socket buffers.
@@ -45,7 +49,8 @@ pub async fn relay(tcp: TcpStream, send: SendStream, recv: RecvStream) -> io::Re
 
 /// Like [`relay`], but QUIC → TCP first runs `gate` on the receive half (the stream's opener
 /// reads the peer's answer there), while TCP → QUIC starts at once. An error from `gate` aborts
-/// both directions.
+/// both directions; if its kind is `ConnectionRefused` (the far end refused), the TCP socket is
+/// closed rather than reset, since nothing was carried back.
 pub async fn relay_gated(
     tcp: TcpStream,
     mut send: SendStream,
@@ -53,8 +58,9 @@ pub async fn relay_gated(
     gate: impl AsyncFnOnce(&mut RecvStream) -> io::Result<()>,
 ) -> io::Result<RelayStats> {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let mut refused = false;
     let result = tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send), async {
-        gate(&mut recv).await?;
+        gate(&mut recv).await.inspect_err(|e| refused = e.kind() == io::ErrorKind::ConnectionRefused)?;
         quic_to_tcp(&mut recv, &mut tcp_write).await
     });
     match result {
@@ -63,8 +69,22 @@ pub async fn relay_gated(
             // Either may already be closed; that is the point of aborting.
             let _ = send.reset(RELAY_ABORTED);
             let _ = recv.stop(RELAY_ABORTED);
+            // A connection the far end refused carried nothing back: it is closed, as before
+            // any relay. One that carried data is aborted.
+            if !refused {
+                reset_tcp(tcp_read, tcp_write);
+            }
             Err(e)
         }
+    }
+}
+
+/// Closes the TCP socket with an RST. The halves are put back together first: dropping the
+/// write half alone would send a FIN before the reset, and the peer would read a clean end.
+fn reset_tcp(read: OwnedReadHalf, write: OwnedWriteHalf) {
+    if let Ok(tcp) = read.reunite(write) {
+        // Zero linger: `close` sends an RST at once and never blocks.
+        let _ = tcp.set_zero_linger();
     }
 }
 

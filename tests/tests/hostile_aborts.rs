@@ -1,0 +1,117 @@
+//! Aborts look like aborts: a reset on one side of the tunnel reaches the other side as a
+//! reset, exactly as it would on a direct connection, so a truncated transfer never passes for a
+//! complete one. A clean close is still a clean end of data.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+
+use anyhow::{Result, ensure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use wmproxy_tests::backend::pattern;
+use wmproxy_tests::{DEADLINE, TestClient, TestServer, init_tracing, tcp_service};
+
+/// Reads until the end of data or an error: the bytes read, and how it ended (`None`: a clean
+/// end of data).
+async fn read_to_end_or_error(stream: &mut TcpStream) -> Result<(usize, Option<ErrorKind>)> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await? {
+            Ok(0) => return Ok((total, None)),
+            Ok(n) => total += n,
+            Err(e) => return Ok((total, Some(e.kind()))),
+        }
+    }
+}
+
+/// A backend that writes `len` bytes to each connection and then aborts it (an RST).
+async fn resetting_backend(len: usize) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(&pattern(len, 9)).await;
+                let _ = tcp.set_zero_linger();
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A backend that reads each connection to its end and reports how it ended.
+async fn reporting_backend() -> Result<(SocketAddr, mpsc::Receiver<Option<ErrorKind>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok((_, end)) = read_to_end_or_error(&mut tcp).await {
+                    let _ = tx.send(end).await;
+                }
+            });
+        }
+    });
+    Ok((addr, rx))
+}
+
+/// Sends some bytes, then aborts the connection (an RST).
+async fn abort(mut user: TcpStream) -> Result<()> {
+    user.write_all(&pattern(64 * 1024, 3)).await?;
+    user.set_zero_linger()?;
+    drop(user);
+    Ok(())
+}
+
+/// How the backend's next connection ended, if it reports one in time.
+async fn end(ends: &mut mpsc::Receiver<Option<ErrorKind>>) -> Option<Option<ErrorKind>> {
+    tokio::time::timeout(DEADLINE, ends.recv()).await.ok().flatten()
+}
+
+/// A server and a client publishing `backend` as `svc`; the public address.
+async fn published(backend: SocketAddr) -> Result<(TestServer, TestClient, SocketAddr)> {
+    let server = TestServer::start(|_| {}).await?;
+    let mut config = server.client_config("home");
+    config.services.push(tcp_service("svc", backend, 0));
+    let mut client = TestClient::start(config).await?;
+    let port = client.port_of("svc").await?;
+    Ok((server, client, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_resets_mid_transfer_resets_the_user_too() -> Result<()> {
+    init_tracing();
+    let backend = resetting_backend(256 * 1024).await?;
+    let (_server, _client, public) = published(backend).await?;
+
+    let (_, direct) = read_to_end_or_error(&mut TcpStream::connect(backend).await?).await?;
+    ensure!(direct == Some(ErrorKind::ConnectionReset), "directly, the user sees {direct:?}");
+    let (read, tunnelled) = read_to_end_or_error(&mut TcpStream::connect(public).await?).await?;
+    ensure!(tunnelled == direct, "through the tunnel the user sees {tunnelled:?} after {read} bytes, not a reset");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_that_resets_resets_the_backend_too_and_a_clean_close_stays_clean() -> Result<()> {
+    init_tracing();
+    let (backend, mut ends) = reporting_backend().await?;
+    let (_server, _client, public) = published(backend).await?;
+    abort(TcpStream::connect(backend).await?).await?;
+    let direct = end(&mut ends).await;
+    ensure!(direct == Some(Some(ErrorKind::ConnectionReset)), "directly, the backend sees {direct:?}");
+    abort(TcpStream::connect(public).await?).await?;
+    let tunnelled = end(&mut ends).await;
+    ensure!(tunnelled == direct, "through the tunnel the backend sees {tunnelled:?}, not a reset");
+
+    // A clean close is carried as one: the backend reads a clean end of data.
+    let mut user = TcpStream::connect(public).await?;
+    user.write_all(b"all of it").await?;
+    user.shutdown().await?;
+    let clean = end(&mut ends).await;
+    ensure!(clean == Some(None), "a clean close reached the backend as {clean:?}");
+    Ok(())
+}
