@@ -189,6 +189,7 @@ impl Client {
             shutdown: shutdown.clone(),
         };
 
+        let own_addresses = Arc::new(wmproxy_tunnel::dial::OwnAddresses::default());
         let mut backoff = Backoff::default();
         let mut jitter = Jitter::default();
         let mut attempt = 0u32;
@@ -207,6 +208,7 @@ impl Client {
                     let exposer = Arc::new(Exposer {
                         services: services.clone(),
                         egress: config.egress.clone(),
+                        own_addresses: own_addresses.clone(),
                         metrics: metrics.clone(),
                     });
                     let ended = setup.serve(established, (wanted, services), exposer).instrument(span).await;

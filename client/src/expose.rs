@@ -10,6 +10,7 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::watch;
 use tracing::{Span, debug, info};
 use wmproxy_config::{EgressPolicy, ProxyProtocol, Service, ServiceKind};
+use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::udp::{UdpStats, flow};
 use wmproxy_tunnel::{Tunnel, datastream};
 use wmproxy_wire::{OpenResult, OpenStream, Target};
@@ -24,6 +25,8 @@ pub struct Exposer {
     pub services: watch::Receiver<Arc<Vec<Service>>>,
     /// What the server's proxies may reach from here.
     pub egress: EgressPolicy,
+    /// This machine's addresses, which the egress policy refuses by default.
+    pub own_addresses: Arc<OwnAddresses>,
     /// Per-service counters.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -77,15 +80,15 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
         OpenStream::ProxyConnect { target, peer_addr } => {
             Span::current().record("service", "proxy").record("peer", tracing::field::display(peer_addr));
             debug!(%target, "proxy connection from the server");
-            let egress = &ctx.egress;
-            let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
+            let (egress, own) = (&ctx.egress, |ip| ctx.own_addresses.contains(ip));
+            let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip, own));
             let dialed = wmproxy_tunnel::dial::dial(&target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await;
             let _ = datastream::complete(send, recv, dialed).await;
         }
         OpenStream::ProxyUdpConnect { target, peer_addr } => {
             Span::current().record("service", "proxy-udp").record("peer", tracing::field::display(peer_addr));
-            let egress = &ctx.egress;
-            let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
+            let (egress, own) = (&ctx.egress, |ip| ctx.own_addresses.contains(ip));
+            let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip, own));
             udp_flow(&tunnel, (send, recv), &target, allow_target, allow_ip).await;
         }
         // Anything else the server may not ask of a client.

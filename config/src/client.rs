@@ -190,7 +190,7 @@ impl ClientFile {
             services,
             forwards,
             proxies,
-            egress: self.egress.into(),
+            egress: EgressPolicy::client(self.egress),
             limits: self.limits,
             control: self.control,
         })

@@ -300,7 +300,7 @@ impl ServerFile {
             clients,
             tls: self.tls,
             limits: self.limits,
-            egress: self.egress.into(),
+            egress: EgressPolicy::server(self.egress),
             groups,
             proxies,
         })

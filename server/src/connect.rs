@@ -7,6 +7,7 @@ use quinn::{RecvStream, SendStream};
 use tracing::{Span, debug, warn};
 use wmproxy_config::ServerConfig;
 use wmproxy_tunnel::datastream;
+use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::udp::{UdpStats, flow};
 use wmproxy_wire::{OpenResult, OpenStream};
 
@@ -19,14 +20,15 @@ pub(crate) async fn serve(
     (send, recv): (SendStream, RecvStream),
     session: Arc<Session>,
     config: Arc<ServerConfig>,
-    udp: UdpBudget,
+    (udp, own): (UdpBudget, Arc<OwnAddresses>),
 ) {
     let (egress, timeout) = (&config.egress, config.limits.stream_open_timeout());
     let Some((send, recv, header)) = datastream::read_header(send, recv, timeout).await else {
         return;
     };
     // The dial checks the name and port before any lookup, then every resolved address.
-    let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip));
+    let own = |ip| own.contains(ip);
+    let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip, own));
     match header {
         OpenStream::Connect { target, peer_addr } => {
             Span::current().record("target", target.as_str());

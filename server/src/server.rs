@@ -274,6 +274,7 @@ impl Server {
             udp: udp.clone(),
             runtime: runtime.clone(),
             limits,
+            own_addresses: Arc::default(),
         });
         let handle =
             ServerHandle { sessions, groups, listeners, reloader, udp, runtime: runtime.clone(), config, bound };

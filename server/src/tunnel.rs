@@ -9,6 +9,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 use wmproxy_config::{Limits, ServerConfig};
+use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::stream::{StreamError, read_frame, read_frame_body, write_frame};
 use wmproxy_tunnel::udp::FlowTable;
 use wmproxy_tunnel::{Side, Tunnel};
@@ -69,6 +70,8 @@ pub(crate) struct Tunnels {
     pub runtime: Runtime,
     /// Settings that need a restart.
     pub limits: Limits,
+    /// This machine's addresses, which the egress policy refuses by default.
+    pub own_addresses: Arc<OwnAddresses>,
 }
 
 impl Tunnels {
@@ -244,7 +247,8 @@ impl Tunnels {
         while let Ok(stream) = session.tunnel.conn().accept_bi().await {
             let span =
                 info_span!("stream", id = %stream.0.id(), target = tracing::field::Empty, flow = tracing::field::Empty);
-            let serve = connect::serve(stream, session.clone(), self.config.snapshot(), self.udp.clone());
+            let limits = (self.udp.clone(), self.own_addresses.clone());
+            let serve = connect::serve(stream, session.clone(), self.config.snapshot(), limits);
             self.runtime.tracker.spawn(serve.instrument(span));
         }
         debug!("no more streams from the client");

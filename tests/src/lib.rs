@@ -187,7 +187,7 @@ impl TestServer {
             services: Vec::new(),
             forwards: Vec::new(),
             proxies: Vec::new(),
-            egress: wmproxy_config::EgressPolicy::default(),
+            egress: wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile::default()),
             limits: wmproxy_config::ClientLimits::default(),
             control: None,
         }

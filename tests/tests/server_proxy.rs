@@ -47,9 +47,10 @@ async fn server() -> Result<(TestServer, SocketAddr, SocketAddr)> {
 async fn office(server: &TestServer, allow_loopback: bool) -> Result<TestClient> {
     let mut config = server.client_config("office");
     if allow_loopback {
-        config.egress =
-            wmproxy_config::egress::EgressFile { allow: vec!["127.0.0.1/32".parse().unwrap()], ..Default::default() }
-                .into();
+        config.egress = wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile {
+            allow: vec!["127.0.0.1/32".parse().unwrap()],
+            ..Default::default()
+        });
     }
     let mut client = TestClient::start(config).await?;
     client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
@@ -119,9 +120,10 @@ async fn credentials_udp_associate_and_a_group_as_via() -> Result<()> {
 
     // A branch client joins the group `branches`; the proxy via the group leaves from it.
     let mut branch = server.client_config("branch-1");
-    branch.egress =
-        wmproxy_config::egress::EgressFile { allow: vec!["127.0.0.1/32".parse().unwrap()], ..Default::default() }
-            .into();
+    branch.egress = wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile {
+        allow: vec!["127.0.0.1/32".parse().unwrap()],
+        ..Default::default()
+    });
     let web = wmproxy_tests::groups::tagged("b1").await?;
     branch.services.push(wmproxy_tests::groups::member("b1", web.addr, "branches", 1, None));
     let mut branch = TestClient::start(branch).await?;

@@ -4,7 +4,8 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -93,5 +94,29 @@ async fn resolve(
         Ok(Ok(addrs)) => Ok(addrs.collect()),
         Ok(Err(_)) => Err(OpenResult::Unreachable),
         Err(_) => Err(OpenResult::Timeout),
+    }
+}
+
+/// How long the list of this machine's addresses is trusted before it is read again.
+const OWN_ADDRESSES_TTL: Duration = Duration::from_secs(10);
+
+/// This machine's interface addresses, read at most every [`OWN_ADDRESSES_TTL`]: an egress
+/// policy refuses them by default, since a tunnel that dials its own end reaches services that
+/// listen only for the machine itself.
+#[derive(Debug, Default)]
+pub struct OwnAddresses {
+    read: Mutex<Option<(Instant, Vec<IpAddr>)>>,
+}
+
+impl OwnAddresses {
+    /// Whether `ip` is one of this machine's addresses. If they cannot be read, none is.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = read.as_ref().is_some_and(|(at, _)| at.elapsed() < OWN_ADDRESSES_TTL);
+        if !fresh {
+            let addrs = if_addrs::get_if_addrs().map(|all| all.iter().map(|i| i.ip()).collect()).unwrap_or_default();
+            *read = Some((Instant::now(), addrs));
+        }
+        read.as_ref().is_some_and(|(_, addrs)| addrs.contains(&ip))
     }
 }
