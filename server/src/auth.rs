@@ -1,5 +1,6 @@
-//! Authenticating a Hello: the wire's judgement (version, then the message and its name), the
-//! failed-login throttle, then the proof against the client's token, in constant time.
+//! Authenticating a Hello: the wire's judgement (version, then the message and its name), then
+//! the proof against the client's token, in constant time; a wrong proof is counted by the
+//! failed-login throttle, which answers `Throttled` once its key has failed too often.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -19,11 +20,6 @@ pub(crate) fn authenticate(
     config: &ServerConfig,
 ) -> Result<Name, RejectReason> {
     let hello = hello::judge(body)?;
-    let now = Instant::now();
-    let ip = peer.ip();
-    if let Err(wait) = sessions.throttle().check(ip, now) {
-        return Err(RejectReason::Throttled { retry_after_secs: wait.as_secs().try_into().unwrap_or(u32::MAX).max(1) });
-    }
     let mut exporter = [0u8; auth::EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&hello.client_name))
         .map_err(|_| RejectReason::Invalid("TLS exporter unavailable".into()))?;
@@ -33,11 +29,15 @@ pub(crate) fn authenticate(
         Some(entry) => AuthToken::new(entry.token.expose()),
         None => AuthToken::new(&b"wmproxy-no-such-client"[..]),
     };
+    // The proof first: a correct one is never refused for failures, its own or anyone else's.
     if auth::verify(&token, &exporter, &hello.proof) && entry.is_some() {
-        sessions.throttle().record_success(ip);
-        Ok(hello.client_name)
-    } else {
-        sessions.throttle().record_failure(ip, now);
-        Err(RejectReason::BadCredentials)
+        sessions.throttle().record_success(peer.ip(), &hello.client_name);
+        return Ok(hello.client_name);
+    }
+    match sessions.throttle().record_failure(peer.ip(), &hello.client_name, Instant::now()) {
+        Ok(()) => Err(RejectReason::BadCredentials),
+        Err(wait) => {
+            Err(RejectReason::Throttled { retry_after_secs: wait.as_secs().try_into().unwrap_or(u32::MAX).max(1) })
+        }
     }
 }

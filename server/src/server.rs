@@ -104,7 +104,7 @@ impl ServerHandle {
         self.sessions.all().iter().map(|s| s.name.to_string()).collect()
     }
 
-    /// Source addresses in the failed-auth table.
+    /// Keys (source prefix, client name) in the failed-login table.
     pub fn throttled_addresses(&self) -> usize {
         self.sessions.throttle().len()
     }

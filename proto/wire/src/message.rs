@@ -54,7 +54,8 @@ pub enum RejectReason {
     },
     /// `enum#1`: unknown client name or wrong token (deliberately not told apart).
     BadCredentials,
-    /// `enum#2 | varint retry_after_secs`: too many failed attempts from this address.
+    /// `enum#2 | varint retry_after_secs`: too many wrong proofs for this client name from this
+    /// address (its /64 for IPv6). Only a wrong proof is ever answered so.
     Throttled {
         /// Seconds until the server accepts attempts from this address again.
         retry_after_secs: u32,
@@ -73,7 +74,7 @@ impl std::fmt::Display for RejectReason {
             }
             Self::BadCredentials => f.write_str("authentication failed: unknown client name or wrong token"),
             Self::Throttled { retry_after_secs } => {
-                write!(f, "too many failed attempts from this address; retry in {retry_after_secs} s")
+                write!(f, "too many failed attempts for this name from this address; retry in {retry_after_secs} s")
             }
             Self::ServerFull => f.write_str("server is full (client limit reached)"),
             Self::Invalid(v0) => write!(f, "invalid hello: {v0}"),
