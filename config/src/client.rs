@@ -10,6 +10,7 @@ use wmproxy_wire::Name;
 use crate::egress::{EgressFile, EgressPolicy};
 use crate::forward::{Forward, ForwardFile};
 use crate::proxy::{Proxy, ProxyFile};
+use crate::ranges::{self, Key, within};
 use crate::secret::Secret;
 use crate::service::{Service, ServiceFile};
 use crate::tagged::Section;
@@ -161,17 +162,17 @@ impl ClientFile {
         };
 
         let l = &self.limits;
-        if l.max_udp_flows == 0 || l.udp_flow_idle_timeout_secs == 0 {
-            return Err(invalid(src, "limits", None, "limits must be at least 1"));
-        }
 
         let name = crate::name(src, "name", self.name)?;
+        let limit = |key| [Key("limits"), Key(key)];
+        within(src, &limit("max_udp_flows"), l.max_udp_flows, ranges::MAX_STREAMS)?;
+        within(src, &limit("udp_flow_idle_timeout_secs"), l.udp_flow_idle_timeout_secs, ranges::UDP_IDLE_SECS)?;
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(self.services.len());
-        for entry in self.services {
+        for (i, entry) in self.services.into_iter().enumerate() {
             let at = entry.name_span().start;
-            let service = entry.validate(src)?;
+            let service = entry.validate(src, i)?;
             if !seen.insert(service.name.clone()) {
                 let m = format!("duplicate service name `{}`", service.name);
                 return Err(invalid(src, "services.name", Some(at), &m));
@@ -179,7 +180,8 @@ impl ClientFile {
             services.push(service);
         }
         let forwards = self.forwards.into_iter().map(|f| f.validate(src)).collect::<Result<Vec<_>, _>>()?;
-        let proxies = self.proxies.into_iter().map(|p| p.validate(src)).collect::<Result<Vec<_>, _>>()?;
+        let proxies =
+            self.proxies.into_iter().enumerate().map(|(i, p)| p.validate(src, i)).collect::<Result<Vec<_>, _>>()?;
 
         Ok(ClientConfig {
             server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),

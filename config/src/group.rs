@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use wmproxy_wire::{Name, ServiceKind};
 
+use crate::ranges::{self, Index, Key, within};
 use crate::secret::Secret;
 use crate::vhost::{VhostFile, normalize_host};
 use crate::{ConfigError, invalid};
@@ -55,8 +56,12 @@ macro_rules! group_file {
         }
 
         impl $name {
-            fn entry(&self, src: &str, kind: GroupKind) -> Result<GroupEntry, ConfigError> {
+            fn entry(&self, src: &str, index: usize, kind: GroupKind) -> Result<GroupEntry, ConfigError> {
                 let at = Some(self.name.span().start);
+                let key = |key| [Key("groups"), Index(index), Key(key)];
+                within(src, &key("max_fails"), self.max_fails, ranges::MAX_FAILS)?;
+                within(src, &key("fail_timeout_secs"), self.fail_timeout_secs, ranges::FAIL_TIMEOUT_SECS)?;
+                within(src, &key("retries"), self.retries, ranges::RETRIES)?;
                 if self.max_fails > 0 && self.fail_timeout_secs == 0 {
                     return Err(invalid(src, "groups.fail_timeout_secs", at, "must be at least 1 when max_fails is set"));
                 }
@@ -211,7 +216,7 @@ impl GroupFile {
     }
 
     /// Validates the entry; `vhost` says which ports HTTP groups can be served on.
-    pub(crate) fn validate(self, src: &str, vhost: &VhostFile) -> Result<GroupEntry, ConfigError> {
+    pub(crate) fn validate(self, src: &str, index: usize, vhost: &VhostFile) -> Result<GroupEntry, ConfigError> {
         let at = Some(self.name().span().start);
         let lower = |domains: &[String]| domains.iter().map(|d| normalize_host(d)).collect::<Vec<_>>();
         let needs_hosts = |domains: &[String]| {
@@ -229,7 +234,7 @@ impl GroupFile {
                     Self::Udp(_) => GroupKind::Udp { remote_port: f.remote_port },
                     _ => GroupKind::Tcp { remote_port: f.remote_port },
                 };
-                f.entry(src, kind)
+                f.entry(src, index, kind)
             }
             Self::Http(f) => {
                 needs_hosts(&f.custom_domains)?;
@@ -241,14 +246,14 @@ impl GroupFile {
                     return Err(invalid(src, "groups.type", at, m));
                 }
                 let kind = GroupKind::Http { custom_domains: lower(&f.custom_domains), locations: f.locations.clone() };
-                f.entry(src, kind)
+                f.entry(src, index, kind)
             }
             Self::Https(f) => {
                 needs_hosts(&f.custom_domains)?;
                 if vhost.https_bind.is_none() {
                     return Err(invalid(src, "groups.type", at, "this group needs `[vhost] https_bind`"));
                 }
-                f.entry(src, GroupKind::Https { custom_domains: lower(&f.custom_domains) })
+                f.entry(src, index, GroupKind::Https { custom_domains: lower(&f.custom_domains) })
             }
         }
     }
@@ -331,6 +336,20 @@ impl HealthCheck {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+    /// Checks every number of the check of the `index`th service against its range.
+    pub(crate) fn within_ranges(&self, src: &str, index: usize) -> Result<(), ConfigError> {
+        let key = |key| [Key("services"), Index(index), Key("health_check"), Key(key)];
+        within(src, &key("interval_ms"), self.interval_ms, ranges::CHECK_INTERVAL_MS)?;
+        within(src, &key("timeout_ms"), self.timeout_ms, ranges::CHECK_TIMEOUT_MS)?;
+        within(src, &key("rise"), self.rise, ranges::RISE_FALL)?;
+        within(src, &key("fall"), self.fall, ranges::RISE_FALL)?;
+        for (i, status) in self.expect_status.iter().enumerate() {
+            let path = [Key("services"), Index(index), Key("health_check"), Key("expect_status"), Index(i)];
+            within(src, &path, *status, ranges::HTTP_STATUS)?;
+        }
+        Ok(())
+    }
+
     /// The first problem with the values, if any.
     pub fn problem(&self) -> Option<&'static str> {
         if self.interval_ms == 0 || self.timeout_ms == 0 {

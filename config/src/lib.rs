@@ -10,7 +10,7 @@
 //! - [`ports`]: public port allowances. [`egress`]: which targets an end may dial.
 //! - [`secret`]: tokens, masked in `Debug`, `Display` and `Serialize`.
 //! - [`control`]: `[control]`, the control API of either end. [`reload`]: the report of what a
-//!   reload changed.
+//!   reload changed. [`ranges`]: the valid range of every number.
 //! - `tagged`: how an entry's `type` selects its kind (see below). `wire`: the one conversion of
 //!   a service into what the server is asked to publish.
 //!
@@ -32,6 +32,7 @@ pub mod forward;
 pub mod group;
 pub mod ports;
 pub mod proxy;
+pub mod ranges;
 pub mod reload;
 pub mod secret;
 pub mod server;

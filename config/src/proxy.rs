@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use wmproxy_wire::Name;
 
+use crate::ranges::{self, Index, Key, within};
 use crate::secret::Secret;
 use crate::{ConfigError, invalid};
 
@@ -141,24 +142,28 @@ fn proxy(
 }
 
 impl ProxyFile {
-    /// Validates the entry.
-    pub(crate) fn validate(self, src: &str) -> Result<Proxy, ConfigError> {
+    /// Validates the entry, the `index`th of `[[proxies]]`.
+    pub(crate) fn validate(self, src: &str, index: usize) -> Result<Proxy, ConfigError> {
         let (kind, f) = match self {
             Self::Socks5(f) => (ProxyType::Socks5, f),
             Self::Http(f) => (ProxyType::Http, f),
         };
+        let key = [Key("proxies"), Index(index), Key("handshake_timeout_secs")];
+        within(src, &key, f.handshake_timeout_secs, ranges::TIMEOUT_SECS)?;
         proxy(kind, f.listen, (f.username, f.password), f.handshake_timeout_secs)
             .map_err(|m| invalid(src, "proxies", None, m))
     }
 }
 
 impl ServerProxyFile {
-    /// Validates the entry.
-    pub(crate) fn validate(self, src: &str) -> Result<ServerProxy, ConfigError> {
+    /// Validates the entry, the `index`th of `[[proxies]]`.
+    pub(crate) fn validate(self, src: &str, index: usize) -> Result<ServerProxy, ConfigError> {
         let (kind, f) = match self {
             Self::Socks5(f) => (ProxyType::Socks5, f),
             Self::Http(f) => (ProxyType::Http, f),
         };
+        let key = [Key("proxies"), Index(index), Key("handshake_timeout_secs")];
+        within(src, &key, f.handshake_timeout_secs, ranges::TIMEOUT_SECS)?;
         let via = crate::name(src, "proxies.via", f.via)?;
         let proxy = proxy(kind, f.listen, (f.username, f.password), f.handshake_timeout_secs)
             .map_err(|m| invalid(src, "proxies", None, m))?;

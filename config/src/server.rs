@@ -12,6 +12,7 @@ use crate::egress::{EgressFile, EgressPolicy};
 use crate::group::{GroupEntry, GroupFile};
 use crate::ports::{PortAllowance, PortRange};
 use crate::proxy::{ServerProxy, ServerProxyFile};
+use crate::ranges::{self, Key, within};
 use crate::secret::Secret;
 use crate::tagged::Section;
 use crate::vhost::VhostFile;
@@ -254,12 +255,20 @@ impl ServerFile {
             ));
         }
         let l = &self.limits;
-        if [l.max_clients, l.max_streams_per_client, l.max_udp_flows, l.max_udp_flows_per_client].contains(&0) {
-            return Err(invalid(src, "limits", None, "limits must be at least 1"));
-        }
-        if [l.handshake_timeout_secs, l.stream_open_timeout_secs, l.udp_flow_idle_timeout_secs].contains(&0) {
-            return Err(invalid(src, "limits", None, "timeouts must be at least 1 second"));
-        }
+        let limit = |key| [Key("limits"), Key(key)];
+        within(src, &limit("max_clients"), l.max_clients, ranges::MAX_CLIENTS)?;
+        within(src, &limit("max_streams_per_client"), l.max_streams_per_client, ranges::MAX_STREAMS)?;
+        within(src, &limit("handshake_timeout_secs"), l.handshake_timeout_secs, ranges::TIMEOUT_SECS)?;
+        within(src, &limit("stream_open_timeout_secs"), l.stream_open_timeout_secs, ranges::TIMEOUT_SECS)?;
+        within(src, &limit("max_udp_flows"), l.max_udp_flows, ranges::MAX_STREAMS)?;
+        within(src, &limit("max_udp_flows_per_client"), l.max_udp_flows_per_client, ranges::MAX_STREAMS)?;
+        within(src, &limit("udp_flow_idle_timeout_secs"), l.udp_flow_idle_timeout_secs, ranges::UDP_IDLE_SECS)?;
+        within(src, &limit("drain_grace_secs"), l.drain_grace_secs, ranges::DRAIN_GRACE_SECS)?;
+        let v = &self.vhost;
+        let timeout = [Key("vhost"), Key("header_read_timeout_secs")];
+        within(src, &timeout, v.header_read_timeout_secs, ranges::TIMEOUT_SECS)?;
+        let head = u64::try_from(v.max_header_bytes).unwrap_or(u64::MAX);
+        within(src, &[Key("vhost"), Key("max_header_bytes")], head, ranges::MAX_HEADER_BYTES)?;
         let mut clients = HashMap::new();
         for entry in self.clients {
             let at = entry.name.span().start;
@@ -274,9 +283,9 @@ impl ServerFile {
             }
         }
         let mut groups: Vec<GroupEntry> = Vec::with_capacity(self.groups.len());
-        for file in self.groups {
+        for (i, file) in self.groups.into_iter().enumerate() {
             let at = Some(file.name().span().start);
-            let group = file.validate(src, &self.vhost)?;
+            let group = file.validate(src, i, &self.vhost)?;
             if groups.iter().any(|g| g.name == group.name) {
                 return Err(invalid(src, "groups.name", at, &format!("duplicate group name `{}`", group.name)));
             }
@@ -285,7 +294,8 @@ impl ServerFile {
         if self.vhost.tls.is_some() && self.vhost.https_bind.is_none() {
             return Err(invalid(src, "vhost.tls", None, "`[vhost.tls]` is for the HTTPS port: set `https_bind`"));
         }
-        let proxies = self.proxies.into_iter().map(|p| p.validate(src)).collect::<Result<Vec<_>, _>>()?;
+        let proxies =
+            self.proxies.into_iter().enumerate().map(|(i, p)| p.validate(src, i)).collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
             bind: self.bind,
             state_dir: self.state_dir,

@@ -6,6 +6,7 @@ use toml::Spanned;
 use wmproxy_wire::{Name, ServiceKind, Target};
 
 use crate::group::{GroupJoin, HealthCheck};
+use crate::ranges::{self, Index, Key, within};
 use crate::secret::Secret;
 use crate::vhost::{Hosts, HttpRoute, WsRoute, normalize_host};
 use crate::{ConfigError, invalid};
@@ -54,8 +55,8 @@ macro_rules! service_file {
         }
 
         impl $name {
-            fn common(&self, src: &str, kind: ServiceKind) -> Result<Common, ConfigError> {
-                Common::check(src, kind, CommonFile {
+            fn common(&self, src: &str, index: usize, kind: ServiceKind) -> Result<Common, ConfigError> {
+                Common::check(src, (index, kind), CommonFile {
                     name: &self.name,
                     local_addr: &self.local_addr,
                     group: self.group.as_ref(),
@@ -274,7 +275,7 @@ struct Common {
 }
 
 impl Common {
-    fn check(src: &str, kind: ServiceKind, f: CommonFile<'_>) -> Result<Self, ConfigError> {
+    fn check(src: &str, (index, kind): (usize, ServiceKind), f: CommonFile<'_>) -> Result<Self, ConfigError> {
         let at = f.name.span().start;
         let name = crate::name(src, "services.name", f.name.clone())?;
         let local_addr = crate::target(src, "services.local_addr", at, f.local_addr)?;
@@ -292,6 +293,12 @@ impl Common {
                 }
                 if let Some(m) = f.health_check.and_then(HealthCheck::problem) {
                     return Err(invalid(src, "services.health_check", Some(at), m));
+                }
+                if let Some(weight) = f.weight {
+                    within(src, &[Key("services"), Index(index), Key("weight")], weight, ranges::WEIGHT)?;
+                }
+                if let Some(check) = f.health_check {
+                    check.within_ranges(src, index)?;
                 }
                 if kind == ServiceKind::Udp && f.health_check.is_some_and(|h| h.addr.is_none()) {
                     let m = "a UDP service's health check needs `addr` (a TCP or HTTP port that tells its health)";
@@ -378,21 +385,22 @@ impl ServiceFile {
         }
     }
 
-    /// Validates the entry. `src` is the TOML text, used to name lines.
-    pub(crate) fn validate(self, src: &str) -> Result<Service, ConfigError> {
+    /// Validates the entry, the `index`th of `[[services]]`. `src` is the TOML text, used to
+    /// name lines.
+    pub(crate) fn validate(self, src: &str, index: usize) -> Result<Service, ConfigError> {
         match self {
             Self::Tcp(f) => {
-                let common = f.common(src, ServiceKind::Tcp)?;
+                let common = f.common(src, index, ServiceKind::Tcp)?;
                 let publish = common.port(src, f.remote_port)?;
                 Ok(common.into_service(Exposure::Tcp { publish, proxy_protocol: f.proxy_protocol }))
             }
             Self::Udp(f) => {
-                let common = f.common(src, ServiceKind::Udp)?;
+                let common = f.common(src, index, ServiceKind::Udp)?;
                 let publish = common.port(src, f.remote_port)?;
                 Ok(common.into_service(Exposure::Udp { publish }))
             }
             Self::Http(f) => {
-                let common = f.common(src, ServiceKind::Http)?;
+                let common = f.common(src, index, ServiceKind::Http)?;
                 let named = !f.custom_domains.is_empty() || f.subdomain.is_some() || !f.locations.is_empty();
                 let settings = f.host_header_rewrite.is_some() || f.http_user.is_some() || f.http_password.is_some();
                 let at = common.at;
@@ -417,14 +425,14 @@ impl ServiceFile {
                 Ok(common.into_service(Exposure::Http { publish, proxy_protocol: f.proxy_protocol }))
             }
             Self::Https(f) => {
-                let common = f.common(src, ServiceKind::Https)?;
+                let common = f.common(src, index, ServiceKind::Https)?;
                 let named = !f.custom_domains.is_empty() || f.subdomain.is_some();
                 let at = common.at;
                 let publish = common.routes(src, named, || hosts(src, at, &f.custom_domains, &f.subdomain))?;
                 Ok(common.into_service(Exposure::Https { publish, proxy_protocol: f.proxy_protocol }))
             }
             Self::Ws(f) => {
-                let common = f.common(src, ServiceKind::Ws)?;
+                let common = f.common(src, index, ServiceKind::Ws)?;
                 let named = !f.custom_domains.is_empty() || f.subdomain.is_some() || !f.locations.is_empty();
                 let at = common.at;
                 let publish = common.routes(src, named, || {

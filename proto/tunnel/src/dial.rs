@@ -98,7 +98,7 @@ async fn resolve(
 }
 
 /// How long the list of this machine's addresses is trusted before it is read again.
-const OWN_ADDRESSES_TTL: Duration = Duration::from_secs(10);
+pub const OWN_ADDRESSES_TTL: Duration = Duration::from_secs(10);
 
 /// This machine's interface addresses, read at most every [`OWN_ADDRESSES_TTL`]: an egress
 /// policy refuses them by default, since a tunnel that dials its own end reaches services that
