@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
-use wmproxy_wire::{Name, ServiceKind};
+use wmproxy_wire::{Name, ServiceKind, routes};
 
 use crate::ranges::{self, Index, Key, within};
 use crate::secret::Secret;
@@ -223,7 +223,9 @@ impl GroupFile {
             if domains.is_empty() {
                 return Err(invalid(src, "groups.custom_domains", at, "an HTTP group needs its host names"));
             }
-            Ok(())
+            lower(domains).iter().try_for_each(|d| {
+                routes::check_host(d, true).map_err(|e| invalid(src, "groups.custom_domains", at, &e.to_string()))
+            })
         };
         match &self {
             Self::Tcp(f) | Self::Udp(f) => {
@@ -238,8 +240,9 @@ impl GroupFile {
             }
             Self::Http(f) => {
                 needs_hosts(&f.custom_domains)?;
-                if f.locations.iter().any(|l| !l.starts_with('/')) {
-                    return Err(invalid(src, "groups.locations", at, "a location starts with `/`"));
+                for location in &f.locations {
+                    routes::check_location(location)
+                        .map_err(|e| invalid(src, "groups.locations", at, &e.to_string()))?;
                 }
                 if vhost.http_routes_bind().is_none() {
                     let m = "this group needs `[vhost] http_bind` (or `https_bind` with `[vhost.tls]`)";

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
-use wmproxy_wire::{Name, ServiceKind, Target};
+use wmproxy_wire::{Name, ServiceKind, Target, routes};
 
 use crate::group::{GroupJoin, HealthCheck};
 use crate::ranges::{self, Index, Key, within};
@@ -360,15 +360,32 @@ fn hosts(src: &str, at: usize, domains: &[String], subdomain: &Option<String>) -
         let m = "an HTTP service needs `custom_domains` or `subdomain`";
         return Err(invalid(src, "services.custom_domains", Some(at), m));
     }
-    Ok(Hosts {
+    if domains.len() + usize::from(subdomain.is_some()) > routes::MAX_DOMAINS_PER_SERVICE {
+        let m = format!("at most {} host names in one service", routes::MAX_DOMAINS_PER_SERVICE);
+        return Err(invalid(src, "services.custom_domains", Some(at), &m));
+    }
+    let hosts = Hosts {
         custom_domains: domains.iter().map(|d| normalize_host(d)).collect(),
         subdomain: subdomain.as_deref().map(normalize_host),
-    })
+    };
+    for domain in &hosts.custom_domains {
+        routes::check_host(domain, true)
+            .map_err(|e| invalid(src, "services.custom_domains", Some(at), &e.to_string()))?;
+    }
+    if let Some(sub) = &hosts.subdomain {
+        routes::check_host(sub, false).map_err(|e| invalid(src, "services.subdomain", Some(at), &e.to_string()))?;
+    }
+    Ok(hosts)
 }
 
+/// The path prefixes of an HTTP service, checked as the server checks them.
 fn locations(src: &str, at: usize, locations: &[String]) -> Result<Vec<String>, ConfigError> {
-    if locations.iter().any(|l| !l.starts_with('/')) {
-        return Err(invalid(src, "services.locations", Some(at), "a location starts with `/`"));
+    if locations.len() > routes::MAX_LOCATIONS_PER_SERVICE {
+        let m = format!("at most {} locations in one service", routes::MAX_LOCATIONS_PER_SERVICE);
+        return Err(invalid(src, "services.locations", Some(at), &m));
+    }
+    for location in locations {
+        routes::check_location(location).map_err(|e| invalid(src, "services.locations", Some(at), &e.to_string()))?;
     }
     Ok(locations.to_vec())
 }

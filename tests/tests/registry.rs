@@ -54,7 +54,7 @@ async fn a_session_that_ends_withdraws_its_port_its_host_names_and_its_place_in_
     let mut second = TestClient::start(config).await?;
     let status = second.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
     let ClientStatus::Connected { services } = status else { anyhow::bail!("not connected") };
-    ensure!(services[0].outcome == RegisterOutcome::RouteTaken("app.example.com/".into()), "{services:?}");
+    ensure!(services[0].outcome == RegisterOutcome::HostTaken("app.example.com".into()), "{services:?}");
     second.stop().await?;
 
     // The first session ends: everything it published goes with it.

@@ -15,6 +15,8 @@
 //!   never checks a name or a `host:port` again.
 //! - [`hello`]: the server's judgement of a Hello (version, then the message), as pure
 //!   functions.
+//! - [`routes`]: the shape of an HTTP service's host names and locations, and how many a
+//!   service and a client may claim.
 //! - [`auth`]: the proof bound to the TLS session, and constant-time secret comparison.
 //! - [`udp`]: the QUIC datagram layout of UDP flows and the packet framing of flow streams.
 //!
@@ -55,6 +57,7 @@ pub mod frame;
 pub mod hello;
 pub mod message;
 pub mod name;
+pub mod routes;
 pub mod udp;
 
 pub use auth::{AuthToken, Proof};

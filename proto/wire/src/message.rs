@@ -295,8 +295,12 @@ pub enum RegisterOutcome {
     /// `enum#8 | str domain`: the host name is outside this client's `allow_domains`, or the
     /// server has no vhost port (or no `subdomain_host` for a subdomain).
     DomainNotAllowed(String),
-    /// `enum#9 | str route`: another service already serves this host name and path.
+    /// `enum#9 | str route`: another service of this client already serves this host name and
+    /// path.
     RouteTaken(String),
+    /// `enum#10 | str host`: another client (or a group of the server) holds this host name,
+    /// and with it every path under it, on the vhost and HTTPS ports alike.
+    HostTaken(String),
 }
 
 impl std::fmt::Display for RegisterOutcome {
@@ -312,6 +316,7 @@ impl std::fmt::Display for RegisterOutcome {
             Self::WrongGroupKey => f.write_str("wrong group key"),
             Self::DomainNotAllowed(v0) => write!(f, "host name `{v0}` not allowed for this client"),
             Self::RouteTaken(v0) => write!(f, "`{v0}` is already served by another service"),
+            Self::HostTaken(v0) => write!(f, "host name `{v0}` belongs to another client or group"),
         }
     }
 }

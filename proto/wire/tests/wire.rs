@@ -74,6 +74,7 @@ fn registered() -> ControlReply {
             ServiceResult { name: n("web-4"), outcome: RegisterOutcome::WrongGroupKey },
             ServiceResult { name: n("web-5"), outcome: RegisterOutcome::DomainNotAllowed("x.org".into()) },
             ServiceResult { name: n("web-6"), outcome: RegisterOutcome::RouteTaken("x.org/api".into()) },
+            ServiceResult { name: n("web-7"), outcome: RegisterOutcome::HostTaken("x.org".into()) },
         ],
     }
 }

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use wmproxy_config::ClientEntry;
 use wmproxy_frontend::http::basic_authorization;
+use wmproxy_wire::routes::{MAX_ROUTES_PER_CLIENT, check_http};
 use wmproxy_wire::{HttpSpec, RegisterOutcome, ServiceKind, ServiceSpec};
 
 use super::ports::{self, PortHandle};
 use super::{Owner, Registry};
-use crate::routes::{RouteOwner, RouteTarget, Template};
+use crate::routes::{Refused, RouteOwner, RouteTarget, Template};
 use crate::sessions::Session;
 use crate::upstream::{Served, ServiceUpstream};
 
@@ -48,9 +49,11 @@ impl Registry {
         Ok((Owner::Port(handle), RegisterOutcome::Ok { port }))
     }
 
-    /// Claims the host names (and paths) of an HTTP-like service, if the client may claim its
-    /// names and no other owner serves the same name and path. `Https` routes go to the HTTPS
-    /// (SNI) port and have no locations; `Ws` routes are WebSocket bridges on the HTTP port.
+    /// Claims the host names (and paths) of an HTTP-like service, if they are well formed and
+    /// within the caps ([`wmproxy_wire::routes`]), the client may claim each name (its
+    /// `allow_domains`; a subdomain too, as the full name it becomes) and no other owner holds
+    /// one of them. `Https` routes go to the HTTPS (SNI) port and have no locations; `Ws`
+    /// routes are WebSocket bridges on the HTTP port.
     fn claim_routes(
         &self,
         kind: ServiceKind,
@@ -67,18 +70,16 @@ impl Registry {
         if tls && !http.locations.is_empty() {
             return Err(RegisterOutcome::Invalid("TLS is passed through: an HTTPS service has no `locations`".into()));
         }
-        let mut hosts = Vec::with_capacity(http.custom_domains.len() + 1);
-        for domain in &http.custom_domains {
-            if !entry.allows_domain(domain) {
-                return Err(RegisterOutcome::DomainNotAllowed(domain.clone()));
-            }
-            hosts.push(domain.clone());
-        }
+        check_http(http).map_err(|e| RegisterOutcome::Invalid(e.to_string()))?;
+        let mut hosts = http.custom_domains.clone();
         if let Some(sub) = &http.subdomain {
-            match &self.vhost.subdomain_host {
-                Some(base) if !sub.is_empty() && !sub.contains('*') => hosts.push(format!("{sub}.{base}")),
-                _ => return Err(RegisterOutcome::DomainNotAllowed(sub.clone())),
-            }
+            let Some(base) = &self.vhost.subdomain_host else {
+                return Err(RegisterOutcome::DomainNotAllowed(sub.clone()));
+            };
+            hosts.push(format!("{sub}.{base}"));
+        }
+        if let Some(host) = hosts.iter().find(|h| !entry.allows_domain(h)) {
+            return Err(RegisterOutcome::DomainNotAllowed(host.clone()));
         }
         let locations = if http.locations.is_empty() { vec!["/".to_owned()] } else { http.locations.clone() };
         let template = Template {
@@ -88,8 +89,15 @@ impl Registry {
             host_rewrite: http.host_header_rewrite.clone(),
             authorization: http.basic_auth.as_ref().map(|a| basic_authorization(&a.user, &a.password)),
         };
-        let claimed = self.routes.claim(RouteOwner::Session(session.id), &template, &hosts, &locations);
-        let handle = claimed.map_err(RegisterOutcome::RouteTaken)?;
+        let owner = RouteOwner::Session(session.id);
+        let handle =
+            self.routes.claim(owner, &template, (&hosts, &locations), MAX_ROUTES_PER_CLIENT).map_err(|refused| {
+                match refused {
+                    Refused::HostTaken(host) => RegisterOutcome::HostTaken(host),
+                    Refused::Routed(route) => RegisterOutcome::RouteTaken(route),
+                    too_many @ Refused::TooMany(_) => RegisterOutcome::Invalid(format!("{too_many} for one client")),
+                }
+            })?;
         Ok((Owner::Routes(handle), RegisterOutcome::Ok { port }))
     }
 }
