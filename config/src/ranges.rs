@@ -24,11 +24,12 @@ pub(crate) enum Step<'a> {
 
 pub(crate) use Step::{Index, Key};
 
-/// Server: tunnels connected at once.
+/// Server: tunnels connected at once, and connections not yet authenticated (in all, and per
+/// address).
 pub const MAX_CLIENTS: RangeInclusive<u64> = 1..=100_000;
 /// Streams (or UDP flows) one client may have open at once, and flows in all.
 pub const MAX_STREAMS: RangeInclusive<u64> = 1..=1_000_000;
-/// Handshake, stream-open, header-read and proxy handshake timeouts, seconds.
+/// Handshake, authentication, stream-open, header-read and proxy handshake timeouts, seconds.
 pub const TIMEOUT_SECS: RangeInclusive<u64> = 1..=300;
 /// Idle time of a UDP flow, seconds.
 pub const UDP_IDLE_SECS: RangeInclusive<u64> = 1..=86_400;

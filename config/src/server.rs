@@ -122,8 +122,18 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Tunnels connected at once, authenticated or not.
+    /// Authenticated tunnels at once. A client over it is refused (`ServerFull`) after its
+    /// proof, so a connection that has not authenticated never takes one.
     pub max_clients: u32,
+    /// Connections that have not authenticated yet, at once (TLS handshake to a checked
+    /// proof). When it is full a new connection takes the place of the oldest, and under load
+    /// a new address must prove it owns its address first (a QUIC retry).
+    pub max_unauthenticated: u32,
+    /// Connections that have not authenticated yet from one address (its /64 for IPv6); over
+    /// it, new ones from that address are refused.
+    pub max_unauthenticated_per_address: u32,
+    /// Seconds a new connection has to complete TLS and present a correct proof.
+    pub auth_timeout_secs: u64,
     /// Streams (TCP connections) one client may have open at once, each way.
     pub max_streams_per_client: u32,
     /// Seconds a new tunnel has to authenticate and register.
@@ -147,6 +157,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_clients: 256,
+            max_unauthenticated: 128,
+            max_unauthenticated_per_address: 8,
+            auth_timeout_secs: 5,
             max_streams_per_client: 1024,
             handshake_timeout_secs: 10,
             stream_open_timeout_secs: 10,
@@ -166,6 +179,10 @@ impl Limits {
     /// [`Self::handshake_timeout_secs`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+    /// [`Self::auth_timeout_secs`] as a duration, at most the handshake timeout.
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout_secs.min(self.handshake_timeout_secs))
     }
     /// [`Self::stream_open_timeout_secs`] as a duration.
     pub fn stream_open_timeout(&self) -> Duration {
@@ -257,6 +274,10 @@ impl ServerFile {
         let l = &self.limits;
         let limit = |key| [Key("limits"), Key(key)];
         within(src, &limit("max_clients"), l.max_clients, ranges::MAX_CLIENTS)?;
+        within(src, &limit("max_unauthenticated"), l.max_unauthenticated, ranges::MAX_CLIENTS)?;
+        let per_address = l.max_unauthenticated_per_address;
+        within(src, &limit("max_unauthenticated_per_address"), per_address, ranges::MAX_CLIENTS)?;
+        within(src, &limit("auth_timeout_secs"), l.auth_timeout_secs, ranges::TIMEOUT_SECS)?;
         within(src, &limit("max_streams_per_client"), l.max_streams_per_client, ranges::MAX_STREAMS)?;
         within(src, &limit("handshake_timeout_secs"), l.handshake_timeout_secs, ranges::TIMEOUT_SECS)?;
         within(src, &limit("stream_open_timeout_secs"), l.stream_open_timeout_secs, ranges::TIMEOUT_SECS)?;

@@ -56,6 +56,14 @@ type Slot<C> = (&'static str, &'static str, fn(&C) -> u64, RangeInclusive<u64>);
 
 const SERVER_SLOTS: &[Slot<ServerConfig>] = &[
     ("{limits}", "max_clients", |c| c.limits.max_clients.into(), r::MAX_CLIENTS),
+    ("{limits}", "max_unauthenticated", |c| c.limits.max_unauthenticated.into(), r::MAX_CLIENTS),
+    (
+        "{limits}",
+        "max_unauthenticated_per_address",
+        |c| c.limits.max_unauthenticated_per_address.into(),
+        r::MAX_CLIENTS,
+    ),
+    ("{limits}", "auth_timeout_secs", |c| c.limits.auth_timeout_secs, r::TIMEOUT_SECS),
     ("{limits}", "max_streams_per_client", |c| c.limits.max_streams_per_client.into(), r::MAX_STREAMS),
     ("{limits}", "handshake_timeout_secs", |c| c.limits.handshake_timeout_secs, r::TIMEOUT_SECS),
     ("{limits}", "stream_open_timeout_secs", |c| c.limits.stream_open_timeout_secs, r::TIMEOUT_SECS),

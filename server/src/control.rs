@@ -23,6 +23,7 @@ use wmproxy_tunnel::udp::UdpStats;
 
 use crate::groups::{GroupStatus, Groups};
 use crate::metrics::{BackendHealth, Metrics, Scrape, Traffic};
+use crate::preauth::PreAuth;
 use crate::reload::{ReloadError, Reloader};
 use crate::sessions::Sessions;
 use crate::settings::ConfigCell;
@@ -35,6 +36,8 @@ pub(crate) struct ServerControl {
     pub groups: Arc<Groups>,
     pub metrics: Arc<Metrics>,
     pub udp: Arc<UdpStats>,
+    /// Connections waiting to authenticate.
+    pub preauth: Arc<PreAuth>,
     pub reloader: Arc<Reloader>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
@@ -137,7 +140,7 @@ impl ServerControl {
                 })
             })
             .collect();
-        Scrape { udp: self.udp.snapshot(), backends }
+        Scrape { udp: self.udp.snapshot(), backends, unauthenticated: self.preauth.waiting() }
     }
 
     /// `/backends/{client}:{service}/drain` and `/undrain`.

@@ -10,8 +10,13 @@
 //!   operation. `sockets`: binding listeners.
 //!
 //! Tunnels:
-//! - `tunnel`: one task per connection: handshake, Hello (`auth`, with the throttle in
-//!   `sessions`), registration, control stream, the client's data streams (`connect`).
+//! - `preauth`: the budget of connections that have not authenticated yet (evict the oldest,
+//!   a share per address, QUIC retry under load); `address`: the prefix one host controls.
+//! - `handshake`: TLS and the Hello under that budget and the auth timeout, with a small
+//!   window until the proof (`auth`, with the throttle in `sessions`) is checked; then the
+//!   client's place in `max_clients`.
+//! - `tunnel`: one task per connection: the handshake, registration, control stream, the
+//!   client's data streams (`connect`).
 //! - `sessions`: live tunnels by client name; a reconnecting client replaces its old session.
 //!
 //! Publications and how users reach them:
@@ -45,13 +50,16 @@
 //! and waits for the tracker.
 #![forbid(unsafe_code)]
 
+mod address;
 mod auth;
 mod connect;
 mod control;
 pub mod groups;
+mod handshake;
 pub mod identity;
 mod listeners;
 mod metrics;
+mod preauth;
 mod proxy;
 mod registry;
 pub mod reload;

@@ -37,6 +37,38 @@ struct SideLabels {
     side: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+/// What a limit refused: the `cause` label of `wmproxy_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// A new tunnel from an address that has its share of connections waiting to authenticate.
+    UnauthenticatedPerAddress,
+    /// A connection waiting to authenticate, closed to make room for a newer one.
+    UnauthenticatedEvicted,
+    /// A connection without a correct proof within `auth_timeout_secs`.
+    AuthTimeout,
+    /// A QUIC datagram before authentication.
+    EarlyDatagram,
+    /// A correct proof while `max_clients` tunnels are up.
+    ServerFull,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::UnauthenticatedPerAddress => "unauthenticated_per_address",
+            Self::UnauthenticatedEvicted => "unauthenticated_evicted",
+            Self::AuthTimeout => "auth_timeout",
+            Self::EarlyDatagram => "early_datagram",
+            Self::ServerFull => "server_full",
+        }
+    }
+}
+
 /// What a published service (or backend) carried: connections, and bytes of finished ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Traffic {
@@ -65,6 +97,8 @@ pub(crate) struct BackendHealth {
 pub(crate) struct Scrape {
     pub udp: UdpSnapshot,
     pub backends: Vec<BackendHealth>,
+    /// Connections waiting to authenticate now.
+    pub unauthenticated: usize,
 }
 
 /// Everything counted as it happens.
@@ -84,6 +118,10 @@ pub(crate) struct Metrics {
     pub check_latency: Histogram,
     /// Connections that could not be carried, by whose fault.
     open_failures: Family<SideLabels, Counter>,
+    /// Connections refused by a limit, by cause.
+    refused: Family<CauseLabels, Counter>,
+    /// QUIC retries sent to validate a new address under load.
+    pub address_validations: Counter,
     pub reloads: Counter,
     pub reload_failures: Counter,
     pub last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -104,6 +142,8 @@ impl Default for Metrics {
             // 1 ms to ~16 s.
             check_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             open_failures: Family::default(),
+            refused: Family::default(),
+            address_validations: Counter::default(),
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             last_reload_ok: Gauge::default(),
@@ -130,6 +170,17 @@ impl Default for Metrics {
             "open_failures",
             "User connections that could not be carried to a service, by side (user, backend, tunnel, internal)",
             m.open_failures.clone(),
+        );
+        registry.register(
+            "refused",
+            "Connections refused by a limit, by cause (unauthenticated_per_address, unauthenticated_evicted, \
+             auth_timeout, early_datagram, server_full)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "address_validations",
+            "QUIC retries sent to make a new address prove itself while many connections wait to authenticate",
+            m.address_validations.clone(),
         );
         registry.register("reloads", "Config reloads attempted", m.reloads.clone());
         registry.register("reload_failures", "Config reloads refused (invalid config)", m.reload_failures.clone());
@@ -185,6 +236,11 @@ impl Metrics {
     /// Counts a connection that could not be carried, by whose fault.
     pub fn open_failed(&self, side: Side) {
         self.open_failures.get_or_create(&SideLabels { side: side.as_str() }).inc();
+    }
+
+    /// Counts a refusal by a limit.
+    pub fn refused(&self, cause: Refusal) {
+        self.refused.get_or_create(&CauseLabels { cause: cause.label() }).inc();
     }
 
     /// What `service` of `client` carried so far (zero if nothing yet).
@@ -290,5 +346,8 @@ fn scrape(scraped: &Scrape) -> Registry {
         healthy.get_or_create(&labels).set(i64::from(b.up));
     }
     registry.register("backend_healthy", "1 if a group backend receives new work, else 0", healthy);
+    let waiting: Gauge = Gauge::default();
+    waiting.set(i64::try_from(scraped.unauthenticated).unwrap_or(i64::MAX));
+    registry.register("unauthenticated", "Connections waiting to authenticate now", waiting);
     registry
 }

@@ -10,7 +10,7 @@ use quinn::VarInt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use wmproxy_config::{GroupKind, ServerConfig};
 use wmproxy_tunnel::tls::Fingerprint;
 use wmproxy_tunnel::transport::{self, TransportTuning};
@@ -21,7 +21,8 @@ use crate::control::ServerControl;
 use crate::groups::{self, GroupStatus, Groups};
 use crate::identity::{Identity, IdentityError};
 use crate::listeners::Listeners;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
+use crate::preauth::{Admission, PreAuth};
 use crate::registry::{Registry, VhostPorts};
 use crate::reload::{ReloadError, Reloader};
 use crate::routes::Routes;
@@ -79,7 +80,6 @@ pub struct Server {
     vhost_listener: Option<TcpListener>,
     tls_listener: Option<TcpListener>,
     control: Option<(TcpListener, String)>,
-    max_clients: u32,
     /// Stops everything started so far if the server is dropped without running.
     _stop_unless_run: DropGuard,
 }
@@ -254,7 +254,6 @@ impl Server {
             },
         };
 
-        let max_clients = limits.max_clients;
         let config = Arc::new(ConfigCell::new(config));
         let reloader = Arc::new(Reloader {
             config: config.clone(),
@@ -273,8 +272,11 @@ impl Server {
             metrics,
             udp: udp.clone(),
             runtime: runtime.clone(),
+            preauth: Arc::new(PreAuth::new(limits.max_unauthenticated, limits.max_unauthenticated_per_address)),
+            clients: Arc::new(Semaphore::new(limits.max_clients as usize)),
             limits,
             own_addresses: Arc::default(),
+            tuning,
         });
         let handle =
             ServerHandle { sessions, groups, listeners, reloader, udp, runtime: runtime.clone(), config, bound };
@@ -287,7 +289,6 @@ impl Server {
             vhost_listener,
             tls_listener,
             control,
-            max_clients,
             _stop_unless_run: stop_unless_run,
         })
     }
@@ -323,7 +324,6 @@ impl Server {
             vhost_listener,
             tls_listener,
             control,
-            max_clients,
             _stop_unless_run: stop_guard,
             ..
         } = self;
@@ -337,6 +337,7 @@ impl Server {
                 groups: handle.groups.clone(),
                 metrics: tunnels.metrics.clone(),
                 udp: handle.udp.stats.clone(),
+                preauth: tunnels.preauth.clone(),
                 reloader: handle.reloader.clone(),
                 stop: root.clone(),
             };
@@ -351,8 +352,6 @@ impl Server {
             tracker.spawn(crate::vhost::serve(listener, vhost, root.clone()).instrument(info_span!("vhost")));
         }
 
-        // Every tunnel holds one, from its first packet to its end.
-        let clients = Arc::new(Semaphore::new(max_clients as usize));
         loop {
             let incoming = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -360,20 +359,28 @@ impl Server {
                 incoming = endpoint.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
-            let Ok(permit) = clients.clone().try_acquire_owned() else {
-                warn!(peer = %incoming.remote_address(), "client limit reached; refusing");
-                incoming.refuse();
-                continue;
-            };
-            let span = info_span!("tunnel", peer = %incoming.remote_address(), client = tracing::field::Empty);
-            let tunnel = tunnels.clone().serve(incoming);
-            tracker.spawn(
-                async move {
-                    tunnel.await;
-                    drop(permit);
+            let peer = incoming.remote_address();
+            // Per connection, and cheap: nothing here waits or logs above debug.
+            match tunnels.preauth.admit(peer.ip(), incoming.remote_address_validated()) {
+                Admission::Retry => {
+                    tunnels.metrics.address_validations.inc();
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
                 }
-                .instrument(span),
-            );
+                Admission::AddressFull => {
+                    debug!(%peer, "too many connections from this address waiting to authenticate; refusing");
+                    tunnels.metrics.refused(Refusal::UnauthenticatedPerAddress);
+                    incoming.refuse();
+                }
+                Admission::Admitted { slot, evicted_oldest } => {
+                    if evicted_oldest {
+                        debug!(%peer, "too many connections waiting to authenticate; the oldest makes room");
+                    }
+                    let span = info_span!("tunnel", %peer, client = tracing::field::Empty);
+                    tracker.spawn(tunnels.clone().serve(incoming, slot).instrument(span));
+                }
+            }
         }
         info!("shutting down");
         drop(stop_guard);
@@ -411,6 +418,7 @@ fn quic_server_config(identity: Identity, tuning: &TransportTuning) -> Result<qu
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(ServerError::Quic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(tuning.to_config()));
+    // Small until the client has authenticated (`Tunnels::handshake` opens it up).
+    config.transport_config(Arc::new(tuning.to_pre_auth_config()));
     Ok(config)
 }

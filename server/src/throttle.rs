@@ -10,10 +10,12 @@
 //! Sans-IO: every call takes `now`, so tests drive time by hand.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use wmproxy_wire::Name;
+
+use crate::address::prefix;
 
 /// Failures allowed per key within [`WINDOW`]; further wrong proofs are answered `Throttled`.
 pub const MAX_FAILURES: u32 = 5;
@@ -25,18 +27,6 @@ pub const MAX_TRACKED: usize = 4096;
 
 /// What failures are counted by: the source's prefix and the client name it tried.
 pub type Key = (IpAddr, Name);
-
-/// The prefix of `ip` one host controls: the address for IPv4 (and IPv4-mapped IPv6), the /64
-/// for IPv6.
-pub fn prefix(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {

@@ -1,30 +1,31 @@
 //! One tunnel, from the QUIC handshake to its end: authenticate the Hello, register services,
 //! then serve the control stream and the client's data streams until either side leaves.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{RecvStream, SendStream, VarInt};
+use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 use wmproxy_config::{Limits, ServerConfig};
 use wmproxy_tunnel::dial::OwnAddresses;
-use wmproxy_tunnel::stream::{StreamError, read_frame, read_frame_body, write_frame};
+use wmproxy_tunnel::stream::{StreamError, read_frame, write_frame};
+use wmproxy_tunnel::transport::TransportTuning;
 use wmproxy_tunnel::udp::FlowTable;
 use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{
-    ControlReply, ControlRequest, HelloReply, Name, PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult,
-    ServiceSpec, close_code,
+    ControlReply, ControlRequest, RegisterOutcome, RejectReason, ServiceResult, ServiceSpec, close_code,
 };
 
-use crate::metrics::Metrics;
+use crate::connect;
+use crate::handshake::Authenticated;
+use crate::metrics::{Metrics, Refusal};
+use crate::preauth::{PreAuth, Slot};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::sessions::{Session, Sessions};
 use crate::settings::ConfigCell;
 use crate::udp::UdpBudget;
-use crate::{auth, connect};
 
 /// Why a tunnel ended abnormally. Logged; the peer sees only the close reason.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,12 @@ pub(crate) enum TunnelError {
     Quic(#[from] quinn::ConnectionError),
     #[error("handshake or registration timed out")]
     Timeout,
+    #[error("no correct proof within the authentication timeout")]
+    AuthTimeout,
+    #[error("closed to make room: too many connections waiting to authenticate")]
+    Evicted,
+    #[error("a QUIC datagram before authentication")]
+    EarlyDatagram,
     #[error("control stream: {0}")]
     Control(#[from] StreamError),
     #[error("rejected: {0}")]
@@ -48,6 +55,37 @@ impl TunnelError {
         match self {
             Self::Rejected(_) => Side::User,
             _ => Side::Tunnel,
+        }
+    }
+
+    /// The limit that refused the tunnel, if one did.
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::Rejected(RejectReason::ServerFull) => Some(Refusal::ServerFull),
+            Self::AuthTimeout => Some(Refusal::AuthTimeout),
+            Self::Evicted => Some(Refusal::UnauthenticatedEvicted),
+            Self::EarlyDatagram => Some(Refusal::EarlyDatagram),
+            _ => None,
+        }
+    }
+
+    /// Counts a failed handshake in `metrics`: by the limit that refused it, as an auth
+    /// failure, or as a failed handshake.
+    fn count(&self, metrics: &Metrics) {
+        let counter = match (self.refusal(), self) {
+            (Some(refusal), _) => return metrics.refused(refusal),
+            (None, Self::Rejected(_)) => &metrics.auth_failures,
+            (None, _) => &metrics.handshakes_failed,
+        };
+        counter.inc();
+    }
+
+    /// The QUIC close code a tunnel that ended so gets (`Rejected` sends its own first).
+    pub fn close_code(&self) -> u32 {
+        match self {
+            Self::Rejected(_) => close_code::REJECTED,
+            Self::Evicted => close_code::BUSY,
+            _ => close_code::PROTOCOL_ERROR,
         }
     }
 }
@@ -72,33 +110,33 @@ pub(crate) struct Tunnels {
     pub limits: Limits,
     /// This machine's addresses, which the egress policy refuses by default.
     pub own_addresses: Arc<OwnAddresses>,
+    /// Connections that have not authenticated yet.
+    pub preauth: Arc<PreAuth>,
+    /// One permit per authenticated tunnel: `max_clients`.
+    pub clients: Arc<Semaphore>,
+    /// The transport's full windows, which an authenticated tunnel is given.
+    pub tuning: TransportTuning,
 }
 
 impl Tunnels {
-    /// Serves one incoming connection to its end. Runs in its own task, under the span
-    /// `tunnel{peer, client}`.
-    pub async fn serve(self: Arc<Self>, incoming: quinn::Incoming) {
-        match self.run(incoming).await {
+    /// Serves one incoming connection, admitted with `slot`, to its end. Runs in its own task,
+    /// under the span `tunnel{peer, client}`.
+    pub async fn serve(self: Arc<Self>, incoming: quinn::Incoming, slot: Slot) {
+        match self.run(incoming, slot).await {
             Ok(()) => info!("tunnel closed"),
             Err(TunnelError::Rejected(reason)) => warn!(%reason, "client rejected"),
             Err(e) => warn!(error = %e, side = %e.side(), "tunnel ended"),
         }
     }
 
-    async fn run(&self, incoming: quinn::Incoming) -> Result<(), TunnelError> {
-        let peer = incoming.remote_address();
-        let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout();
+    async fn run(&self, incoming: quinn::Incoming, slot: Slot) -> Result<(), TunnelError> {
+        let now = tokio::time::Instant::now();
+        let (deadline, auth_deadline) = (now + self.limits.handshake_timeout(), now + self.limits.auth_timeout());
         // The handshake and the first registration see one config.
         let config = self.config.snapshot();
-        let handshake = tokio::time::timeout_at(deadline, self.handshake(incoming, peer, &config)).await;
-        let (conn, name, (mut send, mut recv)) =
-            handshake.map_err(TunnelError::from).and_then(|r| r).inspect_err(|e| {
-                match e {
-                    TunnelError::Rejected(_) => &self.metrics.auth_failures,
-                    _ => &self.metrics.handshakes_failed,
-                }
-                .inc();
-            })?;
+        let handshake = tokio::time::timeout_at(deadline, self.handshake(incoming, slot, &config, auth_deadline)).await;
+        let Authenticated { conn, name, control: (mut send, mut recv), permit: _client_place } =
+            handshake.map_err(TunnelError::from).and_then(|r| r).inspect_err(|e| e.count(&self.metrics))?;
         Span::current().record("client", name.as_str());
         let _counted = self.metrics.tunnel();
 
@@ -140,46 +178,6 @@ impl Tunnels {
         };
         self.registry.end(&self.sessions, &session, code, &reason).await;
         served
-    }
-
-    /// The QUIC handshake and the Hello. Returns the connection, the client's name and the
-    /// control stream.
-    async fn handshake(
-        &self,
-        incoming: quinn::Incoming,
-        peer: SocketAddr,
-        config: &ServerConfig,
-    ) -> Result<(quinn::Connection, Name, (SendStream, RecvStream)), TunnelError> {
-        let conn = incoming.await?;
-        let authenticated = async {
-            let (mut send, mut recv) = conn.accept_bi().await?;
-            let body = read_frame_body(&mut recv).await?;
-            match auth::authenticate(&conn, peer, &body, &self.sessions, config) {
-                Ok(name) => {
-                    write_frame(&mut send, &HelloReply::Welcome { protocol_version: PROTOCOL_VERSION }).await?;
-                    Ok((name, (send, recv)))
-                }
-                Err(reason) => {
-                    write_frame(&mut send, &HelloReply::Reject(reason.clone())).await?;
-                    let _ = send.finish();
-                    // Let the Reject reach the client before the connection closes.
-                    let _ = send.stopped().await;
-                    Err(TunnelError::Rejected(reason))
-                }
-            }
-        };
-        match authenticated.await {
-            Ok((name, control)) => Ok((conn, name, control)),
-            Err(e) => {
-                let code = if matches!(e, TunnelError::Rejected(_)) {
-                    close_code::REJECTED
-                } else {
-                    close_code::PROTOCOL_ERROR
-                };
-                conn.close(VarInt::from_u32(code), e.to_string().as_bytes());
-                Err(e)
-            }
-        }
     }
 
     /// The handle of a new tunnel, with this server's per-client limits.

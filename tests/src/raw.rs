@@ -12,7 +12,12 @@ use crate::TestServer;
 /// A client-side QUIC endpoint on loopback. quinn gives every endpoint a large receive buffer:
 /// tests that make many connections should share one.
 pub fn endpoint() -> Result<Endpoint> {
-    Ok(transport::endpoint(transport::bind_udp("127.0.0.1:0".parse()?)?, None)?)
+    endpoint_at(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A client-side QUIC endpoint on `ip` (any of 127.0.0.0/8), so a test can be many peers.
+pub fn endpoint_at(ip: std::net::Ipv4Addr) -> Result<Endpoint> {
+    Ok(transport::endpoint(transport::bind_udp((ip, 0).into())?, None)?)
 }
 
 /// A QUIC connection to `server` from `endpoint` (TLS pinned, right ALPN), no Hello sent yet.

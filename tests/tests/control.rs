@@ -86,18 +86,6 @@ async fn stop_through_the_api_ends_the_server_and_its_client_sees_it_go() -> Res
     Ok(())
 }
 
-/// The value of `name` with `labels` in a parsed scrape, if present.
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape.samples.iter().find_map(|s| {
-        let matches = s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v));
-        match (matches, &s.value) {
-            (true, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)) => Some(*v),
-            (true, prometheus_parse::Value::Untyped(v)) => Some(*v),
-            _ => None,
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_known_traffic() -> Result<()> {
     use wmproxy_client::ClientError;
@@ -111,12 +99,11 @@ async fn metrics_parse_and_count_known_traffic() -> Result<()> {
     let refused = TestClient::start(intruder).await?.finished().await?;
     ensure!(matches!(refused, Err(ClientError::Rejected(_))), "{refused:?}");
 
-    let (status, text) = server.control("GET", "/metrics", "").await?;
-    ensure!(status == 200, "{status} {text}");
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).context("a Prometheus text parser reads /metrics")?;
+    let (_, text) = server.control("GET", "/metrics", "").await?;
+    let scrape = wmproxy_tests::metrics::scrape(&server).await?;
     let service = [("client", "home"), ("service", "echo")];
-    let get = |name: &str, labels: &[(&str, &str)]| sample(&scrape, name, labels).unwrap_or(-1.0);
+    let get =
+        |name: &str, labels: &[(&str, &str)]| wmproxy_tests::metrics::sample(&scrape, name, labels).unwrap_or(-1.0);
     ensure!(get("wmproxy_service_bytes_in_total", &service) >= SENT as f64, "{text}");
     ensure!(get("wmproxy_service_bytes_out_total", &service) >= SENT as f64, "{text}");
     ensure!(get("wmproxy_streams_opened_total", &service) >= 1.0, "{text}");

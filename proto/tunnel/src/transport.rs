@@ -29,6 +29,12 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// reader is descheduled.
 pub const DATAGRAM_RECEIVE_BUFFER: usize = 2 * 1024 * 1024;
 
+/// The whole-connection receive window of a peer that has not authenticated: room for its
+/// Hello (one frame, at most [`wmproxy_wire::MAX_FRAME_LEN`] bytes) and no more, so a few
+/// hundred silent or hostile connections cost the server little memory. See
+/// [`TransportTuning::to_pre_auth_config`].
+pub const PRE_AUTH_WINDOW: u32 = 2 * wmproxy_wire::MAX_FRAME_LEN as u32;
+
 /// Bytes of outgoing datagrams quinn queues while congestion control holds them back; beyond
 /// it the oldest are dropped (UDP semantics: late packets are worth less than new ones).
 pub const DATAGRAM_SEND_BUFFER: usize = 1024 * 1024;
@@ -72,10 +78,8 @@ impl TransportTuning {
     /// Builds the quinn transport config.
     pub fn to_config(&self) -> TransportConfig {
         let mut config = TransportConfig::default();
-        let streams = self.max_concurrent_streams;
-        let with_slack = streams.saturating_add(streams / 8).saturating_add(1);
         config
-            .max_concurrent_bidi_streams(VarInt::from_u32(with_slack))
+            .max_concurrent_bidi_streams(self.stream_credit())
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .stream_receive_window(VarInt::from_u32(self.stream_window))
             .receive_window(VarInt::from_u32(self.connection_window))
@@ -90,6 +94,34 @@ impl TransportTuning {
         // Segmentation offload (GSO) stays on, as quinn defaults: off, one stream fell from
         // ~3.4 to 1.4 Gbit/s on the bench.
         config
+    }
+
+    /// The stream count the peer is given: [`Self::max_concurrent_streams`] plus the slack
+    /// quinn's batched credit needs.
+    fn stream_credit(&self) -> VarInt {
+        let streams = self.max_concurrent_streams;
+        VarInt::from_u32(streams.saturating_add(streams / 8).saturating_add(1))
+    }
+
+    /// The server's config for new connections: as [`Self::to_config`], but until
+    /// [`Self::open_up`] the peer may open one stream (the control stream) and have at most
+    /// [`PRE_AUTH_WINDOW`] bytes unread in all. The per-stream window cannot change after the
+    /// handshake, so it stays full; the connection window bounds it meanwhile.
+    ///
+    /// QUIC datagrams must be offered in the handshake, so their buffer is full-size too: the
+    /// server reads them from the first moment, and one before authentication ends the
+    /// connection.
+    pub fn to_pre_auth_config(&self) -> TransportConfig {
+        let mut config = self.to_config();
+        config.max_concurrent_bidi_streams(VarInt::from_u32(1)).receive_window(VarInt::from_u32(PRE_AUTH_WINDOW));
+        config
+    }
+
+    /// Gives a connection accepted with [`Self::to_pre_auth_config`] this tuning's full stream
+    /// count and window, once its peer has authenticated.
+    pub fn open_up(&self, conn: &quinn::Connection) {
+        conn.set_max_concurrent_bi_streams(self.stream_credit());
+        conn.set_receive_window(VarInt::from_u32(self.connection_window));
     }
 }
 

@@ -97,4 +97,7 @@ pub mod close_code {
     pub const REJECTED: u32 = 2;
     /// A newer connection of the same client replaced this one.
     pub const REPLACED: u32 = 3;
+    /// The server is under load and closed a connection that had not authenticated yet, to
+    /// make room for a newer one. Retrying is right.
+    pub const BUSY: u32 = 4;
 }
