@@ -193,15 +193,18 @@ impl Client {
         let mut backoff = Backoff::default();
         let mut jitter = Jitter::default();
         let mut attempt = 0u32;
+        // The secret of our last session: it lets the server replace that session at once.
+        let mut resume = None;
         let result = loop {
             let mut services = reloader.services();
             let wanted = services.borrow_and_update().clone();
             let established = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                r = handshake::establish(&config, &wanted, &quic, protocol_version) => r,
+                r = handshake::establish(&config, &wanted, &quic, (protocol_version, resume)) => r,
             };
             let wait = match established {
                 Ok(established) => {
+                    resume = Some(established.resume);
                     attempt = 0;
                     backoff.reset();
                     let span = info_span!("tunnel", server = %config.server_addr, client = %config.name);

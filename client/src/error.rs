@@ -115,7 +115,12 @@ impl ClientError {
     pub fn side(&self) -> Side {
         match self {
             Self::Tunnel(_) | Self::Timeout | Self::Resolve { .. } => Side::Tunnel,
-            Self::Rejected(RejectReason::Throttled { .. } | RejectReason::ServerFull) => Side::Tunnel,
+            Self::Rejected(
+                RejectReason::Throttled { .. }
+                | RejectReason::ServerFull
+                | RejectReason::NameInUse
+                | RejectReason::SharedTokenFull { .. },
+            ) => Side::Tunnel,
             _ => Side::Internal,
         }
     }

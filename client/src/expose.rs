@@ -91,6 +91,7 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
             let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip, own));
             udp_flow(&tunnel, (send, recv), &target, allow_target, allow_ip).await;
         }
+        OpenStream::Ping => wmproxy_tunnel::probe::answer(send).await,
         // Anything else the server may not ask of a client.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
     }

@@ -9,7 +9,7 @@ use wmproxy_config::{ClientConfig, Service};
 use wmproxy_tunnel::stream::{read_frame, write_frame};
 use wmproxy_tunnel::transport;
 use wmproxy_wire::{
-    AuthToken, ControlReply, ControlRequest, Hello, HelloReply, ServiceResult, ServiceSpec, auth, hello,
+    AuthToken, ControlReply, ControlRequest, Hello, HelloReply, ResumeSecret, ServiceResult, ServiceSpec, auth, hello,
 };
 
 use crate::error::{ClientError, TunnelError};
@@ -29,14 +29,17 @@ pub struct Established {
     pub services: Vec<ServiceResult>,
     /// Kept open for the life of the tunnel; closing it tells the server we left.
     pub control: (quinn::SendStream, quinn::RecvStream),
+    /// What the next attempt shows the server, so that it replaces this session at once.
+    pub resume: ResumeSecret,
 }
 
-/// Connects, authenticates and registers `services`, within [`HANDSHAKE_TIMEOUT`].
+/// Connects, authenticates and registers `services`, within [`HANDSHAKE_TIMEOUT`]. `resume`
+/// is the secret of this process's previous session, if it had one.
 pub async fn establish(
     config: &ClientConfig,
     services: &[Service],
     quic: &quinn::ClientConfig,
-    hello_version: u32,
+    (hello_version, resume): (u32, Option<ResumeSecret>),
 ) -> Result<Established, ClientError> {
     let addr = resolve(&config.server_addr).await?;
     let unspecified = if addr.is_ipv4() {
@@ -52,11 +55,12 @@ pub async fn establish(
         let connecting =
             endpoint.connect_with(quic.clone(), addr, &config.server_name).map_err(TunnelError::Connect)?;
         let conn = connecting.await?;
-        let (services, control) = handshake(&conn, config, services, hello_version).await?;
-        Ok::<_, ClientError>((conn, services, control))
+        let hello = (hello_version, resume);
+        let (services, control, resume) = handshake(&conn, config, services, hello).await?;
+        Ok::<_, ClientError>((conn, services, control, resume))
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
-        Ok(Ok((conn, services, control))) => Ok(Established { endpoint, conn, services, control }),
+        Ok(Ok((conn, services, control, resume))) => Ok(Established { endpoint, conn, services, control, resume }),
         Ok(Err(e)) => {
             endpoint.close(0u32.into(), b"handshake failed");
             Err(e)
@@ -74,26 +78,29 @@ async fn resolve(server_addr: &str) -> Result<SocketAddr, ClientError> {
     addrs.next().ok_or_else(|| err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")))
 }
 
+/// What a finished handshake gives: the results, the control stream and the resume secret.
+type Handshaken = (Vec<ServiceResult>, (quinn::SendStream, quinn::RecvStream), ResumeSecret);
+
 async fn handshake(
     conn: &Connection,
     config: &ClientConfig,
     services: &[Service],
-    hello_version: u32,
-) -> Result<(Vec<ServiceResult>, (quinn::SendStream, quinn::RecvStream)), ClientError> {
+    (hello_version, resume): (u32, Option<ResumeSecret>),
+) -> Result<Handshaken, ClientError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut exporter = [0u8; auth::EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&config.name))
         .map_err(|_| TunnelError::Exporter)?;
     let proof = auth::prove(&AuthToken::new(config.token.expose()), &exporter);
-    let hello = Hello { protocol_version: hello_version, client_name: config.name.clone(), proof };
+    let hello = Hello { protocol_version: hello_version, client_name: config.name.clone(), proof, resume };
     write_frame(&mut send, &hello).await?;
-    hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
+    let resume = hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
 
     write_frame(&mut send, &ControlRequest::Register { services: specs(services) }).await?;
     let ControlReply::Registered { results } = read_frame::<ControlReply, _>(&mut recv).await? else {
         return Err(TunnelError::UnexpectedReply.into());
     };
-    Ok((results, (send, recv)))
+    Ok((results, (send, recv), resume))
 }
 
 /// What the server is asked to publish for `services`.

@@ -72,7 +72,7 @@ impl TunnelSetup {
         (registered, services): (Arc<Vec<Service>>, watch::Receiver<Arc<Vec<Service>>>),
         exposer: Arc<Exposer>,
     ) -> TunnelEnd {
-        let Established { endpoint, conn, services: results, control: (control_send, control_recv) } = established;
+        let Established { endpoint, conn, services: results, control: (control_send, control_recv), .. } = established;
         log_results(&results);
         let streams = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
         let flows = FlowTable::new(self.udp_stats.clone());

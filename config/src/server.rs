@@ -125,6 +125,9 @@ pub struct Limits {
     /// Authenticated tunnels at once. A client over it is refused (`ServerFull`) after its
     /// proof, so a connection that has not authenticated never takes one.
     pub max_clients: u32,
+    /// Names live at once through the shared `token` (not `[[clients]]` entries): a leaked
+    /// token cannot take every client place.
+    pub max_shared_clients: u32,
     /// Connections that have not authenticated yet, at once (TLS handshake to a checked
     /// proof). When it is full a new connection takes the place of the oldest, and under load
     /// a new address must prove it owns its address first (a QUIC retry).
@@ -157,6 +160,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_clients: 256,
+            max_shared_clients: 128,
             max_unauthenticated: 128,
             max_unauthenticated_per_address: 8,
             auth_timeout_secs: 5,
@@ -274,6 +278,7 @@ impl ServerFile {
         let l = &self.limits;
         let limit = |key| [Key("limits"), Key(key)];
         within(src, &limit("max_clients"), l.max_clients, ranges::MAX_CLIENTS)?;
+        within(src, &limit("max_shared_clients"), l.max_shared_clients, ranges::MAX_CLIENTS)?;
         within(src, &limit("max_unauthenticated"), l.max_unauthenticated, ranges::MAX_CLIENTS)?;
         let per_address = l.max_unauthenticated_per_address;
         within(src, &limit("max_unauthenticated_per_address"), per_address, ranges::MAX_CLIENTS)?;

@@ -56,6 +56,7 @@ type Slot<C> = (&'static str, &'static str, fn(&C) -> u64, RangeInclusive<u64>);
 
 const SERVER_SLOTS: &[Slot<ServerConfig>] = &[
     ("{limits}", "max_clients", |c| c.limits.max_clients.into(), r::MAX_CLIENTS),
+    ("{limits}", "max_shared_clients", |c| c.limits.max_shared_clients.into(), r::MAX_CLIENTS),
     ("{limits}", "max_unauthenticated", |c| c.limits.max_unauthenticated.into(), r::MAX_CLIENTS),
     (
         "{limits}",

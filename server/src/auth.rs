@@ -6,19 +6,29 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use wmproxy_config::ServerConfig;
-use wmproxy_wire::{AuthToken, Name, RejectReason, auth, hello};
+use wmproxy_wire::{AuthToken, Name, RejectReason, ResumeSecret, auth, hello};
 
 use crate::sessions::Sessions;
 
-/// The name of the client whose Hello `body` is, if it may come in. `config` is the snapshot
-/// this handshake took.
+/// A Hello with a correct proof.
+#[derive(Debug)]
+pub(crate) struct Proven {
+    /// The client's name.
+    pub name: Name,
+    /// The resume secret it showed, if any.
+    pub resume: Option<ResumeSecret>,
+    /// It authenticated with the shared token, not a `[[clients]]` entry of its own.
+    pub shared: bool,
+}
+
+/// Who sent the Hello `body`, if it may come in. `config` is the snapshot this handshake took.
 pub(crate) fn authenticate(
     conn: &quinn::Connection,
     peer: SocketAddr,
     body: &[u8],
     sessions: &Sessions,
     config: &ServerConfig,
-) -> Result<Name, RejectReason> {
+) -> Result<Proven, RejectReason> {
     let hello = hello::judge(body)?;
     let mut exporter = [0u8; auth::EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&hello.client_name))
@@ -32,7 +42,8 @@ pub(crate) fn authenticate(
     // The proof first: a correct one is never refused for failures, its own or anyone else's.
     if auth::verify(&token, &exporter, &hello.proof) && entry.is_some() {
         sessions.throttle().record_success(peer.ip(), &hello.client_name);
-        return Ok(hello.client_name);
+        let shared = !config.clients.contains_key(hello.client_name.as_str());
+        return Ok(Proven { name: hello.client_name, resume: hello.resume, shared });
     }
     match sessions.throttle().record_failure(peer.ip(), &hello.client_name, Instant::now()) {
         Ok(()) => Err(RejectReason::BadCredentials),

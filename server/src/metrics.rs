@@ -55,6 +55,10 @@ pub(crate) enum Refusal {
     EarlyDatagram,
     /// A correct proof while `max_clients` tunnels are up.
     ServerFull,
+    /// A correct proof for a name whose live session, on another machine, answered.
+    NameInUse,
+    /// A correct proof with the shared token while `max_shared_clients` of its names are live.
+    SharedTokenFull,
 }
 
 impl Refusal {
@@ -65,6 +69,8 @@ impl Refusal {
             Self::AuthTimeout => "auth_timeout",
             Self::EarlyDatagram => "early_datagram",
             Self::ServerFull => "server_full",
+            Self::NameInUse => "name_in_use",
+            Self::SharedTokenFull => "shared_token_full",
         }
     }
 }
@@ -174,7 +180,7 @@ impl Default for Metrics {
         registry.register(
             "refused",
             "Connections refused by a limit, by cause (unauthenticated_per_address, unauthenticated_evicted, \
-             auth_timeout, early_datagram, server_full)",
+             auth_timeout, early_datagram, server_full, name_in_use, shared_token_full)",
             m.refused.clone(),
         );
         registry.register(

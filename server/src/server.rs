@@ -211,7 +211,7 @@ impl Server {
             metrics: metrics.clone(),
             udp_stats: udp.stats.clone(),
         };
-        let sessions = Arc::new(Sessions::default());
+        let sessions = Arc::new(Sessions::new(limits.max_streams_per_client));
         let routes = Arc::new(Routes::default());
         let groups = Arc::new(Groups::new(limits.stream_open_timeout(), udp.clone()));
         let registry = Arc::new(Registry::new(

@@ -1,14 +1,19 @@
-//! The live tunnels by client name (a client that connects again replaces its old session),
-//! and the failed-login throttle in front of them.
+//! The live tunnels by client name, and the failed-login throttle in front of them.
+//!
+//! A name has one session. A new one of the same name replaces it at once if it shows the
+//! session's resume secret (the same machine, back after a network change) or if the old
+//! connection is closed; otherwise the old one is asked whether it is there (see
+//! `Tunnels::seat`), and keeps the name if it answers. Sessions that authenticated with the
+//! shared token are counted, so that a leaked token cannot take every client place.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wmproxy_tunnel::Tunnel;
-use wmproxy_wire::{Name, ServiceResult};
+use wmproxy_wire::{Name, ResumeSecret, ServiceResult};
 
 use crate::throttle::AuthThrottle;
 
@@ -29,6 +34,13 @@ pub(crate) struct Session {
     pub forwards: Arc<Semaphore>,
     /// When the tunnel was accepted.
     pub since: SystemTime,
+    /// What the client shows to replace this session at once.
+    pub resume: ResumeSecret,
+    /// Authenticated with the shared token (not a `[[clients]]` entry).
+    pub shared: bool,
+    /// Its place in `max_clients`: given back when the tunnel ends, or handed to the session
+    /// that replaces it.
+    place: Mutex<Option<OwnedSemaphorePermit>>,
     /// What its latest registration asked and got, for status output.
     results: Mutex<Vec<ServiceResult>>,
 }
@@ -39,56 +51,136 @@ impl Session {
         self.results.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Takes this session's place in `max_clients` (for its successor, or to give it back).
+    pub fn take_place(&self) -> Option<OwnedSemaphorePermit> {
+        self.place.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Records the latest registration's results.
     pub fn set_results(&self, results: &[ServiceResult]) {
         *self.results.lock().unwrap_or_else(|p| p.into_inner()) = results.to_vec();
     }
 }
 
+/// Where a new session of a name stands.
+#[derive(Debug)]
+pub(crate) enum Seat {
+    /// No live session has the name.
+    Free,
+    /// The live session is this client's own (its resume secret) or its connection is closed:
+    /// replace it at once.
+    Replace(Arc<Session>),
+    /// Another live session has the name: it keeps it if it answers.
+    Contested(Arc<Session>),
+}
+
+/// Why a session was not installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The name's session is not the one the caller decided about (another came in meanwhile).
+    Raced,
+    /// The shared token's names are all in use.
+    SharedFull,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    by_name: HashMap<Name, Arc<Session>>,
+    /// How many of them authenticated with the shared token.
+    shared: usize,
+}
+
 /// Live sessions by client name, and the failed-login throttle. Locks are never held across
 /// an `.await`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Sessions {
-    by_name: Mutex<HashMap<Name, Arc<Session>>>,
+    live: Mutex<Live>,
     next_id: AtomicU64,
     throttle: Mutex<AuthThrottle>,
+    /// Streams one client may open at once (its forwards).
+    max_forwards: u32,
 }
 
 impl Sessions {
-    /// A new session of `name` on `tunnel` (not yet installed), allowing `max_forwards` streams
-    /// from the client at once.
-    pub fn create(&self, name: Name, tunnel: Arc<Tunnel>, max_forwards: u32) -> Arc<Session> {
+    /// No sessions yet; each will allow `max_forwards` streams from its client at once.
+    pub fn new(max_forwards: u32) -> Self {
+        Self { live: Mutex::default(), next_id: AtomicU64::default(), throttle: Mutex::default(), max_forwards }
+    }
+
+    /// A new session of `name` on `tunnel` (not yet installed), holding `place` in
+    /// `max_clients`; `shared` if it authenticated with the shared token.
+    pub fn create(
+        &self,
+        name: Name,
+        tunnel: Arc<Tunnel>,
+        (shared, place): (bool, OwnedSemaphorePermit),
+    ) -> Arc<Session> {
+        let mut resume = [0u8; 32];
+        // The system's generator does not fail on Linux; were it to, the zero secret matches no
+        // client's (a client only ever shows one the server gave it).
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut resume);
         Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name,
             tunnel,
-            forwards: Arc::new(Semaphore::new(max_forwards as usize)),
+            forwards: Arc::new(Semaphore::new(self.max_forwards as usize)),
             since: SystemTime::now(),
+            resume: ResumeSecret(resume),
+            shared,
+            place: Mutex::new(Some(place)),
             results: Mutex::default(),
         })
     }
 
-    /// Installs `session`; returns the session of the same client it replaced, if any.
-    pub fn insert(&self, session: &Arc<Session>) -> Option<Arc<Session>> {
-        self.lock().insert(session.name.clone(), session.clone())
+    /// Where a new session of `name` stands, for a client that shows `resume`.
+    pub fn seat(&self, name: &Name, resume: Option<&ResumeSecret>) -> Seat {
+        match self.lock().by_name.get(name) {
+            None => Seat::Free,
+            Some(old) if old.tunnel.conn().close_reason().is_some() => Seat::Replace(old.clone()),
+            Some(old) if resume.is_some_and(|r| old.resume.matches(r)) => Seat::Replace(old.clone()),
+            Some(old) => Seat::Contested(old.clone()),
+        }
+    }
+
+    /// Installs `session` in place of the session `replacing` (or of none), unless the name's
+    /// session is another one by now, or the session is the shared token's and `max_shared` of
+    /// those are live. Returns the session it replaced.
+    pub fn install(
+        &self,
+        session: &Arc<Session>,
+        replacing: Option<SessionId>,
+        max_shared: usize,
+    ) -> Result<Option<Arc<Session>>, Refused> {
+        let mut live = self.lock();
+        let current = live.by_name.get(&session.name);
+        if current.map(|s| s.id) != replacing {
+            return Err(Refused::Raced);
+        }
+        let shared = live.shared - usize::from(current.is_some_and(|s| s.shared)) + usize::from(session.shared);
+        if session.shared && shared > max_shared {
+            return Err(Refused::SharedFull);
+        }
+        live.shared = shared;
+        Ok(live.by_name.insert(session.name.clone(), session.clone()))
     }
 
     /// Removes `session` unless a newer session of the same name has replaced it.
     pub fn remove(&self, session: &Session) {
-        let mut map = self.lock();
-        if map.get(&session.name).is_some_and(|s| s.id == session.id) {
-            map.remove(&session.name);
+        let mut live = self.lock();
+        if live.by_name.get(&session.name).is_some_and(|s| s.id == session.id) {
+            live.by_name.remove(&session.name);
+            live.shared -= usize::from(session.shared);
         }
     }
 
     /// The live session of `client`.
     pub fn get(&self, client: &str) -> Option<Arc<Session>> {
-        self.lock().get(client).cloned()
+        self.lock().by_name.get(client).cloned()
     }
 
     /// Every live session, by client name.
     pub fn all(&self) -> Vec<Arc<Session>> {
-        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        let mut all: Vec<_> = self.lock().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -98,8 +190,8 @@ impl Sessions {
         self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Name, Arc<Session>>> {
-        // Single inserts and removes cannot leave the map inconsistent: a poisoned lock is usable.
-        self.by_name.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Live> {
+        // Every change is made whole under the lock: a poisoned one is still consistent.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -14,7 +14,8 @@ use wmproxy_tunnel::transport::TransportTuning;
 use wmproxy_tunnel::udp::FlowTable;
 use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{
-    ControlReply, ControlRequest, RegisterOutcome, RejectReason, ServiceResult, ServiceSpec, close_code,
+    ControlReply, ControlRequest, HelloReply, PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult,
+    ServiceSpec, close_code,
 };
 
 use crate::connect;
@@ -62,6 +63,8 @@ impl TunnelError {
     fn refusal(&self) -> Option<Refusal> {
         match self {
             Self::Rejected(RejectReason::ServerFull) => Some(Refusal::ServerFull),
+            Self::Rejected(RejectReason::NameInUse) => Some(Refusal::NameInUse),
+            Self::Rejected(RejectReason::SharedTokenFull { .. }) => Some(Refusal::SharedTokenFull),
             Self::AuthTimeout => Some(Refusal::AuthTimeout),
             Self::Evicted => Some(Refusal::UnauthenticatedEvicted),
             Self::EarlyDatagram => Some(Refusal::EarlyDatagram),
@@ -135,13 +138,11 @@ impl Tunnels {
         // The handshake and the first registration see one config.
         let config = self.config.snapshot();
         let handshake = tokio::time::timeout_at(deadline, self.handshake(incoming, slot, &config, auth_deadline)).await;
-        let Authenticated { conn, name, control: (mut send, mut recv), permit: _client_place } =
+        let Authenticated { conn, session, replaced, control: (mut send, mut recv) } =
             handshake.map_err(TunnelError::from).and_then(|r| r).inspect_err(|e| e.count(&self.metrics))?;
-        Span::current().record("client", name.as_str());
+        Span::current().record("client", session.name.as_str());
         let _counted = self.metrics.tunnel();
-
-        let session = self.sessions.create(name, self.tunnel(conn.clone()), self.limits.max_streams_per_client);
-        if let Some(old) = self.sessions.insert(&session) {
+        if let Some(old) = replaced {
             info!("replacing the previous session of this client");
             let reason = "replaced by a newer connection of this client";
             self.registry.end(&self.sessions, &old, close_code::REPLACED, reason).await;
@@ -151,6 +152,8 @@ impl Tunnels {
         self.runtime.tracker.spawn(flows.in_current_span());
 
         let served = async {
+            let welcome = HelloReply::Welcome { protocol_version: PROTOCOL_VERSION, resume: session.resume };
+            write_frame(&mut send, &welcome).await?;
             let request = tokio::time::timeout_at(deadline, read_frame::<ControlRequest, _>(&mut recv)).await??;
             let ControlRequest::Register { services } = request else {
                 return Err(TunnelError::Unexpected);
@@ -177,11 +180,12 @@ impl Tunnels {
             Err(e) => (close_code::PROTOCOL_ERROR, e.to_string()),
         };
         self.registry.end(&self.sessions, &session, code, &reason).await;
+        drop(session.take_place());
         served
     }
 
     /// The handle of a new tunnel, with this server's per-client limits.
-    fn tunnel(&self, conn: quinn::Connection) -> Arc<Tunnel> {
+    pub(crate) fn tunnel(&self, conn: quinn::Connection) -> Arc<Tunnel> {
         let streams = Arc::new(Semaphore::new(self.limits.max_streams_per_client as usize));
         let flows = Arc::new(Semaphore::new(self.limits.max_udp_flows_per_client as usize));
         Arc::new(Tunnel::new(conn, FlowTable::new(self.udp.stats.clone()), streams, flows))

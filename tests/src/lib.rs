@@ -220,6 +220,17 @@ pub async fn control_call(
     Ok(wmproxy_ops::control::call(addr, token, method, path, body).await?)
 }
 
+/// A `[[clients]]` entry for a server config: `name` with its own `token`, no port or domain
+/// rules.
+pub fn client_entry(name: &str, token: &str) -> wmproxy_config::server::ClientEntryFile {
+    wmproxy_config::server::ClientEntryFile {
+        name: toml::Spanned::new(0..0, name.into()),
+        token: Secret::new(token),
+        allow_ports: Vec::new(),
+        allow_domains: Vec::new(),
+    }
+}
+
 /// `text` as a name; test names are valid.
 pub fn name(text: &str) -> Name {
     Name::new(text).unwrap_or_else(|e| panic!("test name `{text}`: {e}"))

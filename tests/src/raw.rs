@@ -5,7 +5,7 @@ use quinn::{Connection, Endpoint};
 use wmproxy_config::ServerTrust;
 use wmproxy_tunnel::stream::{read_frame, write_frame};
 use wmproxy_tunnel::transport;
-use wmproxy_wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
+use wmproxy_wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, ResumeSecret, auth};
 
 use crate::TestServer;
 
@@ -57,16 +57,27 @@ pub async fn authenticated_with(
     adjust(&mut transport);
     quic.transport_config(std::sync::Arc::new(transport));
     let conn = endpoint.connect_with(quic, server.addr, "wmproxy")?.await?;
+    match hello(&conn, name, token, None).await? {
+        (HelloReply::Welcome { .. }, send, recv) => Ok((endpoint, conn, send, recv)),
+        (other, ..) => anyhow::bail!("not welcomed: {other:?}"),
+    }
+}
+
+/// Sends a Hello as `name` with `token` (and `resume`, if given) on a new control stream of
+/// `conn`; returns the server's reply and the stream.
+pub async fn hello(
+    conn: &Connection,
+    name: &str,
+    token: &str,
+    resume: Option<ResumeSecret>,
+) -> Result<(HelloReply, quinn::SendStream, quinn::RecvStream)> {
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut exporter = [0u8; auth::EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(name))
         .ok()
         .context("exporter")?;
     let proof = auth::prove(&AuthToken::new(token), &exporter);
-    write_frame(&mut send, &Hello { protocol_version: PROTOCOL_VERSION, client_name: crate::name(name), proof })
-        .await?;
-    match read_frame::<HelloReply, _>(&mut recv).await? {
-        HelloReply::Welcome { .. } => Ok((endpoint, conn, send, recv)),
-        other => anyhow::bail!("not welcomed: {other:?}"),
-    }
+    let hello = Hello { protocol_version: PROTOCOL_VERSION, client_name: crate::name(name), proof, resume };
+    write_frame(&mut send, &hello).await?;
+    Ok((read_frame::<HelloReply, _>(&mut recv).await?, send, recv))
 }

@@ -26,9 +26,10 @@ async fn garbage_or_oversized_hello_closes_only_that_connection() -> Result<()> 
     let (_good, public) = echo_client(&server, "good").await?;
 
     let endpoint = raw::endpoint()?;
-    // A frame whose body is not a Hello (version 1, then a name that claims 2^32 bytes): the
-    // server answers "invalid hello" and closes.
-    let garbage = [0, 0, 0, 7, 1, 252, 0xff, 0xff, 0xff, 0xff, 0];
+    // A frame whose body is not a Hello (the right version, then a name that claims 2^32
+    // bytes): the server answers "invalid hello" and closes.
+    let version = u8::try_from(wmproxy_wire::PROTOCOL_VERSION)?;
+    let garbage = [0, 0, 0, 7, version, 252, 0xff, 0xff, 0xff, 0xff, 0];
     let outcome = hostile_hello(&endpoint, &server, &garbage).await?;
     assert!(outcome.contains("Ok(Reject(Invalid("), "{outcome}");
 

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use wmproxy_client::ClientStatus;
 use wmproxy_config::Secret;
-use wmproxy_tests::{CONTROL_TOKEN, TOKEN, TestClient, TestServer, control_call, init_tracing};
+use wmproxy_tests::{CONTROL_TOKEN, TOKEN, TestClient, TestServer, client_entry, control_call, init_tracing};
 
 const OFFICE_TOKEN: &str = "office-token-secret-42";
 
@@ -13,12 +13,7 @@ const OFFICE_TOKEN: &str = "office-token-secret-42";
 async fn the_control_api_wants_its_token_and_never_shows_a_secret() -> Result<()> {
     init_tracing();
     let server = TestServer::start(|f| {
-        f.clients.push(wmproxy_config::server::ClientEntryFile {
-            name: toml::Spanned::new(0..0, "office".into()),
-            token: Secret::new(OFFICE_TOKEN),
-            allow_ports: Vec::new(),
-            allow_domains: Vec::new(),
-        });
+        f.clients.push(client_entry("office", OFFICE_TOKEN));
     })
     .await?;
     let addr = server.handle.control_addr().context("control API")?;

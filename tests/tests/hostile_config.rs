@@ -13,6 +13,7 @@ use wmproxy_tests::{TestClient, TestServer, backend, init_tracing};
 /// (table, key, range) of the server's numbers.
 const SERVER: &[(&str, &str, std::ops::RangeInclusive<u64>)] = &[
     ("limits", "max_clients", r::MAX_CLIENTS),
+    ("limits", "max_shared_clients", r::MAX_CLIENTS),
     ("limits", "max_unauthenticated", r::MAX_CLIENTS),
     ("limits", "max_unauthenticated_per_address", r::MAX_CLIENTS),
     ("limits", "auth_timeout_secs", r::TIMEOUT_SECS),

@@ -17,6 +17,7 @@
 //!   listeners shared by many users.
 //! - [`dial`]: connects to a [`wmproxy_wire::Target`] under an egress check and maps failures
 //!   to [`wmproxy_wire::OpenResult`].
+//! - [`probe`]: asks a peer whether it is there (`OpenStream::Ping`), and answers.
 //! - [`accept`]: the accept step of every TCP listener (stop token, error backoff).
 //! - [`transport`]: the tuned quinn `TransportConfig` and UDP socket setup.
 //! - [`tls`]: certificate fingerprints and the pinned-fingerprint verifier.
@@ -33,6 +34,7 @@
 pub mod accept;
 pub mod datastream;
 pub mod dial;
+pub mod probe;
 pub mod relay;
 pub mod side;
 pub mod stream;

@@ -60,6 +60,24 @@ impl fmt::Debug for Proof {
     }
 }
 
+/// A session's resume secret: 32 random bytes the server gives a client in its Welcome and the
+/// client shows in its next Hello. `Debug` is masked; compare with [`ResumeSecret::matches`].
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeSecret(pub [u8; 32]);
+
+impl ResumeSecret {
+    /// Whether `given` is this secret, in constant time.
+    pub fn matches(&self, given: &ResumeSecret) -> bool {
+        same_secret(&self.0, &given.0)
+    }
+}
+
+impl fmt::Debug for ResumeSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResumeSecret(MASKED)")
+    }
+}
+
 /// Computes the proof for `token` over the connection's `exporter` value.
 pub fn prove(token: &AuthToken, exporter: &[u8]) -> Proof {
     let key = hmac::Key::new(hmac::HMAC_SHA256, token.expose());

@@ -3,6 +3,7 @@
 //! because the token to check it against is the server's business.
 
 use crate::PROTOCOL_VERSION;
+use crate::auth::ResumeSecret;
 use crate::frame;
 use crate::message::{Hello, HelloReply, RejectReason};
 
@@ -17,12 +18,13 @@ pub fn judge(body: &[u8]) -> Result<Hello, RejectReason> {
     frame::decode_body::<Hello>(body).map_err(|e| RejectReason::Invalid(e.to_string()))
 }
 
-/// What a client makes of the server's answer to a Hello that announced `sent_version`: a
-/// `Welcome` of another version is a mismatch too.
-pub fn read_reply(reply: HelloReply, sent_version: u32) -> Result<(), RejectReason> {
+/// What a client makes of the server's answer to a Hello that announced `sent_version`: the
+/// resume secret of its new session, or why not. A `Welcome` of another version is a mismatch
+/// too.
+pub fn read_reply(reply: HelloReply, sent_version: u32) -> Result<ResumeSecret, RejectReason> {
     match reply {
-        HelloReply::Welcome { protocol_version } if protocol_version == sent_version => Ok(()),
-        HelloReply::Welcome { protocol_version } => {
+        HelloReply::Welcome { protocol_version, resume } if protocol_version == sent_version => Ok(resume),
+        HelloReply::Welcome { protocol_version, .. } => {
             Err(RejectReason::VersionMismatch { server: protocol_version, client: sent_version })
         }
         HelloReply::Reject(reason) => Err(reason),
@@ -37,9 +39,9 @@ mod tests {
     fn body(version: u32, name: &str) -> Vec<u8> {
         // A Hello with any name, valid or not, encoded by hand: `Name` would refuse a bad one.
         #[derive(serde::Serialize)]
-        struct Raw<'a>(u32, &'a str, Proof);
+        struct Raw<'a>(u32, &'a str, Proof, Option<ResumeSecret>);
         let mut framed = Vec::new();
-        let raw = Raw(version, name, Proof([1; 32]));
+        let raw = Raw(version, name, Proof([1; 32]), None);
         let config = bincode::config::standard();
         framed.extend(bincode::serde::encode_to_vec(raw, config).unwrap_or_default());
         framed
@@ -62,9 +64,10 @@ mod tests {
 
     #[test]
     fn a_welcome_of_another_version_is_a_mismatch() {
-        assert_eq!(read_reply(HelloReply::Welcome { protocol_version: 1 }, 1), Ok(()));
+        let resume = ResumeSecret([7; 32]);
+        assert_eq!(read_reply(HelloReply::Welcome { protocol_version: 1, resume }, 1), Ok(resume));
         assert_eq!(
-            read_reply(HelloReply::Welcome { protocol_version: 2 }, 1),
+            read_reply(HelloReply::Welcome { protocol_version: 2, resume }, 1),
             Err(RejectReason::VersionMismatch { server: 2, client: 1 })
         );
         assert_eq!(read_reply(HelloReply::Reject(RejectReason::ServerFull), 1), Err(RejectReason::ServerFull));

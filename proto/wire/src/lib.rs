@@ -60,16 +60,22 @@ pub mod name;
 pub mod routes;
 pub mod udp;
 
-pub use auth::{AuthToken, Proof};
+pub use auth::{AuthToken, Proof, ResumeSecret};
 pub use frame::{FrameError, WireMessage};
 pub use message::*;
 pub use name::{Name, NameError, Target};
 
-/// ALPN protocol id; it carries the major protocol version.
+/// ALPN protocol id: the protocol family. It stays `wmproxy/1` across versions, so that two
+/// versions still meet and the Hello tells them apart with a clear `VersionMismatch` rather
+/// than a TLS failure.
 pub const ALPN: &[u8] = b"wmproxy/1";
 
 /// The protocol version this build speaks. Both ends must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2: the resume secret (`Hello::resume`, `HelloReply::Welcome::resume`), the
+/// `NameInUse` and `SharedTokenFull` rejections, `OpenStream::Ping` and
+/// `RegisterOutcome::HostTaken`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest accepted frame body, in bytes. Larger lengths are rejected before any allocation.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;

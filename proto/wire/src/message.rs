@@ -8,13 +8,14 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Proof;
+use crate::auth::{Proof, ResumeSecret};
 use crate::frame::WireMessage;
 use crate::name::{Name, Target};
 
 /// First frame on the control stream, client → server.
 ///
-/// Layout: `varint protocol_version | str client_name | 32 bytes proof`.
+/// Layout: `varint protocol_version | str client_name | 32 bytes proof |
+/// Option<32 bytes> resume`.
 /// `protocol_version` must stay the first field (see [`crate::frame::peek_protocol_version`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -24,6 +25,11 @@ pub struct Hello {
     pub client_name: Name,
     /// `HMAC-SHA256(token, TLS exporter)`, see [`crate::auth`].
     pub proof: Proof,
+    /// The secret the server's last [`HelloReply::Welcome`] gave this client process, if any:
+    /// it shows this is the machine of the live session of the name, which it then replaces at
+    /// once. Without it (or with another), a live session that answers the server keeps the
+    /// name, and the Hello is refused [`RejectReason::NameInUse`].
+    pub resume: Option<ResumeSecret>,
 }
 impl WireMessage for Hello {}
 
@@ -31,10 +37,13 @@ impl WireMessage for Hello {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum HelloReply {
-    /// `enum#0 | varint protocol_version`: authenticated; the client may register.
+    /// `enum#0 | varint protocol_version | 32 bytes resume`: authenticated; the client may
+    /// register.
     Welcome {
         /// The server's protocol version (equal to the client's).
         protocol_version: u32,
+        /// What the client sends in its next [`Hello::resume`] to replace this session.
+        resume: ResumeSecret,
     },
     /// `enum#1 | RejectReason`: the server closes the connection after sending this.
     Reject(RejectReason),
@@ -64,6 +73,14 @@ pub enum RejectReason {
     ServerFull,
     /// `enum#4 | str`: the Hello was not valid (for example an over-long name).
     Invalid(String),
+    /// `enum#5`: another machine is connected under this name and answered the server just
+    /// now. Retrying is right: the name is free once that session ends.
+    NameInUse,
+    /// `enum#6 | varint max`: `max` names are connected with the shared token already.
+    SharedTokenFull {
+        /// The server's limit of names live through the shared token.
+        max: u32,
+    },
 }
 
 impl std::fmt::Display for RejectReason {
@@ -78,6 +95,10 @@ impl std::fmt::Display for RejectReason {
             }
             Self::ServerFull => f.write_str("server is full (client limit reached)"),
             Self::Invalid(v0) => write!(f, "invalid hello: {v0}"),
+            Self::NameInUse => {
+                f.write_str("another machine is connected under this client name and still answers; retrying")
+            }
+            Self::SharedTokenFull { max } => write!(f, "the server's {max} names for the shared token are all in use"),
         }
     }
 }
@@ -379,6 +400,9 @@ pub enum OpenStream {
         /// The proxy user's UDP address as the server saw it.
         peer_addr: SocketAddr,
     },
+    /// `enum#6`, server → client: are you there? The client answers `Ok` and ends the stream.
+    /// The server asks a live session when another machine presents its name.
+    Ping,
 }
 impl WireMessage for OpenStream {}
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use wmproxy_wire::{
     self as wire, AuthToken, BasicAuth, ControlReply, ControlRequest, FrameError, GroupKey, GroupMembership,
     HealthSpec, Hello, HelloReply, HttpSpec, MAX_FRAME_LEN, OpenResult, OpenStream, Proof, RegisterOutcome,
-    RejectReason, ServiceKind, ServiceResult, ServiceSpec, WireMessage, auth, frame,
+    RejectReason, ResumeSecret, ServiceKind, ServiceResult, ServiceSpec, WireMessage, auth, frame,
 };
 use wmproxy_wire::{Name, Target};
 
@@ -24,7 +24,12 @@ fn peer() -> SocketAddr {
 }
 
 fn hello() -> Hello {
-    Hello { protocol_version: wire::PROTOCOL_VERSION, client_name: n("home"), proof: Proof([7; 32]) }
+    Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        client_name: n("home"),
+        proof: Proof([7; 32]),
+        resume: Some(ResumeSecret([9; 32])),
+    }
 }
 
 fn register() -> ControlRequest {
@@ -96,12 +101,15 @@ fn check_round_trip<T: WireMessage + PartialEq + std::fmt::Debug>(msg: T) {
 #[test]
 fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(hello());
-    check_round_trip(HelloReply::Welcome { protocol_version: 1 });
+    check_round_trip(Hello { resume: None, ..hello() });
+    check_round_trip(HelloReply::Welcome { protocol_version: 1, resume: ResumeSecret([3; 32]) });
     check_round_trip(HelloReply::Reject(RejectReason::VersionMismatch { server: 1, client: 2 }));
     check_round_trip(HelloReply::Reject(RejectReason::BadCredentials));
     check_round_trip(HelloReply::Reject(RejectReason::Throttled { retry_after_secs: 30 }));
     check_round_trip(HelloReply::Reject(RejectReason::ServerFull));
     check_round_trip(HelloReply::Reject(RejectReason::Invalid("name".into())));
+    check_round_trip(HelloReply::Reject(RejectReason::NameInUse));
+    check_round_trip(HelloReply::Reject(RejectReason::SharedTokenFull { max: 64 }));
     check_round_trip(register());
     check_round_trip(registered());
     check_round_trip(ControlRequest::Health { service: n("web-2"), ok: true, latency_us: 1234 });
@@ -111,6 +119,7 @@ fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(OpenStream::UdpConnect { target: t("9.9.9.9:53"), peer_addr: peer() });
     check_round_trip(OpenStream::ProxyConnect { target: t("intranet.example:80"), peer_addr: peer() });
     check_round_trip(OpenStream::ProxyUdpConnect { target: t("10.0.0.53:53"), peer_addr: peer() });
+    check_round_trip(OpenStream::Ping);
     for r in [
         OpenResult::Ok,
         OpenResult::Refused,
