@@ -2,9 +2,11 @@
 //! proxies use it), the streams the server opens are served, health checks report on the
 //! control stream, and reloaded services are registered again on it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -140,31 +142,69 @@ fn log_results(results: &[ServiceResult]) {
 }
 
 /// Registers the services again on the live tunnel each time a reload changes them (the
-/// server keeps unchanged ones as they are), and makes the health checks follow. Returns only
-/// when the control stream fails, with why.
+/// server keeps unchanged ones as they are), and makes the health checks follow; takes in the
+/// services the server withdraws when its own config narrows. Returns only when the control
+/// stream fails, with why.
 async fn follow_reloads(
     mut services: watch::Receiver<Arc<Vec<Service>>>,
-    (requests, mut replies): (&mpsc::Sender<ControlRequest>, quinn::RecvStream),
+    (requests, replies): (&mpsc::Sender<ControlRequest>, quinn::RecvStream),
     status: &watch::Sender<ClientStatus>,
     checks: &mut health::Checks,
 ) -> TunnelError {
+    // A stream keeps a half-read reply while a reload is taken in.
+    let replies = futures_util::stream::unfold(replies, |mut recv| async move {
+        let reply = read_frame::<ControlReply, _>(&mut recv).await;
+        Some((reply, recv))
+    });
+    let mut replies = std::pin::pin!(replies);
+    // The services of each `Register` not answered yet, in order (one per reload in flight).
+    let mut asked: VecDeque<Arc<Vec<Service>>> = VecDeque::new();
+    let mut reloads = true;
     loop {
-        if services.changed().await.is_err() {
-            // No reloader any more: nothing will change again.
-            return std::future::pending().await;
+        tokio::select! {
+            changed = services.changed(), if reloads => {
+                if changed.is_err() {
+                    // No reloader any more: nothing will change again.
+                    reloads = false;
+                    continue;
+                }
+                let wanted = services.borrow_and_update().clone();
+                info!(services = wanted.len(), "registering the reloaded services");
+                if requests.send(ControlRequest::Register { services: handshake::specs(&wanted) }).await.is_err() {
+                    return TunnelError::Control(wmproxy_tunnel::stream::StreamError::Closed);
+                }
+                asked.push_back(wanted);
+            }
+            Some(reply) = replies.next() => match reply {
+                Ok(ControlReply::Registered { results }) => {
+                    let Some(wanted) = asked.pop_front() else {
+                        return TunnelError::UnexpectedReply;
+                    };
+                    log_results(&results);
+                    status.send_replace(ClientStatus::Connected { services: results });
+                    checks.sync(&wanted);
+                }
+                Ok(ControlReply::Withdrawn { results }) => withdrawn(status, results),
+                Ok(_) => return TunnelError::UnexpectedReply,
+                Err(e) => return TunnelError::Control(e),
+            },
         }
-        let wanted = services.borrow_and_update().clone();
-        info!(services = wanted.len(), "registering the reloaded services");
-        if requests.send(ControlRequest::Register { services: handshake::specs(&wanted) }).await.is_err() {
-            return TunnelError::Control(wmproxy_tunnel::stream::StreamError::Closed);
-        }
-        let results = match read_frame::<ControlReply, _>(&mut replies).await {
-            Ok(ControlReply::Registered { results }) => results,
-            Ok(_) => return TunnelError::UnexpectedReply,
-            Err(e) => return TunnelError::Control(e),
-        };
-        log_results(&results);
-        status.send_replace(ClientStatus::Connected { services: results });
-        checks.sync(&wanted);
     }
+}
+
+/// The server took `results` back (a reload of its config no longer allows them): logged, and
+/// shown in the status with why.
+fn withdrawn(status: &watch::Sender<ClientStatus>, results: Vec<ServiceResult>) {
+    for r in &results {
+        warn!(service = %r.name, reason = %r.outcome, "the server withdrew this service (its config changed)");
+    }
+    status.send_modify(|now| {
+        if let ClientStatus::Connected { services } = now {
+            for r in results {
+                if let Some(service) = services.iter_mut().find(|s| s.name == r.name) {
+                    service.outcome = r.outcome;
+                }
+            }
+        }
+    });
 }

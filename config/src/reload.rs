@@ -15,6 +15,10 @@ pub struct ReloadReport {
     pub changed: Vec<String>,
     /// Settings that changed but apply only after a restart; the running values are kept.
     pub restart_required: Vec<String>,
+    /// Server only: live services the new config no longer allows, taken back from their
+    /// clients (`client/service`). Left out when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn: Vec<String>,
 }
 
 impl ReloadReport {
@@ -50,13 +54,18 @@ impl ReloadReport {
             removed = ?self.removed,
             changed = ?self.changed,
             restart_required = ?self.restart_required,
+            withdrawn = ?self.withdrawn,
             "config reloaded"
         );
     }
 
     /// Whether the reload changed nothing.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty() && self.restart_required.is_empty()
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.restart_required.is_empty()
+            && self.withdrawn.is_empty()
     }
 }
 

@@ -5,8 +5,17 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A token or password from the config. Read it with [`Secret::expose`] only where it is used.
-#[derive(Clone, PartialEq, Eq)]
+/// Two secrets compare in constant time ([`wmproxy_wire::auth::same_secret`]).
+#[derive(Clone)]
 pub struct Secret(String);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        wmproxy_wire::auth::same_secret(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wraps a secret value.

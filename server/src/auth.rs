@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use wmproxy_config::ServerConfig;
+use wmproxy_config::{Secret, ServerConfig};
 use wmproxy_wire::{AuthToken, Name, RejectReason, ResumeSecret, auth, hello};
 
 use crate::sessions::Sessions;
@@ -19,6 +19,9 @@ pub(crate) struct Proven {
     pub resume: Option<ResumeSecret>,
     /// It authenticated with the shared token, not a `[[clients]]` entry of its own.
     pub shared: bool,
+    /// The token it proved: its session is installed only if the running config still has it
+    /// for this name.
+    pub token: Secret,
 }
 
 /// Who sent the Hello `body`, if it may come in. `config` is the snapshot this handshake took.
@@ -43,7 +46,8 @@ pub(crate) fn authenticate(
     if auth::verify(&token, &exporter, &hello.proof) && entry.is_some() {
         sessions.throttle().record_success(peer.ip(), &hello.client_name);
         let shared = !config.clients.contains_key(hello.client_name.as_str());
-        return Ok(Proven { name: hello.client_name, resume: hello.resume, shared });
+        let token = entry.map(|e| e.token.clone()).unwrap_or_else(|| Secret::new(""));
+        return Ok(Proven { name: hello.client_name, resume: hello.resume, shared, token });
     }
     match sessions.throttle().record_failure(peer.ip(), &hello.client_name, Instant::now()) {
         Ok(()) => Err(RejectReason::BadCredentials),

@@ -119,9 +119,14 @@ impl Tunnels {
             };
             let tunnel = self.tunnel(conn.clone());
             let session = self.sessions.create(proven.name.clone(), tunnel, (proven.shared, place));
-            match self.sessions.install(&session, old.map(|old| old.id), max_shared as usize) {
+            let still_valid = || self.config.snapshot().client(&proven.name).is_some_and(|e| e.token == proven.token);
+            match self.sessions.install(&session, (old.map(|old| old.id), max_shared as usize), still_valid) {
                 Ok(replaced) => return Ok((session, replaced)),
                 Err(Refused::SharedFull) => return Err(RejectReason::SharedTokenFull { max: max_shared }),
+                Err(Refused::Revoked) => {
+                    info!("a reload revoked this client's token while it was being seated");
+                    return Err(RejectReason::BadCredentials);
+                }
                 Err(Refused::Raced) => debug!("another connection of this name came in meanwhile; deciding again"),
             }
         }

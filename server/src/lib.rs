@@ -75,4 +75,7 @@ mod udp;
 mod upstream;
 mod vhost;
 
+/// Per-service metric label sets one client may have; its further services are counted together
+/// under `service="(other)"`.
+pub use metrics::MAX_LABELED_PER_CLIENT;
 pub use server::{Server, ServerError, ServerHandle};

@@ -9,8 +9,12 @@
 //! - `[[proxies]]`: by listen address; added ones start, removed ones stop, changed ones are
 //!   bound again (`SO_REUSEPORT`) and the old listener stops.
 //! - `token` and `[[clients]]`: the next Hello uses them; a connected client whose entry is
-//!   gone or whose token changed is disconnected. Port and domain allowances apply to the next
-//!   registration. `[egress]` applies to the next forward.
+//!   gone or whose token changed is disconnected, and a handshake under way with the old token
+//!   is refused when it would install its session (the check runs under the sessions' lock,
+//!   after the new config is in place). Narrower port and domain allowances, and groups removed
+//!   or re-keyed, withdraw the live services they no longer allow (`Registry::revise`); the
+//!   clients are told, and the report lists them as `withdrawn`. `[egress]` applies to the
+//!   next forward.
 //! - `bind`, `public_bind`, `[tls]`, `state_dir`, `[limits]`, `[vhost]`, `[control]` need a
 //!   restart: the report lists them and the running values stay.
 //!
@@ -132,6 +136,11 @@ impl Reloader {
             self.listeners.start_proxy(proxy, listener);
         }
         self.disconnect_revoked(&old, &new).await;
+        for session in self.sessions.all() {
+            for service in self.registry.revise(&session).await {
+                report.withdrawn.push(format!("{}/{service}", session.name));
+            }
+        }
         Ok(report)
     }
 

@@ -214,7 +214,11 @@ impl Server {
         let sessions = Arc::new(Sessions::new(limits.max_streams_per_client));
         let routes = Arc::new(Routes::default());
         let groups = Arc::new(Groups::new(limits.stream_open_timeout(), udp.clone()));
+        // What a reload may change is read from the cell at run time; the rest of `config` is
+        // handed out below.
+        let cell = Arc::new(ConfigCell::new(config.clone()));
         let registry = Arc::new(Registry::new(
+            cell.clone(),
             routes.clone(),
             groups.clone(),
             serving.clone(),
@@ -254,7 +258,7 @@ impl Server {
             },
         };
 
-        let config = Arc::new(ConfigCell::new(config));
+        let config = cell;
         let reloader = Arc::new(Reloader {
             config: config.clone(),
             groups: groups.clone(),

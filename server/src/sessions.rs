@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wmproxy_tunnel::Tunnel;
-use wmproxy_wire::{Name, ResumeSecret, ServiceResult};
+use wmproxy_wire::{MAX_SERVICES, Name, ResumeSecret, ServiceResult};
 
 use crate::throttle::AuthThrottle;
 
@@ -41,8 +41,13 @@ pub(crate) struct Session {
     /// Its place in `max_clients`: given back when the tunnel ends, or handed to the session
     /// that replaces it.
     place: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Held while its services are registered or revised, so the two never interleave.
+    pub registration: tokio::sync::Mutex<()>,
     /// What its latest registration asked and got, for status output.
     results: Mutex<Vec<ServiceResult>>,
+    /// Services a reload withdrew that the client has not been told of yet (one per name, so
+    /// at most [`MAX_SERVICES`]), and the signal that there are some.
+    withdrawn: (Mutex<Vec<ServiceResult>>, Notify),
 }
 
 impl Session {
@@ -59,6 +64,39 @@ impl Session {
     /// Records the latest registration's results.
     pub fn set_results(&self, results: &[ServiceResult]) {
         *self.results.lock().unwrap_or_else(|p| p.into_inner()) = results.to_vec();
+    }
+
+    /// Records that `withdrawn` were taken back (each with the refusal it would get now): in
+    /// the status output at once, and for the client when [`Session::withdrawals`] wakes.
+    pub fn record_withdrawn(&self, withdrawn: &[ServiceResult]) {
+        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.withdrawn.0.lock().unwrap_or_else(|p| p.into_inner());
+        for new in withdrawn {
+            set_outcome(&mut results, new, false);
+            let room = pending.len() < MAX_SERVICES;
+            set_outcome(&mut pending, new, room);
+        }
+        self.withdrawn.1.notify_one();
+    }
+
+    /// Waits until services were withdrawn since the last call, and takes them.
+    pub async fn withdrawals(&self) -> Vec<ServiceResult> {
+        loop {
+            let taken = std::mem::take(&mut *self.withdrawn.0.lock().unwrap_or_else(|p| p.into_inner()));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.withdrawn.1.notified().await;
+        }
+    }
+}
+
+/// Gives `new`'s service in `list` its outcome; adds it if it is not there and `add`.
+fn set_outcome(list: &mut Vec<ServiceResult>, new: &ServiceResult, add: bool) {
+    match list.iter_mut().find(|r| r.name == new.name) {
+        Some(old) => old.outcome = new.outcome.clone(),
+        None if add => list.push(new.clone()),
+        None => {}
     }
 }
 
@@ -81,6 +119,8 @@ pub(crate) enum Refused {
     Raced,
     /// The shared token's names are all in use.
     SharedFull,
+    /// The credential it proved is no longer the running config's (a reload changed it).
+    Revoked,
 }
 
 #[derive(Debug, Default)]
@@ -128,7 +168,9 @@ impl Sessions {
             resume: ResumeSecret(resume),
             shared,
             place: Mutex::new(Some(place)),
+            registration: tokio::sync::Mutex::default(),
             results: Mutex::default(),
+            withdrawn: Default::default(),
         })
     }
 
@@ -143,15 +185,20 @@ impl Sessions {
     }
 
     /// Installs `session` in place of the session `replacing` (or of none), unless the name's
-    /// session is another one by now, or the session is the shared token's and `max_shared` of
-    /// those are live. Returns the session it replaced.
+    /// session is another one by now, the session is the shared token's and `max_shared` of
+    /// those are live, or `still_valid` (asked under the lock) says a reload has revoked its
+    /// credential. A reload installs its config before it looks for sessions to disconnect, so
+    /// a session is either refused here or seen there. Returns the session it replaced.
     pub fn install(
         &self,
         session: &Arc<Session>,
-        replacing: Option<SessionId>,
-        max_shared: usize,
+        (replacing, max_shared): (Option<SessionId>, usize),
+        still_valid: impl FnOnce() -> bool,
     ) -> Result<Option<Arc<Session>>, Refused> {
         let mut live = self.lock();
+        if !still_valid() {
+            return Err(Refused::Revoked);
+        }
         let current = live.by_name.get(&session.name);
         if current.map(|s| s.id) != replacing {
             return Err(Refused::Raced);

@@ -4,19 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
-use wmproxy_config::{Limits, ServerConfig};
+use wmproxy_config::Limits;
 use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::stream::{StreamError, read_frame, write_frame};
 use wmproxy_tunnel::transport::TransportTuning;
 use wmproxy_tunnel::udp::FlowTable;
 use wmproxy_tunnel::{Side, Tunnel};
-use wmproxy_wire::{
-    ControlReply, ControlRequest, HelloReply, PROTOCOL_VERSION, RegisterOutcome, RejectReason, ServiceResult,
-    ServiceSpec, close_code,
-};
+use wmproxy_wire::{ControlReply, ControlRequest, HelloReply, PROTOCOL_VERSION, RejectReason, ServiceSpec, close_code};
 
 use crate::connect;
 use crate::handshake::Authenticated;
@@ -135,7 +133,7 @@ impl Tunnels {
     async fn run(&self, incoming: quinn::Incoming, slot: Slot) -> Result<(), TunnelError> {
         let now = tokio::time::Instant::now();
         let (deadline, auth_deadline) = (now + self.limits.handshake_timeout(), now + self.limits.auth_timeout());
-        // The handshake and the first registration see one config.
+        // The handshake sees one config; registrations read the running one as they run.
         let config = self.config.snapshot();
         let handshake = tokio::time::timeout_at(deadline, self.handshake(incoming, slot, &config, auth_deadline)).await;
         let Authenticated { conn, session, replaced, control: (mut send, mut recv) } =
@@ -158,7 +156,7 @@ impl Tunnels {
             let ControlRequest::Register { services } = request else {
                 return Err(TunnelError::Unexpected);
             };
-            self.register(services, &mut send, &session, &config).await?;
+            self.register(services, &mut send, &session).await?;
             tokio::select! {
                 () = self.runtime.shutdown.cancelled() => {
                     self.drain(&session).await;
@@ -191,42 +189,46 @@ impl Tunnels {
         Arc::new(Tunnel::new(conn, FlowTable::new(self.udp.stats.clone()), streams, flows))
     }
 
-    /// Publishes `services` (the whole set the client wants now) under `config`'s allowances,
-    /// and answers with the results.
+    /// Publishes `services` (the whole set the client wants now) under the allowances of the
+    /// running config, and answers with the results.
     async fn register(
         &self,
         services: Vec<ServiceSpec>,
         send: &mut SendStream,
         session: &Arc<Session>,
-        config: &ServerConfig,
     ) -> Result<(), TunnelError> {
-        let results = match config.client(&session.name) {
-            Some(entry) => self.registry.register(session, services, entry).await,
-            // A reload removed its entry and is about to disconnect it: publish nothing.
-            None => services
-                .into_iter()
-                .map(|s| ServiceResult {
-                    name: s.name,
-                    outcome: RegisterOutcome::Invalid("this client was removed".into()),
-                })
-                .collect(),
-        };
+        let results = self.registry.register(session, services).await;
         write_frame(send, &ControlReply::Registered { results }).await?;
         Ok(())
     }
 
     /// After the first registration the client sends health reports, and a new `Register` when
-    /// its config was reloaded; anything else, or the stream's end, ends the tunnel.
+    /// its config was reloaded; anything else, or the stream's end, ends the tunnel. Between
+    /// requests, services a reload withdrew are announced (`Withdrawn`).
     async fn control_loop(
         &self,
         (send, recv): (&mut SendStream, &mut RecvStream),
         session: &Arc<Session>,
     ) -> Result<(), TunnelError> {
+        // A stream keeps a half-read request while a notice is sent.
+        let requests = futures_util::stream::unfold(recv, |recv| async move {
+            let request = read_frame::<ControlRequest, _>(recv).await;
+            Some((request, recv))
+        });
+        let mut requests = std::pin::pin!(requests);
         loop {
-            match read_frame::<ControlRequest, _>(recv).await {
+            let request = tokio::select! {
+                Some(request) = requests.next() => request,
+                results = session.withdrawals() => {
+                    info!(services = results.len(), "telling the client which services a reload withdrew");
+                    write_frame(send, &ControlReply::Withdrawn { results }).await?;
+                    continue;
+                }
+            };
+            match request {
                 Ok(ControlRequest::Register { services }) => {
                     info!(services = services.len(), "client registers again (its config was reloaded)");
-                    self.register(services, send, session, &self.config.snapshot()).await?;
+                    self.register(services, send, session).await?;
                 }
                 Ok(ControlRequest::Health { service, ok, latency_us }) => {
                     self.metrics.check_latency.observe(f64::from(latency_us) / 1e6);

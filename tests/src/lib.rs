@@ -303,6 +303,19 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<(
     Ok(())
 }
 
+/// Polls the async `check` every 10 ms until it holds, within [`DEADLINE`]; an error from it
+/// ends the wait.
+pub async fn eventually_async(what: &str, mut check: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await? {
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// A client running in a task.
 #[derive(Debug)]
 pub struct TestClient {

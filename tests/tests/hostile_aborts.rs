@@ -26,6 +26,16 @@ async fn read_to_end_or_error(stream: &mut TcpStream) -> Result<(usize, Option<E
     }
 }
 
+/// Connects to `addr` and reads to the end or an error, as [`read_to_end_or_error`]. A reset
+/// may come before `connect` returns; that is the same reset, after 0 bytes.
+async fn download(addr: SocketAddr) -> Result<(usize, Option<ErrorKind>)> {
+    match TcpStream::connect(addr).await {
+        Ok(mut tcp) => read_to_end_or_error(&mut tcp).await,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok((0, Some(e.kind()))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A backend that writes `len` bytes to each connection and then aborts it (an RST).
 async fn resetting_backend(len: usize) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -41,27 +51,38 @@ async fn resetting_backend(len: usize) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// A backend that reads each connection to its end and reports how it ended.
-async fn reporting_backend() -> Result<(SocketAddr, mpsc::Receiver<Option<ErrorKind>>)> {
+/// A backend that reads each connection to its end and reports how it ended; and, on the
+/// second receiver, that a connection's first bytes arrived.
+async fn reporting_backend() -> Result<(SocketAddr, mpsc::Receiver<Option<ErrorKind>>, mpsc::Receiver<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let (tx, rx) = mpsc::channel(8);
+    let (ends, ended) = mpsc::channel(8);
+    let (reads, reading) = mpsc::channel(8);
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let tx = tx.clone();
+            let (ends, reads) = (ends.clone(), reads.clone());
             tokio::spawn(async move {
-                if let Ok((_, end)) = read_to_end_or_error(&mut tcp).await {
-                    let _ = tx.send(end).await;
-                }
+                let mut first = [0u8; 1];
+                let end = match tcp.read(&mut first).await {
+                    Ok(0) => None,
+                    Ok(_) => {
+                        let _ = reads.try_send(());
+                        read_to_end_or_error(&mut tcp).await.ok().and_then(|(_, end)| end)
+                    }
+                    Err(e) => Some(e.kind()),
+                };
+                let _ = ends.send(end).await;
             });
         }
     });
-    Ok((addr, rx))
+    Ok((addr, ended, reading))
 }
 
-/// Sends some bytes, then aborts the connection (an RST).
-async fn abort(mut user: TcpStream) -> Result<()> {
+/// Sends some bytes and, once the backend has read some (so the connection is carried end to
+/// end, not still being set up), aborts the connection (an RST).
+async fn abort(mut user: TcpStream, reading: &mut mpsc::Receiver<()>) -> Result<()> {
     user.write_all(&pattern(64 * 1024, 3)).await?;
+    tokio::time::timeout(DEADLINE, reading.recv()).await?;
     user.set_zero_linger()?;
     drop(user);
     Ok(())
@@ -88,9 +109,9 @@ async fn a_backend_that_resets_mid_transfer_resets_the_user_too() -> Result<()> 
     let backend = resetting_backend(256 * 1024).await?;
     let (_server, _client, public) = published(backend).await?;
 
-    let (_, direct) = read_to_end_or_error(&mut TcpStream::connect(backend).await?).await?;
+    let (_, direct) = download(backend).await?;
     ensure!(direct == Some(ErrorKind::ConnectionReset), "directly, the user sees {direct:?}");
-    let (read, tunnelled) = read_to_end_or_error(&mut TcpStream::connect(public).await?).await?;
+    let (read, tunnelled) = download(public).await?;
     ensure!(tunnelled == direct, "through the tunnel the user sees {tunnelled:?} after {read} bytes, not a reset");
     Ok(())
 }
@@ -98,12 +119,12 @@ async fn a_backend_that_resets_mid_transfer_resets_the_user_too() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_that_resets_resets_the_backend_too_and_a_clean_close_stays_clean() -> Result<()> {
     init_tracing();
-    let (backend, mut ends) = reporting_backend().await?;
+    let (backend, mut ends, mut reading) = reporting_backend().await?;
     let (_server, _client, public) = published(backend).await?;
-    abort(TcpStream::connect(backend).await?).await?;
+    abort(TcpStream::connect(backend).await?, &mut reading).await?;
     let direct = end(&mut ends).await;
     ensure!(direct == Some(Some(ErrorKind::ConnectionReset)), "directly, the backend sees {direct:?}");
-    abort(TcpStream::connect(public).await?).await?;
+    abort(TcpStream::connect(public).await?, &mut reading).await?;
     let tunnelled = end(&mut ends).await;
     ensure!(tunnelled == direct, "through the tunnel the backend sees {tunnelled:?}, not a reset");
 

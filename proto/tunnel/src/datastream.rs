@@ -94,8 +94,8 @@ pub async fn open_and_relay(
             Err(_) => DataStreamError::Timeout,
         };
         // A refusal is not an abort: the relay closes the user's connection instead of
-        // resetting it.
-        let kind = if matches!(error, DataStreamError::Refused(_)) {
+        // resetting it. A target that reset the connection is one.
+        let kind = if matches!(error, DataStreamError::Refused(r) if r != OpenResult::Reset) {
             io::ErrorKind::ConnectionRefused
         } else {
             io::ErrorKind::Other
@@ -172,7 +172,12 @@ async fn answer_and_relay(
     recv: RecvStream,
     tcp: TcpStream,
 ) -> Result<RelayStats, DataStreamError> {
-    write_frame(&mut send, &OpenResult::Ok).await?;
+    if let Err(e) = write_frame(&mut send, &OpenResult::Ok).await {
+        // The opener gave up on the stream (a reset or a stop) while we dialed: it aborted, so
+        // the target sees an abort too, not a clean end.
+        crate::relay::reset(tcp);
+        return Err(e.into());
+    }
     relay(tcp, send, recv).await.map_err(DataStreamError::Relay)
 }
 

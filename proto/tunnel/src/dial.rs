@@ -39,6 +39,8 @@ pub async fn dial(
                 return Ok(stream);
             }
             Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => last = OpenResult::Refused,
+            // Accepted and reset before `connect` returned: an abort, not a way that failed.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Err(OpenResult::Reset),
             Ok(Err(_)) => last = OpenResult::Unreachable,
             Err(_) => last = OpenResult::Timeout,
         }

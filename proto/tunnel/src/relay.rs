@@ -83,9 +83,14 @@ pub async fn relay_gated(
 /// write half alone would send a FIN before the reset, and the peer would read a clean end.
 fn reset_tcp(read: OwnedReadHalf, write: OwnedWriteHalf) {
     if let Ok(tcp) = read.reunite(write) {
-        // Zero linger: `close` sends an RST at once and never blocks.
-        let _ = tcp.set_zero_linger();
+        reset(tcp);
     }
+}
+
+/// Closes `tcp` with an RST, so its peer sees an abort rather than a clean end of data.
+pub fn reset(tcp: TcpStream) {
+    // Zero linger: `close` sends an RST at once and never blocks.
+    let _ = tcp.set_zero_linger();
 }
 
 async fn tcp_to_quic(tcp: &mut OwnedReadHalf, send: &mut SendStream) -> io::Result<u64> {

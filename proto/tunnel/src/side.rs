@@ -37,9 +37,11 @@ impl Side {
     pub fn of_refusal(result: OpenResult) -> Self {
         match result {
             // The far end could not reach its target, or does not serve it.
-            OpenResult::Refused | OpenResult::Unreachable | OpenResult::Timeout | OpenResult::UnknownService => {
-                Self::Backend
-            }
+            OpenResult::Refused
+            | OpenResult::Unreachable
+            | OpenResult::Timeout
+            | OpenResult::UnknownService
+            | OpenResult::Reset => Self::Backend,
             // The user asked for a target the far end's policy forbids.
             OpenResult::NotAllowed => Self::User,
             // The far end's own limit: not the backend's health, nor the tunnel's.
@@ -62,7 +64,14 @@ mod tests {
 
     #[test]
     fn a_refusal_blames_the_backend_the_user_or_a_limit() {
-        for result in [OpenResult::Refused, OpenResult::Unreachable, OpenResult::Timeout, OpenResult::UnknownService] {
+        let backend = [
+            OpenResult::Refused,
+            OpenResult::Unreachable,
+            OpenResult::Timeout,
+            OpenResult::UnknownService,
+            OpenResult::Reset,
+        ];
+        for result in backend {
             assert_eq!(Side::of_refusal(result), Side::Backend, "{result}");
         }
         assert_eq!(Side::of_refusal(OpenResult::NotAllowed), Side::User);

@@ -28,7 +28,7 @@
 //!
 //! | channel | opened by | frames, in order |
 //! |---|---|---|
-//! | control stream (first bidi stream) | client | client: [`Hello`], then [`ControlRequest`]s (a `Register`, then `Health` reports of grouped services); server: [`HelloReply`], then one [`ControlReply`] per `Register` (reports are not answered) |
+//! | control stream (first bidi stream) | client | client: [`Hello`], then [`ControlRequest`]s (a `Register`, then `Health` reports of grouped services); server: [`HelloReply`], then one [`ControlReply`] per `Register` (reports are not answered), and a `Withdrawn` when a reload takes services back |
 //! | data stream (every later bidi stream) | either end | opener: one [`OpenStream`], then raw bytes (pipelined, without waiting for the answer); acceptor: one [`OpenResult`], then raw bytes. The acceptor reads no payload before it has answered; after a non-`Ok` answer it discards it |
 //! | flow stream (a data stream opened with `UdpExpose`/`UdpConnect`) | either end | as a data stream, but after the header and answer each side sends length-prefixed packets ([`udp`]) instead of raw bytes |
 //! | QUIC datagrams | either end | `varint flow id` then one UDP payload ([`udp`]) |

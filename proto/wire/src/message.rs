@@ -132,13 +132,24 @@ pub enum ControlRequest {
 }
 impl WireMessage for ControlRequest {}
 
-/// Server → client on the control stream, one per [`ControlRequest`], in order.
+/// Server → client on the control stream: one [`ControlReply::Registered`] per
+/// [`ControlRequest::Register`], in order, and a [`ControlReply::Withdrawn`] whenever the server
+/// takes back what it published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ControlReply {
     /// `enum#0 | [ServiceResult]`: one result per requested service, in request order.
     Registered {
         /// Per-service outcome.
+        results: Vec<ServiceResult>,
+    },
+    /// `enum#1 | [ServiceResult]`: **unsolicited**, at any time after the first `Registered`
+    /// and between replies: a reload of the server's config no longer allows these services
+    /// (a narrower `allow_ports` or `allow_domains`, a group removed or its key changed), so
+    /// they were withdrawn; each carries the refusal a registration would get now. At most
+    /// [`crate::MAX_SERVICES`] entries.
+    Withdrawn {
+        /// The withdrawn services, each with why.
         results: Vec<ServiceResult>,
     },
 }
@@ -428,6 +439,10 @@ pub enum OpenResult {
     UnknownService,
     /// `enum#6`: this end has reached its limit of streams or flows.
     Busy,
+    /// `enum#7`: the target accepted the connection and reset it before it could be carried.
+    /// Not a refusal: the opener aborts its own side too (an RST), as a direct connection would
+    /// have seen.
+    Reset,
 }
 
 impl std::fmt::Display for OpenResult {
@@ -440,6 +455,7 @@ impl std::fmt::Display for OpenResult {
             Self::Timeout => f.write_str("connecting to the target timed out"),
             Self::UnknownService => f.write_str("unknown service"),
             Self::Busy => f.write_str("too many open streams or flows"),
+            Self::Reset => f.write_str("the target reset the connection"),
         }
     }
 }

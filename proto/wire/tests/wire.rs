@@ -112,6 +112,9 @@ fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(HelloReply::Reject(RejectReason::SharedTokenFull { max: 64 }));
     check_round_trip(register());
     check_round_trip(registered());
+    check_round_trip(ControlReply::Withdrawn {
+        results: vec![ServiceResult { name: n("ssh"), outcome: RegisterOutcome::PortNotAllowed }],
+    });
     check_round_trip(ControlRequest::Health { service: n("web-2"), ok: true, latency_us: 1234 });
     check_round_trip(OpenStream::Expose { service: n("ssh"), peer_addr: peer() });
     check_round_trip(OpenStream::Connect { target: t("example.com:443"), peer_addr: "[::1]:9".parse().unwrap() });
@@ -128,6 +131,7 @@ fn every_message_round_trips_and_truncation_needs_more() {
         OpenResult::Timeout,
         OpenResult::UnknownService,
         OpenResult::Busy,
+        OpenResult::Reset,
     ] {
         check_round_trip(r);
     }

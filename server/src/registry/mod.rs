@@ -14,11 +14,20 @@
 //! client, and each proxy connection looks the client's live session up, so a reconnected
 //! client serves it at once.
 //!
+//! A registration is checked against the running config as it is when the registration runs
+//! (under the session's registration lock), and a reload revises every live session under the
+//! same lock ([`Registry::revise`]): whatever the new config no longer allows is withdrawn, and
+//! the client is told. Either the registration runs first and the revision sees what it
+//! published, or the revision runs first and the registration sees the new config; nothing
+//! slips between them.
+//!
 //! - `publish`: what each kind of service publishes.
+//! - `revise`: what a reloaded config takes back.
 //! - [`ports`]: public TCP and UDP ports.
 
 mod ports;
 mod publish;
+mod revise;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -26,13 +35,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use wmproxy_config::ClientEntry;
 use wmproxy_wire::{MAX_SERVICES, Name, RegisterOutcome, ServiceResult, ServiceSpec};
 
 use crate::groups::{Backend, Groups, Membership};
+use crate::metrics::ServiceLease;
 use crate::routes::{RouteHandle, Routes};
 use crate::runtime::Serving;
 use crate::sessions::{Session, SessionId, Sessions};
+use crate::settings::ConfigCell;
 use crate::udp::UdpBudget;
 
 /// Where HTTP-like services are served, as bound.
@@ -65,12 +75,16 @@ struct Publication {
     /// What it got.
     outcome: RegisterOutcome,
     owner: Owner,
+    /// Its label set in the per-service metrics, removed with the publication.
+    _counted: ServiceLease,
 }
 
 /// Every publication of every session.
 #[derive(Debug)]
 pub(crate) struct Registry {
     entries: Mutex<HashMap<SessionId, HashMap<Name, Publication>>>,
+    /// The running config: each registration and revision reads the allowances of now.
+    config: Arc<ConfigCell>,
     routes: Arc<Routes>,
     groups: Arc<Groups>,
     serving: Serving,
@@ -81,13 +95,14 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub fn new(
+        config: Arc<ConfigCell>,
         routes: Arc<Routes>,
         groups: Arc<Groups>,
         serving: Serving,
         udp: UdpBudget,
         (public_bind, vhost): (IpAddr, VhostPorts),
     ) -> Self {
-        Self { entries: Mutex::default(), routes, groups, serving, udp, public_bind, vhost }
+        Self { entries: Mutex::default(), config, routes, groups, serving, udp, public_bind, vhost }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, HashMap<Name, Publication>>> {
@@ -95,16 +110,18 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `specs` the published services of `session`, within `entry`'s allowances. One
-    /// result per spec, in order; a bad spec does not affect the others. Entries whose spec is
-    /// unchanged are kept as they are (ports and connections); the others are withdrawn first,
-    /// so a changed service can take its port again.
-    pub async fn register(
-        &self,
-        session: &Arc<Session>,
-        specs: Vec<ServiceSpec>,
-        entry: &ClientEntry,
-    ) -> Vec<ServiceResult> {
+    /// Makes `specs` the published services of `session`, within the allowances its entry in
+    /// the running config has now. One result per spec, in order; a bad spec does not affect
+    /// the others. Entries whose spec is unchanged are kept as they are (ports and connections);
+    /// the others are withdrawn first, so a changed service can take its port again.
+    pub async fn register(&self, session: &Arc<Session>, specs: Vec<ServiceSpec>) -> Vec<ServiceResult> {
+        let _one_at_a_time = session.registration.lock().await;
+        let config = self.config.snapshot();
+        let Some(entry) = config.client(&session.name) else {
+            // A reload removed its entry and is about to disconnect it: publish nothing.
+            let removed = || RegisterOutcome::Invalid("this client was removed".into());
+            return specs.into_iter().map(|s| ServiceResult { name: s.name, outcome: removed() }).collect();
+        };
         let mut wanted: HashMap<&str, &ServiceSpec> = HashMap::new();
         for spec in specs.iter().take(MAX_SERVICES) {
             wanted.entry(spec.name.as_str()).or_insert(spec);
@@ -140,11 +157,9 @@ impl Registry {
             } else {
                 match self.publish(&spec, session, entry) {
                     Ok((owner, outcome)) => {
-                        self.insert(
-                            session,
-                            &spec,
-                            Publication { spec: spec.clone(), outcome: outcome.clone(), owner },
-                        );
+                        let _counted = self.serving.metrics.services.lease(&session.name, &spec.name);
+                        let publication = Publication { spec: spec.clone(), outcome: outcome.clone(), owner, _counted };
+                        self.insert(session, &spec, publication);
                         outcome
                     }
                     Err(refused) => refused,

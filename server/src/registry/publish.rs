@@ -71,16 +71,7 @@ impl Registry {
             return Err(RegisterOutcome::Invalid("TLS is passed through: an HTTPS service has no `locations`".into()));
         }
         check_http(http).map_err(|e| RegisterOutcome::Invalid(e.to_string()))?;
-        let mut hosts = http.custom_domains.clone();
-        if let Some(sub) = &http.subdomain {
-            let Some(base) = &self.vhost.subdomain_host else {
-                return Err(RegisterOutcome::DomainNotAllowed(sub.clone()));
-            };
-            hosts.push(format!("{sub}.{base}"));
-        }
-        if let Some(host) = hosts.iter().find(|h| !entry.allows_domain(h)) {
-            return Err(RegisterOutcome::DomainNotAllowed(host.clone()));
-        }
+        let hosts = self.allowed_hosts(http, entry)?;
         let locations = if http.locations.is_empty() { vec!["/".to_owned()] } else { http.locations.clone() };
         let template = Template {
             tls,
@@ -99,5 +90,21 @@ impl Registry {
                 }
             })?;
         Ok((Owner::Routes(handle), RegisterOutcome::Ok { port }))
+    }
+
+    /// The host names `http` claims (its custom domains, and its subdomain as the full name it
+    /// becomes), if `entry` allows every one of them.
+    pub(super) fn allowed_hosts(&self, http: &HttpSpec, entry: &ClientEntry) -> Result<Vec<String>, RegisterOutcome> {
+        let mut hosts = http.custom_domains.clone();
+        if let Some(sub) = &http.subdomain {
+            let Some(base) = &self.vhost.subdomain_host else {
+                return Err(RegisterOutcome::DomainNotAllowed(sub.clone()));
+            };
+            hosts.push(format!("{sub}.{base}"));
+        }
+        match hosts.iter().find(|h| !entry.allows_domain(h)) {
+            Some(host) => Err(RegisterOutcome::DomainNotAllowed(host.clone())),
+            None => Ok(hosts),
+        }
     }
 }

@@ -99,7 +99,7 @@ async fn handshake(tcp: TcpStream, proxy: &ProxySettings) -> Result<Request, Soc
 fn reply_for(e: &OpenError) -> ReplyError {
     match e {
         OpenError::Refused(OpenResult::NotAllowed) => ReplyError::ConnectionNotAllowed,
-        OpenError::Refused(OpenResult::Refused) => ReplyError::ConnectionRefused,
+        OpenError::Refused(OpenResult::Refused | OpenResult::Reset) => ReplyError::ConnectionRefused,
         OpenError::Refused(OpenResult::Unreachable) => ReplyError::HostUnreachable,
         OpenError::Refused(OpenResult::Timeout) | OpenError::Failed(DataStreamError::Timeout) => ReplyError::TtlExpired,
         // No tunnel to the far end, or it went away.

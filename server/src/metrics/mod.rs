@@ -4,8 +4,16 @@
 //! elsewhere (UDP counters, backends' health) is read at scrape time into a second registry,
 //! so nothing is copied on the hot path.
 //!
-//! Label sets are bounded: `client` and `service` come from authenticated registrations, at
-//! most `max_clients` × `MAX_SERVICES` pairs.
+//! Label sets are bounded: `client` and `service` label sets exist only while a service is
+//! published, at most [`services::MAX_LABELED_PER_CLIENT`] per client (see [`services`]);
+//! every other label takes a fixed set of values.
+
+mod services;
+
+use std::sync::Arc;
+
+pub use services::MAX_LABELED_PER_CLIENT;
+pub(crate) use services::{ServiceLease, ServiceMetrics};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -115,12 +123,8 @@ pub(crate) struct Metrics {
     pub tunnels_active: Gauge,
     pub handshakes_failed: Counter,
     pub auth_failures: Counter,
-    pub streams_opened: Family<ServiceLabels, Counter>,
-    pub streams_active: Family<ServiceLabels, Gauge>,
-    /// User → service.
-    pub bytes_in: Family<ServiceLabels, Counter>,
-    /// Service → user.
-    pub bytes_out: Family<ServiceLabels, Counter>,
+    /// Connections and bytes per published service.
+    pub services: Arc<ServiceMetrics>,
     pub check_latency: Histogram,
     /// Connections that could not be carried, by whose fault.
     open_failures: Family<SideLabels, Counter>,
@@ -141,10 +145,7 @@ impl Default for Metrics {
             tunnels_active: Gauge::default(),
             handshakes_failed: Counter::default(),
             auth_failures: Counter::default(),
-            streams_opened: Family::default(),
-            streams_active: Family::default(),
-            bytes_in: Family::default(),
-            bytes_out: Family::default(),
+            services: Arc::default(),
             // 1 ms to ~16 s.
             check_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             open_failures: Family::default(),
@@ -167,10 +168,7 @@ impl Default for Metrics {
             m.handshakes_failed.clone(),
         );
         registry.register("auth_failures", "Tunnels refused for bad credentials or version", m.auth_failures.clone());
-        registry.register("streams_opened", "Public connections carried to a service", m.streams_opened.clone());
-        registry.register("streams_active", "Public connections open now, per service", m.streams_active.clone());
-        registry.register("service_bytes_in", "Bytes from users to a service", m.bytes_in.clone());
-        registry.register("service_bytes_out", "Bytes from a service to its users", m.bytes_out.clone());
+        m.services.register(&mut registry);
         registry.register("health_check_latency_seconds", "Active health check durations", m.check_latency.clone());
         registry.register(
             "open_failures",
@@ -228,15 +226,10 @@ impl Metrics {
 
     /// Starts counting a public connection to `service` of `client`.
     pub fn stream(&self, client: &str, service: &str) -> StreamGuard {
-        let labels = ServiceLabels { client: client.to_owned(), service: service.to_owned() };
-        self.streams_opened.get_or_create(&labels).inc();
-        let active = self.streams_active.get_or_create(&labels).clone();
-        active.inc();
-        StreamGuard {
-            active,
-            bytes_in: self.bytes_in.get_or_create(&labels).clone(),
-            bytes_out: self.bytes_out.get_or_create(&labels).clone(),
-        }
+        let counters = self.services.counters(client, service);
+        counters.opened.inc();
+        counters.active.inc();
+        StreamGuard { active: counters.active, bytes_in: counters.bytes_in, bytes_out: counters.bytes_out }
     }
 
     /// Counts a connection that could not be carried, by whose fault.
@@ -249,14 +242,15 @@ impl Metrics {
         self.refused.get_or_create(&CauseLabels { cause: cause.label() }).inc();
     }
 
-    /// What `service` of `client` carried so far (zero if nothing yet).
+    /// What `service` of `client` carried so far (zero if nothing yet; the client's `(other)`
+    /// totals for a service beyond its labelled ones).
     pub fn traffic(&self, client: &str, service: &str) -> Traffic {
-        let labels = ServiceLabels { client: client.to_owned(), service: service.to_owned() };
+        let counters = self.services.counters(client, service);
         Traffic {
-            connections: self.streams_opened.get(&labels).map_or(0, |c| c.get()),
-            active: self.streams_active.get(&labels).map_or(0, |g| g.get()),
-            bytes_in: self.bytes_in.get(&labels).map_or(0, |c| c.get()),
-            bytes_out: self.bytes_out.get(&labels).map_or(0, |c| c.get()),
+            connections: counters.opened.get(),
+            active: counters.active.get(),
+            bytes_in: counters.bytes_in.get(),
+            bytes_out: counters.bytes_out.get(),
         }
     }
 
