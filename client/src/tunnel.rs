@@ -110,7 +110,14 @@ impl TunnelSetup {
                     }
                 }
             } => reason,
-            reason = follow_reloads(services, (&requests, control_recv), &self.status, &mut checks) => TunnelEnd::Control(reason),
+            reason = follow_reloads(services, (&requests, control_recv), &self.status, &mut checks) => {
+                // The control stream fails with its connection: report the connection's reason
+                // (the server's "shutting down", say), not the stream's.
+                match conn.close_reason() {
+                    Some(lost) => TunnelEnd::Lost(lost),
+                    None => TunnelEnd::Control(reason),
+                }
+            }
         };
         self.installer.send_replace(None);
         drop(checks);

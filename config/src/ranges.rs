@@ -94,3 +94,7 @@ fn offset(src: &str, path: &[Step<'_>]) -> Option<usize> {
     }
     Some(at)
 }
+/// `[vhost] user_requests_per_minute` (`0`: off).
+pub const REQUESTS_PER_MINUTE: RangeInclusive<u64> = 0..=6_000_000;
+/// `[vhost] user_request_burst`.
+pub const REQUEST_BURST: RangeInclusive<u64> = 1..=100_000;

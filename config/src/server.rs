@@ -139,6 +139,10 @@ pub struct Limits {
     pub auth_timeout_secs: u64,
     /// Streams (TCP connections) one client may have open at once, each way.
     pub max_streams_per_client: u32,
+    /// Connections one user (an address; its /64 for IPv6) may have open at once over every
+    /// public TCP listener together: published ports, group ports, the vhost and HTTPS ports,
+    /// the server's proxies. One over it is reset at once.
+    pub max_connections_per_user: u32,
     /// Seconds a new tunnel has to authenticate and register.
     pub handshake_timeout_secs: u64,
     /// Seconds a data stream has to send its open header, and a dial to complete.
@@ -165,6 +169,7 @@ impl Default for Limits {
             max_unauthenticated_per_address: 8,
             auth_timeout_secs: 5,
             max_streams_per_client: 1024,
+            max_connections_per_user: 256,
             handshake_timeout_secs: 10,
             stream_open_timeout_secs: 10,
             max_udp_flows: 16_384,
@@ -284,6 +289,8 @@ impl ServerFile {
         within(src, &limit("max_unauthenticated_per_address"), per_address, ranges::MAX_CLIENTS)?;
         within(src, &limit("auth_timeout_secs"), l.auth_timeout_secs, ranges::TIMEOUT_SECS)?;
         within(src, &limit("max_streams_per_client"), l.max_streams_per_client, ranges::MAX_STREAMS)?;
+        let per_user = l.max_connections_per_user;
+        within(src, &limit("max_connections_per_user"), per_user, ranges::MAX_STREAMS)?;
         within(src, &limit("handshake_timeout_secs"), l.handshake_timeout_secs, ranges::TIMEOUT_SECS)?;
         within(src, &limit("stream_open_timeout_secs"), l.stream_open_timeout_secs, ranges::TIMEOUT_SECS)?;
         within(src, &limit("max_udp_flows"), l.max_udp_flows, ranges::MAX_STREAMS)?;
@@ -295,6 +302,9 @@ impl ServerFile {
         within(src, &timeout, v.header_read_timeout_secs, ranges::TIMEOUT_SECS)?;
         let head = u64::try_from(v.max_header_bytes).unwrap_or(u64::MAX);
         within(src, &[Key("vhost"), Key("max_header_bytes")], head, ranges::MAX_HEADER_BYTES)?;
+        let rate = [Key("vhost"), Key("user_requests_per_minute")];
+        within(src, &rate, v.user_requests_per_minute, ranges::REQUESTS_PER_MINUTE)?;
+        within(src, &[Key("vhost"), Key("user_request_burst")], v.user_request_burst, ranges::REQUEST_BURST)?;
         let mut clients = HashMap::new();
         for entry in self.clients {
             let at = entry.name.span().start;

@@ -20,6 +20,12 @@ pub struct VhostFile {
     pub header_read_timeout_secs: u64,
     /// Largest request head, bytes; larger gets `431`.
     pub max_header_bytes: usize,
+    /// Requests one user (an address; its /64 for IPv6) may make per minute on average, over
+    /// the vhost and the TLS-terminating HTTPS port together (a token bucket, like nginx's
+    /// `limit_req`); more get `429` with `Retry-After`. `0`: no limit.
+    pub user_requests_per_minute: u32,
+    /// Requests a user may make at once above the average (the bucket's size).
+    pub user_request_burst: u32,
     /// `[vhost.tls]`: a certificate for the HTTPS port. A connection whose SNI no `https`
     /// service or group claims is then terminated here and its requests routed like the vhost
     /// port's (to `http` services and groups, `X-Forwarded-Proto: https`). Without it, such a
@@ -35,6 +41,8 @@ impl Default for VhostFile {
             subdomain_host: None,
             header_read_timeout_secs: 10,
             max_header_bytes: 16 * 1024,
+            user_requests_per_minute: 6_000,
+            user_request_burst: 400,
             tls: None,
         }
     }

@@ -11,7 +11,8 @@
 //!
 //! Tunnels:
 //! - `preauth`: the budget of connections that have not authenticated yet (evict the oldest,
-//!   a share per address, QUIC retry under load); `address`: the prefix one host controls.
+//!   a share per address, QUIC retry under load);
+//!   the prefix one host controls is `wmproxy_tunnel::users::prefix`.
 //! - `handshake`: TLS and the Hello under that budget and the auth timeout, with a small
 //!   window until the proof (`auth`, with the throttle in `sessions`) is checked; then the
 //!   client's place in `max_clients`.
@@ -50,7 +51,6 @@
 //! and waits for the tracker.
 #![forbid(unsafe_code)]
 
-mod address;
 mod auth;
 mod connect;
 mod control;

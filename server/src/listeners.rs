@@ -108,7 +108,7 @@ impl Listeners {
             open_timeout: self.serving.open_timeout,
             udp: self.udp.clone(),
         };
-        let serve = proxy::serve(listener, proxy, via, self.serving.runtime.clone(), stop.clone(), self.serving.grace);
+        let serve = proxy::serve(listener, proxy, via, self.serving.clone(), stop.clone());
         self.serving.runtime.tracker.spawn(serve.instrument(span));
         let seq = self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let addr = bound.map(|a| (seq, a));

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::address::prefix;
+use wmproxy_tunnel::users::prefix;
 
 /// What the accept loop does with a new connection.
 #[derive(Debug)]

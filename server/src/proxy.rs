@@ -16,7 +16,7 @@ use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
 use wmproxy_wire::{Name, OpenStream};
 
 use crate::groups::Groups;
-use crate::runtime::Runtime;
+use crate::runtime::Serving;
 use crate::sessions::Sessions;
 use crate::udp::UdpBudget;
 use crate::upstream::{flow_on, open_on};
@@ -66,15 +66,15 @@ pub(crate) async fn serve(
     listener: TcpListener,
     proxy: ServerProxy,
     via: Via,
-    runtime: Runtime,
+    serving: Serving,
     stop: CancellationToken,
-    grace: Duration,
 ) {
     let kind = match proxy.proxy.kind {
         ProxyType::Socks5 => ProxyKind::Socks5,
         ProxyType::Http => ProxyKind::Http,
     };
     let udp_stats = via.udp.stats.clone();
-    let settings = ProxySettings::new(kind, proxy.proxy.credential_pair(), proxy.proxy.handshake_timeout, udp_stats);
-    front::serve(listener, settings, Arc::new(via), runtime.tracker, (stop, grace)).await;
+    let settings = ProxySettings::new(kind, proxy.proxy.credential_pair(), proxy.proxy.handshake_timeout, udp_stats)
+        .with_users(serving.users.clone());
+    front::serve(listener, settings, Arc::new(via), serving.runtime.tracker, (stop, serving.grace)).await;
 }

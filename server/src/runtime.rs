@@ -34,4 +34,6 @@ pub(crate) struct Serving {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// UDP counters.
     pub udp_stats: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
+    /// Connections open per user, over every public TCP listener (`max_connections_per_user`).
+    pub users: std::sync::Arc<wmproxy_tunnel::users::UserLimit>,
 }

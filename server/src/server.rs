@@ -17,6 +17,8 @@ use wmproxy_tunnel::transport::{self, TransportTuning};
 use wmproxy_tunnel::udp::UdpSnapshot;
 use wmproxy_wire::{ALPN, close_code};
 
+use wmproxy_tunnel::users::UserLimit;
+
 use crate::control::ServerControl;
 use crate::groups::{self, GroupStatus, Groups};
 use crate::identity::{Identity, IdentityError};
@@ -32,7 +34,7 @@ use crate::settings::ConfigCell;
 use crate::sockets::{bind_reusable, bind_tcp};
 use crate::tunnel::Tunnels;
 use crate::udp::UdpBudget;
-use crate::vhost::Vhost;
+use crate::vhost::{RequestRate, Vhost};
 
 /// How long shutdown waits, beyond the drain grace period, for tasks to end before closing the
 /// endpoint regardless.
@@ -96,6 +98,7 @@ pub struct ServerHandle {
     runtime: Runtime,
     config: Arc<ConfigCell>,
     bound: Bound,
+    users: Arc<UserLimit>,
 }
 
 impl ServerHandle {
@@ -107,6 +110,12 @@ impl ServerHandle {
     /// Keys (source prefix, client name) in the failed-login table.
     pub fn throttled_addresses(&self) -> usize {
         self.sessions.throttle().len()
+    }
+
+    /// Public TCP connections the user of `ip` (its /64 for IPv6) has open now, as
+    /// `max_connections_per_user` counts them.
+    pub fn open_connections_of(&self, ip: std::net::IpAddr) -> u32 {
+        self.users.open(ip)
     }
 
     /// Tasks alive on the server's tracker: one per tunnel, stream and UDP flow.
@@ -204,12 +213,17 @@ impl Server {
         let stop_unless_run = runtime.shutdown.clone().drop_guard();
         let metrics = Arc::new(Metrics::default());
         let udp = UdpBudget::new(limits.max_udp_flows);
+        let users = {
+            let metrics = metrics.clone();
+            UserLimit::new(limits.max_connections_per_user, move || metrics.refused(Refusal::ConnectionsPerUser))
+        };
         let serving = Serving {
             runtime: runtime.clone(),
             grace: limits.drain_grace(),
             open_timeout: limits.stream_open_timeout(),
             metrics: metrics.clone(),
             udp_stats: udp.stats.clone(),
+            users: users.clone(),
         };
         let sessions = Arc::new(Sessions::new(limits.max_streams_per_client));
         let routes = Arc::new(Routes::default());
@@ -252,6 +266,7 @@ impl Server {
             serving,
             header_read_timeout: config.vhost.header_read_timeout(),
             max_header_bytes: config.vhost.max_header_bytes,
+            rate: Arc::new(RequestRate::new(config.vhost.user_requests_per_minute, config.vhost.user_request_burst)),
             tls: match &config.vhost.tls {
                 Some(files) => Some(vhost_tls_config(Identity::load(&files.cert, &files.key)?)?),
                 None => None,
@@ -283,7 +298,7 @@ impl Server {
             tuning,
         });
         let handle =
-            ServerHandle { sessions, groups, listeners, reloader, udp, runtime: runtime.clone(), config, bound };
+            ServerHandle { sessions, groups, listeners, reloader, udp, runtime: runtime.clone(), config, bound, users };
         Ok(Self {
             endpoint,
             fingerprint,

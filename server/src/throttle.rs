@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use wmproxy_wire::Name;
 
-use crate::address::prefix;
+use wmproxy_tunnel::users::prefix;
 
 /// Failures allowed per key within [`WINDOW`]; further wrong proofs are answered `Throttled`.
 pub const MAX_FAILURES: u32 = 5;

@@ -51,10 +51,34 @@ pub fn reply_for(request: &[u8]) -> Vec<u8> {
     (0..1024 * 1024).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
 }
 
-/// An address on which nothing listens (bound then released).
+/// An address on which nothing listens (bound then released), on a [`fixed_port`]: tests
+/// also use it as a port to bind later (a group's or a service's public port).
 pub async fn dead_port() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    Ok(listener.local_addr()?)
+    Ok(SocketAddr::from(([127, 0, 0, 1], fixed_port().await?)))
+}
+
+/// A port free now on 127.0.0.1 and below the kernel's ephemeral range, for a test that must
+/// name a port before something binds it (a group's `remote_port`, an allowance). A port
+/// bound and released in the ephemeral range may be taken meanwhile by any `bind(0)` or
+/// outgoing connection of a test running beside it; below the range nothing is handed out.
+pub async fn fixed_port() -> Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let span = u32::from(low.saturating_sub(10_000)).max(1);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let mut x = seed ^ std::process::id().rotate_left(16);
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let port = u16::try_from(10_000 + x % span).unwrap_or(10_000);
+        if TcpListener::bind(("127.0.0.1", port)).await.is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port below {low}")
 }
 
 /// Polls until connecting to `port` on 127.0.0.1 is refused (a closed listener's port), within

@@ -14,6 +14,7 @@ use wmproxy_tests::{TestClient, TestServer, backend, init_tracing};
 const SERVER: &[(&str, &str, std::ops::RangeInclusive<u64>)] = &[
     ("limits", "max_clients", r::MAX_CLIENTS),
     ("limits", "max_shared_clients", r::MAX_CLIENTS),
+    ("limits", "max_connections_per_user", r::MAX_STREAMS),
     ("limits", "max_unauthenticated", r::MAX_CLIENTS),
     ("limits", "max_unauthenticated_per_address", r::MAX_CLIENTS),
     ("limits", "auth_timeout_secs", r::TIMEOUT_SECS),
@@ -26,6 +27,8 @@ const SERVER: &[(&str, &str, std::ops::RangeInclusive<u64>)] = &[
     ("limits", "drain_grace_secs", r::DRAIN_GRACE_SECS),
     ("vhost", "header_read_timeout_secs", r::TIMEOUT_SECS),
     ("vhost", "max_header_bytes", r::MAX_HEADER_BYTES),
+    ("vhost", "user_requests_per_minute", r::REQUESTS_PER_MINUTE),
+    ("vhost", "user_request_burst", r::REQUEST_BURST),
     ("group", "max_fails", r::MAX_FAILS),
     ("group", "fail_timeout_secs", r::FAIL_TIMEOUT_SECS),
     ("group", "retries", r::RETRIES),

@@ -2,11 +2,14 @@
 //! connections get.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
+
+use crate::users::{UserLimit, UserPermit};
 
 /// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -30,6 +33,26 @@ pub async fn next(listener: &TcpListener, stop: &CancellationToken) -> Option<(T
                     () = stop.cancelled() => return None,
                     () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
                 }
+            }
+        }
+    }
+}
+
+/// The next connection on `listener` whose user (see [`crate::users`]) is under its cap in
+/// `users`, with the permit it holds while it lives; or `None` once `stop` is cancelled. A
+/// connection over the cap is closed at once (an RST: nothing was carried) and not returned.
+pub async fn next_user(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    users: &Arc<UserLimit>,
+) -> Option<(TcpStream, SocketAddr, UserPermit)> {
+    loop {
+        let (tcp, peer) = next(listener, stop).await?;
+        match users.try_acquire(peer.ip()) {
+            Some(permit) => return Some((tcp, peer, permit)),
+            None => {
+                debug!(%peer, "this user has too many connections open; refused");
+                crate::relay::reset(tcp);
             }
         }
     }

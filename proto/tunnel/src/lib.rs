@@ -18,7 +18,8 @@
 //! - [`dial`]: connects to a [`wmproxy_wire::Target`] under an egress check and maps failures
 //!   to [`wmproxy_wire::OpenResult`].
 //! - [`probe`]: asks a peer whether it is there (`OpenStream::Ping`), and answers.
-//! - [`accept`]: the accept step of every TCP listener (stop token, error backoff).
+//! - [`accept`]: the accept step of every TCP listener (stop token, error backoff, the
+//!   per-user connection cap of [`users`]).
 //! - [`transport`]: the tuned quinn `TransportConfig` and UDP socket setup.
 //! - [`tls`]: certificate fingerprints and the pinned-fingerprint verifier.
 //! - [`side`]: [`Side`], whose fault an error is (user, backend, tunnel, internal).
@@ -43,6 +44,7 @@ pub mod transport;
 pub mod tunnel;
 pub mod udp;
 pub mod upstream;
+pub mod users;
 
 pub use side::Side;
 pub use tunnel::Tunnel;

@@ -45,10 +45,18 @@ pub(crate) fn bind(public_bind: IpAddr, kind: &GroupKind) -> io::Result<Option<G
 pub(crate) async fn serve(group: Arc<Group>, socket: GroupSocket, serving: Serving, stop: CancellationToken) {
     match socket {
         GroupSocket::Tcp(listener) => {
-            while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &stop).await {
+            while let Some((tcp, peer, permit)) =
+                wmproxy_tunnel::accept::next_user(&listener, &stop, &serving.users).await
+            {
                 let span = info_span!("stream", group = %group.name, %peer, backend = tracing::field::Empty);
                 let user = serve_user(group.clone(), tcp, peer, serving.clone(), stop.clone());
-                serving.runtime.tracker.spawn(user.instrument(span));
+                serving.runtime.tracker.spawn(
+                    async move {
+                        user.await;
+                        drop(permit)
+                    }
+                    .instrument(span),
+                );
             }
         }
         GroupSocket::Udp(socket) => {

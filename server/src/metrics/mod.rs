@@ -67,6 +67,10 @@ pub(crate) enum Refusal {
     NameInUse,
     /// A correct proof with the shared token while `max_shared_clients` of its names are live.
     SharedTokenFull,
+    /// A public connection from a user with `max_connections_per_user` open.
+    ConnectionsPerUser,
+    /// A vhost request over its user's `user_requests_per_minute` (answered `429`).
+    RequestRate,
 }
 
 impl Refusal {
@@ -79,6 +83,8 @@ impl Refusal {
             Self::ServerFull => "server_full",
             Self::NameInUse => "name_in_use",
             Self::SharedTokenFull => "shared_token_full",
+            Self::ConnectionsPerUser => "connections_per_user",
+            Self::RequestRate => "request_rate",
         }
     }
 }
@@ -178,7 +184,7 @@ impl Default for Metrics {
         registry.register(
             "refused",
             "Connections refused by a limit, by cause (unauthenticated_per_address, unauthenticated_evicted, \
-             auth_timeout, early_datagram, server_full, name_in_use, shared_token_full)",
+             auth_timeout, early_datagram, server_full, name_in_use, shared_token_full, connections_per_user, request_rate)",
             m.refused.clone(),
         );
         registry.register(

@@ -116,10 +116,16 @@ pub(crate) fn udp(
 
 /// Accepts users until the port is stopped; then the listener is dropped and the port refuses.
 async fn accept_users(listener: TcpListener, upstream: ServiceUpstream, serving: Serving, stop: CancellationToken) {
-    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &stop).await {
+    while let Some((tcp, peer, permit)) = wmproxy_tunnel::accept::next_user(&listener, &stop, &serving.users).await {
         let span = info_span!("stream", %peer);
         let task = carry(tcp, peer, upstream.clone(), serving.clone(), stop.clone());
-        serving.runtime.tracker.spawn(task.instrument(span));
+        serving.runtime.tracker.spawn(
+            async move {
+                task.await;
+                drop(permit)
+            }
+            .instrument(span),
+        );
     }
     debug!("public port closed");
 }

@@ -7,9 +7,12 @@
 //!   through, `ws` routes bridged.
 //! - `sni`: the HTTPS port: reads the ClientHello (rustls's `Acceptor`), then passes every
 //!   byte through, or terminates TLS.
+//! - `rate`: the per-user request rate (`429` with `Retry-After`).
 
+mod rate;
 mod serve;
 mod sni;
 
+pub(crate) use self::rate::RequestRate;
 pub(crate) use self::serve::{Vhost, serve};
 pub(crate) use self::sni::serve as serve_tls;

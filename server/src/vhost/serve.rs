@@ -21,6 +21,7 @@ use wmproxy_config::vhost::normalize_host;
 use wmproxy_frontend::http::{Body, plain, strip_hop_by_hop};
 use wmproxy_tunnel::{Ask, OpenError, Upstream};
 
+use crate::metrics::Refusal;
 use crate::routes::Routes;
 use crate::runtime::Serving;
 
@@ -37,13 +38,23 @@ pub(crate) struct Vhost {
     pub max_header_bytes: usize,
     /// `[vhost.tls]`: the HTTPS port terminates TLS for names no `https` route claims.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Requests per user, over the vhost and the terminating HTTPS port together.
+    pub rate: Arc<super::rate::RequestRate>,
 }
 
 /// Accepts users on the vhost port until `shutdown`.
 pub(crate) async fn serve(listener: TcpListener, vhost: Vhost, shutdown: CancellationToken) {
-    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
+    let users = vhost.serving.users.clone();
+    while let Some((tcp, peer, permit)) = wmproxy_tunnel::accept::next_user(&listener, &shutdown, &users).await {
         let span = info_span!("vhost_user", %peer);
-        vhost.serving.runtime.tracker.spawn(connection(tcp, peer, Scheme::Http, vhost.clone()).instrument(span));
+        let user = connection(tcp, peer, Scheme::Http, vhost.clone());
+        vhost.serving.runtime.tracker.spawn(
+            async move {
+                user.await;
+                drop(permit)
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -74,6 +85,13 @@ where
 
 /// Routes one request and forwards it.
 async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, vhost: &Vhost) -> Response<Body> {
+    if let Err(wait) = vhost.rate.take(peer.ip(), std::time::Instant::now()) {
+        vhost.serving.metrics.refused(Refusal::RequestRate);
+        let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests from your address; slow down\n");
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        return response;
+    }
     let host = req
         .headers()
         .get(header::HOST)

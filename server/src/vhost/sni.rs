@@ -26,9 +26,17 @@ const MAX_HELLO: usize = 16 * 1024;
 
 /// Accepts users on the HTTPS port until `shutdown`.
 pub(crate) async fn serve(listener: TcpListener, vhost: Vhost, shutdown: CancellationToken) {
-    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
+    let users = vhost.serving.users.clone();
+    while let Some((tcp, peer, permit)) = wmproxy_tunnel::accept::next_user(&listener, &shutdown, &users).await {
         let span = info_span!("tls_user", %peer, sni = tracing::field::Empty);
-        vhost.serving.runtime.tracker.spawn(connection(tcp, peer, vhost.clone()).instrument(span));
+        let user = connection(tcp, peer, vhost.clone());
+        vhost.serving.runtime.tracker.spawn(
+            async move {
+                user.await;
+                drop(permit)
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -37,11 +37,11 @@ fn server_toml(dir: &Path, (token, ports, domains): (&str, &[u16], &[&str]), gro
     text
 }
 
-/// `n` distinct free ports.
+/// `n` distinct free ports (below the ephemeral range, so nothing else takes them meanwhile).
 async fn free_ports(n: usize) -> Result<Vec<u16>> {
     let mut ports = Vec::new();
     while ports.len() < n {
-        let port = backend::dead_port().await?.port();
+        let port = backend::fixed_port().await?;
         if !ports.contains(&port) {
             ports.push(port);
         }

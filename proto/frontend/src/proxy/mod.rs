@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 use wmproxy_tunnel::Upstream;
 use wmproxy_tunnel::udp::UdpStats;
+use wmproxy_tunnel::users::UserLimit;
 
 /// The proxy protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct ProxySettings {
     pub handshake_timeout: Duration,
     /// Where packets a SOCKS5 UDP association drops are counted (this end's UDP counters).
     pub udp_stats: Arc<UdpStats>,
+    /// Connections per user (unlimited unless [`ProxySettings::with_users`]).
+    pub users: Arc<UserLimit>,
 }
 
 impl ProxySettings {
@@ -67,7 +70,14 @@ impl ProxySettings {
         udp_stats: Arc<UdpStats>,
     ) -> Self {
         let credentials = credentials.map(|(u, p)| Credentials { username: u.to_owned(), password: p.to_owned() });
-        Self { kind, credentials, handshake_timeout, udp_stats }
+        Self { kind, credentials, handshake_timeout, udp_stats, users: UserLimit::unlimited() }
+    }
+
+    /// Caps each user's connections with `users` (shared with the other public listeners).
+    #[must_use]
+    pub fn with_users(mut self, users: Arc<UserLimit>) -> Self {
+        self.users = users;
+        self
     }
 }
 
@@ -81,11 +91,12 @@ pub async fn serve<U: Upstream>(
     tracker: TaskTracker,
     (stop, grace): (CancellationToken, Duration),
 ) {
-    while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &stop).await {
+    while let Some((tcp, peer, permit)) = wmproxy_tunnel::accept::next_user(&listener, &stop, &settings.users).await {
         let span = info_span!("proxy_user", %peer, target = tracing::field::Empty);
         let (settings, upstream, stop) = (settings.clone(), upstream.clone(), stop.clone());
         let tasks = tracker.clone();
         let user = async move {
+            let _permit = permit;
             let served = async {
                 match settings.kind {
                     ProxyKind::Socks5 => socks5::serve(tcp, peer, settings, upstream, tasks).await,
