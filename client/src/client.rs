@@ -213,6 +213,7 @@ impl Client {
                         egress: config.egress.clone(),
                         own_addresses: own_addresses.clone(),
                         metrics: metrics.clone(),
+                        limits: Default::default(),
                     });
                     let ended = setup.serve(established, (wanted, services), exposer).instrument(span).await;
                     if shutdown.is_cancelled() {

@@ -41,7 +41,7 @@ impl CurrentTunnel {
     pub async fn carry(&self, tcp: TcpStream, peer: SocketAddr, target: Target) -> Result<RelayStats, OpenError> {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
         let header = OpenStream::Connect { target, peer_addr: peer };
-        Ok(tunnel.open_and_relay(&header, tcp, self.open_timeout).await?)
+        Ok(tunnel.open_and_relay(&header, tcp, (self.open_timeout, None)).await?)
     }
 }
 
@@ -59,6 +59,6 @@ impl Upstream for CurrentTunnel {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
         let header = OpenStream::UdpConnect { target: ask.target()?, peer_addr: peer };
         let permit = tunnel.flow_permit().ok_or(OpenError::Busy)?;
-        Ok(FlowRoute { tunnel, header, ends_with: None, hold: vec![Box::new(permit)] })
+        Ok(FlowRoute { tunnel, header, ends_with: None, hold: vec![Box::new(permit)], limit: None })
     }
 }

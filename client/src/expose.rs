@@ -10,10 +10,11 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::watch;
 use tracing::{Span, debug, info};
 use wmproxy_config::{EgressPolicy, ProxyProtocol, Service, ServiceKind};
+use wmproxy_tunnel::bandwidth::Bandwidth;
 use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::udp::{UdpStats, flow};
 use wmproxy_tunnel::{Tunnel, datastream};
-use wmproxy_wire::{OpenResult, OpenStream, Target};
+use wmproxy_wire::{Name, OpenResult, OpenStream, Target};
 
 /// Time for the server's header, and for dialing a local service.
 pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +30,32 @@ pub struct Exposer {
     pub own_addresses: Arc<OwnAddresses>,
     /// Per-service counters.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Each limited service's bandwidth for what we send the server, shared by its
+    /// connections and flows.
+    pub limits: Limits,
+}
+
+/// The bandwidth limits of the services, by name, made on first use.
+#[derive(Debug, Default)]
+pub struct Limits(std::sync::Mutex<std::collections::HashMap<Name, (u64, Arc<Bandwidth>)>>);
+
+impl Limits {
+    /// `service`'s limit, if it has one: the same one for all its connections and flows, a new
+    /// one when a reload changed its rate. Holds at most one entry per configured service.
+    fn of(&self, service: &Service, services: &[Service]) -> Option<Arc<Bandwidth>> {
+        let rate = service.exposure.bandwidth_limit()?;
+        let mut limits = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, limit)) = limits.get(&service.name)
+            && *known == rate
+        {
+            return Some(limit.clone());
+        }
+        // Forget services a reload removed or unlimited, before adding.
+        limits.retain(|name, _| services.iter().any(|s| s.name == *name && s.exposure.bandwidth_limit().is_some()));
+        let limit = Bandwidth::new(rate);
+        limits.insert(service.name.clone(), (rate, limit.clone()));
+        Some(limit)
+    }
 }
 
 /// Serves one stream the server opened on `tunnel`, under the span `stream{service, peer,
@@ -57,7 +84,8 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
                 (Ok(tcp), Some(version)) => send_proxy_header(tcp, version, peer_addr).await,
                 (dialed, _) => dialed,
             };
-            let outcome = datastream::complete(send, recv, dialed).await;
+            let limit = ctx.limits.of(&found, &ctx.services.borrow());
+            let outcome = datastream::complete_within(send, recv, dialed, limit.as_deref()).await;
             ctx.metrics.finished(&found.name, outcome.as_ref().ok());
             if found.access_log {
                 access_log(&found, peer_addr, started, &outcome);
@@ -65,17 +93,16 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
         }
         OpenStream::UdpExpose { service, peer_addr } => {
             Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));
-            let local = ctx
-                .services
-                .borrow()
-                .iter()
-                .find(|s| s.name == service && s.exposure.kind() == ServiceKind::Udp)
-                .map(|s| s.local_addr.clone());
-            let Some(local) = local else {
+            let found = {
+                let services = ctx.services.borrow();
+                let found = services.iter().find(|s| s.name == service && s.exposure.kind() == ServiceKind::Udp);
+                found.map(|s| (s.local_addr.clone(), ctx.limits.of(s, &services)))
+            };
+            let Some((local, limit)) = found else {
                 return datastream::refuse(send, OpenResult::UnknownService).await;
             };
             // Local services may be anywhere the client can reach, loopback included.
-            udp_flow(&tunnel, (send, recv), &local, |_, _| true, |_| true).await;
+            udp_flow(&tunnel, (send, recv), (&local, limit), |_, _| true, |_| true).await;
         }
         OpenStream::ProxyConnect { target, peer_addr } => {
             Span::current().record("service", "proxy").record("peer", tracing::field::display(peer_addr));
@@ -89,7 +116,7 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
             Span::current().record("service", "proxy-udp").record("peer", tracing::field::display(peer_addr));
             let (egress, own) = (&ctx.egress, |ip| ctx.own_addresses.contains(ip));
             let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip, own));
-            udp_flow(&tunnel, (send, recv), &target, allow_target, allow_ip).await;
+            udp_flow(&tunnel, (send, recv), (&target, None), allow_target, allow_ip).await;
         }
         OpenStream::Ping => wmproxy_tunnel::probe::answer(send).await,
         // Anything else the server may not ask of a client.
@@ -124,11 +151,12 @@ fn access_log(
 }
 
 /// Runs a UDP flow the server opened on `tunnel` toward `target`: within the client's flow
-/// limit, with a socket connected to the first address the checks allow.
+/// limit, with a socket connected to the first address the checks allow, and what it sends
+/// the server within `limit`.
 async fn udp_flow(
     tunnel: &Tunnel,
     (send, recv): (SendStream, RecvStream),
-    target: &Target,
+    (target, limit): (&Target, Option<Arc<Bandwidth>>),
     allow_target: impl Fn(&str, u16) -> bool,
     allow_ip: impl Fn(std::net::IpAddr) -> bool,
 ) {
@@ -138,7 +166,7 @@ async fn udp_flow(
         return datastream::refuse(send, OpenResult::Busy).await;
     };
     match wmproxy_tunnel::dial::dial_udp(target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await {
-        Ok(socket) => flow::accept(tunnel, Arc::new(socket), send, recv).await,
+        Ok(socket) => flow::accept_within(tunnel, Arc::new(socket), (send, recv), limit).await,
         Err(result) => datastream::refuse(send, result).await,
     }
 }

@@ -25,6 +25,7 @@
 //! error names the key and the line.
 #![forbid(unsafe_code)]
 
+pub mod byterate;
 pub mod client;
 pub mod control;
 pub mod egress;

@@ -98,3 +98,5 @@ fn offset(src: &str, path: &[Step<'_>]) -> Option<usize> {
 pub const REQUESTS_PER_MINUTE: RangeInclusive<u64> = 0..=6_000_000;
 /// `[vhost] user_request_burst`.
 pub const REQUEST_BURST: RangeInclusive<u64> = 1..=100_000;
+/// `[[services]] bandwidth_limit`, bytes per second (1 KB/s to 100 GB/s).
+pub const BANDWIDTH: RangeInclusive<u64> = 1024..=100 << 30;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use wmproxy_wire::{Name, ServiceKind, Target, routes};
 
+use crate::byterate::ByteRate;
 use crate::group::{GroupJoin, HealthCheck};
 use crate::ranges::{self, Index, Key, within};
 use crate::secret::Secret;
@@ -78,6 +79,8 @@ service_file! {
         remote_port: u16,
         /// Send a PROXY protocol header (`"v1"` or `"v2"`) to the service before the user's bytes.
         proxy_protocol: Option<ProxyProtocol>,
+        /// Bytes per second each way, over all its connections (`"1MB"`); off when unset.
+        bandwidth_limit: Option<ByteRate>,
     }
 }
 
@@ -86,6 +89,9 @@ service_file! {
     UdpServiceFile {
         /// Public port on the server; 0 (the default) lets the server choose. Not with `group`.
         remote_port: u16,
+        /// Bytes per second each way, over all its flows (`"1MB"`); packets over it are
+        /// dropped. Off when unset.
+        bandwidth_limit: Option<ByteRate>,
     }
 }
 
@@ -187,11 +193,15 @@ pub enum Exposure {
         publish: Publish<u16>,
         /// The PROXY header sent to the service, if any.
         proxy_protocol: Option<ProxyProtocol>,
+        /// Bytes per second each way, if limited.
+        bandwidth_limit: Option<u64>,
     },
     /// A UDP port (0: the server picks).
     Udp {
         /// The requested public port, or the group.
         publish: Publish<u16>,
+        /// Bytes per second each way, if limited.
+        bandwidth_limit: Option<u64>,
     },
     /// Host names and paths on the vhost port.
     Http {
@@ -232,10 +242,18 @@ impl Exposure {
     pub fn group(&self) -> Option<&GroupJoin> {
         match self {
             Self::Tcp { publish: Publish::Group(g), .. }
-            | Self::Udp { publish: Publish::Group(g) }
+            | Self::Udp { publish: Publish::Group(g), .. }
             | Self::Http { publish: Publish::Group(g), .. }
             | Self::Https { publish: Publish::Group(g), .. }
             | Self::Ws { publish: Publish::Group(g), .. } => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Bytes per second each way for a TCP or UDP service, if limited.
+    pub fn bandwidth_limit(&self) -> Option<u64> {
+        match self {
+            Self::Tcp { bandwidth_limit, .. } | Self::Udp { bandwidth_limit, .. } => *bandwidth_limit,
             _ => None,
         }
     }
@@ -409,12 +427,13 @@ impl ServiceFile {
             Self::Tcp(f) => {
                 let common = f.common(src, index, ServiceKind::Tcp)?;
                 let publish = common.port(src, f.remote_port)?;
-                Ok(common.into_service(Exposure::Tcp { publish, proxy_protocol: f.proxy_protocol }))
+                let bandwidth_limit = f.bandwidth_limit.map(|b| b.0);
+                Ok(common.into_service(Exposure::Tcp { publish, proxy_protocol: f.proxy_protocol, bandwidth_limit }))
             }
             Self::Udp(f) => {
                 let common = f.common(src, index, ServiceKind::Udp)?;
                 let publish = common.port(src, f.remote_port)?;
-                Ok(common.into_service(Exposure::Udp { publish }))
+                Ok(common.into_service(Exposure::Udp { publish, bandwidth_limit: f.bandwidth_limit.map(|b| b.0) }))
             }
             Self::Http(f) => {
                 let common = f.common(src, index, ServiceKind::Http)?;

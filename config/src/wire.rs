@@ -17,9 +17,10 @@ impl From<&Service> for ServiceSpec {
             remote_port: 0,
             group: service.exposure.group().map(GroupMembership::from),
             http: None,
+            bandwidth_limit: service.exposure.bandwidth_limit(),
         };
         match &service.exposure {
-            Exposure::Tcp { publish: Publish::Own(port), .. } | Exposure::Udp { publish: Publish::Own(port) } => {
+            Exposure::Tcp { publish: Publish::Own(port), .. } | Exposure::Udp { publish: Publish::Own(port), .. } => {
                 spec.remote_port = *port;
             }
             Exposure::Http { publish: Publish::Own(route), .. } => {

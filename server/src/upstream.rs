@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use wmproxy_tunnel::bandwidth::Bandwidth;
 use wmproxy_tunnel::relay::RelayStats;
 use wmproxy_tunnel::upstream::FlowRoute;
 use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
@@ -65,7 +66,7 @@ pub(crate) fn flow_on(
 ) -> Result<FlowRoute, OpenError> {
     let mine = tunnel.flow_permit().ok_or(OpenError::Busy)?;
     let all = budget.permit().ok_or(OpenError::Busy)?;
-    Ok(FlowRoute { tunnel: tunnel.clone(), header, ends_with, hold: vec![Box::new(mine), Box::new(all)] })
+    Ok(FlowRoute { tunnel: tunnel.clone(), header, ends_with, hold: vec![Box::new(mine), Box::new(all)], limit: None })
 }
 
 /// One published service of one client: the upstream of its public port, or of its routes.
@@ -75,12 +76,22 @@ pub(crate) struct ServiceUpstream {
     served: Served,
     open_timeout: Duration,
     udp: UdpBudget,
+    /// The service's bandwidth limit for what the server sends it (the users' bytes).
+    limit: Option<Arc<Bandwidth>>,
 }
 
 impl ServiceUpstream {
     /// `service` of `client`, reached through `tunnel`.
     pub fn new(tunnel: Arc<Tunnel>, served: Served, open_timeout: Duration, udp: UdpBudget) -> Self {
-        Self { tunnel, served, open_timeout, udp }
+        Self { tunnel, served, open_timeout, udp, limit: None }
+    }
+
+    /// Sends the users' bytes to it within `bytes_per_sec`, over all its connections and flows
+    /// together.
+    #[must_use]
+    pub fn within(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.limit = bytes_per_sec.map(Bandwidth::new);
+        self
     }
 
     /// Who serves it.
@@ -94,7 +105,7 @@ impl ServiceUpstream {
     pub async fn carry(&self, tcp: TcpStream, peer: SocketAddr) -> Result<RelayStats, OpenError> {
         let _permit = self.tunnel.stream_permit().ok_or(OpenError::Busy)?;
         let header = stream_header(Ask::Service, &self.served.service, peer);
-        Ok(self.tunnel.open_and_relay(&header, tcp, self.open_timeout).await?)
+        Ok(self.tunnel.open_and_relay(&header, tcp, (self.open_timeout, self.limit.as_deref())).await?)
     }
 }
 
@@ -107,6 +118,7 @@ impl Upstream for ServiceUpstream {
     }
 
     fn flow(&self, peer: SocketAddr, ask: Ask) -> Result<FlowRoute, OpenError> {
-        flow_on(&self.tunnel, &self.udp, flow_header(ask, &self.served.service, peer), None)
+        let route = flow_on(&self.tunnel, &self.udp, flow_header(ask, &self.served.service, peer), None)?;
+        Ok(FlowRoute { limit: self.limit.clone(), ..route })
     }
 }

@@ -62,9 +62,9 @@ pub fn member_of(
     let join =
         GroupJoin { group: crate::name(group), key: Secret::new(GROUP_KEY), weight, drain: false, health_check: check };
     let exposure = match kind {
-        ServiceKind::Udp => Exposure::Udp { publish: Publish::Group(join) },
+        ServiceKind::Udp => Exposure::Udp { publish: Publish::Group(join), bandwidth_limit: None },
         ServiceKind::Http => Exposure::Http { publish: Publish::Group(join), proxy_protocol: None },
-        _ => Exposure::Tcp { publish: Publish::Group(join), proxy_protocol: None },
+        _ => Exposure::Tcp { publish: Publish::Group(join), proxy_protocol: None, bandwidth_limit: None },
     };
     Service { exposure, ..crate::tcp_service(name, local, 0) }
 }

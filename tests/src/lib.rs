@@ -245,11 +245,11 @@ pub fn target(addr: SocketAddr) -> Target {
 /// (`remote_port`, 0: any), no routes yet for HTTP-like kinds, no PROXY header.
 pub fn service(kind: ServiceKind, name: &str, local: SocketAddr, remote_port: u16) -> Service {
     let exposure = match kind {
-        ServiceKind::Udp => Exposure::Udp { publish: Publish::Own(remote_port) },
+        ServiceKind::Udp => Exposure::Udp { publish: Publish::Own(remote_port), bandwidth_limit: None },
         ServiceKind::Http => Exposure::Http { publish: Publish::Own(HttpRoute::default()), proxy_protocol: None },
         ServiceKind::Https => Exposure::Https { publish: Publish::Own(Hosts::default()), proxy_protocol: None },
         ServiceKind::Ws => Exposure::Ws { publish: Publish::Own(WsRoute::default()), proxy_protocol: None },
-        _ => Exposure::Tcp { publish: Publish::Own(remote_port), proxy_protocol: None },
+        _ => Exposure::Tcp { publish: Publish::Own(remote_port), proxy_protocol: None, bandwidth_limit: None },
     };
     Service { name: self::name(name), local_addr: target(local), access_log: true, exposure }
 }

@@ -283,6 +283,7 @@ async fn a_udp_service_without_datagram_support_is_refused_at_registration() -> 
         remote_port: 0,
         group: None,
         http: None,
+        bandwidth_limit: None,
     };
     let services = vec![spec("dns", ServiceKind::Udp), spec("web", ServiceKind::Tcp)];
     write_frame(&mut send, &ControlRequest::Register { services }).await?;

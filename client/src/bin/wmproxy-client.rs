@@ -121,9 +121,9 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
     }
     let name = Name::new(&q.name.clone().unwrap_or_else(host_name)).context("--name")?;
     let (exposure, kind_name) = if q.udp {
-        (Exposure::Udp { publish: Publish::Own(remote_port) }, "udp")
+        (Exposure::Udp { publish: Publish::Own(remote_port), bandwidth_limit: None }, "udp")
     } else {
-        (Exposure::Tcp { publish: Publish::Own(remote_port), proxy_protocol: None }, "tcp")
+        (Exposure::Tcp { publish: Publish::Own(remote_port), proxy_protocol: None, bandwidth_limit: None }, "tcp")
     };
     Ok(ClientConfig {
         server_addr: server.clone(),

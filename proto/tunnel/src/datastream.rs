@@ -27,7 +27,8 @@ use tracing::debug;
 use wmproxy_wire::{OpenResult, OpenStream, close_code};
 
 use crate::Side;
-use crate::relay::{RelayStats, relay, relay_gated};
+use crate::bandwidth::Bandwidth;
+use crate::relay::{RelayStats, relay_gated};
 use crate::stream::{StreamError, read_frame, write_frame};
 
 /// Why a data stream did not carry data.
@@ -77,7 +78,7 @@ pub async fn open_and_relay(
     conn: &Connection,
     header: &OpenStream,
     tcp: TcpStream,
-    timeout: Duration,
+    (timeout, limit): (Duration, Option<&Bandwidth>),
 ) -> Result<RelayStats, DataStreamError> {
     let (mut send, recv) = tokio::time::timeout(timeout, conn.open_bi())
         .await
@@ -85,25 +86,30 @@ pub async fn open_and_relay(
         .map_err(DataStreamError::Connection)?;
     write_frame(&mut send, header).await?;
     let mut failure = None;
-    let relayed = relay_gated(tcp, send, recv, async |recv| {
-        let answer = tokio::time::timeout(timeout, read_frame::<OpenResult, _>(recv)).await;
-        let error = match answer {
-            Ok(Ok(OpenResult::Ok)) => return Ok(()),
-            Ok(Ok(refused)) => DataStreamError::Refused(refused),
-            Ok(Err(e)) => e.into(),
-            Err(_) => DataStreamError::Timeout,
-        };
-        // A refusal is not an abort: the relay closes the user's connection instead of
-        // resetting it. A target that reset the connection is one.
-        let kind = if matches!(error, DataStreamError::Refused(r) if r != OpenResult::Reset) {
-            io::ErrorKind::ConnectionRefused
-        } else {
-            io::ErrorKind::Other
-        };
-        let io_error = io::Error::new(kind, error.to_string());
-        failure = Some(error);
-        Err(io_error)
-    })
+    let relayed = relay_gated(
+        tcp,
+        (send, recv),
+        async |recv| {
+            let answer = tokio::time::timeout(timeout, read_frame::<OpenResult, _>(recv)).await;
+            let error = match answer {
+                Ok(Ok(OpenResult::Ok)) => return Ok(()),
+                Ok(Ok(refused)) => DataStreamError::Refused(refused),
+                Ok(Err(e)) => e.into(),
+                Err(_) => DataStreamError::Timeout,
+            };
+            // A refusal is not an abort: the relay closes the user's connection instead of
+            // resetting it. A target that reset the connection is one.
+            let kind = if matches!(error, DataStreamError::Refused(r) if r != OpenResult::Reset) {
+                io::ErrorKind::ConnectionRefused
+            } else {
+                io::ErrorKind::Other
+            };
+            let io_error = io::Error::new(kind, error.to_string());
+            failure = Some(error);
+            Err(io_error)
+        },
+        limit,
+    )
     .await;
     relayed.map_err(|e| failure.take().unwrap_or(DataStreamError::Relay(e)))
 }
@@ -152,8 +158,18 @@ pub async fn complete(
     recv: RecvStream,
     dialed: Result<TcpStream, OpenResult>,
 ) -> Result<RelayStats, DataStreamError> {
+    complete_within(send, recv, dialed, None).await
+}
+
+/// [`complete`], with what this end sends into the tunnel (TCP → QUIC) within `limit`.
+pub async fn complete_within(
+    send: SendStream,
+    recv: RecvStream,
+    dialed: Result<TcpStream, OpenResult>,
+    limit: Option<&Bandwidth>,
+) -> Result<RelayStats, DataStreamError> {
     let result = match dialed {
-        Ok(tcp) => answer_and_relay(send, recv, tcp).await,
+        Ok(tcp) => answer_and_relay(send, recv, tcp, limit).await,
         Err(result) => {
             refuse(send, result).await;
             Err(DataStreamError::Refused(result))
@@ -171,6 +187,7 @@ async fn answer_and_relay(
     mut send: SendStream,
     recv: RecvStream,
     tcp: TcpStream,
+    limit: Option<&Bandwidth>,
 ) -> Result<RelayStats, DataStreamError> {
     if let Err(e) = write_frame(&mut send, &OpenResult::Ok).await {
         // The opener gave up on the stream (a reset or a stop) while we dialed: it aborted, so
@@ -178,7 +195,7 @@ async fn answer_and_relay(
         crate::relay::reset(tcp);
         return Err(e.into());
     }
-    relay(tcp, send, recv).await.map_err(DataStreamError::Relay)
+    relay_gated(tcp, (send, recv), async |_| Ok(()), limit).await.map_err(DataStreamError::Relay)
 }
 
 /// Answers a stream the peer opened with a refusal and ends it.

@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod bandwidth;
 pub mod datastream;
 pub mod dial;
 pub mod probe;

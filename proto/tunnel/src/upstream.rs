@@ -69,6 +69,8 @@ pub struct FlowRoute {
     pub ends_with: Option<CancellationToken>,
     /// Released when the flow ends.
     pub hold: Hold,
+    /// The service's bandwidth on this end, if it has a limit.
+    pub limit: Option<Arc<crate::bandwidth::Bandwidth>>,
 }
 
 impl fmt::Debug for FlowRoute {

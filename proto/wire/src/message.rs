@@ -158,7 +158,7 @@ impl WireMessage for ControlReply {}
 /// One service a client asks the server to publish.
 ///
 /// Layout: `str name | ServiceKind | varint remote_port | Option<GroupMembership> group |
-/// Option<HttpSpec> http`.
+/// Option<HttpSpec> http | Option<varint> bandwidth_limit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique per client (checked while decoding).
@@ -172,6 +172,10 @@ pub struct ServiceSpec {
     pub group: Option<GroupMembership>,
     /// For [`ServiceKind::Http`]: the host names and paths it serves.
     pub http: Option<HttpSpec>,
+    /// For TCP and UDP services with a port of their own: bytes per second the server sends
+    /// the service (the users' bytes), over all its connections or flows. The client limits
+    /// the other way itself.
+    pub bandwidth_limit: Option<u64>,
 }
 
 /// The routes an HTTP service asks for on the vhost port.

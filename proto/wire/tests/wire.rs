@@ -35,8 +35,22 @@ fn hello() -> Hello {
 fn register() -> ControlRequest {
     ControlRequest::Register {
         services: vec![
-            ServiceSpec { name: n("ssh"), kind: ServiceKind::Tcp, remote_port: 6000, group: None, http: None },
-            ServiceSpec { name: n("dns"), kind: ServiceKind::Udp, remote_port: 6053, group: None, http: None },
+            ServiceSpec {
+                name: n("ssh"),
+                kind: ServiceKind::Tcp,
+                remote_port: 6000,
+                group: None,
+                http: None,
+                bandwidth_limit: Some(1 << 20),
+            },
+            ServiceSpec {
+                name: n("dns"),
+                kind: ServiceKind::Udp,
+                remote_port: 6053,
+                group: None,
+                http: None,
+                bandwidth_limit: None,
+            },
             ServiceSpec {
                 name: n("web"),
                 kind: ServiceKind::Http,
@@ -49,6 +63,7 @@ fn register() -> ControlRequest {
                     host_header_rewrite: None,
                     basic_auth: Some(BasicAuth { user: "u".into(), password: "p".into() }),
                 }),
+                bandwidth_limit: None,
             },
             ServiceSpec {
                 name: n("web-2"),
@@ -62,6 +77,7 @@ fn register() -> ControlRequest {
                     health: Some(HealthSpec { rise: 2, fall: 3, start_healthy: false }),
                 }),
                 http: None,
+                bandwidth_limit: None,
             },
         ],
     }
@@ -207,6 +223,7 @@ fn encoding_over_the_cap_fails_cleanly() {
             remote_port: 1,
             group: None,
             http: None,
+            bandwidth_limit: None,
         })
         .collect();
     let mut out = vec![1, 2, 3];

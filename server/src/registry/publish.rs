@@ -30,6 +30,9 @@ impl Registry {
         }
         let upstream =
             ServiceUpstream::new(session.tunnel.clone(), served, self.serving.open_timeout, self.udp.clone());
+        // A bandwidth limit applies to TCP and UDP ports (the client limits the other way).
+        let tcp_or_udp = matches!(spec.kind, ServiceKind::Tcp | ServiceKind::Udp);
+        let upstream = upstream.within(spec.bandwidth_limit.filter(|_| tcp_or_udp));
         let at = (self.public_bind, spec.remote_port);
         let (handle, port): (PortHandle, u16) = match spec.kind {
             ServiceKind::Tcp => ports::tcp(at, &entry.allow_ports, upstream, &self.serving)?,

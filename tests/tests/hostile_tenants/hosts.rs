@@ -26,7 +26,7 @@ fn routes(
         host_header_rewrite: None,
         basic_auth: None,
     };
-    ServiceSpec { name: name(service), kind, remote_port: 0, group: None, http: Some(http) }
+    ServiceSpec { name: name(service), kind, remote_port: 0, group: None, http: Some(http), bandwidth_limit: None }
 }
 
 fn http(service: &str, domains: &[&str], locations: &[&str]) -> ServiceSpec {

@@ -74,5 +74,6 @@ fn tcp(service: &str, port: u16) -> ServiceSpec {
         remote_port: port,
         group: None,
         http: None,
+        bandwidth_limit: None,
     }
 }

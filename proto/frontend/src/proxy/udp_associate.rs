@@ -100,7 +100,8 @@ pub(super) async fn run<U: Upstream>(
             UdpStats::bump(&stats.dropped_malformed);
             continue;
         };
-        let FlowRoute { tunnel, header, ends_with: _, hold } = match upstream.flow(user, Ask::Target(target)) {
+        let FlowRoute { tunnel, header, ends_with: _, hold, limit: _ } = match upstream.flow(user, Ask::Target(target))
+        {
             Ok(route) => route,
             Err(e) => {
                 debug!(error = %e, "no route for this destination now; packet dropped");

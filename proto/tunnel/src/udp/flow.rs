@@ -101,8 +101,22 @@ pub async fn open(
 /// Runs a flow the peer opened on `tunnel`: its header is read and `socket` is connected to
 /// the target. Enters the flow in the tunnel's table, answers `Ok`, and moves packets until
 /// the flow ends.
-pub async fn accept(tunnel: &Tunnel, socket: Arc<UdpSocket>, mut send: SendStream, recv: RecvStream) {
+pub async fn accept(tunnel: &Tunnel, socket: Arc<UdpSocket>, send: SendStream, recv: RecvStream) {
+    accept_within(tunnel, socket, (send, recv), None).await;
+}
+
+/// [`accept`], with what the flow sends into the tunnel within `limit` (the service's
+/// bandwidth on this end).
+pub async fn accept_within(
+    tunnel: &Tunnel,
+    socket: Arc<UdpSocket>,
+    (mut send, recv): (SendStream, RecvStream),
+    limit: Option<Arc<crate::bandwidth::Bandwidth>>,
+) {
     let (flow, rx) = Flow::new(super::table::Sink::Connected(socket.clone()), tunnel.flows());
+    if let Some(limit) = limit {
+        flow.limit_to(limit);
+    }
     let id = u64::from(send.id());
     Span::current().record("flow", id);
     tunnel.flows().insert(id, flow.clone());

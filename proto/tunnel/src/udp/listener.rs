@@ -87,13 +87,16 @@ pub async fn serve(
                 continue;
             }
         };
-        let FlowRoute { tunnel, header, ends_with, hold } = route;
+        let FlowRoute { tunnel, header, ends_with, hold, limit } = route;
         if flows.len() >= purge_at {
             flows.retain(|_, (f, _)| !f.done().is_cancelled());
             purge_at = (flows.len() * 2).max(64);
         }
         let sink = Sink::Peer { socket: socket.clone(), peer };
         let (flow, rx) = Flow::ending_with(sink, tunnel.flows(), ends_with.as_ref());
+        if let Some(limit) = limit {
+            flow.limit_to(limit);
+        }
         // Not confirmed yet: the packet is queued to follow the header on the stream.
         flow.send(tunnel.conn(), payload);
         flows.insert(peer, (flow.clone(), tunnel.clone()));

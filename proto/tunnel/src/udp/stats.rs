@@ -56,11 +56,13 @@ counters! {
     dropped_queue_full,
     /// Packets dropped: the local socket would not take them (full buffer, ICMP error).
     dropped_socket,
+    /// Packets dropped: over their service's bandwidth limit on this end.
+    dropped_bandwidth,
 }
 
 impl UdpSnapshot {
     /// The packet drop counters by cause (`flow_limit`, `no_tunnel`, …), for metrics.
-    pub fn drops(&self) -> [(&'static str, u64); 6] {
+    pub fn drops(&self) -> [(&'static str, u64); 7] {
         [
             ("flow_limit", self.dropped_flow_limit),
             ("no_tunnel", self.dropped_no_tunnel),
@@ -68,6 +70,7 @@ impl UdpSnapshot {
             ("malformed", self.dropped_malformed),
             ("queue_full", self.dropped_queue_full),
             ("socket", self.dropped_socket),
+            ("bandwidth", self.dropped_bandwidth),
         ]
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::stats::UdpStats;
+use crate::bandwidth::Bandwidth;
 use wmproxy_wire::udp;
 
 /// Packets a flow may have queued toward its stream.
@@ -100,6 +101,8 @@ pub struct Flow {
     done: CancellationToken,
     stats: Arc<UdpStats>,
     budget: Arc<AtomicUsize>,
+    /// The service's bandwidth on this end: packets over it are dropped.
+    limit: std::sync::OnceLock<Arc<Bandwidth>>,
 }
 
 impl Flow {
@@ -127,8 +130,15 @@ impl Flow {
             done: parent.map_or_else(CancellationToken::new, CancellationToken::child_token),
             stats: table.stats.clone(),
             budget: table.queued_bytes.clone(),
+            limit: std::sync::OnceLock::new(),
         });
         (flow, rx)
+    }
+
+    /// Limits what this flow sends into the tunnel to `limit` (shared with the service's other
+    /// flows and connections on this end). Set once, before the first packet.
+    pub fn limit_to(&self, limit: Arc<Bandwidth>) {
+        let _ = self.limit.set(limit);
     }
 
     /// Records the flow's id (its stream's id).
@@ -168,6 +178,11 @@ impl Flow {
     /// Never waits; a packet that cannot be sent now is dropped and counted.
     pub fn send(&self, conn: &Connection, payload: &[u8]) {
         self.touch();
+        if let Some(limit) = self.limit.get()
+            && !limit.try_take(payload.len())
+        {
+            return UdpStats::bump(&self.stats.dropped_bandwidth);
+        }
         if self.datagrams.load(Ordering::Acquire) {
             let id = self.id.load(Ordering::Relaxed);
             let Ok(mut datagram) = udp::datagram_with_header(id, payload.len()) else {
