@@ -17,12 +17,17 @@ use wmproxy_tunnel::udp::{FlowTable, UdpStats};
 use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{ControlReply, ControlRequest, RegisterOutcome, ServiceResult, close_code};
 
+use crate::client::DRAIN_TIMEOUT;
 use crate::current::Installer;
 use crate::error::TunnelError;
 use crate::expose::{self, Exposer};
 use crate::handshake::{self, Established};
 use crate::health;
 use crate::status::ClientStatus;
+
+/// Streams this end may open at once (forwards and proxies): a bound far above use, which the
+/// drain waits to have back.
+const LOCAL_STREAMS: u32 = 1 << 20;
 
 /// Why a tunnel ended.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +81,9 @@ impl TunnelSetup {
     ) -> TunnelEnd {
         let Established { endpoint, conn, services: results, control: (control_send, control_recv), .. } = established;
         log_results(&results);
-        let streams = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        let streams = Arc::new(Semaphore::new(LOCAL_STREAMS as usize));
+        // The streams the server opens (users of our services), so a stop can wait for them.
+        let exposed = TaskTracker::new();
         let flows = FlowTable::new(self.udp_stats.clone());
         let tunnel = Arc::new(Tunnel::new(conn.clone(), flows.clone(), streams, self.udp_flows.clone()));
         self.tracker.spawn(flows.clone().run(conn.clone(), self.idle).in_current_span());
@@ -104,7 +111,8 @@ impl TunnelSetup {
                     match conn.accept_bi().await {
                         Ok(stream) => {
                             let span = info_span!("stream", service = tracing::field::Empty, peer = tracing::field::Empty, flow = tracing::field::Empty);
-                            self.tracker.spawn(expose::serve(stream, tunnel.clone(), exposer.clone()).instrument(span));
+                            let serve = expose::serve(stream, tunnel.clone(), exposer.clone()).instrument(span);
+                            self.tracker.spawn(exposed.track_future(serve));
                         }
                         Err(e) => break TunnelEnd::Lost(e),
                     }
@@ -119,6 +127,9 @@ impl TunnelSetup {
                 }
             }
         };
+        if matches!(ended, TunnelEnd::Shutdown) {
+            drain(&tunnel, &exposed).await;
+        }
         self.installer.send_replace(None);
         drop(checks);
         drop(requests);
@@ -135,6 +146,21 @@ impl TunnelSetup {
         tunnel.close(close_code::NORMAL, "client closing the tunnel");
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         ended
+    }
+}
+
+/// The client is stopping (its forwards and proxies stopped accepting with the shutdown): waits,
+/// up to [`DRAIN_TIMEOUT`], until every connection through the tunnel, either way, has
+/// finished and its last bytes are acknowledged, as the server's drain does.
+async fn drain(tunnel: &Tunnel, exposed: &TaskTracker) {
+    exposed.close();
+    let finished = async {
+        exposed.wait().await;
+        tunnel.streams_finished(LOCAL_STREAMS).await;
+    };
+    match tokio::time::timeout(DRAIN_TIMEOUT, finished).await {
+        Ok(()) => info!("tunnel drained"),
+        Err(_) => warn!("connections still open after the drain time; closing the tunnel"),
     }
 }
 

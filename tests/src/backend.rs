@@ -51,6 +51,22 @@ pub fn reply_for(request: &[u8]) -> Vec<u8> {
     (0..1024 * 1024).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
 }
 
+/// A backend that sends `data` to each connection, then closes it.
+pub async fn source(data: std::sync::Arc<Vec<u8>>) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let data = data.clone();
+            tokio::spawn(async move {
+                let _ = tcp.write_all(&data).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
 /// An address on which nothing listens (bound then released), on a [`fixed_port`]: tests
 /// also use it as a port to bind later (a group's or a service's public port).
 pub async fn dead_port() -> Result<SocketAddr> {

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use wmproxy_config::{Exposure, Service};
-use wmproxy_tests::backend::{checksum, checksum_sink, pattern};
+use wmproxy_tests::backend::{checksum, checksum_sink, pattern, source};
 use wmproxy_tests::metrics::{sample, scrape};
 use wmproxy_tests::{DEADLINE, TestClient, TestServer, init_tracing, tcp_service, udp};
 
@@ -32,22 +32,6 @@ fn limited(mut service: Service) -> Service {
     service
 }
 
-/// A backend that sends `data` to each connection and closes it.
-async fn source(data: Vec<u8>) -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let data = data.clone();
-            tokio::spawn(async move {
-                let _ = tcp.write_all(&data).await;
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_service_is_held_to_its_limit_both_ways_and_loses_nothing() -> Result<()> {
     init_tracing();
@@ -55,8 +39,10 @@ async fn a_tcp_service_is_held_to_its_limit_both_ways_and_loses_nothing() -> Res
     let data = pattern(PAYLOAD, 11);
     let (sink, _) = checksum_sink().await?;
     let mut config = server.client_config("home");
-    config.services =
-        vec![limited(tcp_service("up", sink, 0)), limited(tcp_service("down", source(data.clone()).await?, 0))];
+    config.services = vec![
+        limited(tcp_service("up", sink, 0)),
+        limited(tcp_service("down", source(std::sync::Arc::new(data.clone())).await?, 0)),
+    ];
     let mut client = TestClient::start(config).await?;
     let (up, down) = (client.port_of("up").await?, client.port_of("down").await?);
 

@@ -9,6 +9,9 @@
 //!   closed). An abort therefore reaches the far end as an abort, hop by hop: a backend's reset
 //!   becomes the user's, and the other way round. A truncated transfer never passes for a
 //!   complete one (which a FIN, a clean end of data, would claim).
+//! - Delivery: a relay ends only once the peer has acknowledged the last bytes it sent (or
+//!   after [`DELIVERY_TIMEOUT`]), so whoever waits for it to end (a drain) can close the
+//!   connection without losing them.
 //! - Memory: an idle relay holds no buffer. QUIC → TCP writes quinn's own received chunks; TCP
 //!   → QUIC allocates a chunk only once the socket is readable and hands it to quinn without a
 //!   copy. What is in flight is bounded by the QUIC stream window and the TCP socket buffers.
@@ -30,6 +33,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Reads at most this long are copied into an exact-size buffer, so a small message in flight
 /// does not pin a whole [`READ_CHUNK`].
 const SMALL_READ: usize = 4 * 1024;
+
+/// How long a finished relay waits for the peer to acknowledge its last bytes.
+pub const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Application error code sent with a stream reset or stop after a relay failure.
 pub const RELAY_ABORTED: VarInt = VarInt::from_u32(1);
@@ -67,7 +73,15 @@ pub async fn relay_gated(
         quic_to_tcp(&mut recv, &mut tcp_write).await
     });
     match result {
-        Ok((tcp_to_quic, quic_to_tcp)) => Ok(RelayStats { tcp_to_quic, quic_to_tcp }),
+        Ok((tcp_to_quic, quic_to_tcp)) => {
+            // Our last bytes are written, not yet delivered: wait until the peer acknowledges
+            // them, so that a drain waiting on this relay (its permit) never closes the tunnel
+            // under them.
+            if tokio::time::timeout(DELIVERY_TIMEOUT, send.stopped()).await.is_err() {
+                tracing::debug!("the peer did not acknowledge the stream's end in time");
+            }
+            Ok(RelayStats { tcp_to_quic, quic_to_tcp })
+        }
         Err(e) => {
             // Either may already be closed; that is the point of aborting.
             let _ = send.reset(RELAY_ABORTED);
