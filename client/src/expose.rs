@@ -180,15 +180,33 @@ async fn send_proxy_header(
 ) -> Result<tokio::net::TcpStream, OpenResult> {
     use tokio::io::AsyncWriteExt;
     let destination = tcp.peer_addr().map_err(|_| OpenResult::Unreachable)?;
-    let header = match version {
-        ProxyProtocol::V1 => ppp::v1::Addresses::from((peer, destination)).to_string().into_bytes(),
+    let header = proxy_header(version, peer, destination)?;
+    tcp.write_all(&header).await.map_err(|_| OpenResult::Unreachable)?;
+    Ok(tcp)
+}
+
+/// The PROXY protocol header (`version`) naming `peer` as the source and `destination` as the
+/// destination. The two may be of different families (an IPv6 user of an IPv4 service): both
+/// are then written as IPv6, IPv4-mapped, since the protocol wants one family.
+pub fn proxy_header(
+    version: ProxyProtocol,
+    peer: std::net::SocketAddr,
+    destination: std::net::SocketAddr,
+) -> Result<Vec<u8>, OpenResult> {
+    use std::net::{IpAddr, SocketAddr};
+    let as_v6 = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+        IpAddr::V6(_) => a,
+    };
+    let (peer, destination) =
+        if peer.is_ipv4() == destination.is_ipv4() { (peer, destination) } else { (as_v6(peer), as_v6(destination)) };
+    match version {
+        ProxyProtocol::V1 => Ok(ppp::v1::Addresses::from((peer, destination)).to_string().into_bytes()),
         ProxyProtocol::V2 => {
             let command = ppp::v2::Version::Two | ppp::v2::Command::Proxy;
             ppp::v2::Builder::with_addresses(command, ppp::v2::Protocol::Stream, (peer, destination))
                 .build()
-                .map_err(|_| OpenResult::Unreachable)?
+                .map_err(|_| OpenResult::Unreachable)
         }
-    };
-    tcp.write_all(&header).await.map_err(|_| OpenResult::Unreachable)?;
-    Ok(tcp)
+    }
 }

@@ -76,7 +76,10 @@ pub async fn serve_ws(listener: TcpListener, url: String, tracker: TaskTracker, 
                 let connected = async {
                     let remote = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
                     let _ = remote.set_nodelay(true);
-                    tokio_tungstenite::client_async(url.as_str(), remote).await.map_err(|e| e.to_string())
+                    let config = Some(wmproxy_frontend::wsbridge::config());
+                    tokio_tungstenite::client_async_with_config(url.as_str(), remote, config)
+                        .await
+                        .map_err(|e| e.to_string())
                 };
                 match tokio::time::timeout(STREAM_OPEN_TIMEOUT, connected).await {
                     Ok(Ok((ws, _))) => {

@@ -31,6 +31,12 @@ pub mod client;
 mod control;
 pub mod current;
 pub mod error;
+/// Entry points for the fuzz targets (`fuzz/`), built only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::expose::proxy_header;
+}
 pub mod handshake;
 pub mod reload;
 pub mod tls;

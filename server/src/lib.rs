@@ -54,6 +54,9 @@
 mod auth;
 mod connect;
 mod control;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod groups;
 mod handshake;
 pub mod identity;

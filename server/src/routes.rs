@@ -91,6 +91,12 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    /// `host` + `location`, as the route was claimed.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn name(&self) -> String {
+        format!("{}{}", self.host, self.location)
+    }
+
     /// Whether `path` is under this route's location (`/api` covers `/api` and `/api/x`, not
     /// `/apix`).
     /// `/api/` covers everything under `/api/`.
@@ -353,7 +359,7 @@ mod tests {
     }
 
     fn found(routes: &Routes, host: &str, path: &str) -> Option<String> {
-        routes.find(host, path, false).map(|r| format!("{}{}", r.host, r.location))
+        routes.find(host, path, false).map(|r| r.name())
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! ([`wmproxy_tunnel::relay`]).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod proxy;
 pub mod wsbridge;

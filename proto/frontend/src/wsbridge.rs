@@ -10,6 +10,19 @@ use tokio_tungstenite::tungstenite::Message;
 /// Largest read turned into one message.
 const CHUNK: usize = 16 * 1024;
 
+/// Largest WebSocket frame and message the bridge accepts from a peer (tungstenite's defaults,
+/// 16 and 64 MiB, would let one peer make us buffer that much). A peer that sends more gets
+/// the connection closed (`1009`, message too big). The bridge's own messages are at most
+/// [`CHUNK`].
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// The WebSocket settings both ends' bridges use: [`MAX_MESSAGE`] for frames and messages.
+pub fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
 /// Copies `io`'s bytes into binary messages of `ws` and every message's payload into `io`,
 /// until both directions end (a close, or the stream's end, ends its direction). Returns the
 /// bytes carried (from the WebSocket, to the WebSocket).

@@ -77,8 +77,8 @@ impl Group {
         }
     }
 
-    /// An empty TCP group named `name`, for unit tests of what holds groups.
-    #[cfg(test)]
+    /// An empty TCP group named `name`, for unit tests (and fuzz targets) of what holds groups.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn for_tests(name: &str) -> Self {
         let entry = GroupEntry {
             name: Name::new(name).unwrap_or_else(|e| panic!("{e}")),

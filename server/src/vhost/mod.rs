@@ -15,4 +15,6 @@ mod sni;
 
 pub(crate) use self::rate::RequestRate;
 pub(crate) use self::serve::{Vhost, serve};
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::sni::client_hello;
 pub(crate) use self::sni::serve as serve_tls;

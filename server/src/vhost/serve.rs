@@ -169,12 +169,17 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, vh
         Ok(pair) => pair,
         Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),
     };
+    // The stream permit is held until the backend connection ends, and, for an upgrade, until
+    // the upgraded connection ends too (the backend connection hands its bytes over then).
+    // (A mutex only to make the shared hold `Sync`; it is never locked.)
+    let hold = Arc::new(std::sync::Mutex::new(hold));
+    let backend_hold = hold.clone();
     tracker.spawn(
         async move {
             if let Err(e) = backend.with_upgrades().await {
                 debug!(error = %e, "backend connection ended");
             }
-            drop(hold);
+            drop(backend_hold);
         }
         .in_current_span(),
     );
@@ -185,7 +190,11 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, vh
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(user_upgrade) = user_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut response);
-            tracker.spawn(relay_upgraded(user_upgrade, backend_upgrade).in_current_span());
+            let relayed = async move {
+                relay_upgraded(user_upgrade, backend_upgrade).await;
+                drop(hold);
+            };
+            tracker.spawn(relayed.in_current_span());
         }
     } else {
         strip_hop_by_hop(response.headers_mut());
@@ -222,7 +231,8 @@ fn accept_bridge(
                 return debug!("WebSocket upgrade did not complete");
             };
             let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
-            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), role, None).await;
+            let config = Some(wmproxy_frontend::wsbridge::config());
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), role, config).await;
             let (from_ws, to_ws) = wmproxy_frontend::wsbridge::bridge(ws, tokio::io::join(recv, send)).await;
             debug!(from_ws, to_ws, "WebSocket bridge finished");
             drop(hold);

@@ -93,7 +93,10 @@ async fn terminate(tcp: TcpStream, hello: Vec<u8>, peer: SocketAddr, config: Arc
 }
 
 /// Reads until the ClientHello is complete; returns its SNI and every byte read.
-async fn client_hello(tcp: &mut TcpStream) -> Result<(Option<String>, Vec<u8>), &'static str> {
+pub(crate) async fn client_hello<R>(tcp: &mut R) -> Result<(Option<String>, Vec<u8>), &'static str>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     let mut acceptor = Acceptor::default();
     let mut seen = Vec::new();
     let mut chunk = [0u8; 4096];

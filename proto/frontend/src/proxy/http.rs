@@ -37,13 +37,11 @@ const MAX_HEAD: usize = 16 * 1024;
 type PendingTunnel = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, SendStream, RecvStream, Hold)>>>;
 
 /// Serves one HTTP proxy user (keep-alive: several requests) until it leaves.
-pub async fn serve<U: Upstream>(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    proxy: ProxySettings,
-    upstream: Arc<U>,
-    tracker: TaskTracker,
-) {
+pub async fn serve<U, I>(tcp: I, peer: SocketAddr, proxy: ProxySettings, upstream: Arc<U>, tracker: TaskTracker)
+where
+    U: Upstream,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let expected = proxy.credentials.as_ref().map(|c| basic_authorization(&c.username, &c.password));
     let pending: PendingTunnel = Arc::default();
     let service = {

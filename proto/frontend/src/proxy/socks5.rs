@@ -76,10 +76,13 @@ pub async fn serve<U: Upstream>(
 /// Time for a UDP ASSOCIATE flow's stream to open and be answered.
 const UDP_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-type Request = (Socks5ServerProtocol<TcpStream, fast_socks5::server::states::CommandRead>, Socks5Command, TargetAddr);
+type Request<S> = (Socks5ServerProtocol<S, fast_socks5::server::states::CommandRead>, Socks5Command, TargetAddr);
 
 /// Method negotiation, authentication (if configured) and the request.
-async fn handshake(tcp: TcpStream, proxy: &ProxySettings) -> Result<Request, SocksServerError> {
+pub(crate) async fn handshake<S>(tcp: S, proxy: &ProxySettings) -> Result<Request<S>, SocksServerError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let authenticated = match &proxy.credentials {
         None => Socks5ServerProtocol::accept_no_auth(tcp).await?,
         Some(c) => {
