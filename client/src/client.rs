@@ -22,11 +22,8 @@ use crate::error::ClientError;
 use crate::expose::{Exposer, STREAM_OPEN_TIMEOUT};
 use crate::reload::Reloader;
 pub use crate::status::ClientStatus;
-use crate::tunnel::TunnelSetup;
+use crate::tunnel::{DRAIN_TIMEOUT, TunnelSetup};
 use crate::{forward, handshake, proxy, tls};
-
-/// How long shutdown waits for streams to finish.
-pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bound local forward or proxy.
 #[derive(Debug)]
@@ -213,7 +210,7 @@ impl Client {
                         egress: config.egress.clone(),
                         own_addresses: own_addresses.clone(),
                         metrics: metrics.clone(),
-                        limits: Default::default(),
+                        bandwidths: Default::default(),
                     });
                     let ended = setup.serve(established, (wanted, services), exposer).instrument(span).await;
                     if shutdown.is_cancelled() {

@@ -12,6 +12,7 @@ use tracing::{Span, debug, info};
 use wmproxy_config::{EgressPolicy, ProxyProtocol, Service, ServiceKind};
 use wmproxy_tunnel::bandwidth::Bandwidth;
 use wmproxy_tunnel::dial::OwnAddresses;
+use wmproxy_tunnel::relay::Limits;
 use wmproxy_tunnel::udp::{UdpStats, flow};
 use wmproxy_tunnel::{Tunnel, datastream};
 use wmproxy_wire::{Name, OpenResult, OpenStream, Target};
@@ -32,14 +33,14 @@ pub struct Exposer {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Each limited service's bandwidth for what we send the server, shared by its
     /// connections and flows.
-    pub limits: Limits,
+    pub bandwidths: Bandwidths,
 }
 
 /// The bandwidth limits of the services, by name, made on first use.
 #[derive(Debug, Default)]
-pub struct Limits(std::sync::Mutex<std::collections::HashMap<Name, (u64, Arc<Bandwidth>)>>);
+pub struct Bandwidths(std::sync::Mutex<std::collections::HashMap<Name, (u64, Arc<Bandwidth>)>>);
 
-impl Limits {
+impl Bandwidths {
     /// `service`'s limit, if it has one: the same one for all its connections and flows, a new
     /// one when a reload changed its rate. Holds at most one entry per configured service.
     fn of(&self, service: &Service, services: &[Service]) -> Option<Arc<Bandwidth>> {
@@ -84,8 +85,9 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
                 (Ok(tcp), Some(version)) => send_proxy_header(tcp, version, peer_addr).await,
                 (dialed, _) => dialed,
             };
-            let limit = ctx.limits.of(&found, &ctx.services.borrow());
-            let outcome = datastream::complete_within(send, recv, dialed, limit.as_deref()).await;
+            let limit = ctx.bandwidths.of(&found, &ctx.services.borrow());
+            let limits = Limits { bandwidth: limit.as_deref(), idle: found.exposure.idle_timeout() };
+            let outcome = datastream::complete_within(send, recv, dialed, limits).await;
             ctx.metrics.finished(&found.name, outcome.as_ref().ok());
             if found.access_log {
                 access_log(&found, peer_addr, started, &outcome);
@@ -96,7 +98,7 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
             let found = {
                 let services = ctx.services.borrow();
                 let found = services.iter().find(|s| s.name == service && s.exposure.kind() == ServiceKind::Udp);
-                found.map(|s| (s.local_addr.clone(), ctx.limits.of(s, &services)))
+                found.map(|s| (s.local_addr.clone(), ctx.bandwidths.of(s, &services)))
             };
             let Some((local, limit)) = found else {
                 return datastream::refuse(send, OpenResult::UnknownService).await;

@@ -17,13 +17,16 @@ use wmproxy_tunnel::udp::{FlowTable, UdpStats};
 use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{ControlReply, ControlRequest, RegisterOutcome, ServiceResult, close_code};
 
-use crate::client::DRAIN_TIMEOUT;
 use crate::current::Installer;
 use crate::error::TunnelError;
 use crate::expose::{self, Exposer};
 use crate::handshake::{self, Established};
 use crate::health;
 use crate::status::ClientStatus;
+
+/// How long a stop waits for the connections in flight to finish (and for the client's other
+/// tasks after that).
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Streams this end may open at once (forwards and proxies): a bound far above use, which the
 /// drain waits to have back.

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`server`]: `ServerFile` (the file as written) → [`ServerConfig`] (validated).
-//! - [`client`]: `ClientFile` → [`ClientConfig`]; [`service`]: the client's `[[services]]`.
+//! - [`client`]: `ClientFile` → [`ClientConfig`]; [`service`]: the client's `[[services]]`
+//!   (`exposure`: what is read off a service's kind; [`byterate`]: `bandwidth_limit` values).
 //! - [`group`]: load-balancing groups (server side) and how a service joins one, with its
 //!   health check (client side).
 //! - [`forward`]: the client's `[[forwards]]`. [`proxy`]: SOCKS5 and HTTP proxies of either end.
@@ -29,6 +30,7 @@ pub mod byterate;
 pub mod client;
 pub mod control;
 pub mod egress;
+mod exposure;
 pub mod forward;
 pub mod group;
 pub mod ports;

@@ -100,3 +100,5 @@ pub const REQUESTS_PER_MINUTE: RangeInclusive<u64> = 0..=6_000_000;
 pub const REQUEST_BURST: RangeInclusive<u64> = 1..=100_000;
 /// `[[services]] bandwidth_limit`, bytes per second (1 KB/s to 100 GB/s).
 pub const BANDWIDTH: RangeInclusive<u64> = 1024..=100 << 30;
+/// `[[services]] idle_timeout_secs` (a week at most).
+pub const RELAY_IDLE_SECS: RangeInclusive<u64> = 1..=604_800;

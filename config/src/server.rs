@@ -143,6 +143,9 @@ pub struct Limits {
     /// public TCP listener together: published ports, group ports, the vhost and HTTPS ports,
     /// the server's proxies. One over it is reset at once.
     pub max_connections_per_user: u32,
+    /// Connections to the vhost, HTTPS and proxy ports that have not sent their first bytes,
+    /// at once; a new one over it is closed.
+    pub max_silent_connections: u32,
     /// Seconds a new tunnel has to authenticate and register.
     pub handshake_timeout_secs: u64,
     /// Seconds a data stream has to send its open header, and a dial to complete.
@@ -170,6 +173,7 @@ impl Default for Limits {
             auth_timeout_secs: 5,
             max_streams_per_client: 1024,
             max_connections_per_user: 256,
+            max_silent_connections: 1024,
             handshake_timeout_secs: 10,
             stream_open_timeout_secs: 10,
             max_udp_flows: 16_384,
@@ -289,6 +293,7 @@ impl ServerFile {
         within(src, &limit("max_unauthenticated_per_address"), per_address, ranges::MAX_CLIENTS)?;
         within(src, &limit("auth_timeout_secs"), l.auth_timeout_secs, ranges::TIMEOUT_SECS)?;
         within(src, &limit("max_streams_per_client"), l.max_streams_per_client, ranges::MAX_STREAMS)?;
+        within(src, &limit("max_silent_connections"), l.max_silent_connections, ranges::MAX_CLIENTS)?;
         let per_user = l.max_connections_per_user;
         within(src, &limit("max_connections_per_user"), per_user, ranges::MAX_STREAMS)?;
         within(src, &limit("handshake_timeout_secs"), l.handshake_timeout_secs, ranges::TIMEOUT_SECS)?;
@@ -300,6 +305,7 @@ impl ServerFile {
         let v = &self.vhost;
         let timeout = [Key("vhost"), Key("header_read_timeout_secs")];
         within(src, &timeout, v.header_read_timeout_secs, ranges::TIMEOUT_SECS)?;
+        within(src, &[Key("vhost"), Key("body_timeout_secs")], v.body_timeout_secs, ranges::TIMEOUT_SECS)?;
         let head = u64::try_from(v.max_header_bytes).unwrap_or(u64::MAX);
         within(src, &[Key("vhost"), Key("max_header_bytes")], head, ranges::MAX_HEADER_BYTES)?;
         let rate = [Key("vhost"), Key("user_requests_per_minute")];

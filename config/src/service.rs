@@ -81,6 +81,9 @@ service_file! {
         proxy_protocol: Option<ProxyProtocol>,
         /// Bytes per second each way, over all its connections (`"1MB"`); off when unset.
         bandwidth_limit: Option<ByteRate>,
+        /// A connection with no byte either way for this many seconds is aborted; off when
+        /// unset.
+        idle_timeout_secs: Option<u64>,
     }
 }
 
@@ -195,6 +198,8 @@ pub enum Exposure {
         proxy_protocol: Option<ProxyProtocol>,
         /// Bytes per second each way, if limited.
         bandwidth_limit: Option<u64>,
+        /// Seconds a connection may go without a byte either way, if limited.
+        idle_timeout_secs: Option<u64>,
     },
     /// A UDP port (0: the server picks).
     Udp {
@@ -224,50 +229,6 @@ pub enum Exposure {
         /// The PROXY header sent to the service, if any.
         proxy_protocol: Option<ProxyProtocol>,
     },
-}
-
-impl Exposure {
-    /// The kind, as the wire and the server's groups name it.
-    pub fn kind(&self) -> ServiceKind {
-        match self {
-            Self::Tcp { .. } => ServiceKind::Tcp,
-            Self::Udp { .. } => ServiceKind::Udp,
-            Self::Http { .. } => ServiceKind::Http,
-            Self::Https { .. } => ServiceKind::Https,
-            Self::Ws { .. } => ServiceKind::Ws,
-        }
-    }
-
-    /// The group it joins, if it is a group's backend.
-    pub fn group(&self) -> Option<&GroupJoin> {
-        match self {
-            Self::Tcp { publish: Publish::Group(g), .. }
-            | Self::Udp { publish: Publish::Group(g), .. }
-            | Self::Http { publish: Publish::Group(g), .. }
-            | Self::Https { publish: Publish::Group(g), .. }
-            | Self::Ws { publish: Publish::Group(g), .. } => Some(g),
-            _ => None,
-        }
-    }
-
-    /// Bytes per second each way for a TCP or UDP service, if limited.
-    pub fn bandwidth_limit(&self) -> Option<u64> {
-        match self {
-            Self::Tcp { bandwidth_limit, .. } | Self::Udp { bandwidth_limit, .. } => *bandwidth_limit,
-            _ => None,
-        }
-    }
-
-    /// The PROXY protocol header the client sends the service, if any.
-    pub fn proxy_protocol(&self) -> Option<ProxyProtocol> {
-        match self {
-            Self::Udp { .. } => None,
-            Self::Tcp { proxy_protocol, .. }
-            | Self::Http { proxy_protocol, .. }
-            | Self::Https { proxy_protocol, .. }
-            | Self::Ws { proxy_protocol, .. } => *proxy_protocol,
-        }
-    }
 }
 
 /// The keys every kind has, borrowed for checking.
@@ -428,7 +389,16 @@ impl ServiceFile {
                 let common = f.common(src, index, ServiceKind::Tcp)?;
                 let publish = common.port(src, f.remote_port)?;
                 let bandwidth_limit = f.bandwidth_limit.map(|b| b.0);
-                Ok(common.into_service(Exposure::Tcp { publish, proxy_protocol: f.proxy_protocol, bandwidth_limit }))
+                if let Some(idle) = f.idle_timeout_secs {
+                    within(
+                        src,
+                        &[Key("services"), Index(index), Key("idle_timeout_secs")],
+                        idle,
+                        ranges::RELAY_IDLE_SECS,
+                    )?;
+                }
+                let (proxy_protocol, idle_timeout_secs) = (f.proxy_protocol, f.idle_timeout_secs);
+                Ok(common.into_service(Exposure::Tcp { publish, proxy_protocol, bandwidth_limit, idle_timeout_secs }))
             }
             Self::Udp(f) => {
                 let common = f.common(src, index, ServiceKind::Udp)?;

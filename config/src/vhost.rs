@@ -26,6 +26,9 @@ pub struct VhostFile {
     pub user_requests_per_minute: u32,
     /// Requests a user may make at once above the average (the bucket's size).
     pub user_request_burst: u32,
+    /// Seconds a request body may go without a byte before the request is answered `408` and
+    /// its stream to the service aborted.
+    pub body_timeout_secs: u64,
     /// `[vhost.tls]`: a certificate for the HTTPS port. A connection whose SNI no `https`
     /// service or group claims is then terminated here and its requests routed like the vhost
     /// port's (to `http` services and groups, `X-Forwarded-Proto: https`). Without it, such a
@@ -43,6 +46,7 @@ impl Default for VhostFile {
             max_header_bytes: 16 * 1024,
             user_requests_per_minute: 6_000,
             user_request_burst: 400,
+            body_timeout_secs: 60,
             tls: None,
         }
     }
@@ -53,6 +57,11 @@ impl VhostFile {
     /// port when it terminates TLS (`[vhost.tls]`). `None`: nowhere.
     pub fn http_routes_bind(&self) -> Option<SocketAddr> {
         self.http_bind.or(self.https_bind.filter(|_| self.tls.is_some()))
+    }
+
+    /// [`Self::body_timeout_secs`] as a duration.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
     }
 
     /// [`Self::header_read_timeout_secs`] as a duration.

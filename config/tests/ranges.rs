@@ -57,6 +57,7 @@ type Slot<C> = (&'static str, &'static str, fn(&C) -> u64, RangeInclusive<u64>);
 const SERVER_SLOTS: &[Slot<ServerConfig>] = &[
     ("{limits}", "max_clients", |c| c.limits.max_clients.into(), r::MAX_CLIENTS),
     ("{limits}", "max_shared_clients", |c| c.limits.max_shared_clients.into(), r::MAX_CLIENTS),
+    ("{limits}", "max_silent_connections", |c| c.limits.max_silent_connections.into(), r::MAX_CLIENTS),
     ("{limits}", "max_connections_per_user", |c| c.limits.max_connections_per_user.into(), r::MAX_STREAMS),
     ("{limits}", "max_unauthenticated", |c| c.limits.max_unauthenticated.into(), r::MAX_CLIENTS),
     (
@@ -74,6 +75,7 @@ const SERVER_SLOTS: &[Slot<ServerConfig>] = &[
     ("{limits}", "udp_flow_idle_timeout_secs", |c| c.limits.udp_flow_idle_timeout_secs, r::UDP_IDLE_SECS),
     ("{limits}", "drain_grace_secs", |c| c.limits.drain_grace_secs, r::DRAIN_GRACE_SECS),
     ("{vhost}", "header_read_timeout_secs", |c| c.vhost.header_read_timeout_secs, r::TIMEOUT_SECS),
+    ("{vhost}", "body_timeout_secs", |c| c.vhost.body_timeout_secs, r::TIMEOUT_SECS),
     ("{vhost}", "max_header_bytes", |c| c.vhost.max_header_bytes as u64, r::MAX_HEADER_BYTES),
     ("{vhost}", "user_requests_per_minute", |c| c.vhost.user_requests_per_minute.into(), r::REQUESTS_PER_MINUTE),
     ("{vhost}", "user_request_burst", |c| c.vhost.user_request_burst.into(), r::REQUEST_BURST),

@@ -36,4 +36,7 @@ pub(crate) struct Serving {
     pub udp_stats: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
     /// Connections open per user, over every public TCP listener (`max_connections_per_user`).
     pub users: std::sync::Arc<wmproxy_tunnel::users::UserLimit>,
+    /// Connections that have not sent their first bytes yet, on the listeners whose protocol
+    /// starts with the user (vhost, HTTPS, proxies): `max_silent_connections`.
+    pub silent: std::sync::Arc<wmproxy_tunnel::accept::Silent>,
 }

@@ -17,6 +17,7 @@ use wmproxy_tunnel::transport::{self, TransportTuning};
 use wmproxy_tunnel::udp::UdpSnapshot;
 use wmproxy_wire::{ALPN, close_code};
 
+use wmproxy_tunnel::accept::Silent;
 use wmproxy_tunnel::users::UserLimit;
 
 use crate::control::ServerControl;
@@ -224,6 +225,11 @@ impl Server {
             metrics: metrics.clone(),
             udp_stats: udp.stats.clone(),
             users: users.clone(),
+            silent: {
+                let metrics = metrics.clone();
+                let max = limits.max_silent_connections as usize;
+                Silent::new(max, move || metrics.refused(Refusal::SilentConnections))
+            },
         };
         let sessions = Arc::new(Sessions::new(limits.max_streams_per_client));
         let routes = Arc::new(Routes::default());
@@ -267,6 +273,7 @@ impl Server {
             header_read_timeout: config.vhost.header_read_timeout(),
             max_header_bytes: config.vhost.max_header_bytes,
             rate: Arc::new(RequestRate::new(config.vhost.user_requests_per_minute, config.vhost.user_request_burst)),
+            body_timeout: config.vhost.body_timeout(),
             tls: match &config.vhost.tls {
                 Some(files) => Some(vhost_tls_config(Identity::load(&files.cert, &files.key)?)?),
                 None => None,

@@ -64,7 +64,12 @@ pub fn member_of(
     let exposure = match kind {
         ServiceKind::Udp => Exposure::Udp { publish: Publish::Group(join), bandwidth_limit: None },
         ServiceKind::Http => Exposure::Http { publish: Publish::Group(join), proxy_protocol: None },
-        _ => Exposure::Tcp { publish: Publish::Group(join), proxy_protocol: None, bandwidth_limit: None },
+        _ => Exposure::Tcp {
+            publish: Publish::Group(join),
+            proxy_protocol: None,
+            bandwidth_limit: None,
+            idle_timeout_secs: None,
+        },
     };
     Service { exposure, ..crate::tcp_service(name, local, 0) }
 }

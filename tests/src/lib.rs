@@ -249,7 +249,12 @@ pub fn service(kind: ServiceKind, name: &str, local: SocketAddr, remote_port: u1
         ServiceKind::Http => Exposure::Http { publish: Publish::Own(HttpRoute::default()), proxy_protocol: None },
         ServiceKind::Https => Exposure::Https { publish: Publish::Own(Hosts::default()), proxy_protocol: None },
         ServiceKind::Ws => Exposure::Ws { publish: Publish::Own(WsRoute::default()), proxy_protocol: None },
-        _ => Exposure::Tcp { publish: Publish::Own(remote_port), proxy_protocol: None, bandwidth_limit: None },
+        _ => Exposure::Tcp {
+            publish: Publish::Own(remote_port),
+            proxy_protocol: None,
+            bandwidth_limit: None,
+            idle_timeout_secs: None,
+        },
     };
     Service { name: self::name(name), local_addr: target(local), access_log: true, exposure }
 }

@@ -14,6 +14,7 @@ use wmproxy_tests::{TestClient, TestServer, backend, init_tracing};
 const SERVER: &[(&str, &str, std::ops::RangeInclusive<u64>)] = &[
     ("limits", "max_clients", r::MAX_CLIENTS),
     ("limits", "max_shared_clients", r::MAX_CLIENTS),
+    ("limits", "max_silent_connections", r::MAX_CLIENTS),
     ("limits", "max_connections_per_user", r::MAX_STREAMS),
     ("limits", "max_unauthenticated", r::MAX_CLIENTS),
     ("limits", "max_unauthenticated_per_address", r::MAX_CLIENTS),
@@ -26,6 +27,7 @@ const SERVER: &[(&str, &str, std::ops::RangeInclusive<u64>)] = &[
     ("limits", "udp_flow_idle_timeout_secs", r::UDP_IDLE_SECS),
     ("limits", "drain_grace_secs", r::DRAIN_GRACE_SECS),
     ("vhost", "header_read_timeout_secs", r::TIMEOUT_SECS),
+    ("vhost", "body_timeout_secs", r::TIMEOUT_SECS),
     ("vhost", "max_header_bytes", r::MAX_HEADER_BYTES),
     ("vhost", "user_requests_per_minute", r::REQUESTS_PER_MINUTE),
     ("vhost", "user_request_burst", r::REQUEST_BURST),
@@ -97,6 +99,10 @@ async fn runs(server_line: (&str, &str), client_line: (&str, &str)) -> Result<()
     let (mut client, _) = TestClient::start_from(&client_path).await?;
     let port = client.port_of("echo").await?;
     backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port)), 4096, 1).await?;
+    // With `max_connections_per_user = 1`, the echo's connection must be gone first (its relay
+    // ends once its last bytes are acknowledged, a moment after the user saw them).
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    wmproxy_tests::eventually("the echo connection gone", || server.handle.open_connections_of(loopback) == 0).await?;
     let vhost = server.handle.vhost_addr().context("vhost")?;
     let (status, _) = keep_alive_request(&mut TcpStream::connect(vhost).await?, "nobody.example", "/").await?;
     ensure!(status == 404, "the vhost answered {status}");

@@ -123,7 +123,15 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
     let (exposure, kind_name) = if q.udp {
         (Exposure::Udp { publish: Publish::Own(remote_port), bandwidth_limit: None }, "udp")
     } else {
-        (Exposure::Tcp { publish: Publish::Own(remote_port), proxy_protocol: None, bandwidth_limit: None }, "tcp")
+        (
+            Exposure::Tcp {
+                publish: Publish::Own(remote_port),
+                proxy_protocol: None,
+                bandwidth_limit: None,
+                idle_timeout_secs: None,
+            },
+            "tcp",
+        )
     };
     Ok(ClientConfig {
         server_addr: server.clone(),

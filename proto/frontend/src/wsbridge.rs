@@ -11,9 +11,9 @@ use tokio_tungstenite::tungstenite::Message;
 const CHUNK: usize = 16 * 1024;
 
 /// Largest WebSocket frame and message the bridge accepts from a peer (tungstenite's defaults,
-/// 16 and 64 MiB, would let one peer make us buffer that much). A peer that sends more gets
-/// the connection closed (`1009`, message too big). The bridge's own messages are at most
-/// [`CHUNK`].
+/// 16 and 64 MiB, would let one peer make us buffer that much). A peer that sends more loses
+/// the connection, and nothing of the message is carried. The bridge's own messages are at
+/// most 16 KiB.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// The WebSocket settings both ends' bridges use: [`MAX_MESSAGE`] for frames and messages.

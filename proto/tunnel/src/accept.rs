@@ -14,8 +14,25 @@ use crate::users::{UserLimit, UserPermit};
 /// Pause after a failed `accept` (EMFILE and the like) so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// TCP keepalive on every connection a relay carries (users' and backends'): a peer that
+/// vanished without a FIN or RST (a NAT that forgot the flow, a machine powered off) is
+/// noticed after about [`KEEPALIVE_IDLE`] plus six unanswered probes [`KEEPALIVE_INTERVAL`]
+/// apart, and its relay ends.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// Time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Turns TCP keepalive on for `tcp` ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`], six probes).
+pub fn keepalive(tcp: &TcpStream) {
+    let probes =
+        socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE).with_interval(KEEPALIVE_INTERVAL).with_retries(6);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&probes);
+}
+
 /// The next connection on `listener`, or `None` once `stop` is cancelled. Accept errors are
-/// logged and retried after [`ACCEPT_ERROR_BACKOFF`]. `TCP_NODELAY` is set on the connection.
+/// logged and retried after [`ACCEPT_ERROR_BACKOFF`]. `TCP_NODELAY` and [`keepalive`] are set
+/// on the connection.
 pub async fn next(listener: &TcpListener, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
@@ -25,6 +42,7 @@ pub async fn next(listener: &TcpListener, stop: &CancellationToken) -> Option<(T
         match accepted {
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
+                keepalive(&tcp);
                 return Some((tcp, peer));
             }
             Err(e) => {
@@ -55,6 +73,44 @@ pub async fn next_user(
                 crate::relay::reset(tcp);
             }
         }
+    }
+}
+
+/// The connections that have not sent their first bytes yet, on the listeners whose protocol
+/// starts with the user (HTTP, TLS, SOCKS5), capped.
+pub struct Silent {
+    places: tokio::sync::Semaphore,
+    /// Called for each connection closed because every place was taken (a metrics counter).
+    on_full: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Silent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Silent").field("free", &self.places.available_permits()).finish_non_exhaustive()
+    }
+}
+
+impl Silent {
+    /// At most `max` silent connections at once; `on_full` counts those closed over it.
+    pub fn new(max: usize, on_full: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self { places: tokio::sync::Semaphore::new(max), on_full: Box::new(on_full) })
+    }
+
+    /// No cap.
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(tokio::sync::Semaphore::MAX_PERMITS, || {})
+    }
+
+    /// Waits, within `timeout`, until the user on `tcp` has sent its first bytes, holding a
+    /// place meanwhile. `false`: every place was taken, or nothing came in time; close it.
+    pub async fn first_bytes(&self, tcp: &TcpStream, timeout: Duration) -> bool {
+        let Ok(_place) = self.places.try_acquire() else {
+            debug!("too many connections that have not sent anything; closing a new one");
+            (self.on_full)();
+            return false;
+        };
+        // `peek` waits for a byte without taking it (`readable` may wake with nothing to read).
+        matches!(tokio::time::timeout(timeout, tcp.peek(&mut [0u8; 1])).await, Ok(Ok(_)))
     }
 }
 

@@ -28,7 +28,7 @@ use wmproxy_wire::{OpenResult, OpenStream, close_code};
 
 use crate::Side;
 use crate::bandwidth::Bandwidth;
-use crate::relay::{RelayStats, relay_gated};
+use crate::relay::{Limits, RelayStats, relay_gated};
 use crate::stream::{StreamError, read_frame, write_frame};
 
 /// Why a data stream did not carry data.
@@ -108,7 +108,7 @@ pub async fn open_and_relay(
             failure = Some(error);
             Err(io_error)
         },
-        limit,
+        Limits { bandwidth: limit, idle: None },
     )
     .await;
     relayed.map_err(|e| failure.take().unwrap_or(DataStreamError::Relay(e)))
@@ -158,18 +158,18 @@ pub async fn complete(
     recv: RecvStream,
     dialed: Result<TcpStream, OpenResult>,
 ) -> Result<RelayStats, DataStreamError> {
-    complete_within(send, recv, dialed, None).await
+    complete_within(send, recv, dialed, Limits::default()).await
 }
 
-/// [`complete`], with what this end sends into the tunnel (TCP → QUIC) within `limit`.
+/// [`complete`], with the relay within `limits` (this end's bandwidth, an idle timeout).
 pub async fn complete_within(
     send: SendStream,
     recv: RecvStream,
     dialed: Result<TcpStream, OpenResult>,
-    limit: Option<&Bandwidth>,
+    limits: Limits<'_>,
 ) -> Result<RelayStats, DataStreamError> {
     let result = match dialed {
-        Ok(tcp) => answer_and_relay(send, recv, tcp, limit).await,
+        Ok(tcp) => answer_and_relay(send, recv, tcp, limits).await,
         Err(result) => {
             refuse(send, result).await;
             Err(DataStreamError::Refused(result))
@@ -187,7 +187,7 @@ async fn answer_and_relay(
     mut send: SendStream,
     recv: RecvStream,
     tcp: TcpStream,
-    limit: Option<&Bandwidth>,
+    limits: Limits<'_>,
 ) -> Result<RelayStats, DataStreamError> {
     if let Err(e) = write_frame(&mut send, &OpenResult::Ok).await {
         // The opener gave up on the stream (a reset or a stop) while we dialed: it aborted, so
@@ -195,7 +195,7 @@ async fn answer_and_relay(
         crate::relay::reset(tcp);
         return Err(e.into());
     }
-    relay_gated(tcp, (send, recv), async |_| Ok(()), limit).await.map_err(DataStreamError::Relay)
+    relay_gated(tcp, (send, recv), async |_| Ok(()), limits).await.map_err(DataStreamError::Relay)
 }
 
 /// Answers a stream the peer opened with a refusal and ends it.

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use wmproxy_wire::{OpenResult, Target};
 
@@ -20,7 +21,8 @@ pub const FLOW_SOCKET_BUFFER: usize = 1024 * 1024;
 
 /// Resolves `target` and connects to the first address `permits` accepts, within `timeout` for
 /// the lookup and for each connect. `permits_target` judges the name (or IP literal) and port
-/// first, before any lookup. Sets `TCP_NODELAY` on success.
+/// first, before any lookup. Sets `TCP_NODELAY` and keepalive ([`crate::accept::keepalive`])
+/// on success.
 ///
 /// Failures: `NotAllowed` when `permits_target` refuses or every resolved address is refused by
 /// `permits`; `Refused`, `Timeout` or `Unreachable` from the last address tried.
@@ -36,6 +38,7 @@ pub async fn dial(
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                crate::accept::keepalive(&stream);
                 return Ok(stream);
             }
             Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => last = OpenResult::Refused,
@@ -83,18 +86,48 @@ pub async fn dial_udp(
     Err(last)
 }
 
-/// Looks `target` up within `timeout`, if `permits_target` allows its host and port.
+/// Name lookups running at once, all dials of this process together. A lookup is a blocking
+/// `getaddrinfo` on tokio's blocking pool, and one that times out keeps its thread until the
+/// system resolver gives up; without a bound, a flood of names that never resolve would take
+/// every blocking thread.
+pub const MAX_LOOKUPS: usize = 64;
+
+static LOOKUPS: Semaphore = Semaphore::const_new(MAX_LOOKUPS);
+
+/// Looks `target` up within `timeout`, if `permits_target` allows its host and port. An IP
+/// literal needs no lookup; a name waits for none: with [`MAX_LOOKUPS`] running, it is refused
+/// at once (`Busy`).
 async fn resolve(
     target: &Target,
     timeout: Duration,
     permits_target: impl Fn(&str, u16) -> bool,
 ) -> Result<Vec<SocketAddr>, OpenResult> {
+    resolve_within(target, timeout, permits_target, &LOOKUPS).await
+}
+
+async fn resolve_within(
+    target: &Target,
+    timeout: Duration,
+    permits_target: impl Fn(&str, u16) -> bool,
+    lookups: &'static Semaphore,
+) -> Result<Vec<SocketAddr>, OpenResult> {
     if !permits_target(target.host(), target.port()) {
         return Err(OpenResult::NotAllowed);
     }
-    match tokio::time::timeout(timeout, tokio::net::lookup_host(target.as_str())).await {
-        Ok(Ok(addrs)) => Ok(addrs.collect()),
-        Ok(Err(_)) => Err(OpenResult::Unreachable),
+    if let Ok(ip) = target.host().trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, target.port())]);
+    }
+    let permit = lookups.try_acquire().map_err(|_| OpenResult::Busy)?;
+    let name = target.as_str().to_owned();
+    // The lookup keeps its permit until it returns, even after we stop waiting for it.
+    let lookup = tokio::spawn(async move {
+        let found = tokio::net::lookup_host(name).await.map(Iterator::collect::<Vec<_>>);
+        drop(permit);
+        found
+    });
+    match tokio::time::timeout(timeout, lookup).await {
+        Ok(Ok(Ok(addrs))) => Ok(addrs),
+        Ok(_) => Err(OpenResult::Unreachable),
         Err(_) => Err(OpenResult::Timeout),
     }
 }
@@ -120,5 +153,53 @@ impl OwnAddresses {
             *read = Some((Instant::now(), addrs));
         }
         read.as_ref().is_some_and(|(_, addrs)| addrs.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(text: &str) -> Target {
+        Target::new(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[tokio::test]
+    async fn names_wait_for_no_lookup_slot_and_literals_need_none() {
+        static FULL: Semaphore = Semaphore::const_new(1);
+        let all = |_: &str, _| true;
+        let taken = FULL.try_acquire().unwrap_or_else(|e| panic!("{e}"));
+        // Every slot taken (lookups stuck in the system resolver): a name is refused at once.
+        let busy = resolve_within(&target("localhost:80"), Duration::from_secs(5), all, &FULL).await;
+        assert_eq!(busy, Err(OpenResult::Busy));
+        // Literals are not looked up.
+        let v4 = resolve_within(&target("192.0.2.1:80"), Duration::from_secs(5), all, &FULL).await;
+        assert_eq!(v4, Ok(vec![SocketAddr::from(([192, 0, 2, 1], 80))]));
+        let v6 = resolve_within(&target("[2001:db8::1]:443"), Duration::from_secs(5), all, &FULL).await;
+        assert_eq!(v6.map(|a| a.len()), Ok(1));
+        // A slot back: the name resolves (from the hosts file), and gives its slot back.
+        drop(taken);
+        let found = resolve_within(&target("localhost:80"), Duration::from_secs(5), all, &FULL).await;
+        assert!(found.is_ok_and(|a| !a.is_empty()));
+        assert_eq!(FULL.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn both_legs_of_a_relay_have_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let to = target(&addr.to_string());
+        let (dialed, accepted) = tokio::join!(
+            dial(&to, Duration::from_secs(5), |_, _| true, |_| true),
+            crate::accept::next(&listener, &stop)
+        );
+        let dialed = dialed.unwrap_or_else(|e| panic!("{e}"));
+        let (accepted, _) = accepted.unwrap_or_else(|| panic!("accepted"));
+        for tcp in [&dialed, &accepted] {
+            let sock = socket2::SockRef::from(tcp);
+            assert!(sock.keepalive().unwrap_or(false));
+            assert_eq!(sock.tcp_keepalive_time().ok(), Some(crate::accept::KEEPALIVE_IDLE));
+        }
     }
 }

@@ -17,6 +17,7 @@
 //!   copy. What is in flight is bounded by the QUIC stream window and the TCP socket buffers.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
@@ -35,10 +36,20 @@ const READ_CHUNK: usize = 64 * 1024;
 const SMALL_READ: usize = 4 * 1024;
 
 /// How long a finished relay waits for the peer to acknowledge its last bytes.
-pub const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Application error code sent with a stream reset or stop after a relay failure.
 pub const RELAY_ABORTED: VarInt = VarInt::from_u32(1);
+
+/// What bounds a relay besides its peers: the service's bandwidth on this end (TCP → QUIC),
+/// and an idle timeout (no byte either way for this long aborts it, as a reset both ways).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits<'a> {
+    /// What this end sends into the tunnel, if limited.
+    pub bandwidth: Option<&'a Bandwidth>,
+    /// Off when `None`.
+    pub idle: Option<Duration>,
+}
 
 /// Bytes moved by a finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,26 +63,35 @@ pub struct RelayStats {
 /// Relays until both directions have ended. Returns the byte counts, or the first error (after
 /// aborting both directions).
 pub async fn relay(tcp: TcpStream, send: SendStream, recv: RecvStream) -> io::Result<RelayStats> {
-    relay_gated(tcp, (send, recv), async |_| Ok(()), None).await
+    relay_gated(tcp, (send, recv), async |_| Ok(()), Limits::default()).await
 }
 
 /// Like [`relay`], but QUIC → TCP first runs `gate` on the receive half (the stream's opener
-/// reads the peer's answer there), while TCP → QUIC starts at once, within `limit` if given
-/// (the service's bandwidth on this end). An error from `gate` aborts both directions; if its
-/// kind is `ConnectionRefused` (the far end refused), the TCP socket is closed rather than
-/// reset, since nothing was carried back.
+/// reads the peer's answer there), while TCP → QUIC starts at once, within `limits`. An error
+/// from `gate` aborts both directions; if its kind is `ConnectionRefused` (the far end
+/// refused), the TCP socket is closed rather than reset, since nothing was carried back.
 pub async fn relay_gated(
     tcp: TcpStream,
     (mut send, mut recv): (SendStream, RecvStream),
     gate: impl AsyncFnOnce(&mut RecvStream) -> io::Result<()>,
-    limit: Option<&Bandwidth>,
+    limits: Limits<'_>,
 ) -> io::Result<RelayStats> {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
     let mut refused = false;
-    let result = tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send, limit), async {
-        gate(&mut recv).await.inspect_err(|e| refused = e.kind() == io::ErrorKind::ConnectionRefused)?;
-        quic_to_tcp(&mut recv, &mut tcp_write).await
-    });
+    let activity = limits.idle.map(|_| Activity::default());
+    let work = async {
+        tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send, limits.bandwidth, activity.as_ref()), async {
+            gate(&mut recv).await.inspect_err(|e| refused = e.kind() == io::ErrorKind::ConnectionRefused)?;
+            quic_to_tcp(&mut recv, &mut tcp_write, activity.as_ref()).await
+        })
+    };
+    let result = match (limits.idle, &activity) {
+        (Some(idle), Some(activity)) => tokio::select! {
+            result = work => result,
+            () = activity.idle_for(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "no data either way for the idle timeout")),
+        },
+        _ => work.await,
+    };
     match result {
         Ok((tcp_to_quic, quic_to_tcp)) => {
             // Our last bytes are written, not yet delivered: wait until the peer acknowledges
@@ -96,6 +116,38 @@ pub async fn relay_gated(
     }
 }
 
+/// When a relay last moved a byte, either way: milliseconds after it started.
+#[derive(Debug)]
+struct Activity {
+    started: tokio::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self { started: tokio::time::Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let due = self.started + last + idle;
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
 /// Closes the TCP socket with an RST. The halves are put back together first: dropping the
 /// write half alone would send a FIN before the reset, and the peer would read a clean end.
 fn reset_tcp(read: OwnedReadHalf, write: OwnedWriteHalf) {
@@ -110,7 +162,12 @@ pub fn reset(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
 }
 
-async fn tcp_to_quic(tcp: &mut OwnedReadHalf, send: &mut SendStream, limit: Option<&Bandwidth>) -> io::Result<u64> {
+async fn tcp_to_quic(
+    tcp: &mut OwnedReadHalf,
+    send: &mut SendStream,
+    limit: Option<&Bandwidth>,
+    activity: Option<&Activity>,
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         tcp.readable().await?;
@@ -122,6 +179,9 @@ async fn tcp_to_quic(tcp: &mut OwnedReadHalf, send: &mut SendStream, limit: Opti
             }
             Ok(n) => {
                 total += n as u64;
+                if let Some(activity) = activity {
+                    activity.touch();
+                }
                 if let Some(limit) = limit {
                     limit.consume(n).await;
                 }
@@ -139,7 +199,7 @@ async fn tcp_to_quic(tcp: &mut OwnedReadHalf, send: &mut SendStream, limit: Opti
 /// `writev` keeps the relay's fixed cost at 512 bytes.
 const CHUNKS_PER_WRITE: usize = 16;
 
-async fn quic_to_tcp(recv: &mut RecvStream, tcp: &mut OwnedWriteHalf) -> io::Result<u64> {
+async fn quic_to_tcp(recv: &mut RecvStream, tcp: &mut OwnedWriteHalf, activity: Option<&Activity>) -> io::Result<u64> {
     let mut total = 0u64;
     let mut chunks: [Bytes; CHUNKS_PER_WRITE] = Default::default();
     // `read_chunks` returns whatever is ready (at least one chunk), so a lone small message is
@@ -147,6 +207,9 @@ async fn quic_to_tcp(recv: &mut RecvStream, tcp: &mut OwnedWriteHalf) -> io::Res
     while let Some(n) = recv.read_chunks(&mut chunks).await? {
         let ready = &mut chunks[..n];
         total += ready.iter().map(|c| c.len() as u64).sum::<u64>();
+        if let Some(activity) = activity {
+            activity.touch();
+        }
         write_all_vectored(tcp, ready).await?;
     }
     tcp.shutdown().await?;

@@ -71,6 +71,9 @@ pub(crate) enum Refusal {
     ConnectionsPerUser,
     /// A vhost request over its user's `user_requests_per_minute` (answered `429`).
     RequestRate,
+    /// A connection to the vhost, HTTPS or a proxy while `max_silent_connections` others have
+    /// not sent anything yet.
+    SilentConnections,
 }
 
 impl Refusal {
@@ -85,6 +88,7 @@ impl Refusal {
             Self::SharedTokenFull => "shared_token_full",
             Self::ConnectionsPerUser => "connections_per_user",
             Self::RequestRate => "request_rate",
+            Self::SilentConnections => "silent_connections",
         }
     }
 }
@@ -184,7 +188,7 @@ impl Default for Metrics {
         registry.register(
             "refused",
             "Connections refused by a limit, by cause (unauthenticated_per_address, unauthenticated_evicted, \
-             auth_timeout, early_datagram, server_full, name_in_use, shared_token_full, connections_per_user, request_rate)",
+             auth_timeout, early_datagram, server_full, name_in_use, shared_token_full, connections_per_user, request_rate, silent_connections)",
             m.refused.clone(),
         );
         registry.register(

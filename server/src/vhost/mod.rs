@@ -8,7 +8,9 @@
 //! - `sni`: the HTTPS port: reads the ClientHello (rustls's `Acceptor`), then passes every
 //!   byte through, or terminates TLS.
 //! - `rate`: the per-user request rate (`429` with `Retry-After`).
+//! - `body`: the request-body timeout (`408`).
 
+mod body;
 mod rate;
 mod serve;
 mod sni;

@@ -21,6 +21,7 @@ use wmproxy_config::vhost::normalize_host;
 use wmproxy_frontend::http::{Body, plain, strip_hop_by_hop};
 use wmproxy_tunnel::{Ask, OpenError, Upstream};
 
+use super::body::TimedBody;
 use crate::metrics::Refusal;
 use crate::routes::Routes;
 use crate::runtime::Serving;
@@ -40,6 +41,8 @@ pub(crate) struct Vhost {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Requests per user, over the vhost and the terminating HTTPS port together.
     pub rate: Arc<super::rate::RequestRate>,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
 }
 
 /// Accepts users on the vhost port until `shutdown`.
@@ -47,10 +50,13 @@ pub(crate) async fn serve(listener: TcpListener, vhost: Vhost, shutdown: Cancell
     let users = vhost.serving.users.clone();
     while let Some((tcp, peer, permit)) = wmproxy_tunnel::accept::next_user(&listener, &shutdown, &users).await {
         let span = info_span!("vhost_user", %peer);
-        let user = connection(tcp, peer, Scheme::Http, vhost.clone());
-        vhost.serving.runtime.tracker.spawn(
+        let vhost = vhost.clone();
+        let tracker = vhost.serving.runtime.tracker.clone();
+        tracker.spawn(
             async move {
-                user.await;
+                if vhost.serving.silent.first_bytes(&tcp, vhost.header_read_timeout).await {
+                    connection(tcp, peer, Scheme::Http, vhost).await;
+                }
                 drop(permit)
             }
             .instrument(span),
@@ -183,8 +189,13 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, vh
         }
         .in_current_span(),
     );
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|body| TimedBody::new(body, vhost.body_timeout, fired.clone()));
     let mut response = match sender.send_request(req).await {
         Ok(response) => response,
+        Err(_) if fired.load(std::sync::atomic::Ordering::Relaxed) => {
+            return plain(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time\n");
+        }
         Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -42,6 +42,9 @@ pub(crate) async fn serve(listener: TcpListener, vhost: Vhost, shutdown: Cancell
 
 async fn connection(mut tcp: TcpStream, peer: SocketAddr, vhost: Vhost) {
     let timeout = vhost.header_read_timeout;
+    if !vhost.serving.silent.first_bytes(&tcp, timeout).await {
+        return debug!("no first bytes; closing");
+    }
     let (sni, hello) = match tokio::time::timeout(timeout, client_hello(&mut tcp)).await {
         Ok(Ok(read)) => read,
         Ok(Err(why)) => return debug!(why, "not a usable ClientHello; closing"),

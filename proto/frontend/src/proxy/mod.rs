@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 use wmproxy_tunnel::Upstream;
+use wmproxy_tunnel::accept::Silent;
 use wmproxy_tunnel::udp::UdpStats;
 use wmproxy_tunnel::users::UserLimit;
 
@@ -59,6 +60,9 @@ pub struct ProxySettings {
     pub udp_stats: Arc<UdpStats>,
     /// Connections per user (unlimited unless [`ProxySettings::with_users`]).
     pub users: Arc<UserLimit>,
+    /// Connections that have not sent their first bytes (uncapped unless
+    /// [`ProxySettings::with_users`]).
+    pub silent: Arc<Silent>,
 }
 
 impl ProxySettings {
@@ -70,13 +74,22 @@ impl ProxySettings {
         udp_stats: Arc<UdpStats>,
     ) -> Self {
         let credentials = credentials.map(|(u, p)| Credentials { username: u.to_owned(), password: p.to_owned() });
-        Self { kind, credentials, handshake_timeout, udp_stats, users: UserLimit::unlimited() }
+        Self {
+            kind,
+            credentials,
+            handshake_timeout,
+            udp_stats,
+            users: UserLimit::unlimited(),
+            silent: Silent::unlimited(),
+        }
     }
 
-    /// Caps each user's connections with `users` (shared with the other public listeners).
+    /// Caps each user's connections with `users`, and the connections that have not sent
+    /// anything yet with `silent` (both shared with the other public listeners).
     #[must_use]
-    pub fn with_users(mut self, users: Arc<UserLimit>) -> Self {
+    pub fn with_users(mut self, users: Arc<UserLimit>, silent: Arc<Silent>) -> Self {
         self.users = users;
+        self.silent = silent;
         self
     }
 }
@@ -97,6 +110,9 @@ pub async fn serve<U: Upstream>(
         let tasks = tracker.clone();
         let user = async move {
             let _permit = permit;
+            if !settings.silent.first_bytes(&tcp, settings.handshake_timeout).await {
+                return tracing::debug!("no first bytes; closing");
+            }
             let served = async {
                 match settings.kind {
                     ProxyKind::Socks5 => socks5::serve(tcp, peer, settings, upstream, tasks).await,
