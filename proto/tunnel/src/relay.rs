@@ -85,19 +85,25 @@ pub async fn relay_gated(
             quic_to_tcp(&mut recv, &mut tcp_write, activity.as_ref()).await
         })
     };
-    let result = match (limits.idle, &activity) {
-        (Some(idle), Some(activity)) => tokio::select! {
-            result = work => result,
-            () = activity.idle_for(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "no data either way for the idle timeout")),
-        },
-        _ => work.await,
+    // One `select!` either way, so `work` (the relay's state) is stored once.
+    let idle = async {
+        match (limits.idle, &activity) {
+            // Boxed: an idle relay (the common case) keeps no timer inline.
+            (Some(idle), Some(activity)) => Box::pin(activity.idle_for(idle)).await,
+            _ => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        result = work => result,
+        () = idle => Err(io::Error::new(io::ErrorKind::TimedOut, "no data either way for the idle timeout")),
     };
     match result {
         Ok((tcp_to_quic, quic_to_tcp)) => {
             // Our last bytes are written, not yet delivered: wait until the peer acknowledges
             // them, so that a drain waiting on this relay (its permit) never closes the tunnel
-            // under them.
-            if tokio::time::timeout(DELIVERY_TIMEOUT, send.stopped()).await.is_err() {
+            // under them. (Boxed: a relay's state while it carries data holds no timer.)
+            if Box::pin(tokio::time::timeout(DELIVERY_TIMEOUT, send.stopped())).await.is_err() {
                 tracing::debug!("the peer did not acknowledge the stream's end in time");
             }
             Ok(RelayStats { tcp_to_quic, quic_to_tcp })
@@ -183,7 +189,8 @@ async fn tcp_to_quic(
                     activity.touch();
                 }
                 if let Some(limit) = limit {
-                    limit.consume(n).await;
+                    // Boxed, so an unlimited relay's state holds no timer.
+                    Box::pin(limit.consume(n)).await;
                 }
                 let chunk = if n <= SMALL_READ { Bytes::copy_from_slice(&buf) } else { buf.freeze() };
                 send.write_chunk(chunk).await?;

@@ -49,11 +49,11 @@ pub(crate) async fn serve(group: Arc<Group>, socket: GroupSocket, serving: Servi
                 wmproxy_tunnel::accept::next_user(&listener, &stop, &serving.users).await
             {
                 let span = info_span!("stream", group = %group.name, %peer, backend = tracing::field::Empty);
-                let user = serve_user(group.clone(), tcp, peer, serving.clone(), stop.clone());
+                let (group, served, stop) = (group.clone(), serving.clone(), stop.clone());
                 serving.runtime.tracker.spawn(
                     async move {
-                        user.await;
-                        drop(permit)
+                        let _permit = permit;
+                        serve_user(group, tcp, peer, served, stop).await;
                     }
                     .instrument(span),
                 );

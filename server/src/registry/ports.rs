@@ -118,11 +118,12 @@ pub(crate) fn udp(
 async fn accept_users(listener: TcpListener, upstream: ServiceUpstream, serving: Serving, stop: CancellationToken) {
     while let Some((tcp, peer, permit)) = wmproxy_tunnel::accept::next_user(&listener, &stop, &serving.users).await {
         let span = info_span!("stream", %peer);
-        let task = carry(tcp, peer, upstream.clone(), serving.clone(), stop.clone());
+        // The future is made inside the task (not moved into it), so it is stored once.
+        let (upstream, carried, stop) = (upstream.clone(), serving.clone(), stop.clone());
         serving.runtime.tracker.spawn(
             async move {
-                task.await;
-                drop(permit)
+                let _permit = permit;
+                carry(tcp, peer, upstream, carried, stop).await;
             }
             .instrument(span),
         );

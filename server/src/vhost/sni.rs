@@ -29,11 +29,11 @@ pub(crate) async fn serve(listener: TcpListener, vhost: Vhost, shutdown: Cancell
     let users = vhost.serving.users.clone();
     while let Some((tcp, peer, permit)) = wmproxy_tunnel::accept::next_user(&listener, &shutdown, &users).await {
         let span = info_span!("tls_user", %peer, sni = tracing::field::Empty);
-        let user = connection(tcp, peer, vhost.clone());
+        let served = vhost.clone();
         vhost.serving.runtime.tracker.spawn(
             async move {
-                user.await;
-                drop(permit)
+                let _permit = permit;
+                connection(tcp, peer, served).await;
             }
             .instrument(span),
         );
