@@ -43,10 +43,10 @@ pub(crate) fn authenticate(
         None => AuthToken::new(&b"wmproxy-no-such-client"[..]),
     };
     // The proof first: a correct one is never refused for failures, its own or anyone else's.
-    if auth::verify(&token, &exporter, &hello.proof) && entry.is_some() {
+    if let Some(entry) = entry.filter(|_| auth::verify(&token, &exporter, &hello.proof)) {
         sessions.throttle().record_success(peer.ip(), &hello.client_name);
         let shared = !config.clients.contains_key(hello.client_name.as_str());
-        let token = entry.map(|e| e.token.clone()).unwrap_or_else(|| Secret::new(""));
+        let token = entry.token.clone();
         return Ok(Proven { name: hello.client_name, resume: hello.resume, shared, token });
     }
     match sessions.throttle().record_failure(peer.ip(), &hello.client_name, Instant::now()) {

@@ -75,6 +75,6 @@ pub(crate) async fn serve(
     };
     let udp_stats = via.udp.stats.clone();
     let settings = ProxySettings::new(kind, proxy.proxy.credential_pair(), proxy.proxy.handshake_timeout, udp_stats)
-        .with_users(serving.users.clone(), serving.silent.clone());
+        .with_limits(serving.users.clone(), serving.silent.clone());
     front::serve(listener, settings, Arc::new(via), serving.runtime.tracker, (stop, serving.grace)).await;
 }

@@ -3,8 +3,8 @@
 //! second of it. Each end limits what it sends into the tunnel: the client the service's
 //! replies, the server the users' bytes.
 //!
-//! TCP waits ([`Bandwidth::consume`]): the relay stops reading until the bytes it read may
-//! pass, so TCP's own flow control slows the sender and nothing is lost. UDP polices
+//! TCP waits ([`Bandwidth::charge`] says how long): the relay stops reading until the bytes it
+//! read may pass, so TCP's own flow control slows the sender and nothing is lost. UDP polices
 //! ([`Bandwidth::try_take`]): a packet over the limit is dropped and counted, as a router
 //! would.
 
@@ -40,17 +40,12 @@ impl Bandwidth {
         Arc::new(Self { rate, burst, bucket: Mutex::new(Bucket { tokens: burst, at: Instant::now() }) })
     }
 
-    /// Counts `n` bytes sent, and waits until the bucket is out of debt again.
-    pub async fn consume(&self, n: usize) {
-        let wait = {
-            let mut bucket = self.refilled();
-            let n = n as f64;
-            bucket.tokens -= n;
-            if bucket.tokens >= 0.0 { None } else { Some(Duration::from_secs_f64(-bucket.tokens / self.rate)) }
-        };
-        if let Some(wait) = wait {
-            tokio::time::sleep(wait).await;
-        }
+    /// Counts `n` bytes sent; how long the sender should wait before it sends more, if the
+    /// bucket is in debt. No timer and no await while the sender stays within the limit.
+    pub fn charge(&self, n: usize) -> Option<Duration> {
+        let mut bucket = self.refilled();
+        bucket.tokens -= n as f64;
+        (bucket.tokens < 0.0).then(|| Duration::from_secs_f64(-bucket.tokens / self.rate))
     }
 
     /// Takes `n` bytes if the bucket holds them now (a UDP packet); otherwise takes nothing.
@@ -84,9 +79,10 @@ mod tests {
         let limit = Bandwidth::new(100_000);
         let start = Instant::now();
         // The first second's worth passes at once; each further 100 kB costs a second.
-        limit.consume(100_000).await;
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        limit.consume(300_000).await;
+        assert_eq!(limit.charge(100_000), None);
+        let wait = limit.charge(300_000).unwrap_or_default();
+        assert_eq!(wait, Duration::from_secs(3));
+        tokio::time::sleep(wait).await;
         assert_eq!(start.elapsed(), Duration::from_secs(3));
         // UDP: nothing left now, so a packet is dropped; half a second later 50 kB pass.
         assert!(!limit.try_take(1_000));

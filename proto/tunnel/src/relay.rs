@@ -188,9 +188,9 @@ async fn tcp_to_quic(
                 if let Some(activity) = activity {
                     activity.touch();
                 }
-                if let Some(limit) = limit {
-                    // Boxed, so an unlimited relay's state holds no timer.
-                    Box::pin(limit.consume(n)).await;
+                if let Some(wait) = limit.and_then(|l| l.charge(n)) {
+                    // Boxed, so a relay's state holds no timer unless it is over its limit.
+                    Box::pin(tokio::time::sleep(wait)).await;
                 }
                 let chunk = if n <= SMALL_READ { Bytes::copy_from_slice(&buf) } else { buf.freeze() };
                 send.write_chunk(chunk).await?;

@@ -17,17 +17,20 @@ use tokio::time::{Instant, Sleep};
 pub(crate) struct BodyTimedOut;
 
 /// `inner`, failing with [`BodyTimedOut`] when no piece of it arrives within `timeout` of the
-/// last (or of the start); `fired` is set then.
+/// last (or of the start); `fired` is set then. The timer is made only when the body first has
+/// to wait (a request without a body never needs one), and a piece that arrives only moves the
+/// deadline: the timer is reset when it goes off early.
 pub(crate) struct TimedBody<B> {
     inner: B,
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
     fired: Arc<AtomicBool>,
 }
 
 impl<B> TimedBody<B> {
     pub fn new(inner: B, timeout: Duration, fired: Arc<AtomicBool>) -> Self {
-        Self { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)), fired }
+        Self { inner, timeout, deadline: Instant::now() + timeout, sleep: None, fired }
     }
 }
 
@@ -44,19 +47,22 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.timeout;
-                this.sleep.as_mut().reset(deadline);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.deadline = Instant::now() + this.timeout;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.fired.store(true, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(Box::new(BodyTimedOut))))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            if Instant::now() >= this.deadline {
+                this.fired.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+            }
+            // Pieces came since the timer was set: wait for the moved deadline.
+            sleep.as_mut().reset(this.deadline);
         }
     }
 

@@ -58,10 +58,10 @@ pub struct ProxySettings {
     pub handshake_timeout: Duration,
     /// Where packets a SOCKS5 UDP association drops are counted (this end's UDP counters).
     pub udp_stats: Arc<UdpStats>,
-    /// Connections per user (unlimited unless [`ProxySettings::with_users`]).
+    /// Connections per user (unlimited unless [`ProxySettings::with_limits`]).
     pub users: Arc<UserLimit>,
     /// Connections that have not sent their first bytes (uncapped unless
-    /// [`ProxySettings::with_users`]).
+    /// [`ProxySettings::with_limits`]).
     pub silent: Arc<Silent>,
 }
 
@@ -87,7 +87,7 @@ impl ProxySettings {
     /// Caps each user's connections with `users`, and the connections that have not sent
     /// anything yet with `silent` (both shared with the other public listeners).
     #[must_use]
-    pub fn with_users(mut self, users: Arc<UserLimit>, silent: Arc<Silent>) -> Self {
+    pub fn with_limits(mut self, users: Arc<UserLimit>, silent: Arc<Silent>) -> Self {
         self.users = users;
         self.silent = silent;
         self
