@@ -70,12 +70,20 @@ impl TunnelError {
         }
     }
 
+    /// Whether the peer closed or abandoned the connection during the QUIC handshake: what a
+    /// restarting client or a scanner does, routine rather than a fault.
+    fn abandoned(&self) -> bool {
+        use quinn::ConnectionError as E;
+        matches!(self, Self::Quic(E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::Reset | E::TimedOut))
+    }
+
     /// Counts a failed handshake in `metrics`: by the limit that refused it, as an auth
-    /// failure, or as a failed handshake.
+    /// failure, as abandoned by the peer, or as a failed handshake.
     fn count(&self, metrics: &Metrics) {
         let counter = match (self.refusal(), self) {
             (Some(refusal), _) => return metrics.refused(refusal),
             (None, Self::Rejected(_)) => &metrics.auth_failures,
+            (None, e) if e.abandoned() => &metrics.handshakes_abandoned,
             (None, _) => &metrics.handshakes_failed,
         };
         counter.inc();
@@ -126,6 +134,7 @@ impl Tunnels {
         match self.run(incoming, slot).await {
             Ok(()) => info!("tunnel closed"),
             Err(TunnelError::Rejected(reason)) => warn!(%reason, "client rejected"),
+            Err(e) if e.abandoned() => debug!(error = %e, "the peer left during the handshake"),
             Err(e) => warn!(error = %e, side = %e.side(), "tunnel ended"),
         }
     }

@@ -6,7 +6,7 @@
 //! - [`TestServer`], [`TestClient`]: a server or client with test defaults, running in a task.
 //! - [`backend`]: TCP backends (echo with half-close, a reply-after-EOF server).
 //! - [`raw`]: a hand-driven QUIC peer for adversarial tests (garbage, oversized frames).
-//! - [`metrics`]: a server's `/metrics`, parsed.
+//! - [`metrics`]: a server's `/metrics`, parsed. [`logs`]: what the binary logged, captured.
 //! - [`groups`]: load-balancing config entries, tagged and switchable backends, HTTP health
 //!   endpoints.
 //! - [`proxy`]: an HTTP file server, proxy entries, curl, raw SOCKS5 bytes.
@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod groups;
+pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;

@@ -145,6 +145,9 @@ pub(crate) struct Metrics {
     pub reloads: Counter,
     pub reload_failures: Counter,
     pub last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Connections the peer closed (or let time out) during the QUIC handshake: a client
+    /// restarting, a port scanner. Routine, so logged at debug only.
+    pub handshakes_abandoned: Counter,
 }
 
 impl Default for Metrics {
@@ -164,7 +167,11 @@ impl Default for Metrics {
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             last_reload_ok: Gauge::default(),
+            handshakes_abandoned: Counter::default(),
         };
+        // The config the server started with was valid: an alert on `== 0` must not fire on a
+        // fresh server that has not been reloaded yet.
+        m.last_reload_ok.set(1);
         let mut registry = Registry::with_prefix("wmproxy");
         registry.register(
             "tunnels_accepted",
@@ -176,6 +183,11 @@ impl Default for Metrics {
             "handshakes_failed",
             "Tunnel handshakes that failed or timed out (not auth)",
             m.handshakes_failed.clone(),
+        );
+        registry.register(
+            "handshakes_abandoned",
+            "Connections the peer closed or abandoned during the QUIC handshake (a client restarting, a scanner)",
+            m.handshakes_abandoned.clone(),
         );
         registry.register("auth_failures", "Tunnels refused for bad credentials or version", m.auth_failures.clone());
         m.services.register(&mut registry);
@@ -200,7 +212,7 @@ impl Default for Metrics {
         registry.register("reload_failures", "Config reloads refused (invalid config)", m.reload_failures.clone());
         registry.register(
             "last_reload_success",
-            "1 if the last reload applied, 0 if it was refused",
+            "0 after a reload was refused, 1 after one applied, and 1 at start (the config loaded at start was valid)",
             m.last_reload_ok.clone(),
         );
         Self { registry, ..m }

@@ -1,0 +1,8 @@
+//! What a new operator trips over (issue 19): what the ends log, count and report, and how
+//! they read their config. Each module is one part of the issue; every test here installs the
+//! binary's log capture ([`wmproxy_tests::logs`]) and picks out its own events.
+//!
+//! - `metrics`: `last_reload_success` at start; a peer leaving during the handshake is
+//!   counted, at debug.
+
+mod metrics;
