@@ -157,6 +157,12 @@ impl TunnelSetup {
 /// finished and its last bytes are acknowledged, as the server's drain does.
 async fn drain(tunnel: &Tunnel, exposed: &TaskTracker) {
     exposed.close();
+    let connections = exposed.len() + tunnel.streams_open(LOCAL_STREAMS);
+    info!(
+        connections,
+        grace_secs = DRAIN_TIMEOUT.as_secs(),
+        "stopping: connections in flight get the drain time (a second signal stops at once)"
+    );
     let finished = async {
         exposed.wait().await;
         tunnel.streams_finished(LOCAL_STREAMS).await;

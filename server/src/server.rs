@@ -408,12 +408,22 @@ impl Server {
                 }
             }
         }
-        info!("shutting down");
+        let grace = tunnels.limits.drain_grace();
+        let (clients, connections) = tunnels.in_flight();
+        info!(
+            clients,
+            connections,
+            grace_secs = grace.as_secs(),
+            "stopping: no new connections; those in flight get the drain grace (a second signal stops at once)"
+        );
         drop(stop_guard);
         tracker.close();
-        let drain = tunnels.limits.drain_grace().saturating_add(DRAIN_TIMEOUT);
-        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-            warn!("tasks still running after the drain timeout; closing anyway");
+        let started = tokio::time::Instant::now();
+        if tokio::time::timeout(grace.saturating_add(DRAIN_TIMEOUT), tracker.wait()).await.is_err() {
+            let (clients, connections) = tunnels.in_flight();
+            warn!(clients, connections, "tasks still running after the drain timeout; closing anyway");
+        } else {
+            info!(drained_in_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "drained");
         }
         endpoint.close(VarInt::from_u32(close_code::NORMAL), b"server shutting down");
         endpoint.wait_idle().await;

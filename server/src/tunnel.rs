@@ -191,6 +191,16 @@ impl Tunnels {
         served
     }
 
+    /// Tunnels up now, and the connections through them either way (public connections to
+    /// their services, their forwards and proxies): what a stop has to drain.
+    pub(crate) fn in_flight(&self) -> (usize, usize) {
+        let all = self.limits.max_streams_per_client;
+        let sessions = self.sessions.all();
+        let open =
+            |s: &Session| s.tunnel.streams_open(all) + (all as usize).saturating_sub(s.forwards.available_permits());
+        (sessions.len(), sessions.iter().map(|s| open(s)).sum())
+    }
+
     /// The handle of a new tunnel, with this server's per-client limits.
     pub(crate) fn tunnel(&self, conn: quinn::Connection) -> Arc<Tunnel> {
         let streams = Arc::new(Semaphore::new(self.limits.max_streams_per_client as usize));

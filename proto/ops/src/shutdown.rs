@@ -2,8 +2,19 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `shutdown` on Ctrl-C (SIGINT) or, on Unix, SIGTERM. Run it in a spawned task.
+/// Cancels `shutdown` on the first Ctrl-C (SIGINT) or, on Unix, SIGTERM, which starts a
+/// graceful stop (a drain). A second one during the drain exits the process at once (status
+/// 130), as most daemons do. Run it in a spawned task.
 pub async fn on_signal(shutdown: CancellationToken) {
+    stop_signal().await;
+    shutdown.cancel();
+    stop_signal().await;
+    tracing::warn!("second stop signal: exiting now, without waiting for the drain");
+    std::process::exit(130);
+}
+
+/// Waits for one SIGINT or SIGTERM (on other systems, Ctrl-C).
+async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -21,7 +32,6 @@ pub async fn on_signal(shutdown: CancellationToken) {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
 }
 
 /// Runs `reload` on each SIGHUP, for the life of the process (on other systems, never). Run it

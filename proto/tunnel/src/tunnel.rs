@@ -53,6 +53,11 @@ impl Tunnel {
         let _all = self.streams.acquire_many(all).await;
     }
 
+    /// Data streams this end has open towards the peer now, of at most `all`.
+    pub fn streams_open(&self, all: u32) -> usize {
+        (all as usize).saturating_sub(self.streams.available_permits())
+    }
+
     /// A permit for one more UDP flow, or `None` at the limit.
     pub fn flow_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.udp_flows.clone().try_acquire_owned().ok()
