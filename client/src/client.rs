@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 use wmproxy_config::{ClientConfig, ForwardKind};
 use wmproxy_tunnel::transport;
 use wmproxy_tunnel::udp::UdpStats;
@@ -146,6 +146,9 @@ impl Client {
         let tracker = TaskTracker::new();
         let metrics = Arc::new(crate::metrics::Metrics::default());
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {
+            if let Ok(addr) = listener.local_addr() {
+                info!(listener = "control", %addr, "listening");
+            }
             let api = crate::control::ClientControl {
                 status: status.subscribe(),
                 reloader: reloader.clone(),
@@ -158,6 +161,23 @@ impl Client {
             tracker.spawn(serve.instrument(info_span!("control_api")));
         }
         let (installer, current) = CurrentTunnel::new(STREAM_OPEN_TIMEOUT);
+        for local in &locals {
+            let addr = local.local_addr().ok();
+            match local {
+                LocalListener::Tcp(_, target) => {
+                    info!(listener = "forward", protocol = "tcp", addr = ?addr, %target, "listening")
+                }
+                LocalListener::Udp(_, target) => {
+                    info!(listener = "forward", protocol = "udp", addr = ?addr, %target, "listening")
+                }
+                LocalListener::Ws(_, url) => {
+                    info!(listener = "forward", protocol = "ws", addr = ?addr, target = %url, "listening")
+                }
+                LocalListener::Proxy(_, p) => {
+                    info!(listener = "proxy", kind = p.kind.as_str(), addr = ?addr, "listening")
+                }
+            }
+        }
         for local in locals {
             let span = info_span!("forward", listen = ?local.local_addr().ok());
             let (current, tasks, stop) = (current.clone(), tracker.clone(), shutdown.clone());

@@ -15,7 +15,7 @@ use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use wmproxy_ops::control::{ControlApi, Reply, ServiceStatus};
+use wmproxy_ops::control::{ControlApi, HttpNames, Reply, ServiceStatus};
 
 use crate::reload::{ReloadError, Reloader};
 use crate::status::ClientStatus;
@@ -75,7 +75,13 @@ impl ClientControl {
             ClientStatus::Connecting { last_error, .. } => ("connecting", last_error.clone(), Vec::new()),
             ClientStatus::Stopped { error } => ("stopped", error.clone(), Vec::new()),
             ClientStatus::Connected { services } => {
-                ("connected", None, services.iter().map(ServiceStatus::from).collect())
+                let running = self.reloader.running();
+                let http = |name: &wmproxy_wire::Name| {
+                    let service = running.services.iter().find(|s| s.name == *name)?;
+                    wmproxy_wire::ServiceSpec::from(service).http.as_ref().map(HttpNames::from)
+                };
+                let services = services.iter().map(|r| ServiceStatus::from(r).with_http(http(&r.name))).collect();
+                ("connected", None, services)
             }
         };
         Status { state, last_error, services }

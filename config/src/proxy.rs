@@ -24,6 +24,16 @@ pub enum ProxyType {
     Http,
 }
 
+impl ProxyType {
+    /// Its name in the config: `socks5` or `http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Socks5 => "socks5",
+            Self::Http => "http",
+        }
+    }
+}
+
 /// The keys of a client's proxy, whatever its protocol.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use wmproxy_ops::control::{ControlApi, Reply, ServiceStatus};
+use wmproxy_config::GroupKind;
+use wmproxy_ops::control::{ControlApi, HttpNames, Reply, ServiceStatus};
 use wmproxy_tunnel::udp::UdpStats;
 
 use crate::groups::{GroupStatus, Groups};
@@ -99,6 +100,19 @@ impl ControlApi for ServerControl {
 impl ServerControl {
     fn status(&self) -> Status {
         let mut groups = self.groups.statuses();
+        let config = self.config.snapshot();
+        for group in &mut groups {
+            let entry = config.groups.iter().find(|g| g.name.as_str() == group.name);
+            group.http = entry.and_then(|g| match &g.kind {
+                GroupKind::Http { custom_domains, locations } => {
+                    Some(HttpNames { domains: custom_domains.clone(), subdomain: None, locations: locations.clone() })
+                }
+                GroupKind::Https { custom_domains } => {
+                    Some(HttpNames { domains: custom_domains.clone(), ..Default::default() })
+                }
+                GroupKind::Tcp { .. } | GroupKind::Udp { .. } => None,
+            });
+        }
         for backend in groups.iter_mut().flat_map(|g| g.backends.iter_mut()) {
             backend.traffic = self.metrics.traffic(&backend.client, &backend.service);
         }
@@ -115,7 +129,7 @@ impl ServerControl {
                     .results()
                     .iter()
                     .map(|r| ServiceTraffic {
-                        result: ServiceStatus::from(r),
+                        result: ServiceStatus::from(r).with_http(s.route_of(&r.name)),
                         traffic: self.metrics.traffic(&s.name, &r.name),
                     })
                     .collect(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, info, info_span};
 use wmproxy_config::{GroupEntry, GroupKind, ServerProxy};
 
 use crate::groups::{self, Group, GroupSocket, Groups};
@@ -66,6 +66,8 @@ impl Listeners {
     pub fn start_group_port(&self, group: Arc<Group>, socket: GroupSocket) {
         let stop = self.serving.runtime.listener_stop();
         let span = info_span!("group", name = %group.name, port = group.port());
+        let (protocol, addr) = socket.describe();
+        info!(listener = "group", group = %group.name, protocol, addr = ?addr, "listening");
         let serve = groups::serve_port(group.clone(), socket, self.serving.clone(), stop.clone());
         self.serving.runtime.tracker.spawn(serve.instrument(span));
         let listener = Listener { stop, routes: None, addr: None };
@@ -101,6 +103,8 @@ impl Listeners {
         };
         let stop = self.serving.runtime.listener_stop();
         let span = info_span!("proxy", listen = %proxy.proxy.listen, via = %proxy.via);
+        let kind = proxy.proxy.kind.as_str();
+        info!(listener = "proxy", kind, addr = ?bound, via = %proxy.via, "listening");
         let via = Via {
             name: proxy.via.clone(),
             sessions: self.sessions.clone(),

@@ -355,6 +355,16 @@ impl Server {
         } = self;
         let runtime = handle.runtime.clone();
         let root = runtime.shutdown.clone();
+        if let Ok(addr) = endpoint.local_addr() {
+            info!(listener = "tunnel", protocol = "quic (udp)", %addr, "listening");
+        }
+        for (listener, addr) in
+            [("control", handle.bound.control), ("vhost", handle.bound.vhost), ("https", handle.bound.https)]
+        {
+            if let Some(addr) = addr {
+                info!(listener, protocol = "tcp", %addr, "listening");
+            }
+        }
         let tracker = runtime.tracker.clone();
         if let Some((listener, token)) = control {
             let api = ServerControl {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use wmproxy_ops::control::HttpNames;
 use wmproxy_tunnel::Tunnel;
 use wmproxy_wire::{MAX_SERVICES, Name, ResumeSecret, ServiceResult};
 
@@ -45,6 +46,8 @@ pub(crate) struct Session {
     pub registration: tokio::sync::Mutex<()>,
     /// What its latest registration asked and got, for status output.
     results: Mutex<Vec<ServiceResult>>,
+    /// The host names and paths its published HTTP services hold, for status output.
+    routes: Mutex<Vec<(Name, HttpNames)>>,
     /// Services a reload withdrew that the client has not been told of yet (one per name, so
     /// at most [`MAX_SERVICES`]), and the signal that there are some.
     withdrawn: (Mutex<Vec<ServiceResult>>, Notify),
@@ -62,8 +65,15 @@ impl Session {
     }
 
     /// Records the latest registration's results.
-    pub fn set_results(&self, results: &[ServiceResult]) {
+    pub fn set_results(&self, results: &[ServiceResult], routes: Vec<(Name, HttpNames)>) {
         *self.results.lock().unwrap_or_else(|p| p.into_inner()) = results.to_vec();
+        *self.routes.lock().unwrap_or_else(|p| p.into_inner()) = routes;
+    }
+
+    /// The host names and paths the HTTP service `service` holds, if it is one and published.
+    pub fn route_of(&self, service: &str) -> Option<HttpNames> {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.iter().find(|(name, _)| name.as_str() == service).map(|(_, spec)| spec.clone())
     }
 
     /// Records that `withdrawn` were taken back (each with the refusal it would get now): in
@@ -170,6 +180,7 @@ impl Sessions {
             place: Mutex::new(Some(place)),
             registration: tokio::sync::Mutex::default(),
             results: Mutex::default(),
+            routes: Mutex::default(),
             withdrawn: Default::default(),
         })
     }

@@ -331,6 +331,8 @@ pub struct TestClient {
     pub udp: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
     /// Where its forwards listen.
     pub forward_addrs: Vec<SocketAddr>,
+    /// Where its control API listens, if its config has `[control]`.
+    pub control_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), ClientError>>>,
 }
@@ -347,10 +349,11 @@ impl TestClient {
         adjust(&mut client);
         let status = client.status();
         let forward_addrs = client.forward_addrs();
+        let control_addr = client.control_addr();
         let udp = client.udp_stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(client.run(shutdown.clone()));
-        Ok(Self { status, udp, forward_addrs, shutdown, task: Some(task) })
+        Ok(Self { status, udp, forward_addrs, control_addr, shutdown, task: Some(task) })
     }
 
     /// Starts a client from the config file at `path`, as the binary does (`/reload` reads

@@ -117,6 +117,9 @@ pub struct ServiceStatus {
     pub outcome: String,
     /// Its public port, once published.
     pub port: Option<u16>,
+    /// For an HTTP, HTTPS or WebSocket service, the names and paths it is reached by.
+    #[serde(flatten)]
+    pub http: Option<HttpNames>,
 }
 
 impl From<&wmproxy_wire::ServiceResult> for ServiceStatus {
@@ -127,7 +130,41 @@ impl From<&wmproxy_wire::ServiceResult> for ServiceStatus {
             RegisterOutcome::Joined { port } => ("joined".to_owned(), Some(*port)),
             refused => (refused.to_string(), None),
         };
-        Self { name: result.name.to_string(), outcome, port }
+        Self { name: result.name.to_string(), outcome, port, http: None }
+    }
+}
+
+impl ServiceStatus {
+    /// The status with the names and paths of an HTTP service.
+    #[must_use]
+    pub fn with_http(mut self, http: Option<HttpNames>) -> Self {
+        self.http = http;
+        self
+    }
+}
+
+/// What a service or group on the vhost or HTTPS port is reached by: its host names, its
+/// subdomain (under the server's `subdomain_host`) and its paths. No credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HttpNames {
+    /// Host names (`example.com`, `*.example.com`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// A name under the server's `subdomain_host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+    /// Path prefixes (every path when empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<String>,
+}
+
+impl From<&wmproxy_wire::HttpSpec> for HttpNames {
+    fn from(spec: &wmproxy_wire::HttpSpec) -> Self {
+        Self {
+            domains: spec.custom_domains.clone(),
+            subdomain: spec.subdomain.clone(),
+            locations: spec.locations.clone(),
+        }
     }
 }
 

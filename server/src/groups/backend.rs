@@ -69,6 +69,9 @@ pub struct GroupStatus {
     pub name: String,
     /// Its public port.
     pub port: u16,
+    /// For an HTTP or HTTPS group, the names and paths it is reached by.
+    #[serde(flatten)]
+    pub http: Option<wmproxy_ops::control::HttpNames>,
     /// Its backends, in the order they joined.
     pub backends: Vec<BackendStatus>,
 }

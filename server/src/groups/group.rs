@@ -164,7 +164,7 @@ impl Group {
     pub fn status(&self) -> GroupStatus {
         let now = Instant::now();
         let backends = self.members().backends.iter().map(|b| b.status(now)).collect();
-        GroupStatus { name: self.name.to_string(), port: self.port(), backends }
+        GroupStatus { name: self.name.to_string(), port: self.port(), http: None, backends }
     }
 }
 

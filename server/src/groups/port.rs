@@ -27,6 +27,16 @@ pub(crate) enum GroupSocket {
     Udp(UdpSocket),
 }
 
+impl GroupSocket {
+    /// Where it listens, and over which protocol.
+    pub(crate) fn describe(&self) -> (&'static str, Option<SocketAddr>) {
+        match self {
+            Self::Tcp(l) => ("tcp", l.local_addr().ok()),
+            Self::Udp(s) => ("udp", s.local_addr().ok()),
+        }
+    }
+}
+
 /// Binds the public socket of a group of `kind` on `public_bind`; `None` for an HTTP group,
 /// which is served on the vhost or HTTPS port by its routes.
 pub(crate) fn bind(public_bind: IpAddr, kind: &GroupKind) -> io::Result<Option<GroupSocket>> {

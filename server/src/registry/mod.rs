@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+use wmproxy_ops::control::HttpNames;
 use wmproxy_wire::{MAX_SERVICES, Name, RegisterOutcome, ServiceResult, ServiceSpec};
 
 use crate::groups::{Backend, Groups, Membership};
@@ -144,6 +145,7 @@ impl Registry {
 
         let mut seen = HashSet::new();
         let mut results = Vec::with_capacity(specs.len().min(MAX_SERVICES));
+        let mut routes = Vec::new();
         for (i, spec) in specs.into_iter().enumerate() {
             let kept = self.lock().get(&session.id).and_then(|mine| mine.get(&spec.name).map(|p| p.outcome.clone()));
             let outcome = if i >= MAX_SERVICES {
@@ -152,6 +154,9 @@ impl Registry {
                 RegisterOutcome::Invalid(format!("duplicate service name `{}`", spec.name))
             } else if let Some(kept) = kept {
                 debug!(service = %spec.name, "service unchanged; kept");
+                if let (RegisterOutcome::Ok { .. }, Some(http)) = (&kept, &spec.http) {
+                    routes.push((spec.name.clone(), HttpNames::from(http)));
+                }
                 results.push(ServiceResult { name: spec.name, outcome: kept });
                 continue;
             } else {
@@ -166,13 +171,21 @@ impl Registry {
                 }
             };
             match &outcome {
-                RegisterOutcome::Ok { port } => info!(service = %spec.name, port, "service published"),
+                RegisterOutcome::Ok { port } => match &spec.http {
+                    Some(http) => {
+                        let names = HttpNames::from(http);
+                        let (domains, subdomain, locations) = (&names.domains, &names.subdomain, &names.locations);
+                        info!(service = %spec.name, port, ?domains, ?subdomain, ?locations, "service published");
+                        routes.push((spec.name.clone(), names));
+                    }
+                    None => info!(service = %spec.name, port, "service published"),
+                },
                 RegisterOutcome::Joined { port } => info!(service = %spec.name, port, "service joined its group"),
                 refused => warn!(service = %spec.name, port = spec.remote_port, reason = %refused, "service refused"),
             }
             results.push(ServiceResult { name: spec.name, outcome });
         }
-        session.set_results(&results);
+        session.set_results(&results, routes);
         results
     }
 

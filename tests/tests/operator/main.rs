@@ -4,5 +4,10 @@
 //!
 //! - `metrics`: `last_reload_success` at start; a peer leaving during the handshake is
 //!   counted, at debug.
+//! - `startup`: every listener either end opens is logged with its address.
+//! - `status`: vhost services and HTTP groups show their host names and paths, in `/status`
+//!   and in the log.
 
 mod metrics;
+mod startup;
+mod status;
