@@ -71,6 +71,29 @@ impl<'de> Deserialize<'de> for PortRange {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PortAllowance(pub Vec<PortRange>);
 
+/// How many ranges [`PortAllowance`]'s `Display` spells out before it says how many more.
+const SHOWN_RANGES: usize = 16;
+
+/// The ranges as a client is told them: `6000, 6001-6010, 8080`.
+impl std::fmt::Display for PortAllowance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, range) in self.0.iter().take(SHOWN_RANGES).enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            match (range.0.start(), range.0.end()) {
+                (a, b) if a == b => write!(f, "{sep}{a}")?,
+                (a, b) => write!(f, "{sep}{a}-{b}")?,
+            }
+        }
+        match self.0.len().saturating_sub(SHOWN_RANGES) {
+            0 => Ok(()),
+            more => write!(f, " and {more} more ranges"),
+        }
+    }
+}
+
 impl PortAllowance {
     /// Every unprivileged port, 1024-65535: the default for the embedded setup.
     pub fn unprivileged() -> Self {

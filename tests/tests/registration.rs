@@ -24,7 +24,10 @@ async fn refused_ports_are_reported_and_other_services_work() -> Result<()> {
     let ClientStatus::Connected { services } = &status else { unreachable!() };
 
     assert_eq!(services[0].name, "privileged");
-    assert_eq!(services[0].outcome, RegisterOutcome::PortNotAllowed);
+    // The refusal tells this client what it may publish (issue 19, item 11).
+    let refused = RegisterOutcome::PortNotAllowed { allowed: "1024-65535".into() };
+    assert_eq!(services[0].outcome, refused);
+    assert_eq!(refused.to_string(), "port not allowed for this client (allowed: 1024-65535)");
     assert_eq!(services[1].outcome, RegisterOutcome::PortInUse);
     let port = status.port_of("echo").expect("echo published");
     let msg = pattern(10_000, 1);
@@ -49,7 +52,7 @@ async fn udp_ports_follow_the_same_allowance_and_report_clashes() -> Result<()> 
     let mut client = TestClient::start(config).await?;
     let status = client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
     let ClientStatus::Connected { services } = &status else { unreachable!() };
-    assert_eq!(services[0].outcome, RegisterOutcome::PortNotAllowed);
+    assert_eq!(services[0].outcome, RegisterOutcome::PortNotAllowed { allowed: "1024-65535".into() });
     assert_eq!(services[1].outcome, RegisterOutcome::PortInUse);
     let port = status.port_of("beside-tcp").expect("published beside a TCP listener");
     udp::round_trip(&udp::user().await?, ([127, 0, 0, 1], port).into(), b"dns?", |_| Ok(())).await?;

@@ -310,8 +310,12 @@ pub enum RegisterOutcome {
         /// The public port (useful when `remote_port` was 0).
         port: u16,
     },
-    /// `enum#1`: the port is outside this client's allowance.
-    PortNotAllowed,
+    /// `enum#1 | str allowed`: the port is outside this client's allowance, which `allowed`
+    /// spells out (`"6000-6010, 8080"`) for this client alone.
+    PortNotAllowed {
+        /// The client's allowed ports.
+        allowed: String,
+    },
     /// `enum#2`: the port is taken on the server (by another client or program).
     PortInUse,
     /// `enum#3 | str`: the spec itself is wrong (duplicate or over-long name, …).
@@ -343,7 +347,7 @@ impl std::fmt::Display for RegisterOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Ok { port } => write!(f, "published on port {port}"),
-            Self::PortNotAllowed => f.write_str("port not allowed for this client"),
+            Self::PortNotAllowed { allowed } => write!(f, "port not allowed for this client (allowed: {allowed})"),
             Self::PortInUse => f.write_str("port already in use on the server"),
             Self::Invalid(v0) => write!(f, "invalid service: {v0}"),
             Self::DatagramsUnsupported => f.write_str("UDP needs QUIC datagrams, which this tunnel does not support"),

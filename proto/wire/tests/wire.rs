@@ -87,7 +87,7 @@ fn registered() -> ControlReply {
     ControlReply::Registered {
         results: vec![
             ServiceResult { name: n("ssh"), outcome: RegisterOutcome::Ok { port: 6000 } },
-            ServiceResult { name: n("web"), outcome: RegisterOutcome::PortNotAllowed },
+            ServiceResult { name: n("web"), outcome: RegisterOutcome::PortNotAllowed { allowed: "6000-6010".into() } },
             ServiceResult { name: n("x"), outcome: RegisterOutcome::Invalid("dup".into()) },
             ServiceResult { name: n("dns"), outcome: RegisterOutcome::DatagramsUnsupported },
             ServiceResult { name: n("web-2"), outcome: RegisterOutcome::Joined { port: 80 } },
@@ -129,7 +129,10 @@ fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(register());
     check_round_trip(registered());
     check_round_trip(ControlReply::Withdrawn {
-        results: vec![ServiceResult { name: n("ssh"), outcome: RegisterOutcome::PortNotAllowed }],
+        results: vec![ServiceResult {
+            name: n("ssh"),
+            outcome: RegisterOutcome::PortNotAllowed { allowed: "6000-6010".into() },
+        }],
     });
     check_round_trip(ControlRequest::Health { service: n("web-2"), ok: true, latency_us: 1234 });
     check_round_trip(OpenStream::Expose { service: n("ssh"), peer_addr: peer() });

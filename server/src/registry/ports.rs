@@ -62,7 +62,7 @@ fn bind_public<S>(
     local_addr: impl FnOnce(&S) -> io::Result<SocketAddr>,
 ) -> Result<(S, u16), RegisterOutcome> {
     if requested != 0 && !allowance.allows(requested) {
-        return Err(RegisterOutcome::PortNotAllowed);
+        return Err(RegisterOutcome::PortNotAllowed { allowed: allowance.to_string() });
     }
     let socket = match bind(SocketAddr::new(public_bind, requested)) {
         Ok(s) => s,
@@ -72,7 +72,7 @@ fn bind_public<S>(
     let bound = local_addr(&socket).map_err(|_| RegisterOutcome::Invalid("cannot read the bound port".into()))?.port();
     if !allowance.allows(bound) {
         // Port 0 let the system pick a port outside this client's allowance.
-        return Err(RegisterOutcome::PortNotAllowed);
+        return Err(RegisterOutcome::PortNotAllowed { allowed: allowance.to_string() });
     }
     Ok((socket, bound))
 }

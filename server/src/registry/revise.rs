@@ -67,7 +67,7 @@ impl Registry {
             }
             Owner::Port(_) => match publication.outcome {
                 RegisterOutcome::Ok { port } if !entry.allow_ports.allows(port) => {
-                    Some(RegisterOutcome::PortNotAllowed)
+                    Some(RegisterOutcome::PortNotAllowed { allowed: entry.allow_ports.to_string() })
                 }
                 _ => None,
             },

@@ -97,8 +97,9 @@ async fn a_reload_that_narrows_a_client_takes_back_what_it_no_longer_allows() ->
     ensure!(report["withdrawn"] == json!(["home/drop", "home/member", "home/web"]), "{report}");
 
     // The client is told, with why; each is unreachable at once.
-    let now =
-        client.wait_for("the client told", |s| outcome_of(s, "drop") == Some(RegisterOutcome::PortNotAllowed)).await?;
+    let now = client
+        .wait_for("the client told", |s| matches!(outcome_of(s, "drop"), Some(RegisterOutcome::PortNotAllowed { .. })))
+        .await?;
     let web = RegisterOutcome::DomainNotAllowed("app.example.com".into());
     ensure!(outcome_of(&now, "web") == Some(web), "{now:?}");
     ensure!(outcome_of(&now, "member") == Some(RegisterOutcome::UnknownGroup), "{now:?}");
@@ -131,7 +132,8 @@ async fn a_client_caught_half_way_by_a_reload_gets_nothing_the_new_config_refuse
     std::fs::write(&path, server_toml(dir.path(), (TOKEN, &ports[1..], &[]), None))?;
     reload(&server).await?;
     let outcomes = late.register(vec![tcp("old", ports[0]), tcp("new", ports[1])]).await?;
-    ensure!(outcomes[0] == RegisterOutcome::PortNotAllowed, "{outcomes:?}");
+    let allowed = ports[1..].iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    ensure!(outcomes[0] == RegisterOutcome::PortNotAllowed { allowed }, "{outcomes:?}");
     ensure!(outcomes[1] == RegisterOutcome::Ok { port: ports[1] }, "{outcomes:?}");
     backend::refused(ports[0]).await?;
 
