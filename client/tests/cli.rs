@@ -81,3 +81,32 @@ async fn status_reload_stop_and_sighup_reach_the_running_client() -> Result<()> 
     ensure!(exit.success(), "exit status {exit}");
     Ok(())
 }
+
+/// With `--config`, `WMPROXY_TOKEN` is not silently dropped: the client says how a config file
+/// reads it, and a file that does read it gets its value (issue 19, item 9).
+#[tokio::test]
+async fn wmproxy_token_with_a_config_file_is_explained_and_readable() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("client.toml");
+    // Invalid (no services, a bad address) so the binary exits at once, after the note.
+    std::fs::write(&path, "server_addr = \"nowhere\"\n")?;
+    let out = Command::new(BIN).arg("--config").arg(&path).env("WMPROXY_TOKEN", "env-token-1234").output().await?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && said.contains("token = { env = \"WMPROXY_TOKEN\" }"), "{said}");
+
+    let text =
+        config(free_port()?, &[]).replace("token = \"cli-test-token-1234\"", "token = { env = \"WMPROXY_TOKEN\" }");
+    std::fs::write(&path, text)?;
+    let check = |token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.args(["check", "--config"]).arg(&path).env_remove("WMPROXY_TOKEN");
+        if let Some(token) = token {
+            command.env("WMPROXY_TOKEN", token);
+        }
+        command.output()
+    };
+    ensure!(check(Some("env-token-1234")).await?.status.success());
+    let out = check(None).await?;
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("`WMPROXY_TOKEN` is not set"));
+    Ok(())
+}

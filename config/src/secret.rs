@@ -48,12 +48,63 @@ impl Serialize for Secret {
     }
 }
 
+/// The shortest secret accepted.
+pub const MIN_SECRET_LEN: usize = 8;
+
+/// Written three ways, so that secrets can stay out of the config file:
+///
+/// ```toml
+/// token = "the-token-itself"
+/// token = { file = "/etc/wmproxy/token" }   # the file's contents, trailing newline trimmed
+/// token = { env = "WMPROXY_TOKEN" }         # an environment variable
+/// ```
+///
+/// Every secret key (`token`, a group's `key`, `group_key`, `password`, `http_password`) takes
+/// each form. A relative `file` is relative to the working directory.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.len() < 8 {
-            return Err(serde::de::Error::custom("a token must be at least 8 characters long"));
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+struct SecretVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret: a string, { file = \"path\" } or { env = \"VARIABLE\" }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
+        Secret::checked(value.to_owned()).map_err(E::custom)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {
+        use serde::de::Error;
+        let (Some(source), Some(value)) = (map.next_key::<String>()?, map.next_value::<String>().ok()) else {
+            return Err(A::Error::custom("a secret table is { file = \"path\" } or { env = \"VARIABLE\" }"));
+        };
+        if map.next_key::<String>()?.is_some() {
+            return Err(A::Error::custom("a secret table has one key: `file` or `env`"));
         }
-        Ok(Self(s))
+        let read = match source.as_str() {
+            "file" => std::fs::read_to_string(&value)
+                .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| format!("cannot read the secret file `{value}`: {e}")),
+            "env" => std::env::var(&value).map_err(|_| format!("the environment variable `{value}` is not set")),
+            other => Err(format!("unknown secret source `{other}`: use `file` or `env`")),
+        };
+        read.and_then(Secret::checked).map_err(A::Error::custom)
+    }
+}
+
+impl Secret {
+    /// `value` if it is long enough to be a secret.
+    fn checked(value: String) -> Result<Self, String> {
+        if value.len() < MIN_SECRET_LEN {
+            return Err(format!("too short: a secret must be at least {MIN_SECRET_LEN} characters long"));
+        }
+        Ok(Self(value))
     }
 }

@@ -105,3 +105,26 @@ fn missing_file_is_a_read_error() {
     let err = load_server(&here("tests/fixtures/does-not-exist.toml")).unwrap_err().to_string();
     assert!(err.contains("cannot read config file"), "{err}");
 }
+
+/// A secret is the string itself, a file's contents (trailing newline trimmed) or an
+/// environment variable; the value then behaves as if written in place.
+#[test]
+fn secrets_come_from_files_and_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "token-from-a-file\n").expect("write");
+    let base = "server_addr = \"127.0.0.1:7835\"\nserver_fingerprint = \"3b8e11072c559a40f162d80e7cb3219458aa0fc63de27118b95f04cd66e013a7\"\nname = \"home\"\n";
+    let from_file = format!("{base}token = {{ file = \"{}\" }}\n", file.display());
+    let config = wmproxy_config::parse_client(&from_file).expect("a token from a file");
+    assert_eq!(config.token.expose(), "token-from-a-file");
+    // Cargo sets CARGO_MANIFEST_DIR for tests; a path is long enough to be a token.
+    let from_env = format!("{base}token = {{ env = \"CARGO_MANIFEST_DIR\" }}\n");
+    let config = wmproxy_config::parse_client(&from_env).expect("a token from the environment");
+    assert_eq!(config.token.expose(), std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let unset = format!("{base}token = {{ env = \"WMPROXY_SURELY_UNSET_VARIABLE\" }}\n");
+    let e = wmproxy_config::parse_client(&unset).expect_err("an unset variable").to_string();
+    assert!(e.contains("`WMPROXY_SURELY_UNSET_VARIABLE` is not set") && e.contains("line 4"), "{e}");
+    let short = format!("{base}token = \"short\"\n");
+    let e = wmproxy_config::parse_client(&short).expect_err("a short token").to_string();
+    assert!(e.contains("at least 8 characters"), "{e}");
+}

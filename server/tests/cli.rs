@@ -89,3 +89,58 @@ async fn status_reload_stop_and_sighup_reach_the_running_binary() -> Result<()> 
     ensure!(status.success(), "exit status {status}");
     Ok(())
 }
+
+/// `--bind` and `--state-dir` are for the embedded defaults: with `--config` they are refused,
+/// not silently dropped for the file's values (issue 19, item 9).
+#[tokio::test]
+async fn bind_and_state_dir_flags_are_refused_with_a_config_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("server.toml");
+    std::fs::write(&path, config(dir.path(), free_port()?, None))?;
+    for flags in [["--bind", "127.0.0.1:0"], ["--state-dir", "/nonexistent"]] {
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(&path).args(flags).stdout(Stdio::null()).stderr(Stdio::piped());
+        // Before the fix the server started (and ran on) with the file's values.
+        let child = command.kill_on_drop(true).spawn()?;
+        let out = tokio::time::timeout(DEADLINE, child.wait_with_output()).await.context("the flag was ignored")??;
+        let said = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && said.contains("cannot be used with") && said.contains(flags[0]), "{said}");
+    }
+    Ok(())
+}
+
+/// The shared token, a client's token, the control API's token and a group key are each read
+/// from a file or the environment when written so; `check` says what is missing.
+#[tokio::test]
+async fn secrets_come_from_files_and_the_environment() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (token_file, path) = (dir.path().join("token"), dir.path().join("server.toml"));
+    std::fs::write(&token_file, "shared-token-from-a-file\n")?;
+    let text = format!(
+        "state_dir = \"{}\"\ntoken = {{ file = \"{}\" }}\n[control]\ntoken = {{ env = \"WMPROXY_TEST_CONTROL_TOKEN\" }}\n\
+         [[clients]]\nname = \"home\"\ntoken = {{ file = \"{}\" }}\nallow_ports = [7000]\n",
+        dir.path().display(),
+        token_file.display(),
+        token_file.display(),
+    );
+    std::fs::write(&path, text)?;
+    let check = |env: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.args(["check", "--config"]).arg(&path).env_remove("WMPROXY_TEST_CONTROL_TOKEN");
+        if let Some(value) = env {
+            command.env("WMPROXY_TEST_CONTROL_TOKEN", value);
+        }
+        command.output()
+    };
+    let out = check(Some("control-token-from-env")).await?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = check(None).await?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && said.contains("`WMPROXY_TEST_CONTROL_TOKEN` is not set"), "{said}");
+
+    std::fs::remove_file(&token_file)?;
+    let out = check(Some("control-token-from-env")).await?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && said.contains("cannot read the secret file"), "{said}");
+    Ok(())
+}

@@ -35,7 +35,8 @@ struct Quick {
     /// The server's certificate fingerprint, as it prints at start.
     #[arg(long)]
     fingerprint: Option<String>,
-    /// The token (or set WMPROXY_TOKEN, which keeps it out of the process list).
+    /// The token (or set WMPROXY_TOKEN, which keeps it out of the process list). A config file
+    /// reads the variable with `token = { env = "WMPROXY_TOKEN" }`.
     #[arg(long, env = "WMPROXY_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// This client's name (default: the host name).
@@ -105,6 +106,13 @@ fn start(cli: &Cli) -> ExitCode {
 
 fn load(cli: &Cli) -> Result<ClientConfig> {
     if let Some(path) = &cli.config {
+        if cli.quick.token.is_some() {
+            // Left in the environment for the quick mode, or given by mistake: say where it goes.
+            eprintln!(
+                "note: --token and WMPROXY_TOKEN are for running without --config; a config file reads \
+                 the variable with token = {{ env = \"WMPROXY_TOKEN\" }}"
+            );
+        }
         return Ok(wmproxy_config::load_client(path)?);
     }
     let q = &cli.quick;

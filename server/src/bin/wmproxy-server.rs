@@ -23,11 +23,11 @@ struct Cli {
     /// Config file (TOML). See config/examples/server.toml.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// State directory for the embedded defaults (ignored with --config; set `state_dir`).
-    #[arg(long, default_value = "wmproxy-state")]
+    /// State directory for the embedded defaults (not with --config: set `state_dir` there).
+    #[arg(long, default_value = "wmproxy-state", conflicts_with = "config")]
     state_dir: PathBuf,
-    /// UDP address for the embedded defaults (ignored with --config; set `bind`).
-    #[arg(long)]
+    /// UDP address for the embedded defaults (not with --config: set `bind` there).
+    #[arg(long, conflicts_with = "config")]
     bind: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
