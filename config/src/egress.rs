@@ -13,11 +13,12 @@ use crate::ports::PortRange;
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressFile {
-    /// Networks that may be dialed even when a built-in rule denies them (e.g. `127.0.0.1/32`).
-    #[serde(default)]
+    /// Networks that may be dialed even when a built-in rule denies them (`10.0.0.0/8`; a bare
+    /// address such as `127.0.0.1` is that one address, /32 or /128).
+    #[serde(default, deserialize_with = "networks")]
     pub allow: Vec<IpNet>,
-    /// Networks that are never dialed; beats `allow`.
-    #[serde(default)]
+    /// Networks that are never dialed; beats `allow`. Written as `allow` is.
+    #[serde(default, deserialize_with = "networks")]
     pub deny: Vec<IpNet>,
     /// If set, target names must match one of these (`example.com` exactly, `*.example.com`
     /// any name below it). IP-literal targets are judged by the address rules only.
@@ -32,6 +33,21 @@ pub struct EgressFile {
     /// Ports never dialed; beats `allow_ports`.
     #[serde(default)]
     pub deny_ports: Vec<PortRange>,
+}
+
+/// A list of networks in CIDR form, where a bare address is a network of that one address.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let written = Vec::<String>::deserialize(d)?;
+    written
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from)).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a network (\"10.0.0.0/8\") or an address (\"192.168.1.5\")"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Which end dials under a policy: the defaults differ.

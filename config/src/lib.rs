@@ -13,10 +13,12 @@
 //! - [`control`]: `[control]`, the control API of either end. [`reload`]: the report of what a
 //!   reload changed. [`ranges`]: the valid range of every number.
 //! - `tagged`: how an entry's `type` selects its kind (see below). `wire`: the one conversion of
-//!   a service into what the server is asked to publish.
+//!   a service into what the server is asked to publish. `help`: what errors say of the file
+//!   (every missing key at once) and of a key (what it is for, what it takes).
 //!
 //! # How a file becomes a config
-//! Text → `toml`'s span-keeping document → `tagged` turns each `[[services]]`, `[[forwards]]`,
+//! Text → `toml`'s span-keeping document → `help` checks its shape (required keys, lists
+//! written as lists) → `tagged` turns each `[[services]]`, `[[forwards]]`,
 //! `[[groups]]` and `[[proxies]]` entry into an enum value tagged by its `type` (`tcp` when left
 //! out, except proxies) → serde fills the `*File` types, each kind a struct of only its own keys
 //! (`deny_unknown_fields`: a TCP service with `custom_domains` is refused there, with the key
@@ -33,6 +35,7 @@ pub mod egress;
 mod exposure;
 pub mod forward;
 pub mod group;
+mod help;
 pub mod ports;
 pub mod proxy;
 pub mod ranges;
@@ -72,9 +75,23 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML is malformed, has an unknown key, or a value of the wrong form. toml's message
-    /// names the line, column and key.
-    #[error("{0}")]
-    Parse(#[from] toml::de::Error),
+    /// shows the line and column; the hint names the key, what it is for and what it takes.
+    #[error("{}{}", source.to_string().trim_end(), hint.as_ref().map(|h| format!("\n{h}")).unwrap_or_default())]
+    Parse {
+        /// toml's error.
+        #[source]
+        source: toml::de::Error,
+        /// What the key is for, when known.
+        hint: Option<String>,
+    },
+    /// Keys the file cannot do without are missing: every one of them, at once.
+    #[error("the {file} config is missing required keys:\n  - {}", keys.join("\n  - "))]
+    Missing {
+        /// `client` or `server`.
+        file: &'static str,
+        /// Each missing key (with its entry's line, for a list entry) and what it is for.
+        keys: Vec<String>,
+    },
     /// The values parse but do not make a working configuration.
     #[error("{}: `{key}`: {message}", line.map_or_else(|| "config".to_owned(), |l| format!("line {l}")))]
     Invalid {
@@ -94,12 +111,12 @@ pub fn parse_server(src: &str) -> Result<ServerConfig, ConfigError> {
 
 /// Parses a server config from TOML text into the file as written, without validating it.
 pub fn parse_server_file(src: &str) -> Result<ServerFile, ConfigError> {
-    tagged::parse::<ServerFile>(src, server::TAGGED)
+    tagged::parse::<ServerFile>(src, server::TAGGED, &help::SERVER)
 }
 
 /// Parses and validates a client config from TOML text.
 pub fn parse_client(src: &str) -> Result<ClientConfig, ConfigError> {
-    tagged::parse::<ClientFile>(src, client::TAGGED)?.validate(src)
+    tagged::parse::<ClientFile>(src, client::TAGGED, &help::CLIENT)?.validate(src)
 }
 
 /// Reads, parses and validates a server config file.
@@ -118,8 +135,13 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// Builds an [`ConfigError::Invalid`], turning a byte offset into `src` into a line number.
 pub(crate) fn invalid(src: &str, key: &str, offset: Option<usize>, message: &str) -> ConfigError {
-    let line = offset.map(|o| src.get(..o).unwrap_or(src).lines().count().max(1));
+    let line = offset.map(|o| line_of(src, o));
     ConfigError::Invalid { key: key.to_owned(), line, message: message.to_owned() }
+}
+
+/// The 1-based line of byte `offset` in `src`.
+pub(crate) fn line_of(src: &str, offset: usize) -> usize {
+    src.get(..offset).unwrap_or(src).matches('\n').count() + 1
 }
 
 /// Checks a name written at `offset` under `key` (1 to 64 of `A-Z a-z 0-9 . _ -`).

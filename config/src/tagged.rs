@@ -28,7 +28,11 @@ use crate::{ConfigError, invalid};
 pub(crate) type Section = (&'static str, Option<&'static str>);
 
 /// Parses `src`, tags the entries of `sections`, and deserializes the document into `T`.
-pub(crate) fn parse<T: DeserializeOwned>(src: &str, sections: &[Section]) -> Result<T, ConfigError> {
+pub(crate) fn parse<T: DeserializeOwned>(
+    src: &str,
+    sections: &[Section],
+    schema: &crate::help::Schema,
+) -> Result<T, ConfigError> {
     let mut doc = DeTable::parse(src).map_err(|e| located(e, src))?;
     for (section, default) in sections {
         let Some(value) = doc.get_mut().get_mut(*section) else { continue };
@@ -38,13 +42,21 @@ pub(crate) fn parse<T: DeserializeOwned>(src: &str, sections: &[Section]) -> Res
             }
         }
     }
-    T::deserialize(toml::de::Deserializer::from(doc)).map_err(|e| located(e, src))
+    // serde first, so that an unknown key is reported as such; when what it found is a missing
+    // key or a list written as a table, the whole file's shape is reported instead (every
+    // missing key at once). A file serde takes may still lack a choice between keys.
+    let shape = || DeTable::parse(src).map_or(Ok(()), |doc| crate::help::check_shape(doc.get_ref(), src, schema));
+    match T::deserialize(toml::de::Deserializer::from(doc)) {
+        Ok(file) => shape().map(|()| file),
+        Err(e) if crate::help::about_shape(&e) => Err(shape().err().unwrap_or_else(|| crate::help::explain(e, src))),
+        Err(e) => Err(crate::help::explain(e, src)),
+    }
 }
 
-/// A toml error that shows the line it points at.
+/// A toml syntax error, showing the line it points at.
 fn located(mut e: toml::de::Error, src: &str) -> ConfigError {
     e.set_input(Some(src));
-    ConfigError::Parse(e)
+    ConfigError::Parse { source: e, hint: None }
 }
 
 /// Rewrites one entry `{ type = "k", … }` as `{ k = { … } }`. An entry that is not a table is

@@ -57,7 +57,7 @@ fn secrets_are_masked_in_debug() {
 const SERVER_BAD: &[(&str, &[&str])] = &[
     ("server-unknown-key.toml", &["bnid", "line 2"]),
     ("server-bad-port-range.toml", &["7000-6000", "line 2"]),
-    ("server-no-auth.toml", &["token", "no way for clients to authenticate"]),
+    ("server-no-auth.toml", &["`token` (or `clients`)", "how clients authenticate"]),
     ("server-duplicate-client.toml", &["clients.name", "line 7", "duplicate"]),
     ("server-short-token.toml", &["token", "line 1", "at least 8"]),
     ("server-bad-cidr.toml", &["allow", "line 3"]),
@@ -70,7 +70,7 @@ const SERVER_BAD: &[(&str, &[&str])] = &[
 ];
 
 const CLIENT_BAD: &[(&str, &[&str])] = &[
-    ("client-no-trust.toml", &["server_fingerprint", "no way to trust the server"]),
+    ("client-no-trust.toml", &["server_fingerprint", "how to trust the server"]),
     ("client-two-trusts.toml", &["only one"]),
     ("client-bad-fingerprint.toml", &["server_fingerprint", "line 2", "64 hex digits"]),
     ("client-duplicate-service.toml", &["services.name", "line 12", "duplicate"]),
