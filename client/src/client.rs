@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use wmproxy_config::{ClientConfig, ForwardKind};
+use wmproxy_tunnel::listener::ListenerStats;
 use wmproxy_tunnel::transport;
 use wmproxy_tunnel::udp::UdpStats;
 use wmproxy_wire::{PROTOCOL_VERSION, RejectReason};
@@ -37,6 +38,17 @@ enum LocalListener {
 }
 
 impl LocalListener {
+    /// New counters for it, as `/status` and `/metrics` name it.
+    fn stats(&self) -> Arc<ListenerStats> {
+        let listen = self.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        match self {
+            Self::Tcp(_, target) => ListenerStats::new("forward", "tcp", listen, target.to_string()),
+            Self::Udp(_, target) => ListenerStats::new("forward", "udp", listen, target.to_string()),
+            Self::Ws(_, url) => ListenerStats::new("forward", "ws", listen, url.clone()),
+            Self::Proxy(_, p) => ListenerStats::new("proxy", p.kind.as_str(), listen, String::new()),
+        }
+    }
+
     fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Self::Tcp(l, _) | Self::Proxy(l, _) | Self::Ws(l, _) => l.local_addr(),
@@ -145,6 +157,7 @@ impl Client {
         let Self { config, quic, locals, status, protocol_version, udp_stats, reloader, control_listener } = self;
         let tracker = TaskTracker::new();
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let listeners: Arc<Vec<Arc<ListenerStats>>> = Arc::new(locals.iter().map(LocalListener::stats).collect());
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {
             if let Ok(addr) = listener.local_addr() {
                 info!(listener = "control", %addr, "listening");
@@ -154,6 +167,7 @@ impl Client {
                 reloader: reloader.clone(),
                 metrics: metrics.clone(),
                 udp: udp_stats.clone(),
+                listeners: listeners.clone(),
                 stop: shutdown.clone(),
             };
             let token = control.token.expose().to_owned();
@@ -178,22 +192,24 @@ impl Client {
                 }
             }
         }
-        for local in locals {
+        for (local, counted) in locals.into_iter().zip(listeners.iter().cloned()) {
             let span = info_span!("forward", listen = ?local.local_addr().ok());
             let (current, tasks, stop) = (current.clone(), tracker.clone(), shutdown.clone());
             match local {
                 LocalListener::Tcp(l, target) => {
-                    tracker.spawn(forward::serve_tcp(l, target, current, tasks, stop).instrument(span))
+                    tracker.spawn(forward::serve_tcp(l, (target, counted), current, tasks, stop).instrument(span))
                 }
                 LocalListener::Udp(s, target) => {
                     let stats = udp_stats.clone();
                     tracker.spawn(forward::serve_udp(s, target, current, stats, tasks, stop).instrument(span))
                 }
                 LocalListener::Proxy(l, p) => {
-                    let stats = udp_stats.clone();
-                    tracker.spawn(proxy::serve(l, p, current, (stats, tasks), (stop, DRAIN_TIMEOUT)).instrument(span))
+                    let (stats, grace) = (udp_stats.clone(), (stop, DRAIN_TIMEOUT));
+                    tracker.spawn(proxy::serve(l, (p, counted), current, (stats, tasks), grace).instrument(span))
                 }
-                LocalListener::Ws(l, url) => tracker.spawn(forward::serve_ws(l, url, tasks, stop).instrument(span)),
+                LocalListener::Ws(l, url) => {
+                    tracker.spawn(forward::serve_ws(l, (url, counted), tasks, stop).instrument(span))
+                }
             };
         }
         let setup = TunnelSetup {

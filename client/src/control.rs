@@ -3,12 +3,12 @@
 //!
 //! | endpoint | |
 //! |---|---|
-//! | `GET /status` | the tunnel's state and each service's registration result |
+//! | `GET /status` | the tunnel's state, each service's registration result, each forward's and proxy's counters |
 //! | `GET /now` | the running config, secrets masked |
 //! | `POST /reload` | re-reads the config file and publishes the services again on the live tunnel |
 //! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
 //! | `POST /stop` | stops the client (it does not reconnect) |
-//! | `GET /metrics` | Prometheus text: connections and bytes per service, tunnel up, UDP |
+//! | `GET /metrics` | Prometheus text: connections and bytes per service and per forward or proxy, tunnel up, UDP |
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wmproxy_ops::control::{ControlApi, HttpNames, Reply, ServiceStatus};
+use wmproxy_tunnel::listener::{ListenerSnapshot, ListenerStats};
 
 use crate::reload::{ReloadError, Reloader};
 use crate::status::ClientStatus;
@@ -27,6 +28,8 @@ pub(crate) struct ClientControl {
     pub reloader: Reloader,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub udp: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
+    /// The proxies' and forwards' counters, in config order (forwards, then proxies).
+    pub listeners: std::sync::Arc<Vec<std::sync::Arc<ListenerStats>>>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
 }
@@ -38,6 +41,8 @@ struct Status {
     /// Why the last attempt or tunnel failed, while connecting.
     last_error: Option<String>,
     services: Vec<ServiceStatus>,
+    /// Each forward and proxy: where it listens, what it carried and refused.
+    listeners: Vec<ListenerSnapshot>,
 }
 
 impl ControlApi for ClientControl {
@@ -59,7 +64,7 @@ impl ControlApi for ClientControl {
             }
             (&Method::GET, "/metrics") => {
                 let connected = matches!(*self.status.borrow(), ClientStatus::Connected { .. });
-                match self.metrics.encode(connected, &self.udp.snapshot()) {
+                match self.metrics.encode(connected, &self.udp.snapshot(), &self.listeners()) {
                     Ok(text) => Reply::metrics(text),
                     Err(_) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
                 }
@@ -84,6 +89,10 @@ impl ClientControl {
                 ("connected", None, services)
             }
         };
-        Status { state, last_error, services }
+        Status { state, last_error, services, listeners: self.listeners() }
+    }
+
+    fn listeners(&self) -> Vec<ListenerSnapshot> {
+        self.listeners.iter().map(|l| l.snapshot()).collect()
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use wmproxy_tunnel::relay::RelayStats;
+use wmproxy_tunnel::relay::{Limits, Meter, RelayStats};
 use wmproxy_tunnel::upstream::FlowRoute;
 use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
 use wmproxy_wire::{OpenStream, Target};
@@ -37,11 +37,18 @@ impl CurrentTunnel {
     }
 
     /// Carries one local connection of `peer` to `target` through the tunnel up now: the bytes
-    /// are pipelined behind the header, and relayed until both directions end.
-    pub async fn carry(&self, tcp: TcpStream, peer: SocketAddr, target: Target) -> Result<RelayStats, OpenError> {
+    /// are pipelined behind the header, and relayed until both directions end, counted in
+    /// `meter` as they pass.
+    pub async fn carry(
+        &self,
+        tcp: TcpStream,
+        (peer, target): (SocketAddr, Target),
+        meter: &dyn Meter,
+    ) -> Result<RelayStats, OpenError> {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
         let header = OpenStream::Connect { target, peer_addr: peer };
-        Ok(tunnel.open_and_relay(&header, tcp, (self.open_timeout, None)).await?)
+        let limits = Limits { meter: Some(meter), ..Limits::default() };
+        Ok(tunnel.open_and_relay(&header, tcp, (self.open_timeout, limits)).await?)
     }
 }
 

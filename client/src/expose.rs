@@ -12,7 +12,7 @@ use tracing::{Span, debug, info};
 use wmproxy_config::{EgressPolicy, ProxyProtocol, Service, ServiceKind};
 use wmproxy_tunnel::bandwidth::Bandwidth;
 use wmproxy_tunnel::dial::OwnAddresses;
-use wmproxy_tunnel::relay::Limits;
+use wmproxy_tunnel::relay::{Limits, RelayStats, Tally};
 use wmproxy_tunnel::udp::{UdpStats, flow};
 use wmproxy_tunnel::{Tunnel, datastream};
 use wmproxy_wire::{Name, OpenResult, OpenStream, Target};
@@ -86,11 +86,13 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
                 (dialed, _) => dialed,
             };
             let limit = ctx.bandwidths.of(&found, &ctx.services.borrow());
-            let limits = Limits { bandwidth: limit.as_deref(), idle: found.exposure.idle_timeout() };
+            let (tally, counted) = (Tally::default(), ctx.metrics.connection(&found.name));
+            let meter = (&tally, &counted);
+            let limits =
+                Limits { bandwidth: limit.as_deref(), idle: found.exposure.idle_timeout(), meter: Some(&meter) };
             let outcome = datastream::complete_within(send, recv, dialed, limits).await;
-            ctx.metrics.finished(&found.name, outcome.as_ref().ok());
             if found.access_log {
-                access_log(&found, peer_addr, started, &outcome);
+                access_log(&found, peer_addr, started, (tally.stats(), &outcome));
             }
         }
         OpenStream::UdpExpose { service, peer_addr } => {
@@ -112,6 +114,9 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
             let (egress, own) = (&ctx.egress, |ip| ctx.own_addresses.contains(ip));
             let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip, own));
             let dialed = wmproxy_tunnel::dial::dial(&target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await;
+            if let Err(OpenResult::NotAllowed) = dialed {
+                info!(%target, user = %peer_addr, "a server proxy's target refused by this client's [egress] policy");
+            }
             let _ = datastream::complete(send, recv, dialed).await;
         }
         OpenStream::ProxyUdpConnect { target, peer_addr } => {
@@ -127,17 +132,19 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
 }
 
 /// The access log: one structured event per finished connection to a published service, with
-/// target `wmproxy::access` (filter it with `RUST_LOG=wmproxy::access=info`).
+/// target `wmproxy::access` (filter it with `RUST_LOG=wmproxy::access=info`). The bytes are
+/// those that passed, whatever the outcome: a connection cut half-way reports what it carried.
 fn access_log(
     service: &Service,
     peer: std::net::SocketAddr,
     started: Instant,
-    outcome: &Result<wmproxy_tunnel::relay::RelayStats, datastream::DataStreamError>,
+    (carried, outcome): (RelayStats, &Result<RelayStats, datastream::DataStreamError>),
 ) {
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let (bytes_in, bytes_out, result) = match outcome {
-        Ok(stats) => (stats.quic_to_tcp, stats.tcp_to_quic, "ok".to_owned()),
-        Err(e) => (0, 0, e.to_string()),
+    let (bytes_in, bytes_out) = (carried.quic_to_tcp, carried.tcp_to_quic);
+    let result = match outcome {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.to_string(),
     };
     info!(
         target: "wmproxy::access",

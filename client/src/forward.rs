@@ -1,13 +1,19 @@
 //! Local forwards: a local TCP listener or UDP port whose traffic leaves from the server
 //! toward a target, through the [`CurrentTunnel`]; or a local TCP port whose connections become
-//! WebSocket connections to a URL.
+//! WebSocket connections to a URL. TCP and WebSocket forwards count their connections in their
+//! [`ListenerStats`] and log each one (`wmproxy::access`); a UDP forward's packets are in the
+//! UDP counters.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
+use wmproxy_tunnel::datastream::DataStreamError;
+use wmproxy_tunnel::listener::{ListenerStats, Refusal, access_log};
+use wmproxy_tunnel::relay::{Meter, RelayStats, Tally};
 use wmproxy_tunnel::udp::UdpStats;
 use wmproxy_tunnel::{Ask, OpenError};
 use wmproxy_wire::Target;
@@ -16,24 +22,38 @@ use crate::current::CurrentTunnel;
 use crate::expose::STREAM_OPEN_TIMEOUT;
 
 /// Accepts local connections until `shutdown`; each rides the current tunnel, if any (without
-/// one it is closed at once rather than left hanging).
+/// one it is closed at once rather than left hanging). Each is counted in `stats` (bytes as
+/// they pass) and gets an access log line.
 pub async fn serve_tcp(
     listener: TcpListener,
-    target: Target,
+    (target, stats): (Target, Arc<ListenerStats>),
     current: CurrentTunnel,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
     while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
-        let (current, target) = (current.clone(), target.clone());
+        let (current, target, stats) = (current.clone(), target.clone(), stats.clone());
         let span = info_span!("stream", %peer);
         tracker.spawn(
             async move {
-                match current.carry(tcp, peer, target).await {
-                    Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "forward finished"),
-                    Err(OpenError::TunnelGone) => warn!("no tunnel to the server right now; connection closed"),
-                    Err(e) => debug!(error = %e, side = %e.side(), "forward ended without data or aborted"),
+                let (_open, started, tally) = (stats.open(), Instant::now(), Tally::default());
+                let carried = current.carry(tcp, (peer, target.clone()), &(&tally, &*stats)).await;
+                let result = match &carried {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                match carried {
+                    Ok(_) | Err(OpenError::Failed(DataStreamError::Relay(_))) => {}
+                    Err(OpenError::TunnelGone) => {
+                        stats.refused(Refusal::NoTunnel);
+                        warn!("no tunnel to the server right now; connection closed");
+                    }
+                    Err(e) => {
+                        stats.refused(Refusal::of(&e));
+                        debug!(error = %e, side = %e.side(), "forward ended without data or aborted");
+                    }
                 }
+                access_log(&stats, (peer, target.as_str()), started, tally.stats(), &result);
             }
             .instrument(span),
         );
@@ -64,15 +84,22 @@ pub async fn serve_udp(
 }
 
 /// Serves a `ws` forward until `shutdown`: each local connection becomes a WebSocket
-/// connection to `url` (`ws://host:port/path`), its bytes carried as binary messages.
-pub async fn serve_ws(listener: TcpListener, url: String, tracker: TaskTracker, shutdown: CancellationToken) {
+/// connection to `url` (`ws://host:port/path`), its bytes carried as binary messages, counted
+/// in `stats` when the connection ends.
+pub async fn serve_ws(
+    listener: TcpListener,
+    (url, stats): (String, Arc<ListenerStats>),
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
     let authority = url.strip_prefix("ws://").unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
     let addr = if authority.contains(':') { authority } else { format!("{authority}:80") };
     while let Some((tcp, peer)) = wmproxy_tunnel::accept::next(&listener, &shutdown).await {
-        let (url, addr) = (url.clone(), addr.clone());
+        let (url, addr, stats) = (url.clone(), addr.clone(), stats.clone());
         let span = info_span!("ws_forward", %peer);
         tracker.spawn(
             async move {
+                let (_open, started) = (stats.open(), Instant::now());
                 let connected = async {
                     let remote = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
                     let _ = remote.set_nodelay(true);
@@ -81,14 +108,24 @@ pub async fn serve_ws(listener: TcpListener, url: String, tracker: TaskTracker, 
                         .await
                         .map_err(|e| e.to_string())
                 };
-                match tokio::time::timeout(STREAM_OPEN_TIMEOUT, connected).await {
+                let (carried, result) = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, connected).await {
                     Ok(Ok((ws, _))) => {
                         let (from_ws, to_ws) = wmproxy_frontend::wsbridge::bridge(ws, tcp).await;
-                        debug!(from_ws, to_ws, "WebSocket forward finished");
+                        stats.passed(to_ws, from_ws);
+                        (RelayStats { tcp_to_quic: to_ws, quic_to_tcp: from_ws }, "ok".to_owned())
                     }
-                    Ok(Err(e)) => warn!(error = %e, "WebSocket connection failed"),
-                    Err(_) => warn!("WebSocket connection timed out"),
-                }
+                    Ok(Err(e)) => {
+                        stats.refused(Refusal::Unreachable);
+                        warn!(error = %e, "WebSocket connection failed");
+                        (RelayStats::default(), format!("WebSocket connection failed: {e}"))
+                    }
+                    Err(_) => {
+                        stats.refused(Refusal::Timeout);
+                        warn!("WebSocket connection timed out");
+                        (RelayStats::default(), "WebSocket connection timed out".to_owned())
+                    }
+                };
+                access_log(&stats, (peer, url.as_str()), started, carried, &result);
             }
             .instrument(span),
         );

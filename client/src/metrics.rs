@@ -1,6 +1,6 @@
 //! The client's Prometheus metrics, served at its control API's `GET /metrics`: connections and
-//! bytes per published service (added as each connection ends), and, read at scrape time,
-//! whether the tunnel is up and the UDP counters.
+//! bytes per published service (bytes as they pass), and, read at scrape time, whether the
+//! tunnel is up, the UDP counters, and each proxy's and forward's counters.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -8,7 +8,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use wmproxy_tunnel::relay::RelayStats;
+use wmproxy_tunnel::listener::ListenerSnapshot;
+use wmproxy_tunnel::relay::Meter;
 use wmproxy_tunnel::udp::UdpSnapshot;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,27 +40,49 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a finished connection to `service`, with its bytes if it was relayed.
-    pub fn finished(&self, service: &str, stats: Option<&RelayStats>) {
+    /// Counts a new connection to `service`; the meter counts its bytes as they pass.
+    pub fn connection(&self, service: &str) -> ServiceMeter {
         let labels = ServiceLabels { service: service.to_owned() };
         self.connections.get_or_create(&labels).inc();
-        if let Some(stats) = stats {
-            self.bytes_in.get_or_create(&labels).inc_by(stats.quic_to_tcp);
-            self.bytes_out.get_or_create(&labels).inc_by(stats.tcp_to_quic);
+        ServiceMeter {
+            bytes_in: self.bytes_in.get_or_create(&labels).clone(),
+            bytes_out: self.bytes_out.get_or_create(&labels).clone(),
         }
     }
 
-    /// The Prometheus text: the counters, then whether the tunnel is `connected` and `udp`.
-    pub fn encode(&self, connected: bool, udp: &UdpSnapshot) -> Result<String, std::fmt::Error> {
+    /// The Prometheus text: the counters, then whether the tunnel is `connected`, `udp`, and
+    /// the proxies' and forwards' `listeners`.
+    pub fn encode(
+        &self,
+        connected: bool,
+        udp: &UdpSnapshot,
+        listeners: &[ListenerSnapshot],
+    ) -> Result<String, std::fmt::Error> {
         let mut scraped = Registry::with_prefix("wmproxy_client");
         let up: Gauge = Gauge::default();
         up.set(i64::from(connected));
         scraped.register("tunnel_up", "1 while the tunnel to the server is up", up);
         wmproxy_ops::metrics::register_udp(&mut scraped, udp);
+        wmproxy_ops::metrics::register_listeners(&mut scraped, listeners);
         let mut out = String::new();
         encode_registry(&mut out, &self.registry)?;
         encode_registry(&mut out, &scraped)?;
         encode_eof(&mut out)?;
         Ok(out)
+    }
+}
+
+/// One connection to a published service: its bytes, counted as they pass. On the client the
+/// TCP side is the service, so what goes into the tunnel is the service's answer.
+#[derive(Debug)]
+pub struct ServiceMeter {
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl Meter for ServiceMeter {
+    fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64) {
+        self.bytes_in.inc_by(quic_to_tcp);
+        self.bytes_out.inc_by(tcp_to_quic);
     }
 }

@@ -9,14 +9,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wmproxy_config::{Proxy, ProxyType};
 use wmproxy_frontend::proxy::{self as front, ProxyKind, ProxySettings};
+use wmproxy_tunnel::listener::ListenerStats;
 use wmproxy_tunnel::udp::UdpStats;
 
 use crate::current::CurrentTunnel;
 
-/// Serves one configured proxy until `shutdown`; then its connections get `grace`.
+/// Serves one configured proxy until `shutdown`; then its connections get `grace`. Its
+/// connections are counted in `counted`.
 pub async fn serve(
     listener: TcpListener,
-    proxy: Proxy,
+    (proxy, counted): (Proxy, Arc<ListenerStats>),
     current: CurrentTunnel,
     (stats, tracker): (Arc<UdpStats>, TaskTracker),
     (shutdown, grace): (CancellationToken, std::time::Duration),
@@ -25,6 +27,6 @@ pub async fn serve(
         ProxyType::Socks5 => ProxyKind::Socks5,
         ProxyType::Http => ProxyKind::Http,
     };
-    let settings = ProxySettings::new(kind, proxy.credential_pair(), proxy.handshake_timeout, stats);
+    let settings = ProxySettings::new(kind, proxy.credential_pair(), proxy.handshake_timeout, stats).counted(counted);
     front::serve(listener, settings, Arc::new(current), tracker, (shutdown, grace)).await;
 }

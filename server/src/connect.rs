@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
-use tracing::{Span, debug, warn};
+use tracing::{Span, debug, info, warn};
 use wmproxy_config::ServerConfig;
 use wmproxy_tunnel::datastream;
 use wmproxy_tunnel::dial::OwnAddresses;
@@ -38,6 +38,9 @@ pub(crate) async fn serve(
             };
             debug!(%peer_addr, "forward requested");
             let dialed = wmproxy_tunnel::dial::dial(&target, timeout, allow_target, allow_ip).await;
+            if let Err(OpenResult::NotAllowed) = dialed {
+                info!(%target, user = %peer_addr, "a client's forward or proxy target refused by the [egress] policy");
+            }
             let _ = datastream::complete(send, recv, dialed).await;
         }
         OpenStream::UdpConnect { target, peer_addr } => {
@@ -50,6 +53,10 @@ pub(crate) async fn serve(
             debug!(%peer_addr, "UDP forward flow requested");
             match wmproxy_tunnel::dial::dial_udp(&target, timeout, allow_target, allow_ip).await {
                 Ok(socket) => flow::accept(&session.tunnel, Arc::new(socket), send, recv).await,
+                Err(OpenResult::NotAllowed) => {
+                    info!(%target, user = %peer_addr, "a client's UDP forward target refused by the [egress] policy");
+                    datastream::refuse(send, OpenResult::NotAllowed).await;
+                }
                 Err(result) => {
                     debug!(%result, "UDP flow refused");
                     datastream::refuse(send, result).await;

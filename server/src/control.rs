@@ -3,7 +3,7 @@
 //!
 //! | endpoint | |
 //! |---|---|
-//! | `GET /status` | clients (address, since, RTT, services), groups and backends, UDP counters |
+//! | `GET /status` | clients (address, since, RTT, services), groups and backends, proxies, UDP counters |
 //! | `GET /now` | the running config, secrets masked |
 //! | `POST /reload` | re-reads the config file and applies the difference |
 //! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
@@ -20,9 +20,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use wmproxy_config::GroupKind;
 use wmproxy_ops::control::{ControlApi, HttpNames, Reply, ServiceStatus};
+use wmproxy_tunnel::listener::ListenerSnapshot;
 use wmproxy_tunnel::udp::UdpStats;
 
 use crate::groups::{GroupStatus, Groups};
+use crate::listeners::Listeners;
 use crate::metrics::{BackendHealth, Metrics, Scrape, Traffic};
 use crate::preauth::PreAuth;
 use crate::reload::{ReloadError, Reloader};
@@ -40,6 +42,8 @@ pub(crate) struct ServerControl {
     /// Connections waiting to authenticate.
     pub preauth: Arc<PreAuth>,
     pub reloader: Arc<Reloader>,
+    /// The proxies (their counters).
+    pub listeners: Arc<Listeners>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
 }
@@ -48,6 +52,8 @@ pub(crate) struct ServerControl {
 struct Status {
     clients: Vec<ClientStatus>,
     groups: Vec<GroupStatus>,
+    /// Each proxy: where it listens, its `via`, what it carried and refused.
+    proxies: Vec<ListenerSnapshot>,
     udp: wmproxy_tunnel::udp::UdpSnapshot,
 }
 
@@ -135,7 +141,8 @@ impl ServerControl {
                     .collect(),
             })
             .collect();
-        Status { clients, groups, udp: self.udp.snapshot() }
+        let proxies = self.listeners.proxy_stats().iter().map(|l| l.snapshot()).collect();
+        Status { clients, groups, proxies, udp: self.udp.snapshot() }
     }
 
     /// The state the metrics read at scrape time: UDP counters and whether each group backend
@@ -154,7 +161,8 @@ impl ServerControl {
                 })
             })
             .collect();
-        Scrape { udp: self.udp.snapshot(), backends, unauthenticated: self.preauth.waiting() }
+        let proxies = self.listeners.proxy_stats().iter().map(|l| l.snapshot()).collect();
+        Scrape { udp: self.udp.snapshot(), backends, unauthenticated: self.preauth.waiting(), proxies }
     }
 
     /// `/backends/{client}:{service}/drain` and `/undrain`.

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 use wmproxy_config::{GroupEntry, GroupKind, ServerProxy};
+use wmproxy_tunnel::listener::ListenerStats;
 
 use crate::groups::{self, Group, GroupSocket, Groups};
 use crate::proxy::{self, Via};
@@ -27,6 +28,8 @@ struct Listener {
     routes: Option<RouteHandle>,
     /// Where it listens (proxies), and when it started (for config order).
     addr: Option<(u64, SocketAddr)>,
+    /// What it carried (proxies).
+    stats: Option<Arc<ListenerStats>>,
 }
 
 impl Drop for Listener {
@@ -70,7 +73,7 @@ impl Listeners {
         info!(listener = "group", group = %group.name, protocol, addr = ?addr, "listening");
         let serve = groups::serve_port(group.clone(), socket, self.serving.clone(), stop.clone());
         self.serving.runtime.tracker.spawn(serve.instrument(span));
-        let listener = Listener { stop, routes: None, addr: None };
+        let listener = Listener { stop, routes: None, addr: None, stats: None };
         self.lock().insert(format!("groups.{}", group.name), listener);
     }
 
@@ -88,7 +91,8 @@ impl Listeners {
             Template { tls, bridge: false, target: RouteTarget::Group(group), host_rewrite: None, authorization: None };
         let mut listeners = self.lock();
         let old = listeners.remove(&key);
-        let mut entry = old.unwrap_or_else(|| Listener { stop: CancellationToken::new(), routes: None, addr: None });
+        let mut entry =
+            old.unwrap_or_else(|| Listener { stop: CancellationToken::new(), routes: None, addr: None, stats: None });
         entry.routes = Some(self.routes.replace(entry.routes.take(), owner, &template, hosts, &locations));
         listeners.insert(key, entry);
     }
@@ -112,17 +116,27 @@ impl Listeners {
             open_timeout: self.serving.open_timeout,
             udp: self.udp.clone(),
         };
-        let serve = proxy::serve(listener, proxy, via, self.serving.clone(), stop.clone());
+        let listen = bound.unwrap_or(proxy.proxy.listen);
+        let stats = ListenerStats::new("proxy", proxy.proxy.kind.as_str(), listen, proxy.via.to_string());
+        let serve = proxy::serve(listener, (proxy, stats.clone()), via, self.serving.clone(), stop.clone());
         self.serving.runtime.tracker.spawn(serve.instrument(span));
         let seq = self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let addr = bound.map(|a| (seq, a));
-        self.lock().insert(format!("proxies.{key}"), Listener { stop, routes: None, addr });
+        self.lock().insert(format!("proxies.{key}"), Listener { stop, routes: None, addr, stats: Some(stats) });
     }
 
     /// Stops the listener under `key`, if any.
     pub fn stop(&self, key: &str) {
         let stopped = self.lock().remove(key);
         drop(stopped);
+    }
+
+    /// The proxies' counters, in the order they started.
+    pub fn proxy_stats(&self) -> Vec<Arc<ListenerStats>> {
+        let mut all: Vec<(u64, Arc<ListenerStats>)> =
+            self.lock().values().filter_map(|l| Some((l.addr?.0, l.stats.clone()?))).collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, s)| s).collect()
     }
 
     /// Where the proxies listen now, in the order they started (the config's, at start).

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wmproxy_config::{ProxyType, ServerProxy};
 use wmproxy_frontend::proxy::{self as front, ProxyKind, ProxySettings};
+use wmproxy_tunnel::listener::ListenerStats;
 use wmproxy_tunnel::upstream::FlowRoute;
 use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
 use wmproxy_wire::{Name, OpenStream};
@@ -61,10 +62,11 @@ impl Upstream for Via {
     }
 }
 
-/// Serves one configured proxy until `stop`; then its connections get `grace`.
+/// Serves one configured proxy until `stop`; then its connections get `grace`. What it
+/// carries is counted in `stats`.
 pub(crate) async fn serve(
     listener: TcpListener,
-    proxy: ServerProxy,
+    (proxy, stats): (ServerProxy, Arc<ListenerStats>),
     via: Via,
     serving: Serving,
     stop: CancellationToken,
@@ -75,6 +77,7 @@ pub(crate) async fn serve(
     };
     let udp_stats = via.udp.stats.clone();
     let settings = ProxySettings::new(kind, proxy.proxy.credential_pair(), proxy.proxy.handshake_timeout, udp_stats)
-        .with_limits(serving.users.clone(), serving.silent.clone());
+        .with_limits(serving.users.clone(), serving.silent.clone())
+        .counted(stats);
     front::serve(listener, settings, Arc::new(via), serving.runtime.tracker, (stop, serving.grace)).await;
 }

@@ -375,6 +375,7 @@ impl Server {
                 udp: handle.udp.stats.clone(),
                 preauth: tunnels.preauth.clone(),
                 reloader: handle.reloader.clone(),
+                listeners: handle.listeners.clone(),
                 stop: root.clone(),
             };
             let serve = wmproxy_ops::control::serve(listener, token, Arc::new(api), root.clone(), tracker.clone());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use wmproxy_tunnel::bandwidth::Bandwidth;
-use wmproxy_tunnel::relay::RelayStats;
+use wmproxy_tunnel::relay::{Limits, Meter, RelayStats};
 use wmproxy_tunnel::upstream::FlowRoute;
 use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
 use wmproxy_wire::{Name, OpenStream};
@@ -101,11 +101,13 @@ impl ServiceUpstream {
 
     /// Carries one user connection: opens a stream with the user's bytes pipelined behind the
     /// header (no round trip before they flow), and relays until both directions end. A failure
-    /// after the stream was set up is [`OpenError::Failed`] with the relay's error.
-    pub async fn carry(&self, tcp: TcpStream, peer: SocketAddr) -> Result<RelayStats, OpenError> {
+    /// after the stream was set up is [`OpenError::Failed`] with the relay's error. The bytes
+    /// are counted in `meter` as they pass.
+    pub async fn carry(&self, tcp: TcpStream, peer: SocketAddr, meter: &dyn Meter) -> Result<RelayStats, OpenError> {
         let _permit = self.tunnel.stream_permit().ok_or(OpenError::Busy)?;
         let header = stream_header(Ask::Service, &self.served.service, peer);
-        Ok(self.tunnel.open_and_relay(&header, tcp, (self.open_timeout, self.limit.as_deref())).await?)
+        let limits = Limits { bandwidth: self.limit.as_deref(), idle: None, meter: Some(meter) };
+        Ok(self.tunnel.open_and_relay(&header, tcp, (self.open_timeout, limits)).await?)
     }
 }
 

@@ -27,7 +27,6 @@ use tracing::debug;
 use wmproxy_wire::{OpenResult, OpenStream, close_code};
 
 use crate::Side;
-use crate::bandwidth::Bandwidth;
 use crate::relay::{Limits, RelayStats, relay_gated};
 use crate::stream::{StreamError, read_frame, write_frame};
 
@@ -78,7 +77,7 @@ pub async fn open_and_relay(
     conn: &Connection,
     header: &OpenStream,
     tcp: TcpStream,
-    (timeout, limit): (Duration, Option<&Bandwidth>),
+    (timeout, limits): (Duration, Limits<'_>),
 ) -> Result<RelayStats, DataStreamError> {
     let (mut send, recv) = tokio::time::timeout(timeout, conn.open_bi())
         .await
@@ -108,7 +107,7 @@ pub async fn open_and_relay(
             failure = Some(error);
             Err(io_error)
         },
-        Limits { bandwidth: limit, idle: None },
+        limits,
     )
     .await;
     relayed.map_err(|e| failure.take().unwrap_or(DataStreamError::Relay(e)))

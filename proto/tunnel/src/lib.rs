@@ -17,6 +17,8 @@
 //!   listeners shared by many users.
 //! - [`dial`]: connects to a [`wmproxy_wire::Target`] under an egress check and maps failures
 //!   to [`wmproxy_wire::OpenResult`].
+//! - [`listener`]: what a proxy or forward listener carried ([`listener::ListenerStats`]:
+//!   connections, bytes as they pass, refusals by cause), and its access log line.
 //! - [`probe`]: asks a peer whether it is there (`OpenStream::Ping`), and answers.
 //! - [`accept`]: the accept step of every TCP listener (stop token, error backoff, the
 //!   per-user connection cap of [`users`]).
@@ -36,6 +38,7 @@ pub mod accept;
 pub mod bandwidth;
 pub mod datastream;
 pub mod dial;
+pub mod listener;
 pub mod probe;
 pub mod relay;
 pub mod side;

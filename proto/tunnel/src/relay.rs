@@ -42,13 +42,74 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RELAY_ABORTED: VarInt = VarInt::from_u32(1);
 
 /// What bounds a relay besides its peers: the service's bandwidth on this end (TCP → QUIC),
-/// and an idle timeout (no byte either way for this long aborts it, as a reset both ways).
-#[derive(Debug, Clone, Copy, Default)]
+/// and an idle timeout (no byte either way for this long aborts it, as a reset both ways); and
+/// what counts its bytes as they pass.
+#[derive(Clone, Copy, Default)]
 pub struct Limits<'a> {
     /// What this end sends into the tunnel, if limited.
     pub bandwidth: Option<&'a Bandwidth>,
     /// Off when `None`.
     pub idle: Option<Duration>,
+    /// Told of every chunk as it is passed on, so that a relay cut half-way (a lost tunnel, a
+    /// reset) still reports what it carried.
+    pub meter: Option<&'a dyn Meter>,
+}
+
+impl std::fmt::Debug for Limits<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits").field("bandwidth", &self.bandwidth).field("idle", &self.idle).finish_non_exhaustive()
+    }
+}
+
+/// Counts a relay's bytes as they pass: each chunk once it is handed on (to quinn, or written
+/// to the socket). Called per chunk (up to 64 KiB), so it must be cheap: atomics.
+pub trait Meter: Send + Sync {
+    /// `tcp_to_quic` bytes went from the TCP socket into the stream, and `quic_to_tcp` the
+    /// other way (one of the two is 0).
+    fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64);
+}
+
+/// Both meters count.
+impl<A: Meter, B: Meter> Meter for (A, B) {
+    fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64) {
+        self.0.passed(tcp_to_quic, quic_to_tcp);
+        self.1.passed(tcp_to_quic, quic_to_tcp);
+    }
+}
+
+/// A [`Meter`] that keeps the totals, for the end of the connection (its access log line).
+#[derive(Debug, Default)]
+pub struct Tally {
+    tcp_to_quic: std::sync::atomic::AtomicU64,
+    quic_to_tcp: std::sync::atomic::AtomicU64,
+}
+
+impl Tally {
+    /// What passed so far.
+    pub fn stats(&self) -> RelayStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        RelayStats { tcp_to_quic: self.tcp_to_quic.load(Relaxed), quic_to_tcp: self.quic_to_tcp.load(Relaxed) }
+    }
+}
+
+impl Meter for Tally {
+    fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.tcp_to_quic.fetch_add(tcp_to_quic, Relaxed);
+        self.quic_to_tcp.fetch_add(quic_to_tcp, Relaxed);
+    }
+}
+
+impl<M: Meter + ?Sized> Meter for std::sync::Arc<M> {
+    fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64) {
+        (**self).passed(tcp_to_quic, quic_to_tcp);
+    }
+}
+
+impl<M: Meter + ?Sized> Meter for &M {
+    fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64) {
+        (**self).passed(tcp_to_quic, quic_to_tcp);
+    }
 }
 
 /// Bytes moved by a finished relay.
@@ -66,6 +127,15 @@ pub async fn relay(tcp: TcpStream, send: SendStream, recv: RecvStream) -> io::Re
     relay_gated(tcp, (send, recv), async |_| Ok(()), Limits::default()).await
 }
 
+/// [`relay`], within `limits` (and counted by its meter).
+pub async fn relay_within(
+    tcp: TcpStream,
+    (send, recv): (SendStream, RecvStream),
+    limits: Limits<'_>,
+) -> io::Result<RelayStats> {
+    relay_gated(tcp, (send, recv), async |_| Ok(()), limits).await
+}
+
 /// Like [`relay`], but QUIC → TCP first runs `gate` on the receive half (the stream's opener
 /// reads the peer's answer there), while TCP → QUIC starts at once, within `limits`. An error
 /// from `gate` aborts both directions; if its kind is `ConnectionRefused` (the far end
@@ -80,9 +150,10 @@ pub async fn relay_gated(
     let mut refused = false;
     let activity = limits.idle.map(|_| Activity::default());
     let work = async {
-        tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send, limits.bandwidth, activity.as_ref()), async {
+        let meter = limits.meter;
+        tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send, (limits.bandwidth, meter), activity.as_ref()), async {
             gate(&mut recv).await.inspect_err(|e| refused = e.kind() == io::ErrorKind::ConnectionRefused)?;
-            quic_to_tcp(&mut recv, &mut tcp_write, activity.as_ref()).await
+            quic_to_tcp(&mut recv, &mut tcp_write, meter, activity.as_ref()).await
         })
     };
     // One `select!` either way, so `work` (the relay's state) is stored once.
@@ -171,7 +242,7 @@ pub fn reset(tcp: TcpStream) {
 async fn tcp_to_quic(
     tcp: &mut OwnedReadHalf,
     send: &mut SendStream,
-    limit: Option<&Bandwidth>,
+    (limit, meter): (Option<&Bandwidth>, Option<&dyn Meter>),
     activity: Option<&Activity>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
@@ -194,6 +265,9 @@ async fn tcp_to_quic(
                 }
                 let chunk = if n <= SMALL_READ { Bytes::copy_from_slice(&buf) } else { buf.freeze() };
                 send.write_chunk(chunk).await?;
+                if let Some(meter) = meter {
+                    meter.passed(n as u64, 0);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -206,18 +280,27 @@ async fn tcp_to_quic(
 /// `writev` keeps the relay's fixed cost at 512 bytes.
 const CHUNKS_PER_WRITE: usize = 16;
 
-async fn quic_to_tcp(recv: &mut RecvStream, tcp: &mut OwnedWriteHalf, activity: Option<&Activity>) -> io::Result<u64> {
+async fn quic_to_tcp(
+    recv: &mut RecvStream,
+    tcp: &mut OwnedWriteHalf,
+    meter: Option<&dyn Meter>,
+    activity: Option<&Activity>,
+) -> io::Result<u64> {
     let mut total = 0u64;
     let mut chunks: [Bytes; CHUNKS_PER_WRITE] = Default::default();
     // `read_chunks` returns whatever is ready (at least one chunk), so a lone small message is
     // written at once.
     while let Some(n) = recv.read_chunks(&mut chunks).await? {
         let ready = &mut chunks[..n];
-        total += ready.iter().map(|c| c.len() as u64).sum::<u64>();
+        let len = ready.iter().map(|c| c.len() as u64).sum::<u64>();
+        total += len;
         if let Some(activity) = activity {
             activity.touch();
         }
         write_all_vectored(tcp, ready).await?;
+        if let Some(meter) = meter {
+            meter.passed(0, len);
+        }
     }
     tcp.shutdown().await?;
     Ok(total)

@@ -78,15 +78,16 @@ impl Tunnel {
         datastream::open_confirmed(&self.conn, header, timeout).await
     }
 
-    /// Opens a data stream with `header`, pipelines `tcp`'s bytes behind it (within `limit`,
-    /// if given) and relays until both directions end; see [`datastream::open_and_relay`].
+    /// Opens a data stream with `header`, pipelines `tcp`'s bytes behind it and relays (within
+    /// `limits`, counted by its meter) until both directions end; see
+    /// [`datastream::open_and_relay`].
     pub async fn open_and_relay(
         &self,
         header: &OpenStream,
         tcp: TcpStream,
-        (timeout, limit): (Duration, Option<&crate::bandwidth::Bandwidth>),
+        (timeout, limits): (Duration, crate::relay::Limits<'_>),
     ) -> Result<RelayStats, DataStreamError> {
-        datastream::open_and_relay(&self.conn, header, tcp, (timeout, limit)).await
+        datastream::open_and_relay(&self.conn, header, tcp, (timeout, limits)).await
     }
 
     /// Closes the connection with `code` and `reason` (the peer sees both) and ends every flow.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use wmproxy_config::GroupKind;
 use wmproxy_tunnel::accept::after_grace;
-use wmproxy_tunnel::relay::relay;
+use wmproxy_tunnel::relay::{Limits, relay_within};
 use wmproxy_tunnel::{Ask, Upstream, transport};
 
 use super::group::Group;
@@ -90,9 +90,8 @@ async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, serving
     };
     let counted = serving.metrics.stream(&opened.by.client, &opened.by.service);
     tokio::select! {
-        relayed = relay(tcp, opened.send, opened.recv) => match relayed {
+        relayed = relay_within(tcp, (opened.send, opened.recv), Limits { meter: Some(&counted), ..Limits::default() }) => match relayed {
             Ok(stats) => {
-                counted.carried(&stats);
                 debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished");
             }
             Err(e) => debug!(error = %e, "relay ended"),

@@ -23,7 +23,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use wmproxy_tunnel::Side;
-use wmproxy_tunnel::relay::RelayStats;
+use wmproxy_tunnel::listener::ListenerSnapshot;
+use wmproxy_tunnel::relay::Meter;
 use wmproxy_tunnel::udp::UdpSnapshot;
 
 /// A published service: the client it lives on and its name there.
@@ -93,16 +94,16 @@ impl Refusal {
     }
 }
 
-/// What a published service (or backend) carried: connections, and bytes of finished ones.
+/// What a published service (or backend) carried: connections, and their bytes as they pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Traffic {
     /// Connections opened to it.
     pub connections: u64,
     /// Connections open now.
     pub active: i64,
-    /// Bytes from users to the service (counted when a connection ends).
+    /// Bytes from users to the service (counted as they pass).
     pub bytes_in: u64,
-    /// Bytes from the service to users (counted when a connection ends).
+    /// Bytes from the service to users (counted as they pass).
     pub bytes_out: u64,
 }
 
@@ -123,6 +124,8 @@ pub(crate) struct Scrape {
     pub backends: Vec<BackendHealth>,
     /// Connections waiting to authenticate now.
     pub unauthenticated: usize,
+    /// The proxies' counters.
+    pub proxies: Vec<ListenerSnapshot>,
 }
 
 /// Everything counted as it happens.
@@ -286,67 +289,11 @@ impl Metrics {
     }
 }
 
-impl StreamGuard {
-    /// Adds the bytes a finished relay carried.
-    pub fn carried(&self, stats: &RelayStats) {
-        self.bytes_in.inc_by(stats.tcp_to_quic);
-        self.bytes_out.inc_by(stats.quic_to_tcp);
-    }
-}
-
-/// A connection to a service whose bytes are counted as they pass (the vhost's data streams,
-/// which hyper drives): writes are user → service, reads service → user. Counts the connection
-/// as active until dropped.
-#[derive(Debug)]
-pub(crate) struct Counted<T> {
-    inner: T,
-    guard: StreamGuard,
-}
-
-impl<T> Counted<T> {
-    pub fn new(inner: T, guard: StreamGuard) -> Self {
-        Self { inner, guard }
-    }
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.guard.bytes_out.inc_by((buf.filled().len() - before) as u64);
-        polled
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
-        if let std::task::Poll::Ready(Ok(n)) = &polled {
-            self.guard.bytes_in.inc_by(*n as u64);
-        }
-        polled
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+/// A public connection's bytes, counted as they pass: its TCP side is the user.
+impl Meter for StreamGuard {
+    fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64) {
+        self.bytes_in.inc_by(tcp_to_quic);
+        self.bytes_out.inc_by(quic_to_tcp);
     }
 }
 
@@ -360,6 +307,7 @@ impl Drop for StreamGuard {
 fn scrape(scraped: &Scrape) -> Registry {
     let mut registry = Registry::with_prefix("wmproxy");
     wmproxy_ops::metrics::register_udp(&mut registry, &scraped.udp);
+    wmproxy_ops::metrics::register_listeners(&mut registry, &scraped.proxies);
 
     let healthy: Family<GroupBackendLabels, Gauge> = Family::default();
     for b in &scraped.backends {

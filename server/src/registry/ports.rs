@@ -137,9 +137,8 @@ async fn carry(tcp: TcpStream, peer: SocketAddr, upstream: ServiceUpstream, serv
     let served = upstream.served();
     let counted = serving.metrics.stream(&served.client, &served.service);
     tokio::select! {
-        carried = upstream.carry(tcp, peer) => match carried {
+        carried = upstream.carry(tcp, peer, &counted) => match carried {
             Ok(stats) => {
-                counted.carried(&stats);
                 debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished");
             }
             Err(OpenError::Failed(DataStreamError::Relay(e))) => debug!(error = %e, "relay ended"),

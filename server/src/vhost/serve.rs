@@ -170,7 +170,8 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, vh
     let user_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
     let counted = vhost.serving.metrics.stream(&served.client, &served.service);
-    let io = TokioIo::new(crate::metrics::Counted::new(tokio::io::join(recv, send), counted));
+    // Writes are the user's bytes to the service, reads its answer: counted as they pass.
+    let io = TokioIo::new(wmproxy_tunnel::listener::Metered::new(tokio::io::join(recv, send), counted));
     let (mut sender, backend) = match hyper::client::conn::http1::handshake(io).await {
         Ok(pair) => pair,
         Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),

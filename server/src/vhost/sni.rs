@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use wmproxy_config::vhost::normalize_host;
-use wmproxy_tunnel::relay::relay;
+use wmproxy_tunnel::relay::{Limits, Meter, relay_within};
 use wmproxy_tunnel::{Ask, Upstream};
 
 use super::serve::{Scheme, Vhost};
@@ -72,10 +72,9 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, vhost: Vhost) {
     }
     let (send, recv, served, _hold) = (opened.send, opened.recv, opened.by, opened.hold);
     let counted = vhost.serving.metrics.stream(&served.client, &served.service);
-    match relay(tcp, send, recv).await {
-        Ok(mut stats) => {
-            stats.tcp_to_quic += hello.len() as u64;
-            counted.carried(&stats);
+    counted.passed(hello.len() as u64, 0);
+    match relay_within(tcp, (send, recv), Limits { meter: Some(&counted), ..Limits::default() }).await {
+        Ok(stats) => {
             debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "TLS connection finished");
         }
         Err(e) => debug!(error = %e, "TLS connection ended"),

@@ -7,7 +7,10 @@
 //! - `startup`: every listener either end opens is logged with its address.
 //! - `status`: vhost services and HTTP groups show their host names and paths, in `/status`
 //!   and in the log.
+//! - `traffic`: proxies and forwards in the access log, `/metrics` and `/status` of both
+//!   ends; bytes counted as they pass.
 
 mod metrics;
 mod startup;
 mod status;
+mod traffic;

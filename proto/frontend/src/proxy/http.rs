@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -22,7 +23,8 @@ use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug};
-use wmproxy_tunnel::relay::relay;
+use wmproxy_tunnel::listener::{ListenerStats, Metered, Refusal, access_log};
+use wmproxy_tunnel::relay::{Limits, Meter, RelayStats, Tally, relay_within};
 use wmproxy_tunnel::upstream::Hold;
 use wmproxy_tunnel::{Ask, OpenError, Upstream};
 use wmproxy_wire::{OpenResult, Target, auth};
@@ -34,7 +36,7 @@ use crate::http::{Body, basic_authorization, empty, plain, strip_hop_by_hop};
 const MAX_HEAD: usize = 16 * 1024;
 
 /// A CONNECT whose tunnel is open, waiting for hyper to hand over the client's connection.
-type PendingTunnel = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, SendStream, RecvStream, Hold)>>>;
+type PendingTunnel = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, SendStream, RecvStream, Hold, Target)>>>;
 
 /// Serves one HTTP proxy user (keep-alive: several requests) until it leaves.
 pub async fn serve<U, I>(tcp: I, peer: SocketAddr, proxy: ProxySettings, upstream: Arc<U>, tracker: TaskTracker)
@@ -44,12 +46,16 @@ where
 {
     let expected = proxy.credentials.as_ref().map(|c| basic_authorization(&c.username, &c.password));
     let pending: PendingTunnel = Arc::default();
+    let stats = proxy.stats.clone();
     let service = {
         let pending = pending.clone();
         service_fn(move |req| {
-            let (upstream, expected, pending, tracker) =
-                (upstream.clone(), expected.clone(), pending.clone(), tracker.clone());
-            async move { Ok::<_, Infallible>(handle(req, peer, &*upstream, expected.as_deref(), &pending, &tracker).await) }
+            let (upstream, expected, pending, tracker, stats) =
+                (upstream.clone(), expected.clone(), pending.clone(), tracker.clone(), stats.clone());
+            async move {
+                let user = User { peer, stats: &stats, tracker: &tracker };
+                Ok::<_, Infallible>(handle(req, user, &*upstream, expected.as_deref(), &pending).await)
+            }
         })
     };
     let mut builder = http1::Builder::new();
@@ -59,23 +65,34 @@ where
     }
     // A CONNECT that succeeded: relay its tunnel here, in this (tracked) task.
     let tunnel = pending.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some((upgrade, send, recv, hold)) = tunnel {
-        tunnel_relay(upgrade, send, recv).await;
+    if let Some((upgrade, send, recv, hold, target)) = tunnel {
+        let started = Instant::now();
+        let tally = Tally::default();
+        let result = tunnel_relay(upgrade, (send, recv), (&tally, &*proxy.stats)).await;
+        access_log(&proxy.stats, (peer, target.as_str()), started, tally.stats(), &result);
         drop(hold);
     }
 }
 
+/// Who sent a request, and where its connection is counted.
+struct User<'a> {
+    peer: SocketAddr,
+    stats: &'a Arc<ListenerStats>,
+    tracker: &'a TaskTracker,
+}
+
 async fn handle<U: Upstream>(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    user: User<'_>,
     upstream: &U,
     expected: Option<&str>,
     pending: &PendingTunnel,
-    tracker: &TaskTracker,
 ) -> Response<Body> {
+    let peer = user.peer;
     if let Some(expected) = expected {
         let given = req.headers().get(header::PROXY_AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
         if !auth::same_secret(expected.as_bytes(), given) {
+            user.stats.refused(Refusal::Auth);
             let mut response = plain(StatusCode::PROXY_AUTHENTICATION_REQUIRED, "proxy authentication required\n");
             response
                 .headers_mut()
@@ -84,22 +101,26 @@ async fn handle<U: Upstream>(
         }
     }
     let Some(target) = target_of(&req) else {
+        user.stats.refused(Refusal::Request);
         return plain(StatusCode::BAD_REQUEST, "absolute-form URI (http://host/…) or CONNECT host:port expected\n");
     };
     Span::current().record("target", target.as_str());
-    let opened = match upstream.open(peer, Ask::Target(target)).await {
+    let started = Instant::now();
+    let opened = match upstream.open(peer, Ask::Target(target.clone())).await {
         Ok(opened) => opened,
         Err(e) => {
             debug!(error = %e, side = %e.side(), "target not reached");
+            user.stats.refused(Refusal::of(&e));
+            access_log(user.stats, (peer, target.as_str()), started, RelayStats::default(), &e.to_string());
             return refusal(&e);
         }
     };
     if req.method() == Method::CONNECT {
-        let tunnel = (hyper::upgrade::on(req), opened.send, opened.recv, opened.hold);
+        let tunnel = (hyper::upgrade::on(req), opened.send, opened.recv, opened.hold, target);
         *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
         return Response::new(empty());
     }
-    forward(req, opened.send, opened.recv, opened.hold, tracker).await
+    forward(req, (opened.send, opened.recv, opened.hold), (&user, target), started).await
 }
 
 /// `host:port` of a CONNECT (authority-form) or absolute-form `http://` request.
@@ -117,24 +138,29 @@ fn target_of(req: &Request<Incoming>) -> Option<Target> {
 }
 
 /// Sends an absolute-form request to its target over the tunnel stream (origin-form, hop-by-hop
-/// headers removed) and returns the target's response.
+/// headers removed) and returns the target's response. Its access log line is written when the
+/// upstream connection ends (the response body has gone by then), with the bytes that passed.
 async fn forward(
     mut req: Request<Incoming>,
-    send: SendStream,
-    recv: RecvStream,
-    hold: Hold,
-    tracker: &TaskTracker,
+    (send, recv, hold): (SendStream, RecvStream, Hold),
+    (user, target): (&User<'_>, Target),
+    started: Instant,
 ) -> Response<Body> {
-    let io = TokioIo::new(tokio::io::join(recv, send));
+    let tally = Arc::new(Tally::default());
+    let meter = (tally.clone(), user.stats.clone());
+    let io = TokioIo::new(Metered::new(tokio::io::join(recv, send), meter));
     let (mut sender, connection) = match hyper::client::conn::http1::handshake(io).await {
         Ok(pair) => pair,
         Err(e) => return plain(StatusCode::BAD_GATEWAY, &format!("{e}\n")),
     };
-    tracker.spawn(
+    let (stats, peer) = (user.stats.clone(), user.peer);
+    user.tracker.spawn(
         async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "upstream connection ended");
-            }
+            let result = match connection.await {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => format!("upstream: {e}"),
+            };
+            access_log(&stats, (peer, target.as_str()), started, tally.stats(), &result);
             drop(hold);
         }
         .in_current_span(),
@@ -151,22 +177,31 @@ async fn forward(
     }
 }
 
-/// Relays a CONNECT tunnel once hyper hands over the client's connection.
-async fn tunnel_relay(upgrade: hyper::upgrade::OnUpgrade, mut send: SendStream, recv: RecvStream) {
+/// Relays a CONNECT tunnel once hyper hands over the client's connection, counting its bytes
+/// in `meter`; returns the result for the access log.
+async fn tunnel_relay(
+    upgrade: hyper::upgrade::OnUpgrade,
+    (mut send, recv): (SendStream, RecvStream),
+    meter: impl Meter,
+) -> String {
     let upgraded = match upgrade.await {
         Ok(upgraded) => upgraded,
-        Err(e) => return debug!(error = %e, "CONNECT upgrade failed"),
+        Err(e) => return format!("CONNECT upgrade failed: {e}"),
     };
     let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-        return debug!("CONNECT upgrade is not a TCP stream");
+        return "CONNECT upgrade is not a TCP stream".to_owned();
     };
     // Bytes the client sent right behind its CONNECT head.
-    if !parts.read_buf.is_empty() && send.write_all(&parts.read_buf).await.is_err() {
-        return;
+    if !parts.read_buf.is_empty() {
+        if let Err(e) = send.write_all(&parts.read_buf).await {
+            return format!("relay: {e}");
+        }
+        meter.passed(parts.read_buf.len() as u64, 0);
     }
-    match relay(parts.io.into_inner(), send, recv).await {
-        Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "CONNECT tunnel finished"),
-        Err(e) => debug!(error = %e, "CONNECT tunnel ended"),
+    let limits = Limits { meter: Some(&meter), ..Limits::default() };
+    match relay_within(parts.io.into_inner(), (send, recv), limits).await {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("relay: {e}"),
     }
 }
 

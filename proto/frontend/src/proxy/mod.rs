@@ -3,7 +3,8 @@
 //! in its own task under the proxy's deadline, so a silent user never blocks another. The
 //! target goes to the listener's [`Upstream`] as [`wmproxy_tunnel::Ask::Target`]; it opens a
 //! stream to the far end and waits for its dial result, which becomes the proxy's answer (a
-//! SOCKS5 reply code, an HTTP status).
+//! SOCKS5 reply code, an HTTP status). Every connection is counted in the listener's
+//! [`ListenerStats`] (bytes as they pass, refusals by cause) and gets an access log line.
 
 pub mod http;
 pub mod socks5;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 use wmproxy_tunnel::Upstream;
 use wmproxy_tunnel::accept::Silent;
+use wmproxy_tunnel::listener::{ListenerStats, Refusal};
 use wmproxy_tunnel::udp::UdpStats;
 use wmproxy_tunnel::users::UserLimit;
 
@@ -63,6 +65,19 @@ pub struct ProxySettings {
     /// Connections that have not sent their first bytes (uncapped unless
     /// [`ProxySettings::with_limits`]).
     pub silent: Arc<Silent>,
+    /// What this listener carried and refused (counted nowhere unless
+    /// [`ProxySettings::counted`]).
+    pub stats: Arc<ListenerStats>,
+}
+
+impl ProxyKind {
+    /// Its name in the config and the logs: `socks5` or `http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Socks5 => "socks5",
+            Self::Http => "http",
+        }
+    }
 }
 
 impl ProxySettings {
@@ -81,7 +96,16 @@ impl ProxySettings {
             udp_stats,
             users: UserLimit::unlimited(),
             silent: Silent::unlimited(),
+            stats: ListenerStats::new("proxy", kind.as_str(), ([0, 0, 0, 0], 0).into(), String::new()),
         }
+    }
+
+    /// Counts this listener's connections, bytes and refusals in `stats` (which its end
+    /// reports in `/metrics` and `/status`).
+    #[must_use]
+    pub fn counted(mut self, stats: Arc<ListenerStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// Caps each user's connections with `users`, and the connections that have not sent
@@ -110,7 +134,9 @@ pub async fn serve<U: Upstream>(
         let tasks = tracker.clone();
         let user = async move {
             let _permit = permit;
+            let _open = settings.stats.open();
             if !settings.silent.first_bytes(&tcp, settings.handshake_timeout).await {
+                settings.stats.refused(Refusal::Request);
                 return tracing::debug!("no first bytes; closing");
             }
             let served = async {

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use fast_socks5::server::{Socks5ServerProtocol, SocksServerError};
 use fast_socks5::util::target_addr::TargetAddr;
@@ -14,7 +15,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{Span, debug};
 
 use wmproxy_tunnel::datastream::DataStreamError;
-use wmproxy_tunnel::relay::relay;
+use wmproxy_tunnel::listener::{Refusal, access_log};
+use wmproxy_tunnel::relay::{Limits, RelayStats, Tally, relay_within};
 use wmproxy_tunnel::{Ask, OpenError, Upstream};
 use wmproxy_wire::{OpenResult, Target, auth};
 
@@ -33,14 +35,23 @@ pub async fn serve<U: Upstream>(
     let request = tokio::time::timeout(proxy.handshake_timeout, handshake(tcp, &proxy)).await;
     let (protocol, command, target) = match request {
         Ok(Ok(request)) => request,
-        Ok(Err(e)) => return debug!(error = %e, "SOCKS5 handshake failed"),
-        Err(_) => return debug!("SOCKS5 handshake timed out; closing"),
+        Ok(Err(e)) => {
+            let auth =
+                matches!(e, SocksServerError::AuthenticationRejected | SocksServerError::AuthMethodUnacceptable(_));
+            proxy.stats.refused(if auth { Refusal::Auth } else { Refusal::Request });
+            return debug!(error = %e, "SOCKS5 handshake failed");
+        }
+        Err(_) => {
+            proxy.stats.refused(Refusal::Request);
+            return debug!("SOCKS5 handshake timed out; closing");
+        }
     };
     if command == Socks5Command::UDPAssociate {
         let stats = &proxy.udp_stats;
         return super::udp_associate::run(protocol, (peer, local), &*upstream, stats, tracker, UDP_OPEN_TIMEOUT).await;
     }
     if command != Socks5Command::TCPConnect {
+        proxy.stats.refused(Refusal::Request);
         debug!(?command, "unsupported SOCKS5 command");
         let _ = protocol.reply_error(&ReplyError::CommandNotSupported).await;
         return;
@@ -50,24 +61,32 @@ pub async fn serve<U: Upstream>(
         TargetAddr::Domain(name, port) => Target::new(&format!("{name}:{port}")),
     };
     let Ok(target) = target else {
+        proxy.stats.refused(Refusal::Request);
         let _ = protocol.reply_error(&ReplyError::AddressTypeNotSupported).await;
         return;
     };
     Span::current().record("target", target.as_str());
-    match upstream.open(peer, Ask::Target(target)).await {
+    let started = Instant::now();
+    match upstream.open(peer, Ask::Target(target.clone())).await {
         Ok(opened) => {
             // The bound address is the server's business; clients ignore it for CONNECT.
             let Ok(tcp) = protocol.reply_success(SocketAddr::from(([0, 0, 0, 0], 0))).await else {
                 return;
             };
-            match relay(tcp, opened.send, opened.recv).await {
-                Ok(stats) => debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "proxied connection finished"),
-                Err(e) => debug!(error = %e, "proxied connection ended"),
-            }
+            let tally = Tally::default();
+            let meter = (&tally, &*proxy.stats);
+            let limits = Limits { meter: Some(&meter), ..Limits::default() };
+            let result = match relay_within(tcp, (opened.send, opened.recv), limits).await {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => format!("relay: {e}"),
+            };
+            access_log(&proxy.stats, (peer, target.as_str()), started, tally.stats(), &result);
             drop(opened.hold);
         }
         Err(e) => {
             debug!(error = %e, side = %e.side(), "target not reached");
+            proxy.stats.refused(Refusal::of(&e));
+            access_log(&proxy.stats, (peer, target.as_str()), started, RelayStats::default(), &e.to_string());
             let _ = protocol.reply_error(&reply_for(&e)).await;
         }
     }
