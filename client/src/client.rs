@@ -74,6 +74,9 @@ impl Client {
     /// Builds the TLS config and binds the local forward and proxy listeners. Must be called
     /// inside a tokio runtime.
     pub async fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        for warning in &config.warnings {
+            warn!(%warning, "config");
+        }
         let quic = tls::quic_client_config(&config.trust)?;
         let listen = |addr: SocketAddr| move |source| ClientError::Listen { addr, source };
         let mut locals = Vec::with_capacity(config.forwards.len() + config.proxies.len());
@@ -243,7 +246,7 @@ impl Client {
                     let span = info_span!("tunnel", server = %config.server_addr, client = %config.name);
                     let exposer = Arc::new(Exposer {
                         services: services.clone(),
-                        egress: config.egress.clone(),
+                        egress: config.server_proxies_egress.clone(),
                         own_addresses: own_addresses.clone(),
                         metrics: metrics.clone(),
                         bandwidths: Default::default(),

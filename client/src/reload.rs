@@ -57,6 +57,9 @@ impl Reloader {
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let loaded = wmproxy_config::load_client(path).inspect_err(|e| warn!(error = %e, "reload refused"))?;
+        for warning in &loaded.warnings {
+            warn!(%warning, "config");
+        }
         Ok(self.apply(loaded))
     }
 
@@ -73,7 +76,7 @@ impl Reloader {
         report.restart_if("token", &running.token, &new.token);
         report.restart_if("forwards", &running.forwards, &new.forwards);
         report.restart_if("proxies", &running.proxies, &new.proxies);
-        report.restart_if("egress", &running.egress, &new.egress);
+        report.restart_if("server_proxies_egress", &running.server_proxies_egress, &new.server_proxies_egress);
         report.restart_if("limits", &running.limits, &new.limits);
         report.restart_if("control", &running.control, &new.control);
         if running.services != new.services {

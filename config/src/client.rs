@@ -51,9 +51,14 @@ pub struct ClientFile {
     /// Local SOCKS5 and HTTP proxies whose connections leave from the server.
     #[serde(default)]
     pub proxies: Vec<ProxyFile>,
-    /// Which targets the server's proxies may reach from this client.
+    /// Which targets the server's proxies (`via` = this client) may reach from here. It does
+    /// not govern this client's own `[[proxies]]` and `[[forwards]]`: their connections leave
+    /// from the server, under the server's `[egress]`.
     #[serde(default)]
-    pub egress: EgressFile,
+    pub server_proxies_egress: Option<EgressFile>,
+    /// The old name of `server_proxies_egress`, still read, with a deprecation warning.
+    #[serde(default)]
+    pub egress: Option<EgressFile>,
     /// Resource limits.
     #[serde(default)]
     pub limits: ClientLimits,
@@ -118,12 +123,15 @@ pub struct ClientConfig {
     pub forwards: Vec<Forward>,
     /// Local proxies.
     pub proxies: Vec<Proxy>,
-    /// Egress policy for the server's proxies that leave from here.
-    pub egress: EgressPolicy,
+    /// Egress policy for the server's proxies that leave from here (`[server_proxies_egress]`).
+    pub server_proxies_egress: EgressPolicy,
     /// Resource limits.
     pub limits: ClientLimits,
     /// The control API, if on.
     pub control: Option<crate::ControlFile>,
+    /// What the file should say differently (deprecated names), for the client to log.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl ClientFile {
@@ -182,6 +190,23 @@ impl ClientFile {
         let forwards = self.forwards.into_iter().map(|f| f.validate(src)).collect::<Result<Vec<_>, _>>()?;
         let proxies =
             self.proxies.into_iter().enumerate().map(|(i, p)| p.validate(src, i)).collect::<Result<Vec<_>, _>>()?;
+        let mut warnings = Vec::new();
+        let egress = match (self.server_proxies_egress, self.egress) {
+            (Some(_), Some(_)) => {
+                let m = "`[egress]` is the old name of `[server_proxies_egress]`: keep only the new one";
+                return Err(invalid(src, "egress", None, m));
+            }
+            (Some(egress), None) => egress,
+            (None, Some(egress)) => {
+                warnings.push(
+                    "`[egress]` in a client config is deprecated: call it `[server_proxies_egress]` (it limits only \
+                     what the server's proxies reach through this client)"
+                        .to_owned(),
+                );
+                egress
+            }
+            (None, None) => EgressFile::default(),
+        };
 
         Ok(ClientConfig {
             server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
@@ -192,9 +217,10 @@ impl ClientFile {
             services,
             forwards,
             proxies,
-            egress: EgressPolicy::client(self.egress),
+            server_proxies_egress: EgressPolicy::client(egress),
             limits: self.limits,
             control: self.control,
+            warnings,
         })
     }
 }

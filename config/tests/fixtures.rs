@@ -128,3 +128,26 @@ fn secrets_come_from_files_and_the_environment() {
     let e = wmproxy_config::parse_client(&short).expect_err("a short token").to_string();
     assert!(e.contains("at least 8 characters"), "{e}");
 }
+
+/// The client's table for what the server's proxies may reach through it is
+/// `[server_proxies_egress]`; the old `[egress]` is read with a deprecation warning, and both
+/// at once are refused (issue 19, item 12).
+#[test]
+fn server_proxies_egress_and_its_deprecated_alias() {
+    let base = "server_addr = \"127.0.0.1:7835\"\nserver_fingerprint = \"3b8e11072c559a40f162d80e7cb3219458aa0fc63de27118b95f04cd66e013a7\"\nname = \"home\"\ntoken = \"home-token-123\"\n";
+    let allows =
+        |c: &wmproxy_config::ClientConfig| c.server_proxies_egress.permits("127.0.0.1".parse().unwrap(), |_| false);
+    let new =
+        wmproxy_config::parse_client(&format!("{base}[server_proxies_egress]\nallow = [\"127.0.0.1\"]\n")).unwrap();
+    assert!(allows(&new) && new.warnings.is_empty(), "{:?}", new.warnings);
+    let old = wmproxy_config::parse_client(&format!("{base}[egress]\nallow = [\"127.0.0.1\"]\n")).unwrap();
+    assert!(allows(&old), "the old name still applies");
+    assert!(
+        old.warnings.iter().any(|w| w.contains("deprecated") && w.contains("[server_proxies_egress]")),
+        "{:?}",
+        old.warnings
+    );
+    let both = format!("{base}[egress]\nallow = []\n[server_proxies_egress]\nallow = []\n");
+    let e = wmproxy_config::parse_client(&both).unwrap_err().to_string();
+    assert!(e.contains("keep only the new one"), "{e}");
+}

@@ -190,7 +190,8 @@ impl TestServer {
             services: Vec::new(),
             forwards: Vec::new(),
             proxies: Vec::new(),
-            egress: wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile::default()),
+            server_proxies_egress: wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile::default()),
+            warnings: Vec::new(),
             limits: wmproxy_config::ClientLimits::default(),
             control: None,
         }

@@ -47,7 +47,7 @@ async fn server() -> Result<(TestServer, SocketAddr, SocketAddr)> {
 async fn office(server: &TestServer, allow_loopback: bool) -> Result<TestClient> {
     let mut config = server.client_config("office");
     if allow_loopback {
-        config.egress = wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile {
+        config.server_proxies_egress = wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile {
             allow: vec!["127.0.0.1/32".parse().unwrap()],
             ..Default::default()
         });
@@ -120,7 +120,7 @@ async fn credentials_udp_associate_and_a_group_as_via() -> Result<()> {
 
     // A branch client joins the group `branches`; the proxy via the group leaves from it.
     let mut branch = server.client_config("branch-1");
-    branch.egress = wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile {
+    branch.server_proxies_egress = wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile {
         allow: vec!["127.0.0.1/32".parse().unwrap()],
         ..Default::default()
     });

@@ -80,7 +80,13 @@ struct Control {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (control, method, path) = match &cli.command {
-        Some(Command::Check { config }) => return cli::report_check(config, wmproxy_config::load_client(config)),
+        Some(Command::Check { config }) => {
+            let loaded = wmproxy_config::load_client(config);
+            for warning in loaded.iter().flat_map(|c| &c.warnings) {
+                eprintln!("{}: warning: {warning}", config.display());
+            }
+            return cli::report_check(config, loaded);
+        }
         Some(Command::Status(c)) => (c, Method::GET, "/status"),
         Some(Command::Reload(c)) => (c, Method::POST, "/reload"),
         Some(Command::Stop(c)) => (c, Method::POST, "/stop"),
@@ -150,7 +156,8 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         services: vec![Service { name: Name::new(kind_name)?, local_addr: local, access_log: true, exposure }],
         forwards: Vec::new(),
         proxies: Vec::new(),
-        egress: wmproxy_config::EgressPolicy::default(),
+        server_proxies_egress: wmproxy_config::EgressPolicy::default(),
+        warnings: Vec::new(),
         limits: ClientLimits::default(),
         control: None,
     })

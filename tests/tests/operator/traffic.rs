@@ -128,7 +128,7 @@ async fn server_proxies_are_logged_counted_and_listed() -> Result<()> {
     let body = vec![b'y'; 50_000];
     let (site, _) = file_server(body.clone()).await?;
     let mut config = server.client_config("traffic-office");
-    config.egress = wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile {
+    config.server_proxies_egress = wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile {
         allow: vec![ipnet::IpNet::from(std::net::IpAddr::from([127, 0, 0, 1]))],
         ..Default::default()
     });
