@@ -4,7 +4,7 @@
 //! | endpoint | |
 //! |---|---|
 //! | `GET /status` | the tunnel's state, each service's registration result, each forward's and proxy's counters |
-//! | `GET /now` | the running config, secrets masked |
+//! | `GET /now` | the running config as its file would say it (file key names), secrets masked |
 //! | `POST /reload` | re-reads the config file and publishes the services again on the live tunnel |
 //! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
 //! | `POST /stop` | stops the client (it does not reconnect) |
@@ -49,7 +49,7 @@ impl ControlApi for ClientControl {
     async fn handle(&self, method: Method, path: String, body: Bytes) -> Reply {
         match (&method, path.as_str()) {
             (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
-            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &self.reloader.running()),
+            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &self.reloader.running().to_file()),
             (&Method::POST, "/reload") => match self.reloader.reload() {
                 Ok(report) => Reply::json(StatusCode::OK, &report),
                 Err(ReloadError::NoFile) => Reply::error(StatusCode::CONFLICT, &ReloadError::NoFile.to_string()),

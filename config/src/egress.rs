@@ -110,6 +110,21 @@ impl EgressPolicy {
         }
     }
 
+    /// The `allow` and `deny` networks.
+    pub fn networks(&self) -> (&[IpNet], &[IpNet]) {
+        (&self.allow, &self.deny)
+    }
+
+    /// The `allow_domains` and `deny_domains` patterns (lower-case).
+    pub fn domains(&self) -> (&[String], &[String]) {
+        (&self.allow_domains, &self.deny_domains)
+    }
+
+    /// The `allow_ports` and `deny_ports` ranges.
+    pub fn ports(&self) -> (&[PortRange], &[PortRange]) {
+        (&self.allow_ports, &self.deny_ports)
+    }
+
     /// Whether `host:port` may be dialed at all, before resolution: the port rules, and the
     /// domain rules when `host` is a name. With `allow_domains` set, an IP literal passes only
     /// if an `allow` network holds it. The resolved addresses still go through

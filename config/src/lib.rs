@@ -10,6 +10,7 @@
 //! - [`vhost`]: the server's HTTP virtual-host port and the routes HTTP services ask for.
 //! - [`ports`]: public port allowances. [`egress`]: which targets an end may dial.
 //! - [`secret`]: tokens, masked in `Debug`, `Display` and `Serialize`.
+//! - [`now`]: the running config written back as its file (`GET /now`).
 //! - [`control`]: `[control]`, the control API of either end. [`reload`]: the report of what a
 //!   reload changed. [`ranges`]: the valid range of every number.
 //! - `tagged`: how an entry's `type` selects its kind (see below). `wire`: the one conversion of
@@ -36,6 +37,7 @@ mod exposure;
 pub mod forward;
 pub mod group;
 mod help;
+pub mod now;
 pub mod ports;
 pub mod proxy;
 pub mod ranges;

@@ -4,7 +4,7 @@
 //! | endpoint | |
 //! |---|---|
 //! | `GET /status` | clients (address, since, RTT, services), groups and backends, proxies, UDP counters |
-//! | `GET /now` | the running config, secrets masked |
+//! | `GET /now` | the running config as its file would say it (file key names), secrets masked |
 //! | `POST /reload` | re-reads the config file and applies the difference |
 //! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
 //! | `POST /stop` | graceful stop |
@@ -80,7 +80,7 @@ impl ControlApi for ServerControl {
     async fn handle(&self, method: Method, path: String, body: Bytes) -> Reply {
         match (&method, path.as_str()) {
             (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
-            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &*self.config.snapshot()),
+            (&Method::GET, "/now") => Reply::json(StatusCode::OK, &self.config.snapshot().to_file()),
             (&Method::POST, "/reload") => match self.reloader.reload().await {
                 Ok(report) => Reply::json(StatusCode::OK, &report),
                 Err(e @ ReloadError::Config(_)) => Reply::verdict(Err(e)),

@@ -4,6 +4,7 @@
 //!
 //! - `metrics`: `last_reload_success` at start; a peer leaving during the handshake is
 //!   counted, at debug.
+//! - `now`: `GET /now` on both ends reads back as an equal config.
 //! - `startup`: every listener either end opens is logged with its address.
 //! - `status`: vhost services and HTTP groups show their host names and paths, in `/status`
 //!   and in the log.
@@ -11,6 +12,7 @@
 //!   ends; bytes counted as they pass.
 
 mod metrics;
+mod now;
 mod startup;
 mod status;
 mod traffic;

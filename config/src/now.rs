@@ -1,0 +1,232 @@
+//! The running config written back as its file (`GET /now`): the file's key names (`type`,
+//! `remote_port`, `*_secs`), fingerprints in colon-hex, no key the file would not have (no
+//! `remote_port = 0` placeholder, no empty optional keys). Secrets are written as [`MASKED`];
+//! with them filled in, the loader reads the table back into an equal config.
+
+use toml::{Table, Value};
+
+use crate::egress::EgressPolicy;
+use crate::forward::Forward;
+use crate::proxy::Proxy;
+use crate::server::{ClientEntry, ServerConfig};
+use crate::service::{Exposure, Publish, Service};
+use crate::{ClientConfig, GroupJoin, ServerTrust};
+
+/// What every secret is written as.
+pub const MASKED: &str = "MASKED";
+
+/// `value` as a TOML value; a part that cannot be one (never, for the config's types) is left
+/// out rather than failing the whole table.
+fn value<T: serde::Serialize + ?Sized>(v: &T) -> Option<Value> {
+    Value::try_from(v).ok()
+}
+
+/// Sets `key` to `v` when it converts.
+fn put<T: serde::Serialize + ?Sized>(table: &mut Table, key: &str, v: &T) {
+    if let Some(v) = value(v) {
+        table.insert(key.to_owned(), v);
+    }
+}
+
+fn masked() -> Value {
+    Value::String(MASKED.to_owned())
+}
+
+impl ServerConfig {
+    /// This config as its file would say it (see the module's documentation).
+    pub fn to_file(&self) -> Table {
+        let mut t = Table::new();
+        put(&mut t, "bind", &self.bind);
+        put(&mut t, "state_dir", &self.state_dir);
+        put(&mut t, "public_bind", &self.public_bind);
+        if let Some(shared) = &self.shared {
+            t.insert("token".into(), masked());
+            put(&mut t, "allow_ports", &shared.allow_ports.0);
+            put(&mut t, "allow_domains", &shared.allow_domains);
+        }
+        if let Some(tls) = &self.tls {
+            put(&mut t, "tls", tls);
+        }
+        put(&mut t, "limits", &self.limits);
+        t.insert("egress".into(), Value::Table(egress(&self.egress)));
+        put(&mut t, "vhost", &self.vhost);
+        if let Some(control) = &self.control {
+            put(&mut t, "control", control);
+        }
+        let mut clients: Vec<(&String, &ClientEntry)> = self.clients.iter().collect();
+        clients.sort_by_key(|(name, _)| *name);
+        let clients = clients.into_iter().map(|(name, entry)| {
+            let mut c = Table::new();
+            put(&mut c, "name", name);
+            c.insert("token".into(), masked());
+            put(&mut c, "allow_ports", &entry.allow_ports.0);
+            put(&mut c, "allow_domains", &entry.allow_domains);
+            Value::Table(c)
+        });
+        t.insert("clients".into(), Value::Array(clients.collect()));
+        t.insert("groups".into(), Value::Array(self.groups.iter().filter_map(value).collect()));
+        let proxies = self.proxies.iter().map(|p| {
+            let mut table = proxy(&p.proxy);
+            put(&mut table, "via", &p.via);
+            Value::Table(table)
+        });
+        t.insert("proxies".into(), Value::Array(proxies.collect()));
+        t
+    }
+}
+
+impl ClientConfig {
+    /// This config as its file would say it (see the module's documentation).
+    pub fn to_file(&self) -> Table {
+        let mut t = Table::new();
+        put(&mut t, "server_addr", &self.server_addr);
+        put(&mut t, "server_name", &self.server_name);
+        match &self.trust {
+            ServerTrust::Fingerprint(sha) => {
+                let hex: Vec<String> = sha.iter().map(|b| format!("{b:02x}")).collect();
+                t.insert("server_fingerprint".into(), Value::String(hex.join(":")));
+            }
+            ServerTrust::CaFile(path) => put(&mut t, "ca_file", path),
+            ServerTrust::SystemRoots => {
+                t.insert("system_roots".into(), Value::Boolean(true));
+            }
+        }
+        put(&mut t, "name", &self.name);
+        t.insert("token".into(), masked());
+        t.insert("services".into(), Value::Array(self.services.iter().map(|s| Value::Table(service(s))).collect()));
+        t.insert("forwards".into(), Value::Array(self.forwards.iter().filter_map(|f: &Forward| value(f)).collect()));
+        t.insert("proxies".into(), Value::Array(self.proxies.iter().map(|p| Value::Table(proxy(p))).collect()));
+        t.insert("server_proxies_egress".into(), Value::Table(egress(&self.server_proxies_egress)));
+        put(&mut t, "limits", &self.limits);
+        if let Some(control) = &self.control {
+            put(&mut t, "control", control);
+        }
+        t
+    }
+}
+
+/// An `[egress]` table.
+fn egress(policy: &EgressPolicy) -> Table {
+    let mut t = Table::new();
+    let (allow, deny) = policy.networks();
+    put(&mut t, "allow", &allow.iter().map(ToString::to_string).collect::<Vec<_>>());
+    put(&mut t, "deny", &deny.iter().map(ToString::to_string).collect::<Vec<_>>());
+    let (allow_domains, deny_domains) = policy.domains();
+    put(&mut t, "allow_domains", allow_domains);
+    put(&mut t, "deny_domains", deny_domains);
+    let (allow_ports, deny_ports) = policy.ports();
+    put(&mut t, "allow_ports", allow_ports);
+    put(&mut t, "deny_ports", deny_ports);
+    t
+}
+
+/// A `[[proxies]]` entry's own keys (a server proxy adds `via`).
+fn proxy(p: &Proxy) -> Table {
+    let mut t = Table::new();
+    put(&mut t, "type", &p.kind);
+    put(&mut t, "listen", &p.listen);
+    if let Some(c) = &p.credentials {
+        put(&mut t, "username", &c.username);
+        t.insert("password".into(), masked());
+    }
+    put(&mut t, "handshake_timeout_secs", &p.handshake_timeout.as_secs());
+    t
+}
+
+/// A `[[services]]` entry.
+fn service(s: &Service) -> Table {
+    let mut t = Table::new();
+    put(&mut t, "name", &s.name);
+    put(&mut t, "type", &s.exposure.kind());
+    put(&mut t, "local_addr", &s.local_addr);
+    if !s.access_log {
+        t.insert("access_log".into(), Value::Boolean(false));
+    }
+    let port = |t: &mut Table, publish: &Publish<u16>| match publish {
+        Publish::Own(0) => {}
+        Publish::Own(port) => put(t, "remote_port", port),
+        Publish::Group(join) => group_join(t, join),
+    };
+    let hosts = |t: &mut Table, domains: &[String], subdomain: &Option<String>| {
+        if !domains.is_empty() {
+            put(t, "custom_domains", &domains);
+        }
+        if let Some(sub) = subdomain {
+            put(t, "subdomain", sub);
+        }
+    };
+    let proxy_protocol = match &s.exposure {
+        Exposure::Tcp { publish, proxy_protocol, bandwidth_limit, idle_timeout_secs } => {
+            port(&mut t, publish);
+            if let Some(limit) = bandwidth_limit {
+                put(&mut t, "bandwidth_limit", limit);
+            }
+            if let Some(idle) = idle_timeout_secs {
+                put(&mut t, "idle_timeout_secs", idle);
+            }
+            proxy_protocol
+        }
+        Exposure::Udp { publish, bandwidth_limit } => {
+            port(&mut t, publish);
+            if let Some(limit) = bandwidth_limit {
+                put(&mut t, "bandwidth_limit", limit);
+            }
+            &None
+        }
+        Exposure::Http { publish, proxy_protocol } => {
+            match publish {
+                Publish::Own(route) => {
+                    hosts(&mut t, &route.custom_domains, &route.subdomain);
+                    if !route.locations.is_empty() {
+                        put(&mut t, "locations", &route.locations);
+                    }
+                    if let Some(host) = &route.host_header_rewrite {
+                        put(&mut t, "host_header_rewrite", host);
+                    }
+                    if let Some((user, _)) = &route.basic_auth {
+                        put(&mut t, "http_user", user);
+                        t.insert("http_password".into(), masked());
+                    }
+                }
+                Publish::Group(join) => group_join(&mut t, join),
+            }
+            proxy_protocol
+        }
+        Exposure::Https { publish, proxy_protocol } => {
+            match publish {
+                Publish::Own(h) => hosts(&mut t, &h.custom_domains, &h.subdomain),
+                Publish::Group(join) => group_join(&mut t, join),
+            }
+            proxy_protocol
+        }
+        Exposure::Ws { publish, proxy_protocol } => {
+            match publish {
+                Publish::Own(route) => {
+                    hosts(&mut t, &route.custom_domains, &route.subdomain);
+                    if !route.locations.is_empty() {
+                        put(&mut t, "locations", &route.locations);
+                    }
+                }
+                Publish::Group(join) => group_join(&mut t, join),
+            }
+            proxy_protocol
+        }
+    };
+    if let Some(version) = proxy_protocol {
+        put(&mut t, "proxy_protocol", version);
+    }
+    t
+}
+
+/// A service's keys for joining a group.
+fn group_join(t: &mut Table, join: &GroupJoin) {
+    put(t, "group", &join.group);
+    t.insert("group_key".into(), masked());
+    put(t, "weight", &join.weight);
+    if join.drain {
+        t.insert("drain".into(), Value::Boolean(true));
+    }
+    if let Some(check) = &join.health_check {
+        put(t, "health_check", check);
+    }
+}
