@@ -48,9 +48,23 @@ pub enum ClientError {
     /// The tunnel could not be set up or was lost; retried.
     #[error("tunnel: {0}")]
     Tunnel(#[from] TunnelError),
-    /// The handshake did not finish in time; retried.
+    /// The server authenticated us but the rest of the handshake did not finish in time;
+    /// retried.
     #[error("connecting to the server timed out")]
     Timeout,
+    /// Nothing came back from the server within the connect timeout: it is down, or UDP does
+    /// not get through (the tunnel is QUIC, over UDP); retried.
+    #[error(
+        "no answer from the server at {addr} (UDP) in {secs} s: it may be down, or a firewall may block UDP \
+         between here and there; the tunnel is QUIC, which needs UDP port {} open to the server",
+        addr.port()
+    )]
+    NoAnswer {
+        /// The server's address.
+        addr: std::net::SocketAddr,
+        /// How long the client waited.
+        secs: u64,
+    },
 }
 
 /// Why the TLS setup failed.
@@ -114,7 +128,7 @@ impl ClientError {
     /// credentials) is internal and ends the client.
     pub fn side(&self) -> Side {
         match self {
-            Self::Tunnel(_) | Self::Timeout | Self::Resolve { .. } => Side::Tunnel,
+            Self::Tunnel(_) | Self::Timeout | Self::NoAnswer { .. } | Self::Resolve { .. } => Side::Tunnel,
             Self::Rejected(
                 RejectReason::Throttled { .. }
                 | RejectReason::ServerFull

@@ -51,10 +51,14 @@ pub async fn establish(
     let socket = transport::bind_udp(unspecified).map_err(resolve_err)?;
     let endpoint = transport::endpoint(socket, None).map_err(resolve_err)?;
 
+    // Whether the server answered at all: a QUIC handshake that never completes is what a
+    // firewall dropping UDP (or a server that is down) looks like.
+    let mut answered = false;
     let attempt = async {
         let connecting =
             endpoint.connect_with(quic.clone(), addr, &config.server_name).map_err(TunnelError::Connect)?;
         let conn = connecting.await?;
+        answered = true;
         let hello = (hello_version, resume);
         let (services, control, resume) = handshake(&conn, config, services, hello).await?;
         Ok::<_, ClientError>((conn, services, control, resume))
@@ -64,6 +68,10 @@ pub async fn establish(
         Ok(Err(e)) => {
             endpoint.close(0u32.into(), b"handshake failed");
             Err(e)
+        }
+        Err(_) if !answered => {
+            endpoint.close(0u32.into(), b"no answer");
+            Err(ClientError::NoAnswer { addr, secs: HANDSHAKE_TIMEOUT.as_secs() })
         }
         Err(_) => {
             endpoint.close(0u32.into(), b"handshake timed out");

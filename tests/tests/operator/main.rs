@@ -10,9 +10,11 @@
 //!   and in the log.
 //! - `traffic`: proxies and forwards in the access log, `/metrics` and `/status` of both
 //!   ends; bytes counted as they pass.
+//! - `udp_blocked`: a client that gets no answer over UDP is told a firewall may block it.
 
 mod metrics;
 mod now;
 mod startup;
 mod status;
 mod traffic;
+mod udp_blocked;
