@@ -1,7 +1,7 @@
 //! The valid range of every number in a config file, checked at load with the key and the line.
 //! A value outside its range would at best misbehave and at worst panic the process at run
 //! time (an `Instant` plus a huge duration overflows; hyper asserts on a header buffer under
-//! 8 KiB), so `validate` refuses it instead. The README's reference lists the same ranges.
+//! 8 KiB), so `validate` refuses it instead. docs/configuration.md lists the same ranges.
 //!
 //! The values are checked as parsed (so a config built in code is checked too); the line is
 //! found by looking the key's path up in toml's span-keeping tree of the source, when there is
