@@ -23,13 +23,13 @@ fn examples_parse() {
     let client = load_client(&here("examples/client.toml")).unwrap();
     assert!(matches!(client.trust, ServerTrust::Fingerprint(fp) if fp[0] == 0x3b));
     assert_eq!(client.server_name, "203.0.113.10");
-    assert_eq!(client.services.len(), 4);
-    let web = client.services[3].exposure.group().unwrap();
+    assert_eq!(client.services.len(), 7);
+    let web = client.services[6].exposure.group().unwrap();
     assert_eq!((web.group.as_str(), web.weight), ("web", 5));
     assert_eq!(web.health_check.as_ref().unwrap().rise, 2);
     assert_eq!(server.groups[0].policy, wmproxy_config::Policy::WeightedRoundRobin);
     assert!(
-        matches!(&server.groups[1].kind, GroupKind::Http { custom_domains, .. } if custom_domains == &["www.example.com"])
+        matches!(&server.groups[2].kind, GroupKind::Http { custom_domains, .. } if custom_domains == &["www.example.com"])
     );
     assert_eq!(server.vhost.http_bind.map(|a| a.port()), Some(80));
     assert_eq!(server.control.as_ref().map(|c| c.addr("127.0.0.1:1").port()), Some(8837));
