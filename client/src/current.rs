@@ -48,7 +48,7 @@ impl CurrentTunnel {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
         let header = OpenStream::Connect { target, peer_addr: peer };
         let limits = Limits { meter: Some(meter), ..Limits::default() };
-        Ok(tunnel.open_and_relay(&header, tcp, (self.open_timeout, limits)).await?)
+        Ok(tunnel.open_and_relay(&header, tcp, (self.open_timeout, &limits)).await?)
     }
 }
 

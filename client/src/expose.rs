@@ -90,7 +90,7 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
             let meter = (&tally, &counted);
             let limits =
                 Limits { bandwidth: limit.as_deref(), idle: found.exposure.idle_timeout(), meter: Some(&meter) };
-            let outcome = datastream::complete_within(send, recv, dialed, limits).await;
+            let outcome = datastream::complete_within(send, recv, dialed, &limits).await;
             if found.access_log {
                 access_log(&found, peer_addr, started, (tally.stats(), &outcome));
             }

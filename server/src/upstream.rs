@@ -107,7 +107,7 @@ impl ServiceUpstream {
         let _permit = self.tunnel.stream_permit().ok_or(OpenError::Busy)?;
         let header = stream_header(Ask::Service, &self.served.service, peer);
         let limits = Limits { bandwidth: self.limit.as_deref(), idle: None, meter: Some(meter) };
-        Ok(self.tunnel.open_and_relay(&header, tcp, (self.open_timeout, limits)).await?)
+        Ok(self.tunnel.open_and_relay(&header, tcp, (self.open_timeout, &limits)).await?)
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn open_and_relay(
     conn: &Connection,
     header: &OpenStream,
     tcp: TcpStream,
-    (timeout, limits): (Duration, Limits<'_>),
+    (timeout, limits): (Duration, &Limits<'_>),
 ) -> Result<RelayStats, DataStreamError> {
     let (mut send, recv) = tokio::time::timeout(timeout, conn.open_bi())
         .await
@@ -157,7 +157,7 @@ pub async fn complete(
     recv: RecvStream,
     dialed: Result<TcpStream, OpenResult>,
 ) -> Result<RelayStats, DataStreamError> {
-    complete_within(send, recv, dialed, Limits::default()).await
+    complete_within(send, recv, dialed, &Limits::default()).await
 }
 
 /// [`complete`], with the relay within `limits` (this end's bandwidth, an idle timeout).
@@ -165,7 +165,7 @@ pub async fn complete_within(
     send: SendStream,
     recv: RecvStream,
     dialed: Result<TcpStream, OpenResult>,
-    limits: Limits<'_>,
+    limits: &Limits<'_>,
 ) -> Result<RelayStats, DataStreamError> {
     let result = match dialed {
         Ok(tcp) => answer_and_relay(send, recv, tcp, limits).await,
@@ -186,7 +186,7 @@ async fn answer_and_relay(
     mut send: SendStream,
     recv: RecvStream,
     tcp: TcpStream,
-    limits: Limits<'_>,
+    limits: &Limits<'_>,
 ) -> Result<RelayStats, DataStreamError> {
     if let Err(e) = write_frame(&mut send, &OpenResult::Ok).await {
         // The opener gave up on the stream (a reset or a stop) while we dialed: it aborted, so

@@ -124,14 +124,14 @@ pub struct RelayStats {
 /// Relays until both directions have ended. Returns the byte counts, or the first error (after
 /// aborting both directions).
 pub async fn relay(tcp: TcpStream, send: SendStream, recv: RecvStream) -> io::Result<RelayStats> {
-    relay_gated(tcp, (send, recv), async |_| Ok(()), Limits::default()).await
+    relay_gated(tcp, (send, recv), async |_| Ok(()), &Limits::default()).await
 }
 
 /// [`relay`], within `limits` (and counted by its meter).
 pub async fn relay_within(
     tcp: TcpStream,
     (send, recv): (SendStream, RecvStream),
-    limits: Limits<'_>,
+    limits: &Limits<'_>,
 ) -> io::Result<RelayStats> {
     relay_gated(tcp, (send, recv), async |_| Ok(()), limits).await
 }
@@ -144,16 +144,15 @@ pub async fn relay_gated(
     tcp: TcpStream,
     (mut send, mut recv): (SendStream, RecvStream),
     gate: impl AsyncFnOnce(&mut RecvStream) -> io::Result<()>,
-    limits: Limits<'_>,
+    limits: &Limits<'_>,
 ) -> io::Result<RelayStats> {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
     let mut refused = false;
     let activity = limits.idle.map(|_| Activity::default());
     let work = async {
-        let meter = limits.meter;
-        tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send, (limits.bandwidth, meter), activity.as_ref()), async {
+        tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send, limits, activity.as_ref()), async {
             gate(&mut recv).await.inspect_err(|e| refused = e.kind() == io::ErrorKind::ConnectionRefused)?;
-            quic_to_tcp(&mut recv, &mut tcp_write, meter, activity.as_ref()).await
+            quic_to_tcp(&mut recv, &mut tcp_write, limits, activity.as_ref()).await
         })
     };
     // One `select!` either way, so `work` (the relay's state) is stored once.
@@ -242,7 +241,7 @@ pub fn reset(tcp: TcpStream) {
 async fn tcp_to_quic(
     tcp: &mut OwnedReadHalf,
     send: &mut SendStream,
-    (limit, meter): (Option<&Bandwidth>, Option<&dyn Meter>),
+    limits: &Limits<'_>,
     activity: Option<&Activity>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
@@ -259,13 +258,13 @@ async fn tcp_to_quic(
                 if let Some(activity) = activity {
                     activity.touch();
                 }
-                if let Some(wait) = limit.and_then(|l| l.charge(n)) {
+                if let Some(wait) = limits.bandwidth.and_then(|l| l.charge(n)) {
                     // Boxed, so a relay's state holds no timer unless it is over its limit.
                     Box::pin(tokio::time::sleep(wait)).await;
                 }
                 let chunk = if n <= SMALL_READ { Bytes::copy_from_slice(&buf) } else { buf.freeze() };
                 send.write_chunk(chunk).await?;
-                if let Some(meter) = meter {
+                if let Some(meter) = limits.meter {
                     meter.passed(n as u64, 0);
                 }
             }
@@ -283,7 +282,7 @@ const CHUNKS_PER_WRITE: usize = 16;
 async fn quic_to_tcp(
     recv: &mut RecvStream,
     tcp: &mut OwnedWriteHalf,
-    meter: Option<&dyn Meter>,
+    limits: &Limits<'_>,
     activity: Option<&Activity>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
@@ -298,7 +297,7 @@ async fn quic_to_tcp(
             activity.touch();
         }
         write_all_vectored(tcp, ready).await?;
-        if let Some(meter) = meter {
+        if let Some(meter) = limits.meter {
             meter.passed(0, len);
         }
     }

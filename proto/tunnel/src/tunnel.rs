@@ -85,7 +85,7 @@ impl Tunnel {
         &self,
         header: &OpenStream,
         tcp: TcpStream,
-        (timeout, limits): (Duration, crate::relay::Limits<'_>),
+        (timeout, limits): (Duration, &crate::relay::Limits<'_>),
     ) -> Result<RelayStats, DataStreamError> {
         datastream::open_and_relay(&self.conn, header, tcp, (timeout, limits)).await
     }

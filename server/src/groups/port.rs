@@ -89,8 +89,9 @@ async fn serve_user(group: Arc<Group>, tcp: TcpStream, peer: SocketAddr, serving
         }
     };
     let counted = serving.metrics.stream(&opened.by.client, &opened.by.service);
+    let limits = Limits { meter: Some(&counted), ..Limits::default() };
     tokio::select! {
-        relayed = relay_within(tcp, (opened.send, opened.recv), Limits { meter: Some(&counted), ..Limits::default() }) => match relayed {
+        relayed = relay_within(tcp, (opened.send, opened.recv), &limits) => match relayed {
             Ok(stats) => {
                 debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "stream finished");
             }

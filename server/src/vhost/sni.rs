@@ -73,7 +73,7 @@ async fn connection(mut tcp: TcpStream, peer: SocketAddr, vhost: Vhost) {
     let (send, recv, served, _hold) = (opened.send, opened.recv, opened.by, opened.hold);
     let counted = vhost.serving.metrics.stream(&served.client, &served.service);
     counted.passed(hello.len() as u64, 0);
-    match relay_within(tcp, (send, recv), Limits { meter: Some(&counted), ..Limits::default() }).await {
+    match relay_within(tcp, (send, recv), &Limits { meter: Some(&counted), ..Limits::default() }).await {
         Ok(stats) => {
             debug!(up = stats.tcp_to_quic, down = stats.quic_to_tcp, "TLS connection finished");
         }

@@ -199,7 +199,7 @@ async fn tunnel_relay(
         meter.passed(parts.read_buf.len() as u64, 0);
     }
     let limits = Limits { meter: Some(&meter), ..Limits::default() };
-    match relay_within(parts.io.into_inner(), (send, recv), limits).await {
+    match relay_within(parts.io.into_inner(), (send, recv), &limits).await {
         Ok(_) => "ok".to_owned(),
         Err(e) => format!("relay: {e}"),
     }

@@ -76,7 +76,7 @@ pub async fn serve<U: Upstream>(
             let tally = Tally::default();
             let meter = (&tally, &*proxy.stats);
             let limits = Limits { meter: Some(&meter), ..Limits::default() };
-            let result = match relay_within(tcp, (opened.send, opened.recv), limits).await {
+            let result = match relay_within(tcp, (opened.send, opened.recv), &limits).await {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => format!("relay: {e}"),
             };
