@@ -204,7 +204,8 @@ impl Client {
                 }
                 LocalListener::Udp(s, target) => {
                     let stats = udp_stats.clone();
-                    tracker.spawn(forward::serve_udp(s, target, current, stats, tasks, stop).instrument(span))
+                    tracker
+                        .spawn(forward::serve_udp(s, (target, counted), current, stats, tasks, stop).instrument(span))
                 }
                 LocalListener::Proxy(l, p) => {
                     let (stats, grace) = (udp_stats.clone(), (stop, DRAIN_TIMEOUT));

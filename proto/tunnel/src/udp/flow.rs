@@ -211,9 +211,12 @@ async fn read_packets(
         }
         flow.touch();
         UdpStats::bump(&stats.stream_packets_received);
-        if let Err(e) = flow.sink().send(&payload).await {
-            debug!(error = %e, "dropping a packet the local socket would not take");
-            UdpStats::bump(&stats.dropped_socket);
+        match flow.sink().send(&payload).await {
+            Ok(_) => flow.delivered(payload.len()),
+            Err(e) => {
+                debug!(error = %e, "dropping a packet the local socket would not take");
+                UdpStats::bump(&stats.dropped_socket);
+            }
         }
     }
 }

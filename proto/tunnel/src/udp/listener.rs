@@ -16,6 +16,7 @@ use super::flow;
 use super::stats::UdpStats;
 use super::table::{Flow, Sink};
 use crate::Tunnel;
+use crate::listener::{ListenerStats, Refusal};
 use crate::upstream::{Ask, FlowRoute, OpenError, Upstream};
 
 /// How often entries of ended flows are dropped from a listener's address map.
@@ -27,12 +28,14 @@ const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Receives on `socket` until `cancel`, starting one flow per user address on the route
 /// `upstream` gives for `ask`. Flow tasks run on `tracker`, each under a `flow{peer, flow}`
 /// span; `open_timeout` bounds opening a flow stream and waiting for its answer. Packets that
-/// cannot start a flow are dropped and counted in `stats`.
+/// cannot start a flow are dropped and counted in `stats`. With `counted` (a forward's
+/// listener), each flow is counted there as a connection, open while the flow lives, with its
+/// bytes as they pass.
 pub async fn serve(
     socket: Arc<UdpSocket>,
     upstream: &impl Upstream,
     ask: Ask,
-    stats: Arc<UdpStats>,
+    (stats, counted): (Arc<UdpStats>, Option<Arc<ListenerStats>>),
     open_timeout: Duration,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -80,10 +83,16 @@ pub async fn serve(
             Err(OpenError::Busy) => {
                 debug!(%peer, "UDP flow limit reached; dropping the packet");
                 UdpStats::bump(&stats.dropped_flow_limit);
+                if let Some(counted) = &counted {
+                    counted.refused(Refusal::Busy);
+                }
                 continue;
             }
             Err(_) => {
                 UdpStats::bump(&stats.dropped_no_tunnel);
+                if let Some(counted) = &counted {
+                    counted.refused(Refusal::NoTunnel);
+                }
                 continue;
             }
         };
@@ -97,6 +106,10 @@ pub async fn serve(
         if let Some(limit) = limit {
             flow.limit_to(limit);
         }
+        let open = counted.as_ref().map(|counted| {
+            flow.metered(counted.clone());
+            counted.open()
+        });
         // Not confirmed yet: the packet is queued to follow the header on the stream.
         flow.send(tunnel.conn(), payload);
         flows.insert(peer, (flow.clone(), tunnel.clone()));
@@ -104,7 +117,7 @@ pub async fn serve(
         tracker.spawn(
             async move {
                 flow::open(tunnel, flow, rx, header, open_timeout).await;
-                drop(hold);
+                drop((hold, open));
             }
             .instrument(span),
         );

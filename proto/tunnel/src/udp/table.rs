@@ -18,6 +18,7 @@ use tracing::debug;
 
 use super::stats::UdpStats;
 use crate::bandwidth::Bandwidth;
+use crate::relay::Meter;
 use wmproxy_wire::udp;
 
 /// Packets a flow may have queued toward its stream.
@@ -103,6 +104,8 @@ pub struct Flow {
     budget: Arc<AtomicUsize>,
     /// The service's bandwidth on this end: packets over it are dropped.
     limit: std::sync::OnceLock<Arc<Bandwidth>>,
+    /// Counts the flow's bytes as they pass (a forward's listener), if set.
+    meter: std::sync::OnceLock<Arc<dyn Meter>>,
 }
 
 impl Flow {
@@ -131,6 +134,7 @@ impl Flow {
             stats: table.stats.clone(),
             budget: table.queued_bytes.clone(),
             limit: std::sync::OnceLock::new(),
+            meter: std::sync::OnceLock::new(),
         });
         (flow, rx)
     }
@@ -161,6 +165,19 @@ impl Flow {
         &self.sink
     }
 
+    /// Counts the flow's bytes in `meter` from now on: what its user sends as `tcp_to_quic`,
+    /// what is delivered to it as `quic_to_tcp` (the names of the TCP relay's directions).
+    pub fn metered(&self, meter: Arc<dyn Meter>) {
+        let _ = self.meter.set(meter);
+    }
+
+    /// Counts `len` bytes delivered to the flow's user.
+    pub(crate) fn delivered(&self, len: usize) {
+        if let Some(meter) = self.meter.get() {
+            meter.passed(0, len as u64);
+        }
+    }
+
     /// Marks the flow active now.
     pub fn touch(&self) {
         let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -182,6 +199,9 @@ impl Flow {
             && !limit.try_take(payload.len())
         {
             return UdpStats::bump(&self.stats.dropped_bandwidth);
+        }
+        if let Some(meter) = self.meter.get() {
+            meter.passed(payload.len() as u64, 0);
         }
         if self.datagrams.load(Ordering::Acquire) {
             let id = self.id.load(Ordering::Relaxed);
@@ -217,7 +237,10 @@ impl Flow {
     pub fn deliver(&self, payload: &[u8]) {
         self.touch();
         match self.sink.try_send(payload) {
-            Ok(_) => UdpStats::bump(&self.stats.datagrams_received),
+            Ok(_) => {
+                self.delivered(payload.len());
+                UdpStats::bump(&self.stats.datagrams_received);
+            }
             Err(e) => {
                 debug!(error = %e, "dropping a packet the local socket would not take");
                 UdpStats::bump(&self.stats.dropped_socket);
