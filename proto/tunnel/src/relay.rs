@@ -9,6 +9,8 @@
 //!   closed). An abort therefore reaches the far end as an abort, hop by hop: a backend's reset
 //!   becomes the user's, and the other way round. A truncated transfer never passes for a
 //!   complete one (which a FIN, a clean end of data, would claim).
+//! - A relay dropped before it ends (its task cancelled: a drain grace over, a service
+//!   withdrawn) aborts both sides the same way, so a cut connection is never a clean end.
 //! - Delivery: a relay ends only once the peer has acknowledged the last bytes it sent (or
 //!   after [`DELIVERY_TIMEOUT`]), so whoever waits for it to end (a drain) can close the
 //!   connection without losing them.
@@ -142,17 +144,20 @@ pub async fn relay_within(
 /// refused), the TCP socket is closed rather than reset, since nothing was carried back.
 pub async fn relay_gated(
     tcp: TcpStream,
-    (mut send, mut recv): (SendStream, RecvStream),
+    (send, recv): (SendStream, RecvStream),
     gate: impl AsyncFnOnce(&mut RecvStream) -> io::Result<()>,
     limits: &Limits<'_>,
 ) -> io::Result<RelayStats> {
-    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let mut ends = Ends { tcp: Some(tcp.into_split()), send, recv, on_drop: OnDrop::Abort };
+    let Ends { tcp: Some((tcp_read, tcp_write)), send, recv, .. } = &mut ends else {
+        return Err(io::Error::other("the relay's socket is gone"));
+    };
     let mut refused = false;
     let activity = limits.idle.map(|_| Activity::default());
     let work = async {
-        tokio::try_join!(tcp_to_quic(&mut tcp_read, &mut send, limits, activity.as_ref()), async {
-            gate(&mut recv).await.inspect_err(|e| refused = e.kind() == io::ErrorKind::ConnectionRefused)?;
-            quic_to_tcp(&mut recv, &mut tcp_write, limits, activity.as_ref()).await
+        tokio::try_join!(tcp_to_quic(tcp_read, send, limits, activity.as_ref()), async {
+            gate(recv).await.inspect_err(|e| refused = e.kind() == io::ErrorKind::ConnectionRefused)?;
+            quic_to_tcp(recv, tcp_write, limits, activity.as_ref()).await
         })
     };
     // One `select!` either way, so `work` (the relay's state) is stored once.
@@ -173,21 +178,56 @@ pub async fn relay_gated(
             // Our last bytes are written, not yet delivered: wait until the peer acknowledges
             // them, so that a drain waiting on this relay (its permit) never closes the tunnel
             // under them. (Boxed: a relay's state while it carries data holds no timer.)
-            if Box::pin(tokio::time::timeout(DELIVERY_TIMEOUT, send.stopped())).await.is_err() {
+            if Box::pin(tokio::time::timeout(DELIVERY_TIMEOUT, ends.send.stopped())).await.is_err() {
                 tracing::debug!("the peer did not acknowledge the stream's end in time");
             }
+            ends.on_drop = OnDrop::Close;
             Ok(RelayStats { tcp_to_quic, quic_to_tcp })
         }
         Err(e) => {
-            // Either may already be closed; that is the point of aborting.
-            let _ = send.reset(RELAY_ABORTED);
-            let _ = recv.stop(RELAY_ABORTED);
             // A connection the far end refused carried nothing back: it is closed, as before
-            // any relay. One that carried data is aborted.
-            if !refused {
-                reset_tcp(tcp_read, tcp_write);
+            // any relay. One that carried data is aborted (by `ends` as it drops).
+            if refused {
+                ends.on_drop = OnDrop::AbortStream;
             }
             Err(e)
+        }
+    }
+}
+
+/// What a relay's two ends get when it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDrop {
+    /// It finished: both ends close as usual.
+    Close,
+    /// The far end refused it: the stream is reset, the TCP socket just closed.
+    AbortStream,
+    /// It failed, or was cancelled before it ended (its task dropped when a drain grace was
+    /// over, a service withdrawn): the stream is reset and stopped and the TCP socket reset,
+    /// so that neither side takes the cut for a clean end of data.
+    Abort,
+}
+
+/// The TCP socket and QUIC stream of one relay, aborted as [`OnDrop`] says when dropped.
+struct Ends {
+    tcp: Option<(OwnedReadHalf, OwnedWriteHalf)>,
+    send: SendStream,
+    recv: RecvStream,
+    on_drop: OnDrop,
+}
+
+impl Drop for Ends {
+    fn drop(&mut self) {
+        if self.on_drop == OnDrop::Close {
+            return;
+        }
+        // Either may already be closed; that is the point of aborting.
+        let _ = self.send.reset(RELAY_ABORTED);
+        let _ = self.recv.stop(RELAY_ABORTED);
+        if self.on_drop == OnDrop::Abort
+            && let Some((read, write)) = self.tcp.take()
+        {
+            reset_tcp(read, write);
         }
     }
 }
