@@ -15,6 +15,17 @@ use crate::{ClientConfig, GroupJoin, ServerTrust};
 /// What every secret is written as.
 pub const MASKED: &str = "MASKED";
 
+/// Puts `secret` in place of every [`MASKED`] string in `value` (a `to_file` table, or `/now`'s
+/// answer as TOML), so that it loads again: for tests and tools that have the secrets.
+pub fn fill_secrets(value: &mut Value, secret: &str) {
+    match value {
+        Value::String(s) if s == MASKED => secret.clone_into(s),
+        Value::Array(items) => items.iter_mut().for_each(|v| fill_secrets(v, secret)),
+        Value::Table(t) => t.iter_mut().for_each(|(_, v)| fill_secrets(v, secret)),
+        _ => {}
+    }
+}
+
 /// `value` as a TOML value; a part that cannot be one (never, for the config's types) is left
 /// out rather than failing the whole table.
 fn value<T: serde::Serialize + ?Sized>(v: &T) -> Option<Value> {

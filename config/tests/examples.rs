@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use wmproxy_config::now::MASKED;
+use wmproxy_config::now::fill_secrets;
 
 /// One value for every secret, so that the masked ones can be filled back in.
 const SECRET: &str = "the-one-secret-123";
@@ -55,16 +55,8 @@ fn one_secret(text: &str) -> String {
 
 /// `table` as TOML text with every masked secret filled in.
 fn filled(table: toml::Table) -> String {
-    fn fill(v: &mut toml::Value) {
-        match v {
-            toml::Value::String(s) if s == MASKED => *s = SECRET.to_owned(),
-            toml::Value::Array(items) => items.iter_mut().for_each(fill),
-            toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| fill(v)),
-            _ => {}
-        }
-    }
     let mut value = toml::Value::Table(table);
-    fill(&mut value);
+    fill_secrets(&mut value, SECRET);
     toml::to_string(&value).expect("a table is TOML")
 }
 

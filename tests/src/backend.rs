@@ -128,6 +128,23 @@ pub async fn assert_echo(addr: SocketAddr, len: usize, seed: u64) -> Result<()> 
     Ok(())
 }
 
+/// A backend that writes `len` bytes of [`pattern`] (seed 3) to each connection, then holds it
+/// open, reading and dropping whatever comes, until the other side closes.
+pub async fn sends_then_holds(len: usize) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.write_all(&pattern(len, 3)).await;
+                let mut sink = [0u8; 64];
+                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    Ok(addr)
+}
+
 /// Deterministic test data: `len` bytes from a seed.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

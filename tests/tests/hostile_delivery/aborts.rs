@@ -137,28 +137,12 @@ async fn a_user_that_resets_resets_the_backend_too_and_a_clean_close_stays_clean
     Ok(())
 }
 
-/// A backend that writes `len` bytes to each connection, then holds it open without a word.
-async fn holding_backend(len: usize) -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = tcp.write_all(&pattern(len, 3)).await;
-                let mut sink = [0u8; 64];
-                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    Ok(addr)
-}
-
 /// A connection cut because its service was withdrawn (here: the client's tunnel to a server
 /// whose drain grace is over) ends as an abort for the user, never as a clean end of data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_after_the_drain_grace_is_an_abort_for_the_user() -> Result<()> {
     init_tracing();
-    let backend = holding_backend(10_000).await?;
+    let backend = wmproxy_tests::backend::sends_then_holds(10_000).await?;
     let server = TestServer::start(|f| f.limits.drain_grace_secs = 1).await?;
     let mut config = server.client_config("held");
     config.services.push(tcp_service("held", backend, 0));

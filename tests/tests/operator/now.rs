@@ -3,24 +3,16 @@
 //! secrets filled in, it gives a config equal to the running one.
 
 use anyhow::{Context, Result, ensure};
-use wmproxy_config::now::MASKED;
+use wmproxy_config::now::fill_secrets;
 use wmproxy_tests::{TestClient, TestServer, control_call};
 
 const SECRET: &str = "one-secret-for-all";
 
 /// `/now`'s JSON as TOML text, with every masked secret filled in.
 fn as_file(json: &str) -> Result<String> {
-    fn fill(v: &mut toml::Value) {
-        match v {
-            toml::Value::String(s) if s == MASKED => *s = SECRET.to_owned(),
-            toml::Value::Array(items) => items.iter_mut().for_each(fill),
-            toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| fill(v)),
-            _ => {}
-        }
-    }
     let json: serde_json::Value = serde_json::from_str(json)?;
     let mut value = toml::Value::try_from(json)?;
-    fill(&mut value);
+    fill_secrets(&mut value, SECRET);
     Ok(toml::to_string(&value)?)
 }
 

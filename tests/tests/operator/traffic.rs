@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tracing::Level;
 use wmproxy_config::ProxyType;
 use wmproxy_config::proxy::{ServerProxyFields, ServerProxyFile};
@@ -159,29 +159,13 @@ async fn server_proxies_are_logged_counted_and_listed() -> Result<()> {
     Ok(())
 }
 
-/// A backend that sends `len` bytes on each connection and then holds it open.
-async fn sends_then_holds(len: usize) -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = tcp.write_all(&vec![7u8; len]).await;
-                let mut sink = [0u8; 64];
-                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    Ok(addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_half_way_reports_what_it_carried() -> Result<()> {
     let logs = Logs::capture();
     const LEN: usize = 1 << 20;
     let mut server = TestServer::start(|f| f.limits.drain_grace_secs = 0).await?;
     let mut config = server.client_config("traffic-cut");
-    config.services.push(tcp_service("held", sends_then_holds(LEN).await?, 0));
+    config.services.push(tcp_service("held", wmproxy_tests::backend::sends_then_holds(LEN).await?, 0));
     let mut client = TestClient::start(config).await?;
     let port = client.port_of("held").await?;
     let mut user = TcpStream::connect(("127.0.0.1", port)).await?;
