@@ -7,6 +7,8 @@
 //! - [`backend`]: TCP backends (echo with half-close, a reply-after-EOF server).
 //! - [`raw`]: a hand-driven QUIC peer for adversarial tests (garbage, oversized frames).
 //! - [`metrics`]: a server's `/metrics`, parsed. [`logs`]: what the binary logged, captured.
+//! - [`netbed`]: a public host, a NAT and a home host in network namespaces, with loss, rate
+//!   and MTU settings (needs root).
 //! - [`groups`]: load-balancing config entries, tagged and switchable backends, HTTP health
 //!   endpoints.
 //! - [`proxy`]: an HTTP file server, proxy entries, curl, raw SOCKS5 bytes.
@@ -19,6 +21,7 @@ pub mod backend;
 pub mod groups;
 pub mod logs;
 pub mod metrics;
+pub mod netbed;
 pub mod proxy;
 pub mod raw;
 pub mod tls;
