@@ -1,6 +1,7 @@
 //! A small network in namespaces, for tests that need what loopback lacks: NAT, loss, a
-//! narrow or slow path (issue 14). This is its first part: the topology, NAT, loss, rate, MTU
-//! and cleanup; the delay line and the tests of the tunnel over it come next.
+//! narrow or slow path (issue 14). This is its first part: the topology, NAT, loss, rate, MTU,
+//! cleanup, and [`InNetns`], a runtime inside a namespace, which runs a real server, client,
+//! backend or user there in-process. The delay line comes next.
 //!
 //! ```text
 //!  public (198.18.0.1) ──wan── nat (198.18.0.2 | 10.77.0.1, masquerade) ──lan── home (10.77.0.2)
@@ -207,4 +208,58 @@ fn run(command: &mut Command) -> Result<Output> {
         bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
+}
+
+/// A tokio runtime whose thread lives in one of a bed's namespaces: every socket its tasks
+/// open (a server's endpoint and ports, a client's, a backend's, a user's) belongs to that
+/// namespace. Spawn work on it through [`InNetns::handle`]; dropping it stops the runtime.
+#[derive(Debug)]
+pub struct InNetns {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InNetns {
+    /// A runtime in namespace `ns` (a name of [`Netbed::public`], [`Netbed::nat`],
+    /// [`Netbed::home`]).
+    pub fn enter(ns: &str) -> Result<Self> {
+        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+        let (ready, handle) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name(format!("netns-{ns}")).spawn(move || {
+            let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("setns")
+                .and_then(|()| Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?));
+            match entered {
+                Ok(runtime) => {
+                    let _ = ready.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            }
+        })?;
+        let handle = handle.recv().context("the namespace thread ended")??;
+        Ok(Self { handle, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Where to spawn the namespace's work.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

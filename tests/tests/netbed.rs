@@ -1,7 +1,8 @@
 //! The network test bed itself (issue 14, first part): the home host reaches the public host
 //! only through its NAT, which masquerades it; nothing leaves the bed; the NAT's loss setting
-//! drops what it says; and the namespaces are gone once the bed is dropped. Skipped, saying
-//! why, where the bed cannot be built (not root, a tool missing).
+//! drops what it says; the namespaces are gone once the bed is dropped; and a real server and
+//! client run in it, the client behind the NAT. Skipped, saying why, where the bed cannot be
+//! built (not root, a tool missing).
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -85,5 +86,50 @@ fn home_reaches_public_through_the_nat_and_nothing_else() -> Result<()> {
     if names.iter().any(|n| left.contains(n.as_str())) {
         bail!("namespaces left behind: {left}");
     }
+    Ok(())
+}
+
+/// The tunnel over the bed: a server on the public host, a client behind the NAT publishing a
+/// service of its home network; a user on the public host reaches it, and the server sees the
+/// client at the NAT's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_behind_the_nat_is_published_on_the_public_host() -> Result<()> {
+    use wmproxy_tests::netbed::InNetns;
+    use wmproxy_tests::{TestClient, TestServer, backend, tcp_service};
+    if let Some(why) = Netbed::unavailable() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let bed = Netbed::start(Mapping::Random)?;
+    let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
+    let server = public.handle().spawn(TestServer::start(|f| {
+        f.bind = (netbed::PUBLIC, 0).into();
+        f.public_bind = netbed::PUBLIC.into();
+    }));
+    let mut server = server.await??;
+    let echo = home.handle().spawn(backend::echo()).await??;
+    let mut config = server.client_config("behind-nat");
+    config.services.push(tcp_service("echo", echo, 0));
+    let mut client = home.handle().spawn(TestClient::start(config)).await??;
+    let port = client.port_of("echo").await?;
+
+    let message = backend::pattern(256 * 1024, 7);
+    let sent = message.clone();
+    let back = public.handle().spawn(async move { backend::round_trip((netbed::PUBLIC, port).into(), &sent).await });
+    ensure!(back.await?? == message, "the echo through the NAT came back altered");
+    let status = public.handle().spawn(async move {
+        let status = server.control("GET", "/status", "").await;
+        (server, status)
+    });
+    let (returned, status) = status.await?;
+    server = returned;
+    let (_, status) = status?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    let address = status["clients"][0]["address"].as_str().unwrap_or_default().to_owned();
+    ensure!(address.starts_with(&format!("{}:", netbed::NAT_WAN)), "the server saw the client at {address}");
+
+    client.stop().await?;
+    server.stop().await?;
+    drop((public, home));
     Ok(())
 }
