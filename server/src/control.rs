@@ -64,6 +64,8 @@ struct ClientStatus {
     /// Seconds since the Unix epoch.
     connected_since: u64,
     rtt_ms: f64,
+    /// The tunnel's path MTU as QUIC has found it (UDP payload bytes).
+    mtu: u16,
     services: Vec<ServiceTraffic>,
 }
 
@@ -131,6 +133,7 @@ impl ServerControl {
                 address: s.tunnel.conn().remote_address().to_string(),
                 connected_since: s.since.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs(),
                 rtt_ms: s.tunnel.conn().rtt().as_secs_f64() * 1000.0,
+                mtu: s.tunnel.conn().stats().path.current_mtu,
                 services: s
                     .results()
                     .iter()

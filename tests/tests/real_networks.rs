@@ -4,8 +4,11 @@
 //! - NAT rebinding: the NAT forgets the client's mapping in the middle of a transfer and gives
 //!   it a new port; the tunnel migrates to it without reconnecting, and the transfer arrives
 //!   intact.
+//! - MTU: a 1280-byte path carries TCP and 1,200-byte UDP packets; on a 1500-byte path QUIC
+//!   finds a larger MTU (the server's `/status` shows it).
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,13 +19,8 @@ use wmproxy_tests::{DEADLINE, TestClient, TestServer, backend, eventually, tcp_s
 
 /// The server's view of the one client: its address.
 async fn client_address(public: &InNetns, server: TestServer) -> Result<(TestServer, String)> {
-    let asked = public.handle().spawn(async move {
-        let status = server.control("GET", "/status", "").await;
-        (server, status)
-    });
-    let (server, status) = asked.await?;
-    let status: serde_json::Value = serde_json::from_str(&status?.1)?;
-    let address = status["clients"][0]["address"].as_str().context("one client")?.to_owned();
+    let (server, status) = client_status(public, server).await?;
+    let address = status["address"].as_str().context("one client")?.to_owned();
     Ok((server, address))
 }
 
@@ -83,5 +81,80 @@ async fn a_nat_rebinding_mid_transfer_migrates_the_tunnel_and_loses_nothing() ->
     client.stop().await?;
     server.stop().await?;
     drop((public, home));
+    Ok(())
+}
+
+/// The server's `/status` of the one client, asked from the public host.
+async fn client_status(public: &InNetns, server: TestServer) -> Result<(TestServer, serde_json::Value)> {
+    let asked = public.handle().spawn(async move {
+        let status = server.control("GET", "/status", "").await;
+        (server, status)
+    });
+    let (server, status) = asked.await?;
+    let status: serde_json::Value = serde_json::from_str(&status?.1)?;
+    Ok((server, status["clients"][0].clone()))
+}
+
+/// A server on the public host, and a client behind the NAT publishing a TCP and a UDP echo
+/// of the home host; returns them and the two public ports.
+async fn echoes(public: &InNetns, home: &InNetns) -> Result<(TestServer, TestClient, u16, u16)> {
+    let server = public.handle().spawn(TestServer::start(|f| {
+        f.bind = (netbed::PUBLIC, 0).into();
+        f.public_bind = netbed::PUBLIC.into();
+    }));
+    let server = server.await??;
+    let tcp_echo = home.handle().spawn(backend::echo()).await??;
+    let udp_echo = home.handle().spawn(wmproxy_tests::udp::echo()).await??;
+    let mut config = server.client_config("mtu");
+    config.services.push(tcp_service("tcp", tcp_echo, 0));
+    config.services.push(wmproxy_tests::udp::service("udp", udp_echo, 0));
+    let mut client = home.handle().spawn(TestClient::start(config)).await??;
+    let (tcp, udp) = (client.port_of("tcp").await?, client.port_of("udp").await?);
+    Ok((server, client, tcp, udp))
+}
+
+/// Over a path with a 1280-byte MTU the tunnel works, TCP and UDP, and a UDP service's
+/// 1,200-byte packets still pass (as datagrams where they fit, else on the flow's stream);
+/// over a 1500-byte path QUIC finds a larger MTU than its 1200-byte start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1280_byte_path_carries_everything_and_a_1500_byte_path_is_discovered() -> Result<()> {
+    if let Some(why) = Netbed::unavailable() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    for (mtu, found) in [(1280u32, 1200..=1252u64), (1500, 1253..=1472)] {
+        let bed = Netbed::start(Mapping::PortPreserving)?;
+        bed.set_mtu(mtu)?;
+        let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
+        let (server, mut client, tcp, udp) = echoes(&public, &home).await?;
+        let traffic = public.handle().spawn(async move {
+            let message = backend::pattern(1 << 20, 3);
+            ensure!(backend::round_trip((netbed::PUBLIC, tcp).into(), &message).await? == message, "TCP echo");
+            let user = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+            for i in 0..50u8 {
+                let payload = vec![i; 1200];
+                let to = (netbed::PUBLIC, udp).into();
+                wmproxy_tests::udp::round_trip(&user, to, &payload, |_| Ok(())).await?;
+            }
+            anyhow::Ok(())
+        });
+        traffic.await??;
+        // Path MTU discovery probes on its own schedule: wait (polling) for it to settle.
+        let (mut server, mut status) = client_status(&public, server).await?;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !status["mtu"].as_u64().is_some_and(|m| found.contains(&m)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (server, status) = client_status(&public, server).await?;
+        }
+        ensure!(
+            status["mtu"].as_u64().is_some_and(|m| found.contains(&m)),
+            "path MTU {mtu}: the tunnel found {}",
+            status["mtu"]
+        );
+        client.stop().await?;
+        let mut server = server;
+        server.stop().await?;
+        drop((public, home, bed));
+    }
     Ok(())
 }
