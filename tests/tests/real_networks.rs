@@ -4,6 +4,8 @@
 //! - NAT rebinding: the NAT forgets the client's mapping in the middle of a transfer and gives
 //!   it a new port; the tunnel migrates to it without reconnecting, and the transfer arrives
 //!   intact.
+//! - Outage: a blackholed path; the server frees the silent client, which comes back when the
+//!   path does.
 //! - MTU: a 1280-byte path carries TCP and 1,200-byte UDP packets; on a 1500-byte path QUIC
 //!   finds a larger MTU (the server's `/status` shows it).
 
@@ -156,5 +158,68 @@ async fn a_1280_byte_path_carries_everything_and_a_1500_byte_path_is_discovered(
         server.stop().await?;
         drop((public, home, bed));
     }
+    Ok(())
+}
+
+/// The path goes dark: the server gives the silent tunnel up within its idle timeout (30 s,
+/// counted from its last ack-eliciting packet, so up to one keep-alive period, 10 s, more) and
+/// frees the client's port; once the path is back the client reconnects within one attempt and
+/// one backoff step, and the server holds exactly one session of it, no zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_the_server_frees_the_client_and_the_client_comes_back() -> Result<()> {
+    if let Some(why) = Netbed::unavailable() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let bed = Netbed::start(Mapping::PortPreserving)?;
+    let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
+    let (server, mut client, tcp, _) = echoes(&public, &home).await?;
+    let dark = tokio::time::Instant::now();
+    bed.set_loss(1000)?;
+
+    // The server: no client within its idle timeout (30 s), and the public port closed.
+    let mut server = server;
+    let gone = loop {
+        let asked = public.handle().spawn(async move {
+            let status = server.control("GET", "/status", "").await;
+            (server, status)
+        });
+        let (returned, status) = asked.await?;
+        server = returned;
+        let status: serde_json::Value = serde_json::from_str(&status?.1)?;
+        if status["clients"].as_array().is_some_and(Vec::is_empty) {
+            break dark.elapsed();
+        }
+        ensure!(dark.elapsed() < Duration::from_secs(50), "the server still holds the dark client");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let limit = wmproxy_tunnel::transport::IDLE_TIMEOUT + wmproxy_tunnel::transport::KEEP_ALIVE;
+    ensure!(gone <= limit + Duration::from_secs(2), "the server took {gone:?} to give the tunnel up");
+    let refused = public.handle().spawn(async move { backend::refused(tcp).await });
+    refused.await??;
+
+    // The path comes back: connected again within an attempt and a backoff step.
+    bed.set_loss(0)?;
+    let back = tokio::time::Instant::now();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.wait_for("connected again", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })),
+    );
+    connected.await.context("the client did not come back within 30 s of the path")??;
+    let returned_in = back.elapsed();
+
+    let (mut server, status) = client_status(&public, server).await?;
+    ensure!(status["name"] == "mtu", "{status}");
+    let active = public.handle().spawn(async move {
+        let metrics = scrape(&server).await;
+        (server, metrics)
+    });
+    let (returned, metrics) = active.await?;
+    server = returned;
+    ensure!(sample(&metrics?, "wmproxy_tunnels_active", &[]) == Some(1.0), "one session, no zombie");
+    println!("server gave up after {gone:?}; client back {returned_in:?} after the path");
+    client.stop().await?;
+    server.stop().await?;
+    drop((public, home));
     Ok(())
 }
