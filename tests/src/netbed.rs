@@ -102,7 +102,9 @@ impl Netbed {
         };
         let rules = format!(
             "table ip wpnat {{\n chain post {{ type nat hook postrouting priority 100; oifname \"wan0\" {masquerade}; }}\n}}\n\
-             table inet wpshape {{\n chain forward {{ type filter hook forward priority 0; }}\n}}\n"
+             table inet wpshape {{\n counter forwarded {{ }}\n\
+             chain count {{ type filter hook forward priority -10; counter name \"forwarded\"; }}\n\
+             chain forward {{ type filter hook forward priority 0; }}\n}}\n"
         );
         bed.nft(&rules)?;
         Ok(bed)
@@ -177,6 +179,18 @@ impl Netbed {
     /// [`Mapping::Random`], on another port), as a router that rebooted or rebound would.
     pub fn flush_mappings(&self) -> Result<()> {
         self.exec(&self.nat(), &["conntrack", "-F"]).map(|_| ())
+    }
+
+    /// Packets and bytes the NAT has forwarded so far, both ways (before any loss).
+    pub fn forwarded(&self) -> Result<(u64, u64)> {
+        let out = self.exec(&self.nat(), &["nft", "list", "counter", "inet", "wpshape", "forwarded"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let after = |word: &str| -> Result<u64> {
+            let at = text.find(word).with_context(|| format!("no `{word}` in {text}"))? + word.len();
+            let digits: String = text[at..].trim_start().chars().take_while(char::is_ascii_digit).collect();
+            Ok(digits.parse()?)
+        };
+        Ok((after("packets")?, after("bytes")?))
     }
 
     fn ip(&self, ns: &str, args: &[&str]) -> Result<()> {

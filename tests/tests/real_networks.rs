@@ -4,6 +4,7 @@
 //! - NAT rebinding: the NAT forgets the client's mapping in the middle of a transfer and gives
 //!   it a new port; the tunnel migrates to it without reconnecting, and the transfer arrives
 //!   intact.
+//! - NAT idle timeout: an idle tunnel outlives a 30 s UDP mapping timeout for two minutes.
 //! - Outage: a blackholed path; the server frees the silent client, which comes back when the
 //!   path does.
 //! - MTU: a 1280-byte path carries TCP and 1,200-byte UDP packets; on a 1500-byte path QUIC
@@ -218,6 +219,52 @@ async fn after_an_outage_the_server_frees_the_client_and_the_client_comes_back()
     server = returned;
     ensure!(sample(&metrics?, "wmproxy_tunnels_active", &[]) == Some(1.0), "one session, no zombie");
     println!("server gave up after {gone:?}; client back {returned_in:?} after the path");
+    client.stop().await?;
+    server.stop().await?;
+    drop((public, home));
+    Ok(())
+}
+
+/// A NAT that forgets idle UDP mappings after 30 s does not cut an idle tunnel: after two
+/// minutes of silence the public side still reaches the home service through the same tunnel
+/// (keep-alives every 10 s hold the mapping). Prints what the keep-alives cost on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_outlives_a_30_s_nat_mapping_timeout() -> Result<()> {
+    if let Some(why) = Netbed::unavailable() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    const IDLE: Duration = Duration::from_secs(120);
+    let bed = Netbed::start(Mapping::Random)?;
+    bed.set_udp_timeout(30)?;
+    let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
+    let (server, mut client, tcp, _) = echoes(&public, &home).await?;
+    let (server, before) = client_address(&public, server).await?;
+
+    // Two minutes with no traffic but the tunnel's own: the idle period is the scenario.
+    let (packets_0, bytes_0) = bed.forwarded()?;
+    tokio::time::sleep(IDLE).await;
+    let (packets_1, bytes_1) = bed.forwarded()?;
+    let minutes = IDLE.as_secs_f64() / 60.0;
+    println!(
+        "idle tunnel through the NAT: {:.0} packets and {:.0} bytes per minute, both ways",
+        (packets_1 - packets_0) as f64 / minutes,
+        (bytes_1 - bytes_0) as f64 / minutes
+    );
+
+    let message = backend::pattern(64 * 1024, 9);
+    let sent = message.clone();
+    let echoed = public.handle().spawn(async move { backend::round_trip((netbed::PUBLIC, tcp).into(), &sent).await });
+    ensure!(echoed.await?? == message, "the idle tunnel no longer carries");
+    let (mut server, after) = client_address(&public, server).await?;
+    ensure!(after == before, "the mapping changed ({before} -> {after}): the NAT forgot it while idle");
+    let accepted = public.handle().spawn(async move {
+        let metrics = scrape(&server).await;
+        (server, metrics)
+    });
+    let (returned, metrics) = accepted.await?;
+    server = returned;
+    ensure!(sample(&metrics?, "wmproxy_tunnels_accepted_total", &[]) == Some(1.0), "the client reconnected");
     client.stop().await?;
     server.stop().await?;
     drop((public, home));
