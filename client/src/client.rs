@@ -77,7 +77,9 @@ impl Client {
         for warning in &config.warnings {
             warn!(%warning, "config");
         }
-        let quic = tls::quic_client_config(&config.trust)?;
+        let mut quic = tls::quic_client_config(&config.trust)?;
+        let tuning = transport::TransportTuning { keep_alive: config.limits.keep_alive(), ..Default::default() };
+        quic.transport_config(Arc::new(tuning.to_config()));
         let listen = |addr: SocketAddr| move |source| ClientError::Listen { addr, source };
         let mut locals = Vec::with_capacity(config.forwards.len() + config.proxies.len());
         for f in &config.forwards {

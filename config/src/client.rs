@@ -77,11 +77,14 @@ pub struct ClientLimits {
     /// Seconds without a packet either way after which a UDP flow is closed. The server has
     /// its own setting; the shorter one wins.
     pub udp_flow_idle_timeout_secs: u64,
+    /// Seconds between keep-alives of a quiet tunnel: keep it below the UDP mapping timeout
+    /// of the NATs between the client and the server (often 30 s; some carriers less).
+    pub keep_alive_secs: u64,
 }
 
 impl Default for ClientLimits {
     fn default() -> Self {
-        Self { max_udp_flows: 1024, udp_flow_idle_timeout_secs: 60 }
+        Self { max_udp_flows: 1024, udp_flow_idle_timeout_secs: 60, keep_alive_secs: 10 }
     }
 }
 
@@ -89,6 +92,11 @@ impl ClientLimits {
     /// [`Self::udp_flow_idle_timeout_secs`] as a duration.
     pub fn udp_flow_idle_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.udp_flow_idle_timeout_secs)
+    }
+
+    /// [`Self::keep_alive_secs`] as a duration.
+    pub fn keep_alive(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.keep_alive_secs)
     }
 }
 
@@ -175,6 +183,7 @@ impl ClientFile {
         let limit = |key| [Key("limits"), Key(key)];
         within(src, &limit("max_udp_flows"), l.max_udp_flows, ranges::MAX_STREAMS)?;
         within(src, &limit("udp_flow_idle_timeout_secs"), l.udp_flow_idle_timeout_secs, ranges::UDP_IDLE_SECS)?;
+        within(src, &limit("keep_alive_secs"), l.keep_alive_secs, ranges::KEEP_ALIVE_SECS)?;
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(self.services.len());

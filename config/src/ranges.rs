@@ -37,6 +37,8 @@ pub const UDP_IDLE_SECS: RangeInclusive<u64> = 1..=86_400;
 pub const DRAIN_GRACE_SECS: RangeInclusive<u64> = 0..=3_600;
 /// The largest HTTP request head the vhost reads (hyper needs at least 8 KiB).
 pub const MAX_HEADER_BYTES: RangeInclusive<u64> = 8_192..=1_048_576;
+/// The client's `[limits] keep_alive_secs`: below the tunnel's 30 s idle timeout.
+pub const KEEP_ALIVE_SECS: RangeInclusive<u64> = 1..=25;
 /// A group's `max_fails`.
 pub const MAX_FAILS: RangeInclusive<u64> = 0..=1_000;
 /// A group's `fail_timeout_secs`.

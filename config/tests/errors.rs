@@ -91,3 +91,11 @@ fn egress_networks_take_a_bare_address_as_that_one_address() {
     let e = server_error("token = \"shared-token-1\"\n[egress]\ndeny = [\"10.0.0\"]\n");
     assert!(e.contains("`10.0.0` is not a network") && e.contains("CIDR form"), "{e}");
 }
+
+#[test]
+fn a_keep_alive_at_or_past_the_idle_timeout_is_refused() {
+    let e = client_error(&format!("{CLIENT_HEAD}[limits]\nkeep_alive_secs = 30\n"));
+    assert!(e.contains("limits.keep_alive_secs") && e.contains("at most 25 seconds"), "{e}");
+    let config = parse_client(&format!("{CLIENT_HEAD}[limits]\nkeep_alive_secs = 5\n")).expect("in range");
+    assert_eq!(config.limits.keep_alive(), std::time::Duration::from_secs(5));
+}

@@ -270,3 +270,39 @@ async fn an_idle_tunnel_outlives_a_30_s_nat_mapping_timeout() -> Result<()> {
     drop((public, home));
     Ok(())
 }
+
+/// `[limits] keep_alive_secs` sets how often a quiet tunnel speaks: at 1 s the NAT forwards
+/// several times the packets it forwards at the default 10 s over the same quiet time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keep_alive_interval_is_the_clients_setting() -> Result<()> {
+    if let Some(why) = Netbed::unavailable() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    const QUIET: Duration = Duration::from_secs(12);
+    let mut packets = Vec::new();
+    for keep_alive_secs in [10, 1] {
+        let bed = Netbed::start(Mapping::PortPreserving)?;
+        let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
+        let server = public.handle().spawn(TestServer::start(|f| {
+            f.bind = (netbed::PUBLIC, 0).into();
+            f.public_bind = netbed::PUBLIC.into();
+        }));
+        let mut server = server.await??;
+        let mut config = server.client_config("quiet");
+        config.limits.keep_alive_secs = keep_alive_secs;
+        let mut client = home.handle().spawn(TestClient::start(config)).await??;
+        client.wait_for("connected", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })).await?;
+        let (before, _) = bed.forwarded()?;
+        // The quiet period is the measurement.
+        tokio::time::sleep(QUIET).await;
+        let (after, _) = bed.forwarded()?;
+        packets.push(after - before);
+        client.stop().await?;
+        server.stop().await?;
+        drop((public, home, bed));
+    }
+    println!("packets through the NAT in {QUIET:?} of quiet: {} at 10 s, {} at 1 s", packets[0], packets[1]);
+    ensure!(packets[1] >= 3 * packets[0].max(2), "keep-alives at 1 s: {packets:?}");
+    Ok(())
+}
