@@ -277,3 +277,13 @@ impl Drop for InNetns {
         }
     }
 }
+
+/// A test server on the bed's public host (`public`, an [`InNetns`] of [`Netbed::public`]):
+/// its tunnel endpoint and public ports on [`PUBLIC`].
+pub async fn public_server(public: &InNetns) -> Result<crate::TestServer> {
+    let started = public.handle().spawn(crate::TestServer::start(|f| {
+        f.bind = (PUBLIC, 0).into();
+        f.public_bind = PUBLIC.into();
+    }));
+    started.await?
+}

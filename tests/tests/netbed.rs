@@ -95,18 +95,14 @@ fn home_reaches_public_through_the_nat_and_nothing_else() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_behind_the_nat_is_published_on_the_public_host() -> Result<()> {
     use wmproxy_tests::netbed::InNetns;
-    use wmproxy_tests::{TestClient, TestServer, backend, tcp_service};
+    use wmproxy_tests::{TestClient, backend, tcp_service};
     if let Some(why) = Netbed::unavailable() {
         println!("SKIPPED: {why}");
         return Ok(());
     }
     let bed = Netbed::start(Mapping::Random)?;
     let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
-    let server = public.handle().spawn(TestServer::start(|f| {
-        f.bind = (netbed::PUBLIC, 0).into();
-        f.public_bind = netbed::PUBLIC.into();
-    }));
-    let mut server = server.await??;
+    let mut server = netbed::public_server(&public).await?;
     let echo = home.handle().spawn(backend::echo()).await??;
     let mut config = server.client_config("behind-nat");
     config.services.push(tcp_service("echo", echo, 0));

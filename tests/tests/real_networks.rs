@@ -36,11 +36,7 @@ async fn a_nat_rebinding_mid_transfer_migrates_the_tunnel_and_loses_nothing() ->
     const LEN: usize = 64 << 20;
     let bed = Netbed::start(Mapping::Random)?;
     let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
-    let server = public.handle().spawn(TestServer::start(|f| {
-        f.bind = (netbed::PUBLIC, 0).into();
-        f.public_bind = netbed::PUBLIC.into();
-    }));
-    let server = server.await??;
+    let server = netbed::public_server(&public).await?;
     let (sink, received) = home.handle().spawn(backend::checksum_sink()).await??;
     let mut config = server.client_config("rebinding");
     config.services.push(tcp_service("sink", sink, 0));
@@ -101,11 +97,7 @@ async fn client_status(public: &InNetns, server: TestServer) -> Result<(TestServ
 /// A server on the public host, and a client behind the NAT publishing a TCP and a UDP echo
 /// of the home host; returns them and the two public ports.
 async fn echoes(public: &InNetns, home: &InNetns) -> Result<(TestServer, TestClient, u16, u16)> {
-    let server = public.handle().spawn(TestServer::start(|f| {
-        f.bind = (netbed::PUBLIC, 0).into();
-        f.public_bind = netbed::PUBLIC.into();
-    }));
-    let server = server.await??;
+    let server = netbed::public_server(public).await?;
     let tcp_echo = home.handle().spawn(backend::echo()).await??;
     let udp_echo = home.handle().spawn(wmproxy_tests::udp::echo()).await??;
     let mut config = server.client_config("mtu");
@@ -284,11 +276,7 @@ async fn the_keep_alive_interval_is_the_clients_setting() -> Result<()> {
     for keep_alive_secs in [10, 1] {
         let bed = Netbed::start(Mapping::PortPreserving)?;
         let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
-        let server = public.handle().spawn(TestServer::start(|f| {
-            f.bind = (netbed::PUBLIC, 0).into();
-            f.public_bind = netbed::PUBLIC.into();
-        }));
-        let mut server = server.await??;
+        let mut server = netbed::public_server(&public).await?;
         let mut config = server.client_config("quiet");
         config.limits.keep_alive_secs = keep_alive_secs;
         let mut client = home.handle().spawn(TestClient::start(config)).await??;
