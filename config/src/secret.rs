@@ -82,9 +82,11 @@ impl<'de> serde::de::Visitor<'de> for SecretVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {
         use serde::de::Error;
-        let (Some(source), Some(value)) = (map.next_key::<String>()?, map.next_value::<String>().ok()) else {
+        // A value only after a key: serde lets a map panic when asked for one without.
+        let Some(source) = map.next_key::<String>()? else {
             return Err(A::Error::custom("a secret table is { file = \"path\" } or { env = \"VARIABLE\" }"));
         };
+        let value = map.next_value::<String>()?;
         if map.next_key::<String>()?.is_some() {
             return Err(A::Error::custom("a secret table has one key: `file` or `env`"));
         }

@@ -99,3 +99,19 @@ fn a_keep_alive_at_or_past_the_idle_timeout_is_refused() {
     let config = parse_client(&format!("{CLIENT_HEAD}[limits]\nkeep_alive_secs = 5\n")).expect("in range");
     assert_eq!(config.limits.keep_alive(), std::time::Duration::from_secs(5));
 }
+
+/// A secret written as a table of the wrong shape is an error with its line, never a panic
+/// (an empty table once made toml's map panic; `/adapt` and reloads parse untrusted files).
+#[test]
+fn a_secret_table_of_the_wrong_shape_is_an_error() {
+    for (token, said) in [
+        ("{}", "a secret table is"),
+        ("{ file = 5 }", "invalid type"),
+        ("{ file = \"a\", env = \"B\" }", "one key"),
+        ("{ path = \"a\" }", "unknown secret source"),
+    ] {
+        let e =
+            client_error(&format!("{CLIENT_HEAD}").replace("token = \"home-token-123\"", &format!("token = {token}")));
+        assert!(e.contains(said) && e.contains("line 4"), "{token}: {e}");
+    }
+}
