@@ -110,8 +110,7 @@ fn a_secret_table_of_the_wrong_shape_is_an_error() {
         ("{ file = \"a\", env = \"B\" }", "one key"),
         ("{ path = \"a\" }", "unknown secret source"),
     ] {
-        let e =
-            client_error(&format!("{CLIENT_HEAD}").replace("token = \"home-token-123\"", &format!("token = {token}")));
+        let e = client_error(&CLIENT_HEAD.replace("token = \"home-token-123\"", &format!("token = {token}")));
         assert!(e.contains(said) && e.contains("line 4"), "{token}: {e}");
     }
 }
