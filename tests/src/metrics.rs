@@ -8,6 +8,11 @@ use crate::TestServer;
 pub async fn scrape(server: &TestServer) -> Result<prometheus_parse::Scrape> {
     let (status, text) = server.control("GET", "/metrics", "").await?;
     ensure!(status == 200, "{status} {text}");
+    parse(&text)
+}
+
+/// `/metrics` text, parsed.
+pub fn parse(text: &str) -> Result<prometheus_parse::Scrape> {
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     prometheus_parse::Scrape::parse(lines).context("a Prometheus text parser reads /metrics")
 }

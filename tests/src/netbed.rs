@@ -15,7 +15,8 @@
 //! - It needs root, `ip` and `tc` (iproute2), `nft` (nftables) and `conntrack`; [`Netbed::unavailable`] says
 //!   what is missing, so that a test can skip with that message rather than pass silently.
 
-use std::net::Ipv4Addr;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -278,12 +279,42 @@ impl Drop for InNetns {
     }
 }
 
+impl InNetns {
+    /// Runs `work` in this namespace and waits for it.
+    pub async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T> {
+        Ok(self.handle.spawn(work).await?)
+    }
+
+    /// `GET path` of the control API at `api`, which listens in this namespace: the body of a
+    /// `200` answer.
+    pub async fn get(&self, api: SocketAddr, path: &'static str) -> Result<String> {
+        let asked = self.run(crate::control_call(api, Some(crate::CONTROL_TOKEN), "GET", path, ""));
+        let (status, body) = asked.await??;
+        anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
+        Ok(body)
+    }
+}
+
+/// A bed whose NAT maps as `mapping`, with runtimes on its public and home hosts; `None`,
+/// after printing `SKIPPED:` and why, where no bed can be built. (Bind the three in this
+/// order, so that the runtimes stop before the bed goes.)
+pub fn start_or_skip(mapping: Mapping) -> Result<Option<(Netbed, InNetns, InNetns)>> {
+    if let Some(why) = Netbed::unavailable() {
+        println!("SKIPPED: {why}");
+        return Ok(None);
+    }
+    let bed = Netbed::start(mapping)?;
+    let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
+    Ok(Some((bed, public, home)))
+}
+
 /// A test server on the bed's public host (`public`, an [`InNetns`] of [`Netbed::public`]):
 /// its tunnel endpoint and public ports on [`PUBLIC`].
 pub async fn public_server(public: &InNetns) -> Result<crate::TestServer> {
-    let started = public.handle().spawn(crate::TestServer::start(|f| {
-        f.bind = (PUBLIC, 0).into();
-        f.public_bind = PUBLIC.into();
-    }));
-    started.await?
+    public
+        .run(crate::TestServer::start(|f| {
+            f.bind = (PUBLIC, 0).into();
+            f.public_bind = PUBLIC.into();
+        }))
+        .await?
 }

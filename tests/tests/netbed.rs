@@ -94,38 +94,25 @@ fn home_reaches_public_through_the_nat_and_nothing_else() -> Result<()> {
 /// client at the NAT's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_behind_the_nat_is_published_on_the_public_host() -> Result<()> {
-    use wmproxy_tests::netbed::InNetns;
     use wmproxy_tests::{TestClient, backend, tcp_service};
-    if let Some(why) = Netbed::unavailable() {
-        println!("SKIPPED: {why}");
-        return Ok(());
-    }
-    let bed = Netbed::start(Mapping::Random)?;
-    let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
+    let Some((_bed, public, home)) = netbed::start_or_skip(Mapping::Random)? else { return Ok(()) };
     let mut server = netbed::public_server(&public).await?;
-    let echo = home.handle().spawn(backend::echo()).await??;
+    let api = server.handle.control_addr().context("the control API")?;
+    let echo = home.run(backend::echo()).await??;
     let mut config = server.client_config("behind-nat");
     config.services.push(tcp_service("echo", echo, 0));
-    let mut client = home.handle().spawn(TestClient::start(config)).await??;
+    let mut client = home.run(TestClient::start(config)).await??;
     let port = client.port_of("echo").await?;
 
     let message = backend::pattern(256 * 1024, 7);
     let sent = message.clone();
-    let back = public.handle().spawn(async move { backend::round_trip((netbed::PUBLIC, port).into(), &sent).await });
+    let back = public.run(async move { backend::round_trip((netbed::PUBLIC, port).into(), &sent).await });
     ensure!(back.await?? == message, "the echo through the NAT came back altered");
-    let status = public.handle().spawn(async move {
-        let status = server.control("GET", "/status", "").await;
-        (server, status)
-    });
-    let (returned, status) = status.await?;
-    server = returned;
-    let (_, status) = status?;
-    let status: serde_json::Value = serde_json::from_str(&status)?;
+    let status: serde_json::Value = serde_json::from_str(&public.get(api, "/status").await?)?;
     let address = status["clients"][0]["address"].as_str().unwrap_or_default().to_owned();
     ensure!(address.starts_with(&format!("{}:", netbed::NAT_WAN)), "the server saw the client at {address}");
 
     client.stop().await?;
     server.stop().await?;
-    drop((public, home));
     Ok(())
 }

@@ -10,43 +10,69 @@
 //! - MTU: a 1280-byte path carries TCP and 1,200-byte UDP packets; on a 1500-byte path QUIC
 //!   finds a larger MTU (the server's `/status` shows it).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wmproxy_tests::metrics::{sample, scrape};
-use wmproxy_tests::netbed::{self, InNetns, Mapping, Netbed};
+use wmproxy_client::ClientStatus;
+use wmproxy_tests::metrics::{parse, sample};
+use wmproxy_tests::netbed::{self, InNetns, Mapping};
 use wmproxy_tests::{DEADLINE, TestClient, TestServer, backend, eventually, tcp_service};
 
-/// The server's view of the one client: its address.
-async fn client_address(public: &InNetns, server: TestServer) -> Result<(TestServer, String)> {
-    let (server, status) = client_status(public, server).await?;
-    let address = status["address"].as_str().context("one client")?.to_owned();
-    Ok((server, address))
+/// The server's control API (it listens on the public host's loopback).
+fn api(server: &TestServer) -> Result<SocketAddr> {
+    server.handle.control_addr().context("the control API")
+}
+
+/// The server's `/status` of its first client, asked on the public host.
+async fn client_status(public: &InNetns, api: SocketAddr) -> Result<serde_json::Value> {
+    let status: serde_json::Value = serde_json::from_str(&public.get(api, "/status").await?)?;
+    Ok(status["clients"][0].clone())
+}
+
+/// The server's view of its one client: its address.
+async fn client_address(public: &InNetns, api: SocketAddr) -> Result<String> {
+    Ok(client_status(public, api).await?["address"].as_str().context("one client")?.to_owned())
+}
+
+/// The server's metric `name`, asked on the public host.
+async fn metric(public: &InNetns, api: SocketAddr, name: &str) -> Result<Option<f64>> {
+    Ok(sample(&parse(&public.get(api, "/metrics").await?)?, name, &[]))
+}
+
+/// A server on the public host, and a client behind the NAT publishing a TCP and a UDP echo
+/// of the home host; returns them and the two public ports.
+async fn echoes(public: &InNetns, home: &InNetns) -> Result<(TestServer, TestClient, u16, u16)> {
+    let server = netbed::public_server(public).await?;
+    let tcp_echo = home.run(backend::echo()).await??;
+    let udp_echo = home.run(wmproxy_tests::udp::echo()).await??;
+    let mut config = server.client_config("echoes");
+    config.services.push(tcp_service("tcp", tcp_echo, 0));
+    config.services.push(wmproxy_tests::udp::service("udp", udp_echo, 0));
+    let mut client = home.run(TestClient::start(config)).await??;
+    let (tcp, udp) = (client.port_of("tcp").await?, client.port_of("udp").await?);
+    Ok((server, client, tcp, udp))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nat_rebinding_mid_transfer_migrates_the_tunnel_and_loses_nothing() -> Result<()> {
-    if let Some(why) = Netbed::unavailable() {
-        println!("SKIPPED: {why}");
-        return Ok(());
-    }
+    let Some((bed, public, home)) = netbed::start_or_skip(Mapping::Random)? else { return Ok(()) };
     const LEN: usize = 64 << 20;
-    let bed = Netbed::start(Mapping::Random)?;
-    let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
-    let server = netbed::public_server(&public).await?;
-    let (sink, received) = home.handle().spawn(backend::checksum_sink()).await??;
+    let mut server = netbed::public_server(&public).await?;
+    let api = api(&server)?;
+    let (sink, received) = home.run(backend::checksum_sink()).await??;
     let mut config = server.client_config("rebinding");
     config.services.push(tcp_service("sink", sink, 0));
-    let mut client = home.handle().spawn(TestClient::start(config)).await??;
+    let mut client = home.run(TestClient::start(config)).await??;
     let port = client.port_of("sink").await?;
-    let (server, before) = client_address(&public, server).await?;
+    let before = client_address(&public, api).await?;
 
     let data = backend::pattern(LEN, 11);
     let expected = backend::checksum(&data);
-    let upload = public.handle().spawn(async move {
+    let upload = public.run(async move {
         let mut user = TcpStream::connect((netbed::PUBLIC, port)).await?;
         user.write_all(&data).await?;
         user.shutdown().await?;
@@ -66,46 +92,15 @@ async fn a_nat_rebinding_mid_transfer_migrates_the_tunnel_and_loses_nothing() ->
     );
 
     // The same tunnel, now at another port of the NAT: migrated, not reconnected.
-    let (mut server, after) = client_address(&public, server).await?;
+    let after = client_address(&public, api).await?;
     ensure!(after != before && after.starts_with(&format!("{}:", netbed::NAT_WAN)), "{before} -> {after}");
-    let tunnels = public.handle().spawn(async move {
-        let metrics = scrape(&server).await;
-        (server, metrics)
-    });
-    let (returned, metrics) = tunnels.await?;
-    server = returned;
-    ensure!(sample(&metrics?, "wmproxy_tunnels_accepted_total", &[]) == Some(1.0), "the client reconnected");
-    ensure!(matches!(*client.status.borrow(), wmproxy_client::ClientStatus::Connected { .. }));
+    let accepted = metric(&public, api, "wmproxy_tunnels_accepted_total").await?;
+    ensure!(accepted == Some(1.0), "the client reconnected");
+    ensure!(matches!(*client.status.borrow(), ClientStatus::Connected { .. }));
 
     client.stop().await?;
     server.stop().await?;
-    drop((public, home));
     Ok(())
-}
-
-/// The server's `/status` of the one client, asked from the public host.
-async fn client_status(public: &InNetns, server: TestServer) -> Result<(TestServer, serde_json::Value)> {
-    let asked = public.handle().spawn(async move {
-        let status = server.control("GET", "/status", "").await;
-        (server, status)
-    });
-    let (server, status) = asked.await?;
-    let status: serde_json::Value = serde_json::from_str(&status?.1)?;
-    Ok((server, status["clients"][0].clone()))
-}
-
-/// A server on the public host, and a client behind the NAT publishing a TCP and a UDP echo
-/// of the home host; returns them and the two public ports.
-async fn echoes(public: &InNetns, home: &InNetns) -> Result<(TestServer, TestClient, u16, u16)> {
-    let server = netbed::public_server(public).await?;
-    let tcp_echo = home.handle().spawn(backend::echo()).await??;
-    let udp_echo = home.handle().spawn(wmproxy_tests::udp::echo()).await??;
-    let mut config = server.client_config("mtu");
-    config.services.push(tcp_service("tcp", tcp_echo, 0));
-    config.services.push(wmproxy_tests::udp::service("udp", udp_echo, 0));
-    let mut client = home.handle().spawn(TestClient::start(config)).await??;
-    let (tcp, udp) = (client.port_of("tcp").await?, client.port_of("udp").await?);
-    Ok((server, client, tcp, udp))
 }
 
 /// Over a path with a 1280-byte MTU the tunnel works, TCP and UDP, and a UDP service's
@@ -113,16 +108,12 @@ async fn echoes(public: &InNetns, home: &InNetns) -> Result<(TestServer, TestCli
 /// over a 1500-byte path QUIC finds a larger MTU than its 1200-byte start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1280_byte_path_carries_everything_and_a_1500_byte_path_is_discovered() -> Result<()> {
-    if let Some(why) = Netbed::unavailable() {
-        println!("SKIPPED: {why}");
-        return Ok(());
-    }
     for (mtu, found) in [(1280u32, 1200..=1252u64), (1500, 1253..=1472)] {
-        let bed = Netbed::start(Mapping::PortPreserving)?;
+        let Some((bed, public, home)) = netbed::start_or_skip(Mapping::PortPreserving)? else { return Ok(()) };
         bed.set_mtu(mtu)?;
-        let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
-        let (server, mut client, tcp, udp) = echoes(&public, &home).await?;
-        let traffic = public.handle().spawn(async move {
+        let (mut server, mut client, tcp, udp) = echoes(&public, &home).await?;
+        let api = api(&server)?;
+        let traffic = public.run(async move {
             let message = backend::pattern(1 << 20, 3);
             ensure!(backend::round_trip((netbed::PUBLIC, tcp).into(), &message).await? == message, "TCP echo");
             let user = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
@@ -135,21 +126,16 @@ async fn a_1280_byte_path_carries_everything_and_a_1500_byte_path_is_discovered(
         });
         traffic.await??;
         // Path MTU discovery probes on its own schedule: wait (polling) for it to settle.
-        let (mut server, mut status) = client_status(&public, server).await?;
+        let settled = |status: &serde_json::Value| status["mtu"].as_u64().is_some_and(|m| found.contains(&m));
+        let mut status = client_status(&public, api).await?;
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !status["mtu"].as_u64().is_some_and(|m| found.contains(&m)) && tokio::time::Instant::now() < deadline {
+        while !settled(&status) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            (server, status) = client_status(&public, server).await?;
+            status = client_status(&public, api).await?;
         }
-        ensure!(
-            status["mtu"].as_u64().is_some_and(|m| found.contains(&m)),
-            "path MTU {mtu}: the tunnel found {}",
-            status["mtu"]
-        );
+        ensure!(settled(&status), "path MTU {mtu}: the tunnel found {}", status["mtu"]);
         client.stop().await?;
-        let mut server = server;
         server.stop().await?;
-        drop((public, home, bed));
     }
     Ok(())
 }
@@ -160,26 +146,15 @@ async fn a_1280_byte_path_carries_everything_and_a_1500_byte_path_is_discovered(
 /// one backoff step, and the server holds exactly one session of it, no zombie.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_the_server_frees_the_client_and_the_client_comes_back() -> Result<()> {
-    if let Some(why) = Netbed::unavailable() {
-        println!("SKIPPED: {why}");
-        return Ok(());
-    }
-    let bed = Netbed::start(Mapping::PortPreserving)?;
-    let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
-    let (server, mut client, tcp, _) = echoes(&public, &home).await?;
+    let Some((bed, public, home)) = netbed::start_or_skip(Mapping::PortPreserving)? else { return Ok(()) };
+    let (mut server, mut client, tcp, _) = echoes(&public, &home).await?;
+    let api = api(&server)?;
     let dark = tokio::time::Instant::now();
     bed.set_loss(1000)?;
 
-    // The server: no client within its idle timeout (30 s), and the public port closed.
-    let mut server = server;
+    // The server: no client within its idle timeout, and the public port closed.
     let gone = loop {
-        let asked = public.handle().spawn(async move {
-            let status = server.control("GET", "/status", "").await;
-            (server, status)
-        });
-        let (returned, status) = asked.await?;
-        server = returned;
-        let status: serde_json::Value = serde_json::from_str(&status?.1)?;
+        let status: serde_json::Value = serde_json::from_str(&public.get(api, "/status").await?)?;
         if status["clients"].as_array().is_some_and(Vec::is_empty) {
             break dark.elapsed();
         }
@@ -188,32 +163,24 @@ async fn after_an_outage_the_server_frees_the_client_and_the_client_comes_back()
     };
     let limit = wmproxy_tunnel::transport::IDLE_TIMEOUT + wmproxy_tunnel::transport::KEEP_ALIVE;
     ensure!(gone <= limit + Duration::from_secs(2), "the server took {gone:?} to give the tunnel up");
-    let refused = public.handle().spawn(async move { backend::refused(tcp).await });
-    refused.await??;
+    public.run(backend::refused(tcp)).await??;
 
     // The path comes back: connected again within an attempt and a backoff step.
     bed.set_loss(0)?;
     let back = tokio::time::Instant::now();
     let connected = tokio::time::timeout(
         Duration::from_secs(30),
-        client.wait_for("connected again", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })),
+        client.wait_for("connected again", |s| matches!(s, ClientStatus::Connected { .. })),
     );
     connected.await.context("the client did not come back within 30 s of the path")??;
     let returned_in = back.elapsed();
 
-    let (mut server, status) = client_status(&public, server).await?;
-    ensure!(status["name"] == "mtu", "{status}");
-    let active = public.handle().spawn(async move {
-        let metrics = scrape(&server).await;
-        (server, metrics)
-    });
-    let (returned, metrics) = active.await?;
-    server = returned;
-    ensure!(sample(&metrics?, "wmproxy_tunnels_active", &[]) == Some(1.0), "one session, no zombie");
+    ensure!(client_status(&public, api).await?["name"] == "echoes", "the server does not hold the client");
+    let active = metric(&public, api, "wmproxy_tunnels_active").await?;
+    ensure!(active == Some(1.0), "one session, no zombie: {active:?}");
     println!("server gave up after {gone:?}; client back {returned_in:?} after the path");
     client.stop().await?;
     server.stop().await?;
-    drop((public, home));
     Ok(())
 }
 
@@ -222,16 +189,12 @@ async fn after_an_outage_the_server_frees_the_client_and_the_client_comes_back()
 /// (keep-alives every 10 s hold the mapping). Prints what the keep-alives cost on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_outlives_a_30_s_nat_mapping_timeout() -> Result<()> {
-    if let Some(why) = Netbed::unavailable() {
-        println!("SKIPPED: {why}");
-        return Ok(());
-    }
+    let Some((bed, public, home)) = netbed::start_or_skip(Mapping::Random)? else { return Ok(()) };
     const IDLE: Duration = Duration::from_secs(120);
-    let bed = Netbed::start(Mapping::Random)?;
     bed.set_udp_timeout(30)?;
-    let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
-    let (server, mut client, tcp, _) = echoes(&public, &home).await?;
-    let (server, before) = client_address(&public, server).await?;
+    let (mut server, mut client, tcp, _) = echoes(&public, &home).await?;
+    let api = api(&server)?;
+    let before = client_address(&public, api).await?;
 
     // Two minutes with no traffic but the tunnel's own: the idle period is the scenario.
     let (packets_0, bytes_0) = bed.forwarded()?;
@@ -246,20 +209,14 @@ async fn an_idle_tunnel_outlives_a_30_s_nat_mapping_timeout() -> Result<()> {
 
     let message = backend::pattern(64 * 1024, 9);
     let sent = message.clone();
-    let echoed = public.handle().spawn(async move { backend::round_trip((netbed::PUBLIC, tcp).into(), &sent).await });
+    let echoed = public.run(async move { backend::round_trip((netbed::PUBLIC, tcp).into(), &sent).await });
     ensure!(echoed.await?? == message, "the idle tunnel no longer carries");
-    let (mut server, after) = client_address(&public, server).await?;
+    let after = client_address(&public, api).await?;
     ensure!(after == before, "the mapping changed ({before} -> {after}): the NAT forgot it while idle");
-    let accepted = public.handle().spawn(async move {
-        let metrics = scrape(&server).await;
-        (server, metrics)
-    });
-    let (returned, metrics) = accepted.await?;
-    server = returned;
-    ensure!(sample(&metrics?, "wmproxy_tunnels_accepted_total", &[]) == Some(1.0), "the client reconnected");
+    let accepted = metric(&public, api, "wmproxy_tunnels_accepted_total").await?;
+    ensure!(accepted == Some(1.0), "the client reconnected");
     client.stop().await?;
     server.stop().await?;
-    drop((public, home));
     Ok(())
 }
 
@@ -267,20 +224,15 @@ async fn an_idle_tunnel_outlives_a_30_s_nat_mapping_timeout() -> Result<()> {
 /// several times the packets it forwards at the default 10 s over the same quiet time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keep_alive_interval_is_the_clients_setting() -> Result<()> {
-    if let Some(why) = Netbed::unavailable() {
-        println!("SKIPPED: {why}");
-        return Ok(());
-    }
     const QUIET: Duration = Duration::from_secs(12);
     let mut packets = Vec::new();
     for keep_alive_secs in [10, 1] {
-        let bed = Netbed::start(Mapping::PortPreserving)?;
-        let (public, home) = (InNetns::enter(&bed.public())?, InNetns::enter(&bed.home())?);
+        let Some((bed, public, home)) = netbed::start_or_skip(Mapping::PortPreserving)? else { return Ok(()) };
         let mut server = netbed::public_server(&public).await?;
         let mut config = server.client_config("quiet");
         config.limits.keep_alive_secs = keep_alive_secs;
-        let mut client = home.handle().spawn(TestClient::start(config)).await??;
-        client.wait_for("connected", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })).await?;
+        let mut client = home.run(TestClient::start(config)).await??;
+        client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
         let (before, _) = bed.forwarded()?;
         // The quiet period is the measurement.
         tokio::time::sleep(QUIET).await;
@@ -288,7 +240,6 @@ async fn the_keep_alive_interval_is_the_clients_setting() -> Result<()> {
         packets.push(after - before);
         client.stop().await?;
         server.stop().await?;
-        drop((public, home, bed));
     }
     println!("packets through the NAT in {QUIET:?} of quiet: {} at 10 s, {} at 1 s", packets[0], packets[1]);
     ensure!(packets[1] >= 3 * packets[0].max(2), "keep-alives at 1 s: {packets:?}");
