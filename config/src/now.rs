@@ -55,15 +55,11 @@ impl ServerConfig {
             put(&mut t, "allow_ports", &shared.allow_ports.0);
             put(&mut t, "allow_domains", &shared.allow_domains);
         }
-        if let Some(tls) = &self.tls {
-            put(&mut t, "tls", tls);
-        }
+        put_some(&mut t, "tls", self.tls.as_ref());
         put(&mut t, "limits", &self.limits);
         t.insert("egress".into(), Value::Table(egress(&self.egress)));
         put(&mut t, "vhost", &self.vhost);
-        if let Some(control) = &self.control {
-            put(&mut t, "control", control);
-        }
+        put_some(&mut t, "control", self.control.as_ref());
         let mut clients: Vec<(&String, &ClientEntry)> = self.clients.iter().collect();
         clients.sort_by_key(|(name, _)| *name);
         let clients = clients.into_iter().map(|(name, entry)| {
@@ -109,9 +105,7 @@ impl ClientConfig {
         t.insert("proxies".into(), Value::Array(self.proxies.iter().map(|p| Value::Table(proxy(p))).collect()));
         t.insert("server_proxies_egress".into(), Value::Table(egress(&self.server_proxies_egress)));
         put(&mut t, "limits", &self.limits);
-        if let Some(control) = &self.control {
-            put(&mut t, "control", control);
-        }
+        put_some(&mut t, "control", self.control.as_ref());
         t
     }
 }
@@ -158,75 +152,64 @@ fn service(s: &Service) -> Table {
         Publish::Own(port) => put(t, "remote_port", port),
         Publish::Group(join) => group_join(t, join),
     };
-    let hosts = |t: &mut Table, domains: &[String], subdomain: &Option<String>| {
-        if !domains.is_empty() {
-            put(t, "custom_domains", &domains);
-        }
-        if let Some(sub) = subdomain {
-            put(t, "subdomain", sub);
-        }
+    // Host names, a subdomain and path prefixes: the keys of the HTTP-like kinds.
+    let routes = |t: &mut Table, domains: &[String], subdomain: &Option<String>, locations: &[String]| {
+        put_listed(t, "custom_domains", domains);
+        put_some(t, "subdomain", subdomain.as_ref());
+        put_listed(t, "locations", locations);
     };
     let proxy_protocol = match &s.exposure {
         Exposure::Tcp { publish, proxy_protocol, bandwidth_limit, idle_timeout_secs } => {
             port(&mut t, publish);
-            if let Some(limit) = bandwidth_limit {
-                put(&mut t, "bandwidth_limit", limit);
-            }
-            if let Some(idle) = idle_timeout_secs {
-                put(&mut t, "idle_timeout_secs", idle);
-            }
+            put_some(&mut t, "bandwidth_limit", bandwidth_limit.as_ref());
+            put_some(&mut t, "idle_timeout_secs", idle_timeout_secs.as_ref());
             proxy_protocol
         }
         Exposure::Udp { publish, bandwidth_limit } => {
             port(&mut t, publish);
-            if let Some(limit) = bandwidth_limit {
-                put(&mut t, "bandwidth_limit", limit);
-            }
+            put_some(&mut t, "bandwidth_limit", bandwidth_limit.as_ref());
             &None
         }
-        Exposure::Http { publish, proxy_protocol } => {
-            match publish {
-                Publish::Own(route) => {
-                    hosts(&mut t, &route.custom_domains, &route.subdomain);
-                    if !route.locations.is_empty() {
-                        put(&mut t, "locations", &route.locations);
-                    }
-                    if let Some(host) = &route.host_header_rewrite {
-                        put(&mut t, "host_header_rewrite", host);
-                    }
-                    if let Some((user, _)) = &route.basic_auth {
-                        put(&mut t, "http_user", user);
-                        t.insert("http_password".into(), masked());
-                    }
-                }
-                Publish::Group(join) => group_join(&mut t, join),
+        Exposure::Http { publish: Publish::Own(route), proxy_protocol } => {
+            routes(&mut t, &route.custom_domains, &route.subdomain, &route.locations);
+            put_some(&mut t, "host_header_rewrite", route.host_header_rewrite.as_ref());
+            if let Some((user, _)) = &route.basic_auth {
+                put(&mut t, "http_user", user);
+                t.insert("http_password".into(), masked());
             }
             proxy_protocol
         }
-        Exposure::Https { publish, proxy_protocol } => {
-            match publish {
-                Publish::Own(h) => hosts(&mut t, &h.custom_domains, &h.subdomain),
-                Publish::Group(join) => group_join(&mut t, join),
-            }
+        Exposure::Https { publish: Publish::Own(hosts), proxy_protocol } => {
+            routes(&mut t, &hosts.custom_domains, &hosts.subdomain, &[]);
             proxy_protocol
         }
-        Exposure::Ws { publish, proxy_protocol } => {
-            match publish {
-                Publish::Own(route) => {
-                    hosts(&mut t, &route.custom_domains, &route.subdomain);
-                    if !route.locations.is_empty() {
-                        put(&mut t, "locations", &route.locations);
-                    }
-                }
-                Publish::Group(join) => group_join(&mut t, join),
-            }
+        Exposure::Ws { publish: Publish::Own(route), proxy_protocol } => {
+            routes(&mut t, &route.custom_domains, &route.subdomain, &route.locations);
+            proxy_protocol
+        }
+        Exposure::Http { publish: Publish::Group(join), proxy_protocol }
+        | Exposure::Https { publish: Publish::Group(join), proxy_protocol }
+        | Exposure::Ws { publish: Publish::Group(join), proxy_protocol } => {
+            group_join(&mut t, join);
             proxy_protocol
         }
     };
-    if let Some(version) = proxy_protocol {
-        put(&mut t, "proxy_protocol", version);
-    }
+    put_some(&mut t, "proxy_protocol", proxy_protocol.as_ref());
     t
+}
+
+/// Sets `key` to `v`, if there is one.
+fn put_some<T: serde::Serialize>(t: &mut Table, key: &str, v: Option<&T>) {
+    if let Some(v) = v {
+        put(t, key, v);
+    }
+}
+
+/// Sets `key` to `list`, unless it is empty (the file's default).
+fn put_listed(t: &mut Table, key: &str, list: &[String]) {
+    if !list.is_empty() {
+        put(t, key, list);
+    }
 }
 
 /// A service's keys for joining a group.
