@@ -48,6 +48,12 @@ pub const TOKEN: &str = "test-token-0123456789";
 /// The control API token of test servers and clients.
 pub const CONTROL_TOKEN: &str = "control-token-9876543210";
 
+/// A control API on a free loopback port with [`CONTROL_TOKEN`]: what test servers have, and
+/// what a test gives a client whose API it calls.
+pub fn control_api() -> wmproxy_config::ControlFile {
+    wmproxy_config::ControlFile { bind: Some(([127, 0, 0, 1], 0).into()), token: Secret::new(CONTROL_TOKEN) }
+}
+
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -87,10 +93,7 @@ impl TestServer {
             allow_ports: vec![PortRange::new(1024, 65535).context("range")?],
             // Tests stop servers with connections open; they need not wait the default 30 s.
             limits: wmproxy_config::Limits { drain_grace_secs: 1, ..wmproxy_config::Limits::default() },
-            control: Some(wmproxy_config::ControlFile {
-                bind: Some("127.0.0.1:0".parse()?),
-                token: Secret::new(CONTROL_TOKEN),
-            }),
+            control: Some(control_api()),
             ..ServerFile::default()
         };
         adjust(&mut file);

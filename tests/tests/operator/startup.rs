@@ -54,10 +54,7 @@ async fn the_client_logs_every_forward_and_proxy_it_opens() -> Result<()> {
     let mut config = server.client_config("home");
     config.forwards.push(forward_to(target));
     config.proxies.push(proxy::proxy(ProxyType::Http, None));
-    config.control = Some(wmproxy_config::ControlFile {
-        bind: Some(([127, 0, 0, 1], 0).into()),
-        token: wmproxy_config::Secret::new(wmproxy_tests::CONTROL_TOKEN),
-    });
+    config.control = Some(wmproxy_tests::control_api());
     let client = TestClient::start(config).await?;
     let forward = listening(&logs, "forward", client.forward_addrs[0]).await?;
     ensure!(forward.field("target") == target.to_string() && forward.field("protocol") == "tcp", "{forward:?}");

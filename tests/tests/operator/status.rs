@@ -27,10 +27,7 @@ async fn vhost_services_and_groups_show_their_names_and_paths() -> Result<()> {
     };
     let mut config = server.client_config("status-home");
     config.services.push(wmproxy_tests::http_service("app", site, route));
-    config.control = Some(wmproxy_config::ControlFile {
-        bind: Some(([127, 0, 0, 1], 0).into()),
-        token: wmproxy_config::Secret::new(wmproxy_tests::CONTROL_TOKEN),
-    });
+    config.control = Some(wmproxy_tests::control_api());
     let mut client = TestClient::start(config).await?;
     client.port_of("app").await?;
 

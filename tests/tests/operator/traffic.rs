@@ -31,13 +31,6 @@ async fn access_line_to(logs: &Logs, listen: SocketAddr, to: &str) -> Result<Eve
     found.await
 }
 
-fn control() -> Option<wmproxy_config::ControlFile> {
-    Some(wmproxy_config::ControlFile {
-        bind: Some(([127, 0, 0, 1], 0).into()),
-        token: wmproxy_config::Secret::new(CONTROL_TOKEN),
-    })
-}
-
 async fn get(addr: SocketAddr, path: &str) -> Result<String> {
     let (status, body) = control_call(addr, Some(CONTROL_TOKEN), "GET", path, "").await?;
     ensure!(status == 200, "{path}: {status} {body}");
@@ -63,7 +56,7 @@ async fn client_proxies_and_forwards_are_logged_counted_and_listed() -> Result<(
     config.forwards.push(wmproxy_tests::udp::forward_to(udp_echo));
     config.proxies.push(proxy(ProxyType::Socks5, None));
     config.proxies.push(proxy(ProxyType::Http, None));
-    config.control = control();
+    config.control = Some(wmproxy_tests::control_api());
     let mut client = TestClient::start(config).await?;
     client.wait_for("connected", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })).await?;
     let [forward, udp_forward, socks, http] = client.forward_addrs[..] else { anyhow::bail!("four listeners") };
