@@ -38,21 +38,20 @@ pub async fn serve_tcp(
             async move {
                 let (_open, started, tally) = (stats.open(), Instant::now(), Tally::default());
                 let carried = current.carry(tcp, (peer, target.clone()), &(&tally, &*stats)).await;
-                let result = match &carried {
+                let result = match carried {
                     Ok(_) => "ok".to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                match carried {
-                    Ok(_) | Err(OpenError::Failed(DataStreamError::Relay(_))) => {}
-                    Err(OpenError::TunnelGone) => {
-                        stats.refused(Refusal::NoTunnel);
-                        warn!("no tunnel to the server right now; connection closed");
-                    }
                     Err(e) => {
-                        stats.refused(Refusal::of(&e));
-                        debug!(error = %e, side = %e.side(), "forward ended without data or aborted");
+                        // A relay that failed after the stream was set up carried the connection.
+                        if !matches!(e, OpenError::Failed(DataStreamError::Relay(_))) {
+                            stats.refused(Refusal::of(&e));
+                        }
+                        match &e {
+                            OpenError::TunnelGone => warn!("no tunnel to the server right now; connection closed"),
+                            _ => debug!(error = %e, side = %e.side(), "forward ended without data or aborted"),
+                        }
+                        e.to_string()
                     }
-                }
+                };
                 access_log(&stats, (peer, target.as_str()), started, tally.stats(), &result);
             }
             .instrument(span),
