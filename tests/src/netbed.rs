@@ -12,12 +12,14 @@
 //!   namespace. No namespace has a route to the host's interfaces: the public side knows only
 //!   198.18.0.0/24 (the benchmarking range), the home side only its NAT.
 //! - [`Netbed`] removes its namespaces when dropped, also when a test fails.
-//! - It needs root, `ip` and `tc` (iproute2), `nft` (nftables) and `conntrack`; [`Netbed::unavailable`] says
-//!   what is missing, so that a test can skip with that message rather than pass silently.
+//! - It needs root, `ip` and `tc` (iproute2), `nft` (nftables) and `conntrack`; [`skip`] says
+//!   what is missing, so that a test can skip with that message rather than pass silently, and
+//!   fails instead where [`REQUIRE`] is set (CI).
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -52,23 +54,9 @@ static BEDS: AtomicU32 = AtomicU32::new(0);
 impl Netbed {
     /// Why a bed cannot be built here, if it cannot: not root, or a tool missing.
     pub fn unavailable() -> Option<String> {
-        let root = Command::new("id").arg("-u").output().ok().is_some_and(|o| o.stdout.trim_ascii() == b"0");
-        if !root {
-            return Some("the network test bed needs root (network namespaces)".to_owned());
-        }
-        for (tool, package) in [("ip", "iproute2"), ("nft", "nftables"), ("tc", "iproute2"), ("conntrack", "conntrack")]
-        {
-            if Command::new(tool).arg("-V").output().is_err() {
-                return Some(format!("the network test bed needs `{tool}` (apt-get install {package})"));
-            }
-        }
-        // A container may forbid namespaces even to root.
-        let probe = format!("wp{}probe", std::process::id());
-        if let Err(e) = run(Command::new("ip").args(["netns", "add", &probe])) {
-            return Some(format!("cannot create a network namespace here: {e}"));
-        }
-        let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-        None
+        // Probed once per test binary: tests run side by side, and their probes must not meet.
+        static WHY: OnceLock<Option<String>> = OnceLock::new();
+        WHY.get_or_init(probe).clone()
     }
 
     /// Builds a bed whose NAT maps as `mapping`.
@@ -216,6 +204,26 @@ impl Drop for Netbed {
     }
 }
 
+/// Why no bed can be built here, if none can: not root, a tool missing, or namespaces
+/// forbidden (a container may forbid them even to root).
+fn probe() -> Option<String> {
+    let root = Command::new("id").arg("-u").output().ok().is_some_and(|o| o.stdout.trim_ascii() == b"0");
+    if !root {
+        return Some("the network test bed needs root (network namespaces)".to_owned());
+    }
+    for (tool, package) in [("ip", "iproute2"), ("nft", "nftables"), ("tc", "iproute2"), ("conntrack", "conntrack")] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Some(format!("the network test bed needs `{tool}` (apt-get install {package})"));
+        }
+    }
+    let probe = format!("wp{}probe", std::process::id());
+    if let Err(e) = run(Command::new("ip").args(["netns", "add", &probe])) {
+        return Some(format!("cannot create a network namespace here: {e}"));
+    }
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+    None
+}
+
 /// Runs `command`; fails with its stderr when it exits non-zero.
 fn run(command: &mut Command) -> Result<Output> {
     let out = command.output().with_context(|| format!("running {command:?}"))?;
@@ -280,9 +288,14 @@ impl Drop for InNetns {
 }
 
 impl InNetns {
-    /// Runs `work` in this namespace and waits for it.
-    pub async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T> {
-        Ok(self.handle.spawn(work).await?)
+    /// Starts `work` in this namespace at once (not when the result is first awaited: work
+    /// such as a transfer goes on while the test does something else), and waits for it.
+    pub fn run<T: Send + 'static, W: Future<Output = T> + Send + 'static>(
+        &self,
+        work: W,
+    ) -> impl Future<Output = Result<T>> + use<T, W> {
+        let task = self.handle.spawn(work);
+        async move { Ok(task.await?) }
     }
 
     /// `GET path` of the control API at `api`, which listens in this namespace: the body of a
@@ -295,12 +308,26 @@ impl InNetns {
     }
 }
 
+/// Set (to anything) where the bed must run: a test then fails, instead of skipping, when no
+/// bed can be built. `.ci/run` sets it, so CI never passes without running these tests.
+pub const REQUIRE: &str = "WMPROXY_REQUIRE_NETBED";
+
+/// Whether a test should skip for want of a bed: `true` after printing `SKIPPED:` and why; an
+/// error instead where [`REQUIRE`] is set.
+pub fn skip() -> Result<bool> {
+    let Some(why) = Netbed::unavailable() else { return Ok(false) };
+    if std::env::var_os(REQUIRE).is_some() {
+        bail!("{REQUIRE} is set, but {why}");
+    }
+    println!("SKIPPED: {why}");
+    Ok(true)
+}
+
 /// A bed whose NAT maps as `mapping`, with runtimes on its public and home hosts; `None`,
 /// after printing `SKIPPED:` and why, where no bed can be built. (Bind the three in this
 /// order, so that the runtimes stop before the bed goes.)
 pub fn start_or_skip(mapping: Mapping) -> Result<Option<(Netbed, InNetns, InNetns)>> {
-    if let Some(why) = Netbed::unavailable() {
-        println!("SKIPPED: {why}");
+    if skip()? {
         return Ok(None);
     }
     let bed = Netbed::start(mapping)?;
