@@ -7,8 +7,8 @@
 //! - [`backend`]: TCP backends (echo with half-close, a reply-after-EOF server).
 //! - [`raw`]: a hand-driven QUIC peer for adversarial tests (garbage, oversized frames).
 //! - [`metrics`]: a server's `/metrics`, parsed. [`logs`]: what the binary logged, captured.
-//! - [`netbed`]: a public host, a NAT and a home host in network namespaces, with loss, rate
-//!   and MTU settings (needs root).
+//! - [`netbed`]: a public host, a NAT and a home host (or two of each) in network namespaces,
+//!   with loss, delay, rate and MTU settings (needs root).
 //! - [`groups`]: load-balancing config entries, tagged and switchable backends, HTTP health
 //!   endpoints.
 //! - [`proxy`]: an HTTP file server, proxy entries, curl, raw SOCKS5 bytes.

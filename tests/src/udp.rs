@@ -13,11 +13,16 @@ pub const REPLY_WAIT: Duration = Duration::from_secs(2);
 /// How many times a UDP request is sent before the round trip fails.
 pub const TRIES: usize = 3;
 
-/// A UDP echo server: sends every packet back to its sender. Its socket buffers are large
-/// (4 MiB where the kernel allows), so that it is not where packets are lost. Runs until the
-/// runtime ends.
+/// A UDP echo server on loopback: sends every packet back to its sender. Its socket buffers
+/// are large (4 MiB where the kernel allows), so that it is not where packets are lost. Runs
+/// until the runtime ends.
 pub async fn echo() -> Result<SocketAddr> {
-    let socket = UdpSocket::from_std(wmproxy_tunnel::transport::bind_udp("127.0.0.1:0".parse()?)?)?;
+    echo_at("127.0.0.1:0".parse()?).await
+}
+
+/// [`echo`] on `bind`.
+pub async fn echo_at(bind: SocketAddr) -> Result<SocketAddr> {
+    let socket = UdpSocket::from_std(wmproxy_tunnel::transport::bind_udp(bind)?)?;
     let addr = socket.local_addr()?;
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];

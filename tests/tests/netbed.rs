@@ -44,7 +44,7 @@ fn home_reaches_public_through_the_nat_and_nothing_else() -> Result<()> {
         return Ok(());
     }
     let bed = Netbed::start(Mapping::Random)?;
-    let names = [bed.public(), bed.nat(), bed.home()];
+    let names = bed.namespaces();
     let server = bed.command(&bed.public(), &["python3", "-c", WHO_AM_I]).stdout(Stdio::null()).spawn()?;
     let _server = Killed(server);
 
@@ -112,6 +112,104 @@ async fn a_service_behind_the_nat_is_published_on_the_public_host() -> Result<()
     ensure!(address.starts_with(&format!("{}:", netbed::NAT_WAN)), "the server saw the client at {address}");
 
     client.stop().await?;
+    server.stop().await?;
+    Ok(())
+}
+
+/// The delay line delays by what it is told and loses nothing: 4,000 UDP datagrams of 1,200
+/// bytes, sent from the home host at 4,000 a second and echoed by the public host, all come
+/// back; none sooner than the round trip the line was set to, and half within 5 ms of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delay_line_delays_by_what_it_is_told_and_loses_nothing() -> Result<()> {
+    use tokio::net::UdpSocket;
+    const RTT: Duration = Duration::from_millis(40);
+    const COUNT: usize = 4000;
+    let Some((bed, public, home)) = netbed::start_or_skip(Mapping::PortPreserving)? else { return Ok(()) };
+    bed.set_delay(RTT)?;
+    let echo = public.run(wmproxy_tests::udp::echo_at((netbed::PUBLIC, 0).into())).await??;
+    let rtts = home.run(async move {
+        let socket = UdpSocket::from_std(wmproxy_tunnel::transport::bind_udp("0.0.0.0:0".parse()?)?)?;
+        socket.connect(echo).await?;
+        // One round trip first, so that neighbours are resolved: packets held meanwhile would
+        // overflow the kernel's queue of unresolved ones, which is not the line's loss.
+        wmproxy_tests::udp::round_trip(&socket, echo, b"warm up", |_| Ok(())).await?;
+        let start = tokio::time::Instant::now();
+        // Each datagram: its index and when it left, in microseconds since `start`.
+        let send = async {
+            for i in 0..COUNT {
+                if i % 40 == 0 {
+                    tokio::time::sleep_until(start + Duration::from_millis(i as u64 / 4)).await;
+                }
+                let mut datagram = vec![0u8; 1200];
+                datagram[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                datagram[8..16].copy_from_slice(&(start.elapsed().as_micros() as u64).to_be_bytes());
+                socket.send(&datagram).await?;
+            }
+            anyhow::Ok(())
+        };
+        let receive = async {
+            let (mut rtts, mut buf) = (vec![None; COUNT], vec![0u8; 2048]);
+            // Until every datagram is back, or none has come for a second.
+            while rtts.iter().any(Option::is_none) {
+                let Ok(n) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await else { break };
+                ensure!(n? == 1200, "a datagram came back cut");
+                let i = usize::try_from(u64::from_be_bytes(buf[..8].try_into()?))?;
+                let sent = Duration::from_micros(u64::from_be_bytes(buf[8..16].try_into()?));
+                *rtts.get_mut(i).context("an index never sent")? = Some(start.elapsed() - sent);
+            }
+            anyhow::Ok(rtts)
+        };
+        let (sent, rtts) = tokio::join!(send, receive);
+        sent?;
+        rtts
+    });
+    let rtts = rtts.await??;
+    let mut back: Vec<Duration> = rtts.iter().flatten().copied().collect();
+    back.sort();
+    ensure!(back.len() == COUNT, "{} of {COUNT} datagrams came back through the line", back.len());
+    let (min, p50, p99) = (back[0], back[COUNT / 2], back[COUNT * 99 / 100]);
+    println!("delay line at {RTT:?}: round trips min {min:?}, p50 {p50:?}, p99 {p99:?}; {:?}", bed.delay_counts());
+    ensure!(min >= RTT, "a round trip of {min:?}, under the line's {RTT:?}");
+    ensure!(p50 <= RTT + Duration::from_millis(5), "median round trip {p50:?} for a line of {RTT:?}");
+    ensure!(bed.delay_counts().lost == 0, "the line lost frames: {:?}", bed.delay_counts());
+    Ok(())
+}
+
+/// Two homes behind two NATs, one public server (the helper later work starts from): each
+/// home's client reaches the server, which sees each at its own NAT's address, and neither
+/// home can reach the other's private address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_homes_behind_two_nats_reach_one_public_server() -> Result<()> {
+    use wmproxy_client::ClientStatus;
+    use wmproxy_tests::TestClient;
+    let Some((bed, public, [home, home2])) = netbed::two_homes_or_skip(Mapping::Random, Mapping::PortPreserving)?
+    else {
+        return Ok(());
+    };
+    let mut server = netbed::public_server(&public).await?;
+    let api = server.handle.control_addr().context("the control API")?;
+    let mut clients = Vec::new();
+    for (name, runtime) in [("first", &home), ("second", &home2)] {
+        let mut client = runtime.run(TestClient::start(server.client_config(name))).await??;
+        client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+        clients.push(client);
+    }
+    let status: serde_json::Value = serde_json::from_str(&public.get(api, "/status").await?)?;
+    let mut seen: Vec<String> = status["clients"]
+        .as_array()
+        .context("clients")?
+        .iter()
+        .map(|c| format!("{} {}", c["name"].as_str().unwrap_or_default(), c["address"].as_str().unwrap_or_default()))
+        .collect();
+    seen.sort();
+    ensure!(seen.len() == 2, "the server holds {seen:?}");
+    ensure!(seen[0].starts_with(&format!("first {}:", netbed::NAT_WAN)), "{seen:?}");
+    ensure!(seen[1].starts_with(&format!("second {}:", netbed::NAT2_WAN)), "{seen:?}");
+    let across = answer(&bed, &bed.home(), &ask(&format!("('{}', 22)", netbed::HOME2), 1.0))?;
+    ensure!(across.starts_with("error"), "the first home reached the second's private address: {across}");
+    for mut client in clients {
+        client.stop().await?;
+    }
     server.stop().await?;
     Ok(())
 }
