@@ -8,7 +8,12 @@ use tokio::net::TcpListener;
 
 /// Reads until EOF, then answers with the byte count (u64, big-endian).
 pub async fn sink() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    sink_at(([127, 0, 0, 1], 0).into()).await
+}
+
+/// [`sink`] on `bind`.
+pub async fn sink_at(bind: SocketAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -31,7 +36,12 @@ pub async fn sink() -> Result<SocketAddr> {
 
 /// Echoes with a 64-byte buffer held in the task: idle connections cost the backend little.
 pub async fn echo() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    echo_at(([127, 0, 0, 1], 0).into()).await
+}
+
+/// [`echo`] on `bind`.
+pub async fn echo_at(bind: SocketAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {

@@ -2,10 +2,13 @@
 //! latency (UDP), direct vs through the tunnel, in one process on loopback. Every figure is
 //! printed next to its direct counterpart.
 //!
-//! Run: `cargo run --release -p wmproxy-bench --locked` (see `bench/README.md`).
+//! Run: `cargo run --release -p wmproxy-bench --locked` (see `bench/README.md`). With
+//! `--netbed` it takes the shaped-path figures instead ([`netbed`]; needs root).
 
 mod backends;
 mod groups;
+mod mux;
+mod netbed;
 mod proxies;
 mod quic;
 mod udp;
@@ -64,6 +67,42 @@ struct Cli {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// The shaped-path figures (network namespaces, root) instead of the loopback ones.
+    #[arg(long)]
+    netbed: bool,
+    /// `--netbed`: round-trip times of the grid, ms.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,150")]
+    rtts: Vec<u64>,
+    /// `--netbed`: loss rates of the grid, percent each way.
+    #[arg(long, value_delimiter = ',', default_value = "0,0.1,1,3")]
+    losses: Vec<f64>,
+    /// `--netbed`: the bottleneck, Mbit/s.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// `--netbed`: seconds of sending per bulk run.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// `--netbed`: the tunnel's congestion controllers (cubic, newreno, bbr).
+    #[arg(long, value_delimiter = ',', default_value = "cubic,newreno,bbr", value_parser = congestion)]
+    controllers: Vec<wmproxy_config::Congestion>,
+    /// `--netbed`: RTT (ms) of the head-of-line figures.
+    #[arg(long, default_value_t = 50)]
+    hol_rtt: u64,
+    /// `--netbed`: loss (%) of the head-of-line figures.
+    #[arg(long, default_value_t = 1.0)]
+    hol_loss: f64,
+    /// `--netbed`: small exchanges per head-of-line run.
+    #[arg(long, default_value_t = 100)]
+    exchanges: usize,
+}
+
+/// A congestion controller by its config name.
+fn congestion(name: &str) -> Result<wmproxy_config::Congestion, String> {
+    #[derive(serde::Deserialize)]
+    struct One {
+        c: wmproxy_config::Congestion,
+    }
+    toml::from_str::<One>(&format!("c = {name:?}")).map(|one| one.c).map_err(|e| e.message().to_owned())
 }
 
 fn main() -> Result<()> {
@@ -73,6 +112,18 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if cli.netbed {
+        let settings = netbed::Settings {
+            rtts: cli.rtts.clone(),
+            losses: cli.losses.clone(),
+            rate_mbit: cli.rate,
+            secs: cli.secs,
+            controllers: cli.controllers.clone(),
+            hol: (cli.hol_rtt, cli.hol_loss),
+            exchanges: cli.exchanges,
+        };
+        return netbed::run(&settings).await;
+    }
     if matches!(cli.only, Only::All | Only::Tcp) {
         run_tcp(&cli).await?;
     }

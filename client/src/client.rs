@@ -78,7 +78,11 @@ impl Client {
             warn!(%warning, "config");
         }
         let mut quic = tls::quic_client_config(&config.trust)?;
-        let tuning = transport::TransportTuning { keep_alive: config.limits.keep_alive(), ..Default::default() };
+        let tuning = transport::TransportTuning {
+            keep_alive: Some(config.limits.keep_alive()),
+            congestion: config.limits.congestion,
+            ..Default::default()
+        };
         quic.transport_config(Arc::new(tuning.to_config()));
         let listen = |addr: SocketAddr| move |source| ClientError::Listen { addr, source };
         let mut locals = Vec::with_capacity(config.forwards.len() + config.proxies.len());

@@ -80,11 +80,18 @@ pub struct ClientLimits {
     /// Seconds between keep-alives of a quiet tunnel: keep it below the UDP mapping timeout
     /// of the NATs between the client and the server (often 30 s; some carriers less).
     pub keep_alive_secs: u64,
+    /// The congestion controller of what the client sends through its tunnel.
+    pub congestion: crate::Congestion,
 }
 
 impl Default for ClientLimits {
     fn default() -> Self {
-        Self { max_udp_flows: 1024, udp_flow_idle_timeout_secs: 60, keep_alive_secs: 10 }
+        Self {
+            max_udp_flows: 1024,
+            udp_flow_idle_timeout_secs: 60,
+            keep_alive_secs: 10,
+            congestion: crate::Congestion::default(),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`forward`]: the client's `[[forwards]]`. [`proxy`]: SOCKS5 and HTTP proxies of either end.
 //! - [`vhost`]: the server's HTTP virtual-host port and the routes HTTP services ask for.
 //! - [`ports`]: public port allowances. [`egress`]: which targets an end may dial.
+//! - [`Congestion`]: the `[limits] congestion` key of either end.
 //! - [`secret`]: tokens, masked in `Debug`, `Display` and `Serialize`.
 //! - [`now`]: the running config written back as its file (`GET /now`).
 //! - [`control`]: `[control]`, the control API of either end. [`reload`]: the report of what a
@@ -31,6 +32,7 @@
 
 pub mod byterate;
 pub mod client;
+mod congestion;
 pub mod control;
 pub mod egress;
 mod exposure;
@@ -52,6 +54,7 @@ mod wire;
 use std::path::{Path, PathBuf};
 
 pub use client::{ClientConfig, ClientFile, ClientLimits, ServerTrust};
+pub use congestion::Congestion;
 pub use control::ControlFile;
 pub use egress::EgressPolicy;
 pub use forward::{Forward, ForwardKind};

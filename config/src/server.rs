@@ -161,6 +161,8 @@ pub struct Limits {
     /// `/stop`): it stops accepting at once, then closes each tunnel, with its reason, once
     /// its connections are done or this time is up.
     pub drain_grace_secs: u64,
+    /// The congestion controller of what the server sends through its tunnels.
+    pub congestion: crate::Congestion,
 }
 
 impl Default for Limits {
@@ -180,6 +182,7 @@ impl Default for Limits {
             max_udp_flows_per_client: 1024,
             udp_flow_idle_timeout_secs: 60,
             drain_grace_secs: 30,
+            congestion: crate::Congestion::default(),
         }
     }
 }

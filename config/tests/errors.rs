@@ -100,6 +100,18 @@ fn a_keep_alive_at_or_past_the_idle_timeout_is_refused() {
     assert_eq!(config.limits.keep_alive(), std::time::Duration::from_secs(5));
 }
 
+#[test]
+fn the_congestion_controller_is_one_of_the_named_ones() {
+    let e = client_error(&format!("{CLIENT_HEAD}[limits]\ncongestion = \"fast\"\n"));
+    assert!(e.contains("congestion") && e.contains("`bbr`") && e.contains("`cubic`"), "{e}");
+    let e = server_error("token = \"shared-token-1\"\n[limits]\ncongestion = 3\n");
+    assert!(e.contains("congestion"), "{e}");
+    let config = parse_client(&format!("{CLIENT_HEAD}[limits]\ncongestion = \"cubic\"\n")).expect("a name");
+    assert_eq!(config.limits.congestion, wmproxy_config::Congestion::Cubic);
+    let config = parse_client(CLIENT_HEAD).expect("the default");
+    assert_eq!(config.limits.congestion, wmproxy_config::Congestion::Bbr);
+}
+
 /// A secret written as a table of the wrong shape is an error with its line, never a panic
 /// (an empty table once made toml's map panic; `/adapt` and reloads parse untrusted files).
 #[test]

@@ -180,6 +180,12 @@ impl Server {
                 .max_streams_per_client
                 .saturating_add(limits.max_udp_flows_per_client)
                 .saturating_add(1),
+            // No keep-alives from the server: its idle timer then runs from the client's last
+            // packet, so a dead tunnel is given up within the idle timeout (a keep-alive sent
+            // after that packet would restart the timer, adding up to one period). Clients
+            // send theirs, which also hold their NAT's mapping.
+            keep_alive: None,
+            congestion: limits.congestion,
             ..TransportTuning::default()
         };
         let socket = transport::bind_udp(config.bind).map_err(bind_err(config.bind))?;

@@ -22,7 +22,8 @@
 //! - [`probe`]: asks a peer whether it is there (`OpenStream::Ping`), and answers.
 //! - [`accept`]: the accept step of every TCP listener (stop token, error backoff, the
 //!   per-user connection cap of [`users`]).
-//! - [`transport`]: the tuned quinn `TransportConfig` and UDP socket setup.
+//! - [`transport`]: the tuned quinn `TransportConfig` and UDP socket setup; [`congestion`]:
+//!   wmproxy's BBR-style congestion controller, one of the choices it offers.
 //! - [`tls`]: certificate fingerprints and the pinned-fingerprint verifier.
 //! - [`side`]: [`Side`], whose fault an error is (user, backend, tunnel, internal).
 //!
@@ -36,6 +37,7 @@
 
 pub mod accept;
 pub mod bandwidth;
+pub mod congestion;
 pub mod datastream;
 pub mod dial;
 pub mod listener;
