@@ -17,6 +17,7 @@
 //! - `health`: active health checks of grouped services, reported on the control stream.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
 //! - [`reload`]: applies a reloaded config; services are registered again on the live tunnel.
+//! - `roaming`: moves the live tunnel to a new socket when the host's addresses change.
 //! - `control`: the control API (`[control]`). `metrics`: its Prometheus counters.
 //! - [`backoff`]: reconnect delays with jitter. [`error`]: errors, and their side (which decides
 //!   whether to retry).
@@ -46,6 +47,7 @@ mod forward;
 mod health;
 mod metrics;
 mod proxy;
+mod roaming;
 mod status;
 mod tunnel;
 

@@ -26,6 +26,8 @@ pub struct Metrics {
     bytes_in: Family<ServiceLabels, Counter>,
     /// Service → user.
     bytes_out: Family<ServiceLabels, Counter>,
+    /// The tunnel moved to a new socket: the host's addresses changed (`roaming`).
+    rebinds: Counter,
 }
 
 impl Default for Metrics {
@@ -35,11 +37,22 @@ impl Default for Metrics {
         registry.register("connections", "Connections from users to a published service", Family::clone(&connections));
         registry.register("service_bytes_in", "Bytes from users to a service", Family::clone(&bytes_in));
         registry.register("service_bytes_out", "Bytes from a service to its users", Family::clone(&bytes_out));
-        Self { registry, connections, bytes_in, bytes_out }
+        let rebinds = Counter::default();
+        registry.register(
+            "endpoint_rebinds",
+            "Times the tunnel moved to a new socket because the host's addresses changed",
+            rebinds.clone(),
+        );
+        Self { registry, connections, bytes_in, bytes_out, rebinds }
     }
 }
 
 impl Metrics {
+    /// The count of roaming rebinds.
+    pub fn rebinds(&self) -> &Counter {
+        &self.rebinds
+    }
+
     /// Counts a new connection to `service`; the meter counts its bytes as they pass.
     pub fn connection(&self, service: &str) -> ServiceMeter {
         let labels = ServiceLabels { service: service.to_owned() };

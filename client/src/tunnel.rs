@@ -22,6 +22,7 @@ use crate::error::TunnelError;
 use crate::expose::{self, Exposer};
 use crate::handshake::{self, Established};
 use crate::health;
+use crate::roaming;
 use crate::status::ClientStatus;
 
 /// How long a stop waits for the connections in flight to finish (and for the client's other
@@ -121,6 +122,7 @@ impl TunnelSetup {
                     }
                 }
             } => reason,
+            never = roaming::follow(&endpoint, exposer.metrics.rebinds()) => match never {},
             reason = follow_reloads(services, (&requests, control_recv), &self.status, &mut checks) => {
                 // The control stream fails with its connection: report the connection's reason
                 // (the server's "shutting down", say), not the stream's.

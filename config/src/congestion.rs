@@ -14,12 +14,13 @@ pub enum Congestion {
     #[serde(rename = "newreno")]
     NewReno,
     /// wmproxy's BBR-style controller: a window of twice the measured bandwidth-delay
-    /// product; random loss does not slow it. The default: at 1 % loss it carried 7–12 times
-    /// what CUBIC carried on the bench's grid (`bench/README.md`).
+    /// product; random loss does not slow it. The default: at 1 % loss it carried 5–28 times
+    /// what CUBIC carried on the bench's grid (`bench/README.md`), and kept a smaller queue
+    /// than quinn's BBR.
     #[default]
     #[serde(rename = "bbr")]
     Bbr,
-    /// quinn's own BBR, experimental: kept for comparison, not for use.
+    /// quinn's own BBR, experimental in quinn: kept for comparison.
     #[serde(rename = "quinn-bbr")]
     QuinnBbr,
 }

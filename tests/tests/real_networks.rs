@@ -4,12 +4,15 @@
 //! - NAT rebinding: the NAT forgets the client's mapping in the middle of a transfer and gives
 //!   it a new port; the tunnel migrates to it without reconnecting, and the transfer arrives
 //!   intact.
+//! - Roaming: the home host's own address changes; the client moves the tunnel to a new socket
+//!   and the server migrates it, mid-transfer and while idle.
 //! - NAT idle timeout: an idle tunnel outlives a 30 s UDP mapping timeout for two minutes.
 //! - Outage: a blackholed path; the server frees the silent client, which comes back when the
 //!   path does.
 //! - MTU: a 1280-byte path carries TCP and 1,200-byte UDP packets; on a 1500-byte path QUIC
 //!   finds a larger MTU (the server's `/status` shows it).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,7 +23,7 @@ use tokio::net::TcpStream;
 use wmproxy_client::ClientStatus;
 use wmproxy_tests::metrics::{parse, sample};
 use wmproxy_tests::netbed::{self, InNetns, Mapping};
-use wmproxy_tests::{DEADLINE, TestClient, TestServer, backend, eventually, tcp_service};
+use wmproxy_tests::{DEADLINE, TestClient, TestServer, backend, eventually, eventually_async, tcp_service};
 
 /// The server's control API (it listens on the public host's loopback).
 fn api(server: &TestServer) -> Result<SocketAddr> {
@@ -72,24 +75,11 @@ async fn a_nat_rebinding_mid_transfer_migrates_the_tunnel_and_loses_nothing() ->
 
     let data = backend::pattern(LEN, 11);
     let expected = backend::checksum(&data);
-    let upload = public.run(async move {
-        let mut user = TcpStream::connect((netbed::PUBLIC, port)).await?;
-        user.write_all(&data).await?;
-        user.shutdown().await?;
-        let mut answer = [0u8; 16];
-        tokio::time::timeout(DEADLINE, user.read_exact(&mut answer)).await??;
-        anyhow::Ok(answer)
-    });
+    let upload = upload(&public, port, data);
     // A quarter in, the NAT forgets every mapping: the client's next packet gets a new port.
     eventually("a quarter of the upload", || received.load(Ordering::Relaxed) >= (LEN / 4) as u64).await?;
     bed.flush_mappings()?;
-    let answer = tokio::time::timeout(DEADLINE * 3, upload).await.context("the upload stalled")???;
-    let (count, hash) = (u64::from_be_bytes(answer[..8].try_into()?), u64::from_be_bytes(answer[8..].try_into()?));
-    ensure!(
-        count == LEN as u64 && hash == expected,
-        "{count} of {LEN} bytes arrived, checksum match: {}",
-        hash == expected
-    );
+    arrived_intact(upload, LEN, expected).await?;
 
     // The same tunnel, now at another port of the NAT: migrated, not reconnected.
     let after = client_address(&public, api).await?;
@@ -100,6 +90,109 @@ async fn a_nat_rebinding_mid_transfer_migrates_the_tunnel_and_loses_nothing() ->
 
     client.stop().await?;
     server.stop().await?;
+    Ok(())
+}
+
+/// A user on the public host uploads `data` to the checksum sink published on `port`; the
+/// upload's answer (count and checksum), as a task started at once.
+fn upload(public: &InNetns, port: u16, data: Vec<u8>) -> impl Future<Output = Result<[u8; 16]>> + use<> {
+    let sent = public.run(async move {
+        let mut user = TcpStream::connect((netbed::PUBLIC, port)).await?;
+        user.write_all(&data).await?;
+        user.shutdown().await?;
+        let mut answer = [0u8; 16];
+        tokio::time::timeout(DEADLINE, user.read_exact(&mut answer)).await??;
+        anyhow::Ok(answer)
+    });
+    async move { sent.await? }
+}
+
+/// Whether the [`upload`] arrived whole: `len` bytes with checksum `expected`.
+async fn arrived_intact(upload: impl Future<Output = Result<[u8; 16]>>, len: usize, expected: u64) -> Result<()> {
+    let answer = tokio::time::timeout(DEADLINE * 3, upload).await.context("the upload stalled")??;
+    let (count, hash) = (u64::from_be_bytes(answer[..8].try_into()?), u64::from_be_bytes(answer[8..].try_into()?));
+    ensure!(
+        count == len as u64 && hash == expected,
+        "{count} of {len} bytes arrived, checksum match: {}",
+        hash == expected
+    );
+    Ok(())
+}
+
+/// The home host changes address, as a laptop moving from Wi-Fi to a mobile link: the client
+/// notices within a second, moves the tunnel to a new socket, and the server migrates the
+/// connection. A transfer in flight arrives intact; after a second change, while idle, the
+/// public side reaches the service again within seconds rather than at the client's next
+/// keep-alive (25 s here). No reconnection either time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_home_address_changes_the_client_moves_the_tunnel_and_loses_nothing() -> Result<()> {
+    use std::net::Ipv4Addr;
+    const LEN: usize = 32 << 20;
+    const SECOND: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+    const THIRD: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 4);
+    let Some((bed, public, home)) = netbed::start_or_skip(Mapping::PortPreserving)? else { return Ok(()) };
+    let mut server = netbed::public_server(&public).await?;
+    let api = api(&server)?;
+    let (sink, received) = home.run(backend::checksum_sink()).await??;
+    let echo = home.run(backend::echo()).await??;
+    let mut config = server.client_config("roaming");
+    config.services.push(tcp_service("sink", sink, 0));
+    config.services.push(tcp_service("echo", echo, 0));
+    config.limits.keep_alive_secs = 25;
+    config.control = Some(wmproxy_tests::control_api());
+    let mut client = home.run(TestClient::start(config)).await??;
+    let (sink_port, echo_port) = (client.port_of("sink").await?, client.port_of("echo").await?);
+    let client_api = client.control_addr.context("the client's control API")?;
+    let rebinds = async || -> Result<Option<f64>> {
+        Ok(sample(&parse(&home.get(client_api, "/metrics").await?)?, "wmproxy_client_endpoint_rebinds_total", &[]))
+    };
+
+    // 50 Mbit/s: the upload takes about 5 s, so the move (noticed within a second) happens
+    // while it is in flight.
+    bed.set_rate(50)?;
+    let data = backend::pattern(LEN, 5);
+    let expected = backend::checksum(&data);
+    let upload = upload(&public, sink_port, data);
+    eventually("a quarter of the upload", || received.load(Ordering::Relaxed) >= (LEN / 4) as u64).await?;
+    bed.renumber_home(netbed::HOME, SECOND)?;
+    eventually_async("the client moved its tunnel", async || Ok(rebinds().await? == Some(1.0))).await?;
+    let at_move = received.load(Ordering::Relaxed);
+    ensure!(at_move < LEN as u64, "the upload ended before the move");
+    arrived_intact(upload, LEN, expected).await?;
+    println!("moved with {at_move} of {LEN} bytes uploaded");
+
+    // Idle now: nothing crosses the NAT for a second (keep-alives come every 25 s). Then the
+    // address changes again, and the public side must not wait for the next keep-alive.
+    quiet(&bed, Duration::from_secs(1)).await?;
+    bed.renumber_home(SECOND, THIRD)?;
+    let moved = tokio::time::Instant::now();
+    let message = backend::pattern(4096, 1);
+    let sent = message.clone();
+    let echoed = public.run(async move { backend::round_trip((netbed::PUBLIC, echo_port).into(), &sent).await });
+    let echoed =
+        tokio::time::timeout(Duration::from_secs(6), echoed).await.context("no echo 6 s after the move")???;
+    ensure!(echoed == message, "the echo came back altered");
+    println!("idle tunnel carried again {:?} after the home host's address changed", moved.elapsed());
+    eventually_async("the client moved its tunnel again", async || Ok(rebinds().await? == Some(2.0))).await?;
+    let accepted = metric(&public, api, "wmproxy_tunnels_accepted_total").await?;
+    ensure!(accepted == Some(1.0), "the client reconnected");
+    client.stop().await?;
+    server.stop().await?;
+    Ok(())
+}
+
+/// Waits until the NAT has forwarded nothing for `quiet` (within [`DEADLINE`]).
+async fn quiet(bed: &netbed::Netbed, quiet: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let (mut last, mut since) = (bed.forwarded()?.0, tokio::time::Instant::now());
+    while since.elapsed() < quiet {
+        ensure!(tokio::time::Instant::now() < deadline, "the NAT never went quiet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = bed.forwarded()?.0;
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        }
+    }
     Ok(())
 }
 

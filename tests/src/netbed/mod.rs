@@ -269,6 +269,18 @@ impl Netbed {
         self.nats().try_for_each(|nat| self.exec(&nat, &["sysctl", "-qw", &setting]).map(|_| ()))
     }
 
+    /// Moves the (first) home host from address `from` to `to` (both in 10.77.0.0/24), as a
+    /// laptop that changed networks: the new address comes first, then the old one goes and
+    /// the default route follows the new one.
+    pub fn renumber_home(&self, from: Ipv4Addr, to: Ipv4Addr) -> Result<()> {
+        let home = self.home();
+        // Else deleting the first address of the subnet deletes the others with it.
+        self.exec(&home, &["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"])?;
+        self.ip(&home, &["addr", "add", &format!("{to}/24"), "dev", "eth0"])?;
+        self.ip(&home, &["addr", "del", &format!("{from}/24"), "dev", "eth0"])?;
+        self.ip(&home, &["route", "replace", "default", "via", &NAT_LAN.to_string(), "src", &to.to_string()])
+    }
+
     /// Makes the NATs forget every mapping: the next packet of each flow gets a new one (with
     /// [`Mapping::Random`], on another port), as a router that rebooted or rebound would.
     pub fn flush_mappings(&self) -> Result<()> {
