@@ -67,6 +67,10 @@ struct Cli {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// The congestion controller of the loopback TCP figures' tunnel (bbr, cubic, newreno,
+    /// quinn-bbr).
+    #[arg(long, default_value = "bbr", value_parser = congestion)]
+    congestion: wmproxy_config::Congestion,
     /// The shaped-path figures (network namespaces, root) instead of the loopback ones.
     #[arg(long)]
     netbed: bool,
@@ -256,8 +260,13 @@ async fn run_tcp(cli: &Cli) -> Result<()> {
     let sink = backends::sink().await?;
     let echo = backends::echo().await?;
     // Every user here is 127.0.0.1: the idle figure holds more connections than one user may.
-    let server = TestServer::start(|f| f.limits.max_connections_per_user = 1_000_000).await?;
+    let server = TestServer::start(|f| {
+        f.limits.max_connections_per_user = 1_000_000;
+        f.limits.congestion = cli.congestion;
+    })
+    .await?;
     let mut config = server.client_config("bench");
+    config.limits.congestion = cli.congestion;
     config.services.push(tcp_service("sink", sink, 0));
     config.services.push(tcp_service("echo", echo, 0));
     let mut client = TestClient::start(config).await?;
