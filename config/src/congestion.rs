@@ -14,7 +14,7 @@ pub enum Congestion {
     #[serde(rename = "newreno")]
     NewReno,
     /// wmproxy's BBR-style controller: a window of twice the measured bandwidth-delay
-    /// product; random loss does not slow it. The default: at 1 % loss it carried 5–28 times
+    /// product; random loss does not slow it. The default: at 1 % loss it carried 4–19 times
     /// what CUBIC carried on the bench's grid (`bench/README.md`), and kept a smaller queue
     /// than quinn's BBR.
     #[default]

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{CWND_GAIN, Mode, Model, PROBE_RTT_PACKETS};
+use super::{CWND_GAIN, MIN_MODEL_RTT, Mode, Model, PROBE_RTT_PACKETS};
 
 const MTU: u16 = 1200;
 
@@ -113,6 +113,19 @@ fn a_flow_controlled_sender_that_fills_the_pipe_still_leaves_startup() {
     assert_eq!(model.mode(), Mode::ProbeBw, "modes: {:?}", run.modes);
     let bdp = path.rate * path.rtt.as_secs_f64();
     assert!((model.window() as f64) < 1.1 * CWND_GAIN * bdp, "window {} for a BDP of {bdp:.0}", model.window());
+}
+
+/// A path of 100 µs (loopback, a LAN) gets a window of at least [`MIN_MODEL_RTT`] of its rate:
+/// there, the peers' processing, not the path, sets the RTT under load.
+#[test]
+fn a_very_short_path_gets_a_window_of_at_least_the_model_rtt() {
+    let start = Instant::now();
+    let mut model = Model::new(start, MTU);
+    let path = Path { rtt: Duration::from_micros(100), ..path_200_mbit_50_ms(0) };
+    let run = simulate(&mut model, start, &path, 2 * SECOND);
+    assert_eq!(model.mode(), Mode::ProbeBw, "modes: {:?}", run.modes);
+    let least = CWND_GAIN * path.rate * MIN_MODEL_RTT.as_secs_f64();
+    assert!(model.window() as f64 >= 0.9 * least, "window {} for {least:.0}", model.window());
 }
 
 #[test]
