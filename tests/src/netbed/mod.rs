@@ -17,9 +17,9 @@
 //!   the host's namespace. No namespace has a route to the host's interfaces: the public side
 //!   knows only 198.18.0.0/24 (the benchmarking range), each home side only its NAT.
 //! - [`Netbed`] removes its namespaces when dropped, also when a test fails.
-//! - It needs root, `ip` and `tc` (iproute2), `nft` (nftables) and `conntrack`; [`skip`] says
-//!   what is missing, so that a test can skip with that message rather than pass silently, and
-//!   fails instead where [`REQUIRE`] is set (CI).
+//! - It needs root, `ip` and `tc` (iproute2), `nft` (nftables), `conntrack` and
+//!   `/dev/net/tun`; [`skip`] says what is missing, so that a test can skip with that message
+//!   rather than pass silently, and fails instead where [`REQUIRE`] is set (CI).
 //! - [`InNetns`] (in `runtime.rs`) is a runtime inside one of the namespaces, which runs a real
 //!   server, client, backend or user there in-process.
 
@@ -357,6 +357,11 @@ fn probe() -> Option<String> {
         if Command::new(tool).arg("-V").output().is_err() {
             return Some(format!("the network test bed needs `{tool}` (apt-get install {package})"));
         }
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some(
+            "the network test bed needs /dev/net/tun (the kernel's TUN/TAP driver) for its delay line".to_owned(),
+        );
     }
     let probe = format!("wp{}probe", std::process::id());
     if let Err(e) = run(Command::new("ip").args(["netns", "add", &probe])) {
