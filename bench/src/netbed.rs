@@ -52,6 +52,7 @@ struct Tunnel {
     echo: SocketAddr,
 }
 
+/// Builds a bed and prints the figures; prints `SKIPPED:` and why where no bed can be built.
 pub async fn run(settings: &Settings) -> Result<()> {
     if netbed::skip()? {
         return Ok(());
@@ -113,6 +114,7 @@ impl Ends<'_> {
     }
 }
 
+/// Stops each tunnel's client, then its server.
 async fn stop(tunnels: Vec<Tunnel>) -> Result<()> {
     for mut t in tunnels {
         t.client.stop().await?;
