@@ -346,6 +346,13 @@ fn print_percentiles(direct: (Duration, Duration), tunnel: (Duration, Duration))
     }
 }
 
+/// The p50 and p99 of `times` (sorted in place); zero for none.
+fn p50_p99(times: &mut [Duration]) -> (Duration, Duration) {
+    times.sort();
+    let at = |q: f64| times.get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1))).copied();
+    (at(0.50).unwrap_or_default(), at(0.99).unwrap_or_default())
+}
+
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }

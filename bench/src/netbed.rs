@@ -22,7 +22,7 @@ use wmproxy_config::Congestion;
 use wmproxy_tests::netbed::{self, InNetns, Mapping, Netbed, PUBLIC};
 use wmproxy_tests::{TestClient, TestServer, forward_to};
 
-use crate::{backends, mux};
+use crate::{backends, micros, mux, p50_p99};
 
 /// What `--netbed` measures.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
 async fn line_cost(home: &InNetns, sink: SocketAddr, echo: SocketAddr) -> Result<(f64, Duration)> {
     let bulk = home.run(bulk_for(sink, Duration::from_secs(3))).await??;
     let mut times = home.run(exchanges(echo, 500)).await??;
-    Ok((bulk, percentile(&mut times, 50)))
+    Ok((bulk, p50_p99(&mut times).0))
 }
 
 /// The hosts, and the sink and echo on the public host.
@@ -206,7 +206,7 @@ async fn head_of_line(
     );
     let n = settings.exchanges;
     let show = |name: &str, mut times: Vec<Duration>| {
-        let (p50, p99) = (percentile(&mut times, 50), percentile(&mut times, 99));
+        let (p50, p99) = p50_p99(&mut times);
         println!("{name:<38} p50 {:>8.1} ms | p99 {:>8.1} ms", millis(p50), millis(p99));
     };
     show(&format!("direct, two TCP connections ({host})"), home.run(beside_bulk(sink, echo, n)).await??);
@@ -314,15 +314,6 @@ async fn bulk_until(addr: SocketAddr, stop: CancellationToken) -> Result<u64> {
 
 fn per_mille(percent: f64) -> u32 {
     (percent * 10.0).round().clamp(0.0, 1000.0) as u32
-}
-
-fn percentile(times: &mut [Duration], p: usize) -> Duration {
-    times.sort();
-    times.get((times.len() * p / 100).min(times.len().saturating_sub(1))).copied().unwrap_or_default()
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 fn millis(d: Duration) -> f64 {

@@ -86,7 +86,5 @@ pub async fn first_byte(via: Via, echo: SocketAddr, samples: usize) -> Result<(D
         s.read_exact(&mut b).await?;
         times.push(started.elapsed());
     }
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    Ok((at(0.50), at(0.99)))
+    Ok(crate::p50_p99(&mut times))
 }

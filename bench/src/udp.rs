@@ -102,7 +102,6 @@ pub async fn latency(addr: SocketAddr, samples: usize, payload: usize) -> Result
             Err(_) => lost += 1,
         }
     }
-    times.sort();
-    let at = |q: f64| times.get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1))).copied();
-    Ok((at(0.50).unwrap_or_default(), at(0.99).unwrap_or_default(), lost))
+    let (p50, p99) = crate::p50_p99(&mut times);
+    Ok((p50, p99, lost))
 }
