@@ -163,6 +163,8 @@ pub struct Model {
     round_in_flight: u64,
     /// Rate samples (round, bytes/s), the last [`BW_ROUNDS`] rounds.
     samples: VecDeque<(u64, f64)>,
+    /// The largest of them, kept as they change: the window is asked for at every send.
+    bandwidth: f64,
     /// Startup's plateau test: the rate that must grow by 25 %, and rounds without.
     plateau: (f64, u32),
     /// Bytes acknowledged since the last batch of acknowledgements ended.
@@ -191,6 +193,7 @@ impl Model {
             round_app_limited: false,
             round_in_flight: 0,
             samples: VecDeque::with_capacity(BW_ROUNDS as usize + 1),
+            bandwidth: 0.0,
             plateau: (0.0, 0),
             batch_acked: 0,
             epoch: None,
@@ -206,7 +209,7 @@ impl Model {
 
     /// The estimated bottleneck rate, bytes per second (0 before the first round ends).
     pub fn bandwidth(&self) -> f64 {
-        self.samples.iter().map(|&(_, rate)| rate).fold(0.0, f64::max)
+        self.bandwidth
     }
 
     /// The bandwidth-delay product, bytes (`None` before the first round ends), of a round
@@ -324,6 +327,7 @@ impl Model {
             }
             prune(&mut self.samples, self.round);
             prune(&mut self.excess, self.round);
+            self.bandwidth = self.samples.iter().map(|&(_, rate)| rate).fold(0.0, f64::max);
             if self.mode == Mode::Startup && telling {
                 self.check_plateau();
             }
