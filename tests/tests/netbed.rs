@@ -103,10 +103,7 @@ async fn a_service_behind_the_nat_is_published_on_the_public_host() -> Result<()
     let mut client = home.run(TestClient::start(config)).await??;
     let port = client.port_of("echo").await?;
 
-    let message = backend::pattern(256 * 1024, 7);
-    let sent = message.clone();
-    let back = public.run(async move { backend::round_trip((netbed::PUBLIC, port).into(), &sent).await });
-    ensure!(back.await?? == message, "the echo through the NAT came back altered");
+    public.echo_through(port, 256 * 1024, 7).await?;
     let status: serde_json::Value = serde_json::from_str(&public.get(api, "/status").await?)?;
     let address = status["clients"][0]["address"].as_str().unwrap_or_default().to_owned();
     ensure!(address.starts_with(&format!("{}:", netbed::NAT_WAN)), "the server saw the client at {address}");

@@ -166,12 +166,8 @@ async fn when_the_home_address_changes_the_client_moves_the_tunnel_and_loses_not
     quiet(&bed, Duration::from_secs(1)).await?;
     bed.renumber_home(SECOND, THIRD)?;
     let moved = tokio::time::Instant::now();
-    let message = backend::pattern(4096, 1);
-    let sent = message.clone();
-    let echoed = public.run(async move { backend::round_trip((netbed::PUBLIC, echo_port).into(), &sent).await });
-    let echoed =
-        tokio::time::timeout(Duration::from_secs(6), echoed).await.context("no echo 6 s after the move")???;
-    ensure!(echoed == message, "the echo came back altered");
+    let echoed = public.echo_through(echo_port, 4096, 1);
+    tokio::time::timeout(Duration::from_secs(6), echoed).await.context("no echo 6 s after the move")??;
     println!("idle tunnel carried again {:?} after the home host's address changed", moved.elapsed());
     eventually_async("the client moved its tunnel again", async || Ok(rebinds().await? == Some(2.0))).await?;
     let accepted = metric(&public, api, "wmproxy_tunnels_accepted_total").await?;
@@ -309,10 +305,7 @@ async fn an_idle_tunnel_outlives_a_30_s_nat_mapping_timeout() -> Result<()> {
         (bytes_1 - bytes_0) as f64 / minutes
     );
 
-    let message = backend::pattern(64 * 1024, 9);
-    let sent = message.clone();
-    let echoed = public.run(async move { backend::round_trip((netbed::PUBLIC, tcp).into(), &sent).await });
-    ensure!(echoed.await?? == message, "the idle tunnel no longer carries");
+    public.echo_through(tcp, 64 * 1024, 9).await.context("the idle tunnel no longer carries")?;
     let after = client_address(&public, api).await?;
     ensure!(after == before, "the mapping changed ({before} -> {after}): the NAT forgot it while idle");
     let accepted = metric(&public, api, "wmproxy_tunnels_accepted_total").await?;

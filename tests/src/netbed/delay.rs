@@ -106,10 +106,10 @@ fn spawn(name: String, work: impl FnOnce() + Send + 'static) -> Result<JoinHandl
 /// Creates the TAPs from a thread inside `ns` (a TAP is born in its creator's namespace); the
 /// devices work from any thread afterwards.
 fn create_taps(ns: &str, names: [&str; 2]) -> Result<[tun::Device; 2]> {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+    let namespace = super::runtime::Namespace::open(ns)?;
     let names = names.map(str::to_owned);
     let creating = std::thread::spawn(move || -> Result<[tun::Device; 2]> {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        namespace.enter()?;
         let tap = |name: &str| -> Result<tun::Device> {
             let mut config = tun::Configuration::default();
             config.tun_name(name).layer(tun::Layer::L2);

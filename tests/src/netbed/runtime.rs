@@ -18,16 +18,34 @@ pub struct InNetns {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// One of a bed's namespaces, opened; [`Namespace::enter`] moves the calling thread into it
+/// (every socket or device the thread creates afterwards is born there).
+#[derive(Debug)]
+pub(super) struct Namespace(std::fs::File);
+
+impl Namespace {
+    /// Opens namespace `ns` (a name of [`Netbed::public`], …).
+    pub(super) fn open(ns: &str) -> Result<Self> {
+        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+        Ok(Self(file))
+    }
+
+    /// Moves the calling thread into this namespace.
+    pub(super) fn enter(&self) -> Result<()> {
+        nix::sched::setns(&self.0, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")
+    }
+}
+
 impl InNetns {
     /// A runtime in namespace `ns` (a name of [`Netbed::public`], [`Netbed::nat`],
     /// [`Netbed::home`]).
     pub fn enter(ns: &str) -> Result<Self> {
-        let file = std::fs::File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+        let namespace = Namespace::open(ns)?;
         let (ready, handle) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name(format!("netns-{ns}")).spawn(move || {
-            let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("setns")
+            let entered = namespace
+                .enter()
                 .and_then(|()| Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?));
             match entered {
                 Ok(runtime) => {
@@ -71,6 +89,16 @@ impl InNetns {
     ) -> impl Future<Output = Result<T>> + use<T, W> {
         let task = self.handle.spawn(work);
         async move { Ok(task.await?) }
+    }
+
+    /// A user in this namespace sends `len` bytes (a pattern seeded `seed`) to the TCP echo at
+    /// the public host's `port` and fails unless they come back unchanged.
+    pub async fn echo_through(&self, port: u16, len: usize, seed: u64) -> Result<()> {
+        let message = crate::backend::pattern(len, seed);
+        let sent = message.clone();
+        let back = self.run(async move { crate::backend::round_trip((PUBLIC, port).into(), &sent).await });
+        anyhow::ensure!(back.await?? == message, "the echo through port {port} came back altered");
+        Ok(())
     }
 
     /// `GET path` of the control API at `api`, which listens in this namespace: the body of a
