@@ -79,6 +79,9 @@ impl Client {
         }
         let mut quic = tls::quic_client_config(&config.trust)?;
         let tuning = transport::TransportTuning {
+            // None until the server's Welcome tells its limits (`handshake`): the server opens
+            // no stream before it.
+            max_concurrent_streams: 0,
             keep_alive: Some(config.limits.keep_alive()),
             congestion: config.limits.congestion,
             ..Default::default()

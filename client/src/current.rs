@@ -1,6 +1,7 @@
 //! [`CurrentTunnel`]: the client's one handle for "the tunnel up now", which the reconnect loop
 //! replaces. Forwards and proxies hold it as their [`Upstream`]: each connection or flow asks it
-//! for the tunnel of the moment, and gets [`OpenError::TunnelGone`] while reconnecting.
+//! for the tunnel of the moment, and gets [`OpenError::TunnelGone`] while reconnecting, or
+//! [`OpenError::Busy`] past the server's per-client stream limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ impl CurrentTunnel {
         meter: &dyn Meter,
     ) -> Result<RelayStats, OpenError> {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
+        let _permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
         let header = OpenStream::Connect { target, peer_addr: peer };
         let limits = Limits { meter: Some(meter), ..Limits::default() };
         Ok(tunnel.open_and_relay(&header, tcp, (self.open_timeout, &limits)).await?)
@@ -57,9 +59,10 @@ impl Upstream for CurrentTunnel {
 
     async fn open(&self, peer: SocketAddr, ask: Ask) -> Result<Opened<()>, OpenError> {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
+        let permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
         let header = OpenStream::Connect { target: ask.target()?, peer_addr: peer };
         let (send, recv) = tunnel.open_confirmed(&header, self.open_timeout).await?;
-        Ok(Opened { send, recv, by: (), hold: Vec::new() })
+        Ok(Opened { send, recv, by: (), hold: vec![Box::new(permit)] })
     }
 
     fn flow(&self, peer: SocketAddr, ask: Ask) -> Result<FlowRoute, OpenError> {

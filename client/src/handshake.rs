@@ -9,7 +9,8 @@ use wmproxy_config::{ClientConfig, Service};
 use wmproxy_tunnel::stream::{read_frame, write_frame};
 use wmproxy_tunnel::transport;
 use wmproxy_wire::{
-    AuthToken, ControlReply, ControlRequest, Hello, HelloReply, ResumeSecret, ServiceResult, ServiceSpec, auth, hello,
+    AuthToken, ControlReply, ControlRequest, Hello, HelloReply, ResumeSecret, ServiceResult, ServiceSpec, TunnelLimits,
+    auth, hello,
 };
 
 use crate::error::{ClientError, TunnelError};
@@ -31,6 +32,8 @@ pub struct Established {
     pub control: (quinn::SendStream, quinn::RecvStream),
     /// What the next attempt shows the server, so that it replaces this session at once.
     pub resume: ResumeSecret,
+    /// The server's per-client limits, which this end follows.
+    pub limits: TunnelLimits,
 }
 
 /// Connects, authenticates and registers `services`, within [`HANDSHAKE_TIMEOUT`]. `resume`
@@ -60,11 +63,13 @@ pub async fn establish(
         let conn = connecting.await?;
         answered = true;
         let hello = (hello_version, resume);
-        let (services, control, resume) = handshake(&conn, config, services, hello).await?;
-        Ok::<_, ClientError>((conn, services, control, resume))
+        let handshaken = handshake(&conn, config, services, hello).await?;
+        Ok::<_, ClientError>((conn, handshaken))
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
-        Ok(Ok((conn, services, control, resume))) => Ok(Established { endpoint, conn, services, control, resume }),
+        Ok(Ok((conn, Handshaken { services, control, resume, limits }))) => {
+            Ok(Established { endpoint, conn, services, control, resume, limits })
+        }
         Ok(Err(e)) => {
             endpoint.close(0u32.into(), b"handshake failed");
             Err(e)
@@ -86,8 +91,13 @@ async fn resolve(server_addr: &str) -> Result<SocketAddr, ClientError> {
     addrs.next().ok_or_else(|| err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")))
 }
 
-/// What a finished handshake gives: the results, the control stream and the resume secret.
-type Handshaken = (Vec<ServiceResult>, (quinn::SendStream, quinn::RecvStream), ResumeSecret);
+/// What a finished handshake gives.
+struct Handshaken {
+    services: Vec<ServiceResult>,
+    control: (quinn::SendStream, quinn::RecvStream),
+    resume: ResumeSecret,
+    limits: TunnelLimits,
+}
 
 async fn handshake(
     conn: &Connection,
@@ -102,13 +112,15 @@ async fn handshake(
     let proof = auth::prove(&AuthToken::new(config.token.expose()), &exporter);
     let hello = Hello { protocol_version: hello_version, client_name: config.name.clone(), proof, resume };
     write_frame(&mut send, &hello).await?;
-    let resume = hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
+    let (resume, limits) = hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
+    // Before the registration, so the credit is on its way before any user of a service is.
+    transport::allow_server_streams(conn, &limits);
 
     write_frame(&mut send, &ControlRequest::Register { services: specs(services) }).await?;
     let ControlReply::Registered { results } = read_frame::<ControlReply, _>(&mut recv).await? else {
         return Err(TunnelError::UnexpectedReply.into());
     };
-    Ok((results, (send, recv), resume))
+    Ok(Handshaken { services: results, control: (send, recv), resume, limits })
 }
 
 /// What the server is asked to publish for `services`.

@@ -29,10 +29,6 @@ use crate::status::ClientStatus;
 /// tasks after that).
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Streams this end may open at once (forwards and proxies): a bound far above use, which the
-/// drain waits to have back.
-const LOCAL_STREAMS: u32 = 1 << 20;
-
 /// Why a tunnel ended.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TunnelEnd {
@@ -83,9 +79,12 @@ impl TunnelSetup {
         (registered, services): (Arc<Vec<Service>>, watch::Receiver<Arc<Vec<Service>>>),
         exposer: Arc<Exposer>,
     ) -> TunnelEnd {
-        let Established { endpoint, conn, services: results, control: (control_send, control_recv), .. } = established;
+        let Established { endpoint, conn, services: results, control: (control_send, control_recv), limits, .. } =
+            established;
         log_results(&results);
-        let streams = Arc::new(Semaphore::new(LOCAL_STREAMS as usize));
+        // Connections of our forwards and proxies: as many as the server lets a client have, so
+        // one past them is refused at once rather than left waiting for stream credit.
+        let streams = Arc::new(Semaphore::new(limits.streams as usize));
         // The streams the server opens (users of our services), so a stop can wait for them.
         let exposed = TaskTracker::new();
         let flows = FlowTable::new(self.udp_stats.clone());
@@ -133,7 +132,7 @@ impl TunnelSetup {
             }
         };
         if matches!(ended, TunnelEnd::Shutdown) {
-            drain(&tunnel, &exposed).await;
+            drain(&tunnel, (&exposed, limits.streams)).await;
         }
         self.installer.send_replace(None);
         drop(checks);
@@ -157,9 +156,10 @@ impl TunnelSetup {
 /// The client is stopping (its forwards and proxies stopped accepting with the shutdown): waits,
 /// up to [`DRAIN_TIMEOUT`], until every connection through the tunnel, either way, has
 /// finished and its last bytes are acknowledged, as the server's drain does.
-async fn drain(tunnel: &Tunnel, exposed: &TaskTracker) {
+/// `streams` is the tunnel's stream permits, all of which are back once no local connection is.
+async fn drain(tunnel: &Tunnel, (exposed, streams): (&TaskTracker, u32)) {
     exposed.close();
-    let connections = exposed.len() + tunnel.streams_open(LOCAL_STREAMS);
+    let connections = exposed.len() + tunnel.streams_open(streams);
     info!(
         connections,
         grace_secs = DRAIN_TIMEOUT.as_secs(),
@@ -167,7 +167,7 @@ async fn drain(tunnel: &Tunnel, exposed: &TaskTracker) {
     );
     let finished = async {
         exposed.wait().await;
-        tunnel.streams_finished(LOCAL_STREAMS).await;
+        tunnel.streams_finished(streams).await;
     };
     match tokio::time::timeout(DRAIN_TIMEOUT, finished).await {
         Ok(()) => info!("tunnel drained"),

@@ -188,6 +188,11 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// What each client's Welcome tells it: the limits both ends follow on a tunnel.
+    pub fn tunnel(&self) -> wmproxy_wire::TunnelLimits {
+        wmproxy_wire::TunnelLimits { streams: self.max_streams_per_client, udp_flows: self.max_udp_flows_per_client }
+    }
+
     /// [`Self::drain_grace_secs`] as a duration.
     pub fn drain_grace(&self) -> Duration {
         Duration::from_secs(self.drain_grace_secs)

@@ -176,10 +176,7 @@ impl Server {
         let limits = config.limits.clone();
         let tuning = TransportTuning {
             // Forwards, UDP flows (one stream each) and the control stream.
-            max_concurrent_streams: limits
-                .max_streams_per_client
-                .saturating_add(limits.max_udp_flows_per_client)
-                .saturating_add(1),
+            max_concurrent_streams: transport::client_opened(&limits.tunnel()),
             // No keep-alives from the server: its idle timer then runs from the client's last
             // packet, so a dead tunnel is given up within the idle timeout (a keep-alive sent
             // after that packet would restart the timer, adding up to one period). Clients

@@ -159,7 +159,8 @@ impl Tunnels {
         self.runtime.tracker.spawn(flows.in_current_span());
 
         let served = async {
-            let welcome = HelloReply::Welcome { protocol_version: PROTOCOL_VERSION, resume: session.resume };
+            let limits = self.limits.tunnel();
+            let welcome = HelloReply::Welcome { protocol_version: PROTOCOL_VERSION, resume: session.resume, limits };
             write_frame(&mut send, &welcome).await?;
             let request = tokio::time::timeout_at(deadline, read_frame::<ControlRequest, _>(&mut recv)).await??;
             let ControlRequest::Register { services } = request else {

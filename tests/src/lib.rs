@@ -413,3 +413,23 @@ impl Drop for TestClient {
         self.shutdown.cancel();
     }
 }
+
+/// Raises this process's open-file limit to at least `files`: the soft limit up to the hard
+/// one, and the hard one too where allowed (root). Fails, saying what is missing, if neither
+/// reaches it.
+pub fn open_files_at_least(files: u64) -> Result<()> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get()?;
+    if soft >= files {
+        return Ok(());
+    }
+    if Resource::NOFILE.set(files, hard.max(files)).is_err() {
+        rlimit::increase_nofile_limit(files)?;
+    }
+    let (soft, hard) = Resource::NOFILE.get()?;
+    anyhow::ensure!(
+        soft >= files,
+        "this needs {files} open files; the limit is {soft} (hard {hard}): raise it (`ulimit -Hn`) or run as root"
+    );
+    Ok(())
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt, congestion};
 use socket2::{Domain, Protocol, Socket, Type};
 use wmproxy_config::Congestion;
+use wmproxy_wire::TunnelLimits;
 
 /// Kernel UDP buffer size asked for on both ends. With the Linux default (208 KiB) quinn has
 /// been seen to lose 0.5–2 % of packets on loopback at full speed, which halves its window;
@@ -65,9 +66,8 @@ pub struct TransportTuning {
 impl Default for TransportTuning {
     fn default() -> Self {
         Self {
-            // What a client accepts from the server. The server enforces its own
-            // `max_streams_per_client` (default 1024) with a semaphore and passes it here for
-            // the streams clients open; this default only has to stay above it.
+            // A placeholder: the server sets its own from its limits (`client_opened`), and a
+            // client starts at 0 and follows the server's Welcome (`allow_server_streams`).
             max_concurrent_streams: 4096,
             // 4 MiB per stream: a 1 Gbit/s path with 30 ms RTT needs ~3.75 MiB in flight.
             stream_window: 4 * 1024 * 1024,
@@ -115,8 +115,7 @@ impl TransportTuning {
     /// The stream count the peer is given: [`Self::max_concurrent_streams`] plus the slack
     /// quinn's batched credit needs.
     fn stream_credit(&self) -> VarInt {
-        let streams = self.max_concurrent_streams;
-        VarInt::from_u32(streams.saturating_add(streams / 8).saturating_add(1))
+        stream_credit(self.max_concurrent_streams)
     }
 
     /// The server's config for new connections: as [`Self::to_config`], but until
@@ -139,6 +138,32 @@ impl TransportTuning {
         conn.set_max_concurrent_bi_streams(self.stream_credit());
         conn.set_receive_window(VarInt::from_u32(self.connection_window));
     }
+}
+
+/// The stream credit that keeps `streams` streams always usable: quinn returns credit only in
+/// batches of 1/8 of the window, so that much again (and one) is added. quinn keeps an entry per
+/// stream of credit (about 40 bytes a side), so credit follows the limits rather than a bound
+/// far above them.
+fn stream_credit(streams: u32) -> VarInt {
+    VarInt::from_u32(streams.saturating_add(streams / 8).saturating_add(1))
+}
+
+/// Streams a client may open towards the server at once under `limits`: its forwards and
+/// proxies, its UDP flows (each may ride a stream) and the control stream.
+pub fn client_opened(limits: &TunnelLimits) -> u32 {
+    limits.streams.saturating_add(limits.udp_flows).saturating_add(1)
+}
+
+/// Streams the server may open towards a client at once under `limits`: users of its services,
+/// and UDP flows (each may ride a stream).
+pub fn server_opened(limits: &TunnelLimits) -> u32 {
+    limits.streams.saturating_add(limits.udp_flows)
+}
+
+/// Gives the server on `conn` the stream credit `limits` need ([`server_opened`]): the client's
+/// side of following the server's limits, once its Welcome has told them.
+pub fn allow_server_streams(conn: &quinn::Connection, limits: &TunnelLimits) {
+    conn.set_max_concurrent_bi_streams(stream_credit(server_opened(limits)));
 }
 
 /// Binds a UDP socket for a quinn endpoint, with [`UDP_BUFFER_BYTES`] kernel buffers.

@@ -5,7 +5,7 @@
 use crate::PROTOCOL_VERSION;
 use crate::auth::ResumeSecret;
 use crate::frame;
-use crate::message::{Hello, HelloReply, RejectReason};
+use crate::message::{Hello, HelloReply, RejectReason, TunnelLimits};
 
 /// Judges the body of the first frame of a control stream. The version is read first, so a
 /// peer speaking another version is told both versions rather than "malformed"; then the
@@ -19,11 +19,13 @@ pub fn judge(body: &[u8]) -> Result<Hello, RejectReason> {
 }
 
 /// What a client makes of the server's answer to a Hello that announced `sent_version`: the
-/// resume secret of its new session, or why not. A `Welcome` of another version is a mismatch
-/// too.
-pub fn read_reply(reply: HelloReply, sent_version: u32) -> Result<ResumeSecret, RejectReason> {
+/// resume secret of its new session and the tunnel's limits, or why not. A `Welcome` of
+/// another version is a mismatch too.
+pub fn read_reply(reply: HelloReply, sent_version: u32) -> Result<(ResumeSecret, TunnelLimits), RejectReason> {
     match reply {
-        HelloReply::Welcome { protocol_version, resume } if protocol_version == sent_version => Ok(resume),
+        HelloReply::Welcome { protocol_version, resume, limits } if protocol_version == sent_version => {
+            Ok((resume, limits))
+        }
         HelloReply::Welcome { protocol_version, .. } => {
             Err(RejectReason::VersionMismatch { server: protocol_version, client: sent_version })
         }
@@ -64,10 +66,10 @@ mod tests {
 
     #[test]
     fn a_welcome_of_another_version_is_a_mismatch() {
-        let resume = ResumeSecret([7; 32]);
-        assert_eq!(read_reply(HelloReply::Welcome { protocol_version: 1, resume }, 1), Ok(resume));
+        let (resume, limits) = (ResumeSecret([7; 32]), TunnelLimits { streams: 10, udp_flows: 2 });
+        assert_eq!(read_reply(HelloReply::Welcome { protocol_version: 1, resume, limits }, 1), Ok((resume, limits)));
         assert_eq!(
-            read_reply(HelloReply::Welcome { protocol_version: 2, resume }, 1),
+            read_reply(HelloReply::Welcome { protocol_version: 2, resume, limits }, 1),
             Err(RejectReason::VersionMismatch { server: 2, client: 1 })
         );
         assert_eq!(read_reply(HelloReply::Reject(RejectReason::ServerFull), 1), Err(RejectReason::ServerFull));

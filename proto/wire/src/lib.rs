@@ -75,7 +75,9 @@ pub const ALPN: &[u8] = b"wmproxy/1";
 /// Version 2: the resume secret (`Hello::resume`, `HelloReply::Welcome::resume`), the
 /// `NameInUse` and `SharedTokenFull` rejections, `OpenStream::Ping` and
 /// `RegisterOutcome::HostTaken`.
-pub const PROTOCOL_VERSION: u32 = 3;
+///
+/// Version 4: `HelloReply::Welcome::limits`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest accepted frame body, in bytes. Larger lengths are rejected before any allocation.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;

@@ -33,17 +33,33 @@ pub struct Hello {
 }
 impl WireMessage for Hello {}
 
+/// The server's per-client limits, which the client follows: it gives the server exactly the
+/// stream credit these need (QUIC's stream windows follow the server's config, whatever its
+/// value), and refuses a local connection past them at once instead of letting it wait for
+/// credit.
+///
+/// Layout: `varint streams | varint udp_flows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelLimits {
+    /// TCP connections either way at once (the server's `max_streams_per_client`).
+    pub streams: u32,
+    /// UDP flows either way at once (`max_udp_flows_per_client`); each may ride a stream.
+    pub udp_flows: u32,
+}
+
 /// Server's answer to [`Hello`], on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum HelloReply {
-    /// `enum#0 | varint protocol_version | 32 bytes resume`: authenticated; the client may
-    /// register.
+    /// `enum#0 | varint protocol_version | 32 bytes resume | TunnelLimits`: authenticated; the
+    /// client may register.
     Welcome {
         /// The server's protocol version (equal to the client's).
         protocol_version: u32,
         /// What the client sends in its next [`Hello::resume`] to replace this session.
         resume: ResumeSecret,
+        /// What either end may have open towards the other on this tunnel.
+        limits: TunnelLimits,
     },
     /// `enum#1 | RejectReason`: the server closes the connection after sending this.
     Reject(RejectReason),

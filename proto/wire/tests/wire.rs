@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use wmproxy_wire::{
     self as wire, AuthToken, BasicAuth, ControlReply, ControlRequest, FrameError, GroupKey, GroupMembership,
     HealthSpec, Hello, HelloReply, HttpSpec, MAX_FRAME_LEN, OpenResult, OpenStream, Proof, RegisterOutcome,
-    RejectReason, ResumeSecret, ServiceKind, ServiceResult, ServiceSpec, WireMessage, auth, frame,
+    RejectReason, ResumeSecret, ServiceKind, ServiceResult, ServiceSpec, TunnelLimits, WireMessage, auth, frame,
 };
 use wmproxy_wire::{Name, Target};
 
@@ -118,7 +118,11 @@ fn check_round_trip<T: WireMessage + PartialEq + std::fmt::Debug>(msg: T) {
 fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(hello());
     check_round_trip(Hello { resume: None, ..hello() });
-    check_round_trip(HelloReply::Welcome { protocol_version: 1, resume: ResumeSecret([3; 32]) });
+    check_round_trip(HelloReply::Welcome {
+        protocol_version: 1,
+        resume: ResumeSecret([3; 32]),
+        limits: TunnelLimits { streams: 65_536, udp_flows: 0 },
+    });
     check_round_trip(HelloReply::Reject(RejectReason::VersionMismatch { server: 1, client: 2 }));
     check_round_trip(HelloReply::Reject(RejectReason::BadCredentials));
     check_round_trip(HelloReply::Reject(RejectReason::Throttled { retry_after_secs: 30 }));
