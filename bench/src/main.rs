@@ -7,6 +7,7 @@
 
 mod backends;
 mod groups;
+mod held;
 mod mux;
 mod netbed;
 mod proxies;
@@ -35,6 +36,9 @@ enum Only {
     Groups,
     /// The proxy figures.
     Proxies,
+    /// Many connections held through one client, and one past the limit (separate processes:
+    /// the real server and client binaries, built next to this one).
+    Held,
 }
 
 /// Figures for wmproxy's TCP and UDP paths on loopback.
@@ -98,6 +102,17 @@ struct Cli {
     /// `--netbed`: small exchanges per head-of-line run.
     #[arg(long, default_value_t = 100)]
     exchanges: usize,
+    /// `--only held`: connections held at once. At most what a process may open (the server
+    /// and the client each hold one socket per connection).
+    #[arg(long, default_value_t = 19_900)]
+    held: usize,
+    /// `--only held`: the server's `max_streams_per_client` (default: `--held`, so that one
+    /// more connection is refused).
+    #[arg(long)]
+    stream_limit: Option<u32>,
+    /// Internal: runs as one of `--only held`'s child processes.
+    #[arg(long, num_args = 1.., hide = true)]
+    role: Option<Vec<String>>,
 }
 
 /// A congestion controller by its config name.
@@ -116,6 +131,13 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Some(role) = &cli.role {
+        return held::child(role).await;
+    }
+    if cli.only == Only::Held {
+        let limit = cli.stream_limit.unwrap_or(u32::try_from(cli.held)?);
+        return held::run(held::Settings { held: cli.held, limit }).await;
+    }
     if cli.netbed {
         let settings = netbed::Settings {
             rtts: cli.rtts.clone(),
