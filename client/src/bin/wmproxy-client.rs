@@ -20,6 +20,9 @@ struct Cli {
     /// Config file (TOML). See config/examples/client.toml.
     #[arg(long, short, conflicts_with = "server")]
     config: Option<PathBuf>,
+    /// Runtime worker threads, 1 to 1024 (default: half the cores, at least one).
+    #[arg(long, env = "WMPROXY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(flatten)]
     quick: Quick,
     #[command(subcommand)]
@@ -107,7 +110,7 @@ fn start(cli: &Cli) -> ExitCode {
         }
     };
     cli::init_logging();
-    cli::run(run(config, cli.config.clone()))
+    cli::run(cli.threads.map(usize::from), run(config, cli.config.clone()))
 }
 
 fn load(cli: &Cli) -> Result<ClientConfig> {

@@ -23,6 +23,9 @@ struct Cli {
     /// Config file (TOML). See config/examples/server.toml.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Runtime worker threads, 1 to 1024 (default: half the cores, at least one).
+    #[arg(long, env = "WMPROXY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     /// State directory for the embedded defaults (not with --config: set `state_dir` there).
     #[arg(long, default_value = "wmproxy-state", conflicts_with = "config")]
     state_dir: PathBuf,
@@ -66,7 +69,7 @@ fn main() -> ExitCode {
         Some(Command::Stop(c)) => (c, Method::POST, "/stop"),
         None => {
             cli::init_logging();
-            return cli::run(serve(cli));
+            return cli::run(cli.threads.map(usize::from), serve(cli));
         }
     };
     let api = wmproxy_config::load_server(&control.config).map(|c| {
