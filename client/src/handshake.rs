@@ -112,7 +112,8 @@ async fn handshake(
     let proof = auth::prove(&AuthToken::new(config.token.expose()), &exporter);
     let hello = Hello { protocol_version: hello_version, client_name: config.name.clone(), proof, resume };
     write_frame(&mut send, &hello).await?;
-    let (resume, limits) = hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
+    let (resume, announced) = hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
+    let limits = transport::bounded(announced);
     // Before the registration, so the credit is on its way before any user of a service is.
     transport::allow_server_streams(conn, &limits);
 

@@ -160,6 +160,15 @@ pub fn server_opened(limits: &TunnelLimits) -> u32 {
     limits.streams.saturating_add(limits.udp_flows)
 }
 
+/// `limits` as a client follows them: within what a server's config may set
+/// ([`wmproxy_config::ranges::MAX_STREAMS`]), at least one stream. quinn allocates per stream of
+/// credit, so a server announcing more (a bug, or a hostile server behind a leaked
+/// fingerprint) cannot make a client allocate without bound.
+pub fn bounded(limits: TunnelLimits) -> TunnelLimits {
+    let max = u32::try_from(*wmproxy_config::ranges::MAX_STREAMS.end()).unwrap_or(u32::MAX);
+    TunnelLimits { streams: limits.streams.clamp(1, max), udp_flows: limits.udp_flows.min(max) }
+}
+
 /// Gives the server on `conn` the stream credit `limits` need ([`server_opened`]): the client's
 /// side of following the server's limits, once its Welcome has told them.
 pub fn allow_server_streams(conn: &quinn::Connection, limits: &TunnelLimits) {
@@ -190,4 +199,21 @@ pub fn bind_udp_with(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
 /// Creates a quinn endpoint on `socket`, serving `server` if given.
 pub fn endpoint(socket: UdpSocket, server: Option<quinn::ServerConfig>) -> io::Result<quinn::Endpoint> {
     quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, Arc::new(quinn::TokioRuntime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_limits_are_bounded_by_what_a_config_may_set() {
+        let huge = bounded(TunnelLimits { streams: u32::MAX, udp_flows: u32::MAX });
+        assert_eq!(huge, TunnelLimits { streams: 1_000_000, udp_flows: 1_000_000 });
+        let none = bounded(TunnelLimits { streams: 0, udp_flows: 0 });
+        assert_eq!(none, TunnelLimits { streams: 1, udp_flows: 0 });
+        let usual = TunnelLimits { streams: 1024, udp_flows: 256 };
+        assert_eq!(bounded(usual), usual);
+        // The credit a client then grants stays within u32 and a varint.
+        assert_eq!(stream_credit(server_opened(&huge)).into_inner(), 2_000_000 + 250_000 + 1);
+    }
 }
