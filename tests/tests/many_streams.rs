@@ -4,7 +4,10 @@
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wmproxy_tests::{TestClient, TestServer, backend, init_tracing, open_files_at_least, tcp_service};
+use wmproxy_tests::metrics::{sample, scrape};
+use wmproxy_tests::{
+    TestClient, TestServer, backend, eventually_async, init_tracing, open_files_at_least, tcp_service,
+};
 
 /// Above the 4,609 streams a client used to give the server whatever its limit (4,096 and
 /// quinn's slack): past them, connections hung until the stream-open timeout.
@@ -17,7 +20,7 @@ const FILES: u64 = 4 * LIMIT as u64 + 500;
 
 /// The server's `max_streams_per_client` reaches the client in its Welcome, and the client
 /// grants that much stream credit: `LIMIT` connections are held at once, each passes an echo,
-/// and one more is refused at once (closed), never left waiting.
+/// and one more is refused at once (closed, and counted), never left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_grants_the_servers_whole_stream_limit() -> Result<()> {
     init_tracing();
@@ -50,6 +53,11 @@ async fn a_client_grants_the_servers_whole_stream_limit() -> Result<()> {
     let mut b = [0u8; 1];
     let read = tokio::time::timeout(wmproxy_tests::DEADLINE, extra.read(&mut b)).await;
     anyhow::ensure!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "connection past the limit not closed: {read:?}");
+    let counted = async || {
+        let refused = sample(&scrape(&server).await?, "wmproxy_refused_total", &[("cause", "streams_per_client")]);
+        Ok(refused == Some(1.0))
+    };
+    eventually_async("the refusal counted", counted).await?;
 
     // The held ones still carry bytes.
     for (i, s) in held.iter_mut().enumerate().step_by(499) {

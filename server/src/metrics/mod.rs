@@ -75,6 +75,8 @@ pub(crate) enum Refusal {
     /// A connection to the vhost, HTTPS or a proxy while `max_silent_connections` others have
     /// not sent anything yet.
     SilentConnections,
+    /// A public connection to a client that has `max_streams_per_client` open.
+    StreamsPerClient,
 }
 
 impl Refusal {
@@ -90,6 +92,7 @@ impl Refusal {
             Self::ConnectionsPerUser => "connections_per_user",
             Self::RequestRate => "request_rate",
             Self::SilentConnections => "silent_connections",
+            Self::StreamsPerClient => "streams_per_client",
         }
     }
 }

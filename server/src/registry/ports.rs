@@ -16,6 +16,7 @@ use wmproxy_tunnel::datastream::DataStreamError;
 use wmproxy_tunnel::{Ask, OpenError, Side, transport};
 use wmproxy_wire::RegisterOutcome;
 
+use crate::metrics::Refusal;
 use crate::runtime::Serving;
 use crate::sockets::bind_tcp;
 use crate::upstream::ServiceUpstream;
@@ -151,8 +152,11 @@ async fn carry(tcp: TcpStream, peer: SocketAddr, upstream: ServiceUpstream, serv
             }
             Err(OpenError::Failed(DataStreamError::Relay(e))) => debug!(error = %e, "relay ended"),
             Err(OpenError::Busy) => {
+                // Counted, and logged at debug only: a flood past the limit must not flood the
+                // log.
                 serving.metrics.open_failed(Side::Internal);
-                warn!("stream limit of this client reached; closing the connection");
+                serving.metrics.refused(Refusal::StreamsPerClient);
+                debug!("stream limit of this client reached; connection closed");
             }
             Err(e) => {
                 serving.metrics.open_failed(e.side());
