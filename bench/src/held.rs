@@ -17,8 +17,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, Command};
 
 /// Connections one echo backend or holder process takes.
@@ -89,11 +90,6 @@ fn role(args: &[&str]) -> Result<Command> {
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("--role").args(args);
     Ok(command)
-}
-
-/// A port free now on 127.0.0.1 (a bench's choice; tests take port 0 instead).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Runs the figures.
@@ -230,7 +226,8 @@ async fn tunnel(dir: &std::path::Path, backends: &[SocketAddr], limit: u32) -> R
     );
     let mut publics = Vec::new();
     for (i, backend) in backends.iter().enumerate() {
-        let port = free_port()?;
+        // Below the ephemeral range, which the holders' 19,900 connections use.
+        let port = wmproxy_tests::backend::fixed_port().await?;
         publics.push(SocketAddr::from(([127, 0, 0, 1], port)));
         client_toml.push_str(&format!(
             "[[services]]\nname = \"echo{i}\"\nlocal_addr = \"{backend}\"\nremote_port = {port}\naccess_log = false\n"
@@ -276,34 +273,17 @@ pub async fn child(args: &[String]) -> Result<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let mut kept = Vec::new();
     match args {
-        [role] if role == "echo" => {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            println!("listening {}", listener.local_addr()?);
-            tokio::spawn(async move {
-                while let Ok((s, _)) = listener.accept().await {
-                    tokio::spawn(echo_forever(s));
-                }
-            });
-        }
+        [role] if role == "echo" => println!("listening {}", crate::backends::echo().await?),
         [role, addr, n] if role == "hold" => {
             let (addr, n) = (addr.parse::<SocketAddr>()?, n.parse::<usize>()?);
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let (open, failed) = (std::sync::Mutex::new(Vec::with_capacity(n)), std::sync::atomic::AtomicUsize::new(0));
-            let worker = async || {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n {
-                        return;
-                    }
-                    match echo_one(addr, i as u8).await {
-                        Ok(s) => open.lock().unwrap_or_else(|e| e.into_inner()).push(s),
-                        Err(_) => _ = failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    }
-                }
-            };
-            futures_util::future::join_all((0..CONNECT_CONCURRENCY).map(|_| worker())).await;
-            kept = open.into_inner().unwrap_or_else(|e| e.into_inner());
-            println!("held {} {}", kept.len(), failed.load(std::sync::atomic::Ordering::Relaxed));
+            let opened: Vec<Result<TcpStream>> = futures_util::stream::iter(0..n)
+                .map(|i| echo_one(addr, i as u8))
+                .buffer_unordered(CONNECT_CONCURRENCY)
+                .collect()
+                .await;
+            let failed = opened.iter().filter(|o| o.is_err()).count();
+            kept = opened.into_iter().flatten().collect();
+            println!("held {} {failed}", kept.len());
         }
         _ => bail!("unknown role {args:?}"),
     }
@@ -312,13 +292,4 @@ pub async fn child(args: &[String]) -> Result<()> {
     let _ = tokio::io::stdin().read_to_end(&mut rest).await;
     drop(kept);
     Ok(())
-}
-
-async fn echo_forever(mut s: TcpStream) {
-    let mut buf = [0u8; 1024];
-    while let Ok(n @ 1..) = s.read(&mut buf).await {
-        if s.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
 }

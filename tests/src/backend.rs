@@ -67,6 +67,33 @@ pub async fn source(data: std::sync::Arc<Vec<u8>>) -> Result<SocketAddr> {
     Ok(addr)
 }
 
+/// Opens `n` connections to `addr` and echoes one byte on each (each within [`crate::DEADLINE`]);
+/// returns them, still open.
+pub async fn hold_open(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+    let mut open = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(&[i as u8]).await?;
+        let mut b = [0u8; 1];
+        let read = tokio::time::timeout(crate::DEADLINE, s.read_exact(&mut b)).await;
+        read.map_err(|_| anyhow::anyhow!("connection {i} of {n}: no echo"))?
+            .map_err(|e| anyhow::anyhow!("connection {i} of {n}: {e}"))?;
+        anyhow::ensure!(b[0] == i as u8, "connection {i} echoed another byte");
+        open.push(s);
+    }
+    Ok(open)
+}
+
+/// Asserts that a new connection to `addr` is closed at once (over a limit), not left hanging.
+pub async fn assert_refused(addr: SocketAddr) -> Result<()> {
+    let mut extra = TcpStream::connect(addr).await?;
+    let _ = extra.write_all(b"?").await;
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut b)).await;
+    anyhow::ensure!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "over-limit connection not closed: {read:?}");
+    Ok(())
+}
+
 /// An address on which nothing listens (bound then released), on a [`fixed_port`]: tests
 /// also use it as a port to bind later (a group's or a service's public port).
 pub async fn dead_port() -> Result<SocketAddr> {

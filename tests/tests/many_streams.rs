@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use wmproxy_tests::metrics::{sample, scrape};
 use wmproxy_tests::{
     TestClient, TestServer, backend, eventually_async, init_tracing, open_files_at_least, tcp_service,
@@ -36,23 +35,8 @@ async fn a_client_grants_the_servers_whole_stream_limit() -> Result<()> {
     let mut client = TestClient::start(config).await?;
     let public = std::net::SocketAddr::from(([127, 0, 0, 1], client.port_of("echo").await?));
 
-    let mut held = Vec::with_capacity(LIMIT as usize);
-    for i in 0..LIMIT {
-        let mut s = TcpStream::connect(public).await.with_context(|| format!("connect {i}"))?;
-        let byte = [i as u8];
-        s.write_all(&byte).await?;
-        let mut back = [0u8; 1];
-        let read = tokio::time::timeout(wmproxy_tests::DEADLINE, s.read_exact(&mut back)).await;
-        read.with_context(|| format!("connection {i} of {LIMIT} got no echo"))??;
-        anyhow::ensure!(back == byte, "connection {i} echoed another byte");
-        held.push(s);
-    }
-
-    let mut extra = TcpStream::connect(public).await?;
-    let _ = extra.write_all(b"?").await;
-    let mut b = [0u8; 1];
-    let read = tokio::time::timeout(wmproxy_tests::DEADLINE, extra.read(&mut b)).await;
-    anyhow::ensure!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "connection past the limit not closed: {read:?}");
+    let mut held = backend::hold_open(public, LIMIT as usize).await?;
+    backend::assert_refused(public).await?;
     let counted = async || {
         let refused = sample(&scrape(&server).await?, "wmproxy_refused_total", &[("cause", "streams_per_client")]);
         Ok(refused == Some(1.0))
@@ -62,6 +46,7 @@ async fn a_client_grants_the_servers_whole_stream_limit() -> Result<()> {
     // The held ones still carry bytes.
     for (i, s) in held.iter_mut().enumerate().step_by(499) {
         s.write_all(b"z").await?;
+        let mut b = [0u8; 1];
         s.read_exact(&mut b).await.with_context(|| format!("held connection {i}"))?;
         anyhow::ensure!(&b == b"z");
     }

@@ -64,30 +64,6 @@ async fn half_close_lets_the_full_reply_arrive() -> Result<()> {
     Ok(())
 }
 
-/// Opens `n` connections to `addr` and echoes one byte on each; returns them, still open.
-async fn hold_open(addr: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
-    let mut open = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(&[i as u8]).await?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.map_err(|e| anyhow::anyhow!("connection {i} of {n}: {e}"))?;
-        anyhow::ensure!(b[0] == i as u8, "connection {i} echoed another byte");
-        open.push(s);
-    }
-    Ok(open)
-}
-
-/// Asserts that a new connection to `addr` is closed at once (over a limit), not left hanging.
-async fn assert_refused(addr: std::net::SocketAddr) -> Result<()> {
-    let mut extra = TcpStream::connect(addr).await?;
-    let _ = extra.write_all(b"?").await;
-    let mut b = [0u8; 1];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut b)).await;
-    anyhow::ensure!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "over-limit connection not closed: {read:?}");
-    Ok(())
-}
-
 /// `max_streams_per_client` holds exactly, for public connections to a client and for forwards
 /// from it, and the whole limit is usable right after earlier streams closed (quinn returns
 /// stream credit in batches of 1/8; the transport config leaves room for that).
@@ -114,8 +90,8 @@ async fn the_stream_limit_is_exact_both_ways() -> Result<()> {
             let msg = pattern(100, i);
             assert_eq!(backend::round_trip(addr, &msg).await?, msg);
         }
-        let open = hold_open(addr, LIMIT).await?;
-        assert_refused(addr).await?;
+        let open = backend::hold_open(addr, LIMIT).await?;
+        backend::assert_refused(addr).await?;
         drop(open);
     }
     Ok(())
