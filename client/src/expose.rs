@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::{RecvStream, SendStream};
 use tokio::sync::watch;
 use tracing::{Span, debug, info};
 use wmproxy_config::{EgressPolicy, ProxyProtocol, Service, ServiceKind};
@@ -14,6 +13,7 @@ use wmproxy_tunnel::bandwidth::Bandwidth;
 use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::relay::{Limits, RelayStats, Tally};
 use wmproxy_tunnel::udp::{UdpStats, flow};
+use wmproxy_tunnel::{RecvStream, SendStream};
 use wmproxy_tunnel::{Tunnel, datastream};
 use wmproxy_wire::{Name, OpenResult, OpenStream, Target};
 

@@ -4,10 +4,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use quinn::{Connection, Endpoint};
+use quinn::Endpoint;
 use wmproxy_config::{ClientConfig, Service};
 use wmproxy_tunnel::stream::{read_frame, write_frame};
-use wmproxy_tunnel::transport;
+use wmproxy_tunnel::{Conn, RecvStream, SendStream, transport};
 use wmproxy_wire::{
     AuthToken, ControlReply, ControlRequest, Hello, HelloReply, ResumeSecret, ServiceResult, ServiceSpec, TunnelLimits,
     auth, hello,
@@ -25,11 +25,11 @@ pub struct Established {
     /// network change).
     pub endpoint: Endpoint,
     /// The tunnel.
-    pub conn: Connection,
+    pub conn: Conn,
     /// One result per configured service, in order.
     pub services: Vec<ServiceResult>,
     /// Kept open for the life of the tunnel; closing it tells the server we left.
-    pub control: (quinn::SendStream, quinn::RecvStream),
+    pub control: (SendStream, RecvStream),
     /// What the next attempt shows the server, so that it replaces this session at once.
     pub resume: ResumeSecret,
     /// The server's per-client limits, which this end follows.
@@ -60,7 +60,7 @@ pub async fn establish(
     let attempt = async {
         let connecting =
             endpoint.connect_with(quic.clone(), addr, &config.server_name).map_err(TunnelError::Connect)?;
-        let conn = connecting.await?;
+        let conn = Conn::from(connecting.await?);
         answered = true;
         let hello = (hello_version, resume);
         let handshaken = handshake(&conn, config, services, hello).await?;
@@ -94,13 +94,13 @@ async fn resolve(server_addr: &str) -> Result<SocketAddr, ClientError> {
 /// What a finished handshake gives.
 struct Handshaken {
     services: Vec<ServiceResult>,
-    control: (quinn::SendStream, quinn::RecvStream),
+    control: (SendStream, RecvStream),
     resume: ResumeSecret,
     limits: TunnelLimits,
 }
 
 async fn handshake(
-    conn: &Connection,
+    conn: &Conn,
     config: &ClientConfig,
     services: &[Service],
     (hello_version, resume): (u32, Option<ResumeSecret>),
@@ -115,7 +115,9 @@ async fn handshake(
     let (resume, announced) = hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
     let limits = transport::bounded(announced);
     // Before the registration, so the credit is on its way before any user of a service is.
-    transport::allow_server_streams(conn, &limits);
+    if let Some(quic) = conn.quic() {
+        transport::allow_server_streams(quic, &limits);
+    }
 
     write_frame(&mut send, &ControlRequest::Register { services: specs(services) }).await?;
     let ControlReply::Registered { results } = read_frame::<ControlReply, _>(&mut recv).await? else {

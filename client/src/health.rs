@@ -89,7 +89,7 @@ pub const REPORT_QUEUE: usize = 64;
 
 /// Writes queued control messages (health reports) to the control stream until the queue
 /// closes or the stream fails.
-pub async fn write_reports(mut send: quinn::SendStream, mut reports: mpsc::Receiver<ControlRequest>) {
+pub async fn write_reports(mut send: wmproxy_tunnel::SendStream, mut reports: mpsc::Receiver<ControlRequest>) {
     while let Some(report) = reports.recv().await {
         if let Err(e) = wmproxy_tunnel::stream::write_frame(&mut send, &report).await {
             debug!(error = %e, "control stream closed; health reports stop");

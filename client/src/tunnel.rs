@@ -137,16 +137,18 @@ impl TunnelSetup {
         self.installer.send_replace(None);
         drop(checks);
         drop(requests);
-        let stats = conn.stats();
-        info!(
-            rtt = ?stats.path.rtt,
-            mtu = stats.path.current_mtu,
-            lost_packets = stats.path.lost_packets,
-            congestion_events = stats.path.congestion_events,
-            sent_bytes = stats.udp_tx.bytes,
-            received_bytes = stats.udp_rx.bytes,
-            "tunnel statistics"
-        );
+        if let Some(quic) = conn.quic() {
+            let stats = quic.stats();
+            info!(
+                rtt = ?stats.path.rtt,
+                mtu = stats.path.current_mtu,
+                lost_packets = stats.path.lost_packets,
+                congestion_events = stats.path.congestion_events,
+                sent_bytes = stats.udp_tx.bytes,
+                received_bytes = stats.udp_rx.bytes,
+                "tunnel statistics"
+            );
+        }
         tunnel.close(close_code::NORMAL, "client closing the tunnel");
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         ended
@@ -191,7 +193,7 @@ fn log_results(results: &[ServiceResult]) {
 /// stream fails, with why.
 async fn follow_reloads(
     mut services: watch::Receiver<Arc<Vec<Service>>>,
-    (requests, replies): (&mpsc::Sender<ControlRequest>, quinn::RecvStream),
+    (requests, replies): (&mpsc::Sender<ControlRequest>, wmproxy_tunnel::RecvStream),
     status: &watch::Sender<ClientStatus>,
     checks: &mut health::Checks,
 ) -> TunnelError {

@@ -26,7 +26,7 @@ pub(crate) struct Proven {
 
 /// Who sent the Hello `body`, if it may come in. `config` is the snapshot this handshake took.
 pub(crate) fn authenticate(
-    conn: &quinn::Connection,
+    conn: &wmproxy_tunnel::Conn,
     peer: SocketAddr,
     body: &[u8],
     sessions: &Sessions,

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use quinn::{RecvStream, SendStream};
 use tracing::{Span, debug, info, warn};
 use wmproxy_config::ServerConfig;
 use wmproxy_tunnel::datastream;
 use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::udp::{UdpStats, flow};
+use wmproxy_tunnel::{RecvStream, SendStream};
 use wmproxy_wire::{OpenResult, OpenStream};
 
 use crate::sessions::Session;

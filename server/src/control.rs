@@ -133,7 +133,7 @@ impl ServerControl {
                 address: s.tunnel.conn().remote_address().to_string(),
                 connected_since: s.since.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs(),
                 rtt_ms: s.tunnel.conn().rtt().as_secs_f64() * 1000.0,
-                mtu: s.tunnel.conn().stats().path.current_mtu,
+                mtu: s.tunnel.conn().mtu().unwrap_or(0),
                 services: s
                     .results()
                     .iter()

@@ -16,12 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream, VarInt};
+use quinn::VarInt;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info};
 use wmproxy_config::ServerConfig;
-use wmproxy_tunnel::probe;
 use wmproxy_tunnel::stream::{read_frame_body, write_frame};
+use wmproxy_tunnel::{Conn, RecvStream, SendStream, probe};
 use wmproxy_wire::{HelloReply, RejectReason};
 
 use crate::auth::{self, Proven};
@@ -39,7 +39,7 @@ const SEAT_ATTEMPTS: usize = 3;
 /// A client that proved who it is, seated: its session is installed under its name.
 #[derive(Debug)]
 pub(crate) struct Authenticated {
-    pub conn: Connection,
+    pub conn: Conn,
     pub session: Arc<Session>,
     /// The session of the same name it replaced, to be ended.
     pub replaced: Option<Arc<Session>>,
@@ -64,6 +64,7 @@ impl Tunnels {
             () = slot.evicted() => return Err(TunnelError::Evicted),
             () = sleep_until(auth_deadline) => return Err(TunnelError::AuthTimeout),
         };
+        let conn = Conn::from(conn);
         let judged = tokio::select! {
             judged = judge(&conn, peer, config, &self.sessions) => judged,
             () = slot.evicted() => Err(TunnelError::Evicted),
@@ -73,7 +74,9 @@ impl Tunnels {
         drop(slot);
         let seated = match judged {
             Ok((Ok(proven), send, recv)) => {
-                self.tuning.open_up(&conn);
+                if let Some(quic) = conn.quic() {
+                    self.tuning.open_up(quic);
+                }
                 Ok((self.seat(proven, &conn, config).await, send, recv))
             }
             Ok((Err(reason), send, recv)) => Ok((Err(reason), send, recv)),
@@ -99,7 +102,7 @@ impl Tunnels {
     /// takes a place in `max_clients` (the replaced session's, or a free one) and installs the
     /// new session. Nothing awaits after the install, so a handshake cut off by its timeout
     /// never leaves a session behind.
-    async fn seat(&self, proven: Proven, conn: &Connection, config: &ServerConfig) -> Result<Seated, RejectReason> {
+    async fn seat(&self, proven: Proven, conn: &Conn, config: &ServerConfig) -> Result<Seated, RejectReason> {
         let max_shared = config.limits.max_shared_clients;
         for _ in 0..SEAT_ATTEMPTS {
             let old = match self.sessions.seat(&proven.name, proven.resume.as_ref()) {
@@ -139,7 +142,7 @@ type Seated = (Arc<Session>, Option<Arc<Session>>);
 
 /// Reads the Hello on the first stream and judges it.
 async fn judge(
-    conn: &Connection,
+    conn: &Conn,
     peer: SocketAddr,
     config: &ServerConfig,
     sessions: &Sessions,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use quinn::{RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 use wmproxy_config::Limits;
@@ -13,6 +12,7 @@ use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::stream::{StreamError, read_frame, write_frame};
 use wmproxy_tunnel::transport::TransportTuning;
 use wmproxy_tunnel::udp::FlowTable;
+use wmproxy_tunnel::{Conn, RecvStream, SendStream};
 use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{ControlReply, ControlRequest, HelloReply, PROTOCOL_VERSION, RejectReason, ServiceSpec, close_code};
 
@@ -203,7 +203,7 @@ impl Tunnels {
     }
 
     /// The handle of a new tunnel, with this server's per-client limits.
-    pub(crate) fn tunnel(&self, conn: quinn::Connection) -> Arc<Tunnel> {
+    pub(crate) fn tunnel(&self, conn: Conn) -> Arc<Tunnel> {
         let streams = Arc::new(Semaphore::new(self.limits.max_streams_per_client as usize));
         let flows = Arc::new(Semaphore::new(self.limits.max_udp_flows_per_client as usize));
         Arc::new(Tunnel::new(conn, FlowTable::new(self.udp.stats.clone()), streams, flows))

@@ -21,12 +21,13 @@
 use std::io;
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream, VarInt};
+use quinn::VarInt;
 use tokio::net::TcpStream;
 use tracing::debug;
 use wmproxy_wire::{OpenResult, OpenStream, close_code};
 
 use crate::Side;
+use crate::conn::{Conn, RecvStream, SendStream};
 use crate::relay::{Limits, RelayStats, relay_gated};
 use crate::stream::{StreamError, read_frame, write_frame};
 
@@ -74,7 +75,7 @@ impl From<StreamError> for DataStreamError {
 /// trip for the answer, which the QUIC → TCP direction reads (within `timeout`) before anything
 /// else. If the answer is not `Ok`, both directions are aborted and the early bytes discarded.
 pub async fn open_and_relay(
-    conn: &Connection,
+    conn: &Conn,
     header: &OpenStream,
     tcp: TcpStream,
     (timeout, limits): (Duration, &Limits<'_>),
@@ -117,7 +118,7 @@ pub async fn open_and_relay(
 /// without sending payload first: for callers that try another backend when this one fails,
 /// and so must not have consumed the user's bytes.
 pub async fn open_confirmed(
-    conn: &Connection,
+    conn: &Conn,
     header: &OpenStream,
     timeout: Duration,
 ) -> Result<(SendStream, RecvStream), DataStreamError> {

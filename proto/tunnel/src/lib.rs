@@ -3,6 +3,8 @@
 //! quinn.
 //!
 //! # Layout
+//! - [`conn`]: [`conn::Conn`], a tunnel's connection and its streams whichever transport
+//!   carries them (QUIC today); nothing above it names the transport.
 //! - [`tunnel`]: [`Tunnel`], the handle to one live tunnel (its connection, permits for the
 //!   streams and UDP flows this end opens, its flow table), shared by everything that sends
 //!   through it.
@@ -38,6 +40,7 @@
 pub mod accept;
 pub mod bandwidth;
 pub mod congestion;
+pub mod conn;
 pub mod datastream;
 pub mod dial;
 pub mod listener;
@@ -52,6 +55,7 @@ pub mod udp;
 pub mod upstream;
 pub mod users;
 
+pub use conn::{Conn, RecvStream, SendStream};
 pub use side::Side;
 pub use tunnel::Tunnel;
 pub use upstream::{Ask, OpenError, Opened, Upstream};

@@ -5,13 +5,15 @@
 
 use std::time::Duration;
 
-use quinn::{Connection, ReadError, SendStream};
+use quinn::ReadError;
+
+use crate::conn::{Conn, SendStream};
 use wmproxy_wire::{OpenResult, OpenStream};
 
 use crate::stream::write_frame;
 
 /// Whether the peer of `conn` reacts to a ping within `timeout`.
-pub async fn probe(conn: &Connection, timeout: Duration) -> bool {
+pub async fn probe(conn: &Conn, timeout: Duration) -> bool {
     let asked = async {
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
         write_frame(&mut send, &OpenStream::Ping).await.ok()?;

@@ -22,7 +22,9 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use quinn::{RecvStream, SendStream, VarInt};
+use quinn::VarInt;
+
+use crate::conn::{RecvStream, SendStream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

@@ -1,11 +1,11 @@
-//! [`Tunnel`]: the handle to one live QUIC tunnel. Everything that sends through a tunnel (a
+//! [`Tunnel`]: the handle to one live tunnel. Everything that sends through a tunnel (a
 //! public port, a group backend, a vhost route, a proxy, a forward, a UDP flow) holds the same
 //! `Arc<Tunnel>` instead of copies of its parts, so the limits it carries are the tunnel's own.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream};
+use crate::conn::{Conn, RecvStream, SendStream};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wmproxy_wire::OpenStream;
@@ -17,7 +17,7 @@ use crate::udp::FlowTable;
 /// One live tunnel and what bounds it.
 #[derive(Debug)]
 pub struct Tunnel {
-    conn: Connection,
+    conn: Conn,
     flows: Arc<FlowTable>,
     /// Data streams this end may have open towards the peer at once.
     streams: Arc<Semaphore>,
@@ -28,12 +28,12 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// The handle of `conn`, whose flows are in `flows`.
-    pub fn new(conn: Connection, flows: Arc<FlowTable>, streams: Arc<Semaphore>, udp_flows: Arc<Semaphore>) -> Self {
+    pub fn new(conn: Conn, flows: Arc<FlowTable>, streams: Arc<Semaphore>, udp_flows: Arc<Semaphore>) -> Self {
         Self { conn, flows, streams, udp_flows }
     }
 
-    /// The QUIC connection.
-    pub fn conn(&self) -> &Connection {
+    /// The connection, on whichever transport.
+    pub fn conn(&self) -> &Conn {
         &self.conn
     }
 

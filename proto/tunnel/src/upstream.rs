@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quinn::{RecvStream, SendStream};
+use crate::conn::{RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 use wmproxy_wire::{OpenResult, OpenStream, Target};
 

@@ -226,8 +226,8 @@ fn is_websocket(req: &Request<Incoming>) -> bool {
 /// stream of a `ws` service.
 fn accept_bridge(
     mut req: Request<Incoming>,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: wmproxy_tunnel::SendStream,
+    recv: wmproxy_tunnel::RecvStream,
     hold: impl Send + 'static,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Response<Body> {

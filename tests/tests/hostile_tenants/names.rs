@@ -40,7 +40,8 @@ async fn a_second_machine_cannot_take_a_live_clients_name_and_takes_over_when_it
 fn answer_pings(conn: quinn::Connection) {
     tokio::spawn(async move {
         while let Ok((send, recv)) = conn.accept_bi().await {
-            if let Some((send, _, OpenStream::Ping)) = datastream::read_header(send, recv, DEADLINE).await {
+            if let Some((send, _, OpenStream::Ping)) = datastream::read_header(send.into(), recv.into(), DEADLINE).await
+            {
                 probe::answer(send).await;
             }
         }

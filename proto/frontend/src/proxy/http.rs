@@ -19,7 +19,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug};
@@ -27,6 +26,7 @@ use wmproxy_tunnel::listener::{ListenerStats, Metered, Refusal, access_log};
 use wmproxy_tunnel::relay::{Limits, Meter, RelayStats, Tally, relay_within};
 use wmproxy_tunnel::upstream::Hold;
 use wmproxy_tunnel::{Ask, OpenError, Upstream};
+use wmproxy_tunnel::{RecvStream, SendStream};
 use wmproxy_wire::{OpenResult, Target, auth};
 
 use super::ProxySettings;

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{RecvStream, SendStream, VarInt};
+use quinn::VarInt;
+
+use crate::conn::{Conn, RecvStream, SendStream};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{Span, debug};
@@ -88,7 +90,7 @@ pub async fn open(
         Ok(Err(e)) => return end(&flow, &FlowEnd::Connection(e)),
         Err(_) => return end(&flow, &FlowEnd::Timeout),
     };
-    let id = u64::from(send.id());
+    let id = send.id();
     Span::current().record("flow", id);
     tunnel.flows().insert(id, flow.clone());
     if let Err(e) = write_frame(&mut send, &header).await {
@@ -117,7 +119,7 @@ pub async fn accept_within(
     if let Some(limit) = limit {
         flow.limit_to(limit);
     }
-    let id = u64::from(send.id());
+    let id = send.id();
     Span::current().record("flow", id);
     tunnel.flows().insert(id, flow.clone());
     flow.confirm();
@@ -136,7 +138,7 @@ async fn run(
     socket: Option<Arc<UdpSocket>>,
     answer_timeout: Option<Duration>,
 ) {
-    let id = u64::from(send.id());
+    let id = send.id();
     let stats = tunnel.flows().stats().clone();
     let ended = tokio::select! {
         () = flow.done().cancelled() => FlowEnd::Closed,
@@ -223,7 +225,7 @@ async fn read_packets(
 
 /// Sends what arrives on the flow's own socket into the tunnel. Pending forever for flows
 /// without one (their listener reads for them).
-async fn pump_socket(socket: Option<&UdpSocket>, conn: &quinn::Connection, flow: &Flow) -> FlowEnd {
+async fn pump_socket(socket: Option<&UdpSocket>, conn: &Conn, flow: &Flow) -> FlowEnd {
     let Some(socket) = socket else {
         return std::future::pending().await;
     };

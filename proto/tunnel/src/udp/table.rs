@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{Connection, SendDatagramError};
+use quinn::SendDatagramError;
+
+use crate::conn::Conn;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -193,7 +195,7 @@ impl Flow {
     /// Sends a packet from the flow's socket into the tunnel: as a datagram when the flow is
     /// confirmed and the packet fits, else on the flow stream (see [`wmproxy_wire::udp`]).
     /// Never waits; a packet that cannot be sent now is dropped and counted.
-    pub fn send(&self, conn: &Connection, payload: &[u8]) {
+    pub fn send(&self, conn: &Conn, payload: &[u8]) {
         self.touch();
         if let Some(limit) = self.limit.get()
             && !limit.try_take(payload.len())
@@ -329,7 +331,7 @@ impl FlowTable {
 
     /// Delivers the tunnel's incoming datagrams to their flows, and sweeps flows idle for
     /// `idle`, until the connection ends; then ends every flow.
-    pub async fn run(self: Arc<Self>, conn: Connection, idle: Duration) {
+    pub async fn run(self: Arc<Self>, conn: Conn, idle: Duration) {
         let mut sweep = tokio::time::interval(sweep_interval(idle));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -1,0 +1,163 @@
+//! The two halves of a stream on a [`super::Conn`], whichever transport carries it. Both are
+//! tokio `AsyncRead`/`AsyncWrite` (for frames) and offer quinn's chunk calls (for the relay).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use quinn::{ReadError, ReadExactError, StoppedError, VarInt, WriteError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The stream was already finished or reset.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the stream is already closed")]
+pub struct ClosedStream;
+
+impl From<quinn::ClosedStream> for ClosedStream {
+    fn from(_: quinn::ClosedStream) -> Self {
+        Self
+    }
+}
+
+impl From<ClosedStream> for io::Error {
+    fn from(e: ClosedStream) -> Self {
+        io::Error::new(io::ErrorKind::NotConnected, e)
+    }
+}
+
+/// The sending half of a stream.
+#[derive(Debug)]
+pub enum SendStream {
+    /// A QUIC stream's.
+    Quic(quinn::SendStream),
+}
+
+impl From<quinn::SendStream> for SendStream {
+    fn from(send: quinn::SendStream) -> Self {
+        Self::Quic(send)
+    }
+}
+
+impl SendStream {
+    /// The stream's id, the same at both ends of the connection.
+    pub fn id(&self) -> u64 {
+        match self {
+            Self::Quic(send) => send.id().into(),
+        }
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), WriteError> {
+        match self {
+            Self::Quic(send) => send.write_all(buf).await,
+        }
+    }
+
+    /// Writes `chunk` whole, without copying it where the transport allows.
+    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), WriteError> {
+        match self {
+            Self::Quic(send) => send.write_chunk(chunk).await,
+        }
+    }
+
+    /// Writes every chunk of `chunks` whole, emptying them.
+    pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), WriteError> {
+        match self {
+            Self::Quic(send) => send.write_all_chunks(chunks).await,
+        }
+    }
+
+    /// Ends the stream cleanly once what was written is sent.
+    pub fn finish(&mut self) -> Result<(), ClosedStream> {
+        match self {
+            Self::Quic(send) => Ok(send.finish()?),
+        }
+    }
+
+    /// Abandons the stream: the peer reads an error, not an end.
+    pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+        match self {
+            Self::Quic(send) => Ok(send.reset(code)?),
+        }
+    }
+
+    /// Completes when the peer has everything written (or stopped the stream).
+    pub async fn stopped(&mut self) -> Result<Option<VarInt>, StoppedError> {
+        match self {
+            Self::Quic(send) => send.stopped().await,
+        }
+    }
+}
+
+impl AsyncWrite for SendStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Quic(send) => AsyncWrite::poll_write(Pin::new(send), cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Quic(send) => AsyncWrite::poll_flush(Pin::new(send), cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Quic(send) => AsyncWrite::poll_shutdown(Pin::new(send), cx),
+        }
+    }
+}
+
+/// The receiving half of a stream.
+#[derive(Debug)]
+pub enum RecvStream {
+    /// A QUIC stream's.
+    Quic(quinn::RecvStream),
+}
+
+impl From<quinn::RecvStream> for RecvStream {
+    fn from(recv: quinn::RecvStream) -> Self {
+        Self::Quic(recv)
+    }
+}
+
+impl RecvStream {
+    /// Reads what is ready into `buf`: `None` at the stream's end.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        match self {
+            Self::Quic(recv) => recv.read(buf).await,
+        }
+    }
+
+    /// Fills `buf`, or fails if the stream ends first.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadExactError> {
+        match self {
+            Self::Quic(recv) => recv.read_exact(buf).await,
+        }
+    }
+
+    /// Reads whatever chunks are ready (at least one) into `bufs`: how many, or `None` at the
+    /// stream's end.
+    pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, ReadError> {
+        match self {
+            Self::Quic(recv) => recv.read_chunks(bufs).await,
+        }
+    }
+
+    /// Tells the peer to stop sending: nothing more will be read.
+    pub fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+        match self {
+            Self::Quic(recv) => Ok(recv.stop(code)?),
+        }
+    }
+}
+
+impl AsyncRead for RecvStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Quic(recv) => AsyncRead::poll_read(Pin::new(recv), cx, buf),
+        }
+    }
+}
