@@ -18,6 +18,8 @@
 //! - [`routes`]: the shape of an HTTP service's host names and locations, and how many a
 //!   service and a client may claim.
 //! - [`auth`]: the proof bound to the TLS session, and constant-time secret comparison.
+//! - [`link`]: the link stream of the TCP transport (datagrams and the close code, which
+//!   TCP has no frames for).
 //! - [`udp`]: the QUIC datagram layout of UDP flows and the packet framing of flow streams.
 //!
 //! Data flow: bytes → [`frame::body_len`] → [`frame::decode_body`] (names and targets checked
@@ -32,6 +34,10 @@
 //! | data stream (every later bidi stream) | either end | opener: one [`OpenStream`], then raw bytes (pipelined, without waiting for the answer); acceptor: one [`OpenResult`], then raw bytes. The acceptor reads no payload before it has answered; after a non-`Ok` answer it discards it |
 //! | flow stream (a data stream opened with `UdpExpose`/`UdpConnect`) | either end | as a data stream, but after the header and answer each side sends length-prefixed packets ([`udp`]) instead of raw bytes |
 //! | QUIC datagrams | either end | `varint flow id` then one UDP payload ([`udp`]) |
+//!
+//! Over the TCP transport (TLS 1.3 on TCP, ALPN [`ALPN_TCP`], HTTP/2 streams; see
+//! `wmproxy_tunnel::conn::tcp`) the channels are the same streams, and datagrams ride the
+//! [`link`] stream.
 //!
 //! # Frame layout
 //! ```text
@@ -55,6 +61,7 @@
 pub mod auth;
 pub mod frame;
 pub mod hello;
+pub mod link;
 pub mod message;
 pub mod name;
 pub mod routes;
@@ -69,6 +76,10 @@ pub use name::{Name, NameError, Target};
 /// versions still meet and the Hello tells them apart with a clear `VersionMismatch` rather
 /// than a TLS failure.
 pub const ALPN: &[u8] = b"wmproxy/1";
+
+/// ALPN protocol id of the TCP transport (TLS 1.3 on TCP, HTTP/2 streams inside): a QUIC
+/// client and a TCP client never take each other's listener for theirs.
+pub const ALPN_TCP: &[u8] = b"wmproxy-tcp/1";
 
 /// The protocol version this build speaks. Both ends must speak the same one.
 ///

@@ -1,6 +1,7 @@
 //! [`Conn`]: one tunnel's connection, whichever transport carries it. Everything above this
 //! module (data streams, relays, UDP flows, probes, the handshakes' later steps) opens, accepts
-//! and closes streams through it, and so does not know which transport it runs on.
+//! and closes streams through it, and so does not know which transport it runs on: QUIC, or
+//! the TCP transport ([`tcp`]) where UDP is blocked.
 //!
 //! Errors keep quinn's vocabulary ([`quinn::ConnectionError`], [`quinn::ReadError`],
 //! [`quinn::WriteError`]): it already names every way a multiplexed connection and its streams
@@ -8,6 +9,7 @@
 //! other one is measured against.
 
 mod stream;
+pub mod tcp;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +29,8 @@ pub struct ExportError;
 pub enum TransportKind {
     /// QUIC over UDP: the fast path.
     Quic,
+    /// TLS 1.3 on TCP, HTTP/2 streams inside ([`tcp`]): where UDP is blocked.
+    Tcp,
 }
 
 impl TransportKind {
@@ -34,6 +38,7 @@ impl TransportKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Quic => "quic",
+            Self::Tcp => "tcp",
         }
     }
 }
@@ -49,6 +54,14 @@ impl std::fmt::Display for TransportKind {
 pub enum Conn {
     /// A QUIC connection.
     Quic(quinn::Connection),
+    /// A connection of the TCP transport.
+    Tcp(tcp::TcpConn),
+}
+
+impl From<tcp::TcpConn> for Conn {
+    fn from(conn: tcp::TcpConn) -> Self {
+        Self::Tcp(conn)
+    }
 }
 
 impl From<quinn::Connection> for Conn {
@@ -62,6 +75,7 @@ impl Conn {
     pub fn kind(&self) -> TransportKind {
         match self {
             Self::Quic(_) => TransportKind::Quic,
+            Self::Tcp(_) => TransportKind::Tcp,
         }
     }
 
@@ -69,6 +83,10 @@ impl Conn {
     pub async fn open_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
         match self {
             Self::Quic(conn) => {
+                let (send, recv) = conn.open_bi().await?;
+                Ok((send.into(), recv.into()))
+            }
+            Self::Tcp(conn) => {
                 let (send, recv) = conn.open_bi().await?;
                 Ok((send.into(), recv.into()))
             }
@@ -82,6 +100,10 @@ impl Conn {
                 let (send, recv) = conn.accept_bi().await?;
                 Ok((send.into(), recv.into()))
             }
+            Self::Tcp(conn) => {
+                let (send, recv) = conn.accept_bi().await?;
+                Ok((send.into(), recv.into()))
+            }
         }
     }
 
@@ -89,6 +111,7 @@ impl Conn {
     pub fn send_datagram(&self, datagram: Bytes) -> Result<(), SendDatagramError> {
         match self {
             Self::Quic(conn) => conn.send_datagram(datagram),
+            Self::Tcp(conn) => conn.send_datagram(datagram),
         }
     }
 
@@ -96,6 +119,7 @@ impl Conn {
     pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
         match self {
             Self::Quic(conn) => conn.read_datagram().await,
+            Self::Tcp(conn) => conn.read_datagram().await,
         }
     }
 
@@ -103,6 +127,7 @@ impl Conn {
     pub fn max_datagram_size(&self) -> Option<usize> {
         match self {
             Self::Quic(conn) => conn.max_datagram_size(),
+            Self::Tcp(_) => Some(wmproxy_wire::link::MAX_LINK_DATAGRAM),
         }
     }
 
@@ -110,6 +135,7 @@ impl Conn {
     pub fn close(&self, code: VarInt, reason: &[u8]) {
         match self {
             Self::Quic(conn) => conn.close(code, reason),
+            Self::Tcp(conn) => conn.close(u32::try_from(code.into_inner()).unwrap_or(u32::MAX), reason),
         }
     }
 
@@ -117,6 +143,7 @@ impl Conn {
     pub fn close_reason(&self) -> Option<ConnectionError> {
         match self {
             Self::Quic(conn) => conn.close_reason(),
+            Self::Tcp(conn) => conn.close_reason(),
         }
     }
 
@@ -124,6 +151,7 @@ impl Conn {
     pub async fn closed(&self) -> ConnectionError {
         match self {
             Self::Quic(conn) => conn.closed().await,
+            Self::Tcp(conn) => conn.closed().await,
         }
     }
 
@@ -131,6 +159,7 @@ impl Conn {
     pub fn remote_address(&self) -> SocketAddr {
         match self {
             Self::Quic(conn) => conn.remote_address(),
+            Self::Tcp(conn) => conn.remote_address(),
         }
     }
 
@@ -138,6 +167,7 @@ impl Conn {
     pub fn rtt(&self) -> Duration {
         match self {
             Self::Quic(conn) => conn.rtt(),
+            Self::Tcp(conn) => conn.rtt(),
         }
     }
 
@@ -145,6 +175,7 @@ impl Conn {
     pub fn mtu(&self) -> Option<u16> {
         match self {
             Self::Quic(conn) => Some(conn.stats().path.current_mtu),
+            Self::Tcp(_) => None,
         }
     }
 
@@ -153,6 +184,7 @@ impl Conn {
     pub fn export_keying_material(&self, out: &mut [u8], label: &[u8], context: &[u8]) -> Result<(), ExportError> {
         match self {
             Self::Quic(conn) => conn.export_keying_material(out, label, context).map_err(|_| ExportError),
+            Self::Tcp(conn) => conn.export_keying_material(out, label, context),
         }
     }
 
@@ -160,6 +192,15 @@ impl Conn {
     pub fn quic(&self) -> Option<&quinn::Connection> {
         match self {
             Self::Quic(conn) => Some(conn),
+            Self::Tcp(_) => None,
+        }
+    }
+
+    /// The TCP transport's connection, if this is one.
+    pub fn tcp(&self) -> Option<&tcp::TcpConn> {
+        match self {
+            Self::Tcp(conn) => Some(conn),
+            Self::Quic(_) => None,
         }
     }
 }

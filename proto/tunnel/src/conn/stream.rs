@@ -9,6 +9,8 @@ use bytes::Bytes;
 use quinn::{ReadError, ReadExactError, StoppedError, VarInt, WriteError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::tcp::{TcpRecv, TcpSend};
+
 /// The stream was already finished or reset.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the stream is already closed")]
@@ -31,6 +33,14 @@ impl From<ClosedStream> for io::Error {
 pub enum SendStream {
     /// A QUIC stream's.
     Quic(quinn::SendStream),
+    /// A TCP-transport stream's.
+    Tcp(TcpSend),
+}
+
+impl From<TcpSend> for SendStream {
+    fn from(send: TcpSend) -> Self {
+        Self::Tcp(send)
+    }
 }
 
 impl From<quinn::SendStream> for SendStream {
@@ -44,6 +54,7 @@ impl SendStream {
     pub fn id(&self) -> u64 {
         match self {
             Self::Quic(send) => send.id().into(),
+            Self::Tcp(send) => send.id(),
         }
     }
 
@@ -51,6 +62,7 @@ impl SendStream {
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), WriteError> {
         match self {
             Self::Quic(send) => send.write_all(buf).await,
+            Self::Tcp(send) => send.write_chunk(Bytes::copy_from_slice(buf)).await,
         }
     }
 
@@ -58,6 +70,7 @@ impl SendStream {
     pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), WriteError> {
         match self {
             Self::Quic(send) => send.write_chunk(chunk).await,
+            Self::Tcp(send) => send.write_chunk(chunk).await,
         }
     }
 
@@ -65,6 +78,12 @@ impl SendStream {
     pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), WriteError> {
         match self {
             Self::Quic(send) => send.write_all_chunks(chunks).await,
+            Self::Tcp(send) => {
+                for chunk in chunks {
+                    send.write_chunk(std::mem::take(chunk)).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -72,6 +91,7 @@ impl SendStream {
     pub fn finish(&mut self) -> Result<(), ClosedStream> {
         match self {
             Self::Quic(send) => Ok(send.finish()?),
+            Self::Tcp(send) => send.finish(),
         }
     }
 
@@ -79,6 +99,7 @@ impl SendStream {
     pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         match self {
             Self::Quic(send) => Ok(send.reset(code)?),
+            Self::Tcp(send) => send.reset(code),
         }
     }
 
@@ -86,6 +107,8 @@ impl SendStream {
     pub async fn stopped(&mut self) -> Result<Option<VarInt>, StoppedError> {
         match self {
             Self::Quic(send) => send.stopped().await,
+            // What is written is in h2's queue, and TCP delivers it or the connection fails.
+            Self::Tcp(_) => Ok(None),
         }
     }
 }
@@ -94,18 +117,21 @@ impl AsyncWrite for SendStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Quic(send) => AsyncWrite::poll_write(Pin::new(send), cx, buf),
+            Self::Tcp(send) => AsyncWrite::poll_write(Pin::new(send), cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Quic(send) => AsyncWrite::poll_flush(Pin::new(send), cx),
+            Self::Tcp(send) => AsyncWrite::poll_flush(Pin::new(send), cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Quic(send) => AsyncWrite::poll_shutdown(Pin::new(send), cx),
+            Self::Tcp(send) => AsyncWrite::poll_shutdown(Pin::new(send), cx),
         }
     }
 }
@@ -115,6 +141,14 @@ impl AsyncWrite for SendStream {
 pub enum RecvStream {
     /// A QUIC stream's.
     Quic(quinn::RecvStream),
+    /// A TCP-transport stream's.
+    Tcp(TcpRecv),
+}
+
+impl From<TcpRecv> for RecvStream {
+    fn from(recv: TcpRecv) -> Self {
+        Self::Tcp(recv)
+    }
 }
 
 impl From<quinn::RecvStream> for RecvStream {
@@ -128,6 +162,7 @@ impl RecvStream {
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
         match self {
             Self::Quic(recv) => recv.read(buf).await,
+            Self::Tcp(recv) => recv.read(buf).await,
         }
     }
 
@@ -135,6 +170,7 @@ impl RecvStream {
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadExactError> {
         match self {
             Self::Quic(recv) => recv.read_exact(buf).await,
+            Self::Tcp(recv) => recv.read_exact(buf).await,
         }
     }
 
@@ -143,6 +179,7 @@ impl RecvStream {
     pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, ReadError> {
         match self {
             Self::Quic(recv) => recv.read_chunks(bufs).await,
+            Self::Tcp(recv) => recv.read_chunks(bufs).await,
         }
     }
 
@@ -150,6 +187,7 @@ impl RecvStream {
     pub fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         match self {
             Self::Quic(recv) => Ok(recv.stop(code)?),
+            Self::Tcp(recv) => recv.stop(code),
         }
     }
 }
@@ -158,6 +196,7 @@ impl AsyncRead for RecvStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Quic(recv) => AsyncRead::poll_read(Pin::new(recv), cx, buf),
+            Self::Tcp(recv) => AsyncRead::poll_read(Pin::new(recv), cx, buf),
         }
     }
 }
