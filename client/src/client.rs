@@ -62,6 +62,7 @@ impl LocalListener {
 pub struct Client {
     config: ClientConfig,
     quic: quinn::ClientConfig,
+    tcp: Arc<rustls::ClientConfig>,
     locals: Vec<LocalListener>,
     status: watch::Sender<ClientStatus>,
     protocol_version: u32,
@@ -87,6 +88,7 @@ impl Client {
             ..Default::default()
         };
         quic.transport_config(Arc::new(tuning.to_config()));
+        let tcp = tls::tcp_client_config(&config.trust)?;
         let listen = |addr: SocketAddr| move |source| ClientError::Listen { addr, source };
         let mut locals = Vec::with_capacity(config.forwards.len() + config.proxies.len());
         for f in &config.forwards {
@@ -118,6 +120,7 @@ impl Client {
         Ok(Self {
             config,
             quic,
+            tcp,
             locals,
             status,
             protocol_version: PROTOCOL_VERSION,
@@ -166,8 +169,9 @@ impl Client {
     /// Keeps the tunnel up until `shutdown`, or until an error that retrying cannot fix (wrong
     /// token, untrusted server, version mismatch), which it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let Self { config, quic, locals, status, protocol_version, udp_stats, reloader, control_listener } = self;
+        let Self { config, quic, tcp, locals, status, protocol_version, udp_stats, reloader, control_listener } = self;
         let tracker = TaskTracker::new();
+        let dialer = handshake::Dialer { quic, tcp, tracker: tracker.clone() };
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let listeners: Arc<Vec<Arc<ListenerStats>>> = Arc::new(locals.iter().map(LocalListener::stats).collect());
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {
@@ -246,14 +250,15 @@ impl Client {
             let wanted = services.borrow_and_update().clone();
             let established = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                r = handshake::establish(&config, &wanted, &quic, (protocol_version, resume)) => r,
+                r = handshake::establish(&config, &wanted, (&dialer, config.transport), (protocol_version, resume)) => r,
             };
             let wait = match established {
                 Ok(established) => {
                     resume = Some(established.resume);
                     attempt = 0;
                     backoff.reset();
-                    let span = info_span!("tunnel", server = %config.server_addr, client = %config.name);
+                    let transport = established.conn.kind();
+                    let span = info_span!("tunnel", server = %config.server_addr, client = %config.name, %transport);
                     let exposer = Arc::new(Exposer {
                         services: services.clone(),
                         egress: config.server_proxies_egress.clone(),

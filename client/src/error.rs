@@ -34,6 +34,10 @@ pub enum ClientError {
     /// mismatch) or a protocol (ALPN) mismatch. Retrying will not help.
     #[error("TLS handshake refused: {0}")]
     Untrusted(#[source] quinn::ConnectionError),
+    /// The TLS handshake of the TCP transport failed because of the server's identity or a
+    /// protocol mismatch. Retrying will not help.
+    #[error("TLS handshake over TCP refused: {0}")]
+    UntrustedTcp(#[source] rustls::Error),
     /// The server refused this client.
     #[error("server rejected the client: {0}")]
     Rejected(RejectReason),
@@ -48,6 +52,15 @@ pub enum ClientError {
     /// The tunnel could not be set up or was lost; retried.
     #[error("tunnel: {0}")]
     Tunnel(#[from] TunnelError),
+    /// The TCP transport could not connect (a TCP connect, or TLS over it, failed); retried.
+    #[error("cannot connect to the server at {addr} over TCP: {source}")]
+    TcpConnect {
+        /// The server's TCP address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The server authenticated us but the rest of the handshake did not finish in time;
     /// retried.
     #[error("connecting to the server timed out")]
@@ -111,6 +124,9 @@ pub enum TunnelError {
     /// The connection failed or was closed (by the server, with its reason, or by the network).
     #[error("{0}")]
     Connection(#[source] quinn::ConnectionError),
+    /// The HTTP/2 layer of the TCP transport failed.
+    #[error("HTTP/2 over TLS: {0}")]
+    Mux(#[source] wmproxy_tunnel::conn::tcp::MuxError),
     /// The control stream failed.
     #[error("control stream: {0}")]
     Control(#[source] StreamError),
@@ -128,7 +144,11 @@ impl ClientError {
     /// credentials) is internal and ends the client.
     pub fn side(&self) -> Side {
         match self {
-            Self::Tunnel(_) | Self::Timeout | Self::NoAnswer { .. } | Self::Resolve { .. } => Side::Tunnel,
+            Self::Tunnel(_)
+            | Self::Timeout
+            | Self::NoAnswer { .. }
+            | Self::Resolve { .. }
+            | Self::TcpConnect { .. } => Side::Tunnel,
             Self::Rejected(
                 RejectReason::Throttled { .. }
                 | RejectReason::ServerFull

@@ -1,11 +1,16 @@
-//! One tunnel attempt: resolve, QUIC handshake, Hello with the proof, Register. Returns the
+//! One tunnel attempt: resolve, the transport's handshake (QUIC, or TLS on TCP), Hello with the
+//! proof, Register. Returns the
 //! live connection with the per-service results.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
 use quinn::Endpoint;
-use wmproxy_config::{ClientConfig, Service};
+use wmproxy_config::{ClientConfig, Service, Transport};
 use wmproxy_tunnel::stream::{read_frame, write_frame};
 use wmproxy_tunnel::{Conn, RecvStream, SendStream, transport};
 use wmproxy_wire::{
@@ -18,12 +23,16 @@ use crate::error::{ClientError, TunnelError};
 /// Time for the QUIC handshake, Hello and registration together.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Over QUIC, auto mode waits this long for the server's answer before it tries the TCP
+/// transport: a QUIC handshake takes one round trip, so a few seconds is UDP being dropped.
+pub const QUIC_ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
 /// An established, registered tunnel (the server's side of it is its `Session`).
 #[derive(Debug)]
 pub struct Established {
-    /// The endpoint the connection lives on (one per attempt: a fresh source port after a
-    /// network change).
-    pub endpoint: Endpoint,
+    /// The QUIC endpoint the connection lives on (one per attempt: a fresh source port after a
+    /// network change); `None` over the TCP transport.
+    pub endpoint: Option<Endpoint>,
     /// The tunnel.
     pub conn: Conn,
     /// One result per configured service, in order.
@@ -36,12 +45,67 @@ pub struct Established {
     pub limits: TunnelLimits,
 }
 
-/// Connects, authenticates and registers `services`, within [`HANDSHAKE_TIMEOUT`]. `resume`
-/// is the secret of this process's previous session, if it had one.
+/// How the client reaches the server: its TLS setups for both transports, and the tracker the
+/// TCP transport's tasks run on.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    /// QUIC's.
+    pub quic: quinn::ClientConfig,
+    /// The TCP transport's.
+    pub tcp: Arc<rustls::ClientConfig>,
+    /// Where the TCP transport's connection tasks run.
+    pub tracker: TaskTracker,
+}
+
+/// Connects over `transport`, authenticates and registers `services`, within
+/// [`HANDSHAKE_TIMEOUT`] (per transport tried). `resume` is the secret of this process's
+/// previous session, if it had one. In auto mode, a QUIC handshake that gets no answer within
+/// [`QUIC_ANSWER_WITHIN`] is followed by the TCP transport.
 pub async fn establish(
     config: &ClientConfig,
     services: &[Service],
-    quic: &quinn::ClientConfig,
+    (dialer, transport): (&Dialer, Transport),
+    hello: (u32, Option<ResumeSecret>),
+) -> Result<Established, ClientError> {
+    match transport {
+        Transport::Quic => establish_quic(config, services, (&dialer.quic, HANDSHAKE_TIMEOUT), hello).await,
+        Transport::Tcp => establish_tcp(config, services, dialer, hello).await,
+        Transport::Auto => match establish_quic(config, services, (&dialer.quic, QUIC_ANSWER_WITHIN), hello).await {
+            Err(ClientError::NoAnswer { addr, secs }) => {
+                info!(%addr, secs, tcp = %config.tcp_server_addr, "no QUIC answer (UDP may be blocked); trying TLS over TCP");
+                establish_tcp(config, services, dialer, hello).await
+            }
+            other => other,
+        },
+    }
+}
+
+/// [`establish`] over the TCP transport.
+async fn establish_tcp(
+    config: &ClientConfig,
+    services: &[Service],
+    dialer: &Dialer,
+    hello: (u32, Option<ResumeSecret>),
+) -> Result<Established, ClientError> {
+    let attempt = async {
+        let conn = crate::tcp_transport::connect(config, &dialer.tcp, &dialer.tracker).await?;
+        let handshaken = handshake(&conn, config, services, hello).await;
+        if handshaken.is_err() {
+            conn.close(0u32.into(), b"handshake failed");
+        }
+        Ok::<_, ClientError>((conn, handshaken?))
+    };
+    let (conn, Handshaken { services, control, resume, limits }) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await.map_err(|_| ClientError::Timeout)??;
+    Ok(Established { endpoint: None, conn, services, control, resume, limits })
+}
+
+/// [`establish`] over QUIC, counting a server that does not answer within `answer_within` as
+/// no answer.
+async fn establish_quic(
+    config: &ClientConfig,
+    services: &[Service],
+    (quic, answer_within): (&quinn::ClientConfig, Duration),
     (hello_version, resume): (u32, Option<ResumeSecret>),
 ) -> Result<Established, ClientError> {
     let addr = resolve(&config.server_addr).await?;
@@ -60,7 +124,10 @@ pub async fn establish(
     let attempt = async {
         let connecting =
             endpoint.connect_with(quic.clone(), addr, &config.server_name).map_err(TunnelError::Connect)?;
-        let conn = Conn::from(connecting.await?);
+        let conn = match tokio::time::timeout(answer_within, connecting).await {
+            Ok(conn) => Conn::from(conn?),
+            Err(_) => return Err(ClientError::NoAnswer { addr, secs: answer_within.as_secs() }),
+        };
         answered = true;
         let hello = (hello_version, resume);
         let handshaken = handshake(&conn, config, services, hello).await?;
@@ -68,7 +135,7 @@ pub async fn establish(
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
         Ok(Ok((conn, Handshaken { services, control, resume, limits }))) => {
-            Ok(Established { endpoint, conn, services, control, resume, limits })
+            Ok(Established { endpoint: Some(endpoint), conn, services, control, resume, limits })
         }
         Ok(Err(e)) => {
             endpoint.close(0u32.into(), b"handshake failed");
@@ -117,6 +184,9 @@ async fn handshake(
     // Before the registration, so the credit is on its way before any user of a service is.
     if let Some(quic) = conn.quic() {
         transport::allow_server_streams(quic, &limits);
+    }
+    if let Some(tcp) = conn.tcp() {
+        tcp.allow_streams(transport::server_opened(&limits) as usize);
     }
 
     write_frame(&mut send, &ControlRequest::Register { services: specs(services) }).await?;

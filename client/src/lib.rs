@@ -49,6 +49,7 @@ mod metrics;
 mod proxy;
 mod roaming;
 mod status;
+mod tcp_transport;
 mod tunnel;
 
 pub use client::{Client, ClientStatus};

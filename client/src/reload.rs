@@ -71,6 +71,8 @@ impl Reloader {
         report.compare("services", &running.services, &new.services, |s| s.name.to_string());
         report.restart_if("server_addr", &running.server_addr, &new.server_addr);
         report.restart_if("server_name", &running.server_name, &new.server_name);
+        report.restart_if("transport", &running.transport, &new.transport);
+        report.restart_if("tcp_server_addr", &running.tcp_server_addr, &new.tcp_server_addr);
         report.restart_if("trust", &running.trust, &new.trust);
         report.restart_if("name", &running.name, &new.name);
         report.restart_if("token", &running.token, &new.token);

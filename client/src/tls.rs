@@ -10,12 +10,26 @@ use rustls_pki_types::pem::PemObject;
 use wmproxy_config::ServerTrust;
 use wmproxy_tunnel::tls::{Fingerprint, PinnedCertVerifier};
 use wmproxy_tunnel::transport::TransportTuning;
-use wmproxy_wire::ALPN;
+use wmproxy_wire::{ALPN, ALPN_TCP};
 
 use crate::error::TlsSetupError;
 
 /// Builds the quinn client config for `trust`.
 pub fn quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, TlsSetupError> {
+    let tls = rustls_config(trust, ALPN)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(TlsSetupError::Quic)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(TransportTuning::default().to_config()));
+    Ok(config)
+}
+
+/// Builds the TLS config of the TCP transport for `trust`: the same trust and TLS 1.3, ALPN
+/// [`ALPN_TCP`].
+pub fn tcp_client_config(trust: &ServerTrust) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    Ok(Arc::new(rustls_config(trust, ALPN_TCP)?))
+}
+
+fn rustls_config(trust: &ServerTrust, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsSetupError> {
     let provider = wmproxy_tunnel::tls::crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -28,11 +42,8 @@ pub fn quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, Tl
         ServerTrust::CaFile(path) => builder.with_root_certificates(ca_roots(path)?).with_no_client_auth(),
         ServerTrust::SystemRoots => builder.with_root_certificates(system_roots()?).with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(TlsSetupError::Quic)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(TransportTuning::default().to_config()));
-    Ok(config)
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }
 
 fn ca_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {

@@ -121,7 +121,12 @@ impl TunnelSetup {
                     }
                 }
             } => reason,
-            never = roaming::follow(&endpoint, exposer.metrics.rebinds()) => match never {},
+            never = async {
+                match &endpoint {
+                    Some(endpoint) => roaming::follow(endpoint, exposer.metrics.rebinds()).await,
+                    None => std::future::pending().await,
+                }
+            } => match never {},
             reason = follow_reloads(services, (&requests, control_recv), &self.status, &mut checks) => {
                 // The control stream fails with its connection: report the connection's reason
                 // (the server's "shutting down", say), not the stream's.
@@ -150,7 +155,14 @@ impl TunnelSetup {
             );
         }
         tunnel.close(close_code::NORMAL, "client closing the tunnel");
-        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        match &endpoint {
+            Some(endpoint) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            }
+            None => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            }
+        }
         ended
     }
 }

@@ -25,6 +25,14 @@ pub(crate) const TAGGED: &[Section] = &[("services", Some("tcp")), ("forwards", 
 pub struct ClientFile {
     /// The server, `host:port` (UDP).
     pub server_addr: Spanned<String>,
+    /// How the tunnel reaches the server: `auto` (QUIC, and TLS on TCP when UDP does not get
+    /// through), `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// The server's TCP transport, `host:port`; defaults to `server_addr` (same host and port
+    /// number, on TCP).
+    #[serde(default)]
+    pub tcp_server_addr: Option<Spanned<String>>,
     /// Name checked against the server's certificate (with `ca_file` or `system_roots`);
     /// defaults to the host of `server_addr`.
     #[serde(default)]
@@ -107,6 +115,31 @@ impl ClientLimits {
     }
 }
 
+/// How the tunnel reaches the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC first; TLS on TCP when no QUIC handshake completes in time, with QUIC tried again
+    /// in the background.
+    #[default]
+    Auto,
+    /// QUIC only (UDP).
+    Quic,
+    /// TLS on TCP only.
+    Tcp,
+}
+
+impl Transport {
+    /// The name the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
 /// How the client decides to trust the server. Exactly one is configured: there is no
 /// insecure mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -124,6 +157,10 @@ pub enum ServerTrust {
 pub struct ClientConfig {
     /// `host:port` of the server.
     pub server_addr: String,
+    /// How the tunnel reaches the server.
+    pub transport: Transport,
+    /// `host:port` of the server's TCP transport.
+    pub tcp_server_addr: String,
     /// TLS server name.
     pub server_name: String,
     /// How the server is trusted.
@@ -156,6 +193,14 @@ impl ClientFile {
         let server_addr = self.server_addr.into_inner();
         let host =
             split_host_port(&server_addr).map_err(|m| invalid(src, "server_addr", Some(addr_at), &m))?.0.to_owned();
+        let tcp_server_addr = match self.tcp_server_addr {
+            Some(addr) => {
+                let at = addr.span().start;
+                split_host_port(addr.get_ref()).map_err(|m| invalid(src, "tcp_server_addr", Some(at), &m))?;
+                addr.into_inner()
+            }
+            None => server_addr.clone(),
+        };
 
         let trust = match (self.server_fingerprint, self.ca_file, self.system_roots) {
             (Some(fp), None, false) => {
@@ -227,6 +272,8 @@ impl ClientFile {
         Ok(ClientConfig {
             server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
             server_addr,
+            transport: self.transport,
+            tcp_server_addr,
             trust,
             name,
             token: self.token,

@@ -53,7 +53,7 @@ mod wire;
 
 use std::path::{Path, PathBuf};
 
-pub use client::{ClientConfig, ClientFile, ClientLimits, ServerTrust};
+pub use client::{ClientConfig, ClientFile, ClientLimits, ServerTrust, Transport};
 pub use congestion::Congestion;
 pub use control::ControlFile;
 pub use egress::EgressPolicy;

@@ -35,6 +35,10 @@ pub struct ServerFile {
     /// Where the generated identity (and token, for the embedded setup) live.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// TCP address of the TCP transport (TLS on TCP, for clients whose network blocks UDP):
+    /// `host:port`, or `off`. Unset: `bind`'s address and port, on TCP.
+    #[serde(default)]
+    pub tcp_bind: Option<Spanned<String>>,
     /// Address the public TCP ports of services listen on.
     #[serde(default = "default_public_bind")]
     pub public_bind: IpAddr,
@@ -79,6 +83,7 @@ impl Default for ServerFile {
         Self {
             bind: default_bind(),
             state_dir: default_state_dir(),
+            tcp_bind: None,
             public_bind: default_public_bind(),
             token: None,
             allow_ports: default_allow_ports(),
@@ -248,6 +253,28 @@ impl ClientEntry {
     }
 }
 
+/// Where the TCP transport listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TcpBind {
+    /// The QUIC endpoint's address and port, on TCP.
+    SameAsQuic,
+    /// This address.
+    At(SocketAddr),
+    /// Nowhere: clients must reach the server over UDP.
+    Off,
+}
+
+impl TcpBind {
+    /// The address to bind, given where the QUIC endpoint is bound; `None` when off.
+    pub fn addr(self, quic: SocketAddr) -> Option<SocketAddr> {
+        match self {
+            Self::SameAsQuic => Some(quic),
+            Self::At(addr) => Some(addr),
+            Self::Off => None,
+        }
+    }
+}
+
 /// The validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerConfig {
@@ -255,6 +282,8 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Directory for generated state.
     pub state_dir: PathBuf,
+    /// Where the TCP transport listens.
+    pub tcp_bind: TcpBind,
     /// Address public service ports listen on.
     pub public_bind: IpAddr,
     /// Shared token and its allowance, if set.
@@ -346,8 +375,17 @@ impl ServerFile {
         }
         let proxies =
             self.proxies.into_iter().enumerate().map(|(i, p)| p.validate(src, i)).collect::<Result<Vec<_>, _>>()?;
+        let tcp_bind = match self.tcp_bind {
+            None => TcpBind::SameAsQuic,
+            Some(text) if text.get_ref() == "off" => TcpBind::Off,
+            Some(text) => TcpBind::At(text.get_ref().parse().map_err(|_| {
+                let m = format!("`{}` is not an address (`host:port`, an IP) nor `off`", text.get_ref());
+                invalid(src, "tcp_bind", Some(text.span().start), &m)
+            })?),
+        };
         Ok(ServerConfig {
             bind: self.bind,
+            tcp_bind,
             state_dir: self.state_dir,
             public_bind: self.public_bind,
             shared: self.token.map(|token| ClientEntry {

@@ -61,10 +61,12 @@ struct Status {
 struct ClientStatus {
     name: String,
     address: String,
+    /// What carries the tunnel: `quic`, or `tcp` (TLS on TCP, where UDP is blocked).
+    transport: &'static str,
     /// Seconds since the Unix epoch.
     connected_since: u64,
     rtt_ms: f64,
-    /// The tunnel's path MTU as QUIC has found it (UDP payload bytes).
+    /// The tunnel's path MTU as QUIC has found it (UDP payload bytes); 0 on the TCP transport.
     mtu: u16,
     services: Vec<ServiceTraffic>,
 }
@@ -131,6 +133,7 @@ impl ServerControl {
             .map(|s| ClientStatus {
                 name: s.name.to_string(),
                 address: s.tunnel.conn().remote_address().to_string(),
+                transport: s.tunnel.conn().kind().as_str(),
                 connected_since: s.since.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs(),
                 rtt_ms: s.tunnel.conn().rtt().as_secs_f64() * 1000.0,
                 mtu: s.tunnel.conn().mtu().unwrap_or(0),

@@ -1,4 +1,5 @@
-//! A tunnel's first moments, before it is trusted: the TLS handshake and the Hello, with a
+//! A tunnel's first moments, before it is trusted: the transport's handshake (QUIC, or TLS on
+//! TCP with HTTP/2 over it) and the Hello, with a
 //! place in the pre-auth budget (`preauth`), the short `auth_timeout`, one stream and a small
 //! window (`TransportTuning::to_pre_auth_config`). Then, for a correct proof, the full windows
 //! and a seat: the client's session, installed under its name, with a place in `max_clients`.
@@ -12,17 +13,20 @@
 //! A peer that is evicted, too slow, or sends a QUIC datagram before it has authenticated is
 //! closed with the reason.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::VarInt;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info};
 use wmproxy_config::ServerConfig;
+use wmproxy_tunnel::conn::tcp;
 use wmproxy_tunnel::stream::{read_frame_body, write_frame};
-use wmproxy_tunnel::{Conn, RecvStream, SendStream, probe};
-use wmproxy_wire::{HelloReply, RejectReason};
+use wmproxy_tunnel::{Conn, RecvStream, SendStream, probe, transport};
+use wmproxy_wire::{ALPN_TCP, HelloReply, RejectReason};
 
 use crate::auth::{self, Proven};
 use crate::preauth::Slot;
@@ -35,6 +39,15 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often a seat is tried again when another connection of the name came in meanwhile.
 const SEAT_ATTEMPTS: usize = 3;
+
+/// A connection that came in, before its transport's handshake.
+#[derive(Debug)]
+pub(crate) enum Arrival {
+    /// A QUIC connection attempt.
+    Quic(Box<quinn::Incoming>),
+    /// A TCP connection to the TCP transport's port, from this address.
+    Tcp(TcpStream, SocketAddr),
+}
 
 /// A client that proved who it is, seated: its session is installed under its name.
 #[derive(Debug)]
@@ -52,19 +65,20 @@ impl Tunnels {
     /// proof must be in by `auth_deadline`; the caller bounds the whole.
     pub(crate) async fn handshake(
         &self,
-        incoming: quinn::Incoming,
+        arrival: Arrival,
         slot: Slot,
         config: &ServerConfig,
         auth_deadline: Instant,
     ) -> Result<Authenticated, TunnelError> {
-        let peer = incoming.remote_address();
-        let connecting = incoming.accept()?;
+        let peer = match &arrival {
+            Arrival::Quic(incoming) => incoming.remote_address(),
+            Arrival::Tcp(_, peer) => *peer,
+        };
         let conn = tokio::select! {
-            conn = connecting => conn?,
+            conn = self.arrive(arrival) => conn?,
             () = slot.evicted() => return Err(TunnelError::Evicted),
             () = sleep_until(auth_deadline) => return Err(TunnelError::AuthTimeout),
         };
-        let conn = Conn::from(conn);
         let judged = tokio::select! {
             judged = judge(&conn, peer, config, &self.sessions) => judged,
             () = slot.evicted() => Err(TunnelError::Evicted),
@@ -76,6 +90,10 @@ impl Tunnels {
             Ok((Ok(proven), send, recv)) => {
                 if let Some(quic) = conn.quic() {
                     self.tuning.open_up(quic);
+                }
+                if let Some(tcp) = conn.tcp() {
+                    let offers = transport::client_opened(&config.limits.tunnel()) as usize;
+                    tcp.open_up(&self.tuning.tcp_settings(), offers);
                 }
                 Ok((self.seat(proven, &conn, config).await, send, recv))
             }
@@ -96,6 +114,25 @@ impl Tunnels {
             Err(e) => Err(e),
         };
         answered.inspect_err(|e| conn.close(VarInt::from_u32(e.close_code()), e.to_string().as_bytes()))
+    }
+
+    /// The transport's handshake: QUIC's, or TLS on TCP and the HTTP/2 layer over it.
+    async fn arrive(&self, arrival: Arrival) -> Result<Conn, TunnelError> {
+        match arrival {
+            Arrival::Quic(incoming) => Ok(Conn::from(incoming.accept()?.await?)),
+            Arrival::Tcp(tcp, peer) => {
+                let tls = self.tcp_tls.clone().ok_or(TunnelError::Unexpected)?;
+                let tls = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await.map_err(TunnelError::Tls)?;
+                let (_, session) = tls.get_ref();
+                if session.alpn_protocol() != Some(ALPN_TCP) {
+                    return Err(TunnelError::Tls(io::Error::new(io::ErrorKind::InvalidData, "no wmproxy ALPN")));
+                }
+                let secret = tcp::exported_secret(session).map_err(|e| TunnelError::Tls(io::Error::other(e)))?;
+                let settings = (self.tuning.tcp_settings(), transport::PRE_AUTH_WINDOW);
+                let conn = tcp::opener(tls, (peer, secret), settings, &self.runtime.tracker).await?;
+                Ok(Conn::from(conn))
+            }
+        }
     }
 
     /// Seats a proven client: decides about a live session of its name (see the module docs),

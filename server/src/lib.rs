@@ -13,6 +13,8 @@
 //! - `preauth`: the budget of connections that have not authenticated yet (evict the oldest,
 //!   a share per address, QUIC retry under load);
 //!   the prefix one host controls is `wmproxy_tunnel::users::prefix`.
+//! - `tcp_listener`: the TCP transport's port (TLS on TCP, for clients whose network blocks
+//!   UDP), into the same budget and handshake.
 //! - `handshake`: TLS and the Hello under that budget and the auth timeout, with a small
 //!   window until the proof (`auth`, with the throttle in `sessions`) is checked; then the
 //!   client's place in `max_clients`.
@@ -72,6 +74,7 @@ pub mod server;
 mod sessions;
 mod settings;
 mod sockets;
+mod tcp_listener;
 mod throttle;
 mod tunnel;
 mod udp;

@@ -232,6 +232,7 @@ fn sorted(config: &ServerConfig) -> Vec<(String, ClientEntry)> {
 fn keep_restart_settings(config: &mut ServerConfig, from: &ServerConfig) -> ReloadReport {
     let mut report = ReloadReport::default();
     report.restart_if("bind", &from.bind, &config.bind);
+    report.restart_if("tcp_bind", &from.tcp_bind, &config.tcp_bind);
     report.restart_if("public_bind", &from.public_bind, &config.public_bind);
     report.restart_if("tls", &from.tls, &config.tls);
     report.restart_if("state_dir", &from.state_dir, &config.state_dir);

@@ -22,6 +22,7 @@ use wmproxy_tunnel::users::UserLimit;
 
 use crate::control::ServerControl;
 use crate::groups::{self, GroupStatus, Groups};
+use crate::handshake::Arrival;
 use crate::identity::{Identity, IdentityError};
 use crate::listeners::Listeners;
 use crate::metrics::{Metrics, Refusal};
@@ -67,6 +68,7 @@ pub enum ServerError {
 /// Where the server's own listeners are bound (port 0 in the config becomes the real port).
 #[derive(Debug, Clone, Default)]
 struct Bound {
+    tcp: Option<SocketAddr>,
     vhost: Option<SocketAddr>,
     https: Option<SocketAddr>,
     control: Option<SocketAddr>,
@@ -82,6 +84,8 @@ pub struct Server {
     vhost: Vhost,
     vhost_listener: Option<TcpListener>,
     tls_listener: Option<TcpListener>,
+    /// The TCP transport's port.
+    tcp_listener: Option<TcpListener>,
     control: Option<(TcpListener, String)>,
     /// Stops everything started so far if the server is dropped without running.
     _stop_unless_run: DropGuard,
@@ -122,6 +126,11 @@ impl ServerHandle {
     /// Tasks alive on the server's tracker: one per tunnel, stream and UDP flow.
     pub fn tasks(&self) -> usize {
         self.runtime.tracker.len()
+    }
+
+    /// Where the TCP transport listens, unless it is off.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.bound.tcp
     }
 
     /// Where the HTTPS (SNI) port listens, if configured.
@@ -186,8 +195,14 @@ impl Server {
             ..TransportTuning::default()
         };
         let socket = transport::bind_udp(config.bind).map_err(bind_err(config.bind))?;
+        let quic_addr = socket.local_addr().map_err(bind_err(config.bind))?;
+        let tcp_tls = crate::tcp_listener::tls_config(&identity)?;
         let endpoint =
             transport::endpoint(socket, Some(quic_server_config(identity, &tuning)?)).map_err(bind_err(config.bind))?;
+        let tcp_listener = match config.tcp_bind.addr(quic_addr) {
+            Some(addr) => Some(bind_tcp(addr).map_err(bind_err(addr))?),
+            None => None,
+        };
 
         let bind_opt = |addr: Option<SocketAddr>| addr.map(|a| bind_tcp(a).map_err(bind_err(a))).transpose();
         let vhost_listener = bind_opt(config.vhost.http_bind)?;
@@ -201,6 +216,7 @@ impl Server {
         };
         let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let bound = Bound {
+            tcp: local(&tcp_listener),
             vhost: local(&vhost_listener),
             https: local(&tls_listener),
             control: control.as_ref().and_then(|(l, _)| l.local_addr().ok()),
@@ -306,6 +322,7 @@ impl Server {
             limits,
             own_addresses: Arc::default(),
             tuning,
+            tcp_tls: tcp_listener.as_ref().map(|_| tcp_tls),
         });
         let handle =
             ServerHandle { sessions, groups, listeners, reloader, udp, runtime: runtime.clone(), config, bound, users };
@@ -317,6 +334,7 @@ impl Server {
             vhost,
             vhost_listener,
             tls_listener,
+            tcp_listener,
             control,
             _stop_unless_run: stop_unless_run,
         })
@@ -352,6 +370,7 @@ impl Server {
             vhost,
             vhost_listener,
             tls_listener,
+            tcp_listener,
             control,
             _stop_unless_run: stop_guard,
             ..
@@ -360,6 +379,9 @@ impl Server {
         let root = runtime.shutdown.clone();
         if let Ok(addr) = endpoint.local_addr() {
             info!(listener = "tunnel", protocol = "quic (udp)", %addr, "listening");
+        }
+        if let Some(addr) = handle.bound.tcp {
+            info!(listener = "tunnel", protocol = "tls (tcp)", %addr, "listening");
         }
         for (listener, addr) in
             [("control", handle.bound.control), ("vhost", handle.bound.vhost), ("https", handle.bound.https)]
@@ -387,6 +409,10 @@ impl Server {
         if let Some(listener) = tls_listener {
             tracker
                 .spawn(crate::vhost::serve_tls(listener, vhost.clone(), root.clone()).instrument(info_span!("https")));
+        }
+        if let Some(listener) = tcp_listener {
+            let serve = crate::tcp_listener::serve(listener, tunnels.clone(), root.clone());
+            tracker.spawn(serve.instrument(info_span!("tcp_transport")));
         }
         if let Some(listener) = vhost_listener {
             tracker.spawn(crate::vhost::serve(listener, vhost, root.clone()).instrument(info_span!("vhost")));
@@ -417,8 +443,8 @@ impl Server {
                     if evicted_oldest {
                         debug!(%peer, "too many connections waiting to authenticate; the oldest makes room");
                     }
-                    let span = info_span!("tunnel", %peer, client = tracing::field::Empty);
-                    tracker.spawn(tunnels.clone().serve(incoming, slot).instrument(span));
+                    let span = info_span!("tunnel", %peer, transport = "quic", client = tracing::field::Empty);
+                    tracker.spawn(tunnels.clone().serve(Arrival::Quic(Box::new(incoming)), slot).instrument(span));
                 }
             }
         }

@@ -17,7 +17,7 @@ use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{ControlReply, ControlRequest, HelloReply, PROTOCOL_VERSION, RejectReason, ServiceSpec, close_code};
 
 use crate::connect;
-use crate::handshake::Authenticated;
+use crate::handshake::{Arrival, Authenticated};
 use crate::metrics::{Metrics, Refusal};
 use crate::preauth::{PreAuth, Slot};
 use crate::registry::Registry;
@@ -31,6 +31,10 @@ use crate::udp::UdpBudget;
 pub(crate) enum TunnelError {
     #[error("QUIC handshake failed: {0}")]
     Quic(#[from] quinn::ConnectionError),
+    #[error("TLS handshake on TCP failed: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("HTTP/2 over TLS on TCP failed: {0}")]
+    Mux(#[from] wmproxy_tunnel::conn::tcp::MuxError),
     #[error("handshake or registration timed out")]
     Timeout,
     #[error("no correct proof within the authentication timeout")]
@@ -74,7 +78,13 @@ impl TunnelError {
     /// restarting client or a scanner does, routine rather than a fault.
     fn abandoned(&self) -> bool {
         use quinn::ConnectionError as E;
-        matches!(self, Self::Quic(E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::Reset | E::TimedOut))
+        use std::io::ErrorKind as K;
+        match self {
+            Self::Quic(e) => matches!(e, E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::Reset | E::TimedOut),
+            Self::Tls(e) => matches!(e.kind(), K::UnexpectedEof | K::ConnectionReset | K::BrokenPipe),
+            Self::Mux(e) => e.is_io(),
+            _ => false,
+        }
     }
 
     /// Counts a failed handshake in `metrics`: by the limit that refused it, as an auth
@@ -125,13 +135,15 @@ pub(crate) struct Tunnels {
     pub clients: Arc<Semaphore>,
     /// The transport's full windows, which an authenticated tunnel is given.
     pub tuning: TransportTuning,
+    /// The TLS setup of the TCP transport, when it listens.
+    pub tcp_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Tunnels {
     /// Serves one incoming connection, admitted with `slot`, to its end. Runs in its own task,
     /// under the span `tunnel{peer, client}`.
-    pub async fn serve(self: Arc<Self>, incoming: quinn::Incoming, slot: Slot) {
-        match self.run(incoming, slot).await {
+    pub async fn serve(self: Arc<Self>, arrival: Arrival, slot: Slot) {
+        match self.run(arrival, slot).await {
             Ok(()) => info!("tunnel closed"),
             Err(TunnelError::Rejected(reason)) => warn!(%reason, "client rejected"),
             Err(e) if e.abandoned() => debug!(error = %e, "the peer left during the handshake"),
@@ -139,12 +151,12 @@ impl Tunnels {
         }
     }
 
-    async fn run(&self, incoming: quinn::Incoming, slot: Slot) -> Result<(), TunnelError> {
+    async fn run(&self, arrival: Arrival, slot: Slot) -> Result<(), TunnelError> {
         let now = tokio::time::Instant::now();
         let (deadline, auth_deadline) = (now + self.limits.handshake_timeout(), now + self.limits.auth_timeout());
         // The handshake sees one config; registrations read the running one as they run.
         let config = self.config.snapshot();
-        let handshake = tokio::time::timeout_at(deadline, self.handshake(incoming, slot, &config, auth_deadline)).await;
+        let handshake = tokio::time::timeout_at(deadline, self.handshake(arrival, slot, &config, auth_deadline)).await;
         let Authenticated { conn, session, replaced, control: (mut send, mut recv) } =
             handshake.map_err(TunnelError::from).and_then(|r| r).inspect_err(|e| e.count(&self.metrics))?;
         Span::current().record("client", session.name.as_str());

@@ -70,6 +70,9 @@ pub fn init_tracing() {
 pub struct TestServer {
     /// The UDP address clients connect to.
     pub addr: SocketAddr,
+    /// The TCP transport's address (the server's own port, not `addr`'s number, so that tests
+    /// never race another socket for it); `addr` when the transport is off.
+    pub tcp_addr: SocketAddr,
     /// What clients pin.
     pub fingerprint: Fingerprint,
     /// Status view.
@@ -94,6 +97,7 @@ impl TestServer {
             // Tests stop servers with connections open; they need not wait the default 30 s.
             limits: wmproxy_config::Limits { drain_grace_secs: 1, ..wmproxy_config::Limits::default() },
             control: Some(control_api()),
+            tcp_bind: Some(toml::Spanned::new(0..0, "127.0.0.1:0".to_owned())),
             ..ServerFile::default()
         };
         adjust(&mut file);
@@ -122,9 +126,10 @@ impl TestServer {
         let addr = server.local_addr()?;
         let fingerprint = server.fingerprint();
         let handle = server.handle();
+        let tcp_addr = handle.tcp_addr().unwrap_or(addr);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        Ok(Self { addr, fingerprint, handle, file, shutdown, task: Some(task), _state: None })
+        Ok(Self { addr, tcp_addr, fingerprint, handle, file, shutdown, task: Some(task), _state: None })
     }
 
     /// Sends `method path` with `body` to the server's control API with the right token;
@@ -179,9 +184,9 @@ impl TestServer {
     /// shared token and a control API on port 0 with [`CONTROL_TOKEN`]; append services.
     pub fn client_toml(&self, name: &str) -> String {
         format!(
-            "server_addr = \"{}\"\nserver_name = \"wmproxy\"\nserver_fingerprint = \"{}\"\nname = \"{name}\"\n\
-             token = \"{TOKEN}\"\n\n[control]\nbind = \"127.0.0.1:0\"\ntoken = \"{CONTROL_TOKEN}\"\n",
-            self.addr, self.fingerprint
+            "server_addr = \"{}\"\ntcp_server_addr = \"{}\"\nserver_name = \"wmproxy\"\nserver_fingerprint = \"{}\"\n\
+             name = \"{name}\"\ntoken = \"{TOKEN}\"\n\n[control]\nbind = \"127.0.0.1:0\"\ntoken = \"{CONTROL_TOKEN}\"\n",
+            self.addr, self.tcp_addr, self.fingerprint
         )
     }
 
@@ -189,6 +194,10 @@ impl TestServer {
     pub fn client_config(&self, name: &str) -> ClientConfig {
         ClientConfig {
             server_addr: self.addr.to_string(),
+            // QUIC only, so that a test of QUIC's behaviour never falls back; tests of the
+            // TCP transport set their own.
+            transport: wmproxy_config::Transport::Quic,
+            tcp_server_addr: self.tcp_addr.to_string(),
             server_name: "wmproxy".into(),
             trust: ServerTrust::Fingerprint(self.fingerprint.0),
             name: self::name(name),

@@ -152,6 +152,8 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
     };
     Ok(ClientConfig {
         server_addr: server.clone(),
+        transport: wmproxy_config::Transport::Auto,
+        tcp_server_addr: server.clone(),
         server_name: "wmproxy".into(),
         trust: ServerTrust::Fingerprint(fingerprint),
         name,

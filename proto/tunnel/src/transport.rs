@@ -132,6 +132,17 @@ impl TransportTuning {
         config
     }
 
+    /// The same windows for the TCP transport, with its keepalive ping every [`KEEP_ALIVE`]
+    /// (TCP has no idle timer of its own to keep a NAT's mapping) and [`IDLE_TIMEOUT`].
+    pub fn tcp_settings(&self) -> crate::conn::tcp::TcpSettings {
+        crate::conn::tcp::TcpSettings {
+            stream_window: self.stream_window,
+            connection_window: self.connection_window,
+            keep_alive: self.keep_alive.unwrap_or(KEEP_ALIVE),
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+
     /// Gives a connection accepted with [`Self::to_pre_auth_config`] this tuning's full stream
     /// count and window, once its peer has authenticated.
     pub fn open_up(&self, conn: &quinn::Connection) {

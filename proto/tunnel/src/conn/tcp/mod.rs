@@ -61,6 +61,14 @@ const MAX_HEADERS: u32 = 4 * 1024;
 /// ([`TcpConn::export_keying_material`]).
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-wmproxy-tcp-transport";
 
+/// The error of setting up the HTTP/2 layer, or of its connection.
+pub use h2::Error as MuxError;
+
+/// The secret a TLS session exports for [`TcpConn::export_keying_material`].
+pub fn exported_secret<D>(tls: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], rustls::Error> {
+    tls.export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+}
+
 /// What the HTTP/2 layer of the TCP transport is built with.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpSettings {

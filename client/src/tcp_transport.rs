@@ -1,0 +1,48 @@
+//! Reaching the server over the TCP transport: a TCP connection to `tcp_server_addr`, TLS 1.3
+//! over it with the same trust as QUIC, then HTTP/2 with this end as the offerer (see
+//! `wmproxy_tunnel::conn::tcp`). What follows (Hello, Register) is the QUIC path's.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
+use wmproxy_config::ClientConfig;
+use wmproxy_tunnel::Conn;
+use wmproxy_tunnel::conn::tcp;
+use wmproxy_tunnel::transport::TransportTuning;
+use wmproxy_wire::ALPN_TCP;
+
+use crate::error::{ClientError, TunnelError};
+
+/// Connects to the server's TCP transport and sets up the HTTP/2 layer. The caller bounds the
+/// time it takes.
+pub async fn connect(
+    config: &ClientConfig,
+    tls: &Arc<rustls::ClientConfig>,
+    tracker: &TaskTracker,
+) -> Result<Conn, ClientError> {
+    let addr = &config.tcp_server_addr;
+    let failed = |source| ClientError::TcpConnect { addr: addr.clone(), source };
+    let tcp = TcpStream::connect(addr.as_str()).await.map_err(failed)?;
+    let remote = tcp.peer_addr().map_err(failed)?;
+    let _ = tcp.set_nodelay(true);
+    wmproxy_tunnel::accept::keepalive(&tcp);
+    let name = rustls_pki_types::ServerName::try_from(config.server_name.clone())
+        .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let tls = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| {
+        // A certificate or protocol the client refuses: retrying will not help.
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(refused) => ClientError::UntrustedTcp(refused.clone()),
+            None => failed(e),
+        }
+    })?;
+    let (_, session) = tls.get_ref();
+    if session.alpn_protocol() != Some(ALPN_TCP) {
+        return Err(ClientError::UntrustedTcp(rustls::Error::NoApplicationProtocol));
+    }
+    let secret = tcp::exported_secret(session).map_err(ClientError::UntrustedTcp)?;
+    let settings =
+        TransportTuning { keep_alive: Some(config.limits.keep_alive()), ..TransportTuning::default() }.tcp_settings();
+    let conn = tcp::offerer(tls, (remote, secret), settings, tracker).await.map_err(TunnelError::Mux)?;
+    Ok(Conn::from(conn))
+}

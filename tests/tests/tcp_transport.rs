@@ -1,0 +1,92 @@
+//! The TCP transport (TLS on TCP, HTTP/2 streams): a client that uses it serves everything a
+//! QUIC client does: a TCP service (64 MiB both ways, checksummed), a UDP service (datagrams
+//! on the link stream), a vhost name and its own SOCKS5 proxy.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, ensure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wmproxy_client::ClientStatus;
+use wmproxy_config::{HttpRoute, ProxyType, Transport};
+use wmproxy_tests::backend::{self, checksum, pattern};
+use wmproxy_tests::proxy::{connect_request, curl, http_tagged, proxy};
+use wmproxy_tests::{TestClient, TestServer, http_service, init_tracing, tcp_service, udp};
+
+const BULK: usize = 64 * 1024 * 1024;
+
+/// Sends `BULK` bytes through `stream` while reading them back; both checksummed.
+async fn bulk_echo(stream: TcpStream, seed: u64) -> Result<()> {
+    let data = pattern(BULK, seed);
+    let expected = checksum(&data);
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let mut back = Vec::with_capacity(BULK);
+    r.read_to_end(&mut back).await?;
+    writer.await??;
+    ensure!(back.len() == BULK && checksum(&back) == expected, "{} bytes came back changed", back.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_the_tcp_transport_serves_tcp_udp_vhost_and_its_socks5_proxy() -> Result<()> {
+    init_tracing();
+    let server = TestServer::start(|f| {
+        f.vhost.http_bind = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        f.allow_domains = vec!["*.example.com".into()];
+        f.egress.allow = vec![ipnet::IpNet::from(std::net::IpAddr::from([127, 0, 0, 1]))];
+    })
+    .await?;
+    let (echo, udp_echo, web) = (backend::echo().await?, udp::echo().await?, http_tagged("web").await?);
+    let mut config = server.client_config("home");
+    config.transport = Transport::Tcp;
+    config.services.push(tcp_service("echo", echo, 0));
+    config.services.push(udp::service("udp", udp_echo, 0));
+    let route = HttpRoute { custom_domains: vec!["web.example.com".into()], ..HttpRoute::default() };
+    config.services.push(http_service("web", web, route));
+    config.proxies.push(proxy(ProxyType::Socks5, None));
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+
+    // The server sees the tunnel on the TCP transport.
+    let (_, status) = server.control("GET", "/status", "").await?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    ensure!(status["clients"][0]["transport"] == "tcp", "status: {status}");
+
+    // A TCP service, 64 MiB each way.
+    let port = client.port_of("echo").await?;
+    bulk_echo(TcpStream::connect(("127.0.0.1", port)).await?, 1).await.context("tcp service")?;
+
+    // A UDP service: datagrams ride the link stream.
+    let port = client.port_of("udp").await?;
+    let user = udp::user().await?;
+    for i in 0..50u8 {
+        let payload = pattern(100 + usize::from(i), u64::from(i));
+        let back = udp::request(&user, SocketAddr::from(([127, 0, 0, 1], port)), &payload).await?;
+        ensure!(back == payload, "datagram {i} came back changed");
+    }
+
+    // A vhost name.
+    let vhost = server.handle.vhost_addr().context("vhost")?;
+    let got = curl(&["-sS", "-H", "Host: web.example.com", &format!("http://{vhost}/over-tcp")]).await?;
+    ensure!(String::from_utf8_lossy(&got).starts_with("web /over-tcp "), "vhost: {got:?}");
+
+    // The client's SOCKS5 proxy: its connections leave from the server, 64 MiB each way.
+    let socks = *client.forward_addrs.first().context("the proxy's address")?;
+    let mut stream = TcpStream::connect(socks).await?;
+    let ip = match echo.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets(),
+        std::net::IpAddr::V6(_) => anyhow::bail!("the echo backend is on IPv4"),
+    };
+    stream.write_all(&connect_request(1, 1, &ip, echo.port())).await?;
+    // The method choice, then the reply.
+    let mut reply = [0u8; 12];
+    stream.read_exact(&mut reply).await?;
+    ensure!(reply[..4] == [5, 0, 5, 0], "SOCKS5 refused: {reply:?}");
+    bulk_echo(stream, 2).await.context("socks5 proxy")?;
+    Ok(())
+}
