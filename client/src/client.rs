@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::{ClientConfig, ForwardKind};
+use wmproxy_config::{ClientConfig, ForwardKind, Transport};
 use wmproxy_tunnel::listener::ListenerStats;
 use wmproxy_tunnel::transport;
 use wmproxy_tunnel::udp::UdpStats;
@@ -21,9 +21,10 @@ use crate::backoff::{Backoff, Jitter};
 use crate::current::CurrentTunnel;
 use crate::error::ClientError;
 use crate::expose::{Exposer, STREAM_OPEN_TIMEOUT};
+use crate::quic_probe::QuicProbe;
 use crate::reload::Reloader;
 pub use crate::status::ClientStatus;
-use crate::tunnel::{DRAIN_TIMEOUT, TunnelSetup};
+use crate::tunnel::{DRAIN_TIMEOUT, TunnelEnd, TunnelSetup};
 use crate::{forward, handshake, proxy, tls};
 
 /// A bound local forward or proxy.
@@ -237,6 +238,12 @@ impl Client {
             status: status.clone(),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
+            probe: (config.transport == Transport::Auto).then(|| QuicProbe {
+                quic: dialer.quic.clone(),
+                server_addr: config.server_addr.clone(),
+                server_name: config.server_name.clone(),
+                interval: config.limits.quic_probe_interval(),
+            }),
         };
 
         let own_addresses = Arc::new(wmproxy_tunnel::dial::OwnAddresses::default());
@@ -245,12 +252,19 @@ impl Client {
         let mut attempt = 0u32;
         // The secret of our last session: it lets the server replace that session at once.
         let mut resume = None;
+        // The transport of the next attempt when it is not the configured one.
+        let mut next_transport = None;
         let result = loop {
             let mut services = reloader.services();
             let wanted = services.borrow_and_update().clone();
             let established = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                r = handshake::establish(&config, &wanted, (&dialer, config.transport), (protocol_version, resume)) => r,
+                r = handshake::establish(
+                    &config,
+                    &wanted,
+                    (&dialer, next_transport.take().unwrap_or(config.transport)),
+                    (protocol_version, resume),
+                ) => r,
             };
             let wait = match established {
                 Ok(established) => {
@@ -269,6 +283,11 @@ impl Client {
                     let ended = setup.serve(established, (wanted, services), exposer).instrument(span).await;
                     if shutdown.is_cancelled() {
                         break Ok(());
+                    }
+                    if matches!(ended, TunnelEnd::QuicBack) {
+                        // At once, over QUIC; the TCP tunnel serves what is in flight meanwhile.
+                        next_transport = Some(Transport::Quic);
+                        continue;
                     }
                     warn!(reason = %ended, side = %ended.side(), "tunnel lost; reconnecting");
                     status.send_replace(ClientStatus::Connecting { attempt, last_error: Some(ended.to_string()) });

@@ -47,6 +47,7 @@ mod forward;
 mod health;
 mod metrics;
 mod proxy;
+mod quic_probe;
 mod roaming;
 mod status;
 mod tcp_transport;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use wmproxy_config::Service;
+use wmproxy_tunnel::conn::TransportKind;
 use wmproxy_tunnel::stream::read_frame;
 use wmproxy_tunnel::udp::{FlowTable, UdpStats};
 use wmproxy_tunnel::{Side, Tunnel};
@@ -22,12 +23,17 @@ use crate::error::TunnelError;
 use crate::expose::{self, Exposer};
 use crate::handshake::{self, Established};
 use crate::health;
+use crate::quic_probe::QuicProbe;
 use crate::roaming;
 use crate::status::ClientStatus;
 
 /// How long a stop waits for the connections in flight to finish (and for the client's other
 /// tasks after that).
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a tunnel the client moved away from may serve the server's streams: beyond the
+/// longest drain grace a server config may set (an hour), after which the server closes it.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(3_660);
 
 /// Why a tunnel ended.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +47,17 @@ pub(crate) enum TunnelEnd {
     /// The control stream failed while registering again.
     #[error("{0}")]
     Control(#[source] TunnelError),
+    /// Auto mode on the TCP transport: QUIC answers again, and the client moves to it. The
+    /// TCP tunnel lives on for the connections in flight, until the server retires it.
+    #[error("QUIC answers again: moving the tunnel back to it")]
+    QuicBack,
 }
 
 impl TunnelEnd {
     /// Whose fault it is.
     pub fn side(&self) -> Side {
         match self {
-            Self::Shutdown => Side::Internal,
+            Self::Shutdown | Self::QuicBack => Side::Internal,
             Self::Lost(_) | Self::Control(_) => Side::Tunnel,
         }
     }
@@ -68,6 +78,8 @@ pub(crate) struct TunnelSetup {
     pub status: watch::Sender<ClientStatus>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// In auto mode, how a tunnel on the TCP transport asks QUIC again.
+    pub probe: Option<QuicProbe>,
 }
 
 impl TunnelSetup {
@@ -121,6 +133,12 @@ impl TunnelSetup {
                     }
                 }
             } => reason,
+            () = async {
+                match (&self.probe, conn.kind()) {
+                    (Some(probe), TransportKind::Tcp) => probe.answered().await,
+                    _ => std::future::pending().await,
+                }
+            } => TunnelEnd::QuicBack,
             never = async {
                 match &endpoint {
                     Some(endpoint) => roaming::follow(endpoint, exposer.metrics.rebinds()).await,
@@ -136,6 +154,12 @@ impl TunnelSetup {
                 }
             }
         };
+        if matches!(ended, TunnelEnd::QuicBack) {
+            info!("QUIC answers again: moving the tunnel to it; connections in flight finish on TCP");
+            drop(checks);
+            self.retire((tunnel, exposer, exposed), requests);
+            return ended;
+        }
         if matches!(ended, TunnelEnd::Shutdown) {
             drain(&tunnel, (&exposed, limits.streams)).await;
         }
@@ -164,6 +188,43 @@ impl TunnelSetup {
             }
         }
         ended
+    }
+}
+
+impl TunnelSetup {
+    /// Keeps `tunnel` serving the streams the server opens on it until the server retires it
+    /// (when the client's next tunnel has replaced it and its drain grace is over), at most
+    /// [`RETIRE_TIMEOUT`]. `control` keeps its control stream open meanwhile: the end of that
+    /// stream would end the session, and the connections in flight with it.
+    fn retire(
+        &self,
+        (tunnel, exposer, exposed): (Arc<Tunnel>, Arc<Exposer>, TaskTracker),
+        control: mpsc::Sender<ControlRequest>,
+    ) {
+        let tracker = self.tracker.clone();
+        let retiring = async move {
+            let served = async {
+                while let Ok(stream) = tunnel.conn().accept_bi().await {
+                    let span = info_span!(
+                        "stream",
+                        service = tracing::field::Empty,
+                        peer = tracing::field::Empty,
+                        flow = tracing::field::Empty
+                    );
+                    let serve = expose::serve(stream, tunnel.clone(), exposer.clone()).instrument(span);
+                    tracker.spawn(exposed.track_future(serve));
+                }
+            };
+            if tokio::time::timeout(RETIRE_TIMEOUT, served).await.is_err() {
+                warn!("the server kept the previous tunnel open too long; closing it");
+            }
+            drop(control);
+            exposed.close();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, exposed.wait()).await;
+            tunnel.close(close_code::NORMAL, "client moved to another tunnel");
+            info!("previous tunnel retired");
+        };
+        self.tracker.spawn(retiring.in_current_span());
     }
 }
 

@@ -90,6 +90,9 @@ pub struct ClientLimits {
     pub keep_alive_secs: u64,
     /// The congestion controller of what the client sends through its tunnel.
     pub congestion: crate::Congestion,
+    /// Seconds between QUIC handshakes tried while `transport = "auto"` runs on the TCP
+    /// transport; when one completes, the tunnel moves back to QUIC.
+    pub quic_probe_interval_secs: u64,
 }
 
 impl Default for ClientLimits {
@@ -99,6 +102,7 @@ impl Default for ClientLimits {
             udp_flow_idle_timeout_secs: 60,
             keep_alive_secs: 10,
             congestion: crate::Congestion::default(),
+            quic_probe_interval_secs: 30,
         }
     }
 }
@@ -107,6 +111,11 @@ impl ClientLimits {
     /// [`Self::udp_flow_idle_timeout_secs`] as a duration.
     pub fn udp_flow_idle_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.udp_flow_idle_timeout_secs)
+    }
+
+    /// [`Self::quic_probe_interval_secs`] as a duration.
+    pub fn quic_probe_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.quic_probe_interval_secs)
     }
 
     /// [`Self::keep_alive_secs`] as a duration.
@@ -236,6 +245,7 @@ impl ClientFile {
         within(src, &limit("max_udp_flows"), l.max_udp_flows, ranges::MAX_STREAMS)?;
         within(src, &limit("udp_flow_idle_timeout_secs"), l.udp_flow_idle_timeout_secs, ranges::UDP_IDLE_SECS)?;
         within(src, &limit("keep_alive_secs"), l.keep_alive_secs, ranges::KEEP_ALIVE_SECS)?;
+        within(src, &limit("quic_probe_interval_secs"), l.quic_probe_interval_secs, ranges::PROBE_SECS)?;
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(self.services.len());

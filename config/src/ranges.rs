@@ -33,6 +33,8 @@ pub const MAX_STREAMS: RangeInclusive<u64> = 1..=1_000_000;
 pub const TIMEOUT_SECS: RangeInclusive<u64> = 1..=300;
 /// Idle time of a UDP flow, seconds.
 pub const UDP_IDLE_SECS: RangeInclusive<u64> = 1..=86_400;
+/// Seconds between QUIC probes of a client on the TCP transport.
+pub const PROBE_SECS: RangeInclusive<u64> = 1..=3_600;
 /// The drain grace period, seconds.
 pub const DRAIN_GRACE_SECS: RangeInclusive<u64> = 0..=3_600;
 /// The largest HTTP request head the vhost reads (hyper needs at least 8 KiB).

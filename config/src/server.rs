@@ -36,7 +36,8 @@ pub struct ServerFile {
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// TCP address of the TCP transport (TLS on TCP, for clients whose network blocks UDP):
-    /// `host:port`, or `off`. Unset: `bind`'s address and port, on TCP.
+    /// `host:port`, or `off`. Unset: `bind`'s address and port, on TCP (where `bind` asks for
+    /// any port, port 0, this takes any TCP port: read it from the log or `/status`).
     #[serde(default)]
     pub tcp_bind: Option<Spanned<String>>,
     /// Address the public TCP ports of services listen on.
@@ -256,7 +257,7 @@ impl ClientEntry {
 /// Where the TCP transport listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum TcpBind {
-    /// The QUIC endpoint's address and port, on TCP.
+    /// `bind`'s address and port, on TCP.
     SameAsQuic,
     /// This address.
     At(SocketAddr),
@@ -265,7 +266,7 @@ pub enum TcpBind {
 }
 
 impl TcpBind {
-    /// The address to bind, given where the QUIC endpoint is bound; `None` when off.
+    /// The address to bind, given `bind` (the QUIC endpoint's); `None` when off.
     pub fn addr(self, quic: SocketAddr) -> Option<SocketAddr> {
         match self {
             Self::SameAsQuic => Some(quic),

@@ -195,11 +195,10 @@ impl Server {
             ..TransportTuning::default()
         };
         let socket = transport::bind_udp(config.bind).map_err(bind_err(config.bind))?;
-        let quic_addr = socket.local_addr().map_err(bind_err(config.bind))?;
         let tcp_tls = crate::tcp_listener::tls_config(&identity)?;
         let endpoint =
             transport::endpoint(socket, Some(quic_server_config(identity, &tuning)?)).map_err(bind_err(config.bind))?;
-        let tcp_listener = match config.tcp_bind.addr(quic_addr) {
+        let tcp_listener = match config.tcp_bind.addr(config.bind) {
             Some(addr) => Some(bind_tcp(addr).map_err(bind_err(addr))?),
             None => None,
         };

@@ -151,7 +151,7 @@ impl Tunnels {
         }
     }
 
-    async fn run(&self, arrival: Arrival, slot: Slot) -> Result<(), TunnelError> {
+    async fn run(self: &Arc<Self>, arrival: Arrival, slot: Slot) -> Result<(), TunnelError> {
         let now = tokio::time::Instant::now();
         let (deadline, auth_deadline) = (now + self.limits.handshake_timeout(), now + self.limits.auth_timeout());
         // The handshake sees one config; registrations read the running one as they run.
@@ -162,9 +162,7 @@ impl Tunnels {
         Span::current().record("client", session.name.as_str());
         let _counted = self.metrics.tunnel();
         if let Some(old) = replaced {
-            info!("replacing the previous session of this client");
-            let reason = "replaced by a newer connection of this client";
-            self.registry.end(&self.sessions, &old, close_code::REPLACED, reason).await;
+            self.retire(old).await;
         }
         info!("client authenticated");
         let flows = session.tunnel.flows().clone().run(conn.clone(), self.limits.udp_flow_idle_timeout());
@@ -202,6 +200,23 @@ impl Tunnels {
         self.registry.end(&self.sessions, &session, code, &reason).await;
         drop(session.take_place());
         served
+    }
+
+    /// Retires `old`, the session this client's new tunnel replaces: its publications are
+    /// withdrawn at once (the new tunnel registers them again), and its connections in flight,
+    /// either way, get the drain grace on the old tunnel before it is closed. A client moving
+    /// from the TCP transport back to QUIC loses nothing in flight; one that lost its network
+    /// loses nothing more than before.
+    async fn retire(self: &Arc<Self>, old: Arc<Session>) {
+        info!("replacing the previous session of this client; its connections in flight get the drain grace");
+        self.registry.withdraw_all(&old).await;
+        let tunnels = self.clone();
+        let retiring = async move {
+            tunnels.drain(&old).await;
+            let reason = "replaced by a newer connection of this client";
+            tunnels.registry.end(&tunnels.sessions, &old, close_code::REPLACED, reason).await;
+        };
+        self.runtime.tracker.spawn(retiring.in_current_span());
     }
 
     /// Tunnels up now, and the connections through them either way (public connections to
@@ -290,8 +305,9 @@ impl Tunnels {
         debug!("no more streams from the client");
     }
 
-    /// The server is stopping (its public ports stopped with the shutdown): waits, up to the
-    /// grace period, until every connection through the tunnel, either way, has finished.
+    /// The server is stopping (its public ports stopped with the shutdown), or the session was
+    /// replaced: waits, up to the grace period, until every connection through the tunnel,
+    /// either way, has finished.
     async fn drain(&self, session: &Session) {
         let all = self.limits.max_streams_per_client;
         let finished = async {

@@ -202,6 +202,14 @@ impl Registry {
         entries.entry(session.id).or_default().insert(spec.name.clone(), publication);
     }
 
+    /// Withdraws every publication of `session` (waiting until their ports are closed) but
+    /// leaves its tunnel up, for the connections in flight through it: the first step of
+    /// retiring a replaced session.
+    pub async fn withdraw_all(&self, session: &Session) {
+        let entries = self.lock().remove(&session.id).unwrap_or_default();
+        withdraw(entries.into_iter().collect()).await;
+    }
+
     /// Ends `session`: closes its tunnel with `code` and `reason` (the client sees both),
     /// withdraws everything it published (its ports are closed when this returns), and takes it
     /// out of `sessions` unless a newer session of the client has replaced it.

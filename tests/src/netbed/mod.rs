@@ -26,7 +26,7 @@
 pub mod delay;
 mod runtime;
 
-pub use runtime::{InNetns, REQUIRE, public_server, skip, start_or_skip, two_homes_or_skip};
+pub use runtime::{InNetns, REQUIRE, public_server, public_server_with, skip, start_or_skip, two_homes_or_skip};
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
@@ -206,6 +206,17 @@ impl Netbed {
             n => rules += &format!("add rule inet wpshape forward numgen random mod 1000 < {n} drop\n"),
         }
         self.nats().try_for_each(|nat| self.nft(&nat, &rules))
+    }
+
+    /// Drops every UDP packet the (first) NAT would forward, either way (`true`), as a
+    /// network that lets only TCP out does; or stops dropping them (`false`).
+    pub fn block_udp(&self, blocked: bool) -> Result<()> {
+        let rules = if blocked {
+            "table inet wpblock {\n chain forward { type filter hook forward priority -20; meta l4proto udp drop; }\n}\n"
+        } else {
+            "delete table inet wpblock\n"
+        };
+        self.nft(&self.nat(), rules)
     }
 
     /// Limits each NAT's links to `mbit` Mbit/s each way (a token bucket on both interfaces,

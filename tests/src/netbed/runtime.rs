@@ -141,10 +141,20 @@ pub fn start_or_skip(mapping: Mapping) -> Result<Option<(Netbed, InNetns, InNetn
 /// A test server on the bed's public host (`public`, an [`InNetns`] of [`Netbed::public`]):
 /// its tunnel endpoint and public ports on [`PUBLIC`].
 pub async fn public_server(public: &InNetns) -> Result<crate::TestServer> {
+    public_server_with(public, |_| {}).await
+}
+
+/// [`public_server`], its config adjusted by `adjust` (after the bed's addresses are set).
+pub async fn public_server_with(
+    public: &InNetns,
+    adjust: impl FnOnce(&mut wmproxy_config::server::ServerFile) + Send + 'static,
+) -> Result<crate::TestServer> {
     public
         .run(crate::TestServer::start(|f| {
             f.bind = (PUBLIC, 0).into();
+            f.tcp_bind = Some(toml::Spanned::new(0..0, format!("{PUBLIC}:0")));
             f.public_bind = PUBLIC.into();
+            adjust(f);
         }))
         .await?
 }
