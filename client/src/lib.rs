@@ -50,6 +50,7 @@ mod proxy;
 mod quic_probe;
 mod roaming;
 mod status;
+mod tcp_proxy;
 mod tcp_transport;
 mod tunnel;
 

@@ -1,5 +1,5 @@
-//! Reaching the server over the TCP transport: a TCP connection to `tcp_server_addr`, TLS 1.3
-//! over it with the same trust as QUIC, then HTTP/2 with this end as the offerer (see
+//! Reaching the server over the TCP transport: a TCP connection to `tcp_server_addr` (directly,
+//! or through `proxy_url`: see `tcp_proxy`), TLS 1.3 over it with the same trust as QUIC, then HTTP/2 with this end as the offerer (see
 //! `wmproxy_tunnel::conn::tcp`). What follows (Hello, Register) is the QUIC path's.
 
 use std::sync::Arc;
@@ -23,13 +23,38 @@ pub async fn connect(
 ) -> Result<Conn, ClientError> {
     let addr = &config.tcp_server_addr;
     let failed = |source| ClientError::TcpConnect { addr: addr.clone(), source };
-    let tcp = TcpStream::connect(addr.as_str()).await.map_err(failed)?;
-    let remote = tcp.peer_addr().map_err(failed)?;
-    let _ = tcp.set_nodelay(true);
-    wmproxy_tunnel::accept::keepalive(&tcp);
+    match &config.tcp_proxy {
+        Some(proxy) => {
+            let stream = crate::tcp_proxy::connect(proxy, addr).await.map_err(failed)?;
+            // The server's address as far as this end knows it: the proxy's.
+            let remote = tokio::net::lookup_host(proxy.addr.as_str()).await.ok().and_then(|mut a| a.next());
+            let remote = remote.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            secure(stream, remote, (config, tls, tracker)).await
+        }
+        None => {
+            let tcp = TcpStream::connect(addr.as_str()).await.map_err(failed)?;
+            let remote = tcp.peer_addr().map_err(failed)?;
+            let _ = tcp.set_nodelay(true);
+            wmproxy_tunnel::accept::keepalive(&tcp);
+            secure(tcp, remote, (config, tls, tracker)).await
+        }
+    }
+}
+
+/// TLS over `io` (a connection to the server's TCP transport, direct or through a proxy), then
+/// the HTTP/2 layer.
+async fn secure<T>(
+    io: T,
+    remote: std::net::SocketAddr,
+    (config, tls, tracker): (&ClientConfig, &Arc<rustls::ClientConfig>, &TaskTracker),
+) -> Result<Conn, ClientError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |source| ClientError::TcpConnect { addr: config.tcp_server_addr.clone(), source };
     let name = rustls_pki_types::ServerName::try_from(config.server_name.clone())
         .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    let tls = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| {
+    let tls = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, io).await.map_err(|e| {
         // A certificate or protocol the client refuses: retrying will not help.
         match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             Some(refused) => ClientError::UntrustedTcp(refused.clone()),

@@ -33,6 +33,10 @@ pub struct ClientFile {
     /// number, on TCP).
     #[serde(default)]
     pub tcp_server_addr: Option<Spanned<String>>,
+    /// A proxy the TCP transport goes through: `http://[user:password@]host:port` (CONNECT)
+    /// or `socks5://…`. The binary falls back to `HTTPS_PROXY` (or `ALL_PROXY`) when unset.
+    #[serde(default, alias = "http_proxy")]
+    pub proxy_url: Option<Spanned<String>>,
     /// Name checked against the server's certificate (with `ca_file` or `system_roots`);
     /// defaults to the host of `server_addr`.
     #[serde(default)]
@@ -170,6 +174,8 @@ pub struct ClientConfig {
     pub transport: Transport,
     /// `host:port` of the server's TCP transport.
     pub tcp_server_addr: String,
+    /// The proxy the TCP transport goes through, if any.
+    pub tcp_proxy: Option<crate::tcp_proxy::TcpProxy>,
     /// TLS server name.
     pub server_name: String,
     /// How the server is trusted.
@@ -209,6 +215,16 @@ impl ClientFile {
                 addr.into_inner()
             }
             None => server_addr.clone(),
+        };
+        let tcp_proxy = match self.proxy_url {
+            Some(url) => {
+                let at = url.span().start;
+                Some(
+                    crate::tcp_proxy::TcpProxy::parse(url.get_ref())
+                        .map_err(|m| invalid(src, "proxy_url", Some(at), &m))?,
+                )
+            }
+            None => None,
         };
 
         let trust = match (self.server_fingerprint, self.ca_file, self.system_roots) {
@@ -284,6 +300,7 @@ impl ClientFile {
             server_addr,
             transport: self.transport,
             tcp_server_addr,
+            tcp_proxy,
             trust,
             name,
             token: self.token,

@@ -48,6 +48,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 mod tagged;
+pub mod tcp_proxy;
 pub mod vhost;
 mod wire;
 

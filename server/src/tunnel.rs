@@ -160,7 +160,7 @@ impl Tunnels {
         let Authenticated { conn, session, replaced, control: (mut send, mut recv) } =
             handshake.map_err(TunnelError::from).and_then(|r| r).inspect_err(|e| e.count(&self.metrics))?;
         Span::current().record("client", session.name.as_str());
-        let _counted = self.metrics.tunnel();
+        let _counted = self.metrics.tunnel(conn.kind().as_str());
         if let Some(old) = replaced {
             self.retire(old).await;
         }

@@ -198,6 +198,7 @@ impl TestServer {
             // TCP transport set their own.
             transport: wmproxy_config::Transport::Quic,
             tcp_server_addr: self.tcp_addr.to_string(),
+            tcp_proxy: None,
             server_name: "wmproxy".into(),
             trust: ServerTrust::Fingerprint(self.fingerprint.0),
             name: self::name(name),

@@ -56,6 +56,17 @@ async fn a_client_on_the_tcp_transport_serves_tcp_udp_vhost_and_its_socks5_proxy
     let (_, status) = server.control("GET", "/status", "").await?;
     let status: serde_json::Value = serde_json::from_str(&status)?;
     ensure!(status["clients"][0]["transport"] == "tcp", "status: {status}");
+    let (_, metrics) = server.control("GET", "/metrics", "").await?;
+    let metrics = wmproxy_tests::metrics::parse(&metrics)?;
+    let on = |transport| {
+        wmproxy_tests::metrics::sample(&metrics, "wmproxy_tunnels_by_transport", &[("transport", transport)])
+    };
+    ensure!(
+        on("tcp") == Some(1.0) && on("quic").unwrap_or(0.0) == 0.0,
+        "tunnels by transport: {:?} {:?}",
+        on("tcp"),
+        on("quic")
+    );
 
     // A TCP service, 64 MiB each way.
     let port = client.port_of("echo").await?;

@@ -9,6 +9,7 @@ use hyper::Method;
 use tokio_util::sync::CancellationToken;
 use wmproxy_client::Client;
 use wmproxy_config::client::{parse_fingerprint, split_host_port};
+use wmproxy_config::tcp_proxy::TcpProxy;
 use wmproxy_config::{ClientConfig, ClientLimits, Exposure, Name, Publish, Secret, ServerTrust, Service, Target};
 use wmproxy_ops::cli;
 
@@ -122,7 +123,11 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
                  the variable with token = {{ env = \"WMPROXY_TOKEN\" }}"
             );
         }
-        return Ok(wmproxy_config::load_client(path)?);
+        let mut config = wmproxy_config::load_client(path)?;
+        if config.tcp_proxy.is_none() {
+            config.tcp_proxy = proxy_from_env()?;
+        }
+        return Ok(config);
     }
     let q = &cli.quick;
     let (Some(server), Some(fingerprint), Some(token), Some(local), Some(remote_port)) =
@@ -154,6 +159,7 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         server_addr: server.clone(),
         transport: wmproxy_config::Transport::Auto,
         tcp_server_addr: server.clone(),
+        tcp_proxy: proxy_from_env()?,
         server_name: "wmproxy".into(),
         trust: ServerTrust::Fingerprint(fingerprint),
         name,
@@ -166,6 +172,17 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         limits: ClientLimits::default(),
         control: None,
     })
+}
+
+/// The proxy of the TCP transport from the environment, as curl reads it: `HTTPS_PROXY` (or
+/// `https_proxy`), else `ALL_PROXY` (or `all_proxy`). `proxy_url` in the config wins.
+fn proxy_from_env() -> Result<Option<TcpProxy>> {
+    for var in ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        if let Some(url) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            return Ok(Some(TcpProxy::parse(&url).map_err(anyhow::Error::msg).context(var)?));
+        }
+    }
+    Ok(None)
 }
 
 /// This machine's name, reduced to the characters a client name allows.

@@ -42,6 +42,11 @@ struct GroupBackendLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SideLabels {
     side: &'static str,
 }
@@ -137,6 +142,8 @@ pub(crate) struct Metrics {
     registry: Registry,
     pub tunnels_accepted: Counter,
     pub tunnels_active: Gauge,
+    /// Tunnels open now, by the transport that carries them.
+    tunnels_by_transport: Family<TransportLabels, Gauge>,
     pub handshakes_failed: Counter,
     pub auth_failures: Counter,
     /// Connections and bytes per published service.
@@ -162,6 +169,7 @@ impl Default for Metrics {
             registry: Registry::default(),
             tunnels_accepted: Counter::default(),
             tunnels_active: Gauge::default(),
+            tunnels_by_transport: Family::default(),
             handshakes_failed: Counter::default(),
             auth_failures: Counter::default(),
             services: Arc::default(),
@@ -185,6 +193,11 @@ impl Default for Metrics {
             m.tunnels_accepted.clone(),
         );
         registry.register("tunnels_active", "Tunnels open now", m.tunnels_active.clone());
+        registry.register(
+            "tunnels_by_transport",
+            "Tunnels open now, by transport: quic, or tcp (TLS on TCP, where UDP is blocked)",
+            m.tunnels_by_transport.clone(),
+        );
         registry.register(
             "handshakes_failed",
             "Tunnel handshakes that failed or timed out (not auth)",
@@ -236,20 +249,22 @@ pub(crate) struct StreamGuard {
 
 /// Counts one authenticated tunnel as active until dropped.
 #[derive(Debug)]
-pub(crate) struct TunnelGuard<'a>(&'a Metrics);
+pub(crate) struct TunnelGuard<'a>(&'a Metrics, &'static str);
 
 impl Drop for TunnelGuard<'_> {
     fn drop(&mut self) {
         self.0.tunnels_active.dec();
+        self.0.tunnels_by_transport.get_or_create(&TransportLabels { transport: self.1 }).dec();
     }
 }
 
 impl Metrics {
-    /// Counts a tunnel that authenticated, active until the guard drops.
-    pub fn tunnel(&self) -> TunnelGuard<'_> {
+    /// Counts a tunnel on `transport` that authenticated, active until the guard drops.
+    pub fn tunnel(&self, transport: &'static str) -> TunnelGuard<'_> {
         self.tunnels_accepted.inc();
         self.tunnels_active.inc();
-        TunnelGuard(self)
+        self.tunnels_by_transport.get_or_create(&TransportLabels { transport }).inc();
+        TunnelGuard(self, transport)
     }
 
     /// Starts counting a public connection to `service` of `client`.

@@ -20,10 +20,13 @@
 //! - It needs root, `ip` and `tc` (iproute2), `nft` (nftables), `conntrack` and
 //!   `/dev/net/tun`; [`skip`] says what is missing, so that a test can skip with that message
 //!   rather than pass silently, and fails instead where [`REQUIRE`] is set (CI).
+//! - [`http_proxy::HttpProxy`] runs a real HTTP proxy (tinyproxy, from Debian) in one of the
+//!   namespaces, for the TCP transport through a corporate proxy.
 //! - [`InNetns`] (in `runtime.rs`) is a runtime inside one of the namespaces, which runs a real
 //!   server, client, backend or user there in-process.
 
 pub mod delay;
+pub mod http_proxy;
 mod runtime;
 
 pub use runtime::{InNetns, REQUIRE, public_server, public_server_with, skip, start_or_skip, two_homes_or_skip};
@@ -217,6 +220,20 @@ impl Netbed {
             "delete table inet wpblock\n"
         };
         self.nft(&self.nat(), rules)
+    }
+
+    /// A network that lets only TCP to port 443 out, and only through a proxy: the (first) NAT
+    /// forwards nothing from home but TCP to port 443, and on the home host only processes
+    /// that are not root's (the proxy drops to `nobody`) may send to the public side.
+    pub fn only_tcp_443_through_a_proxy(&self) -> Result<()> {
+        let nat = "table inet wponly {\n chain forward { type filter hook forward priority -20; \
+                   iifname \"lan0\" tcp dport 443 accept; iifname \"lan0\" drop; }\n}\n";
+        self.nft(&self.nat(), nat)?;
+        let home = format!(
+            "table inet wponly {{\n chain out {{ type filter hook output priority 0; \
+             ip daddr {PUBLIC}/24 meta skuid 0 drop; }}\n}}\n"
+        );
+        self.nft(&self.home(), &home)
     }
 
     /// Limits each NAT's links to `mbit` Mbit/s each way (a token bucket on both interfaces,
