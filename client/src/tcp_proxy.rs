@@ -40,13 +40,16 @@ async fn http_connect(tcp: TcpStream, proxy: &TcpProxy, target: &str) -> io::Res
         request = request.header(hyper::header::PROXY_AUTHORIZATION, format!("Basic {basic}"));
     }
     let request = request.body(Empty::<Bytes>::new()).map_err(|e| failed("request", &e))?;
-    // The connection is driven until the upgrade hands its socket over.
+    // The connection is driven until the upgrade hands its socket over; it completes then (and
+    // must not be polled again).
     let mut conn = std::pin::pin!(conn.with_upgrades());
+    let mut handed_over = false;
     let mut answered = std::pin::pin!(sender.send_request(request));
     let response = tokio::select! {
         response = &mut answered => response,
         ended = &mut conn => {
             ended.map_err(|e| failed("connection", &e))?;
+            handed_over = true;
             answered.await
         }
     }
@@ -57,11 +60,17 @@ async fn http_connect(tcp: TcpStream, proxy: &TcpProxy, target: &str) -> io::Res
             format!("HTTP proxy {} refused CONNECT {target}: {}", proxy.addr, response.status()),
         ));
     }
-    let upgrading = hyper::upgrade::on(response);
-    let upgraded = tokio::select! {
-        upgraded = upgrading => upgraded,
-        // `conn` resolves once it has handed the socket to the upgrade.
-        _ = &mut conn => std::future::pending().await,
+    let mut upgrading = std::pin::pin!(hyper::upgrade::on(response));
+    let upgraded = if handed_over {
+        upgrading.await
+    } else {
+        tokio::select! {
+            upgraded = &mut upgrading => upgraded,
+            ended = &mut conn => {
+                ended.map_err(|e| failed("connection", &e))?;
+                upgrading.await
+            }
+        }
     };
     let upgraded = upgraded.map_err(|e| failed("upgrade", &e))?;
     Ok(Box::pin(TokioIo::new(upgraded)))
