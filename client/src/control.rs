@@ -40,6 +40,9 @@ struct Status {
     state: &'static str,
     /// Why the last attempt or tunnel failed, while connecting.
     last_error: Option<String>,
+    /// While connected: `quic`, or `tcp` (TLS over TCP, where UDP is blocked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transport: Option<&'static str>,
     services: Vec<ServiceStatus>,
     /// Each forward and proxy: where it listens, what it carried and refused.
     listeners: Vec<ListenerSnapshot>,
@@ -76,10 +79,12 @@ impl ControlApi for ClientControl {
 
 impl ClientControl {
     fn status(&self) -> Status {
+        let mut transport = None;
         let (state, last_error, services) = match &*self.status.borrow() {
             ClientStatus::Connecting { last_error, .. } => ("connecting", last_error.clone(), Vec::new()),
             ClientStatus::Stopped { error } => ("stopped", error.clone(), Vec::new()),
-            ClientStatus::Connected { services } => {
+            ClientStatus::Connected { services, transport: carried_by } => {
+                transport = Some(*carried_by);
                 let running = self.reloader.running();
                 let http = |name: &wmproxy_wire::Name| {
                     let service = running.services.iter().find(|s| s.name == *name)?;
@@ -89,7 +94,7 @@ impl ClientControl {
                 ("connected", None, services)
             }
         };
-        Status { state, last_error, services, listeners: self.listeners() }
+        Status { state, last_error, transport, services, listeners: self.listeners() }
     }
 
     fn listeners(&self) -> Vec<ListenerSnapshot> {

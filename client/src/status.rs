@@ -16,6 +16,8 @@ pub enum ClientStatus {
     Connected {
         /// Per-service registration results.
         services: Vec<ServiceResult>,
+        /// What carries the tunnel: `quic`, or `tcp` (TLS over TCP, where UDP is blocked).
+        transport: &'static str,
     },
     /// `run` has returned; `error` is why, if it was not a requested shutdown.
     Stopped {
@@ -27,7 +29,7 @@ pub enum ClientStatus {
 impl ClientStatus {
     /// The public port of `service`, when connected and published.
     pub fn port_of(&self, service: &str) -> Option<u16> {
-        let Self::Connected { services } = self else {
+        let Self::Connected { services, .. } = self else {
             return None;
         };
         services.iter().find(|s| s.name == service).and_then(|s| match s.outcome {

@@ -108,7 +108,7 @@ impl TunnelSetup {
         self.installer.send_replace(Some(tunnel.clone()));
         // Connected is announced only once forwards and proxies can use the tunnel: a caller
         // that waits for it may send through them at once.
-        self.status.send_replace(ClientStatus::Connected { services: results });
+        self.status.send_replace(ClientStatus::Connected { services: results, transport: conn.kind().as_str() });
         // Health reports and later registrations share the control stream; `requests` lives as
         // long as the tunnel, so the stream stays open until the tunnel ends.
         let (requests, queued) = mpsc::channel(health::REPORT_QUEUE);
@@ -300,7 +300,13 @@ async fn follow_reloads(
                         return TunnelError::UnexpectedReply;
                     };
                     log_results(&results);
-                    status.send_replace(ClientStatus::Connected { services: results });
+                    status.send_modify(|now| {
+                        let transport = match now {
+                            ClientStatus::Connected { transport, .. } => *transport,
+                            _ => "quic",
+                        };
+                        *now = ClientStatus::Connected { services: results, transport };
+                    });
                     checks.sync(&wanted);
                 }
                 Ok(ControlReply::Withdrawn { results }) => withdrawn(status, results),
@@ -318,7 +324,7 @@ fn withdrawn(status: &watch::Sender<ClientStatus>, results: Vec<ServiceResult>) 
         warn!(service = %r.name, reason = %r.outcome, "the server withdrew this service (its config changed)");
     }
     status.send_modify(|now| {
-        if let ClientStatus::Connected { services } = now {
+        if let ClientStatus::Connected { services, .. } = now {
             for r in results {
                 if let Some(service) = services.iter_mut().find(|s| s.name == r.name) {
                     service.outcome = r.outcome;

@@ -20,6 +20,10 @@ pub const MASKED: &str = "MASKED";
 pub fn fill_secrets(value: &mut Value, secret: &str) {
     match value {
         Value::String(s) if s == MASKED => secret.clone_into(s),
+        // A proxy URL's password.
+        Value::String(s) if s.contains(&format!(":{MASKED}@")) => {
+            *s = s.replace(&format!(":{MASKED}@"), &format!(":{secret}@"))
+        }
         Value::Array(items) => items.iter_mut().for_each(|v| fill_secrets(v, secret)),
         Value::Table(t) => t.iter_mut().for_each(|(_, v)| fill_secrets(v, secret)),
         _ => {}
@@ -48,6 +52,11 @@ impl ServerConfig {
     pub fn to_file(&self) -> Table {
         let mut t = Table::new();
         put(&mut t, "bind", &self.bind);
+        match self.tcp_bind {
+            crate::server::TcpBind::SameAsQuic => {}
+            crate::server::TcpBind::At(addr) => put(&mut t, "tcp_bind", &addr),
+            crate::server::TcpBind::Off => put(&mut t, "tcp_bind", "off"),
+        }
         put(&mut t, "state_dir", &self.state_dir);
         put(&mut t, "public_bind", &self.public_bind);
         if let Some(shared) = &self.shared {
@@ -87,6 +96,11 @@ impl ClientConfig {
     pub fn to_file(&self) -> Table {
         let mut t = Table::new();
         put(&mut t, "server_addr", &self.server_addr);
+        put(&mut t, "transport", &self.transport);
+        put(&mut t, "tcp_server_addr", &self.tcp_server_addr);
+        if let Some(proxy) = &self.tcp_proxy {
+            put(&mut t, "proxy_url", &proxy.to_url_masked());
+        }
         put(&mut t, "server_name", &self.server_name);
         match &self.trust {
             ServerTrust::Fingerprint(sha) => {

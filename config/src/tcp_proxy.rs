@@ -60,6 +60,30 @@ impl TcpProxy {
     }
 }
 
+impl TcpProxy {
+    /// The URL, its password written as [`crate::now::MASKED`] (what `GET /now` shows).
+    pub fn to_url_masked(&self) -> String {
+        let scheme = match self.kind {
+            TcpProxyKind::Http => "http",
+            TcpProxyKind::Socks5 => "socks5",
+        };
+        match &self.credentials {
+            Some((user, _)) => format!("{scheme}://{}:{}@{}", escape(user), crate::now::MASKED, self.addr),
+            None => format!("{scheme}://{}", self.addr),
+        }
+    }
+}
+
+/// `text` with the characters a URL's user part cannot hold %-escaped.
+fn escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b':' | b'@' | b'%' | b'/' => format!("%{b:02X}"),
+            _ => char::from(b).to_string(),
+        })
+        .collect()
+}
+
 /// `url` with the password hidden, for messages.
 fn mask(url: &str) -> String {
     match (url.split_once("://"), url.rsplit_once('@')) {
@@ -99,6 +123,15 @@ mod tests {
         let p = TcpProxy::parse("socks5://[::1]").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((p.kind, p.addr.as_str(), p.credentials), (TcpProxyKind::Socks5, "[::1]:1080", None));
         assert_eq!(TcpProxy::parse("http://10.0.0.1:8080/").map(|p| p.addr), Ok("10.0.0.1:8080".to_owned()));
+    }
+
+    #[test]
+    fn the_masked_url_reads_back_with_its_secret_filled_in() {
+        let p = TcpProxy::parse("socks5://a%3Ab:pw@h:1").unwrap_or_else(|e| panic!("{e}"));
+        let mut url = toml::Value::String(p.to_url_masked());
+        assert_eq!(url.as_str(), Some("socks5://a%3Ab:MASKED@h:1"));
+        crate::now::fill_secrets(&mut url, "pw");
+        assert_eq!(TcpProxy::parse(url.as_str().unwrap_or_default()), Ok(p));
     }
 
     #[test]

@@ -32,7 +32,7 @@ async fn members(server: &TestServer, name: &str, services: Vec<wmproxy_config::
     config.services = services;
     let mut client = TestClient::start(config).await?;
     let status = client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
-    let ClientStatus::Connected { services } = status else { unreachable!() };
+    let ClientStatus::Connected { services, .. } = status else { unreachable!() };
     for s in services {
         ensure!(matches!(s.outcome, RegisterOutcome::Joined { .. }), "{} not joined: {}", s.name, s.outcome);
     }
@@ -286,7 +286,7 @@ async fn a_wrong_group_key_is_refused_while_the_other_services_register() -> Res
     ];
     let mut client = TestClient::start(config).await?;
     let status = client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
-    let ClientStatus::Connected { services } = &status else { unreachable!() };
+    let ClientStatus::Connected { services, .. } = &status else { unreachable!() };
     let outcome = |name: &str| services.iter().find(|s| s.name == name).map(|s| s.outcome.clone());
     assert_eq!(outcome("ok"), Some(RegisterOutcome::Joined { port: public.port() }));
     assert_eq!(outcome("wrong"), Some(RegisterOutcome::WrongGroupKey));

@@ -21,7 +21,7 @@ async fn refused_ports_are_reported_and_other_services_work() -> Result<()> {
     config.services.push(tcp_service("echo", echo, 0));
     let mut client = TestClient::start(config).await?;
     let status = client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
-    let ClientStatus::Connected { services } = &status else { unreachable!() };
+    let ClientStatus::Connected { services, .. } = &status else { unreachable!() };
 
     assert_eq!(services[0].name, "privileged");
     // The refusal tells this client what it may publish (issue 19, item 11).
@@ -51,7 +51,7 @@ async fn udp_ports_follow_the_same_allowance_and_report_clashes() -> Result<()> 
     config.services.push(udp::service("beside-tcp", echo, tcp_only.local_addr()?.port()));
     let mut client = TestClient::start(config).await?;
     let status = client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
-    let ClientStatus::Connected { services } = &status else { unreachable!() };
+    let ClientStatus::Connected { services, .. } = &status else { unreachable!() };
     assert_eq!(services[0].outcome, RegisterOutcome::PortNotAllowed { allowed: "1024-65535".into() });
     assert_eq!(services[1].outcome, RegisterOutcome::PortInUse);
     let port = status.port_of("beside-tcp").expect("published beside a TCP listener");

@@ -53,7 +53,7 @@ async fn a_session_that_ends_withdraws_its_port_its_host_names_and_its_place_in_
     config.services = vec![app("site", second_site)];
     let mut second = TestClient::start(config).await?;
     let status = second.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
-    let ClientStatus::Connected { services } = status else { anyhow::bail!("not connected") };
+    let ClientStatus::Connected { services, .. } = status else { anyhow::bail!("not connected") };
     ensure!(services[0].outcome == RegisterOutcome::HostTaken("app.example.com".into()), "{services:?}");
     second.stop().await?;
 

@@ -52,7 +52,8 @@ async fn a_client_on_the_tcp_transport_serves_tcp_udp_vhost_and_its_socks5_proxy
     let mut client = TestClient::start(config).await?;
     client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
 
-    // The server sees the tunnel on the TCP transport.
+    // Both ends see the tunnel on the TCP transport.
+    ensure!(matches!(*client.status.borrow(), ClientStatus::Connected { transport: "tcp", .. }), "client status");
     let (_, status) = server.control("GET", "/status", "").await?;
     let status: serde_json::Value = serde_json::from_str(&status)?;
     ensure!(status["clients"][0]["transport"] == "tcp", "status: {status}");

@@ -105,7 +105,7 @@ async fn bad_requests_and_a_domain_outside_the_allowance() -> Result<()> {
         vec![http_service("a", a, &["a.example.com"], &[]), http_service("stolen", a, &["bank.example.org"], &[])];
     let (_s, client, vhost) = setup(services).await?;
     let status = client.status.borrow().clone();
-    let ClientStatus::Connected { services } = status else { unreachable!() };
+    let ClientStatus::Connected { services, .. } = status else { unreachable!() };
     assert_eq!(services[1].outcome, RegisterOutcome::DomainNotAllowed("bank.example.org".into()));
 
     let status_of = |request: Vec<u8>| async move {
@@ -391,7 +391,7 @@ async fn a_host_served_by_a_group_spreads_requests_and_answers_503_or_502_withou
     ];
     let mut client = TestClient::start(config).await?;
     let status = client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
-    let ClientStatus::Connected { services } = status else { unreachable!() };
+    let ClientStatus::Connected { services, .. } = status else { unreachable!() };
     for s in &services {
         ensure!(s.outcome == RegisterOutcome::Joined { port: vhost.port() }, "{}: {}", s.name, s.outcome);
     }

@@ -57,7 +57,7 @@ async fn reload(server: &TestServer) -> Result<Value> {
 }
 
 fn outcome_of(status: &ClientStatus, service: &str) -> Option<RegisterOutcome> {
-    let ClientStatus::Connected { services } = status else { return None };
+    let ClientStatus::Connected { services, .. } = status else { return None };
     services.iter().find(|s| s.name == service).map(|s| s.outcome.clone())
 }
 
