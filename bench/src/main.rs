@@ -102,6 +102,9 @@ struct Cli {
     /// `--netbed`: small exchanges per head-of-line run.
     #[arg(long, default_value_t = 100)]
     exchanges: usize,
+    /// `--netbed`: a tunnel on the TCP transport too (TLS over TCP), beside the QUIC ones.
+    #[arg(long)]
+    tcp_transport: bool,
     /// `--only held`: connections held at once. At most what a process may open (the server
     /// and the client each hold one socket per connection).
     #[arg(long, default_value_t = 19_900)]
@@ -147,6 +150,7 @@ async fn run(cli: Cli) -> Result<()> {
             controllers: cli.controllers.clone(),
             hol: (cli.hol_rtt, cli.hol_loss),
             exchanges: cli.exchanges,
+            tcp_transport: cli.tcp_transport,
         };
         return netbed::run(&settings).await;
     }

@@ -10,6 +10,8 @@
 //! - Head of line: small exchanges' p50/p99 on one connection while bulk runs on another:
 //!   direct (two TCP connections), the multiplexed-TCP reference ([`crate::mux`], one TCP
 //!   connection) and the tunnel (two QUIC streams), with each controller.
+//! - With `--tcp-transport`, a tunnel on the TCP transport beside them (TLS over TCP, HTTP/2
+//!   streams; the host's congestion controller).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -41,11 +43,14 @@ pub struct Settings {
     pub hol: (u64, f64),
     /// Small exchanges per head-of-line run.
     pub exchanges: usize,
+    /// Also a tunnel on the TCP transport (TLS over TCP; the host's congestion controller).
+    pub tcp_transport: bool,
 }
 
-/// One tunnel (server + client) with one congestion controller, and its forwards.
+/// One tunnel (server + client) with one congestion controller (or on the TCP transport:
+/// `congestion` is then `None`), and its forwards.
 struct Tunnel {
-    congestion: Congestion,
+    congestion: Option<Congestion>,
     server: TestServer,
     client: TestClient,
     sink: SocketAddr,
@@ -105,9 +110,10 @@ impl Ends<'_> {
     /// A tunnel for each controller, started on the path as it is now: a connection's model
     /// of its path starts with the connection (a BBR-style controller keeps its minimum RTT
     /// for 10 s, so a tunnel opened at 0 ms and then moved to 150 ms says little).
-    async fn tunnels(&self, controllers: &[Congestion]) -> Result<Vec<Tunnel>> {
+    async fn tunnels(&self, settings: &Settings) -> Result<Vec<Tunnel>> {
         let mut tunnels = Vec::new();
-        for &congestion in controllers {
+        let quic = settings.controllers.iter().map(|&c| Some(c));
+        for congestion in quic.chain(settings.tcp_transport.then_some(None)) {
             tunnels.push(tunnel(self.public, self.home, congestion, self.sink, self.echo).await?);
         }
         Ok(tunnels)
@@ -124,24 +130,28 @@ async fn stop(tunnels: Vec<Tunnel>) -> Result<()> {
 }
 
 /// A server on the public host and a client on the home host, both sending with
-/// `congestion`; the client forwards to `sink` and `echo`.
+/// `congestion` (`None`: on the TCP transport); the client forwards to `sink` and `echo`.
 async fn tunnel(
     public: &InNetns,
     home: &InNetns,
-    congestion: Congestion,
+    congestion: Option<Congestion>,
     sink: SocketAddr,
     echo: SocketAddr,
 ) -> Result<Tunnel> {
     let server = public
         .run(TestServer::start(move |f| {
             f.bind = (PUBLIC, 0).into();
+            f.tcp_bind = Some(toml::Spanned::new(0..0, format!("{PUBLIC}:0")));
             f.public_bind = PUBLIC.into();
             f.egress.allow = vec![ipnet::IpNet::from(std::net::IpAddr::from(PUBLIC))];
-            f.limits.congestion = congestion;
+            f.limits.congestion = congestion.unwrap_or_default();
         }))
         .await??;
-    let mut config = server.client_config(&format!("{congestion:?}").to_lowercase());
-    config.limits.congestion = congestion;
+    let mut config = server.client_config(&label(congestion).replace('/', "-"));
+    match congestion {
+        Some(congestion) => config.limits.congestion = congestion,
+        None => config.transport = wmproxy_config::Transport::Tcp,
+    }
     config.forwards.push(forward_to(sink));
     config.forwards.push(forward_to(echo));
     let mut client = home.run(TestClient::start(config)).await??;
@@ -156,8 +166,9 @@ async fn grid(bed: &Netbed, ends: &Ends<'_>, settings: &Settings, host: &str) ->
         settings.rate_mbit, settings.secs
     );
     let mut head = format!("RTT ms | loss % | direct ({host:>5})");
-    for &congestion in &settings.controllers {
-        head += &format!(" | tunnel {:<9}       ", name(congestion));
+    let quic = settings.controllers.iter().map(|&c| Some(c));
+    for congestion in quic.chain(settings.tcp_transport.then_some(None)) {
+        head += &format!(" | tunnel {:<9}       ", label(congestion));
     }
     println!("{head}");
     let (home, sink) = (ends.home, ends.sink);
@@ -165,7 +176,7 @@ async fn grid(bed: &Netbed, ends: &Ends<'_>, settings: &Settings, host: &str) ->
     for &rtt in &settings.rtts {
         bed.set_delay(Duration::from_millis(rtt))?;
         bed.set_loss(0)?;
-        let tunnels = ends.tunnels(&settings.controllers).await?;
+        let tunnels = ends.tunnels(settings).await?;
         for &loss in &settings.losses {
             bed.set_loss(per_mille(loss))?;
             let direct = home.run(bulk_for(sink, time)).await??;
@@ -182,8 +193,9 @@ async fn grid(bed: &Netbed, ends: &Ends<'_>, settings: &Settings, host: &str) ->
     bed.set_loss(0)
 }
 
-/// A controller's config name.
-fn name(congestion: Congestion) -> String {
+/// A controller's config name, or `tls/tcp` for the TCP transport.
+fn label(congestion: Option<Congestion>) -> String {
+    let Some(congestion) = congestion else { return "tls/tcp".to_owned() };
     toml::Value::try_from(congestion).map(|v| v.as_str().unwrap_or_default().to_owned()).unwrap_or_default()
 }
 
@@ -197,7 +209,7 @@ async fn head_of_line(
     let (rtt, loss) = settings.hol;
     bed.set_delay(Duration::from_millis(rtt))?;
     bed.set_loss(0)?;
-    let tunnels = ends.tunnels(&settings.controllers).await?;
+    let tunnels = ends.tunnels(settings).await?;
     bed.set_loss(per_mille(loss))?;
     let (home, sink, echo) = (ends.home, ends.sink, ends.echo);
     println!(
@@ -212,7 +224,10 @@ async fn head_of_line(
     show(&format!("direct, two TCP connections ({host})"), home.run(beside_bulk(sink, echo, n)).await??);
     show(&format!("multiplexed, one TCP connection ({host})"), home.run(muxed(reference, n)).await??);
     for t in &tunnels {
-        let label = format!("tunnel, two QUIC streams ({})", name(t.congestion));
+        let label = match t.congestion {
+            Some(_) => format!("tunnel, two QUIC streams ({})", label(t.congestion)),
+            None => format!("tunnel, two HTTP/2 streams over TLS/TCP ({host})"),
+        };
         show(&label, home.run(beside_bulk(t.sink, t.echo, n)).await??);
     }
     bed.set_loss(0)?;

@@ -1,10 +1,11 @@
-//! The runtime both wmproxy ends share: everything between a QUIC connection and a user's
+//! The runtime both wmproxy ends share: everything between a tunnel's connection and a user's
 //! socket. The wire format itself is [`wmproxy_wire`] (sans-IO); this crate puts it on tokio and
 //! quinn.
 //!
 //! # Layout
 //! - [`conn`]: [`conn::Conn`], a tunnel's connection and its streams whichever transport
-//!   carries them (QUIC today); nothing above it names the transport.
+//!   carries them: QUIC, or the TCP transport ([`conn::tcp`]: TLS over TCP, HTTP/2 streams);
+//!   nothing above it names the transport.
 //! - [`tunnel`]: [`Tunnel`], the handle to one live tunnel (its connection, permits for the
 //!   streams and UDP flows this end opens, its flow table), shared by everything that sends
 //!   through it.
