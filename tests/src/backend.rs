@@ -155,6 +155,29 @@ pub async fn assert_echo(addr: SocketAddr, len: usize, seed: u64) -> Result<()> 
     Ok(())
 }
 
+/// Sends `len` bytes of [`pattern`] `seed` through `stream` (an echo at its far end) while
+/// reading them back, half-closes, and checks that all came back intact (by [`checksum`], so
+/// that 64 MiB are not compared byte by byte).
+pub async fn bulk_echo(stream: TcpStream, len: usize, seed: u64) -> Result<()> {
+    let data = pattern(len, seed);
+    let expected = checksum(&data);
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let mut back = Vec::with_capacity(len);
+    r.read_to_end(&mut back).await?;
+    writer.await??;
+    anyhow::ensure!(
+        back.len() == len && checksum(&back) == expected,
+        "{} of {len} bytes came back, changed",
+        back.len()
+    );
+    Ok(())
+}
+
 /// A backend that writes `len` bytes of [`pattern`] (seed 3) to each connection, then holds it
 /// open, reading and dropping whatever comes, until the other side closes.
 pub async fn sends_then_holds(len: usize) -> Result<SocketAddr> {

@@ -1,9 +1,8 @@
 //! TCP through the tunnel: bulk data both ways, many concurrent connections, half-close.
 
 use anyhow::Result;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wmproxy_tests::backend::{self, checksum, pattern};
+use wmproxy_tests::backend::{self, pattern};
 use wmproxy_tests::{TestClient, TestServer, echo_client, init_tracing, tcp_service};
 
 const BULK: usize = 64 * 1024 * 1024;
@@ -14,20 +13,7 @@ async fn bulk_64_mib_each_way_is_intact() -> Result<()> {
     let server = TestServer::start(|_| {}).await?;
     let (_client, public) = echo_client(&server, "home").await?;
 
-    let data = pattern(BULK, 42);
-    let expected = checksum(&data);
-    let stream = TcpStream::connect(public).await?;
-    let (mut r, mut w) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        w.write_all(&data).await?;
-        w.shutdown().await?;
-        anyhow::Ok(())
-    });
-    let mut back = Vec::with_capacity(BULK);
-    r.read_to_end(&mut back).await?;
-    writer.await??;
-    assert_eq!(back.len(), BULK);
-    assert_eq!(checksum(&back), expected);
+    backend::bulk_echo(TcpStream::connect(public).await?, BULK, 42).await?;
     Ok(())
 }
 

@@ -9,28 +9,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wmproxy_client::ClientStatus;
 use wmproxy_config::{HttpRoute, ProxyType, Transport};
-use wmproxy_tests::backend::{self, checksum, pattern};
+use wmproxy_tests::backend::{self, pattern};
 use wmproxy_tests::proxy::{connect_request, curl, http_tagged, proxy};
 use wmproxy_tests::{TestClient, TestServer, http_service, init_tracing, tcp_service, udp};
 
 const BULK: usize = 64 * 1024 * 1024;
-
-/// Sends `BULK` bytes through `stream` while reading them back; both checksummed.
-async fn bulk_echo(stream: TcpStream, seed: u64) -> Result<()> {
-    let data = pattern(BULK, seed);
-    let expected = checksum(&data);
-    let (mut r, mut w) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        w.write_all(&data).await?;
-        w.shutdown().await?;
-        anyhow::Ok(())
-    });
-    let mut back = Vec::with_capacity(BULK);
-    r.read_to_end(&mut back).await?;
-    writer.await??;
-    ensure!(back.len() == BULK && checksum(&back) == expected, "{} bytes came back changed", back.len());
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_on_the_tcp_transport_serves_tcp_udp_vhost_and_its_socks5_proxy() -> Result<()> {
@@ -71,7 +54,7 @@ async fn a_client_on_the_tcp_transport_serves_tcp_udp_vhost_and_its_socks5_proxy
 
     // A TCP service, 64 MiB each way.
     let port = client.port_of("echo").await?;
-    bulk_echo(TcpStream::connect(("127.0.0.1", port)).await?, 1).await.context("tcp service")?;
+    backend::bulk_echo(TcpStream::connect(("127.0.0.1", port)).await?, BULK, 1).await.context("tcp service")?;
 
     // A UDP service: datagrams ride the link stream.
     let port = client.port_of("udp").await?;
@@ -99,6 +82,6 @@ async fn a_client_on_the_tcp_transport_serves_tcp_udp_vhost_and_its_socks5_proxy
     let mut reply = [0u8; 12];
     stream.read_exact(&mut reply).await?;
     ensure!(reply[..4] == [5, 0, 5, 0], "SOCKS5 refused: {reply:?}");
-    bulk_echo(stream, 2).await.context("socks5 proxy")?;
+    backend::bulk_echo(stream, BULK, 2).await.context("socks5 proxy")?;
     Ok(())
 }

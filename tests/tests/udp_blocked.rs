@@ -32,23 +32,6 @@ async fn transport(public: &InNetns, server: &TestServer) -> Result<String> {
     Ok(status["clients"][0]["transport"].as_str().unwrap_or("none").to_owned())
 }
 
-/// `BULK` bytes through `stream` and back, checksummed.
-async fn bulk_echo(stream: TcpStream, seed: u64) -> Result<()> {
-    let data = backend::pattern(BULK, seed);
-    let expected = backend::checksum(&data);
-    let (mut r, mut w) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        w.write_all(&data).await?;
-        w.shutdown().await?;
-        anyhow::Ok(())
-    });
-    let mut back = Vec::with_capacity(BULK);
-    r.read_to_end(&mut back).await?;
-    writer.await??;
-    ensure!(back.len() == BULK && backend::checksum(&back) == expected, "{} bytes came back changed", back.len());
-    Ok(())
-}
-
 /// A server on the bed's public host for these tests (its TCP transport on `tcp_bind`), and
 /// a client config with every kind of service of the home host, and a SOCKS5 proxy.
 struct Setup {
@@ -115,7 +98,7 @@ async fn connects_over_tcp(public: &InNetns, home: &InNetns, setup: &Setup) -> R
 /// (64 MiB each way) all work.
 async fn serves_everything(public: &InNetns, home: &InNetns, setup: &Setup, client: &TestClient) -> Result<()> {
     let Ports { tcp, udp: udp_port, .. } = setup.ports;
-    public.run(async move { bulk_echo(TcpStream::connect((PUBLIC, tcp)).await?, 1).await }).await??;
+    public.run(async move { backend::bulk_echo(TcpStream::connect((PUBLIC, tcp)).await?, BULK, 1).await }).await??;
     public
         .run(async move {
             let user = udp::user().await?;
@@ -140,7 +123,7 @@ async fn serves_everything(public: &InNetns, home: &InNetns, setup: &Setup, clie
         let mut reply = [0u8; 12];
         stream.read_exact(&mut reply).await?;
         ensure!(reply[..4] == [5, 0, 5, 0], "SOCKS5 refused: {reply:?}");
-        bulk_echo(stream, 2).await
+        backend::bulk_echo(stream, BULK, 2).await
     })
     .await??;
     Ok(())

@@ -173,7 +173,7 @@ fn assemble(
         closing,
         state,
         remote,
-        secret,
+        secret: super::ExportedSecret(secret),
     };
     (TcpConn { inner: Arc::new(inner) }, queues)
 }

@@ -106,7 +106,16 @@ struct Inner {
     closing: Arc<Closing>,
     state: Arc<State>,
     remote: SocketAddr,
-    secret: [u8; 32],
+    secret: ExportedSecret,
+}
+
+/// The TLS session's exported secret; its `Debug` shows nothing of it.
+pub(super) struct ExportedSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for ExportedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExportedSecret(…)")
+    }
 }
 
 impl Drop for Inner {
@@ -222,7 +231,7 @@ impl TcpConn {
                 self.0
             }
         }
-        let prk = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, &self.inner.secret);
+        let prk = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, &self.inner.secret.0);
         let info = [label, &[0u8], context];
         let okm = prk.expand(&info, Len(out.len())).map_err(|_| ExportError)?;
         okm.fill(out).map_err(|_| ExportError)

@@ -107,6 +107,7 @@ async fn datagrams_cross_and_the_close_code_reaches_the_peer() {
         other => panic!("closed with {other:?}"),
     }
     assert!(client.open_bi().await.is_err(), "a closed connection opens nothing");
+    assert!(!format!("{server:?}").contains("[1, 1, 1"), "the exported secret is not in Debug");
     tracker.close();
     tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.expect("every task of both ends ends");
 }
