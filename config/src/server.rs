@@ -384,6 +384,20 @@ impl ServerFile {
                 invalid(src, "tcp_bind", Some(text.span().start), &m)
             })?),
         };
+        // Another listener of this file on the same TCP address fails at start with "address in
+        // use"; 443 is the natural choice for both the TCP transport and the HTTPS port.
+        if let Some(addr) = tcp_bind.addr(self.bind) {
+            let control = self.control.as_ref().map(|c| c.addr(crate::control::SERVER_CONTROL_BIND));
+            let others = [
+                ("vhost.http_bind", self.vhost.http_bind),
+                ("vhost.https_bind", self.vhost.https_bind),
+                ("control.bind", control),
+            ];
+            if let Some((key, _)) = others.iter().find(|(_, other)| *other == Some(addr) && addr.port() != 0) {
+                let m = format!("the TCP transport and `{key}` cannot both listen on {addr}: give one another port");
+                return Err(invalid(src, "tcp_bind", None, &m));
+            }
+        }
         Ok(ServerConfig {
             bind: self.bind,
             tcp_bind,

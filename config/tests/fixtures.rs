@@ -65,6 +65,8 @@ const SERVER_BAD: &[(&str, &[&str])] = &[
     ("server-bad-policy.toml", &["random", "line 7"]),
     ("server-http-group-without-hosts.toml", &["groups.custom_domains", "line 7", "host names"]),
     ("server-vhost-tls-without-https.toml", &["vhost.tls", "https_bind"]),
+    ("server-tcp-bind-on-https.toml", &["tcp_bind", "vhost.https_bind", "0.0.0.0:443"]),
+    ("server-bad-tcp-bind.toml", &["tcp_bind", "line 2", "nor `off`"]),
     // A kind takes only its own keys: refused by the parser, on the key's own line.
     ("server-udp-group-with-locations.toml", &["unknown field `locations`", "line 8"]),
 ];
@@ -75,6 +77,8 @@ const CLIENT_BAD: &[(&str, &[&str])] = &[
     ("client-bad-fingerprint.toml", &["server_fingerprint", "line 2", "64 hex digits"]),
     ("client-duplicate-service.toml", &["services.name", "line 12", "duplicate"]),
     ("client-bad-server-addr.toml", &["server_addr", "line 1", "host:port"]),
+    ("client-bad-proxy-url.toml", &["proxy_url", "line 2", "http:// or socks5://"]),
+    ("client-bad-transport.toml", &["transport", "line 2", "udp"]),
     ("client-bad-service-type.toml", &["type", "line 8", "sctp"]),
     ("client-bad-name.toml", &["name", "line 3", "not a valid name"]),
     ("client-zero-udp-flows.toml", &["limits", "at least 1"]),

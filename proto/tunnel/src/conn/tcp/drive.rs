@@ -125,10 +125,13 @@ where
     let tracker_ = tracker.clone();
     tracker.spawn(
         async move {
+            let closing = queues.closing.clone();
             tokio::select! {
                 link = link_rx => if let Ok(link) = link {
                     queues.start(link, &tracker_);
                 },
+                // Closed before the opener's link stream came: there is no way to say why.
+                _ = closing.asked() => state.stop(),
                 () = state.stopped() => {}
             }
         }

@@ -37,7 +37,8 @@ impl Closing {
         }
     }
 
-    async fn asked(&self) -> &(u32, String) {
+    /// Completes once a close is asked, with its code and reason.
+    pub async fn asked(&self) -> &(u32, String) {
         loop {
             if let Some(request) = self.request.get() {
                 return request;
