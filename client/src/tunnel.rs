@@ -201,7 +201,7 @@ impl TunnelSetup {
         (tunnel, exposer, exposed): (Arc<Tunnel>, Arc<Exposer>, TaskTracker),
         control: mpsc::Sender<ControlRequest>,
     ) {
-        let tracker = self.tracker.clone();
+        let (tracker, shutdown) = (self.tracker.clone(), self.shutdown.clone());
         let retiring = async move {
             let served = async {
                 while let Ok(stream) = tunnel.conn().accept_bi().await {
@@ -215,8 +215,12 @@ impl TunnelSetup {
                     tracker.spawn(exposed.track_future(serve));
                 }
             };
-            if tokio::time::timeout(RETIRE_TIMEOUT, served).await.is_err() {
-                warn!("the server kept the previous tunnel open too long; closing it");
+            tokio::select! {
+                served = tokio::time::timeout(RETIRE_TIMEOUT, served) => if served.is_err() {
+                    warn!("the server kept the previous tunnel open too long; closing it");
+                },
+                // The client's stop drains its current tunnel; this one just closes.
+                () = shutdown.cancelled() => {}
             }
             drop(control);
             exposed.close();
@@ -300,12 +304,11 @@ async fn follow_reloads(
                         return TunnelError::UnexpectedReply;
                     };
                     log_results(&results);
+                    // Connected since the tunnel came up: only the results change.
                     status.send_modify(|now| {
-                        let transport = match now {
-                            ClientStatus::Connected { transport, .. } => *transport,
-                            _ => "quic",
-                        };
-                        *now = ClientStatus::Connected { services: results, transport };
+                        if let ClientStatus::Connected { services, .. } = now {
+                            *services = results;
+                        }
                     });
                     checks.sync(&wanted);
                 }
