@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use wmproxy_config::{ClientConfig, ForwardKind, Transport};
+use wmproxy_tunnel::conn::TransportKind;
 use wmproxy_tunnel::listener::ListenerStats;
 use wmproxy_tunnel::transport;
 use wmproxy_tunnel::udp::UdpStats;
@@ -288,6 +289,12 @@ impl Client {
                         // At once, over QUIC; the TCP tunnel serves what is in flight meanwhile.
                         next_transport = Some(Transport::Quic);
                         continue;
+                    }
+                    if config.transport == Transport::Auto && transport == TransportKind::Tcp {
+                        // UDP was blocked a moment ago: the next attempt goes over TCP at once
+                        // rather than waiting out QUIC again (its probe moves it back when UDP
+                        // gets through; an attempt after a failed one starts with QUIC again).
+                        next_transport = Some(Transport::Tcp);
                     }
                     warn!(reason = %ended, side = %ended.side(), "tunnel lost; reconnecting");
                     status.send_replace(ClientStatus::Connecting { attempt, last_error: Some(ended.to_string()) });

@@ -1,6 +1,7 @@
 //! The TCP transport (TLS on TCP, HTTP/2 streams): a client that uses it serves everything a
 //! QUIC client does: a TCP service (64 MiB both ways, checksummed), a UDP service (datagrams
-//! on the link stream), a vhost name and its own SOCKS5 proxy.
+//! on the link stream), a vhost name and its own SOCKS5 proxy. And auto mode's fallback, on
+//! loopback: QUIC to a port nobody answers on.
 
 use std::net::SocketAddr;
 
@@ -10,14 +11,16 @@ use tokio::net::TcpStream;
 use wmproxy_client::ClientStatus;
 use wmproxy_config::{HttpRoute, ProxyType, Transport};
 use wmproxy_tests::backend::{self, pattern};
+use wmproxy_tests::logs::Logs;
 use wmproxy_tests::proxy::{connect_request, curl, http_tagged, proxy};
-use wmproxy_tests::{TestClient, TestServer, http_service, init_tracing, tcp_service, udp};
+use wmproxy_tests::{TestClient, TestServer, http_service, tcp_service, udp};
 
 const BULK: usize = 64 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_on_the_tcp_transport_serves_tcp_udp_vhost_and_its_socks5_proxy() -> Result<()> {
-    init_tracing();
+    // The binary's one subscriber is the log capture of the fallback test.
+    let _ = Logs::capture();
     let server = TestServer::start(|f| {
         f.vhost.http_bind = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         f.allow_domains = vec!["*.example.com".into()];
@@ -83,5 +86,37 @@ async fn a_client_on_the_tcp_transport_serves_tcp_udp_vhost_and_its_socks5_proxy
     stream.read_exact(&mut reply).await?;
     ensure!(reply[..4] == [5, 0, 5, 0], "SOCKS5 refused: {reply:?}");
     backend::bulk_echo(stream, BULK, 2).await.context("socks5 proxy")?;
+    Ok(())
+}
+
+/// Auto mode where QUIC gets no answer (`server_addr` is a UDP port nobody answers on, as where
+/// a firewall drops UDP): the client falls back to TCP once; when that tunnel is lost (the
+/// server restarts), it reconnects over TCP at once instead of waiting out QUIC again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_falls_back_once_and_reconnects_over_tcp_at_once() -> Result<()> {
+    let logs = Logs::capture();
+    let tcp_addr = format!("127.0.0.1:{}", backend::fixed_port().await?);
+    let bind = tcp_addr.clone();
+    let mut server = TestServer::start(move |f| f.tcp_bind = Some(toml::Spanned::new(0..0, bind))).await?;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let echo = backend::echo().await?;
+    let mut config = server.client_config("auto");
+    config.transport = Transport::Auto;
+    config.server_addr = silent.local_addr()?.to_string();
+    config.tcp_server_addr = tcp_addr.clone();
+    config.services.push(tcp_service("echo", echo, 0));
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("connected over TCP", |s| matches!(s, ClientStatus::Connected { transport: "tcp", .. })).await?;
+    let fallbacks = || logs.matching(|e| e.message.contains("trying TLS over TCP") && e.field("tcp") == tcp_addr).len();
+    ensure!(fallbacks() == 1, "{} fallbacks", fallbacks());
+
+    server.restart().await?;
+    wmproxy_tests::eventually("the client back on the restarted server", || {
+        server.handle.clients().iter().any(|c| c == "auto")
+    })
+    .await?;
+    let port = client.port_of("echo").await?;
+    backend::assert_echo(SocketAddr::from(([127, 0, 0, 1], port)), 1024, 7).await?;
+    ensure!(fallbacks() == 1, "the reconnect waited out QUIC again ({} fallbacks)", fallbacks());
     Ok(())
 }
