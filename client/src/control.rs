@@ -66,8 +66,11 @@ impl ControlApi for ClientControl {
                 Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
             }
             (&Method::GET, "/metrics") => {
-                let connected = matches!(*self.status.borrow(), ClientStatus::Connected { .. });
-                match self.metrics.encode(connected, &self.udp.snapshot(), &self.listeners()) {
+                let transport = match &*self.status.borrow() {
+                    ClientStatus::Connected { transport, .. } => Some(*transport),
+                    _ => None,
+                };
+                match self.metrics.encode(transport, &self.udp.snapshot(), &self.listeners()) {
                     Ok(text) => Reply::metrics(text),
                     Err(_) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
                 }

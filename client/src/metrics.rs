@@ -13,6 +13,11 @@ use wmproxy_tunnel::relay::Meter;
 use wmproxy_tunnel::udp::UdpSnapshot;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: String,
 }
@@ -63,18 +68,27 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text: the counters, then whether the tunnel is `connected`, `udp`, and
-    /// the proxies' and forwards' `listeners`.
+    /// The Prometheus text: the counters, then whether the tunnel is up and on which
+    /// `transport` (`None` while it is not), `udp`, and the proxies' and forwards' `listeners`.
     pub fn encode(
         &self,
-        connected: bool,
+        transport: Option<&'static str>,
         udp: &UdpSnapshot,
         listeners: &[ListenerSnapshot],
     ) -> Result<String, std::fmt::Error> {
         let mut scraped = Registry::with_prefix("wmproxy_client");
         let up: Gauge = Gauge::default();
-        up.set(i64::from(connected));
+        up.set(i64::from(transport.is_some()));
         scraped.register("tunnel_up", "1 while the tunnel to the server is up", up);
+        let on: Family<TransportLabels, Gauge> = Family::default();
+        if let Some(transport) = transport {
+            on.get_or_create(&TransportLabels { transport }).set(1);
+        }
+        scraped.register(
+            "tunnel_transport",
+            "1 for the transport of the tunnel while it is up: quic, or tcp (TLS over TCP, where UDP is blocked)",
+            on,
+        );
         wmproxy_ops::metrics::register_udp(&mut scraped, udp);
         wmproxy_ops::metrics::register_listeners(&mut scraped, listeners);
         let mut out = String::new();

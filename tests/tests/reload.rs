@@ -115,6 +115,7 @@ async fn a_client_reload_keeps_a_256_mib_transfer_adds_b_removes_c_and_refuses_b
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
     ensure!(metrics.lines().any(|l| l == "wmproxy_client_tunnel_up 1"), "{metrics}");
+    ensure!(metrics.lines().any(|l| l == "wmproxy_client_tunnel_transport{transport=\"quic\"} 1"), "{metrics}");
     let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))?;
     ensure!(scrape.samples.iter().any(|s| s.metric == "wmproxy_client_connections_total"), "{metrics}");
     Ok(())
