@@ -111,3 +111,40 @@ async fn datagrams_cross_and_the_close_code_reaches_the_peer() {
     tracker.close();
     tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await.expect("every task of both ends ends");
 }
+
+#[tokio::test]
+async fn before_open_up_the_offerer_sends_at_most_the_pre_auth_window() {
+    const PRE_AUTH: usize = 64 * 1024;
+    let tracker = TaskTracker::new();
+    let (server, client) = pair(&tracker).await;
+    // The one offer out before authentication: the client's control stream. The server never
+    // reads it here, so what the client manages to send is what the window let through.
+    let (mut send, _recv) = client.open_bi().await.expect("open by offer");
+    let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+    let mut sent = 0;
+    while sent <= 1024 * 1024 {
+        // A write that cannot finish in a second is held by the window (a legit one takes
+        // microseconds): the bound below holds either way.
+        match tokio::time::timeout(Duration::from_secs(1), send.write_chunk(chunk.clone())).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            _ => break,
+        }
+    }
+    assert!(sent <= PRE_AUTH, "{sent} bytes sent before authentication");
+    let (_server_send, mut server_recv) = server.accept_bi().await.expect("accept");
+    // Opened up, the same stream takes more.
+    server.open_up(&SETTINGS, 4);
+    let mut read = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let more = async {
+        send.write_chunk(Bytes::from(vec![7u8; 512 * 1024])).await.expect("write after open_up");
+    };
+    let drain = async {
+        while read < sent + 512 * 1024 {
+            read += server_recv.read(&mut buf).await.expect("read").expect("not the end");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(more, drain) })
+        .await
+        .expect("flows after open_up");
+}
