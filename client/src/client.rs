@@ -304,7 +304,11 @@ impl Client {
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
                     let mut delay = backoff.next_delay(jitter.unit());
-                    if let ClientError::Rejected(RejectReason::Throttled { retry_after_secs }) = &e {
+                    let answered = match &e {
+                        ClientError::NeitherTransport { tcp, .. } => tcp.as_ref(),
+                        other => other,
+                    };
+                    if let ClientError::Rejected(RejectReason::Throttled { retry_after_secs }) = answered {
                         delay = delay.max(Duration::from_secs(u64::from(*retry_after_secs)));
                     }
                     warn!(error = %e, side = %e.side(), attempt, retry_in = ?delay, "cannot connect to the server");

@@ -61,6 +61,21 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// Auto mode: QUIC got no answer, and the TCP transport failed too; its side is the TCP
+    /// attempt's.
+    #[error(
+        "no answer from the server at {quic} over QUIC (UDP) in {secs} s, and over TCP: {tcp} \
+         (open UDP and TCP to the server, or set proxy_url if only a proxy gets out)"
+    )]
+    NeitherTransport {
+        /// The QUIC address that did not answer.
+        quic: std::net::SocketAddr,
+        /// How long QUIC was given.
+        secs: u64,
+        /// Why TCP failed.
+        #[source]
+        tcp: Box<ClientError>,
+    },
     /// The server authenticated us but the rest of the handshake did not finish in time;
     /// retried.
     #[error("connecting to the server timed out")]
@@ -144,6 +159,7 @@ impl ClientError {
     /// credentials) is internal and ends the client.
     pub fn side(&self) -> Side {
         match self {
+            Self::NeitherTransport { tcp, .. } => tcp.side(),
             Self::Tunnel(_)
             | Self::Timeout
             | Self::NoAnswer { .. }

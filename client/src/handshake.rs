@@ -73,7 +73,11 @@ pub async fn establish(
         Transport::Auto => match establish_quic(config, services, (&dialer.quic, QUIC_ANSWER_WITHIN), hello).await {
             Err(ClientError::NoAnswer { addr, secs }) => {
                 info!(%addr, secs, tcp = %config.tcp_server_addr, "no QUIC answer (UDP may be blocked); trying TLS over TCP");
-                establish_tcp(config, services, dialer, hello).await
+                establish_tcp(config, services, dialer, hello).await.map_err(|tcp| ClientError::NeitherTransport {
+                    quic: addr,
+                    secs,
+                    tcp: Box::new(tcp),
+                })
             }
             other => other,
         },

@@ -120,3 +120,26 @@ async fn auto_mode_falls_back_once_and_reconnects_over_tcp_at_once() -> Result<(
     ensure!(fallbacks() == 1, "the reconnect waited out QUIC again ({} fallbacks)", fallbacks());
     Ok(())
 }
+
+/// Auto mode where neither transport gets through: the error says both, so that an operator
+/// knows to open UDP and TCP (or to set a proxy), and the client keeps trying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_says_when_neither_transport_gets_through() -> Result<()> {
+    let _ = Logs::capture();
+    let server = TestServer::start(|_| {}).await?;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let mut config = server.client_config("nowhere");
+    config.transport = Transport::Auto;
+    config.server_addr = silent.local_addr()?.to_string();
+    config.tcp_server_addr = backend::dead_port().await?.to_string();
+    let mut client = TestClient::start(config).await?;
+    let status = client
+        .wait_for("the first failed attempt", |s| matches!(s, ClientStatus::Connecting { last_error: Some(_), .. }))
+        .await?;
+    let ClientStatus::Connecting { last_error: Some(error), .. } = status else { anyhow::bail!("{status:?}") };
+    ensure!(
+        error.contains("over QUIC (UDP)") && error.contains("and over TCP") && error.contains("refused"),
+        "{error}"
+    );
+    Ok(())
+}
