@@ -208,12 +208,23 @@ impl Tunnels {
     /// from the TCP transport back to QUIC loses nothing in flight; one that lost its network
     /// loses nothing more than before.
     async fn retire(self: &Arc<Self>, old: Arc<Session>) {
-        info!("replacing the previous session of this client; its connections in flight get the drain grace");
+        let reason = "replaced by a newer connection of this client";
+        let all = self.limits.max_streams_per_client;
+        let in_flight = old.tunnel.streams_open(all) + (all as usize).saturating_sub(old.forwards.available_permits());
+        if in_flight == 0 {
+            // Nothing to wait for: ended at once, as before, so that a client reconnecting
+            // again and again leaves no idle sessions behind.
+            info!("replacing the previous session of this client");
+            return self.registry.end(&self.sessions, &old, close_code::REPLACED, reason).await;
+        }
+        info!(
+            in_flight,
+            "replacing the previous session of this client; its connections in flight get the drain grace"
+        );
         self.registry.withdraw_all(&old).await;
         let tunnels = self.clone();
         let retiring = async move {
             tunnels.drain(&old).await;
-            let reason = "replaced by a newer connection of this client";
             tunnels.registry.end(&tunnels.sessions, &old, close_code::REPLACED, reason).await;
         };
         self.runtime.tracker.spawn(retiring.in_current_span());
