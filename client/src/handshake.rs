@@ -112,15 +112,7 @@ async fn establish_quic(
     (quic, answer_within): (&quinn::ClientConfig, Duration),
     (hello_version, resume): (u32, Option<ResumeSecret>),
 ) -> Result<Established, ClientError> {
-    let addr = resolve(&config.server_addr).await?;
-    let unspecified = if addr.is_ipv4() {
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
-    } else {
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
-    };
-    let resolve_err = |source| ClientError::Resolve { addr: config.server_addr.clone(), source };
-    let socket = transport::bind_udp(unspecified).map_err(resolve_err)?;
-    let endpoint = transport::endpoint(socket, None).map_err(resolve_err)?;
+    let (addr, endpoint) = quic_endpoint(&config.server_addr).await?;
 
     // Whether the server answered at all: a QUIC handshake that never completes is what a
     // firewall dropping UDP (or a server that is down) looks like.
@@ -156,6 +148,21 @@ async fn establish_quic(
     }
 }
 
+/// `server_addr` resolved, and a fresh QUIC endpoint of the matching family to reach it from
+/// (one per attempt: a fresh source port after a network change).
+pub(crate) async fn quic_endpoint(server_addr: &str) -> Result<(SocketAddr, Endpoint), ClientError> {
+    let addr = resolve(server_addr).await?;
+    let unspecified = if addr.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let resolve_err = |source| ClientError::Resolve { addr: server_addr.to_owned(), source };
+    let socket = transport::bind_udp(unspecified).map_err(resolve_err)?;
+    let endpoint = transport::endpoint(socket, None).map_err(resolve_err)?;
+    Ok((addr, endpoint))
+}
+
 async fn resolve(server_addr: &str) -> Result<SocketAddr, ClientError> {
     let err = |source| ClientError::Resolve { addr: server_addr.to_owned(), source };
     let mut addrs = tokio::net::lookup_host(server_addr).await.map_err(err)?;
@@ -186,12 +193,7 @@ async fn handshake(
     let (resume, announced) = hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
     let limits = transport::bounded(announced);
     // Before the registration, so the credit is on its way before any user of a service is.
-    if let Some(quic) = conn.quic() {
-        transport::allow_server_streams(quic, &limits);
-    }
-    if let Some(tcp) = conn.tcp() {
-        tcp.allow_streams(transport::server_opened(&limits) as usize);
-    }
+    transport::allow_server_streams(conn, &limits);
 
     write_frame(&mut send, &ControlRequest::Register { services: specs(services) }).await?;
     let ControlReply::Registered { results } = read_frame::<ControlReply, _>(&mut recv).await? else {

@@ -3,13 +3,11 @@
 //! and the client moves its tunnel back to QUIC (`TunnelEnd::QuicBack`); the connections in
 //! flight finish on the TCP tunnel.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tracing::debug;
-use wmproxy_tunnel::transport;
 
-use crate::handshake::QUIC_ANSWER_WITHIN;
+use crate::handshake::{QUIC_ANSWER_WITHIN, quic_endpoint};
 
 /// What a probe needs: the QUIC setup and where the server is.
 #[derive(Debug, Clone)]
@@ -37,18 +35,7 @@ impl QuicProbe {
     }
 
     async fn try_once(&self) -> Result<(), String> {
-        let addr = tokio::net::lookup_host(&self.server_addr)
-            .await
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or("no address found")?;
-        let unspecified = if addr.is_ipv4() {
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
-        } else {
-            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
-        };
-        let socket = transport::bind_udp(unspecified).map_err(|e| e.to_string())?;
-        let endpoint = transport::endpoint(socket, None).map_err(|e| e.to_string())?;
+        let (addr, endpoint) = quic_endpoint(&self.server_addr).await.map_err(|e| e.to_string())?;
         let connecting =
             endpoint.connect_with(self.quic.clone(), addr, &self.server_name).map_err(|e| e.to_string())?;
         let answered = match tokio::time::timeout(QUIC_ANSWER_WITHIN, connecting).await {

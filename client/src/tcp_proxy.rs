@@ -3,6 +3,7 @@
 //! byte stream to the server's TCP transport, over which TLS runs as it does directly.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 
 use base64::Engine;
@@ -18,15 +19,18 @@ use wmproxy_config::tcp_proxy::{TcpProxy, TcpProxyKind};
 pub trait Tunnelled: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Tunnelled for T {}
 
-/// Connects to `proxy` and asks it for a connection to `target` (`host:port`). The caller
-/// bounds the time it takes.
-pub async fn connect(proxy: &TcpProxy, target: &str) -> io::Result<Pin<Box<dyn Tunnelled>>> {
+/// Connects to `proxy` and asks it for a connection to `target` (`host:port`): the stream, and
+/// the proxy's address (the far end as far as this host can tell). The caller bounds the time
+/// it takes.
+pub async fn connect(proxy: &TcpProxy, target: &str) -> io::Result<(Pin<Box<dyn Tunnelled>>, SocketAddr)> {
     let tcp = TcpStream::connect(proxy.addr.as_str()).await?;
     let _ = tcp.set_nodelay(true);
-    match proxy.kind {
-        TcpProxyKind::Http => http_connect(tcp, proxy, target).await,
-        TcpProxyKind::Socks5 => socks5_connect(tcp, proxy, target).await,
-    }
+    let peer = tcp.peer_addr()?;
+    let stream = match proxy.kind {
+        TcpProxyKind::Http => http_connect(tcp, proxy, target).await?,
+        TcpProxyKind::Socks5 => socks5_connect(tcp, proxy, target).await?,
+    };
+    Ok((stream, peer))
 }
 
 async fn http_connect(tcp: TcpStream, proxy: &TcpProxy, target: &str) -> io::Result<Pin<Box<dyn Tunnelled>>> {

@@ -25,10 +25,8 @@ pub async fn connect(
     let failed = |source| ClientError::TcpConnect { addr: addr.clone(), source };
     match &config.tcp_proxy {
         Some(proxy) => {
-            let stream = crate::tcp_proxy::connect(proxy, addr).await.map_err(failed)?;
-            // The server's address as far as this end knows it: the proxy's.
-            let remote = tokio::net::lookup_host(proxy.addr.as_str()).await.ok().and_then(|mut a| a.next());
-            let remote = remote.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            // The server's address as far as this end can tell: the proxy's.
+            let (stream, remote) = crate::tcp_proxy::connect(proxy, addr).await.map_err(failed)?;
             secure(stream, remote, (config, tls, tracker)).await
         }
         None => {

@@ -45,8 +45,8 @@ const SEAT_ATTEMPTS: usize = 3;
 pub(crate) enum Arrival {
     /// A QUIC connection attempt.
     Quic(Box<quinn::Incoming>),
-    /// A TCP connection to the TCP transport's port, from this address.
-    Tcp(TcpStream, SocketAddr),
+    /// A TCP connection to the TCP transport's port, from this address, and the port's TLS setup.
+    Tcp(TcpStream, SocketAddr, Arc<rustls::ServerConfig>),
 }
 
 /// A client that proved who it is, seated: its session is installed under its name.
@@ -72,7 +72,7 @@ impl Tunnels {
     ) -> Result<Authenticated, TunnelError> {
         let peer = match &arrival {
             Arrival::Quic(incoming) => incoming.remote_address(),
-            Arrival::Tcp(_, peer) => *peer,
+            Arrival::Tcp(_, peer, _) => *peer,
         };
         let conn = tokio::select! {
             conn = self.arrive(arrival) => conn?,
@@ -88,13 +88,7 @@ impl Tunnels {
         drop(slot);
         let seated = match judged {
             Ok((Ok(proven), send, recv)) => {
-                if let Some(quic) = conn.quic() {
-                    self.tuning.open_up(quic);
-                }
-                if let Some(tcp) = conn.tcp() {
-                    let offers = transport::client_opened(&config.limits.tunnel()) as usize;
-                    tcp.open_up(&self.tuning.tcp_settings(), offers);
-                }
+                self.tuning.open_up(&conn, &config.limits.tunnel());
                 Ok((self.seat(proven, &conn, config).await, send, recv))
             }
             Ok((Err(reason), send, recv)) => Ok((Err(reason), send, recv)),
@@ -120,8 +114,7 @@ impl Tunnels {
     async fn arrive(&self, arrival: Arrival) -> Result<Conn, TunnelError> {
         match arrival {
             Arrival::Quic(incoming) => Ok(Conn::from(incoming.accept()?.await?)),
-            Arrival::Tcp(tcp, peer) => {
-                let tls = self.tcp_tls.clone().ok_or(TunnelError::Unexpected)?;
+            Arrival::Tcp(tcp, peer, tls) => {
                 let tls = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await.map_err(TunnelError::Tls)?;
                 let (_, session) = tls.get_ref();
                 if session.alpn_protocol() != Some(ALPN_TCP) {

@@ -84,8 +84,8 @@ pub struct Server {
     vhost: Vhost,
     vhost_listener: Option<TcpListener>,
     tls_listener: Option<TcpListener>,
-    /// The TCP transport's port.
-    tcp_listener: Option<TcpListener>,
+    /// The TCP transport's port, and its TLS setup.
+    tcp_listener: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     control: Option<(TcpListener, String)>,
     /// Stops everything started so far if the server is dropped without running.
     _stop_unless_run: DropGuard,
@@ -195,11 +195,13 @@ impl Server {
             ..TransportTuning::default()
         };
         let socket = transport::bind_udp(config.bind).map_err(bind_err(config.bind))?;
-        let tcp_tls = crate::tcp_listener::tls_config(&identity)?;
-        let endpoint =
-            transport::endpoint(socket, Some(quic_server_config(identity, &tuning)?)).map_err(bind_err(config.bind))?;
+        let endpoint = transport::endpoint(socket, Some(quic_server_config(&identity, &tuning)?))
+            .map_err(bind_err(config.bind))?;
         let tcp_listener = match config.tcp_bind.addr(config.bind) {
-            Some(addr) => Some(bind_tcp(addr).map_err(bind_err(addr))?),
+            Some(addr) => Some((
+                bind_tcp(addr).map_err(bind_err(addr))?,
+                Arc::new(tunnel_tls(&identity, wmproxy_wire::ALPN_TCP)?),
+            )),
             None => None,
         };
 
@@ -215,7 +217,7 @@ impl Server {
         };
         let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let bound = Bound {
-            tcp: local(&tcp_listener),
+            tcp: tcp_listener.as_ref().and_then(|(l, _)| l.local_addr().ok()),
             vhost: local(&vhost_listener),
             https: local(&tls_listener),
             control: control.as_ref().and_then(|(l, _)| l.local_addr().ok()),
@@ -321,7 +323,6 @@ impl Server {
             limits,
             own_addresses: Arc::default(),
             tuning,
-            tcp_tls: tcp_listener.as_ref().map(|_| tcp_tls),
         });
         let handle =
             ServerHandle { sessions, groups, listeners, reloader, udp, runtime: runtime.clone(), config, bound, users };
@@ -409,8 +410,8 @@ impl Server {
             tracker
                 .spawn(crate::vhost::serve_tls(listener, vhost.clone(), root.clone()).instrument(info_span!("https")));
         }
-        if let Some(listener) = tcp_listener {
-            let serve = crate::tcp_listener::serve(listener, tunnels.clone(), root.clone());
+        if let Some((listener, tls)) = tcp_listener {
+            let serve = crate::tcp_listener::serve((listener, tls), tunnels.clone(), root.clone());
             tracker.spawn(serve.instrument(info_span!("tcp_transport")));
         }
         if let Some(listener) = vhost_listener {
@@ -482,15 +483,21 @@ fn vhost_tls_config(identity: Identity) -> Result<Arc<rustls::ServerConfig>, Ser
     Ok(Arc::new(tls))
 }
 
-fn quic_server_config(identity: Identity, tuning: &TransportTuning) -> Result<quinn::ServerConfig, ServerError> {
+/// The TLS setup of the tunnel's transports: TLS 1.3 only, the server's identity, `alpn`.
+pub(crate) fn tunnel_tls(identity: &Identity, alpn: &[u8]) -> Result<rustls::ServerConfig, ServerError> {
     let provider = wmproxy_tunnel::tls::crypto_provider();
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(ServerError::Tls)?
         .with_no_client_auth()
-        .with_single_cert(identity.certs, identity.key)
+        .with_single_cert(identity.certs.clone(), identity.key.clone_key())
         .map_err(ServerError::Tls)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+fn quic_server_config(identity: &Identity, tuning: &TransportTuning) -> Result<quinn::ServerConfig, ServerError> {
+    let tls = tunnel_tls(identity, ALPN)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(ServerError::Quic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     // Small until the client has authenticated (`Tunnels::handshake` opens it up).

@@ -135,8 +135,6 @@ pub(crate) struct Tunnels {
     pub clients: Arc<Semaphore>,
     /// The transport's full windows, which an authenticated tunnel is given.
     pub tuning: TransportTuning,
-    /// The TLS setup of the TCP transport, when it listens.
-    pub tcp_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Tunnels {

@@ -14,6 +14,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use wmproxy_config::Congestion;
 use wmproxy_wire::TunnelLimits;
 
+use crate::conn::Conn;
+
 /// Kernel UDP buffer size asked for on both ends. With the Linux default (208 KiB) quinn has
 /// been seen to lose 0.5–2 % of packets on loopback at full speed, which halves its window;
 /// 4 MiB removed the loss. (The bench's own run lost nothing either way; the headroom is for
@@ -143,11 +145,17 @@ impl TransportTuning {
         }
     }
 
-    /// Gives a connection accepted with [`Self::to_pre_auth_config`] this tuning's full stream
-    /// count and window, once its peer has authenticated.
-    pub fn open_up(&self, conn: &quinn::Connection) {
-        conn.set_max_concurrent_bi_streams(self.stream_credit());
-        conn.set_receive_window(VarInt::from_u32(self.connection_window));
+    /// Gives a connection accepted with [`Self::to_pre_auth_config`] (or, on the TCP transport,
+    /// with the pre-auth window) this tuning's full stream count and window, once its peer has
+    /// authenticated under `limits`.
+    pub fn open_up(&self, conn: &Conn, limits: &TunnelLimits) {
+        match conn {
+            Conn::Quic(conn) => {
+                conn.set_max_concurrent_bi_streams(self.stream_credit());
+                conn.set_receive_window(VarInt::from_u32(self.connection_window));
+            }
+            Conn::Tcp(conn) => conn.open_up(&self.tcp_settings(), client_opened(limits) as usize),
+        }
     }
 }
 
@@ -182,8 +190,11 @@ pub fn bounded(limits: TunnelLimits) -> TunnelLimits {
 
 /// Gives the server on `conn` the stream credit `limits` need ([`server_opened`]): the client's
 /// side of following the server's limits, once its Welcome has told them.
-pub fn allow_server_streams(conn: &quinn::Connection, limits: &TunnelLimits) {
-    conn.set_max_concurrent_bi_streams(stream_credit(server_opened(limits)));
+pub fn allow_server_streams(conn: &Conn, limits: &TunnelLimits) {
+    match conn {
+        Conn::Quic(conn) => conn.set_max_concurrent_bi_streams(stream_credit(server_opened(limits))),
+        Conn::Tcp(conn) => conn.allow_streams(server_opened(limits) as usize),
+    }
 }
 
 /// Binds a UDP socket for a quinn endpoint, with [`UDP_BUFFER_BYTES`] kernel buffers.

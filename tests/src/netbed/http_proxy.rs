@@ -21,7 +21,7 @@ pub struct HttpProxy {
 /// Whether a test should skip for want of tinyproxy: `true` after printing `SKIPPED:`; an
 /// error instead where [`super::REQUIRE`] is set (CI installs it).
 pub fn skip() -> Result<bool> {
-    if which("tinyproxy").is_some() {
+    if installed() {
         return Ok(false);
     }
     let why = "tinyproxy is not installed (Debian: apt install tinyproxy)";
@@ -36,7 +36,7 @@ impl HttpProxy {
     /// Starts tinyproxy in `ns` (with `runtime`, a runtime of that namespace), asking for
     /// `user` and `password`; returns once it accepts connections.
     pub async fn start(bed: &Netbed, (ns, runtime): (&str, &InNetns), (user, password): (&str, &str)) -> Result<Self> {
-        if which("tinyproxy").is_none() {
+        if !installed() {
             bail!("tinyproxy is not installed (Debian: apt install tinyproxy)");
         }
         // A free port of the namespace (its own, fresh: nothing else binds there meanwhile).
@@ -82,6 +82,7 @@ impl Drop for HttpProxy {
     }
 }
 
-fn which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| std::path::Path::new(dir).join(tool)).find(|p| p.exists())
+/// Whether tinyproxy runs here (as the bed's own tools are probed: by running it).
+fn installed() -> bool {
+    std::process::Command::new("tinyproxy").arg("-v").output().is_ok()
 }

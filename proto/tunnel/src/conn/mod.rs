@@ -195,12 +195,4 @@ impl Conn {
             Self::Tcp(_) => None,
         }
     }
-
-    /// The TCP transport's connection, if this is one.
-    pub fn tcp(&self) -> Option<&tcp::TcpConn> {
-        match self {
-            Self::Tcp(conn) => Some(conn),
-            Self::Quic(_) => None,
-        }
-    }
 }

@@ -274,10 +274,11 @@ where
             state.end(ConnectionError::Reset);
             return;
         };
-        let uri = request.uri().to_string();
-        let body = request.into_body();
-        match uri.as_str() {
-            STREAM => match routes.peer_streams.clone().try_acquire_owned() {
+        // Compared in place, not formatted: a request per stream is the hot path.
+        let (head, body) = request.into_parts();
+        let is = |uri: &str| head.uri == uri;
+        if is(STREAM) {
+            match routes.peer_streams.clone().try_acquire_owned() {
                 Ok(permit) => {
                     if let Ok(send) = respond.send_response(http::Response::new(()), false) {
                         let stream =
@@ -286,20 +287,17 @@ where
                     }
                 }
                 Err(_) => respond.send_reset(Reason::REFUSED_STREAM),
-            },
-            OFFER => {
-                if let Err(full) = routes.offers.try_send(Offer { body, respond }) {
-                    full.into_inner().respond.send_reset(Reason::REFUSED_STREAM);
-                }
             }
-            LINK if routes.link.is_some() => {
-                if let (Some(link), Ok(send)) =
-                    (routes.link.take(), respond.send_response(http::Response::new(()), false))
-                {
-                    let _ = link.send((TcpSend::new(send, state.clone()), TcpRecv::open(body, state.clone(), None)));
-                }
+        } else if is(OFFER) {
+            if let Err(full) = routes.offers.try_send(Offer { body, respond }) {
+                full.into_inner().respond.send_reset(Reason::REFUSED_STREAM);
             }
-            _ => respond.send_reset(Reason::REFUSED_STREAM),
+        } else if let Some(link) = routes.link.take_if(|_| is(LINK)) {
+            if let Ok(send) = respond.send_response(http::Response::new(()), false) {
+                let _ = link.send((TcpSend::new(send, state.clone()), TcpRecv::open(body, state.clone(), None)));
+            }
+        } else {
+            respond.send_reset(Reason::REFUSED_STREAM);
         }
     }
 }
