@@ -1,31 +1,30 @@
-//! The client: keeps one tunnel up, reconnecting with backoff, and serves its services,
-//! forwards and proxies through whichever tunnel is current.
+//! The client: keeps its tunnels up (one reconnect loop per server, or one for a failover
+//! list: `link`), and serves its services, forwards and proxies through whichever tunnels are
+//! current.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::{ClientConfig, ForwardKind, Transport};
-use wmproxy_tunnel::conn::TransportKind;
+use wmproxy_config::{ClientConfig, ForwardKind, ServerEntry, ServersMode, Transport};
 use wmproxy_tunnel::listener::ListenerStats;
 use wmproxy_tunnel::transport;
 use wmproxy_tunnel::udp::UdpStats;
-use wmproxy_wire::{PROTOCOL_VERSION, RejectReason};
+use wmproxy_wire::PROTOCOL_VERSION;
 
-use crate::backoff::{Backoff, Jitter};
 use crate::current::CurrentTunnel;
 use crate::error::ClientError;
-use crate::expose::{Exposer, STREAM_OPEN_TIMEOUT};
-use crate::quic_probe::QuicProbe;
+use crate::expose::STREAM_OPEN_TIMEOUT;
+use crate::failback::Failback;
+use crate::link::{Link, Shared};
 use crate::reload::Reloader;
 pub use crate::status::ClientStatus;
-use crate::tunnel::{DRAIN_TIMEOUT, TunnelEnd, TunnelSetup};
+use crate::tunnel::{DRAIN_TIMEOUT, TunnelSetup};
 use crate::{forward, handshake, proxy, tls};
 
 /// A bound local forward or proxy.
@@ -63,10 +62,11 @@ impl LocalListener {
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
-    quic: quinn::ClientConfig,
-    tcp: Arc<rustls::ClientConfig>,
+    /// Each server with its TLS setups (QUIC's and the TCP transport's), in order.
+    servers: Vec<(ServerEntry, quinn::ClientConfig, Arc<rustls::ClientConfig>)>,
     locals: Vec<LocalListener>,
-    status: watch::Sender<ClientStatus>,
+    /// One per reconnect loop: per server with `mode = "all"`, one for a failover list.
+    status: Vec<watch::Sender<ClientStatus>>,
     protocol_version: u32,
     udp_stats: Arc<UdpStats>,
     reloader: Reloader,
@@ -80,7 +80,6 @@ impl Client {
         for warning in &config.warnings {
             warn!(%warning, "config");
         }
-        let mut quic = tls::quic_client_config(&config.trust)?;
         let tuning = transport::TransportTuning {
             // None until the server's Welcome tells its limits (`handshake`): the server opens
             // no stream before it.
@@ -89,8 +88,13 @@ impl Client {
             congestion: config.limits.congestion,
             ..Default::default()
         };
-        quic.transport_config(Arc::new(tuning.to_config()));
-        let tcp = tls::tcp_client_config(&config.trust)?;
+        let tuning = Arc::new(tuning.to_config());
+        let mut servers = Vec::with_capacity(config.servers.len());
+        for server in &config.servers {
+            let mut quic = tls::quic_client_config(&server.trust)?;
+            quic.transport_config(tuning.clone());
+            servers.push((server.clone(), quic, tls::tcp_client_config(&server.trust)?));
+        }
         let listen = |addr: SocketAddr| move |source| ClientError::Listen { addr, source };
         let mut locals = Vec::with_capacity(config.forwards.len() + config.proxies.len());
         for f in &config.forwards {
@@ -117,12 +121,16 @@ impl Client {
             }
             None => None,
         };
-        let (status, _) = watch::channel(ClientStatus::Connecting { attempt: 0, last_error: None });
+        let loops = match config.mode {
+            ServersMode::All => config.servers.len(),
+            ServersMode::Failover => 1,
+        };
+        let status = (0..loops).map(|_| watch::channel(ClientStatus::Connecting { attempt: 0, last_error: None }).0);
+        let status = status.collect();
         let reloader = Reloader::new(&config, None);
         Ok(Self {
             config,
-            quic,
-            tcp,
+            servers,
             locals,
             status,
             protocol_version: PROTOCOL_VERSION,
@@ -152,9 +160,16 @@ impl Client {
         self.udp_stats.clone()
     }
 
-    /// Follows the client's state.
+    /// Follows the client's state: with several servers, that of the first server's tunnel
+    /// (`mode = "all"`) or of the failover list's one tunnel. [`Client::statuses`] has each.
     pub fn status(&self) -> watch::Receiver<ClientStatus> {
-        self.status.subscribe()
+        self.status[0].subscribe()
+    }
+
+    /// Follows each tunnel's state: one per server with `mode = "all"`, in the list's order;
+    /// one with `"failover"`.
+    pub fn statuses(&self) -> Vec<watch::Receiver<ClientStatus>> {
+        self.status.iter().map(watch::Sender::subscribe).collect()
     }
 
     /// Where the local forwards listen, in config order, then the proxies.
@@ -168,20 +183,30 @@ impl Client {
         self.protocol_version = version;
     }
 
-    /// Keeps the tunnel up until `shutdown`, or until an error that retrying cannot fix (wrong
-    /// token, untrusted server, version mismatch), which it returns.
+    /// Keeps the tunnels up until `shutdown`, or until every server refused the client with an
+    /// error that retrying cannot fix (wrong token, untrusted server, version mismatch): then
+    /// returns the first such error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let Self { config, quic, tcp, locals, status, protocol_version, udp_stats, reloader, control_listener } = self;
+        let Self { config, servers, locals, status, protocol_version, udp_stats, reloader, control_listener } = self;
+        let config = Arc::new(config);
         let tracker = TaskTracker::new();
-        let dialer = handshake::Dialer { quic, tcp, tracker: tracker.clone() };
+        let dialers: Arc<Vec<handshake::Dialer>> = Arc::new(
+            servers
+                .into_iter()
+                .map(|(server, quic, tcp)| handshake::Dialer { server, quic, tcp, tracker: tracker.clone() })
+                .collect(),
+        );
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let listeners: Arc<Vec<Arc<ListenerStats>>> = Arc::new(locals.iter().map(LocalListener::stats).collect());
+        let (installers, current) = CurrentTunnel::new(status.len(), config.egress, STREAM_OPEN_TIMEOUT);
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {
             if let Ok(addr) = listener.local_addr() {
                 info!(listener = "control", %addr, "listening");
             }
             let api = crate::control::ClientControl {
-                status: status.subscribe(),
+                status: status.iter().map(watch::Sender::subscribe).collect(),
+                servers: dialers.iter().map(|d| d.server.addr.clone()).collect(),
+                current: current.clone(),
                 reloader: reloader.clone(),
                 metrics: metrics.clone(),
                 udp: udp_stats.clone(),
@@ -192,7 +217,6 @@ impl Client {
             let serve = wmproxy_ops::control::serve(listener, token, Arc::new(api), shutdown.clone(), tracker.clone());
             tracker.spawn(serve.instrument(info_span!("control_api")));
         }
-        let (installer, current) = CurrentTunnel::new(STREAM_OPEN_TIMEOUT);
         for local in &locals {
             let addr = local.local_addr().ok();
             match local {
@@ -231,101 +255,42 @@ impl Client {
                 }
             };
         }
-        let setup = TunnelSetup {
-            udp_flows: Arc::new(Semaphore::new(config.limits.max_udp_flows as usize)),
-            udp_stats,
-            idle: config.limits.udp_flow_idle_timeout(),
-            installer,
-            status: status.clone(),
-            tracker: tracker.clone(),
-            shutdown: shutdown.clone(),
-            probe: (config.transport == Transport::Auto).then(|| QuicProbe {
-                quic: dialer.quic.clone(),
-                server_addr: config.server_addr.clone(),
-                server_name: config.server_name.clone(),
-                interval: config.limits.quic_probe_interval(),
-            }),
-        };
 
-        let own_addresses = Arc::new(wmproxy_tunnel::dial::OwnAddresses::default());
-        let mut backoff = Backoff::default();
-        let mut jitter = Jitter::default();
-        let mut attempt = 0u32;
-        // The secret of our last session: it lets the server replace that session at once.
-        let mut resume = None;
-        // The transport of the next attempt when it is not the configured one.
-        let mut next_transport = None;
-        let result = loop {
-            let mut services = reloader.services();
-            let wanted = services.borrow_and_update().clone();
-            let established = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
-                r = handshake::establish(
-                    &config,
-                    &wanted,
-                    (&dialer, next_transport.take().unwrap_or(config.transport)),
-                    (protocol_version, resume),
-                ) => r,
+        let shared =
+            Shared { config: config.clone(), reloader, metrics, own_addresses: Arc::default(), protocol_version };
+        let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
+        let failover = config.mode == ServersMode::Failover && dialers.len() > 1;
+        let mut links = tokio::task::JoinSet::new();
+        for (i, (installer, status)) in installers.into_iter().zip(status.iter().cloned()).enumerate() {
+            let setup = TunnelSetup {
+                udp_flows: udp_flows.clone(),
+                udp_stats: udp_stats.clone(),
+                idle: config.limits.udp_flow_idle_timeout(),
+                installer,
+                status,
+                tracker: tracker.clone(),
+                shutdown: shutdown.clone(),
+                quic_probe: (config.transport == Transport::Auto).then(|| config.limits.quic_probe_interval()),
+                failback: failover.then(|| Failback {
+                    dialers: dialers.clone(),
+                    config: config.clone(),
+                    transport: config.transport,
+                    hold: config.limits.failback_after(),
+                }),
             };
-            let wait = match established {
-                Ok(established) => {
-                    resume = Some(established.resume);
-                    attempt = 0;
-                    backoff.reset();
-                    let transport = established.conn.kind();
-                    let span = info_span!("tunnel", server = %config.server_addr, client = %config.name, %transport);
-                    let exposer = Arc::new(Exposer {
-                        services: services.clone(),
-                        egress: config.server_proxies_egress.clone(),
-                        own_addresses: own_addresses.clone(),
-                        metrics: metrics.clone(),
-                        bandwidths: Default::default(),
-                    });
-                    let ended = setup.serve(established, (wanted, services), exposer).instrument(span).await;
-                    if shutdown.is_cancelled() {
-                        break Ok(());
-                    }
-                    if matches!(ended, TunnelEnd::QuicBack) {
-                        // At once, over QUIC; the TCP tunnel serves what is in flight meanwhile.
-                        next_transport = Some(Transport::Quic);
-                        continue;
-                    }
-                    if config.transport == Transport::Auto && transport == TransportKind::Tcp {
-                        // UDP was blocked a moment ago: the next attempt goes over TCP at once
-                        // rather than waiting out QUIC again (its probe moves it back when UDP
-                        // gets through; an attempt after a failed one starts with QUIC again).
-                        next_transport = Some(Transport::Tcp);
-                    }
-                    warn!(reason = %ended, side = %ended.side(), "tunnel lost; reconnecting");
-                    status.send_replace(ClientStatus::Connecting { attempt, last_error: Some(ended.to_string()) });
-                    backoff.next_delay(jitter.unit())
-                }
-                Err(e) if !e.is_retryable() => break Err(e),
-                Err(e) => {
-                    attempt = attempt.saturating_add(1);
-                    let mut delay = backoff.next_delay(jitter.unit());
-                    let answered = match &e {
-                        ClientError::NeitherTransport { tcp, .. } => tcp.as_ref(),
-                        other => other,
-                    };
-                    if let ClientError::Rejected(RejectReason::Throttled { retry_after_secs }) = answered {
-                        delay = delay.max(Duration::from_secs(u64::from(*retry_after_secs)));
-                    }
-                    warn!(error = %e, side = %e.side(), attempt, retry_in = ?delay, "cannot connect to the server");
-                    status.send_replace(ClientStatus::Connecting { attempt, last_error: Some(e.to_string()) });
-                    delay
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
-                () = tokio::time::sleep(wait) => {}
-            }
-        };
-
-        if let Err(e) = &result {
-            warn!(error = %e, "giving up");
+            let mine = if failover { dialers.clone() } else { Arc::new(vec![dialers[i].clone()]) };
+            let link = Link { dialers: mine, setup };
+            let span = info_span!("link", server = %if failover { "failover".to_owned() } else { dialers[i].server.addr.clone() });
+            links.spawn(link.run(shared.clone()).instrument(span));
         }
-        status.send_replace(ClientStatus::Stopped { error: result.as_ref().err().map(ToString::to_string) });
+        // Every loop runs until the client stops, or until its servers refused the client for
+        // good; the client stops when every loop has.
+        let mut result = Ok(());
+        while let Some(ended) = links.join_next().await {
+            if let (Ok(Err(e)), Ok(())) = (ended, &result) {
+                result = Err(e);
+            }
+        }
         tracker.close();
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
         result

@@ -3,12 +3,12 @@
 //!
 //! | endpoint | |
 //! |---|---|
-//! | `GET /status` | the tunnel's state, each service's registration result, each forward's and proxy's counters |
+//! | `GET /status` | the tunnel's state, each service's registration result, each forward's and proxy's counters; with several servers, each server's tunnel (`servers`) |
 //! | `GET /now` | the running config as its file would say it (file key names), secrets masked |
 //! | `POST /reload` | re-reads the config file and publishes the services again on the live tunnel |
 //! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
 //! | `POST /stop` | stops the client (it does not reconnect) |
-//! | `GET /metrics` | Prometheus text: connections and bytes per service and per forward or proxy, tunnel up, UDP |
+//! | `GET /metrics` | Prometheus text: connections and bytes per service and per forward or proxy, tunnel up (per server, with its RTT), UDP |
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -24,7 +24,12 @@ use crate::status::ClientStatus;
 /// The client's answers to control requests.
 #[derive(Debug)]
 pub(crate) struct ClientControl {
-    pub status: watch::Receiver<ClientStatus>,
+    /// Each reconnect loop's state: per server with `mode = "all"`, one for a failover list.
+    pub status: Vec<watch::Receiver<ClientStatus>>,
+    /// Every server's address, in the list's order.
+    pub servers: Vec<String>,
+    /// The tunnels up now (their round-trip times).
+    pub current: crate::current::CurrentTunnel,
     pub reloader: Reloader,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub udp: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
@@ -34,8 +39,24 @@ pub(crate) struct ClientControl {
     pub stop: CancellationToken,
 }
 
+/// `/status`: the first tunnel's state at the top (with one server, the tunnel's), every
+/// tunnel's under `servers`, then the forwards and proxies.
 #[derive(Debug, Serialize)]
 struct Status {
+    #[serde(flatten)]
+    first: TunnelState,
+    /// Each tunnel: per server with `mode = "all"`, in the list's order; the one tunnel of a
+    /// failover list.
+    servers: Vec<TunnelState>,
+    /// Each forward and proxy: where it listens, what it carried and refused.
+    listeners: Vec<ListenerSnapshot>,
+}
+
+/// One tunnel's state.
+#[derive(Debug, Serialize)]
+struct TunnelState {
+    /// The server it goes to (`mode = "failover"`: the one it is on now, if any).
+    server: Option<String>,
     /// `connecting`, `connected` or `stopped`.
     state: &'static str,
     /// Why the last attempt or tunnel failed, while connecting.
@@ -43,9 +64,10 @@ struct Status {
     /// While connected: `quic`, or `tcp` (TLS over TCP, where UDP is blocked).
     #[serde(skip_serializing_if = "Option::is_none")]
     transport: Option<&'static str>,
+    /// While connected: the smoothed round-trip time to the server, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_ms: Option<f64>,
     services: Vec<ServiceStatus>,
-    /// Each forward and proxy: where it listens, what it carried and refused.
-    listeners: Vec<ListenerSnapshot>,
 }
 
 impl ControlApi for ClientControl {
@@ -66,11 +88,17 @@ impl ControlApi for ClientControl {
                 Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
             }
             (&Method::GET, "/metrics") => {
-                let transport = match &*self.status.borrow() {
-                    ClientStatus::Connected { transport, .. } => Some(*transport),
-                    _ => None,
-                };
-                match self.metrics.encode(transport, &self.udp.snapshot(), &self.listeners()) {
+                let tunnels: Vec<crate::metrics::TunnelGauges> = (0..self.status.len())
+                    .filter_map(|i| {
+                        let state = self.tunnel(i);
+                        Some(crate::metrics::TunnelGauges {
+                            server: state.server?,
+                            transport: state.transport,
+                            rtt: state.rtt_ms.map(|ms| ms / 1_000.0),
+                        })
+                    })
+                    .collect();
+                match self.metrics.encode(&tunnels, &self.udp.snapshot(), &self.listeners()) {
                     Ok(text) => Reply::metrics(text),
                     Err(_) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
                 }
@@ -82,22 +110,43 @@ impl ControlApi for ClientControl {
 
 impl ClientControl {
     fn status(&self) -> Status {
-        let mut transport = None;
-        let (state, last_error, services) = match &*self.status.borrow() {
-            ClientStatus::Connecting { last_error, .. } => ("connecting", last_error.clone(), Vec::new()),
-            ClientStatus::Stopped { error } => ("stopped", error.clone(), Vec::new()),
-            ClientStatus::Connected { services, transport: carried_by } => {
-                transport = Some(*carried_by);
+        let servers: Vec<TunnelState> = (0..self.status.len()).map(|i| self.tunnel(i)).collect();
+        Status { first: self.tunnel(0), servers, listeners: self.listeners() }
+    }
+
+    /// Reconnect loop `i`'s tunnel.
+    fn tunnel(&self, i: usize) -> TunnelState {
+        let failover = self.status.len() < self.servers.len();
+        let mut state = TunnelState {
+            server: if failover { None } else { self.servers.get(i).cloned() },
+            state: "connecting",
+            last_error: None,
+            transport: None,
+            rtt_ms: None,
+            services: Vec::new(),
+        };
+        let Some(status) = self.status.get(i) else { return state };
+        match &*status.borrow() {
+            ClientStatus::Connecting { last_error, .. } => state.last_error.clone_from(last_error),
+            ClientStatus::Stopped { error } => {
+                state.state = "stopped";
+                state.last_error.clone_from(error);
+            }
+            ClientStatus::Connected { services, transport, server } => {
+                state.state = "connected";
+                state.server = Some(server.clone());
+                state.transport = Some(*transport);
+                let tunnel = self.current.slots().get(i).cloned().flatten();
+                state.rtt_ms = tunnel.map(|t| t.conn().rtt().as_secs_f64() * 1_000.0);
                 let running = self.reloader.running();
                 let http = |name: &wmproxy_wire::Name| {
                     let service = running.services.iter().find(|s| s.name == *name)?;
                     wmproxy_wire::ServiceSpec::from(service).http.as_ref().map(HttpNames::from)
                 };
-                let services = services.iter().map(|r| ServiceStatus::from(r).with_http(http(&r.name))).collect();
-                ("connected", None, services)
+                state.services = services.iter().map(|r| ServiceStatus::from(r).with_http(http(&r.name))).collect();
             }
-        };
-        Status { state, last_error, transport, services, listeners: self.listeners() }
+        }
+        state
     }
 
     fn listeners(&self) -> Vec<ListenerSnapshot> {

@@ -1,39 +1,102 @@
-//! [`CurrentTunnel`]: the client's one handle for "the tunnel up now", which the reconnect loop
-//! replaces. Forwards and proxies hold it as their [`Upstream`]: each connection or flow asks it
-//! for the tunnel of the moment, and gets [`OpenError::TunnelGone`] while reconnecting, or
+//! [`CurrentTunnel`]: the client's one handle for "the tunnel up now", which the reconnect loops
+//! replace. Forwards and proxies hold it as their [`Upstream`]: each connection or flow asks it
+//! for a tunnel of the moment, and gets [`OpenError::TunnelGone`] while none is up, or
 //! [`OpenError::Busy`] past the server's per-client stream limit.
+//!
+//! With several servers, each reconnect loop has its slot (`mode = "all"`: one per server), and
+//! `egress` picks among the tunnels up: the first slot's (`first`), or round robin over those
+//! whose round-trip time is near the lowest (`balanced`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use wmproxy_config::EgressChoice;
+use wmproxy_tunnel::datastream::DataStreamError;
 use wmproxy_tunnel::relay::{Limits, Meter, RelayStats};
 use wmproxy_tunnel::upstream::FlowRoute;
 use wmproxy_tunnel::{Ask, OpenError, Opened, Tunnel, Upstream};
 use wmproxy_wire::{OpenStream, Target};
 
-/// The tunnel up now, if any. Cheap to clone.
+/// `balanced` spreads new connections over the tunnels whose round-trip time is within this
+/// much of the lowest (or a quarter of it, if that is more): servers at about the same distance
+/// share the load; a far one is left for when the near ones are gone.
+const BALANCE_BAND: Duration = Duration::from_millis(5);
+
+/// The tunnels up now, one slot per reconnect loop.
+type Slots = Vec<Option<Arc<Tunnel>>>;
+
+/// The tunnels up now, if any. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CurrentTunnel {
-    now: watch::Receiver<Option<Arc<Tunnel>>>,
+    now: watch::Receiver<Slots>,
+    /// Which one a new connection takes.
+    egress: EgressChoice,
+    /// `balanced`'s turn.
+    turn: Arc<AtomicUsize>,
     /// Time for a stream's answer.
     open_timeout: Duration,
 }
 
-/// Installs and withdraws the current tunnel (the reconnect loop's side).
-pub(crate) type Installer = watch::Sender<Option<Arc<Tunnel>>>;
+/// Installs and withdraws one reconnect loop's tunnel.
+#[derive(Debug, Clone)]
+pub(crate) struct Installer {
+    slots: Arc<watch::Sender<Slots>>,
+    slot: usize,
+}
+
+impl Installer {
+    /// Puts `tunnel` in this loop's slot (`None`: withdraws it).
+    pub fn send_replace(&self, tunnel: Option<Arc<Tunnel>>) {
+        self.slots.send_modify(|slots| {
+            if let Some(s) = slots.get_mut(self.slot) {
+                *s = tunnel;
+            }
+        });
+    }
+}
 
 impl CurrentTunnel {
-    /// No tunnel yet; the [`Installer`] puts one in place.
-    pub(crate) fn new(open_timeout: Duration) -> (Installer, Self) {
-        let (installer, now) = watch::channel(None);
-        (installer, Self { now, open_timeout })
+    /// No tunnel yet; each of the `loops` [`Installer`]s puts its tunnel in place.
+    pub(crate) fn new(loops: usize, egress: EgressChoice, open_timeout: Duration) -> (Vec<Installer>, Self) {
+        let (slots, now) = watch::channel(vec![None; loops]);
+        let slots = Arc::new(slots);
+        let installers = (0..loops).map(|slot| Installer { slots: slots.clone(), slot }).collect();
+        (installers, Self { now, egress, turn: Arc::default(), open_timeout })
     }
 
-    /// The tunnel up now.
+    /// The tunnel a new connection takes now.
     pub fn get(&self) -> Option<Arc<Tunnel>> {
+        self.pick(None)
+    }
+
+    /// The tunnel a new connection takes now, other than `besides` (one that just failed).
+    /// A tunnel whose connection has closed is skipped even before its loop withdraws it.
+    fn pick(&self, besides: Option<&Arc<Tunnel>>) -> Option<Arc<Tunnel>> {
+        let slots = self.now.borrow();
+        let mut up = slots
+            .iter()
+            .flatten()
+            .filter(|t| besides.is_none_or(|b| !Arc::ptr_eq(t, b)) && t.conn().close_reason().is_none());
+        match self.egress {
+            EgressChoice::First => up.next().cloned(),
+            EgressChoice::Balanced => {
+                let rtts: Vec<(&Arc<Tunnel>, Duration)> = up.map(|t| (t, t.conn().rtt())).collect();
+                let lowest = rtts.iter().map(|(_, rtt)| *rtt).min()?;
+                let near = lowest + BALANCE_BAND.max(lowest / 4);
+                let near: Vec<&Arc<Tunnel>> =
+                    rtts.into_iter().filter(|(_, rtt)| *rtt <= near).map(|(t, _)| t).collect();
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+                near.get(turn % near.len().max(1)).map(|t| Arc::clone(t))
+            }
+        }
+    }
+
+    /// Every slot's tunnel, in slot order (`/status`).
+    pub(crate) fn slots(&self) -> Slots {
         self.now.borrow().clone()
     }
 
@@ -54,15 +117,34 @@ impl CurrentTunnel {
     }
 }
 
+impl CurrentTunnel {
+    /// A confirmed `Connect` stream on `tunnel`, holding one of its stream permits.
+    async fn open_on(tunnel: &Tunnel, header: &OpenStream, timeout: Duration) -> Result<Opened<()>, OpenError> {
+        let permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
+        let (send, recv) = tunnel.open_confirmed(header, timeout).await?;
+        Ok(Opened { send, recv, by: (), hold: vec![Box::new(permit)] })
+    }
+}
+
 impl Upstream for CurrentTunnel {
     type By = ();
 
+    /// Nothing of the user's has been sent when the answer comes, so a stream that fails
+    /// because its tunnel went away (a server stopping, say) is tried once more on another
+    /// tunnel, if one is up.
     async fn open(&self, peer: SocketAddr, ask: Ask) -> Result<Opened<()>, OpenError> {
-        let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
-        let permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
         let header = OpenStream::Connect { target: ask.target()?, peer_addr: peer };
-        let (send, recv) = tunnel.open_confirmed(&header, self.open_timeout).await?;
-        Ok(Opened { send, recv, by: (), hold: vec![Box::new(permit)] })
+        let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
+        let first = Self::open_on(&tunnel, &header, self.open_timeout).await;
+        match first {
+            Err(OpenError::Failed(DataStreamError::Connection(_) | DataStreamError::Stream(_))) => {
+                match self.pick(Some(&tunnel)) {
+                    Some(other) => Self::open_on(&other, &header, self.open_timeout).await,
+                    None => first,
+                }
+            }
+            other => other,
+        }
     }
 
     fn flow(&self, peer: SocketAddr, ask: Ask) -> Result<FlowRoute, OpenError> {

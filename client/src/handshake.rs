@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use quinn::Endpoint;
-use wmproxy_config::{ClientConfig, Service, Transport};
+use wmproxy_config::{ClientConfig, ServerEntry, Service, Transport};
 use wmproxy_tunnel::stream::{read_frame, write_frame};
 use wmproxy_tunnel::{Conn, RecvStream, SendStream, transport};
 use wmproxy_wire::{
@@ -30,6 +30,8 @@ pub const QUIC_ANSWER_WITHIN: Duration = Duration::from_secs(3);
 /// An established, registered tunnel (the server's side of it is its `Session`).
 #[derive(Debug)]
 pub struct Established {
+    /// The server's address (`addr` of its entry).
+    pub server: String,
     /// The QUIC endpoint the connection lives on (one per attempt: a fresh source port after a
     /// network change); `None` over the TCP transport.
     pub endpoint: Option<Endpoint>,
@@ -45,10 +47,12 @@ pub struct Established {
     pub limits: TunnelLimits,
 }
 
-/// How the client reaches the server: its TLS setups for both transports, and the tracker the
-/// TCP transport's tasks run on.
+/// How the client reaches one server: the server's entry, its TLS setups for both transports
+/// (the entry's trust), and the tracker the TCP transport's tasks run on.
 #[derive(Debug, Clone)]
 pub struct Dialer {
+    /// The server.
+    pub server: ServerEntry,
     /// QUIC's.
     pub quic: quinn::ClientConfig,
     /// The TCP transport's.
@@ -68,11 +72,11 @@ pub async fn establish(
     hello: (u32, Option<ResumeSecret>),
 ) -> Result<Established, ClientError> {
     match transport {
-        Transport::Quic => establish_quic(config, services, (&dialer.quic, HANDSHAKE_TIMEOUT), hello).await,
+        Transport::Quic => establish_quic(config, services, (dialer, HANDSHAKE_TIMEOUT), hello).await,
         Transport::Tcp => establish_tcp(config, services, dialer, hello).await,
-        Transport::Auto => match establish_quic(config, services, (&dialer.quic, QUIC_ANSWER_WITHIN), hello).await {
+        Transport::Auto => match establish_quic(config, services, (dialer, QUIC_ANSWER_WITHIN), hello).await {
             Err(ClientError::NoAnswer { addr, secs }) => {
-                info!(%addr, secs, tcp = %config.tcp_server_addr, "no QUIC answer (UDP may be blocked); trying TLS over TCP");
+                info!(%addr, secs, tcp = %dialer.server.tcp_addr, "no QUIC answer (UDP may be blocked); trying TLS over TCP");
                 establish_tcp(config, services, dialer, hello).await.map_err(|tcp| ClientError::NeitherTransport {
                     quic: addr,
                     secs,
@@ -92,8 +96,8 @@ async fn establish_tcp(
     hello: (u32, Option<ResumeSecret>),
 ) -> Result<Established, ClientError> {
     let attempt = async {
-        let conn = crate::tcp_transport::connect(config, &dialer.tcp, &dialer.tracker).await?;
-        let handshaken = handshake(&conn, config, services, hello).await;
+        let conn = crate::tcp_transport::connect(config, dialer).await?;
+        let handshaken = handshake(&conn, (config, &dialer.server), services, hello).await;
         if handshaken.is_err() {
             conn.close(0u32.into(), b"handshake failed");
         }
@@ -101,7 +105,7 @@ async fn establish_tcp(
     };
     let (conn, Handshaken { services, control, resume, limits }) =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await.map_err(|_| ClientError::Timeout)??;
-    Ok(Established { endpoint: None, conn, services, control, resume, limits })
+    Ok(Established { server: dialer.server.addr.clone(), endpoint: None, conn, services, control, resume, limits })
 }
 
 /// [`establish`] over QUIC, counting a server that does not answer within `answer_within` as
@@ -109,29 +113,31 @@ async fn establish_tcp(
 async fn establish_quic(
     config: &ClientConfig,
     services: &[Service],
-    (quic, answer_within): (&quinn::ClientConfig, Duration),
+    (dialer, answer_within): (&Dialer, Duration),
     (hello_version, resume): (u32, Option<ResumeSecret>),
 ) -> Result<Established, ClientError> {
-    let (addr, endpoint) = quic_endpoint(&config.server_addr).await?;
+    let server = &dialer.server;
+    let (addr, endpoint) = quic_endpoint(&server.addr).await?;
 
     // Whether the server answered at all: a QUIC handshake that never completes is what a
     // firewall dropping UDP (or a server that is down) looks like.
     let mut answered = false;
     let attempt = async {
         let connecting =
-            endpoint.connect_with(quic.clone(), addr, &config.server_name).map_err(TunnelError::Connect)?;
+            endpoint.connect_with(dialer.quic.clone(), addr, &server.server_name).map_err(TunnelError::Connect)?;
         let conn = match tokio::time::timeout(answer_within, connecting).await {
             Ok(conn) => Conn::from(conn?),
             Err(_) => return Err(ClientError::NoAnswer { addr, secs: answer_within.as_secs() }),
         };
         answered = true;
         let hello = (hello_version, resume);
-        let handshaken = handshake(&conn, config, services, hello).await?;
+        let handshaken = handshake(&conn, (config, server), services, hello).await?;
         Ok::<_, ClientError>((conn, handshaken))
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
         Ok(Ok((conn, Handshaken { services, control, resume, limits }))) => {
-            Ok(Established { endpoint: Some(endpoint), conn, services, control, resume, limits })
+            let server = server.addr.clone();
+            Ok(Established { server, endpoint: Some(endpoint), conn, services, control, resume, limits })
         }
         Ok(Err(e)) => {
             endpoint.close(0u32.into(), b"handshake failed");
@@ -179,7 +185,7 @@ struct Handshaken {
 
 async fn handshake(
     conn: &Conn,
-    config: &ClientConfig,
+    (config, server): (&ClientConfig, &ServerEntry),
     services: &[Service],
     (hello_version, resume): (u32, Option<ResumeSecret>),
 ) -> Result<Handshaken, ClientError> {
@@ -187,8 +193,12 @@ async fn handshake(
     let mut exporter = [0u8; auth::EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(&config.name))
         .map_err(|_| TunnelError::Exporter)?;
-    let proof = auth::prove(&AuthToken::new(config.token.expose()), &exporter);
-    let hello = Hello { protocol_version: hello_version, client_name: config.name.clone(), proof, resume };
+    let proof = auth::prove(&AuthToken::new(server.token.expose()), &exporter);
+    let servers = match config.mode {
+        wmproxy_config::ServersMode::All => u32::try_from(config.servers.len()).unwrap_or(u32::MAX),
+        wmproxy_config::ServersMode::Failover => 1,
+    };
+    let hello = Hello { protocol_version: hello_version, client_name: config.name.clone(), proof, resume, servers };
     write_frame(&mut send, &hello).await?;
     let (resume, announced) = hello::read_reply(read_frame::<HelloReply, _>(&mut recv).await?, hello_version)?;
     let limits = transport::bounded(announced);

@@ -1,15 +1,18 @@
-//! The wmproxy client: keeps a QUIC tunnel to the server and serves its services, forwards and
-//! proxies through it.
+//! The wmproxy client: keeps QUIC tunnels to its servers and serves its services, forwards and
+//! proxies through them.
 //!
 //! # Layout
-//! - [`client`]: [`Client`] binds the local listeners; [`Client::run`] is the reconnect loop,
-//!   publishing [`ClientStatus`] (`status`) on a watch channel.
+//! - [`client`]: [`Client`] binds the local listeners; [`Client::run`] starts the reconnect
+//!   loops and waits for them.
+//! - `link`: one reconnect loop, publishing [`ClientStatus`] (`status`) on a watch channel: one
+//!   per server (`mode = "all"`), or one for a failover list, which moves down the list when a
+//!   server is lost and back up when an earlier one has answered for a while (`failback`).
 //! - [`handshake`]: one attempt: resolve, QUIC handshake, Hello with the TLS-bound proof,
 //!   Register; gives an [`handshake::Established`] tunnel.
 //! - `tunnel`: serves one established tunnel until it ends: installs it as the current tunnel,
 //!   accepts the server's streams, follows reloads on the control stream.
-//! - [`current`]: [`CurrentTunnel`], the one handle for "the tunnel up now", which forwards and
-//!   proxies hold as their [`wmproxy_tunnel::Upstream`].
+//! - [`current`]: [`CurrentTunnel`], the one handle for "the tunnels up now", which forwards and
+//!   proxies hold as their [`wmproxy_tunnel::Upstream`]; it picks a tunnel per `egress`.
 //! - `expose`: streams the server opens (a user reached a published service): dial the local
 //!   address, answer, relay, log the connection.
 //! - `forward`: local TCP/UDP ports whose traffic leaves from the server (`Connect`), and `ws`
@@ -43,8 +46,10 @@ pub mod reload;
 pub mod tls;
 
 mod expose;
+mod failback;
 mod forward;
 mod health;
+mod link;
 mod metrics;
 mod proxy;
 mod quic_probe;

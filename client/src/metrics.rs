@@ -18,6 +18,22 @@ struct TransportLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+/// One tunnel's state at scrape time, for the gauges.
+#[derive(Debug)]
+pub struct TunnelGauges {
+    /// The server's address.
+    pub server: String,
+    /// Its transport while it is up.
+    pub transport: Option<&'static str>,
+    /// Its round-trip time while it is up, seconds.
+    pub rtt: Option<f64>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: String,
 }
@@ -68,20 +84,33 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text: the counters, then whether the tunnel is up and on which
-    /// `transport` (`None` while it is not), `udp`, and the proxies' and forwards' `listeners`.
+    /// The Prometheus text: the counters, then whether the tunnels are up, on which transport
+    /// and at which round-trip time (`tunnels`), `udp`, and the proxies' and forwards'
+    /// `listeners`.
     pub fn encode(
         &self,
-        transport: Option<&'static str>,
+        tunnels: &[TunnelGauges],
         udp: &UdpSnapshot,
         listeners: &[ListenerSnapshot],
     ) -> Result<String, std::fmt::Error> {
         let mut scraped = Registry::with_prefix("wmproxy_client");
+        let first = tunnels.iter().find_map(|t| t.transport);
         let up: Gauge = Gauge::default();
-        up.set(i64::from(transport.is_some()));
-        scraped.register("tunnel_up", "1 while the tunnel to the server is up", up);
+        up.set(i64::from(first.is_some()));
+        scraped.register("tunnel_up", "1 while a tunnel to a server is up", up);
+        let server_up: Family<ServerLabels, Gauge> = Family::default();
+        let rtt: Family<ServerLabels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+        for t in tunnels {
+            let labels = ServerLabels { server: t.server.clone() };
+            server_up.get_or_create(&labels).set(i64::from(t.transport.is_some()));
+            if let Some(seconds) = t.rtt {
+                rtt.get_or_create(&labels).set(seconds);
+            }
+        }
+        scraped.register("server_tunnel_up", "1 while the tunnel to this server is up", server_up);
+        scraped.register("server_rtt_seconds", "The smoothed round-trip time to this server", rtt);
         let on: Family<TransportLabels, Gauge> = Family::default();
-        if let Some(transport) = transport {
+        if let Some(transport) = first {
             on.get_or_create(&TransportLabels { transport }).set(1);
         }
         scraped.register(

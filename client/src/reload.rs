@@ -69,13 +69,11 @@ impl Reloader {
         let mut running = self.lock();
         let mut report = ReloadReport::default();
         report.compare("services", &running.services, &new.services, |s| s.name.to_string());
-        report.restart_if("server_addr", &running.server_addr, &new.server_addr);
-        report.restart_if("server_name", &running.server_name, &new.server_name);
+        report.restart_if("servers", &running.servers, &new.servers);
+        report.restart_if("mode", &running.mode, &new.mode);
+        report.restart_if("egress", &running.egress, &new.egress);
         report.restart_if("transport", &running.transport, &new.transport);
-        report.restart_if("tcp_server_addr", &running.tcp_server_addr, &new.tcp_server_addr);
-        report.restart_if("trust", &running.trust, &new.trust);
         report.restart_if("name", &running.name, &new.name);
-        report.restart_if("token", &running.token, &new.token);
         report.restart_if("forwards", &running.forwards, &new.forwards);
         report.restart_if("proxies", &running.proxies, &new.proxies);
         report.restart_if("server_proxies_egress", &running.server_proxies_egress, &new.server_proxies_egress);

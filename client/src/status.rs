@@ -18,6 +18,8 @@ pub enum ClientStatus {
         services: Vec<ServiceResult>,
         /// What carries the tunnel: `quic`, or `tcp` (TLS over TCP, where UDP is blocked).
         transport: &'static str,
+        /// The server's address, as its entry gives it.
+        server: String,
     },
     /// `run` has returned; `error` is why, if it was not a requested shutdown.
     Stopped {

@@ -1,4 +1,4 @@
-//! Reaching the server over the TCP transport: a TCP connection to `tcp_server_addr` (directly,
+//! Reaching a server over the TCP transport: a TCP connection to its `tcp_addr` (directly,
 //! or through `proxy_url`: see `tcp_proxy`), TLS 1.3 over it with the same trust as QUIC, then HTTP/2 with this end as the offerer (see
 //! `wmproxy_tunnel::conn::tcp`). What follows (Hello, Register) is the QUIC path's.
 
@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
-use wmproxy_config::ClientConfig;
+use wmproxy_config::{ClientConfig, ServerEntry};
 use wmproxy_tunnel::Conn;
 use wmproxy_tunnel::conn::tcp;
 use wmproxy_tunnel::transport::TransportTuning;
@@ -16,25 +16,22 @@ use crate::error::{ClientError, TunnelError};
 
 /// Connects to the server's TCP transport and sets up the HTTP/2 layer. The caller bounds the
 /// time it takes.
-pub async fn connect(
-    config: &ClientConfig,
-    tls: &Arc<rustls::ClientConfig>,
-    tracker: &TaskTracker,
-) -> Result<Conn, ClientError> {
-    let addr = &config.tcp_server_addr;
+pub async fn connect(config: &ClientConfig, dialer: &crate::handshake::Dialer) -> Result<Conn, ClientError> {
+    let (server, tls, tracker) = (&dialer.server, &dialer.tcp, &dialer.tracker);
+    let addr = &server.tcp_addr;
     let failed = |source| ClientError::TcpConnect { addr: addr.clone(), source };
     match &config.tcp_proxy {
         Some(proxy) => {
             // The server's address as far as this end can tell: the proxy's.
             let (stream, remote) = crate::tcp_proxy::connect(proxy, addr).await.map_err(failed)?;
-            secure(stream, remote, (config, tls, tracker)).await
+            secure(stream, remote, (config, server), (tls, tracker)).await
         }
         None => {
             let tcp = TcpStream::connect(addr.as_str()).await.map_err(failed)?;
             let remote = tcp.peer_addr().map_err(failed)?;
             let _ = tcp.set_nodelay(true);
             wmproxy_tunnel::accept::keepalive(&tcp);
-            secure(tcp, remote, (config, tls, tracker)).await
+            secure(tcp, remote, (config, server), (tls, tracker)).await
         }
     }
 }
@@ -44,13 +41,14 @@ pub async fn connect(
 async fn secure<T>(
     io: T,
     remote: std::net::SocketAddr,
-    (config, tls, tracker): (&ClientConfig, &Arc<rustls::ClientConfig>, &TaskTracker),
+    (config, server): (&ClientConfig, &ServerEntry),
+    (tls, tracker): (&Arc<rustls::ClientConfig>, &TaskTracker),
 ) -> Result<Conn, ClientError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let failed = |source| ClientError::TcpConnect { addr: config.tcp_server_addr.clone(), source };
-    let name = rustls_pki_types::ServerName::try_from(config.server_name.clone())
+    let failed = |source| ClientError::TcpConnect { addr: server.tcp_addr.clone(), source };
+    let name = rustls_pki_types::ServerName::try_from(server.server_name.clone())
         .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
     let tls = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, io).await.map_err(|e| {
         // A certificate or protocol the client refuses: retrying will not help.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use wmproxy_config::Service;
 use wmproxy_tunnel::conn::TransportKind;
-use wmproxy_tunnel::stream::read_frame;
+use wmproxy_tunnel::stream::{StreamError, read_frame};
 use wmproxy_tunnel::udp::{FlowTable, UdpStats};
 use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{ControlReply, ControlRequest, RegisterOutcome, ServiceResult, close_code};
@@ -21,11 +21,18 @@ use wmproxy_wire::{ControlReply, ControlRequest, RegisterOutcome, ServiceResult,
 use crate::current::Installer;
 use crate::error::TunnelError;
 use crate::expose::{self, Exposer};
-use crate::handshake::{self, Established};
+use crate::failback::Failback;
+use crate::handshake::{self, Dialer, Established};
 use crate::health;
 use crate::quic_probe::QuicProbe;
 use crate::roaming;
 use crate::status::ClientStatus;
+
+/// The server's replies on the control stream, read one at a time. It outlives a tunnel's
+/// `serve` when the tunnel moves on (`retire`, `leave`): a dropped stream would stop the server's
+/// replies and end its session, and the connections in flight with it.
+type Replies = std::pin::Pin<Box<ReplyStream>>;
+type ReplyStream = dyn futures_util::Stream<Item = Result<ControlReply, StreamError>> + Send;
 
 /// How long a stop waits for the connections in flight to finish (and for the client's other
 /// tasks after that).
@@ -51,13 +58,23 @@ pub(crate) enum TunnelEnd {
     /// TCP tunnel lives on for the connections in flight, until the server retires it.
     #[error("QUIC answers again: moving the tunnel back to it")]
     QuicBack,
+    /// `mode = "failover"`: server `to`, earlier in the list, has answered for the hold. This
+    /// tunnel keeps serving until `leave` is sent or dropped (once the tunnel to `to` is up, or
+    /// has failed), then withdraws its services, lets its connections finish and closes.
+    #[error("an earlier server of the list answers again: moving the tunnel back to it")]
+    Failback {
+        /// The index of the server to move to.
+        to: usize,
+        /// Tells this tunnel to leave.
+        leave: oneshot::Sender<()>,
+    },
 }
 
 impl TunnelEnd {
     /// Whose fault it is.
     pub fn side(&self) -> Side {
         match self {
-            Self::Shutdown | Self::QuicBack => Side::Internal,
+            Self::Shutdown | Self::QuicBack | Self::Failback { .. } => Side::Internal,
             Self::Lost(_) | Self::Control(_) => Side::Tunnel,
         }
     }
@@ -78,21 +95,34 @@ pub(crate) struct TunnelSetup {
     pub status: watch::Sender<ClientStatus>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
-    /// In auto mode, how a tunnel on the TCP transport asks QUIC again.
-    pub probe: Option<QuicProbe>,
+    /// In auto mode, how often a tunnel on the TCP transport asks QUIC again.
+    pub quic_probe: Option<Duration>,
+    /// In failover mode, how a tunnel to a later server learns that an earlier one is back.
+    pub failback: Option<Failback>,
 }
 
 impl TunnelSetup {
     /// Serves `established` until it ends or the client stops; returns why it ended.
     /// `registered` is what it registered with, and `services` the watch a reload changes.
+    /// `dialer` is how it was reached; in failover mode, `earlier` are the servers of the list
+    /// it may move back to. `replaces` is the signal for the tunnel this one replaces to leave
+    /// (failback), sent once this one is installed.
     pub async fn serve(
         &self,
-        established: Established,
+        (established, dialer, earlier): (Established, &Dialer, Vec<usize>),
+        replaces: Option<oneshot::Sender<()>>,
         (registered, services): (Arc<Vec<Service>>, watch::Receiver<Arc<Vec<Service>>>),
         exposer: Arc<Exposer>,
     ) -> TunnelEnd {
-        let Established { endpoint, conn, services: results, control: (control_send, control_recv), limits, .. } =
-            established;
+        let Established {
+            server,
+            endpoint,
+            conn,
+            services: results,
+            control: (control_send, control_recv),
+            limits,
+            ..
+        } = established;
         log_results(&results);
         // Connections of our forwards and proxies: as many as the server lets a client have, so
         // one past them is refused at once rather than left waiting for stream credit.
@@ -106,9 +136,11 @@ impl TunnelSetup {
             warn!("the server does not accept QUIC datagrams: UDP packets will ride flow streams");
         }
         self.installer.send_replace(Some(tunnel.clone()));
+        drop(replaces);
         // Connected is announced only once forwards and proxies can use the tunnel: a caller
         // that waits for it may send through them at once.
-        self.status.send_replace(ClientStatus::Connected { services: results, transport: conn.kind().as_str() });
+        let transport = conn.kind().as_str();
+        self.status.send_replace(ClientStatus::Connected { services: results, transport, server });
         // Health reports and later registrations share the control stream; `requests` lives as
         // long as the tunnel, so the stream stays open until the tunnel ends.
         let (requests, queued) = mpsc::channel(health::REPORT_QUEUE);
@@ -117,35 +149,41 @@ impl TunnelSetup {
         checks.sync(&registered);
         info!("tunnel up");
 
+        let mut replies: Replies = Box::pin(futures_util::stream::unfold(control_recv, |mut recv| async move {
+            let reply = read_frame::<ControlReply, _>(&mut recv).await;
+            Some((reply, recv))
+        }));
         let ended = tokio::select! {
             () = self.shutdown.cancelled() => TunnelEnd::Shutdown,
             reason = conn.closed() => TunnelEnd::Lost(reason),
             // The accept error is the connection's end, with the server's close reason if any.
-            reason = async {
-                loop {
-                    match conn.accept_bi().await {
-                        Ok(stream) => {
-                            let span = info_span!("stream", service = tracing::field::Empty, peer = tracing::field::Empty, flow = tracing::field::Empty);
-                            let serve = expose::serve(stream, tunnel.clone(), exposer.clone()).instrument(span);
-                            self.tracker.spawn(exposed.track_future(serve));
-                        }
-                        Err(e) => break TunnelEnd::Lost(e),
-                    }
-                }
-            } => reason,
+            reason = accept_exposed(&tunnel, &exposer, (&self.tracker, &exposed)) => TunnelEnd::Lost(reason),
             () = async {
-                match (&self.probe, conn.kind()) {
-                    (Some(probe), TransportKind::Tcp) => probe.answered().await,
+                match (self.quic_probe, conn.kind()) {
+                    (Some(interval), TransportKind::Tcp) => {
+                        QuicProbe { dialer: dialer.clone(), interval }.answered().await
+                    }
                     _ => std::future::pending().await,
                 }
             } => TunnelEnd::QuicBack,
+            to = async {
+                match &self.failback {
+                    Some(failback) => failback.due(&earlier).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (leave, go) = oneshot::channel();
+                drop(checks);
+                self.leave((tunnel, exposer, exposed), (requests, replies, limits.streams), go);
+                return TunnelEnd::Failback { to, leave };
+            }
             never = async {
                 match &endpoint {
                     Some(endpoint) => roaming::follow(endpoint, exposer.metrics.rebinds()).await,
                     None => std::future::pending().await,
                 }
             } => match never {},
-            reason = follow_reloads(services, (&requests, control_recv), &self.status, &mut checks) => {
+            reason = follow_reloads(services, (&requests, replies.as_mut()), &self.status, &mut checks) => {
                 // The control stream fails with its connection: report the connection's reason
                 // (the server's "shutting down", say), not the stream's.
                 match conn.close_reason() {
@@ -157,7 +195,7 @@ impl TunnelSetup {
         if matches!(ended, TunnelEnd::QuicBack) {
             info!("QUIC answers again: moving the tunnel to it; connections in flight finish on TCP");
             drop(checks);
-            self.retire((tunnel, exposer, exposed), requests);
+            self.retire((tunnel, exposer, exposed), (requests, replies));
             return ended;
         }
         if matches!(ended, TunnelEnd::Shutdown) {
@@ -199,23 +237,15 @@ impl TunnelSetup {
     fn retire(
         &self,
         (tunnel, exposer, exposed): (Arc<Tunnel>, Arc<Exposer>, TaskTracker),
-        control: mpsc::Sender<ControlRequest>,
+        (control, mut replies): (mpsc::Sender<ControlRequest>, Replies),
     ) {
         let (tracker, shutdown) = (self.tracker.clone(), self.shutdown.clone());
         let retiring = async move {
             let served = async {
-                while let Ok(stream) = tunnel.conn().accept_bi().await {
-                    let span = info_span!(
-                        "stream",
-                        service = tracing::field::Empty,
-                        peer = tracing::field::Empty,
-                        flow = tracing::field::Empty
-                    );
-                    let serve = expose::serve(stream, tunnel.clone(), exposer.clone()).instrument(span);
-                    tracker.spawn(exposed.track_future(serve));
-                }
+                accept_exposed(&tunnel, &exposer, (&tracker, &exposed)).await;
             };
             tokio::select! {
+                () = let_go(&mut replies) => {}
                 served = tokio::time::timeout(RETIRE_TIMEOUT, served) => if served.is_err() {
                     warn!("the server kept the previous tunnel open too long; closing it");
                 },
@@ -230,6 +260,80 @@ impl TunnelSetup {
         };
         self.tracker.spawn(retiring.in_current_span());
     }
+}
+
+impl TunnelSetup {
+    /// Keeps `tunnel` serving until `go` (its successor is up, or failed) and then leaves its
+    /// server: withdraws every service (an empty registration), waits up to [`DRAIN_TIMEOUT`]
+    /// for the connections in flight either way, and closes.
+    fn leave(
+        &self,
+        (tunnel, exposer, exposed): (Arc<Tunnel>, Arc<Exposer>, TaskTracker),
+        (control, mut replies, streams): (mpsc::Sender<ControlRequest>, Replies, u32),
+        go: oneshot::Receiver<()>,
+    ) {
+        let (tracker, shutdown) = (self.tracker.clone(), self.shutdown.clone());
+        let leaving = async move {
+            let served = async {
+                accept_exposed(&tunnel, &exposer, (&tracker, &exposed)).await;
+            };
+            let left = async {
+                let _ = go.await;
+                info!("leaving this server: withdrawing the services, then closing once connections finish");
+                let _ = control.send(ControlRequest::Register { services: Vec::new() }).await;
+                exposed.close();
+                let finished = async {
+                    exposed.wait().await;
+                    tunnel.streams_finished(streams).await;
+                };
+                if tokio::time::timeout(DRAIN_TIMEOUT, finished).await.is_err() {
+                    warn!("connections still open after the drain time; closing the tunnel");
+                }
+            };
+            tokio::select! {
+                () = let_go(&mut replies) => {}
+                () = served => {}
+                () = left => {}
+                () = shutdown.cancelled() => {}
+            }
+            drop(control);
+            tunnel.close(close_code::NORMAL, "client moved back to a preferred server");
+            info!("left the server");
+        };
+        self.tracker.spawn(leaving.in_current_span());
+    }
+}
+
+/// Serves the streams the server opens on `tunnel` (users of the client's services), each in a
+/// task of `tracker` tracked in `exposed` (a stop or a move waits for them), until the
+/// connection ends; returns why it ended.
+async fn accept_exposed(
+    tunnel: &Arc<Tunnel>,
+    exposer: &Arc<Exposer>,
+    (tracker, exposed): (&TaskTracker, &TaskTracker),
+) -> quinn::ConnectionError {
+    loop {
+        match tunnel.conn().accept_bi().await {
+            Ok(stream) => {
+                let span = info_span!(
+                    "stream",
+                    service = tracing::field::Empty,
+                    peer = tracing::field::Empty,
+                    flow = tracing::field::Empty
+                );
+                let serve = expose::serve(stream, tunnel.clone(), exposer.clone()).instrument(span);
+                tracker.spawn(exposed.track_future(serve));
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+/// Reads the server's replies on a tunnel that is moving on (an answer to the withdrawal, a
+/// notice of withdrawn services) and lets them go; never completes.
+async fn let_go(replies: &mut Replies) {
+    while let Some(Ok(_)) = replies.next().await {}
+    std::future::pending::<()>().await
 }
 
 /// The client is stopping (its forwards and proxies stopped accepting with the shutdown): waits,
@@ -270,16 +374,10 @@ fn log_results(results: &[ServiceResult]) {
 /// stream fails, with why.
 async fn follow_reloads(
     mut services: watch::Receiver<Arc<Vec<Service>>>,
-    (requests, replies): (&mpsc::Sender<ControlRequest>, wmproxy_tunnel::RecvStream),
+    (requests, mut replies): (&mpsc::Sender<ControlRequest>, std::pin::Pin<&mut ReplyStream>),
     status: &watch::Sender<ClientStatus>,
     checks: &mut health::Checks,
 ) -> TunnelError {
-    // A stream keeps a half-read reply while a reload is taken in.
-    let replies = futures_util::stream::unfold(replies, |mut recv| async move {
-        let reply = read_frame::<ControlReply, _>(&mut recv).await;
-        Some((reply, recv))
-    });
-    let mut replies = std::pin::pin!(replies);
     // The services of each `Register` not answered yet, in order (one per reload in flight).
     let mut asked: VecDeque<Arc<Vec<Service>>> = VecDeque::new();
     let mut reloads = true;

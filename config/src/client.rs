@@ -23,8 +23,17 @@ pub(crate) const TAGGED: &[Section] = &[("services", Some("tcp")), ("forwards", 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
-    /// The server, `host:port` (UDP).
-    pub server_addr: Spanned<String>,
+    /// The server, `host:port` (UDP). With several servers, list them as `[[servers]]`
+    /// instead.
+    #[serde(default)]
+    pub server_addr: Option<Spanned<String>>,
+    /// The servers, each with its address, trust and (optionally) token: a tunnel to each
+    /// (`mode = "all"`) or to one at a time (`"failover"`).
+    #[serde(default)]
+    pub servers: Vec<crate::servers::ServerFile>,
+    /// With several servers: `all` (each publishes the services) or `failover`.
+    #[serde(default)]
+    pub mode: crate::servers::ServersMode,
     /// How the tunnel reaches the server: `auto` (QUIC, and TLS on TCP when UDP does not get
     /// through), `quic` or `tcp`.
     #[serde(default)]
@@ -52,8 +61,9 @@ pub struct ClientFile {
     pub system_roots: bool,
     /// This client's name.
     pub name: Spanned<String>,
-    /// Its token.
-    pub token: Secret,
+    /// Its token (the default of every `[[servers]]` entry).
+    #[serde(default)]
+    pub token: Option<Secret>,
     /// Services to publish on the server.
     #[serde(default)]
     pub services: Vec<ServiceFile>,
@@ -68,9 +78,11 @@ pub struct ClientFile {
     /// from the server, under the server's `[egress]`.
     #[serde(default)]
     pub server_proxies_egress: Option<EgressFile>,
-    /// The old name of `server_proxies_egress`, still read, with a deprecation warning.
+    /// Which server the client's own forwards and proxies leave from: `first` (the first
+    /// server up) or `balanced`. As a table, the old name of `server_proxies_egress`, still
+    /// read, with a deprecation warning.
     #[serde(default)]
-    pub egress: Option<EgressFile>,
+    pub egress: Option<crate::servers::EgressKey>,
     /// Resource limits.
     #[serde(default)]
     pub limits: ClientLimits,
@@ -97,6 +109,10 @@ pub struct ClientLimits {
     /// Seconds between QUIC handshakes tried while `transport = "auto"` runs on the TCP
     /// transport; when one completes, the tunnel moves back to QUIC.
     pub quic_probe_interval_secs: u64,
+    /// `mode = "failover"`: how long an earlier server of the list must keep answering before
+    /// the client moves its tunnel back to it (so that a flapping server does not move it
+    /// back and forth).
+    pub failback_after_secs: u64,
 }
 
 impl Default for ClientLimits {
@@ -107,6 +123,7 @@ impl Default for ClientLimits {
             keep_alive_secs: 10,
             congestion: crate::Congestion::default(),
             quic_probe_interval_secs: 30,
+            failback_after_secs: 30,
         }
     }
 }
@@ -120,6 +137,11 @@ impl ClientLimits {
     /// [`Self::quic_probe_interval_secs`] as a duration.
     pub fn quic_probe_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.quic_probe_interval_secs)
+    }
+
+    /// [`Self::failback_after_secs`] as a duration.
+    pub fn failback_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.failback_after_secs)
     }
 
     /// [`Self::keep_alive_secs`] as a duration.
@@ -153,37 +175,24 @@ impl Transport {
     }
 }
 
-/// How the client decides to trust the server. Exactly one is configured: there is no
-/// insecure mode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum ServerTrust {
-    /// SHA-256 of the server certificate (32 bytes).
-    Fingerprint([u8; 32]),
-    /// CA certificates from a PEM file.
-    CaFile(PathBuf),
-    /// The system's root certificates.
-    SystemRoots,
-}
+use crate::servers::EgressKey;
+pub use crate::servers::{EgressChoice, ServerEntry, ServerTrust, ServersMode, parse_fingerprint, split_host_port};
 
 /// The validated client configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientConfig {
-    /// `host:port` of the server.
-    pub server_addr: String,
-    /// How the tunnel reaches the server.
+    /// The servers, in the file's order (at least one).
+    pub servers: Vec<ServerEntry>,
+    /// A tunnel to every server, or one at a time.
+    pub mode: ServersMode,
+    /// Which server the client's own forwards and proxies leave from.
+    pub egress: EgressChoice,
+    /// How the tunnels reach the servers.
     pub transport: Transport,
-    /// `host:port` of the server's TCP transport.
-    pub tcp_server_addr: String,
     /// The proxy the TCP transport goes through, if any.
     pub tcp_proxy: Option<crate::tcp_proxy::TcpProxy>,
-    /// TLS server name.
-    pub server_name: String,
-    /// How the server is trusted.
-    pub trust: ServerTrust,
     /// This client's name.
     pub name: Name,
-    /// Its token.
-    pub token: Secret,
     /// Services to publish.
     pub services: Vec<Service>,
     /// Local forwards.
@@ -204,18 +213,6 @@ pub struct ClientConfig {
 impl ClientFile {
     /// Validates into a [`ClientConfig`]. `src` is the TOML text, used to name lines.
     pub fn validate(self, src: &str) -> Result<ClientConfig, ConfigError> {
-        let addr_at = self.server_addr.span().start;
-        let server_addr = self.server_addr.into_inner();
-        let host =
-            split_host_port(&server_addr).map_err(|m| invalid(src, "server_addr", Some(addr_at), &m))?.0.to_owned();
-        let tcp_server_addr = match self.tcp_server_addr {
-            Some(addr) => {
-                let at = addr.span().start;
-                split_host_port(addr.get_ref()).map_err(|m| invalid(src, "tcp_server_addr", Some(at), &m))?;
-                addr.into_inner()
-            }
-            None => server_addr.clone(),
-        };
         let tcp_proxy = match self.proxy_url {
             Some(url) => {
                 let at = url.span().start;
@@ -227,32 +224,18 @@ impl ClientFile {
             None => None,
         };
 
-        let trust = match (self.server_fingerprint, self.ca_file, self.system_roots) {
-            (Some(fp), None, false) => {
-                let at = fp.span().start;
-                ServerTrust::Fingerprint(
-                    parse_fingerprint(fp.get_ref()).map_err(|m| invalid(src, "server_fingerprint", Some(at), &m))?,
-                )
-            }
-            (None, Some(path), false) => ServerTrust::CaFile(path),
-            (None, None, true) => ServerTrust::SystemRoots,
-            (None, None, false) => {
-                return Err(invalid(
-                    src,
-                    "server_fingerprint",
-                    None,
-                    "no way to trust the server: set one of `server_fingerprint`, `ca_file` or `system_roots = true`",
-                ));
-            }
-            _ => {
-                return Err(invalid(
-                    src,
-                    "server_fingerprint",
-                    None,
-                    "set only one of `server_fingerprint`, `ca_file` and `system_roots`",
-                ));
-            }
+        let top = crate::servers::TopLevel {
+            server_addr: self.server_addr,
+            tcp_server_addr: self.tcp_server_addr,
+            server_name: self.server_name,
+            trust: crate::servers::TrustKeys {
+                fingerprint: self.server_fingerprint,
+                ca_file: self.ca_file,
+                system_roots: self.system_roots,
+            },
+            token: self.token,
         };
+        let servers = crate::servers::validate(src, top, self.servers)?;
 
         let l = &self.limits;
 
@@ -262,6 +245,7 @@ impl ClientFile {
         within(src, &limit("udp_flow_idle_timeout_secs"), l.udp_flow_idle_timeout_secs, ranges::UDP_IDLE_SECS)?;
         within(src, &limit("keep_alive_secs"), l.keep_alive_secs, ranges::KEEP_ALIVE_SECS)?;
         within(src, &limit("quic_probe_interval_secs"), l.quic_probe_interval_secs, ranges::PROBE_SECS)?;
+        within(src, &limit("failback_after_secs"), l.failback_after_secs, ranges::PROBE_SECS)?;
 
         let mut seen = HashSet::new();
         let mut services = Vec::with_capacity(self.services.len());
@@ -278,7 +262,12 @@ impl ClientFile {
         let proxies =
             self.proxies.into_iter().enumerate().map(|(i, p)| p.validate(src, i)).collect::<Result<Vec<_>, _>>()?;
         let mut warnings = Vec::new();
-        let egress = match (self.server_proxies_egress, self.egress) {
+        let (choice, old_egress) = match self.egress {
+            Some(EgressKey::Choice(choice)) => (choice, None),
+            Some(EgressKey::OldPolicy(policy)) => (EgressChoice::default(), Some(policy)),
+            None => (EgressChoice::default(), None),
+        };
+        let egress = match (self.server_proxies_egress, old_egress) {
             (Some(_), Some(_)) => {
                 let m = "`[egress]` is the old name of `[server_proxies_egress]`: keep only the new one";
                 return Err(invalid(src, "egress", None, m));
@@ -296,14 +285,12 @@ impl ClientFile {
         };
 
         Ok(ClientConfig {
-            server_name: self.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
-            server_addr,
+            servers,
+            mode: self.mode,
+            egress: choice,
             transport: self.transport,
-            tcp_server_addr,
             tcp_proxy,
-            trust,
             name,
-            token: self.token,
             services,
             forwards,
             proxies,
@@ -313,30 +300,4 @@ impl ClientFile {
             warnings,
         })
     }
-}
-
-/// Splits `host:port` (`[v6]:port` for IPv6), checking both parts are present.
-pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
-    let bad = || format!("`{s}` is not host:port");
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || port == 0 || host.len() > 255 {
-        return Err(bad());
-    }
-    Ok((host, port))
-}
-
-/// Parses a SHA-256 fingerprint: 64 hex digits, colons allowed.
-pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
-    let digits: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
-    let bad = || format!("a fingerprint is 64 hex digits (colons allowed), got `{s}`");
-    if digits.len() != 64 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (slot, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
-        *slot = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
-    }
-    Ok(out)
 }

@@ -22,13 +22,16 @@ pub(crate) struct Schema {
     pub required: &'static [Required],
     /// Sections written `[[name]]`, with the keys each entry cannot do without.
     pub lists: &'static [(&'static str, &'static [Required])],
+    /// Required keys a section makes optional (as written in `required`): `[[servers]]`
+    /// entries carry their own token and trust, checked when they are validated.
+    pub excused: &'static [(&'static str, &'static [&'static str])],
 }
 
 /// The client's file.
 pub(crate) const CLIENT: Schema = Schema {
     file: "client",
     required: &[
-        ("server_addr", "the server's UDP address, host:port"),
+        ("server_addr|servers", "the server's UDP address, host:port (or [[servers]] entries)"),
         ("name", "this client's name"),
         ("token", "this client's token, as the server knows it"),
         (
@@ -40,7 +43,9 @@ pub(crate) const CLIENT: Schema = Schema {
         ("services", &[("name", "the service's name"), ("local_addr", "where the service listens, host:port")]),
         ("forwards", &[("listen", "the local address to listen on"), ("target", "where to go from the server")]),
         ("proxies", &[("type", "\"socks5\" or \"http\""), ("listen", "the local address to listen on")]),
+        ("servers", &[("addr", "the server's UDP address, host:port")]),
     ],
+    excused: &[("servers", &["token", "server_fingerprint|ca_file|system_roots"])],
 };
 
 /// The server's file.
@@ -66,6 +71,7 @@ pub(crate) const SERVER: Schema = Schema {
             ],
         ),
     ],
+    excused: &[],
 };
 
 /// Refuses a file that misses required keys (all of them listed), or writes a list as a
@@ -83,8 +89,9 @@ pub(crate) fn check_shape(doc: &DeTable<'_>, src: &str, schema: &Schema) -> Resu
         }
     }
     let mut missing = Vec::new();
+    let excused = |keys: &str| schema.excused.iter().any(|(by, list)| doc.contains_key(*by) && list.contains(&keys));
     for (keys, meaning) in schema.required {
-        if !keys.split('|').any(|k| doc.contains_key(k)) {
+        if !keys.split('|').any(|k| doc.contains_key(k)) && !excused(keys) {
             missing.push(format!("{}: {meaning}", spell(keys)));
         }
     }
@@ -205,7 +212,13 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         ("services", "local_addr") => "where the service listens, reachable from the client: \"host:port\"",
         (_, "listen") => "the address to listen on: \"ip:port\", e.g. \"127.0.0.1:1080\"",
         (_, "target") => "where connections go from the far end: \"host:port\"",
-        (_, "server_addr") => "the server's UDP address: \"host:port\"",
+        (_, "server_addr") | ("servers", "addr") => "the server's UDP address: \"host:port\"",
+        ("servers", "tcp_addr") => "the server's TCP transport: \"host:port\" (defaults to addr)",
+        ("", "mode") => "with several [[servers]]: \"all\" (each publishes the services) or \"failover\"",
+        ("", "egress") => {
+            "which server the forwards and proxies leave from: \"first\" or \"balanced\" (as a table, the old \
+             name of [server_proxies_egress])"
+        }
         (_, "bind" | "http_bind" | "https_bind") => "an address to listen on: \"ip:port\"",
         (_, "public_bind") => "the address public ports listen on: an IP address, e.g. \"0.0.0.0\"",
         (_, "allow_ports") => "the ports that may be used: a list of ports and ranges, e.g. [6000, \"7000-7010\"]",

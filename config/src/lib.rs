@@ -46,6 +46,7 @@ pub mod ranges;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod servers;
 pub mod service;
 mod tagged;
 pub mod tcp_proxy;
@@ -54,7 +55,7 @@ mod wire;
 
 use std::path::{Path, PathBuf};
 
-pub use client::{ClientConfig, ClientFile, ClientLimits, ServerTrust, Transport};
+pub use client::{ClientConfig, ClientFile, ClientLimits, Transport};
 pub use congestion::Congestion;
 pub use control::ControlFile;
 pub use egress::EgressPolicy;
@@ -65,6 +66,7 @@ pub use proxy::{Credentials, Proxy, ProxyType, ServerProxy};
 pub use reload::ReloadReport;
 pub use secret::Secret;
 pub use server::{ClientEntry, Limits, ServerConfig, ServerFile, TlsFiles};
+pub use servers::{EgressChoice, ServerEntry, ServerTrust, ServersMode};
 pub use service::{Exposure, ProxyProtocol, Publish, Service};
 pub use vhost::{Hosts, HttpRoute, VhostFile, WsRoute};
 pub use wmproxy_wire::{Name, ServiceKind, Target};

@@ -10,7 +10,7 @@ use crate::forward::Forward;
 use crate::proxy::Proxy;
 use crate::server::{ClientEntry, ServerConfig};
 use crate::service::{Exposure, Publish, Service};
-use crate::{ClientConfig, GroupJoin, ServerTrust};
+use crate::{ClientConfig, GroupJoin, ServerEntry, ServerTrust};
 
 /// What every secret is written as.
 pub const MASKED: &str = "MASKED";
@@ -95,25 +95,24 @@ impl ClientConfig {
     /// This config as its file would say it (see the module's documentation).
     pub fn to_file(&self) -> Table {
         let mut t = Table::new();
-        put(&mut t, "server_addr", &self.server_addr);
+        match self.servers.as_slice() {
+            [one] => server(&mut t, one, ("server_addr", "tcp_server_addr")),
+            several => {
+                let entries = several.iter().map(|s| {
+                    let mut entry = Table::new();
+                    server(&mut entry, s, ("addr", "tcp_addr"));
+                    Value::Table(entry)
+                });
+                t.insert("servers".into(), Value::Array(entries.collect()));
+            }
+        }
+        put(&mut t, "mode", &self.mode);
+        put(&mut t, "egress", &self.egress);
         put(&mut t, "transport", &self.transport);
-        put(&mut t, "tcp_server_addr", &self.tcp_server_addr);
         if let Some(proxy) = &self.tcp_proxy {
             put(&mut t, "proxy_url", &proxy.to_url_masked());
         }
-        put(&mut t, "server_name", &self.server_name);
-        match &self.trust {
-            ServerTrust::Fingerprint(sha) => {
-                let hex: Vec<String> = sha.iter().map(|b| format!("{b:02x}")).collect();
-                t.insert("server_fingerprint".into(), Value::String(hex.join(":")));
-            }
-            ServerTrust::CaFile(path) => put(&mut t, "ca_file", path),
-            ServerTrust::SystemRoots => {
-                t.insert("system_roots".into(), Value::Boolean(true));
-            }
-        }
         put(&mut t, "name", &self.name);
-        t.insert("token".into(), masked());
         t.insert("services".into(), Value::Array(self.services.iter().map(|s| Value::Table(service(s))).collect()));
         t.insert("forwards".into(), Value::Array(self.forwards.iter().filter_map(|f: &Forward| value(f)).collect()));
         t.insert("proxies".into(), Value::Array(self.proxies.iter().map(|p| Value::Table(proxy(p))).collect()));
@@ -122,6 +121,25 @@ impl ClientConfig {
         put_some(&mut t, "control", self.control.as_ref());
         t
     }
+}
+
+/// One server's keys, into the file's top level or a `[[servers]]` entry (whose address keys
+/// are `addr` and `tcp_addr`); its token masked.
+fn server(t: &mut Table, s: &ServerEntry, (addr, tcp_addr): (&str, &str)) {
+    put(t, addr, &s.addr);
+    put(t, tcp_addr, &s.tcp_addr);
+    put(t, "server_name", &s.server_name);
+    match &s.trust {
+        ServerTrust::Fingerprint(sha) => {
+            let hex: Vec<String> = sha.iter().map(|b| format!("{b:02x}")).collect();
+            t.insert("server_fingerprint".into(), Value::String(hex.join(":")));
+        }
+        ServerTrust::CaFile(path) => put(t, "ca_file", path),
+        ServerTrust::SystemRoots => {
+            t.insert("system_roots".into(), Value::Boolean(true));
+        }
+    }
+    t.insert("token".into(), masked());
 }
 
 /// An `[egress]` table.

@@ -21,8 +21,8 @@ fn examples_parse() {
     assert_eq!(server.limits.max_clients, 256);
 
     let client = load_client(&here("examples/client.toml")).unwrap();
-    assert!(matches!(client.trust, ServerTrust::Fingerprint(fp) if fp[0] == 0x3b));
-    assert_eq!(client.server_name, "203.0.113.10");
+    assert!(matches!(client.servers[0].trust, ServerTrust::Fingerprint(fp) if fp[0] == 0x3b));
+    assert_eq!(client.servers[0].server_name, "203.0.113.10");
     assert_eq!(client.services.len(), 7);
     let web = client.services[6].exposure.group().unwrap();
     assert_eq!((web.group.as_str(), web.weight), ("web", 5));
@@ -120,11 +120,11 @@ fn secrets_come_from_files_and_the_environment() {
     let base = "server_addr = \"127.0.0.1:7835\"\nserver_fingerprint = \"3b8e11072c559a40f162d80e7cb3219458aa0fc63de27118b95f04cd66e013a7\"\nname = \"home\"\n";
     let from_file = format!("{base}token = {{ file = \"{}\" }}\n", file.display());
     let config = wmproxy_config::parse_client(&from_file).expect("a token from a file");
-    assert_eq!(config.token.expose(), "token-from-a-file");
+    assert_eq!(config.servers[0].token.expose(), "token-from-a-file");
     // Cargo sets CARGO_MANIFEST_DIR for tests; a path is long enough to be a token.
     let from_env = format!("{base}token = {{ env = \"CARGO_MANIFEST_DIR\" }}\n");
     let config = wmproxy_config::parse_client(&from_env).expect("a token from the environment");
-    assert_eq!(config.token.expose(), std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    assert_eq!(config.servers[0].token.expose(), std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let unset = format!("{base}token = {{ env = \"WMPROXY_SURELY_UNSET_VARIABLE\" }}\n");
     let e = wmproxy_config::parse_client(&unset).expect_err("an unset variable").to_string();
     assert!(e.contains("`WMPROXY_SURELY_UNSET_VARIABLE` is not set") && e.contains("line 4"), "{e}");

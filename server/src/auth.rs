@@ -22,6 +22,8 @@ pub(crate) struct Proven {
     /// The token it proved: its session is installed only if the running config still has it
     /// for this name.
     pub token: Secret,
+    /// How many servers the client keeps a tunnel to (its Hello says).
+    pub servers: u32,
 }
 
 /// Who sent the Hello `body`, if it may come in. `config` is the snapshot this handshake took.
@@ -47,7 +49,7 @@ pub(crate) fn authenticate(
         sessions.throttle().record_success(peer.ip(), &hello.client_name);
         let shared = !config.clients.contains_key(hello.client_name.as_str());
         let token = entry.token.clone();
-        return Ok(Proven { name: hello.client_name, resume: hello.resume, shared, token });
+        return Ok(Proven { name: hello.client_name, resume: hello.resume, shared, token, servers: hello.servers });
     }
     match sessions.throttle().record_failure(peer.ip(), &hello.client_name, Instant::now()) {
         Ok(()) => Err(RejectReason::BadCredentials),

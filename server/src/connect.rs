@@ -29,6 +29,9 @@ pub(crate) async fn serve(
     // The dial checks the name and port before any lookup, then every resolved address.
     let own = |ip| own.contains(ip);
     let (allow_target, allow_ip) = (|h: &str, p| egress.permits_target(h, p), |ip| egress.permits(ip, own));
+    if matches!(header, OpenStream::Connect { .. } | OpenStream::UdpConnect { .. }) {
+        session.egress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     match header {
         OpenStream::Connect { target, peer_addr } => {
             Span::current().record("target", target.as_str());

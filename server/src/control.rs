@@ -68,6 +68,11 @@ struct ClientStatus {
     rtt_ms: f64,
     /// The tunnel's path MTU as QUIC has found it (UDP payload bytes); 0 on the TCP transport.
     mtu: u16,
+    /// How many servers the client keeps a tunnel to at once: more than 1 means this server
+    /// is one of several publishing its services (the client's `mode = "all"`).
+    servers: u32,
+    /// The client's own connections (its forwards' and proxies') that left from here.
+    egress_connections: u64,
     services: Vec<ServiceTraffic>,
 }
 
@@ -137,6 +142,8 @@ impl ServerControl {
                 connected_since: s.since.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs(),
                 rtt_ms: s.tunnel.conn().rtt().as_secs_f64() * 1000.0,
                 mtu: s.tunnel.conn().mtu().unwrap_or(0),
+                servers: s.servers,
+                egress_connections: s.egress.load(std::sync::atomic::Ordering::Relaxed),
                 services: s
                     .results()
                     .iter()

@@ -151,7 +151,7 @@ impl Tunnels {
                 None => self.clients.clone().try_acquire_owned().map_err(|_| RejectReason::ServerFull)?,
             };
             let tunnel = self.tunnel(conn.clone());
-            let session = self.sessions.create(proven.name.clone(), tunnel, (proven.shared, place));
+            let session = self.sessions.create(proven.name.clone(), tunnel, (proven.shared, place), proven.servers);
             let still_valid = || self.config.snapshot().client(&proven.name).is_some_and(|e| e.token == proven.token);
             match self.sessions.install(&session, (old.map(|old| old.id), max_shared as usize), still_valid) {
                 Ok(replaced) => return Ok((session, replaced)),

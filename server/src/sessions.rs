@@ -39,6 +39,12 @@ pub(crate) struct Session {
     pub resume: ResumeSecret,
     /// Authenticated with the shared token (not a `[[clients]]` entry).
     pub shared: bool,
+    /// How many servers the client keeps a tunnel to at once (its Hello says): more than one
+    /// means this server is one of several publishing its services.
+    pub servers: u32,
+    /// The client's own connections (its forwards' and proxies', TCP and UDP) that left from
+    /// this server.
+    pub egress: AtomicU64,
     /// Its place in `max_clients`: given back when the tunnel ends, or handed to the session
     /// that replaces it.
     place: Mutex<Option<OwnedSemaphorePermit>>,
@@ -164,6 +170,7 @@ impl Sessions {
         name: Name,
         tunnel: Arc<Tunnel>,
         (shared, place): (bool, OwnedSemaphorePermit),
+        servers: u32,
     ) -> Arc<Session> {
         let mut resume = [0u8; 32];
         // The system's generator does not fail on Linux; were it to, the zero secret matches no
@@ -177,6 +184,8 @@ impl Sessions {
             since: SystemTime::now(),
             resume: ResumeSecret(resume),
             shared,
+            servers,
+            egress: AtomicU64::new(0),
             place: Mutex::new(Some(place)),
             registration: tokio::sync::Mutex::default(),
             results: Mutex::default(),

@@ -190,19 +190,29 @@ impl TestServer {
         )
     }
 
+    /// This server as an entry of a client's server list: trusted by its fingerprint, with the
+    /// shared token.
+    pub fn entry(&self) -> wmproxy_config::ServerEntry {
+        wmproxy_config::ServerEntry {
+            addr: self.addr.to_string(),
+            tcp_addr: self.tcp_addr.to_string(),
+            server_name: "wmproxy".into(),
+            trust: ServerTrust::Fingerprint(self.fingerprint.0),
+            token: Secret::new(TOKEN),
+        }
+    }
+
     /// A client config that trusts this server, named `name`, with the shared token.
     pub fn client_config(&self, name: &str) -> ClientConfig {
         ClientConfig {
-            server_addr: self.addr.to_string(),
+            servers: vec![self.entry()],
+            mode: wmproxy_config::ServersMode::All,
+            egress: wmproxy_config::EgressChoice::First,
             // QUIC only, so that a test of QUIC's behaviour never falls back; tests of the
             // TCP transport set their own.
             transport: wmproxy_config::Transport::Quic,
-            tcp_server_addr: self.tcp_addr.to_string(),
             tcp_proxy: None,
-            server_name: "wmproxy".into(),
-            trust: ServerTrust::Fingerprint(self.fingerprint.0),
             name: self::name(name),
-            token: Secret::new(TOKEN),
             services: Vec::new(),
             forwards: Vec::new(),
             proxies: Vec::new(),
@@ -342,8 +352,10 @@ pub async fn eventually_async(what: &str, mut check: impl AsyncFnMut() -> Result
 /// A client running in a task.
 #[derive(Debug)]
 pub struct TestClient {
-    /// The client's state.
+    /// The client's state (with several servers, the first tunnel's).
     pub status: watch::Receiver<ClientStatus>,
+    /// Each tunnel's state: one per server with `mode = "all"`.
+    pub statuses: Vec<watch::Receiver<ClientStatus>>,
     /// Its UDP counters.
     pub udp: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
     /// Where its forwards listen.
@@ -364,13 +376,13 @@ impl TestClient {
     pub async fn start_with(config: ClientConfig, adjust: impl FnOnce(&mut Client)) -> Result<Self> {
         let mut client = Client::new(config).await?;
         adjust(&mut client);
-        let status = client.status();
+        let (status, statuses) = (client.status(), client.statuses());
         let forward_addrs = client.forward_addrs();
         let control_addr = client.control_addr();
         let udp = client.udp_stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(client.run(shutdown.clone()));
-        Ok(Self { status, udp, forward_addrs, control_addr, shutdown, task: Some(task) })
+        Ok(Self { status, statuses, udp, forward_addrs, control_addr, shutdown, task: Some(task) })
     }
 
     /// Starts a client from the config file at `path`, as the binary does (`/reload` reads
@@ -393,6 +405,23 @@ impl TestClient {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(_)) => bail!("client status channel closed while waiting for {what}"),
             Err(_) => bail!("timed out waiting for {what}; status: {:?}", *self.status.borrow()),
+        }
+    }
+
+    /// Waits until tunnel `i`'s status (see [`TestClient::statuses`]) satisfies `pred`;
+    /// returns that status.
+    pub async fn wait_for_tunnel(
+        &mut self,
+        i: usize,
+        what: &str,
+        pred: impl Fn(&ClientStatus) -> bool,
+    ) -> Result<ClientStatus> {
+        let status = self.statuses.get_mut(i).with_context(|| format!("no tunnel {i}"))?;
+        let waited = tokio::time::timeout(DEADLINE, async { status.wait_for(|s| pred(s)).await.map(|s| s.clone()) });
+        match waited.await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(_)) => bail!("client status channel closed while waiting for {what}"),
+            Err(_) => bail!("timed out waiting for {what}; tunnel {i}: {:?}", *status.borrow()),
         }
     }
 

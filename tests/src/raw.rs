@@ -77,7 +77,7 @@ pub async fn hello(
         .ok()
         .context("exporter")?;
     let proof = auth::prove(&AuthToken::new(token), &exporter);
-    let hello = Hello { protocol_version: PROTOCOL_VERSION, client_name: crate::name(name), proof, resume };
+    let hello = Hello { protocol_version: PROTOCOL_VERSION, client_name: crate::name(name), proof, resume, servers: 1 };
     write_frame(&mut send, &hello).await?;
     Ok((read_frame::<HelloReply, _>(&mut recv).await?, send, recv))
 }

@@ -15,14 +15,14 @@ async fn bad_token_fingerprint_and_version_are_rejected_clearly() -> Result<()> 
     let (_good, public) = echo_client(&server, "good").await?;
 
     let mut config = server.client_config("intruder");
-    config.token = Secret::new("not-the-right-token");
+    config.servers[0].token = Secret::new("not-the-right-token");
     let err = TestClient::start(config).await?.finished().await?.unwrap_err();
     assert!(matches!(err, ClientError::Rejected(RejectReason::BadCredentials)), "{err:?}");
     assert!(err.to_string().contains("authentication failed"), "{err}");
     backend::assert_echo(public, 8192, 3).await?;
 
     let mut config = server.client_config("spoofed");
-    config.trust = ServerTrust::Fingerprint([0x11; 32]);
+    config.servers[0].trust = ServerTrust::Fingerprint([0x11; 32]);
     let err = TestClient::start(config).await?.finished().await?.unwrap_err();
     assert!(matches!(err, ClientError::Untrusted(_)), "{err:?}");
     assert!(err.to_string().contains("fingerprint"), "{err}");
@@ -47,7 +47,7 @@ async fn repeated_failures_from_one_address_are_throttled() -> Result<()> {
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
     let mut config = server.client_config("guesser");
-    config.token = Secret::new("wrong-guess-token");
+    config.servers[0].token = Secret::new("wrong-guess-token");
     for _ in 0..5 {
         let err = TestClient::start(config.clone()).await?.finished().await?.unwrap_err();
         assert!(matches!(err, ClientError::Rejected(RejectReason::BadCredentials)), "{err:?}");
@@ -85,7 +85,13 @@ async fn a_proof_cannot_be_replayed_on_another_connection() -> Result<()> {
     let (mut send, mut recv) = second.open_bi().await?;
     write_frame(
         &mut send,
-        &Hello { protocol_version: PROTOCOL_VERSION, client_name: wmproxy_tests::name("home"), proof, resume: None },
+        &Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: wmproxy_tests::name("home"),
+            proof,
+            resume: None,
+            servers: 1,
+        },
     )
     .await?;
     let reply = read_frame::<HelloReply, _>(&mut recv).await?;
@@ -95,7 +101,13 @@ async fn a_proof_cannot_be_replayed_on_another_connection() -> Result<()> {
     let (mut send, mut recv) = first.open_bi().await?;
     write_frame(
         &mut send,
-        &Hello { protocol_version: PROTOCOL_VERSION, client_name: wmproxy_tests::name("home"), proof, resume: None },
+        &Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: wmproxy_tests::name("home"),
+            proof,
+            resume: None,
+            servers: 1,
+        },
     )
     .await?;
     assert!(matches!(read_frame::<HelloReply, _>(&mut recv).await?, HelloReply::Welcome { .. }));

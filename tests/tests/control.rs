@@ -91,7 +91,7 @@ async fn metrics_parse_and_count_known_traffic() -> Result<()> {
     const SENT: usize = 300_000;
     wmproxy_tests::backend::assert_echo(public, SENT, 7).await?;
     let mut intruder = server.client_config("intruder");
-    intruder.token = Secret::new("not-the-right-token");
+    intruder.servers[0].token = Secret::new("not-the-right-token");
     let refused = TestClient::start(intruder).await?.finished().await?;
     ensure!(matches!(refused, Err(ClientError::Rejected(_))), "{refused:?}");
 

@@ -102,8 +102,8 @@ async fn auto_mode_falls_back_once_and_reconnects_over_tcp_at_once() -> Result<(
     let echo = backend::echo().await?;
     let mut config = server.client_config("auto");
     config.transport = Transport::Auto;
-    config.server_addr = silent.local_addr()?.to_string();
-    config.tcp_server_addr = tcp_addr.clone();
+    config.servers[0].addr = silent.local_addr()?.to_string();
+    config.servers[0].tcp_addr = tcp_addr.clone();
     config.services.push(tcp_service("echo", echo, 0));
     let mut client = TestClient::start(config).await?;
     client.wait_for("connected over TCP", |s| matches!(s, ClientStatus::Connected { transport: "tcp", .. })).await?;
@@ -130,8 +130,8 @@ async fn auto_mode_says_when_neither_transport_gets_through() -> Result<()> {
     let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let mut config = server.client_config("nowhere");
     config.transport = Transport::Auto;
-    config.server_addr = silent.local_addr()?.to_string();
-    config.tcp_server_addr = backend::dead_port().await?.to_string();
+    config.servers[0].addr = silent.local_addr()?.to_string();
+    config.servers[0].tcp_addr = backend::dead_port().await?.to_string();
     let mut client = TestClient::start(config).await?;
     let status = client
         .wait_for("the first failed attempt", |s| matches!(s, ClientStatus::Connecting { last_error: Some(_), .. }))

@@ -35,8 +35,8 @@ async fn ca_file_trust_accepts_the_right_ca_and_name_only() -> Result<()> {
     let echo = backend::echo().await?;
 
     let mut config = server.client_config("home");
-    config.trust = ServerTrust::CaFile(dir.path().join("good-ca.pem"));
-    config.server_name = "tunnel.test".into();
+    config.servers[0].trust = ServerTrust::CaFile(dir.path().join("good-ca.pem"));
+    config.servers[0].server_name = "tunnel.test".into();
     config.services.push(tcp_service("echo", echo, 0));
     let mut client = TestClient::start(config.clone()).await?;
     let port = client.port_of("echo").await?;
@@ -45,12 +45,12 @@ async fn ca_file_trust_accepts_the_right_ca_and_name_only() -> Result<()> {
     client.stop().await?;
 
     let mut wrong_ca = config.clone();
-    wrong_ca.trust = ServerTrust::CaFile(dir.path().join("other-ca.pem"));
+    wrong_ca.servers[0].trust = ServerTrust::CaFile(dir.path().join("other-ca.pem"));
     let err = TestClient::start(wrong_ca).await?.finished().await?.unwrap_err();
     assert!(matches!(err, ClientError::Untrusted(_)), "{err:?}");
 
     let mut wrong_name = config;
-    wrong_name.server_name = "elsewhere.test".into();
+    wrong_name.servers[0].server_name = "elsewhere.test".into();
     let err = TestClient::start(wrong_name).await?.finished().await?.unwrap_err();
     assert!(matches!(err, ClientError::Untrusted(_)), "{err:?}");
     Ok(())

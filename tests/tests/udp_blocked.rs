@@ -193,7 +193,7 @@ async fn only_tcp_443_through_an_http_proxy_carries_the_tunnel() -> Result<()> {
     bed.only_tcp_443_through_a_proxy()?;
     let proxy = HttpProxy::start(&bed, (&bed.home(), &home), ("alice", "s3cret-proxy")).await?;
     let mut setup = setup(&public, &home, format!("{PUBLIC}:443")).await?;
-    setup.config.tcp_server_addr = format!("{PUBLIC}:443");
+    setup.config.servers[0].tcp_addr = format!("{PUBLIC}:443");
     setup.config.tcp_proxy =
         Some(TcpProxy::parse(&format!("http://alice:s3cret-proxy@{}", proxy.addr)).map_err(anyhow::Error::msg)?);
     let client = connects_over_tcp(&public, &home, &setup).await?;

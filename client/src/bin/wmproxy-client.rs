@@ -155,15 +155,20 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
             "tcp",
         )
     };
-    Ok(ClientConfig {
-        server_addr: server.clone(),
-        transport: wmproxy_config::Transport::Auto,
-        tcp_server_addr: server.clone(),
-        tcp_proxy: proxy_from_env()?,
+    let server = wmproxy_config::ServerEntry {
+        addr: server.clone(),
+        tcp_addr: server.clone(),
         server_name: "wmproxy".into(),
         trust: ServerTrust::Fingerprint(fingerprint),
-        name,
         token: Secret::new(token.clone()),
+    };
+    Ok(ClientConfig {
+        servers: vec![server],
+        mode: wmproxy_config::ServersMode::default(),
+        egress: wmproxy_config::EgressChoice::default(),
+        transport: wmproxy_config::Transport::Auto,
+        tcp_proxy: proxy_from_env()?,
+        name,
         services: vec![Service { name: Name::new(kind_name)?, local_addr: local, access_log: true, exposure }],
         forwards: Vec::new(),
         proxies: Vec::new(),

@@ -41,9 +41,9 @@ mod tests {
     fn body(version: u32, name: &str) -> Vec<u8> {
         // A Hello with any name, valid or not, encoded by hand: `Name` would refuse a bad one.
         #[derive(serde::Serialize)]
-        struct Raw<'a>(u32, &'a str, Proof, Option<ResumeSecret>);
+        struct Raw<'a>(u32, &'a str, Proof, Option<ResumeSecret>, u32);
         let mut framed = Vec::new();
-        let raw = Raw(version, name, Proof([1; 32]), None);
+        let raw = Raw(version, name, Proof([1; 32]), None, 1);
         let config = bincode::config::standard();
         framed.extend(bincode::serde::encode_to_vec(raw, config).unwrap_or_default());
         framed

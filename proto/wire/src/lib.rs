@@ -88,7 +88,9 @@ pub const ALPN_TCP: &[u8] = b"wmproxy-tcp/1";
 /// `RegisterOutcome::HostTaken`.
 ///
 /// Version 4: `HelloReply::Welcome::limits`.
-pub const PROTOCOL_VERSION: u32 = 4;
+///
+/// Version 5: `Hello::servers`.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest accepted frame body, in bytes. Larger lengths are rejected before any allocation.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;

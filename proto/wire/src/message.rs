@@ -15,7 +15,7 @@ use crate::name::{Name, Target};
 /// First frame on the control stream, client → server.
 ///
 /// Layout: `varint protocol_version | str client_name | 32 bytes proof |
-/// Option<32 bytes> resume`.
+/// Option<32 bytes> resume | varint servers`.
 /// `protocol_version` must stay the first field (see [`crate::frame::peek_protocol_version`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -30,6 +30,9 @@ pub struct Hello {
     /// once. Without it (or with another), a live session that answers the server keeps the
     /// name, and the Hello is refused [`RejectReason::NameInUse`].
     pub resume: Option<ResumeSecret>,
+    /// How many servers the client keeps a tunnel to at once (`mode = "all"` with several);
+    /// 1 otherwise. The server shows it; nothing else depends on it.
+    pub servers: u32,
 }
 impl WireMessage for Hello {}
 

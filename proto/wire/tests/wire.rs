@@ -29,6 +29,7 @@ fn hello() -> Hello {
         client_name: n("home"),
         proof: Proof([7; 32]),
         resume: Some(ResumeSecret([9; 32])),
+        servers: 3,
     }
 }
 

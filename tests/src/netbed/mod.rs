@@ -11,7 +11,8 @@
 //!   a [`delay`] line carries every frame between the halves, late by the delay asked for.
 //!   Traffic between the two NATs stays on the NAT side, undelayed.
 //! - The second home ([`Netbed::start_two_homes`]) is for work on several clients and on
-//!   direct client-to-client connections; most tests use one.
+//!   direct client-to-client connections; most tests use one. More public hosts
+//!   ([`Netbed::start_with_publics`], at [`EXTRA_PUBLIC`]) are for a client of several servers.
 //! - Every bed has its own namespaces (`wp<pid>x<n>-public`, `-wire`, `-nat`, `-home`, …),
 //!   created with both ends of each veth pair placed at once, so interface names never meet in
 //!   the host's namespace. No namespace has a route to the host's interfaces: the public side
@@ -29,7 +30,10 @@ pub mod delay;
 pub mod http_proxy;
 mod runtime;
 
-pub use runtime::{InNetns, REQUIRE, public_server, public_server_with, skip, start_or_skip, two_homes_or_skip};
+pub use runtime::{
+    InNetns, REQUIRE, public_server, public_server_with, publics_or_skip, server_at, skip, start_or_skip,
+    two_homes_or_skip,
+};
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
@@ -41,6 +45,9 @@ use anyhow::{Context, Result, bail};
 
 /// The public host's address.
 pub const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The addresses of the public hosts after the first ([`Netbed::start_with_publics`]), on the
+/// same segment.
+pub const EXTRA_PUBLIC: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 11), Ipv4Addr::new(198, 18, 0, 12)];
 /// The NAT's outside address: what the public host sees of the home host.
 pub const NAT_WAN: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The NAT's inside address, the home host's gateway.
@@ -70,6 +77,8 @@ pub struct Netbed {
     prefix: String,
     /// How many homes (and NATs): 1 or 2.
     homes: usize,
+    /// How many public hosts after the first: up to [`EXTRA_PUBLIC`]'s length.
+    publics: usize,
     /// The delay line, once [`Self::set_delay`] started it.
     line: Mutex<Option<delay::DelayLine>>,
 }
@@ -86,18 +95,25 @@ impl Netbed {
 
     /// Builds a bed with one home, whose NAT maps as `mapping`.
     pub fn start(mapping: Mapping) -> Result<Self> {
-        Self::build(&[mapping])
+        Self::build(&[mapping], 0)
     }
 
     /// Builds a bed with two homes behind two NATs, mapping as `first` and `second`.
     pub fn start_two_homes(first: Mapping, second: Mapping) -> Result<Self> {
-        Self::build(&[first, second])
+        Self::build(&[first, second], 0)
     }
 
-    fn build(mappings: &[Mapping]) -> Result<Self> {
+    /// Builds a bed with one home and `1 + extra` public hosts: [`PUBLIC`], then
+    /// [`EXTRA_PUBLIC`] (namespaces [`Netbed::public_n`]), all on the public segment.
+    pub fn start_with_publics(mapping: Mapping, extra: usize) -> Result<Self> {
+        anyhow::ensure!(extra <= EXTRA_PUBLIC.len(), "at most {} extra public hosts", EXTRA_PUBLIC.len());
+        Self::build(&[mapping], extra)
+    }
+
+    fn build(mappings: &[Mapping], publics: usize) -> Result<Self> {
         let n = BEDS.fetch_add(1, Ordering::Relaxed);
-        let bed =
-            Self { prefix: format!("wp{}x{n}", std::process::id()), homes: mappings.len(), line: Mutex::default() };
+        let prefix = format!("wp{}x{n}", std::process::id());
+        let bed = Self { prefix, homes: mappings.len(), publics, line: Mutex::default() };
         let (public, wire) = (bed.public(), bed.wire());
         for ns in [&public, &wire] {
             bed.add_namespace(ns)?;
@@ -106,6 +122,12 @@ impl Netbed {
         bed.ip(&wire, &["link", "set", "br0", "up"])?;
         bed.link(&wire, "pub0", &public, "eth0", &format!("{PUBLIC}/24"))?;
         bed.ip(&wire, &["link", "set", "pub0", "master", "br0"])?;
+        for (i, addr) in EXTRA_PUBLIC.iter().enumerate().take(publics) {
+            let (ns, port) = (bed.public_n(i + 1), format!("pub{}", i + 1));
+            bed.add_namespace(&ns)?;
+            bed.link(&wire, &port, &ns, "eth0", &format!("{addr}/24"))?;
+            bed.ip(&wire, &["link", "set", &port, "master", "br0"])?;
+        }
         let sides = [(NAT_WAN, NAT_LAN, HOME), (NAT2_WAN, NAT2_LAN, HOME2)];
         for (i, (&mapping, (wan, lan, host))) in mappings.iter().zip(sides).enumerate() {
             let (nat, home) = (bed.nat_n(i), bed.home_n(i));
@@ -137,6 +159,12 @@ impl Netbed {
     /// The public host's namespace.
     pub fn public(&self) -> String {
         format!("{}-public", self.prefix)
+    }
+
+    /// Public host `i`'s namespace: [`Netbed::public`] for 0, then the extra ones at
+    /// [`EXTRA_PUBLIC`]`[i - 1]`.
+    pub fn public_n(&self, i: usize) -> String {
+        if i == 0 { self.public() } else { format!("{}-public{}", self.prefix, i + 1) }
     }
 
     /// The wire's namespace: the switch between the public host and the NATs, and the delay
@@ -176,6 +204,7 @@ impl Netbed {
     /// Every namespace of the bed, public host first.
     pub fn namespaces(&self) -> Vec<String> {
         let mut all = vec![self.public(), self.wire()];
+        all.extend((1..=self.publics).map(|i| self.public_n(i)));
         for i in 0..self.homes {
             all.extend([self.nat_n(i), self.home_n(i)]);
         }
@@ -280,6 +309,9 @@ impl Netbed {
     pub fn set_mtu(&self, mtu: u32) -> Result<()> {
         let mtu = mtu.to_string();
         let mut links = vec![(self.public(), "eth0".to_owned()), (self.wire(), "pub0".to_owned())];
+        for i in 1..=self.publics {
+            links.extend([(self.public_n(i), "eth0".to_owned()), (self.wire(), format!("pub{i}"))]);
+        }
         for i in 0..self.homes {
             let (nat, home) = (self.nat_n(i), self.home_n(i));
             links.extend([(self.wire(), format!("nat{i}")), (nat.clone(), "wan0".into()), (nat, "lan0".into())]);

@@ -149,11 +149,34 @@ pub async fn public_server_with(
     public: &InNetns,
     adjust: impl FnOnce(&mut wmproxy_config::server::ServerFile) + Send + 'static,
 ) -> Result<crate::TestServer> {
+    server_at(public, PUBLIC, adjust).await
+}
+
+/// A bed with one home (its NAT mapping as `mapping`) and `1 + extra` public hosts, with
+/// runtimes on every public host and the home; `None`, after printing `SKIPPED:` and why, where
+/// no bed can be built. (Bind them in this order, so that the runtimes stop before the bed goes.)
+pub fn publics_or_skip(mapping: Mapping, extra: usize) -> Result<Option<(Netbed, Vec<InNetns>, InNetns)>> {
+    if skip()? {
+        return Ok(None);
+    }
+    let bed = Netbed::start_with_publics(mapping, extra)?;
+    let publics = (0..=extra).map(|i| InNetns::enter(&bed.public_n(i))).collect::<Result<Vec<_>>>()?;
+    let home = InNetns::enter(&bed.home())?;
+    Ok(Some((bed, publics, home)))
+}
+
+/// A test server on public host `ip` (`public`, an [`InNetns`] of that host's namespace): its
+/// tunnel endpoint and public ports on `ip`; its config adjusted by `adjust`.
+pub async fn server_at(
+    public: &InNetns,
+    ip: std::net::Ipv4Addr,
+    adjust: impl FnOnce(&mut wmproxy_config::server::ServerFile) + Send + 'static,
+) -> Result<crate::TestServer> {
     public
-        .run(crate::TestServer::start(|f| {
-            f.bind = (PUBLIC, 0).into();
-            f.tcp_bind = Some(toml::Spanned::new(0..0, format!("{PUBLIC}:0")));
-            f.public_bind = PUBLIC.into();
+        .run(crate::TestServer::start(move |f| {
+            f.bind = (ip, 0).into();
+            f.tcp_bind = Some(toml::Spanned::new(0..0, format!("{ip}:0")));
+            f.public_bind = ip.into();
             adjust(f);
         }))
         .await?

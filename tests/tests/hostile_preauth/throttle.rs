@@ -13,7 +13,7 @@ async fn a_guesser_behind_the_same_address_cannot_lock_out_the_client_with_the_r
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
     let mut guess = server.client_config("home");
-    guess.token = Secret::new("wrong-guess-token");
+    guess.servers[0].token = Secret::new("wrong-guess-token");
     for _ in 0..5 {
         let err = TestClient::start(guess.clone()).await?.finished().await?.unwrap_err();
         ensure!(matches!(err, ClientError::Rejected(RejectReason::BadCredentials)), "{err:?}");

@@ -97,7 +97,7 @@ async fn the_shared_token_has_a_cap_on_live_names() -> Result<()> {
     third.wait_for("the third shared name refused", refused_with("names for the shared token")).await?;
     // A client with a token of its own is not one of them.
     let mut office = server.client_config("office");
-    office.token = Secret::new(OFFICE_TOKEN);
+    office.servers[0].token = Secret::new(OFFICE_TOKEN);
     let mut office = TestClient::start(office).await?;
     office.wait_for("the named client connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
 

@@ -11,7 +11,7 @@ async fn no_answer_over_udp_names_the_firewall() -> Result<()> {
     // A UDP port that swallows everything, as a firewall dropping UDP does.
     let blackhole = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let mut config = server.client_config("blocked");
-    config.server_addr = blackhole.local_addr()?.to_string();
+    config.servers[0].addr = blackhole.local_addr()?.to_string();
     let mut client = TestClient::start(config).await?;
     let status = client
         .wait_for("the first attempt failed", |s| matches!(s, ClientStatus::Connecting { last_error: Some(_), .. }));
