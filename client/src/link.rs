@@ -78,13 +78,13 @@ impl Link {
         let mut next_transport = None;
         // A tunnel moving over to this attempt's, which leaves its server once this is done.
         let mut leaving: Option<oneshot::Sender<()>> = None;
-        let result = loop {
+        loop {
             let dialer = &dialers[place.at];
             let mut services = shared.reloader.services();
             let wanted = services.borrow_and_update().clone();
             let transport = next_transport.take().unwrap_or(config.transport);
             let established = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
+                () = shutdown.cancelled() => break,
                 r = handshake::establish(
                     config,
                     &wanted,
@@ -111,7 +111,7 @@ impl Link {
                         setup.serve((established, dialer, earlier), leaving.take(), (wanted, services), exposer);
                     let ended = serving.instrument(span).await;
                     if shutdown.is_cancelled() {
-                        break Ok(());
+                        break;
                     }
                     match ended {
                         TunnelEnd::QuicBack => {
@@ -166,6 +166,18 @@ impl Link {
                         continue;
                     }
                     attempt = attempt.saturating_add(1);
+                    setup
+                        .status
+                        .send_replace(ClientStatus::Connecting { attempt, last_error: Some(format!("{server}: {e}")) });
+                    place.failed += 1;
+                    place.next();
+                    let usable = place.refused.iter().filter(|r| r.is_none()).count();
+                    if place.failed < usable {
+                        // Failover: the rest of the round first, at once.
+                        warn!(%server, error = %e, side = %e.side(), attempt, "cannot connect to the server; trying the next");
+                        continue;
+                    }
+                    place.failed = 0;
                     let mut delay = backoff.next_delay(jitter.unit());
                     let answered = match &e {
                         ClientError::NeitherTransport { tcp, .. } => tcp.as_ref(),
@@ -175,30 +187,16 @@ impl Link {
                         delay = delay.max(Duration::from_secs(u64::from(*retry_after_secs)));
                     }
                     warn!(%server, error = %e, side = %e.side(), attempt, retry_in = ?delay, "cannot connect to the server");
-                    setup
-                        .status
-                        .send_replace(ClientStatus::Connecting { attempt, last_error: Some(format!("{server}: {e}")) });
-                    place.failed += 1;
-                    place.next();
-                    let usable = place.refused.iter().filter(|r| r.is_none()).count();
-                    if place.failed < usable {
-                        // Failover: the rest of the round first.
-                        continue;
-                    }
-                    place.failed = 0;
                     delay
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
+                () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
             }
-        };
-        drop(leaving);
-        if let Err(e) = &result {
-            warn!(error = %e, "giving up");
         }
-        setup.status.send_replace(ClientStatus::Stopped { error: result.as_ref().err().map(ToString::to_string) });
-        result
+        drop(leaving);
+        setup.status.send_replace(ClientStatus::Stopped { error: None });
+        Ok(())
     }
 }
