@@ -5,15 +5,21 @@
 //!
 //! With several servers, each reconnect loop has its slot (`mode = "all"`: one per server), and
 //! `egress` picks among the tunnels up: the first slot's (`first`), or round robin over those
-//! whose round-trip time is near the lowest (`balanced`).
+//! whose round-trip time is near the lowest (`balanced`). A server that died without closing
+//! (a crash, a host cut off) keeps its tunnel up until QUIC's idle timeout (30 s); meanwhile a
+//! proxy connection whose answer is slow pings that tunnel, and one that does not answer is
+//! passed over for a while ([`SUSPECT_FOR`]) and the connection tried on another.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::sync::Mutex;
 use tokio::net::TcpStream;
+
 use tokio::sync::watch;
+use tokio::time::Instant;
 use wmproxy_config::EgressChoice;
 use wmproxy_tunnel::datastream::DataStreamError;
 use wmproxy_tunnel::relay::{Limits, Meter, RelayStats};
@@ -26,6 +32,19 @@ use wmproxy_wire::{OpenStream, Target};
 /// share the load; a far one is left for when the near ones are gone.
 const BALANCE_BAND: Duration = Duration::from_millis(5);
 
+/// With another tunnel up, a proxy connection whose answer has not come after this long asks
+/// its tunnel whether the server is there at all (a ping stream, which any live server
+/// answers), for up to [`PING_WITHIN`]. The answer itself may take longer: the server may be
+/// dialing a slow target.
+const PING_AFTER: Duration = Duration::from_millis(500);
+/// How long the ping of [`PING_AFTER`] may take.
+const PING_WITHIN: Duration = Duration::from_secs(1);
+/// How long a tunnel that did not answer a ping is passed over while another is up.
+pub(crate) const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+/// A tunnel that did not answer a ping, and until when it is passed over.
+type Suspect = (std::sync::Weak<Tunnel>, Instant);
+
 /// The tunnels up now, one slot per reconnect loop.
 type Slots = Vec<Option<Arc<Tunnel>>>;
 
@@ -37,6 +56,8 @@ pub struct CurrentTunnel {
     egress: EgressChoice,
     /// `balanced`'s turn.
     turn: Arc<AtomicUsize>,
+    /// Tunnels that did not answer a ping, and until when they are passed over.
+    suspects: Arc<Mutex<Vec<Suspect>>>,
     /// Time for a stream's answer.
     open_timeout: Duration,
 }
@@ -65,7 +86,7 @@ impl CurrentTunnel {
         let (slots, now) = watch::channel(vec![None; loops]);
         let slots = Arc::new(slots);
         let installers = (0..loops).map(|slot| Installer { slots: slots.clone(), slot }).collect();
-        (installers, Self { now, egress, turn: Arc::default(), open_timeout })
+        (installers, Self { now, egress, turn: Arc::default(), suspects: Arc::default(), open_timeout })
     }
 
     /// The tunnel a new connection takes now.
@@ -77,10 +98,14 @@ impl CurrentTunnel {
     /// A tunnel whose connection has closed is skipped even before its loop withdraws it.
     fn pick(&self, besides: Option<&Arc<Tunnel>>) -> Option<Arc<Tunnel>> {
         let slots = self.now.borrow();
-        let mut up = slots
+        let open: Vec<&Arc<Tunnel>> = slots
             .iter()
             .flatten()
-            .filter(|t| besides.is_none_or(|b| !Arc::ptr_eq(t, b)) && t.conn().close_reason().is_none());
+            .filter(|t| besides.is_none_or(|b| !Arc::ptr_eq(t, b)) && t.conn().close_reason().is_none())
+            .collect();
+        // Suspects only when there is nothing else.
+        let trusted: Vec<&Arc<Tunnel>> = open.iter().copied().filter(|t| !self.is_suspect(t)).collect();
+        let mut up = if trusted.is_empty() { open } else { trusted }.into_iter();
         match self.egress {
             EgressChoice::First => up.next().cloned(),
             EgressChoice::Balanced => {
@@ -93,6 +118,22 @@ impl CurrentTunnel {
                 near.get(turn % near.len().max(1)).map(|t| Arc::clone(t))
             }
         }
+    }
+
+    /// Whether `tunnel` failed a ping less than [`SUSPECT_FOR`] ago.
+    fn is_suspect(&self, tunnel: &Arc<Tunnel>) -> bool {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        suspects.retain(|(t, until)| *until > now && t.strong_count() > 0);
+        suspects.iter().any(|(t, _)| std::ptr::eq(t.as_ptr(), Arc::as_ptr(tunnel)))
+    }
+
+    /// Passes `tunnel` over for [`SUSPECT_FOR`] (while another is up). Bounded: one entry per
+    /// tunnel, and a client has at most one per server.
+    fn suspect(&self, tunnel: &Arc<Tunnel>) {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        suspects.retain(|(t, _)| t.strong_count() > 0 && !std::ptr::eq(t.as_ptr(), Arc::as_ptr(tunnel)));
+        suspects.push((Arc::downgrade(tunnel), Instant::now() + SUSPECT_FOR));
     }
 
     /// Every slot's tunnel, in slot order (`/status`).
@@ -118,6 +159,33 @@ impl CurrentTunnel {
 }
 
 impl CurrentTunnel {
+    /// [`Self::open_on`], and while another tunnel is up, a ping of `tunnel` when its answer
+    /// is slow ([`PING_AFTER`]): a tunnel whose server does not answer the ping either is
+    /// passed over for a while and the open given up (`TunnelGone`: try another).
+    async fn open_watched(&self, tunnel: &Arc<Tunnel>, header: &OpenStream) -> Result<Opened<()>, OpenError> {
+        let open = Self::open_on(tunnel, header, self.open_timeout);
+        let mut open = std::pin::pin!(open);
+        tokio::select! {
+            opened = &mut open => return opened,
+            () = tokio::time::sleep(PING_AFTER) => {}
+        }
+        if self.pick(Some(tunnel)).is_none() {
+            return open.await;
+        }
+        tokio::select! {
+            opened = &mut open => opened,
+            alive = wmproxy_tunnel::probe::probe(tunnel.conn(), PING_WITHIN) => {
+                if alive {
+                    open.await
+                } else {
+                    tracing::warn!("a tunnel's server does not answer; passing it over for new connections");
+                    self.suspect(tunnel);
+                    Err(OpenError::TunnelGone)
+                }
+            }
+        }
+    }
+
     /// A confirmed `Connect` stream on `tunnel`, holding one of its stream permits.
     async fn open_on(tunnel: &Tunnel, header: &OpenStream, timeout: Duration) -> Result<Opened<()>, OpenError> {
         let permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
@@ -135,14 +203,14 @@ impl Upstream for CurrentTunnel {
     async fn open(&self, peer: SocketAddr, ask: Ask) -> Result<Opened<()>, OpenError> {
         let header = OpenStream::Connect { target: ask.target()?, peer_addr: peer };
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
-        let first = Self::open_on(&tunnel, &header, self.open_timeout).await;
+        let first = self.open_watched(&tunnel, &header).await;
         match first {
-            Err(OpenError::Failed(DataStreamError::Connection(_) | DataStreamError::Stream(_))) => {
-                match self.pick(Some(&tunnel)) {
-                    Some(other) => Self::open_on(&other, &header, self.open_timeout).await,
-                    None => first,
-                }
-            }
+            Err(
+                OpenError::Failed(DataStreamError::Connection(_) | DataStreamError::Stream(_)) | OpenError::TunnelGone,
+            ) => match self.pick(Some(&tunnel)) {
+                Some(other) => Self::open_on(&other, &header, self.open_timeout).await,
+                None => first,
+            },
             other => other,
         }
     }

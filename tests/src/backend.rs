@@ -9,7 +9,12 @@ use tokio::net::{TcpListener, TcpStream};
 /// An echo server: copies every byte back, and shuts down its write side after the reader's
 /// EOF (so half-close is visible end to end). Runs until the runtime ends.
 pub async fn echo() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    echo_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// [`echo`] on `ip` (a test bed host's address), port 0.
+pub async fn echo_on(ip: std::net::IpAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind((ip, 0)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

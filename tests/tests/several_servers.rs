@@ -356,3 +356,66 @@ async fn on_the_test_bed_three_public_hosts_serve_a_client_behind_a_nat() -> Res
     drop(client);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_test_bed_a_balanced_proxy_loses_nothing_when_a_server_host_dies() -> Result<()> {
+    init_tracing();
+    use wmproxy_tests::netbed::{self, EXTRA_PUBLIC, Mapping, PUBLIC};
+    let Some((bed, publics, home)) = netbed::publics_or_skip(Mapping::PortPreserving, 2)? else { return Ok(()) };
+    // Two servers; the target is a third host, which both may dial.
+    let target_host = EXTRA_PUBLIC[1];
+    let allow = move |f: &mut wmproxy_config::server::ServerFile| {
+        f.egress.allow = vec![ipnet::IpNet::from(IpAddr::from(target_host))];
+    };
+    let servers = [
+        netbed::server_at(&publics[0], PUBLIC, allow).await?,
+        netbed::server_at(&publics[1], EXTRA_PUBLIC[0], allow).await?,
+    ];
+    let echo = publics[2].run(backend::echo_on(target_host.into())).await??;
+    let mut config = servers[0].client_config("home");
+    config.servers = servers.iter().map(TestServer::entry).collect();
+    config.egress = EgressChoice::Balanced;
+    config.proxies.push(wmproxy_tests::proxy::proxy(ProxyType::Socks5, None));
+    let mut client = home.run(TestClient::start(config)).await??;
+    for i in 0..2 {
+        client.wait_for_tunnel(i, "both tunnels up", connected).await?;
+    }
+    let proxy = client.forward_addrs[0];
+    // 200 connections from the home host through the proxy, one after another; the second
+    // server's host is cut off (no close, no reset: its tunnel just goes silent) after 100.
+    let done = Arc::new(AtomicUsize::new(0));
+    let users = {
+        let done = done.clone();
+        home.run(async move {
+            let mut failed = Vec::new();
+            let mut slowest = Duration::ZERO;
+            for i in 0..200u8 {
+                let started = Instant::now();
+                if let Err(e) = through_socks(proxy, echo, i).await {
+                    failed.push(format!("{i}: {e:#}"));
+                }
+                slowest = slowest.max(started.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (failed, slowest)
+        })
+    };
+    wmproxy_tests::eventually("100 connections done", || done.load(Ordering::Relaxed) >= 100).await?;
+    bed.cut_public(1, true)?;
+    let (failed, slowest) = users.await?;
+    let first = egress_count_at(&publics[0], &servers[0]).await?;
+    eprintln!(
+        "200 through a balanced proxy, a server host cut after 100: {} failed, slowest {slowest:?}; the first server carried {first}",
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    ensure!(first >= 140, "the first server carried {first} of 200 (the second was cut off after 100)");
+    Ok(())
+}
+
+/// [`egress_count`] of a server on a test bed host, asked on that host.
+async fn egress_count_at(public: &wmproxy_tests::netbed::InNetns, server: &TestServer) -> Result<u64> {
+    let status: serde_json::Value =
+        serde_json::from_str(&public.get(server.handle.control_addr().context("control API")?, "/status").await?)?;
+    Ok(status["clients"][0]["egress_connections"].as_u64().unwrap_or(0))
+}

@@ -323,6 +323,12 @@ impl Netbed {
         links.iter().try_for_each(|(ns, dev)| self.ip(ns, &["link", "set", dev, "mtu", &mtu]))
     }
 
+    /// Cuts public host `i` (see [`Netbed::public_n`]) off the segment (`true`), as a server
+    /// that crashed or lost its network: nothing it had open says goodbye; or connects it again.
+    pub fn cut_public(&self, i: usize, cut: bool) -> Result<()> {
+        self.ip(&self.public_n(i), &["link", "set", "eth0", if cut { "down" } else { "up" }])
+    }
+
     /// Sets how long the NATs keep an idle UDP mapping.
     pub fn set_udp_timeout(&self, secs: u32) -> Result<()> {
         let setting = format!("net.netfilter.nf_conntrack_udp_timeout={secs}");
