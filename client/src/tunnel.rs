@@ -54,6 +54,10 @@ pub(crate) enum TunnelEnd {
     /// The control stream failed while registering again.
     #[error("{0}")]
     Control(#[source] TunnelError),
+    /// Failover mode: the server stopped answering pings (it died without closing, or the path
+    /// to it broke), long before QUIC's idle timeout would say so.
+    #[error("the server stopped answering ({SILENT_AFTER} pings in a row)")]
+    Silent,
     /// Auto mode on the TCP transport: QUIC answers again, and the client moves to it. The
     /// TCP tunnel lives on for the connections in flight, until the server retires it.
     #[error("QUIC answers again: moving the tunnel back to it")]
@@ -75,7 +79,7 @@ impl TunnelEnd {
     pub fn side(&self) -> Side {
         match self {
             Self::Shutdown | Self::QuicBack | Self::Failback { .. } => Side::Internal,
-            Self::Lost(_) | Self::Control(_) => Side::Tunnel,
+            Self::Lost(_) | Self::Control(_) | Self::Silent => Side::Tunnel,
         }
     }
 }
@@ -158,6 +162,12 @@ impl TunnelSetup {
             reason = conn.closed() => TunnelEnd::Lost(reason),
             // The accept error is the connection's end, with the server's close reason if any.
             reason = accept_exposed(&tunnel, &exposer, (&self.tracker, &exposed)) => TunnelEnd::Lost(reason),
+            () = async {
+                match &self.failback {
+                    Some(_) => silent(tunnel.conn()).await,
+                    None => std::future::pending().await,
+                }
+            } => TunnelEnd::Silent,
             () = async {
                 match (self.quic_probe, conn.kind()) {
                     (Some(interval), TransportKind::Tcp) => {
@@ -325,6 +335,32 @@ async fn accept_exposed(
                 tracker.spawn(exposed.track_future(serve));
             }
             Err(e) => return e,
+        }
+    }
+}
+
+/// Failover mode pings its tunnel this often, so that a server that died without closing is
+/// left within a few seconds (the next server may be serving within 3 s); a ping costs a
+/// stream and a few packets.
+const PING_EVERY: Duration = Duration::from_millis(250);
+/// How long a ping may take: four round trips (a loaded path queues), within these bounds.
+const PING_WITHIN: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(2));
+/// Unanswered pings in a row that count as the server gone.
+const SILENT_AFTER: u32 = 2;
+
+/// Completes once the server has left [`SILENT_AFTER`] pings in a row unanswered.
+async fn silent(conn: &wmproxy_tunnel::Conn) {
+    let mut missed = 0;
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        let within = (conn.rtt() * 4).clamp(PING_WITHIN.0, PING_WITHIN.1);
+        if wmproxy_tunnel::probe::probe(conn, within).await {
+            missed = 0;
+        } else {
+            missed += 1;
+            if missed >= SILENT_AFTER {
+                return;
+            }
         }
     }
 }

@@ -66,6 +66,8 @@ pub(crate) async fn serve(
                 }
             }
         }
+        // A client in failover mode asks whether the server is still there.
+        OpenStream::Ping => wmproxy_tunnel::probe::answer(send).await,
         // A client may not ask the server to expose anything.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
     }

@@ -419,3 +419,37 @@ async fn egress_count_at(public: &wmproxy_tests::netbed::InNetns, server: &TestS
         serde_json::from_str(&public.get(server.handle.control_addr().context("control API")?, "/status").await?)?;
     Ok(status["clients"][0]["egress_connections"].as_u64().unwrap_or(0))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_test_bed_failover_leaves_a_server_whose_host_dies_within_3_s() -> Result<()> {
+    init_tracing();
+    use wmproxy_tests::netbed::{self, EXTRA_PUBLIC, Mapping, PUBLIC};
+    let Some((bed, publics, home)) = netbed::publics_or_skip(Mapping::PortPreserving, 2)? else { return Ok(()) };
+    let servers = [
+        netbed::server_at(&publics[0], PUBLIC, |_| {}).await?,
+        netbed::server_at(&publics[1], EXTRA_PUBLIC[0], |_| {}).await?,
+    ];
+    let echo = home.run(backend::echo()).await??;
+    let port = backend::fixed_port().await?;
+    let mut config = servers[0].client_config("home");
+    config.servers = servers.iter().map(TestServer::entry).collect();
+    config.mode = ServersMode::Failover;
+    config.services = vec![tcp_service("ssh", echo, port)];
+    let mut client = home.run(TestClient::start(config)).await??;
+    client.wait_for("on the first server", connected_to(&servers[0])).await?;
+    // Users on a third public host.
+    let user = &publics[2];
+    user.run(assert_echo(SocketAddr::from((PUBLIC, port)), 1024, 1)).await??;
+    // The first server's host goes off the network: no close reaches the client.
+    bed.cut_public(0, true)?;
+    let cut = Instant::now();
+    let second = SocketAddr::from((EXTRA_PUBLIC[0], port));
+    wmproxy_tests::eventually_async("the service on the second server", async || {
+        Ok(user.run(assert_echo(second, 1024, 2)).await?.is_ok())
+    })
+    .await?;
+    let moved_in = cut.elapsed();
+    eprintln!("the first server's host cut off: the service answered on the second {moved_in:?} later");
+    ensure!(moved_in < Duration::from_secs(3), "reachable on the second server after {moved_in:?}");
+    Ok(())
+}
