@@ -1,7 +1,7 @@
 //! The server's config file (`wmproxy-server --config F`) and its validated form.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,14 +101,16 @@ impl Default for ServerFile {
     }
 }
 
+/// Every address, IPv4 and IPv6 (a dual-stack socket; IPv4 only where the host has no IPv6).
 fn default_bind() -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT)
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT)
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("wmproxy-state")
 }
+/// As [`default_bind`]: both IP versions.
 fn default_public_bind() -> IpAddr {
-    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
 }
 fn default_allow_ports() -> Vec<PortRange> {
     PortAllowance::unprivileged().0

@@ -199,7 +199,22 @@ pub fn allow_server_streams(conn: &Conn, limits: &TunnelLimits) {
 
 /// Binds a UDP socket for a quinn endpoint, with [`UDP_BUFFER_BYTES`] kernel buffers.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    bind_udp_with(addr, UDP_BUFFER_BYTES)
+    dual_stack_or_v4(addr, |addr| bind_udp_with(addr, UDP_BUFFER_BYTES))
+}
+
+/// `bind(addr)`; where `addr` is `[::]` (every address, both IP versions: the defaults) and
+/// this host has no IPv6 (a kernel booted without it), `0.0.0.0` on the same port instead,
+/// with a warning.
+pub fn dual_stack_or_v4<T>(addr: SocketAddr, bind: impl Fn(SocketAddr) -> io::Result<T>) -> io::Result<T> {
+    match bind(addr) {
+        Err(e) if addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) => {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            let bound = bind(v4).map_err(|_| e)?;
+            tracing::warn!(%addr, %v4, "cannot bind IPv6 here; listening on IPv4 only");
+            Ok(bound)
+        }
+        other => other,
+    }
 }
 
 /// Binds a non-blocking UDP socket with kernel buffers of `buffer` bytes (capped by the kernel

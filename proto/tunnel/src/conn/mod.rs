@@ -155,10 +155,11 @@ impl Conn {
         }
     }
 
-    /// The peer's address.
+    /// The peer's address (an IPv4 peer of a dual-stack socket as IPv4: see
+    /// [`crate::accept::canonical`]).
     pub fn remote_address(&self) -> SocketAddr {
         match self {
-            Self::Quic(conn) => conn.remote_address(),
+            Self::Quic(conn) => crate::accept::canonical(conn.remote_address()),
             Self::Tcp(conn) => conn.remote_address(),
         }
     }

@@ -61,7 +61,7 @@ pub async fn serve(
             }
             received = socket.recv_from(&mut buf) => received,
         };
-        let (n, peer) = match received {
+        let (n, from) = match received {
             Ok(pair) => pair,
             Err(e) => {
                 debug!(error = %e, "receive failed");
@@ -71,8 +71,11 @@ pub async fn serve(
                 }
             }
         };
+        // Flows are keyed and answered by the address as received; the user is shown and
+        // counted by its canonical form (IPv4 on a dual-stack socket).
+        let peer = crate::accept::canonical(from);
         let payload = buf.get(..n).unwrap_or_default();
-        if let Some((flow, tunnel)) = flows.get(&peer)
+        if let Some((flow, tunnel)) = flows.get(&from)
             && !flow.done().is_cancelled()
         {
             flow.send(tunnel.conn(), payload);
@@ -101,7 +104,7 @@ pub async fn serve(
             flows.retain(|_, (f, _)| !f.done().is_cancelled());
             purge_at = (flows.len() * 2).max(64);
         }
-        let sink = Sink::Peer { socket: socket.clone(), peer };
+        let sink = Sink::Peer { socket: socket.clone(), peer: from };
         let (flow, rx) = Flow::ending_with(sink, tunnel.flows(), ends_with.as_ref());
         if let Some(limit) = limit {
             flow.limit_to(limit);
@@ -112,7 +115,7 @@ pub async fn serve(
         });
         // Not confirmed yet: the packet is queued to follow the header on the stream.
         flow.send(tunnel.conn(), payload);
-        flows.insert(peer, (flow.clone(), tunnel.clone()));
+        flows.insert(from, (flow.clone(), tunnel.clone()));
         let span = info_span!("flow", %peer, flow = tracing::field::Empty);
         tracker.spawn(
             async move {
