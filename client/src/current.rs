@@ -8,7 +8,7 @@
 //! whose round-trip time is near the lowest (`balanced`). A server that died without closing
 //! (a crash, a host cut off) keeps its tunnel up until QUIC's idle timeout (30 s); meanwhile a
 //! proxy connection whose answer is slow pings that tunnel, and one that does not answer is
-//! passed over for a while ([`SUSPECT_FOR`]) and the connection tried on another.
+//! passed over for a while (`SUSPECT_FOR`) and the connection tried on another.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

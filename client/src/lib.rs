@@ -18,6 +18,7 @@
 //! - `forward`: local TCP/UDP ports whose traffic leaves from the server (`Connect`), and `ws`
 //!   forwards. `proxy`: local SOCKS5 and HTTP proxies.
 //! - `health`: active health checks of grouped services, reported on the control stream.
+//! - [`starter`]: `wmproxy-client init`'s starter config.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
 //! - [`reload`]: applies a reloaded config; services are registered again on the live tunnel.
 //! - `roaming`: moves the live tunnel to a new socket when the host's addresses change.
@@ -43,6 +44,7 @@ pub mod fuzzing {
 }
 pub mod handshake;
 pub mod reload;
+pub mod starter;
 pub mod tls;
 
 mod expose;

@@ -110,3 +110,33 @@ async fn wmproxy_token_with_a_config_file_is_explained_and_readable() -> Result<
     ensure!(String::from_utf8_lossy(&out.stderr).contains("`WMPROXY_TOKEN` is not set"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_writes_a_starter_config_once_from_what_the_server_printed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("client.toml");
+    let fingerprint = "ab".repeat(32);
+    let init = |fingerprint: &str| {
+        Command::new(BIN)
+            .arg("init")
+            .arg("--config")
+            .arg(&path)
+            .args(["--server", "203.0.113.10:7835", "--fingerprint", fingerprint, "--name", "laptop"])
+            .env("WMPROXY_TOKEN", "the-servers-token")
+            .output()
+    };
+    // A bad fingerprint writes nothing.
+    let bad = init("not-hex").await?;
+    ensure!(!bad.status.success() && !path.exists(), "{}", String::from_utf8_lossy(&bad.stderr));
+    let out = init(&fingerprint).await?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, checked) = subcommand("check", &path).await?;
+    ensure!(ok, "the starter config does not check: {checked}");
+    let text = std::fs::read_to_string(&path)?;
+    ensure!(text.contains("the-servers-token") && text.contains("name = \"laptop\""), "{text}");
+    let again = init(&fingerprint).await?;
+    ensure!(!again.status.success() && std::fs::read_to_string(&path)? == text, "a second init overwrote");
+    let zsh = Command::new(BIN).args(["completions", "zsh"]).output().await?;
+    ensure!(zsh.status.success() && String::from_utf8_lossy(&zsh.stdout).contains("#compdef wmproxy-client"));
+    Ok(())
+}

@@ -110,10 +110,8 @@ pub fn load_or_generate_token(state_dir: &Path) -> Result<String, IdentityError>
             return Ok(token.to_owned());
         }
     }
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| IdentityError::Write { path: path.clone(), source: io::Error::other("no system randomness") })?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token =
+        wmproxy_ops::cli::random_token().map_err(|source| IdentityError::Write { path: path.clone(), source })?;
     create_state_dir(state_dir)?;
     write_private(&path, token.as_bytes())?;
     Ok(token)

@@ -36,6 +36,7 @@
 //! - [`reload`]: applies a reloaded config file (`POST /reload`, SIGHUP).
 //! - `control`: the control API's endpoints, on [`wmproxy_ops::control`]'s loopback server.
 //! - `metrics`: Prometheus counters bumped on the network path, plus state read at scrape time.
+//! - [`starter`]: `wmproxy-server init`'s starter config.
 //! - [`identity`]: the TLS certificate and the embedded setup's token. `throttle`: failed-auth
 //!   counts per source address.
 //!
@@ -74,6 +75,7 @@ pub mod server;
 mod sessions;
 mod settings;
 mod sockets;
+pub mod starter;
 mod tcp_listener;
 mod throttle;
 mod tunnel;

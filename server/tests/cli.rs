@@ -144,3 +144,46 @@ async fn secrets_come_from_files_and_the_environment() -> Result<()> {
     ensure!(!out.status.success() && said.contains("cannot read the secret file"), "{said}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_writes_a_starter_config_once_and_completions_and_the_man_page_print() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("server.toml");
+    let init = || {
+        Command::new(BIN)
+            .arg("init")
+            .arg("--config")
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output()
+    };
+    let out = init().await?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "init failed: {said} {}", String::from_utf8_lossy(&out.stderr));
+    let fingerprint = said.lines().find_map(|l| l.strip_prefix("certificate fingerprint: ")).context("fingerprint")?;
+    ensure!(said.contains("wmproxy-client init --server <THIS_HOST>:7835 --fingerprint"), "{said}");
+    let text = std::fs::read_to_string(&path)?;
+    ensure!(text.contains(fingerprint), "the config names the fingerprint");
+    let (ok, checked) = subcommand("check", &path).await?;
+    ensure!(ok, "the starter config does not check: {checked}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "the config holds tokens but is {mode:o}");
+    }
+    // Never over an existing file.
+    let again = init().await?;
+    ensure!(!again.status.success(), "a second init succeeded");
+    ensure!(String::from_utf8_lossy(&again.stderr).contains("exists"), "{}", String::from_utf8_lossy(&again.stderr));
+    ensure!(std::fs::read_to_string(&path)? == text, "the config changed");
+
+    let bash = Command::new(BIN).args(["completions", "bash"]).output().await?;
+    ensure!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("complete -F _wmproxy__server"));
+    let man = Command::new(BIN).arg("manpage").output().await?;
+    let man = String::from_utf8_lossy(&man.stdout).into_owned();
+    ensure!(man.starts_with(".ie") || man.contains(".TH wmproxy-server"), "{}", &man[..man.len().min(200)]);
+    ensure!(man.contains("init") && man.contains("completions"), "the subcommands are listed");
+    Ok(())
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use hyper::Method;
 use tokio_util::sync::CancellationToken;
 use wmproxy_client::Client;
@@ -71,6 +71,37 @@ enum Command {
     Reload(Control),
     /// Stops the running client (it does not reconnect).
     Stop(Control),
+    /// Writes a commented starter config for one server (never over an existing file), with
+    /// what `wmproxy-server init` printed.
+    Init(Init),
+    /// Prints a shell completion script (e.g. `wmproxy-client completions bash >
+    /// /etc/bash_completion.d/wmproxy-client`).
+    Completions {
+        /// The shell.
+        shell: cli::Shell,
+    },
+    /// Prints the man page (roff; `wmproxy-client manpage | man -l -`).
+    Manpage,
+}
+
+/// What `init` writes into the starter config.
+#[derive(Debug, Args)]
+struct Init {
+    /// Where to write the config.
+    #[arg(long, short, default_value = "wmproxy-client.toml")]
+    config: PathBuf,
+    /// The server, host:port.
+    #[arg(long)]
+    server: String,
+    /// The server's certificate fingerprint.
+    #[arg(long)]
+    fingerprint: String,
+    /// The token (or set WMPROXY_TOKEN).
+    #[arg(long, env = "WMPROXY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// This client's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 /// How to reach the control API: the `[control]` table of the client's config file.
@@ -94,12 +125,44 @@ fn main() -> ExitCode {
         Some(Command::Status(c)) => (c, Method::GET, "/status"),
         Some(Command::Reload(c)) => (c, Method::POST, "/reload"),
         Some(Command::Stop(c)) => (c, Method::POST, "/stop"),
+        Some(Command::Init(init)) => {
+            return match write_starter(init) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Completions { shell }) => return cli::print_generated(Cli::command(), Some(*shell)),
+        Some(Command::Manpage) => return cli::print_generated(Cli::command(), None),
         None => return start(&cli),
     };
     let api = wmproxy_config::load_client(&control.config).map(|c| {
         c.control.map(|api| (api.addr(wmproxy_config::control::CLIENT_CONTROL_BIND), api.token.expose().to_owned()))
     });
     cli::control_subcommand(&control.config, api, method, path)
+}
+
+/// `init`: checks what it was given, then writes the starter config.
+fn write_starter(init: &Init) -> Result<()> {
+    split_host_port(&init.server).map_err(anyhow::Error::msg).context("--server")?;
+    parse_fingerprint(&init.fingerprint).map_err(anyhow::Error::msg).context("--fingerprint")?;
+    if init.token.len() < 8 {
+        bail!("--token: a token is at least 8 characters long");
+    }
+    let name = Name::new(&init.name.clone().unwrap_or_else(host_name)).context("--name")?;
+    let starter = wmproxy_client::starter::Starter {
+        server: &init.server,
+        fingerprint: &init.fingerprint,
+        token: &init.token,
+        name: name.as_str(),
+    };
+    wmproxy_client::starter::init(&init.config, &starter)?;
+    println!("wrote {} (it holds the token: readable by you only)", init.config.display());
+    println!("add services to it, then start the client:");
+    println!("  wmproxy-client --config {}", init.config.display());
+    Ok(())
 }
 
 fn start(cli: &Cli) -> ExitCode {

@@ -1,11 +1,54 @@
 //! What both binaries' `main` share: logging to stderr, the report of the `check` subcommand,
-//! the control subcommands, and running the async main on a runtime with its error as the exit
-//! status.
+//! the control subcommands, writing `init`'s starter config, the shell completions and man page
+//! generated from the command line's definition, and running the async main on a runtime with
+//! its error as the exit status.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::path::Path;
 use std::process::ExitCode;
+
+/// The shells `completions` writes for.
+pub use clap_complete::Shell;
+
+/// Prints what is generated from `command` (a binary's whole command line): its completion
+/// script for `shell`, or without one its man page (roff: its options and a list of its
+/// subcommands).
+pub fn print_generated(mut command: clap::Command, shell: Option<Shell>) -> ExitCode {
+    let Some(shell) = shell else {
+        return match clap_mangen::Man::new(command).render(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    };
+    let name = command.get_name().to_owned();
+    clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// A fresh secret for a starter config: 32 random bytes, in hex.
+pub fn random_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| std::io::Error::other("no system randomness"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` to a new file at `path`, readable by its owner only (it holds secrets); never
+/// over an existing file (`AlreadyExists`).
+pub fn write_new_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
 
 /// Logs to stderr at `info` (or as `RUST_LOG` says), with colours only on a terminal.
 pub fn init_logging() {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hyper::Method;
 use tokio_util::sync::CancellationToken;
 use wmproxy_config::{Secret, ServerConfig, ServerFile};
@@ -50,6 +50,24 @@ enum Command {
     Reload(Control),
     /// Stops the running server gracefully.
     Stop(Control),
+    /// Writes a commented starter config with a fresh token (never over an existing file),
+    /// generates the certificate, and prints what clients need.
+    Init {
+        /// Where to write the config.
+        #[arg(long, short, default_value = "wmproxy-server.toml")]
+        config: PathBuf,
+        /// The state directory the config names; the certificate is generated there.
+        #[arg(long, default_value = "wmproxy-state")]
+        state_dir: PathBuf,
+    },
+    /// Prints a shell completion script (e.g. `wmproxy-server completions bash >
+    /// /etc/bash_completion.d/wmproxy-server`).
+    Completions {
+        /// The shell.
+        shell: cli::Shell,
+    },
+    /// Prints the man page (roff; `wmproxy-server manpage | man -l -`).
+    Manpage,
 }
 
 /// How to reach the control API: the `[control]` table of the server's config file.
@@ -67,6 +85,9 @@ fn main() -> ExitCode {
         Some(Command::Status(c)) => (c, Method::GET, "/status"),
         Some(Command::Reload(c)) => (c, Method::POST, "/reload"),
         Some(Command::Stop(c)) => (c, Method::POST, "/stop"),
+        Some(Command::Init { config, state_dir }) => return init(config, state_dir),
+        Some(Command::Completions { shell }) => return cli::print_generated(Cli::command(), Some(*shell)),
+        Some(Command::Manpage) => return cli::print_generated(Cli::command(), None),
         None => {
             cli::init_logging();
             return cli::run(cli.threads.map(usize::from), serve(cli));
@@ -76,6 +97,29 @@ fn main() -> ExitCode {
         c.control.map(|api| (api.addr(wmproxy_config::control::SERVER_CONTROL_BIND), api.token.expose().to_owned()))
     });
     cli::control_subcommand(&control.config, api, method, path)
+}
+
+/// `init`: the starter config, and what to do next.
+fn init(config: &std::path::Path, state_dir: &std::path::Path) -> ExitCode {
+    match wmproxy_server::starter::init(config, state_dir) {
+        Ok(started) => {
+            let fingerprint = started.fingerprint;
+            println!("wrote {} (it holds the tokens: readable by you only)", config.display());
+            println!("certificate fingerprint: {fingerprint}");
+            println!("start the server:");
+            println!("  wmproxy-server --config {}", config.display());
+            println!("then, on each client machine:");
+            println!(
+                "  wmproxy-client init --server <THIS_HOST>:{} --fingerprint {fingerprint} --token {}",
+                started.port, started.token
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(cli: Cli) -> Result<()> {
