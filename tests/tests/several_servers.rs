@@ -453,3 +453,60 @@ async fn on_the_test_bed_failover_leaves_a_server_whose_host_dies_within_3_s() -
     ensure!(moved_in < Duration::from_secs(3), "reachable on the second server after {moved_in:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reaches_every_tunnel_and_status_shows_each_server() -> Result<()> {
+    init_tracing();
+    let (a, b) = (backend::echo().await?, backend::echo().await?);
+    let (port_a, port_b) = (backend::fixed_port().await?, backend::fixed_port().await?);
+    let servers = [server_on(2).await?, server_on(3).await?];
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("client.toml");
+    let mut text = format!(
+        "name = \"home\"\ntoken = \"{}\"\n\n[control]\nbind = \"127.0.0.1:0\"\ntoken = \"{}\"\n",
+        wmproxy_tests::TOKEN,
+        wmproxy_tests::CONTROL_TOKEN
+    );
+    for s in &servers {
+        text += &format!(
+            "\n[[servers]]\naddr = \"{}\"\nserver_name = \"wmproxy\"\nserver_fingerprint = \"{}\"\n",
+            s.addr, s.fingerprint
+        );
+    }
+    let service = |name: &str, local: SocketAddr, port: u16| {
+        format!("\n[[services]]\nname = \"{name}\"\nlocal_addr = \"{local}\"\nremote_port = {port}\n")
+    };
+    std::fs::write(&file, text.clone() + &service("a", a, port_a))?;
+    let (mut client, control) = TestClient::start_from(&file).await?;
+    for i in 0..2 {
+        client.wait_for_tunnel(i, "both tunnels up", connected).await?;
+    }
+    std::fs::write(&file, text + &service("a", a, port_a) + &service("b", b, port_b))?;
+    let (code, body) =
+        wmproxy_tests::control_call(control, Some(wmproxy_tests::CONTROL_TOKEN), "POST", "/reload", "").await?;
+    ensure!(code == 200 && body.contains("services.b"), "reload: {code} {body}");
+    for i in 0..2 {
+        client.wait_for_tunnel(i, "b published on every server", |s| s.port_of("b").is_some()).await?;
+    }
+    for last in [2, 3] {
+        assert_echo(at(last, port_a), 256, 1).await?;
+        assert_echo(at(last, port_b), 256, 2).await?;
+    }
+    let (_, status) =
+        wmproxy_tests::control_call(control, Some(wmproxy_tests::CONTROL_TOKEN), "GET", "/status", "").await?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    let tunnels = status["servers"].as_array().context("servers")?;
+    ensure!(tunnels.len() == 2, "{status}");
+    for (tunnel, server) in tunnels.iter().zip(&servers) {
+        ensure!(tunnel["server"] == server.addr.to_string() && tunnel["state"] == "connected", "{tunnel}");
+        ensure!(tunnel["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{tunnel}");
+        ensure!(tunnel["services"].as_array().is_some_and(|s| s.len() == 2), "{tunnel}");
+    }
+    let (_, metrics) =
+        wmproxy_tests::control_call(control, Some(wmproxy_tests::CONTROL_TOKEN), "GET", "/metrics", "").await?;
+    for s in &servers {
+        let line = format!("wmproxy_client_server_tunnel_up{{server=\"{}\"}} 1", s.addr);
+        ensure!(metrics.contains(&line), "no `{line}` in the metrics");
+    }
+    Ok(())
+}
