@@ -425,7 +425,7 @@ impl Server {
                 incoming = endpoint.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
-            let peer = wmproxy_tunnel::accept::canonical(incoming.remote_address());
+            let peer = wmproxy_tunnel::users::canonical(incoming.remote_address());
             // Per connection, and cheap: nothing here waits or logs above debug.
             match tunnels.preauth.admit(peer.ip(), incoming.remote_address_validated()) {
                 Admission::Retry => {

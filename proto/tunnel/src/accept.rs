@@ -30,16 +30,9 @@ pub fn keepalive(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&probes);
 }
 
-/// `addr` as a user is shown and counted: an IPv4 user of a dual-stack (`[::]`) socket arrives
-/// as `::ffff:a.b.c.d`, and is `a.b.c.d` in logs, limits, headers and status, as on an IPv4
-/// socket. (Replies still go to the address as received.)
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
 /// The next connection on `listener`, or `None` once `stop` is cancelled. Accept errors are
 /// logged and retried after [`ACCEPT_ERROR_BACKOFF`]. `TCP_NODELAY` and [`keepalive`] are set
-/// on the connection; the peer's address is [`canonical`].
+/// on the connection; the peer's address is [`crate::users::canonical`].
 pub async fn next(listener: &TcpListener, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
@@ -50,7 +43,7 @@ pub async fn next(listener: &TcpListener, stop: &CancellationToken) -> Option<(T
             Ok((tcp, peer)) => {
                 let _ = tcp.set_nodelay(true);
                 keepalive(&tcp);
-                return Some((tcp, canonical(peer)));
+                return Some((tcp, crate::users::canonical(peer)));
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");

@@ -9,7 +9,7 @@
 //! the open connections themselves.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 /// The prefix of `ip` one host controls: the address for IPv4 (and IPv4-mapped IPv6), the /64
@@ -22,6 +22,13 @@ pub fn prefix(ip: IpAddr) -> IpAddr {
             None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
         },
     }
+}
+
+/// `addr` as a user is shown and counted: an IPv4 user of a dual-stack (`[::]`) socket arrives
+/// as `::ffff:a.b.c.d`, and is `a.b.c.d` in logs, limits, headers and status, as on an IPv4
+/// socket. (Replies still go to the address as received.)
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Connections open per user, capped at `max`.

@@ -74,7 +74,7 @@ pub(super) async fn run<U: Upstream>(
                 Err(_) => continue,
             },
         };
-        if wmproxy_tunnel::accept::canonical(from).ip() != peer.ip() || user.is_some_and(|u| u != from) {
+        if wmproxy_tunnel::users::canonical(from).ip() != peer.ip() || user.is_some_and(|u| u != from) {
             debug!(%from, "datagram from another address; dropped");
             UdpStats::bump(&stats.dropped_malformed);
             continue;

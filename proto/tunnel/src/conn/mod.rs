@@ -156,10 +156,10 @@ impl Conn {
     }
 
     /// The peer's address (an IPv4 peer of a dual-stack socket as IPv4: see
-    /// [`crate::accept::canonical`]).
+    /// [`crate::users::canonical`]).
     pub fn remote_address(&self) -> SocketAddr {
         match self {
-            Self::Quic(conn) => crate::accept::canonical(conn.remote_address()),
+            Self::Quic(conn) => crate::users::canonical(conn.remote_address()),
             Self::Tcp(conn) => conn.remote_address(),
         }
     }

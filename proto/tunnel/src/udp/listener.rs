@@ -73,7 +73,7 @@ pub async fn serve(
         };
         // Flows are keyed and answered by the address as received; the user is shown and
         // counted by its canonical form (IPv4 on a dual-stack socket).
-        let peer = crate::accept::canonical(from);
+        let peer = crate::users::canonical(from);
         let payload = buf.get(..n).unwrap_or_default();
         if let Some((flow, tunnel)) = flows.get(&from)
             && !flow.done().is_cancelled()
