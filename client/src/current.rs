@@ -11,13 +11,11 @@
 //! passed over for a while (`SUSPECT_FOR`) and the connection tried on another.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::sync::Mutex;
 use tokio::net::TcpStream;
-
 use tokio::sync::watch;
 use tokio::time::Instant;
 use wmproxy_config::EgressChoice;
@@ -40,7 +38,7 @@ const PING_AFTER: Duration = Duration::from_millis(500);
 /// How long the ping of [`PING_AFTER`] may take.
 const PING_WITHIN: Duration = Duration::from_secs(1);
 /// How long a tunnel that did not answer a ping is passed over while another is up.
-pub(crate) const SUSPECT_FOR: Duration = Duration::from_secs(10);
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 /// A tunnel that did not answer a ping, and until when it is passed over.
 type Suspect = (std::sync::Weak<Tunnel>, Instant);
