@@ -71,16 +71,16 @@ pub async fn serve(
                 }
             }
         };
-        // Flows are keyed and answered by the address as received; the user is shown and
-        // counted by its canonical form (IPv4 on a dual-stack socket).
-        let peer = crate::users::canonical(from);
         let payload = buf.get(..n).unwrap_or_default();
+        // Flows are keyed and answered by the address as received; a new flow's user is shown
+        // and counted by its canonical form (IPv4 on a dual-stack socket).
         if let Some((flow, tunnel)) = flows.get(&from)
             && !flow.done().is_cancelled()
         {
             flow.send(tunnel.conn(), payload);
             continue;
         }
+        let peer = crate::users::canonical(from);
         let route = match upstream.flow(peer, ask.clone()) {
             Ok(route) => route,
             Err(OpenError::Busy) => {
