@@ -95,35 +95,34 @@ impl CurrentTunnel {
     /// The tunnel a new connection takes now, other than `besides` (one that just failed).
     /// A tunnel whose connection has closed is skipped even before its loop withdraws it.
     fn pick(&self, besides: Option<&Arc<Tunnel>>) -> Option<Arc<Tunnel>> {
+        let suspects = self.suspects_now();
         let slots = self.now.borrow();
-        let open: Vec<&Arc<Tunnel>> = slots
-            .iter()
-            .flatten()
-            .filter(|t| besides.is_none_or(|b| !Arc::ptr_eq(t, b)) && t.conn().close_reason().is_none())
-            .collect();
+        let open = |t: &&Arc<Tunnel>| besides.is_none_or(|b| !Arc::ptr_eq(t, b)) && t.conn().close_reason().is_none();
+        let trusted = |t: &&Arc<Tunnel>| !suspects.contains(&Arc::as_ptr(t));
         // Suspects only when there is nothing else.
-        let trusted: Vec<&Arc<Tunnel>> = open.iter().copied().filter(|t| !self.is_suspect(t)).collect();
-        let mut up = if trusted.is_empty() { open } else { trusted }.into_iter();
+        let any_trusted = slots.iter().flatten().any(|t| open(&t) && trusted(&t));
+        let mut up = slots.iter().flatten().filter(|t| open(t) && (!any_trusted || trusted(t)));
         match self.egress {
             EgressChoice::First => up.next().cloned(),
             EgressChoice::Balanced => {
+                // One reading of each RTT (they move), at most one per server.
                 let rtts: Vec<(&Arc<Tunnel>, Duration)> = up.map(|t| (t, t.conn().rtt())).collect();
                 let lowest = rtts.iter().map(|(_, rtt)| *rtt).min()?;
-                let near = lowest + BALANCE_BAND.max(lowest / 4);
-                let near: Vec<&Arc<Tunnel>> =
-                    rtts.into_iter().filter(|(_, rtt)| *rtt <= near).map(|(t, _)| t).collect();
+                let band = lowest + BALANCE_BAND.max(lowest / 4);
+                let near = rtts.iter().filter(|(_, rtt)| *rtt <= band);
                 let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-                near.get(turn % near.len().max(1)).map(|t| Arc::clone(t))
+                near.clone().nth(turn % near.count()).map(|(t, _)| Arc::clone(t))
             }
         }
     }
 
-    /// Whether `tunnel` failed a ping less than [`SUSPECT_FOR`] ago.
-    fn is_suspect(&self, tunnel: &Arc<Tunnel>) -> bool {
+    /// The tunnels passed over now (failed a ping less than [`SUSPECT_FOR`] ago); the list is
+    /// pruned of expired and gone entries on the way.
+    fn suspects_now(&self) -> Vec<*const Tunnel> {
         let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         suspects.retain(|(t, until)| *until > now && t.strong_count() > 0);
-        suspects.iter().any(|(t, _)| std::ptr::eq(t.as_ptr(), Arc::as_ptr(tunnel)))
+        suspects.iter().map(|(t, _)| t.as_ptr()).collect()
     }
 
     /// Passes `tunnel` over for [`SUSPECT_FOR`] (while another is up). Bounded: one entry per
