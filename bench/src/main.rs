@@ -9,6 +9,7 @@ mod backends;
 mod groups;
 mod held;
 mod mux;
+mod muxes;
 mod netbed;
 mod proxies;
 mod quic;
@@ -39,6 +40,9 @@ enum Only {
     /// Many connections held through one client, and one past the limit (separate processes:
     /// the real server and client binaries, built next to this one).
     Held,
+    /// HTTP/2 beside yamux as the TCP transport's stream multiplexer (child processes of this
+    /// binary).
+    Muxes,
 }
 
 /// Figures for wmproxy's TCP and UDP paths on loopback.
@@ -116,6 +120,9 @@ struct Cli {
     /// Internal: runs as one of `--only held`'s child processes.
     #[arg(long, num_args = 1.., hide = true)]
     role: Option<Vec<String>>,
+    /// Internal: runs one multiplexer's `--only muxes` figures.
+    #[arg(long, hide = true)]
+    mux_child: Option<String>,
 }
 
 /// A congestion controller by its config name.
@@ -136,6 +143,12 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     if let Some(role) = &cli.role {
         return held::child(role).await;
+    }
+    if let Some(name) = &cli.mux_child {
+        return muxes::child(name, cli.bulk_mib, cli.repeat).await;
+    }
+    if cli.only == Only::Muxes {
+        return muxes::run(cli.bulk_mib, cli.repeat).await;
     }
     if cli.only == Only::Held {
         let limit = cli.stream_limit.unwrap_or(u32::try_from(cli.held)?);
