@@ -199,6 +199,7 @@ impl Client {
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let listeners: Arc<Vec<Arc<ListenerStats>>> = Arc::new(locals.iter().map(LocalListener::stats).collect());
         let (installers, current) = CurrentTunnel::new(status.len(), config.egress, STREAM_OPEN_TIMEOUT);
+        let checks = Arc::new(crate::health::CheckResults::default());
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {
             if let Ok(addr) = listener.local_addr() {
                 info!(listener = "control", %addr, "listening");
@@ -211,6 +212,7 @@ impl Client {
                 metrics: metrics.clone(),
                 udp: udp_stats.clone(),
                 listeners: listeners.clone(),
+                checks: checks.clone(),
                 stop: shutdown.clone(),
             };
             let token = control.token.expose().to_owned();
@@ -271,6 +273,7 @@ impl Client {
                 tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
                 quic_probe: (config.transport == Transport::Auto).then(|| config.limits.quic_probe_interval()),
+                checks: checks.clone(),
                 failback: failover.then(|| Failback {
                     dialers: dialers.clone(),
                     config: config.clone(),

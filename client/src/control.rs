@@ -9,6 +9,9 @@
 //! | `POST /adapt` | validates the body (or, if empty, the config file) without applying it |
 //! | `POST /stop` | stops the client (it does not reconnect) |
 //! | `GET /metrics` | Prometheus text: connections and bytes per service and per forward or proxy, tunnel up (per server, with its RTT), UDP |
+//!
+//! [`ClientControl::ROUTES`] lists them (public as [`crate::CONTROL_ROUTES`]), and
+//! `docs/openapi/client.json` documents them (a test holds the two together). `GET /` is the dashboard.
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -16,6 +19,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wmproxy_ops::control::{ControlApi, HttpNames, Reply, ServiceStatus};
+use wmproxy_ops::dashboard::Page;
+use wmproxy_ops::routes::Route;
 use wmproxy_tunnel::listener::{ListenerSnapshot, ListenerStats};
 
 use crate::reload::{ReloadError, Reloader};
@@ -35,6 +40,8 @@ pub(crate) struct ClientControl {
     pub udp: std::sync::Arc<wmproxy_tunnel::udp::UdpStats>,
     /// The proxies' and forwards' counters, in config order (forwards, then proxies).
     pub listeners: std::sync::Arc<Vec<std::sync::Arc<ListenerStats>>>,
+    /// The health checks' last results.
+    pub checks: std::sync::Arc<crate::health::CheckResults>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
 }
@@ -50,6 +57,8 @@ struct Status {
     servers: Vec<TunnelState>,
     /// Each forward and proxy: where it listens, what it carried and refused.
     listeners: Vec<ListenerSnapshot>,
+    /// Each grouped service's health check: its last result.
+    health_checks: Vec<crate::health::LastCheck>,
 }
 
 /// One tunnel's state.
@@ -71,6 +80,16 @@ struct TunnelState {
 }
 
 impl ControlApi for ClientControl {
+    const ROUTES: &'static [Route] = &[
+        Route::get("/status"),
+        Route::get("/now"),
+        Route::post("/reload"),
+        Route::post("/adapt"),
+        Route::post("/stop"),
+        Route::get("/metrics"),
+    ];
+    const PAGE: Page = Page { title: "wmproxy client", script: include_str!("dashboard.js") };
+
     async fn handle(&self, method: Method, path: String, body: Bytes) -> Reply {
         match (&method, path.as_str()) {
             (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
@@ -111,7 +130,7 @@ impl ControlApi for ClientControl {
 impl ClientControl {
     fn status(&self) -> Status {
         let servers: Vec<TunnelState> = (0..self.status.len()).map(|i| self.tunnel(i)).collect();
-        Status { first: self.tunnel(0), servers, listeners: self.listeners() }
+        Status { first: self.tunnel(0), servers, listeners: self.listeners(), health_checks: self.checks.list() }
     }
 
     /// Reconnect loop `i`'s tunnel.

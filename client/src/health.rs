@@ -3,6 +3,7 @@
 //! `rise` and `fall`.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,13 +18,62 @@ use tracing::{Instrument, debug, info_span};
 use wmproxy_config::{CheckType, HealthCheck, Service};
 use wmproxy_wire::{ControlRequest, Name};
 
-/// Runs `check` against `addr` every interval until `stop`, sending each result on `reports`.
-/// A full report queue drops the result (the next one follows an interval later).
+/// The last result of each running check, for the control API's status and the dashboard.
+/// One entry per grouped service with a check; [`Checks::sync`] removes those it stops.
+#[derive(Debug, Default)]
+pub struct CheckResults(Mutex<HashMap<Name, LastCheck>>);
+
+/// A check's last result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LastCheck {
+    /// The service checked.
+    pub service: String,
+    /// What was checked.
+    pub addr: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// How long it took, milliseconds.
+    pub latency_ms: f64,
+    /// Checks run so far.
+    pub checks: u64,
+}
+
+impl CheckResults {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Name, LastCheck>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, service: &Name, addr: &str, result: &Result<(), String>, latency: std::time::Duration) {
+        let mut results = self.lock();
+        let checks = results.get(service).map_or(0, |last| last.checks) + 1;
+        let last = LastCheck {
+            service: service.to_string(),
+            addr: addr.to_owned(),
+            ok: result.is_ok(),
+            error: result.as_ref().err().cloned(),
+            latency_ms: latency.as_secs_f64() * 1_000.0,
+            checks,
+        };
+        results.insert(service.clone(), last);
+    }
+
+    /// Every check's last result, by service name.
+    pub fn list(&self) -> Vec<LastCheck> {
+        let mut list: Vec<LastCheck> = self.lock().values().cloned().collect();
+        list.sort_by(|a, b| a.service.cmp(&b.service));
+        list
+    }
+}
+
+/// Runs `check` against `addr` every interval until `stop`, sending each result on `reports`
+/// and keeping the last in `results`. A full report queue drops the result (the next one
+/// follows an interval later).
 pub async fn run(
-    service: Name,
-    addr: String,
+    (service, addr): (Name, String),
     check: HealthCheck,
-    reports: mpsc::Sender<ControlRequest>,
+    (reports, results): (mpsc::Sender<ControlRequest>, Arc<CheckResults>),
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(check.interval());
@@ -40,6 +90,7 @@ pub async fn run(
         if let Err(why) = &result {
             debug!(%service, %why, "health check failed");
         }
+        results.record(&service, &addr, &result, latency);
         let report = ControlRequest::Health {
             service: service.clone(),
             ok: result.is_ok(),
@@ -106,14 +157,20 @@ pub async fn write_reports(mut send: wmproxy_tunnel::SendStream, mut reports: mp
 pub struct Checks {
     running: HashMap<Name, (String, HealthCheck, CancellationToken)>,
     reports: mpsc::Sender<ControlRequest>,
+    results: Arc<CheckResults>,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
 
 impl Checks {
-    /// No checks yet; they report on `reports` and stop with `stop`.
-    pub fn new(reports: mpsc::Sender<ControlRequest>, tracker: TaskTracker, stop: CancellationToken) -> Self {
-        Self { running: HashMap::new(), reports, tracker, stop }
+    /// No checks yet; they report on `reports`, keep their last results in `results` and stop
+    /// with `stop`.
+    pub fn new(
+        (reports, results): (mpsc::Sender<ControlRequest>, Arc<CheckResults>),
+        tracker: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        Self { running: HashMap::new(), reports, results, tracker, stop }
     }
 
     /// Stops the checks of services that are gone or whose check (or address) changed, and
@@ -133,12 +190,14 @@ impl Checks {
             }
             keep
         });
+        self.results.lock().retain(|name, _| wanted.contains_key(name));
         for (name, (addr, check)) in wanted {
             if self.running.contains_key(name) {
                 continue;
             }
             let stop = self.stop.child_token();
-            let task = run(name.clone(), addr.clone(), check.clone(), self.reports.clone(), stop.clone());
+            let to = (self.reports.clone(), self.results.clone());
+            let task = run((name.clone(), addr.clone()), check.clone(), to, stop.clone());
             self.tracker.spawn(task.instrument(info_span!("health_check", service = %name)));
             self.running.insert(name.clone(), (addr, check.clone(), stop));
         }

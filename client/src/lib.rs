@@ -64,4 +64,8 @@ mod tunnel;
 pub use client::{Client, ClientStatus};
 pub use current::CurrentTunnel;
 pub use error::ClientError;
+
+/// Every route of the client's control API (the dashboard's files aside).
+pub const CONTROL_ROUTES: &[wmproxy_ops::routes::Route] =
+    <control::ClientControl as wmproxy_ops::control::ControlApi>::ROUTES;
 pub use reload::{ReloadError, Reloader};

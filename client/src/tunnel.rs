@@ -103,6 +103,8 @@ pub(crate) struct TunnelSetup {
     pub quic_probe: Option<Duration>,
     /// In failover mode, how a tunnel to a later server learns that an earlier one is back.
     pub failback: Option<Failback>,
+    /// The health checks' last results (the control API's status).
+    pub checks: Arc<health::CheckResults>,
 }
 
 impl TunnelSetup {
@@ -149,7 +151,8 @@ impl TunnelSetup {
         // long as the tunnel, so the stream stays open until the tunnel ends.
         let (requests, queued) = mpsc::channel(health::REPORT_QUEUE);
         self.tracker.spawn(health::write_reports(control_send, queued).in_current_span());
-        let mut checks = health::Checks::new(requests.clone(), self.tracker.clone(), self.shutdown.child_token());
+        let to = (requests.clone(), self.checks.clone());
+        let mut checks = health::Checks::new(to, self.tracker.clone(), self.shutdown.child_token());
         checks.sync(&registered);
         info!("tunnel up");
 

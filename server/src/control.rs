@@ -10,6 +10,11 @@
 //! | `POST /stop` | graceful stop |
 //! | `POST /backends/{client}:{service}/drain`, `/undrain` | drains or restores a backend |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /history` | the last 15 minutes' traffic rates, per service (the dashboard's chart) |
+//! | `GET /events` | recent connects, disconnects, health changes, reloads and refusals |
+//!
+//! [`ServerControl::ROUTES`] lists them (public as [`crate::CONTROL_ROUTES`]), and
+//! `docs/openapi/server.json` documents them (a test holds the two together). `GET /` is the dashboard.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -20,9 +25,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use wmproxy_config::GroupKind;
 use wmproxy_ops::control::{ControlApi, HttpNames, Reply, ServiceStatus};
+use wmproxy_ops::dashboard::Page;
+use wmproxy_ops::routes::Route;
 use wmproxy_tunnel::listener::ListenerSnapshot;
 use wmproxy_tunnel::udp::UdpStats;
 
+use crate::dashboard::history::History;
 use crate::groups::{GroupStatus, Groups};
 use crate::listeners::Listeners;
 use crate::metrics::{BackendHealth, Metrics, Scrape, Traffic};
@@ -46,15 +54,36 @@ pub(crate) struct ServerControl {
     pub listeners: Arc<Listeners>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
+    /// The traffic history the dashboard charts.
+    pub history: Arc<History>,
 }
 
 #[derive(Debug, Serialize)]
 struct Status {
+    overview: Overview,
     clients: Vec<ClientStatus>,
     groups: Vec<GroupStatus>,
     /// Each proxy: where it listens, its `via`, what it carried and refused.
     proxies: Vec<ListenerSnapshot>,
     udp: wmproxy_tunnel::udp::UdpSnapshot,
+}
+
+/// The server at a glance (the dashboard's first panel).
+#[derive(Debug, Serialize)]
+struct Overview {
+    version: &'static str,
+    uptime_secs: u64,
+    /// Tunnels up now.
+    tunnels: usize,
+    /// Public connections open now, to every service.
+    streams: i64,
+    udp_flows: u64,
+    /// Bytes from users to services, and back, since the server started (as sampled every
+    /// few seconds for the history).
+    bytes_in: u64,
+    bytes_out: u64,
+    reloads: u64,
+    reload_failures: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +115,20 @@ struct ServiceTraffic {
 }
 
 impl ControlApi for ServerControl {
+    const ROUTES: &'static [Route] = &[
+        Route::get("/status"),
+        Route::get("/now"),
+        Route::post("/reload"),
+        Route::post("/adapt"),
+        Route::post("/stop"),
+        Route::post("/backends/{backend}/drain"),
+        Route::post("/backends/{backend}/undrain"),
+        Route::get("/metrics"),
+        Route::get("/history"),
+        Route::get("/events"),
+    ];
+    const PAGE: Page = crate::dashboard::PAGE;
+
     async fn handle(&self, method: Method, path: String, body: Bytes) -> Reply {
         match (&method, path.as_str()) {
             (&Method::GET, "/status") => Reply::json(StatusCode::OK, &self.status()),
@@ -103,6 +146,10 @@ impl ControlApi for ServerControl {
                 Reply::json(StatusCode::OK, &serde_json::json!({ "stopping": true }))
             }
             (&Method::POST, p) if p.starts_with("/backends/") => self.drain(p),
+            (&Method::GET, "/history") => Reply::json(StatusCode::OK, &self.history.view()),
+            (&Method::GET, "/events") => {
+                Reply::json(StatusCode::OK, &serde_json::json!({ "events": self.metrics.events.list() }))
+            }
             (&Method::GET, "/metrics") => match self.metrics.encode(&self.scrape()) {
                 Ok(text) => Reply::metrics(text),
                 Err(_) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics"),
@@ -131,7 +178,7 @@ impl ServerControl {
         for backend in groups.iter_mut().flat_map(|g| g.backends.iter_mut()) {
             backend.traffic = self.metrics.traffic(&backend.client, &backend.service);
         }
-        let clients = self
+        let clients: Vec<ClientStatus> = self
             .sessions
             .all()
             .iter()
@@ -155,7 +202,23 @@ impl ServerControl {
             })
             .collect();
         let proxies = self.listeners.proxy_stats().iter().map(|l| l.snapshot()).collect();
-        Status { clients, groups, proxies, udp: self.udp.snapshot() }
+        let udp = self.udp.snapshot();
+        Status { overview: self.overview(&clients, &udp), clients, groups, proxies, udp }
+    }
+
+    fn overview(&self, clients: &[ClientStatus], udp: &wmproxy_tunnel::udp::UdpSnapshot) -> Overview {
+        let (bytes_in, bytes_out) = self.history.totals();
+        Overview {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: self.metrics.started.elapsed().as_secs(),
+            tunnels: clients.len(),
+            streams: clients.iter().flat_map(|c| &c.services).map(|s| s.traffic.active).sum(),
+            udp_flows: udp.active_flows,
+            bytes_in,
+            bytes_out,
+            reloads: self.metrics.reloads.get(),
+            reload_failures: self.metrics.reload_failures.get(),
+        }
     }
 
     /// The state the metrics read at scrape time: UDP counters and whether each group backend

@@ -35,6 +35,8 @@
 //! Operations:
 //! - [`reload`]: applies a reloaded config file (`POST /reload`, SIGHUP).
 //! - `control`: the control API's endpoints, on [`wmproxy_ops::control`]'s loopback server.
+//! - `dashboard`: the page's script, and what only the page reads: recent events (a bounded
+//!   ring) and the traffic history (a sampler task and a bounded ring).
 //! - `metrics`: Prometheus counters bumped on the network path, plus state read at scrape time.
 //! - [`starter`]: `wmproxy-server init`'s starter config.
 //! - [`identity`]: the TLS certificate and the embedded setup's token. `throttle`: failed-auth
@@ -57,6 +59,7 @@
 mod auth;
 mod connect;
 mod control;
+mod dashboard;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -87,3 +90,7 @@ mod vhost;
 /// under `service="(other)"`.
 pub use metrics::MAX_LABELED_PER_CLIENT;
 pub use server::{Server, ServerError, ServerHandle};
+
+/// Every route of the server's control API (the dashboard's files aside).
+pub const CONTROL_ROUTES: &[wmproxy_ops::routes::Route] =
+    <control::ServerControl as wmproxy_ops::control::ControlApi>::ROUTES;

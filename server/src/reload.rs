@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use wmproxy_config::{ClientEntry, ConfigError, GroupEntry, GroupKind, ReloadReport, ServerConfig};
 use wmproxy_wire::close_code;
 
+use crate::dashboard::events::EventKind;
 use crate::groups::{self, GroupSocket, Groups};
 use crate::listeners::Listeners;
 use crate::metrics::Metrics;
@@ -85,11 +86,13 @@ impl Reloader {
             Ok(report) => {
                 self.metrics.last_reload_ok.set(1);
                 report.log();
+                self.metrics.events.record(EventKind::Reload, "the config was reloaded");
             }
             Err(e) => {
                 self.metrics.reload_failures.inc();
                 self.metrics.last_reload_ok.set(0);
                 warn!(error = %e, "reload refused; the running config is unchanged");
+                self.metrics.events.record(EventKind::Reload, format!("a reload was refused: {e}"));
             }
         }
         result

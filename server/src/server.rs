@@ -21,6 +21,7 @@ use wmproxy_tunnel::accept::Silent;
 use wmproxy_tunnel::users::UserLimit;
 
 use crate::control::ServerControl;
+use crate::dashboard::history::{self, History};
 use crate::groups::{self, GroupStatus, Groups};
 use crate::handshake::Arrival;
 use crate::identity::{Identity, IdentityError};
@@ -253,7 +254,7 @@ impl Server {
         };
         let sessions = Arc::new(Sessions::new(limits.max_streams_per_client));
         let routes = Arc::new(Routes::default());
-        let groups = Arc::new(Groups::new(limits.stream_open_timeout(), udp.clone()));
+        let groups = Arc::new(Groups::new(limits.stream_open_timeout(), udp.clone(), metrics.events.clone()));
         // What a reload may change is read from the cell at run time; the rest of `config` is
         // handed out below.
         let cell = Arc::new(ConfigCell::new(config.clone()));
@@ -392,7 +393,11 @@ impl Server {
         }
         let tracker = runtime.tracker.clone();
         if let Some((listener, token)) = control {
+            let history = Arc::new(History::default());
+            let sampler = history::run(history.clone(), tunnels.metrics.clone(), root.clone());
+            tracker.spawn(sampler.instrument(info_span!("traffic_history")));
             let api = ServerControl {
+                history,
                 config: handle.config.clone(),
                 sessions: handle.sessions.clone(),
                 groups: handle.groups.clone(),

@@ -17,6 +17,7 @@ use wmproxy_tunnel::{Side, Tunnel};
 use wmproxy_wire::{ControlReply, ControlRequest, HelloReply, PROTOCOL_VERSION, RejectReason, ServiceSpec, close_code};
 
 use crate::connect;
+use crate::dashboard::events::EventKind;
 use crate::handshake::{Arrival, Authenticated};
 use crate::metrics::{Metrics, Refusal};
 use crate::preauth::{PreAuth, Slot};
@@ -92,7 +93,10 @@ impl TunnelError {
     fn count(&self, metrics: &Metrics) {
         let counter = match (self.refusal(), self) {
             (Some(refusal), _) => return metrics.refused(refusal),
-            (None, Self::Rejected(_)) => &metrics.auth_failures,
+            (None, Self::Rejected(reason)) => {
+                metrics.events.record(EventKind::Refused, format!("a client was refused: {reason}"));
+                &metrics.auth_failures
+            }
             (None, e) if e.abandoned() => &metrics.handshakes_abandoned,
             (None, _) => &metrics.handshakes_failed,
         };
@@ -163,6 +167,9 @@ impl Tunnels {
             self.retire(old).await;
         }
         info!("client authenticated");
+        let (name, transport) = (&session.name, conn.kind().as_str());
+        let from = conn.remote_address();
+        self.metrics.events.record(EventKind::Connected, format!("{name} connected from {from} over {transport}"));
         let flows = session.tunnel.flows().clone().run(conn.clone(), self.limits.udp_flow_idle_timeout());
         self.runtime.tracker.spawn(flows.in_current_span());
 
@@ -197,6 +204,7 @@ impl Tunnels {
         };
         self.registry.end(&self.sessions, &session, code, &reason).await;
         drop(session.take_place());
+        self.metrics.events.record(EventKind::Disconnected, format!("{} disconnected: {reason}", session.name));
         served
     }
 
@@ -289,7 +297,13 @@ impl Tunnels {
                 Ok(ControlRequest::Health { service, ok, latency_us }) => {
                     self.metrics.check_latency.observe(f64::from(latency_us) / 1e6);
                     match self.registry.backend(session.id, &service) {
-                        Some(b) => b.report(ok, Duration::from_micros(u64::from(latency_us))),
+                        Some(b) => {
+                            if let Some(healthy) = b.report(ok, Duration::from_micros(u64::from(latency_us))) {
+                                let state = if healthy { "healthy" } else { "unhealthy" };
+                                let text = format!("{}:{service} is {state} (active check)", session.name);
+                                self.metrics.events.record(EventKind::Health, text);
+                            }
+                        }
                         None => debug!(%service, "health report for a service in no group; ignored"),
                     }
                 }

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`TestServer`], [`TestClient`]: a server or client with test defaults, running in a task.
 //! - [`backend`]: TCP backends (echo with half-close, a reply-after-EOF server).
+//! - [`browser`]: headless Chromium over the DevTools protocol (navigate, evaluate, screenshot).
 //! - [`raw`]: a hand-driven QUIC peer for adversarial tests (garbage, oversized frames).
 //! - [`metrics`]: a server's `/metrics`, parsed. [`logs`]: what the binary logged, captured.
 //! - [`netbed`]: a public host, a NAT and a home host (or two of each) in network namespaces,
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod browser;
 pub mod groups;
 pub mod logs;
 pub mod metrics;

@@ -6,8 +6,6 @@
 //! `WMPROXY_CHROMIUM` names another binary).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use tokio::io::AsyncWriteExt;
@@ -15,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use wmproxy_client::ClientStatus;
 use wmproxy_config::{HttpRoute, Service};
+use wmproxy_tests::browser::{BROWSER_DEADLINE, chromium};
 use wmproxy_tests::proxy::{read_head, websocket_echo};
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
@@ -33,19 +32,6 @@ ws.onmessage = (event) => { report("echo: " + event.data); ws.close(); };
 ws.onerror = () => report("websocket error");
 </script></body></html>
 "#;
-
-/// How long Chromium may take, start to the page's report.
-const BROWSER_DEADLINE: Duration = Duration::from_secs(60);
-
-fn chromium() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("WMPROXY_CHROMIUM") {
-        return Some(path.into());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser", "google-chrome"].map(|name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
 
 /// A private web server that answers every request with [`PAGE`], and sends what the page
 /// reports (`/result?…`, still URL-encoded) on the returned channel.

@@ -1,5 +1,5 @@
 //! The server's control API: the bearer token, masked secrets, status, validation without
-//! applying, unknown paths and a graceful stop.
+//! applying, unknown paths, the OpenAPI files and a graceful stop.
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
@@ -114,5 +114,30 @@ async fn metrics_parse_and_count_known_traffic() -> Result<()> {
     let at_least = |key: &str, n: u64| echo[key].as_u64().is_some_and(|v| v >= n);
     ensure!(at_least("bytes_in", SENT as u64) && at_least("bytes_out", SENT as u64), "{status}");
     ensure!(at_least("connections", 1) && echo["active"] == 0 && echo["name"] == "echo", "{status}");
+    Ok(())
+}
+
+/// Every route each end serves is in its OpenAPI file and the file lists no other; and every
+/// documented `GET` of the server answers, with the token, something other than `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_files_document_every_route_and_no_other() -> Result<()> {
+    init_tracing();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi");
+    let server_doc = std::fs::read_to_string(root.join("server.json"))?;
+    let client_doc = std::fs::read_to_string(root.join("client.json"))?;
+    let checked = wmproxy_ops::control::check_openapi(wmproxy_server::CONTROL_ROUTES, &server_doc);
+    ensure!(checked.is_ok(), "docs/openapi/server.json: {checked:?}");
+    let checked = wmproxy_ops::control::check_openapi(wmproxy_client::CONTROL_ROUTES, &client_doc);
+    ensure!(checked.is_ok(), "docs/openapi/client.json: {checked:?}");
+
+    let server = TestServer::start(|_| {}).await?;
+    let doc: Value = serde_json::from_str(&server_doc)?;
+    let paths = doc["paths"].as_object().context("paths")?;
+    for (path, _) in paths.iter().filter(|(_, item)| item.get("get").is_some()) {
+        let (status, body) = server.control("GET", path, "").await?;
+        ensure!(status == 200, "GET {path}: {status} {body}");
+    }
+    let (status, _) = server.control("GET", "/not-documented", "").await?;
+    ensure!(status == 404, "an undocumented path: {status}");
     Ok(())
 }

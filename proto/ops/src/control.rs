@@ -1,10 +1,12 @@
 //! The control API both ends serve on loopback (hyper, HTTP/1.1), and the CLI side that calls it.
 //!
-//! Every request must carry `Authorization: Bearer <token>`; a missing or wrong token gets `401`
-//! (compared in constant time) before the request is looked at. Request bodies are capped at
-//! [`MAX_BODY`] and must arrive within [`READ_TIMEOUT`]. Replies are JSON, or Prometheus text
-//! for `/metrics`. What each path does is the [`ControlApi`] implementation's business: the
-//! server's and the client's differ.
+//! The dashboard's files ([`crate::dashboard`]) are served to anyone: they hold no data. Every
+//! other request must carry `Authorization: Bearer <token>`; a missing or wrong token gets `401`
+//! (compared in constant time) before the request is looked at. A path that is not one of the
+//! end's [`ControlApi::ROUTES`] gets `404`. Request bodies are capped at [`MAX_BODY`] and must
+//! arrive within [`READ_TIMEOUT`]. Replies are JSON, or Prometheus text for `/metrics`. What
+//! each path does is the [`ControlApi`] implementation's business: the server's and the
+//! client's differ.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +29,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
 use wmproxy_wire::auth::same_secret;
+
+use crate::dashboard::{self, Page};
+use crate::routes::{self, Route};
 
 /// Largest request body (a config for `/adapt`).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -170,6 +175,11 @@ impl From<&wmproxy_wire::HttpSpec> for HttpNames {
 
 /// What an end does with an authenticated control request.
 pub trait ControlApi: Send + Sync + 'static {
+    /// Every route the end answers; any other path is `404` without a call to [`Self::handle`].
+    const ROUTES: &'static [Route];
+    /// The end's dashboard page.
+    const PAGE: Page;
+
     /// Answers `method path` with `body` (empty when none was sent).
     fn handle(&self, method: Method, path: String, body: Bytes) -> impl Future<Output = Reply> + Send;
 }
@@ -220,8 +230,12 @@ async fn connection<A: ControlApi>(
 
 async fn answer<A: ControlApi>(req: Request<Incoming>, expected: &str, api: &A) -> Response<Full<Bytes>> {
     let given = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes).unwrap_or_default();
-    let reply = if !same_secret(expected.as_bytes(), given) {
+    let reply = if let Some((content_type, body)) = dashboard::asset(&A::PAGE, req.method(), req.uri().path()) {
+        Reply { status: StatusCode::OK, content_type, body }
+    } else if !same_secret(expected.as_bytes(), given) {
         Reply::error(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` header is required")
+    } else if routes::find(A::ROUTES, req.method(), req.uri().path()).is_none() {
+        Reply::not_found(req.method(), req.uri().path())
     } else {
         let (parts, body) = req.into_parts();
         match tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
@@ -235,8 +249,41 @@ async fn answer<A: ControlApi>(req: Request<Incoming>, expected: &str, api: &A) 
     if reply.status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     response
+}
+
+/// The page may load its own files and call its own API, nothing else; no page may frame it.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Compares the routes an end serves (its `routes`, [`ControlApi::ROUTES`], and the dashboard's) with the paths of an
+/// OpenAPI document (JSON): `Err` names each route missing from the document and each
+/// documented one that is not served.
+pub fn check_openapi(routes: &[Route], openapi: &str) -> Result<(), String> {
+    use std::collections::BTreeSet;
+    let doc: serde_json::Value = serde_json::from_str(openapi).map_err(|e| format!("not JSON: {e}"))?;
+    let paths = doc.get("paths").and_then(serde_json::Value::as_object).ok_or("no `paths` object")?;
+    let documented: BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().into_iter().flat_map(|m| m.keys());
+            methods.map(move |method| (method.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let served: BTreeSet<(String, String)> =
+        routes.iter().chain(dashboard::ROUTES).map(|r| (r.method.to_owned(), r.path.to_owned())).collect();
+    let missing: Vec<_> = served.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&served).collect();
+    if missing.is_empty() && extra.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("served but not documented: {missing:?}; documented but not served: {extra:?}"))
+    }
 }
 
 /// Why [`call`] got no answer.
@@ -283,4 +330,36 @@ pub async fn call(
     let status = response.status().as_u16();
     let body = Limited::new(response.into_body(), 64 * MAX_BODY).collect().await.map_err(CallError::Body)?;
     Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An end with two routes.
+    struct Two;
+
+    impl ControlApi for Two {
+        const ROUTES: &'static [Route] = &[Route::get("/status"), Route::post("/backends/{backend}/drain")];
+        const PAGE: Page = Page { title: "two", script: "" };
+
+        async fn handle(&self, method: Method, path: String, _: Bytes) -> Reply {
+            Reply::not_found(&method, &path)
+        }
+    }
+
+    #[test]
+    fn an_openapi_file_must_list_exactly_what_is_served() {
+        let doc = |paths: &str| {
+            format!(
+                r#"{{"paths": {{ "/": {{"get": {{}}}}, "/ui/style.css": {{"get": {{}}}}, "/ui/common.js": {{"get": {{}}}}, "/ui/page.js": {{"get": {{}}}} {paths} }}}}"#
+            )
+        };
+        let full = doc(r#", "/status": {"get": {}}, "/backends/{backend}/drain": {"post": {}}"#);
+        assert_eq!(check_openapi(Two::ROUTES, &full), Ok(()));
+        let short = doc(r#", "/status": {"get": {}}"#);
+        assert!(check_openapi(Two::ROUTES, &short).is_err_and(|e| e.contains("/backends/{backend}/drain")));
+        let wrong_method = doc(r#", "/status": {"post": {}}, "/backends/{backend}/drain": {"post": {}}"#);
+        assert!(check_openapi(Two::ROUTES, &wrong_method).is_err());
+    }
 }

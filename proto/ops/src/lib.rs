@@ -4,7 +4,9 @@
 //! - [`cli`]: what both `main`s share: logging, the `check` report, the control subcommands,
 //!   running the async main with its error as the exit status.
 //! - [`control`]: the loopback control API (bearer token, JSON) and the CLI's calls to it.
-//!   Each end implements [`control::ControlApi`] for its own endpoints.
+//!   Each end implements [`control::ControlApi`] for its own endpoints, which it lists in
+//!   [`routes`]' terms.
+//! - [`dashboard`]: the web page each control port serves at `/` (embedded files).
 //! - [`metrics`]: Prometheus glue both ends expose (the UDP counters).
 //! - [`shutdown`]: process signals to a cancellation token (SIGINT, SIGTERM), and SIGHUP to a
 //!   reload.
@@ -15,5 +17,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod dashboard;
 pub mod metrics;
+pub mod routes;
 pub mod shutdown;

@@ -103,8 +103,9 @@ impl Backend {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies an active check result reported by the client.
-    pub(crate) fn report(&self, ok: bool, latency: Duration) {
+    /// Applies an active check result reported by the client; returns the new state if it
+    /// changed (`true`: healthy).
+    pub(crate) fn report(&self, ok: bool, latency: Duration) -> Option<bool> {
         let changed = self.health().report(ok, latency);
         if let Some(healthy) = changed {
             info!(client = %self.served.client, service = %self.served.service, healthy, "backend health changed");
@@ -112,15 +113,18 @@ impl Backend {
                 self.end_flows();
             }
         }
+        changed
     }
 
-    /// A dial failed before any byte was relayed (passive check).
-    pub(super) fn dial_failed(&self) {
+    /// A dial failed before any byte was relayed (passive check); returns whether that ejected
+    /// the backend.
+    pub(super) fn dial_failed(&self) -> bool {
         let ejected = self.health().dial_failed(Instant::now());
         if ejected {
             warn!(client = %self.served.client, service = %self.served.service, "backend ejected after failed dials");
             self.end_flows();
         }
+        ejected
     }
 
     /// A dial succeeded.

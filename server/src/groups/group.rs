@@ -17,6 +17,7 @@ use wmproxy_wire::{Name, ServiceKind};
 use super::backend::{Backend, GroupStatus};
 use super::health::Passive;
 use super::policy::Selector;
+use crate::dashboard::events::{EventKind, Events};
 use crate::udp::UdpBudget;
 use crate::upstream::{Served, flow_header, flow_on, open_on, stream_header};
 
@@ -61,10 +62,17 @@ pub struct Group {
     /// Time for a backend's answer.
     open_timeout: Duration,
     udp: UdpBudget,
+    events: Arc<Events>,
 }
 
 impl Group {
-    pub(super) fn new(entry: &GroupEntry, port: u16, open_timeout: Duration, udp: UdpBudget) -> Self {
+    pub(super) fn new(
+        entry: &GroupEntry,
+        port: u16,
+        open_timeout: Duration,
+        udp: UdpBudget,
+        events: Arc<Events>,
+    ) -> Self {
         let settings = Settings::of(entry);
         Self {
             name: entry.name.clone(),
@@ -74,6 +82,7 @@ impl Group {
             settings: Mutex::new(settings),
             open_timeout,
             udp,
+            events,
         }
     }
 
@@ -89,7 +98,7 @@ impl Group {
             retries: 2,
             kind: wmproxy_config::GroupKind::Tcp { remote_port: 1 },
         };
-        Self::new(&entry, 1, Duration::from_secs(1), UdpBudget::new(1))
+        Self::new(&entry, 1, Duration::from_secs(1), UdpBudget::new(1), Arc::default())
     }
 
     fn members(&self) -> MutexGuard<'_, Members> {
@@ -191,8 +200,9 @@ impl Upstream for Group {
                     return Ok(opened);
                 }
                 Err(e) => {
-                    if matches!(e.side(), Side::Backend | Side::Tunnel) {
-                        backend.dial_failed();
+                    if matches!(e.side(), Side::Backend | Side::Tunnel) && backend.dial_failed() {
+                        let (client, service) = (&backend.served.client, &backend.served.service);
+                        self.events.record(EventKind::Health, format!("{client}:{service} is ejected (failed dials)"));
                     }
                     debug!(client = %backend.served.client, service = %backend.served.service, error = %e, side = %e.side(), "backend failed; trying another");
                     last = Some(e);

@@ -31,6 +31,7 @@ pub use self::backend::{Backend, BackendStatus, GroupStatus};
 pub use self::group::Group;
 use self::health::Health;
 pub(crate) use self::port::{GroupSocket, bind as bind_port, serve as serve_port};
+use crate::dashboard::events::Events;
 use crate::udp::UdpBudget;
 use crate::upstream::Served;
 
@@ -67,11 +68,13 @@ pub struct Groups {
     next_id: AtomicU64,
     open_timeout: Duration,
     udp: UdpBudget,
+    /// Where a backend's ejection is told (the dashboard's events).
+    events: Arc<Events>,
 }
 
 impl Groups {
-    pub(crate) fn new(open_timeout: Duration, udp: UdpBudget) -> Self {
-        Self { by_name: RwLock::default(), next_id: AtomicU64::new(0), open_timeout, udp }
+    pub(crate) fn new(open_timeout: Duration, udp: UdpBudget, events: Arc<Events>) -> Self {
+        Self { by_name: RwLock::default(), next_id: AtomicU64::new(0), open_timeout, udp, events }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, HashMap<Name, Arc<Group>>> {
@@ -84,7 +87,7 @@ impl Groups {
 
     /// Adds (or replaces) the group of `entry`, served on `port`; returns it.
     pub(crate) fn insert(&self, entry: &GroupEntry, port: u16) -> Arc<Group> {
-        let group = Arc::new(Group::new(entry, port, self.open_timeout, self.udp.clone()));
+        let group = Arc::new(Group::new(entry, port, self.open_timeout, self.udp.clone(), self.events.clone()));
         self.write().insert(group.name.clone(), group.clone());
         group
     }

@@ -27,6 +27,8 @@ use wmproxy_tunnel::listener::ListenerSnapshot;
 use wmproxy_tunnel::relay::Meter;
 use wmproxy_tunnel::udp::UdpSnapshot;
 
+use crate::dashboard::events::{EventKind, Events};
+
 /// A published service: the client it lives on and its name there.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ServiceLabels {
@@ -161,6 +163,10 @@ pub(crate) struct Metrics {
     /// Connections the peer closed (or let time out) during the QUIC handshake: a client
     /// restarting, a port scanner. Routine, so logged at debug only.
     pub handshakes_abandoned: Counter,
+    /// Recent events for the dashboard; refusals are recorded here as they are counted.
+    pub events: Arc<Events>,
+    /// When the server started (the dashboard's uptime).
+    pub started: std::time::Instant,
 }
 
 impl Default for Metrics {
@@ -182,6 +188,8 @@ impl Default for Metrics {
             reload_failures: Counter::default(),
             last_reload_ok: Gauge::default(),
             handshakes_abandoned: Counter::default(),
+            events: Arc::default(),
+            started: std::time::Instant::now(),
         };
         // The config the server started with was valid: an alert on `== 0` must not fire on a
         // fresh server that has not been reloaded yet.
@@ -283,6 +291,7 @@ impl Metrics {
     /// Counts a refusal by a limit.
     pub fn refused(&self, cause: Refusal) {
         self.refused.get_or_create(&CauseLabels { cause: cause.label() }).inc();
+        self.events.record(EventKind::Refused, format!("refused by a limit: {}", cause.label()));
     }
 
     /// What `service` of `client` carried so far (zero if nothing yet; the client's `(other)`

@@ -114,6 +114,14 @@ impl ServiceMetrics {
         table.leased.get(&labels).map(|l| l.counters.clone()).unwrap_or_default()
     }
 
+    /// Each label set's byte counters now, `(labels, in, out)`: the traffic history's sample.
+    pub fn bytes(&self) -> Vec<(ServiceLabels, u64, u64)> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        // A service counted under OTHER shares OTHER's counters: OTHER's own entry counts them.
+        let own = table.leased.iter().filter(|(_, leased)| !leased.other);
+        own.map(|(labels, l)| (labels.clone(), l.counters.bytes_in.get(), l.counters.bytes_out.get())).collect()
+    }
+
     /// Takes a lease on `labels` as its own label set (for [`OTHER`]).
     fn hold(&self, table: &mut Table, labels: ServiceLabels) -> ServiceCounters {
         let leased = table.leased.entry(labels).or_insert_with_key(|labels| Leased {
