@@ -11,7 +11,7 @@
 //! | `POST /backends/{client}:{service}/drain`, `/undrain` | drains or restores a backend |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /history` | the last 15 minutes' traffic rates, per service (the dashboard's chart) |
-//! | `GET /events` | recent connects, disconnects, health changes, reloads and refusals |
+//! | `GET /events` | recent connects, disconnects, health changes, reloads, drains and refusals |
 //!
 //! [`ServerControl::ROUTES`] lists them (public as [`crate::CONTROL_ROUTES`]), and
 //! `docs/openapi/server.json` documents them (a test holds the two together). `GET /` is the dashboard.
@@ -30,6 +30,7 @@ use wmproxy_ops::routes::Route;
 use wmproxy_tunnel::listener::ListenerSnapshot;
 use wmproxy_tunnel::udp::UdpStats;
 
+use crate::dashboard::events::EventKind;
 use crate::dashboard::history::History;
 use crate::groups::{GroupStatus, Groups};
 use crate::listeners::Listeners;
@@ -255,6 +256,8 @@ impl ServerControl {
         match self.groups.backend(client, service) {
             Some(backend) => {
                 backend.set_drained(drained);
+                let what = if drained { "drained" } else { "undrained" };
+                self.metrics.events.record(EventKind::Drain, format!("{name} {what} through the control API"));
                 Reply::json(StatusCode::OK, &serde_json::json!({ "backend": name, "drained": drained }))
             }
             None => Reply::error(StatusCode::NOT_FOUND, &format!("no connected backend `{name}`")),

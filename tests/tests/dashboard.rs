@@ -120,6 +120,7 @@ async fn the_dashboards_in_a_browser() -> Result<()> {
     for _ in 0..10 {
         ensure!(which(public).await? == "b", "a drained backend got a new connection");
     }
+    browser.wait_for(&format!("{events}.includes('home:a drained')"), SHOWN_WITHIN).await?;
     screenshot(&mut browser, "4-drained").await?;
 
     // 5. The traffic chart moves while a transfer runs through `bulk`.

@@ -1,5 +1,5 @@
 //! Recent events for the dashboard (`GET /events`): connects and disconnects, health changes,
-//! reloads and refusals, newest last. A bounded ring: at most [`MAX_EVENTS`], the oldest
+//! reloads, drains and refusals, oldest first. A bounded ring: at most [`MAX_EVENTS`], the oldest
 //! dropped first. The same event repeated within [`COALESCE`] (a refusal flood) bumps the
 //! newest entry's count instead of taking a new one, so a flood costs one entry and cannot
 //! push the rest out.
@@ -27,6 +27,8 @@ pub enum EventKind {
     Health,
     /// A reload, applied or refused.
     Reload,
+    /// A group backend drained or undrained through the control API.
+    Drain,
     /// A limit or a wrong token refused someone.
     Refused,
 }

@@ -60,7 +60,8 @@ function fill(selector, ...nodes) {
 function chart(selector, series, spanMs, format) {
   const [width, height, left, bottom] = [800, 220, 70, 20];
   const now = Date.now();
-  const max = Math.max(1, ...series.flatMap((s) => s.points.map(([, v]) => v)));
+  // At least 1 KiB/s high, so that an idle chart's scale reads sensibly.
+  const max = Math.max(1024, ...series.flatMap((s) => s.points.map(([, v]) => v)));
   const x = (t) => left + ((t - (now - spanMs)) / spanMs) * (width - left);
   const y = (v) => height - bottom - (v / max) * (height - bottom - 10);
   const svg = el("svg:svg", { viewBox: `0 0 ${width} ${height}`, role: "img" },
