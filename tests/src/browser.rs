@@ -33,6 +33,15 @@ pub fn chromium() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// [`chromium`], or `None` after printing why the calling test is skipped.
+pub fn chromium_or_skip() -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        eprintln!("SKIPPED: no Chromium found (install Debian's `chromium`, or set WMPROXY_CHROMIUM)");
+    }
+    found
+}
+
 /// A headless Chromium with one page. Killed when dropped.
 #[derive(Debug)]
 pub struct Browser {

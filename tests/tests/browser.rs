@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use wmproxy_client::ClientStatus;
 use wmproxy_config::{HttpRoute, Service};
-use wmproxy_tests::browser::{BROWSER_DEADLINE, chromium};
+use wmproxy_tests::browser::{BROWSER_DEADLINE, chromium_or_skip};
 use wmproxy_tests::proxy::{read_head, websocket_echo};
 use wmproxy_tests::{TestClient, TestServer, init_tracing};
 
@@ -74,10 +74,7 @@ fn http_service(name: &str, local: SocketAddr, location: &str) -> Service {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_loads_a_page_through_the_vhost_and_its_websocket_echoes_back() -> Result<()> {
     init_tracing();
-    let Some(chromium) = chromium() else {
-        eprintln!("SKIPPED: no Chromium found (install Debian's `chromium`, or set WMPROXY_CHROMIUM)");
-        return Ok(());
-    };
+    let Some(chromium) = chromium_or_skip() else { return Ok(()) };
     let server = TestServer::start(|f| {
         f.vhost.http_bind = Some("127.0.0.1:0".parse().expect("a literal address"));
         f.allow_domains = vec!["app.example.com".into()];

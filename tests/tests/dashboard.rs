@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use wmproxy_client::ClientStatus;
 use wmproxy_config::{GroupFile, Policy};
-use wmproxy_tests::browser::{Browser, chromium};
+use wmproxy_tests::browser::{Browser, chromium_or_skip};
 use wmproxy_tests::groups::{self, member, tagged, tcp_check, which};
 use wmproxy_tests::{CONTROL_TOKEN, TestClient, TestServer, backend, control_api, init_tracing, tcp_service};
 
@@ -50,10 +50,7 @@ async fn log_in(browser: &mut Browser, token: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboards_in_a_browser() -> Result<()> {
     init_tracing();
-    let Some(chromium) = chromium() else {
-        eprintln!("SKIPPED: no Chromium on PATH (set WMPROXY_CHROMIUM)");
-        return Ok(());
-    };
+    let Some(chromium) = chromium_or_skip() else { return Ok(()) };
     let public = backend::dead_port().await?;
     let group = groups::group("web", public.port(), Policy::RoundRobin);
     let server = TestServer::start(move |f| f.groups.push(GroupFile::Tcp(group))).await?;
