@@ -11,7 +11,8 @@
 //! | `GET /metrics` | Prometheus text: connections and bytes per service and per forward or proxy, tunnel up (per server, with its RTT), UDP |
 //!
 //! [`ClientControl::ROUTES`] lists them (public as [`crate::CONTROL_ROUTES`]), and
-//! `docs/openapi/client.json` documents them (a test holds the two together). `GET /` is the dashboard.
+//! `docs/openapi/client.json` documents them (a test holds the two together). `GET /` is the
+//! dashboard.
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};

@@ -14,7 +14,8 @@
 //! | `GET /events` | recent connects, disconnects, health changes, reloads, drains and refusals |
 //!
 //! [`ServerControl::ROUTES`] lists them (public as [`crate::CONTROL_ROUTES`]), and
-//! `docs/openapi/server.json` documents them (a test holds the two together). `GET /` is the dashboard.
+//! `docs/openapi/server.json` documents them (a test holds the two together). `GET /` is the
+//! dashboard.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};

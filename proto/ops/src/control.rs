@@ -261,9 +261,9 @@ async fn answer<A: ControlApi>(req: Request<Incoming>, expected: &str, api: &A) 
 /// The page may load its own files and call its own API, nothing else; no page may frame it.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
-/// Compares the routes an end serves (its `routes`, [`ControlApi::ROUTES`], and the dashboard's) with the paths of an
-/// OpenAPI document (JSON): `Err` names each route missing from the document and each
-/// documented one that is not served.
+/// Compares what an end serves, `routes` (its [`ControlApi::ROUTES`]) and the dashboard's, with
+/// the paths of an OpenAPI document (JSON): `Err` names each route missing from the document
+/// and each documented one that is not served.
 pub fn check_openapi(routes: &[Route], openapi: &str) -> Result<(), String> {
     use std::collections::BTreeSet;
     let doc: serde_json::Value = serde_json::from_str(openapi).map_err(|e| format!("not JSON: {e}"))?;
