@@ -19,7 +19,8 @@ use wmproxy_config::{CheckType, HealthCheck, Service};
 use wmproxy_wire::{ControlRequest, Name};
 
 /// The last result of each running check, for the control API's status and the dashboard.
-/// One entry per grouped service with a check; [`Checks::sync`] removes those it stops.
+/// One entry per grouped service with a check; [`Checks::sync`] removes those it stops, and
+/// dropping [`Checks`] (its tunnel ended) removes all of its own.
 #[derive(Debug, Default)]
 pub struct CheckResults(Mutex<HashMap<Name, LastCheck>>);
 
@@ -45,8 +46,20 @@ impl CheckResults {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, service: &Name, addr: &str, result: &Result<(), String>, latency: std::time::Duration) {
+    /// Keeps `result` as `service`'s last, unless its check was stopped (`stopped`): the
+    /// check's end removes its entry, and the test is made under the same lock, so a result
+    /// that arrives after the end is not kept.
+    fn record(
+        &self,
+        (service, addr): (&Name, &str),
+        result: &Result<(), String>,
+        latency: std::time::Duration,
+        stopped: &CancellationToken,
+    ) {
         let mut results = self.lock();
+        if stopped.is_cancelled() {
+            return;
+        }
         let checks = results.get(service).map_or(0, |last| last.checks) + 1;
         let last = LastCheck {
             service: service.to_string(),
@@ -90,7 +103,7 @@ pub async fn run(
         if let Err(why) = &result {
             debug!(%service, %why, "health check failed");
         }
-        results.record(&service, &addr, &result, latency);
+        results.record((&service, &addr), &result, latency, &stop);
         let report = ControlRequest::Health {
             service: service.clone(),
             ok: result.is_ok(),
@@ -207,5 +220,6 @@ impl Checks {
 impl Drop for Checks {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.results.lock().retain(|name, _| !self.running.contains_key(name));
     }
 }

@@ -11,7 +11,7 @@ use wmproxy_client::ClientStatus;
 use wmproxy_config::Policy;
 use wmproxy_server::groups::health::HealthState;
 use wmproxy_tests::groups::{self, member, tagged, tcp_check, which};
-use wmproxy_tests::{TestClient, TestServer, backend, eventually, init_tracing};
+use wmproxy_tests::{TestClient, TestServer, backend, eventually, eventually_async, init_tracing};
 use wmproxy_wire::RegisterOutcome;
 
 /// A server with one group `web` on a free port; returns it and the group's public address.
@@ -343,5 +343,35 @@ async fn a_udp_group_spreads_flows_and_moves_them_off_a_dead_backend() -> Result
             ensure!(tokio::time::Instant::now() < deadline, "user {i} never moved to u2");
         }
     }
+    Ok(())
+}
+
+/// The client's `/status` shows each check's last result while its tunnel is up, and none once
+/// the tunnel has ended (no stale "passed" for a backend the server no longer hears about).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_status_shows_its_checks_while_its_tunnel_is_up() -> Result<()> {
+    init_tracing();
+    let (mut server, _public) = server_with_group(Policy::RoundRobin, |_| {}).await?;
+    let a = tagged("a").await?;
+    let mut config = server.client_config("x");
+    config.control = Some(wmproxy_tests::control_api());
+    config.services = vec![member("a", a.addr, "web", 1, Some(tcp_check(50, 1, 1)))];
+    let mut client = TestClient::start(config).await?;
+    client.wait_for("connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
+    let control = client.control_addr.ok_or_else(|| anyhow::anyhow!("the client's control API"))?;
+    let checks = async || -> Result<Vec<serde_json::Value>> {
+        let (status, body) =
+            wmproxy_tests::control_call(control, Some(wmproxy_tests::CONTROL_TOKEN), "GET", "/status", "").await?;
+        ensure!(status == 200, "{status} {body}");
+        let status: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(status["health_checks"].as_array().cloned().unwrap_or_default())
+    };
+    eventually_async("a passed check in the client's status", async || {
+        Ok(checks().await?.iter().any(|c| c["service"] == "a" && c["ok"] == true))
+    })
+    .await?;
+    server.stop().await?;
+    client.wait_for("the tunnel ended", |s| matches!(s, ClientStatus::Connecting { .. })).await?;
+    eventually_async("no check results once the tunnel has ended", async || Ok(checks().await?.is_empty())).await?;
     Ok(())
 }
