@@ -156,11 +156,11 @@ impl CurrentTunnel {
 }
 
 impl CurrentTunnel {
-    /// [`Self::open_on`], and while another tunnel is up, a ping of `tunnel` when its answer
+    /// [`Tunnel::open_held`], and while another tunnel is up, a ping of `tunnel` when its answer
     /// is slow ([`PING_AFTER`]): a tunnel whose server does not answer the ping either is
     /// passed over for a while and the open given up (`TunnelGone`: try another).
     async fn open_watched(&self, tunnel: &Arc<Tunnel>, header: &OpenStream) -> Result<Opened<()>, OpenError> {
-        let open = Self::open_on(tunnel, header, self.open_timeout);
+        let open = tunnel.open_held(header, self.open_timeout, ());
         let mut open = std::pin::pin!(open);
         tokio::select! {
             opened = &mut open => return opened,
@@ -182,13 +182,6 @@ impl CurrentTunnel {
             }
         }
     }
-
-    /// A confirmed `Connect` stream on `tunnel`, holding one of its stream permits.
-    async fn open_on(tunnel: &Tunnel, header: &OpenStream, timeout: Duration) -> Result<Opened<()>, OpenError> {
-        let permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
-        let (send, recv) = tunnel.open_confirmed(header, timeout).await?;
-        Ok(Opened { send, recv, by: (), hold: vec![Box::new(permit)] })
-    }
 }
 
 impl Upstream for CurrentTunnel {
@@ -205,7 +198,7 @@ impl Upstream for CurrentTunnel {
             Err(
                 OpenError::Failed(DataStreamError::Connection(_) | DataStreamError::Stream(_)) | OpenError::TunnelGone,
             ) => match self.pick(Some(&tunnel)) {
-                Some(other) => Self::open_on(&other, &header, self.open_timeout).await,
+                Some(other) => other.open_held(&header, self.open_timeout, ()).await,
                 None => first,
             },
             other => other,

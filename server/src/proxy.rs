@@ -20,7 +20,7 @@ use crate::groups::Groups;
 use crate::runtime::Serving;
 use crate::sessions::Sessions;
 use crate::udp::UdpBudget;
-use crate::upstream::{flow_on, open_on};
+use crate::upstream::flow_on;
 
 /// Where a proxy's connections leave from.
 #[derive(Debug)]
@@ -46,7 +46,7 @@ impl Upstream for Via {
     async fn open(&self, peer: SocketAddr, ask: Ask) -> Result<Opened<()>, OpenError> {
         if let Some(tunnel) = self.client() {
             let header = OpenStream::ProxyConnect { target: ask.target()?, peer_addr: peer };
-            return open_on(&tunnel, &header, self.open_timeout, ()).await;
+            return tunnel.open_held(&header, self.open_timeout, ()).await;
         }
         let group = self.groups.get(&self.name).ok_or(OpenError::TunnelGone)?;
         let opened = group.open(peer, ask).await?;

@@ -1,5 +1,5 @@
 //! The server's side of [`wmproxy_tunnel::Upstream`]: the one place where a connection or a
-//! flow becomes a data stream to a client ([`open_on`], [`flow_on`]), and [`ServiceUpstream`],
+//! flow becomes a data stream to a client ([`Tunnel::open_held`], [`flow_on`]), and [`ServiceUpstream`],
 //! the upstream of one published service. A group is the other upstream
 //! ([`crate::groups::Group`]); public ports, vhost and SNI routes and proxies hold one of the two.
 
@@ -41,19 +41,6 @@ pub(crate) fn flow_header(ask: Ask, service: &Name, peer: SocketAddr) -> OpenStr
         Ask::Service => OpenStream::UdpExpose { service: service.clone(), peer_addr: peer },
         Ask::Target(target) => OpenStream::ProxyUdpConnect { target, peer_addr: peer },
     }
-}
-
-/// Opens a confirmed data stream on `tunnel` with `header`, under one of the tunnel's stream
-/// permits (held by the returned stream).
-pub(crate) async fn open_on<B>(
-    tunnel: &Tunnel,
-    header: &OpenStream,
-    timeout: Duration,
-    by: B,
-) -> Result<Opened<B>, OpenError> {
-    let permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
-    let (send, recv) = tunnel.open_confirmed(header, timeout).await?;
-    Ok(Opened { send, recv, by, hold: vec![Box::new(permit)] })
 }
 
 /// Routes a new UDP flow onto `tunnel` with `header`, within the client's and the server's
@@ -116,7 +103,7 @@ impl Upstream for ServiceUpstream {
 
     async fn open(&self, peer: SocketAddr, ask: Ask) -> Result<Opened<Served>, OpenError> {
         let header = stream_header(ask, &self.served.service, peer);
-        open_on(&self.tunnel, &header, self.open_timeout, self.served.clone()).await
+        self.tunnel.open_held(&header, self.open_timeout, self.served.clone()).await
     }
 
     fn flow(&self, peer: SocketAddr, ask: Ask) -> Result<FlowRoute, OpenError> {

@@ -13,6 +13,7 @@ use wmproxy_wire::OpenStream;
 use crate::datastream::{self, DataStreamError};
 use crate::relay::RelayStats;
 use crate::udp::FlowTable;
+use crate::upstream::{OpenError, Opened};
 
 /// One live tunnel and what bounds it.
 #[derive(Debug)]
@@ -76,6 +77,14 @@ impl Tunnel {
         timeout: Duration,
     ) -> Result<(SendStream, RecvStream), DataStreamError> {
         datastream::open_confirmed(&self.conn, header, timeout).await
+    }
+
+    /// [`Self::open_confirmed`] under one of the tunnel's stream permits, which the returned
+    /// stream holds; `by` names who took it. `Busy` at the stream limit.
+    pub async fn open_held<B>(&self, header: &OpenStream, timeout: Duration, by: B) -> Result<Opened<B>, OpenError> {
+        let permit = self.stream_permit().ok_or(OpenError::Busy)?;
+        let (send, recv) = self.open_confirmed(header, timeout).await?;
+        Ok(Opened { send, recv, by, hold: vec![Box::new(permit)] })
     }
 
     /// Opens a data stream with `header`, pipelines `tcp`'s bytes behind it and relays (within

@@ -19,7 +19,7 @@ use super::health::Passive;
 use super::policy::Selector;
 use crate::dashboard::events::{EventKind, Events};
 use crate::udp::UdpBudget;
-use crate::upstream::{Served, flow_header, flow_on, open_on, stream_header};
+use crate::upstream::{Served, flow_header, flow_on, stream_header};
 
 /// What a reload may change in a group without touching its port or its connections.
 #[derive(Debug, Clone)]
@@ -191,7 +191,7 @@ impl Upstream for Group {
             tried.push(backend.id);
             let header = stream_header(ask.clone(), &backend.served.service, peer);
             let active = backend.begin();
-            match open_on(&backend.tunnel, &header, self.open_timeout, backend.served.clone()).await {
+            match backend.tunnel.open_held(&header, self.open_timeout, backend.served.clone()).await {
                 Ok(mut opened) => {
                     backend.dial_succeeded();
                     let name = format_args!("{}/{}", backend.served.client, backend.served.service);
