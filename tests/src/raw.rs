@@ -71,12 +71,22 @@ pub async fn hello(
     token: &str,
     resume: Option<ResumeSecret>,
 ) -> Result<(HelloReply, quinn::SendStream, quinn::RecvStream)> {
-    let (mut send, mut recv) = conn.open_bi().await?;
     let mut exporter = [0u8; auth::EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, auth::EXPORTER_LABEL, auth::exporter_context(name))
         .ok()
         .context("exporter")?;
-    let proof = auth::prove(&AuthToken::new(token), &exporter);
+    hello_with_proof(conn, name, auth::prove(&AuthToken::new(token), &exporter), resume).await
+}
+
+/// Sends a Hello as `name` with `proof` as it is (made for this connection or not) on a new
+/// control stream of `conn`; returns the server's reply and the stream.
+pub async fn hello_with_proof(
+    conn: &Connection,
+    name: &str,
+    proof: auth::Proof,
+    resume: Option<ResumeSecret>,
+) -> Result<(HelloReply, quinn::SendStream, quinn::RecvStream)> {
+    let (mut send, mut recv) = conn.open_bi().await?;
     let hello = Hello { protocol_version: PROTOCOL_VERSION, client_name: crate::name(name), proof, resume, servers: 1 };
     write_frame(&mut send, &hello).await?;
     Ok((read_frame::<HelloReply, _>(&mut recv).await?, send, recv))

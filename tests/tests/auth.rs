@@ -66,8 +66,7 @@ async fn repeated_failures_from_one_address_are_throttled() -> Result<()> {
 /// A proof made for one connection does not open another: it is bound to the TLS session.
 #[tokio::test]
 async fn a_proof_cannot_be_replayed_on_another_connection() -> Result<()> {
-    use wmproxy_tunnel::stream::{read_frame, write_frame};
-    use wmproxy_wire::{AuthToken, Hello, HelloReply, PROTOCOL_VERSION, auth};
+    use wmproxy_wire::{AuthToken, HelloReply, auth};
     init_tracing();
     let server = TestServer::start(|_| {}).await?;
     let endpoint = wmproxy_tests::raw::endpoint()?;
@@ -82,34 +81,11 @@ async fn a_proof_cannot_be_replayed_on_another_connection() -> Result<()> {
 
     // Replayed on connection B.
     let second = wmproxy_tests::raw::connect_from(&endpoint, &server).await?;
-    let (mut send, mut recv) = second.open_bi().await?;
-    write_frame(
-        &mut send,
-        &Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: wmproxy_tests::name("home"),
-            proof,
-            resume: None,
-            servers: 1,
-        },
-    )
-    .await?;
-    let reply = read_frame::<HelloReply, _>(&mut recv).await?;
+    let (reply, ..) = wmproxy_tests::raw::hello_with_proof(&second, "home", proof, None).await?;
     assert_eq!(reply, HelloReply::Reject(RejectReason::BadCredentials));
 
     // The same proof is accepted where it was made.
-    let (mut send, mut recv) = first.open_bi().await?;
-    write_frame(
-        &mut send,
-        &Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: wmproxy_tests::name("home"),
-            proof,
-            resume: None,
-            servers: 1,
-        },
-    )
-    .await?;
-    assert!(matches!(read_frame::<HelloReply, _>(&mut recv).await?, HelloReply::Welcome { .. }));
+    let (reply, ..) = wmproxy_tests::raw::hello_with_proof(&first, "home", proof, None).await?;
+    assert!(matches!(reply, HelloReply::Welcome { .. }));
     Ok(())
 }
