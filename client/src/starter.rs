@@ -2,25 +2,12 @@
 //! server's address, fingerprint and token filled in (as `wmproxy-server init` prints them),
 //! and a control API with a fresh token.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use wmproxy_config::control::CLIENT_CONTROL_BIND;
 
 /// Why `init` wrote nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    /// The file is there already: `init` never overwrites.
-    #[error("{0} exists: init never overwrites a config (remove it, or give another --config)")]
-    Exists(PathBuf),
-    /// The file could not be written.
-    #[error("cannot write {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-}
+pub type InitError = wmproxy_ops::cli::StarterError;
 
 /// What the starter config says of its server and of this client.
 #[derive(Debug)]
@@ -38,13 +25,8 @@ pub struct Starter<'a> {
 /// Writes the starter config to `path`, never over an existing file, readable by its owner
 /// only (it holds the token). The caller checks the values (the config's loader does too).
 pub fn init(path: &Path, starter: &Starter<'_>) -> Result<(), InitError> {
-    let write_err = |source| InitError::Write { path: path.to_owned(), source };
-    let control_token = wmproxy_ops::cli::random_token().map_err(write_err)?;
-    let text = render(starter, &control_token);
-    wmproxy_ops::cli::write_new_private(path, &text).map_err(|e| match e.kind() {
-        io::ErrorKind::AlreadyExists => InitError::Exists(path.to_owned()),
-        _ => write_err(e),
-    })
+    let control_token = wmproxy_ops::cli::random_token().map_err(|e| InitError::write(path, e))?;
+    wmproxy_ops::cli::write_starter(path, &render(starter, &control_token))
 }
 
 fn render(s: &Starter<'_>, control_token: &str) -> String {
@@ -75,12 +57,8 @@ token = {token}
 # type = "socks5"
 # listen = "127.0.0.1:1080"
 
-# The control API: status, reload, metrics and stop, on loopback, with its own token
-# (`wmproxy-client status --config THIS_FILE` uses it).
-[control]
-bind = "127.0.0.1:8838"
-token = "{control_token}"
-"#
+{control}"#,
+        control = wmproxy_ops::cli::starter_control("wmproxy-client", CLIENT_CONTROL_BIND, control_token)
     )
 }
 

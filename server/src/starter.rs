@@ -2,30 +2,21 @@
 //! control token; the certificate is generated in its state directory at once, so that its
 //! fingerprint can go into clients' configs (`wmproxy-client init`) before the first start.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use wmproxy_tunnel::tls::Fingerprint;
 
-use wmproxy_ops::cli::random_token;
+use wmproxy_config::control::SERVER_CONTROL_BIND;
+use wmproxy_ops::cli::{StarterError, random_token};
 
 use crate::identity::{Identity, IdentityError};
 
 /// Why `init` wrote nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    /// The file is there already: `init` never overwrites.
-    #[error("{0} exists: init never overwrites a config (remove it, or give another --config)")]
-    Exists(PathBuf),
-    /// The file could not be written.
-    #[error("cannot write {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
+    /// The file exists, or could not be written.
+    #[error(transparent)]
+    Starter(#[from] StarterError),
     /// The certificate could not be generated or loaded.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -47,17 +38,14 @@ pub struct Started {
 /// certificate is generated (or the one already there kept).
 pub fn init(path: &Path, state_dir: &Path) -> Result<Started, InitError> {
     if path.exists() {
-        return Err(InitError::Exists(path.to_owned()));
+        return Err(StarterError::exists(path).into());
     }
     let identity = Identity::load_or_generate(None, state_dir)?;
-    let write_err = |source| InitError::Write { path: path.to_owned(), source };
+    let write_err = |e| StarterError::write(path, e);
     let (token, control_token) = (random_token().map_err(write_err)?, random_token().map_err(write_err)?);
     let port = wmproxy_config::server::DEFAULT_PORT;
     let text = render(&identity.fingerprint, state_dir, (&token, &control_token), port);
-    wmproxy_ops::cli::write_new_private(path, &text).map_err(|e| match e.kind() {
-        io::ErrorKind::AlreadyExists => InitError::Exists(path.to_owned()),
-        _ => write_err(e),
-    })?;
+    wmproxy_ops::cli::write_starter(path, &text)?;
     Ok(Started { fingerprint: identity.fingerprint, token, port })
 }
 
@@ -92,12 +80,8 @@ allow_ports = ["1024-65535"]
 # [vhost]
 # http_bind = "[::]:80"
 
-# The control API: status, reload, metrics and stop, on loopback, with its own token
-# (`wmproxy-server status --config THIS_FILE` uses it).
-[control]
-bind = "127.0.0.1:8837"
-token = "{control_token}"
-"#
+{control}"#,
+        control = wmproxy_ops::cli::starter_control("wmproxy-server", SERVER_CONTROL_BIND, control_token)
     )
 }
 
@@ -116,7 +100,7 @@ mod tests {
         assert!(text.contains(&started.token) && text.contains(&started.fingerprint.to_string()), "{text}");
         assert!(config.control.is_some(), "the control API is on");
         match init(&path, &dir.path().join("state")) {
-            Err(InitError::Exists(p)) => assert_eq!(p, path),
+            Err(InitError::Starter(StarterError::Exists(p))) => assert_eq!(p, path),
             other => panic!("overwrote: {other:?}"),
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text, "the file is unchanged");

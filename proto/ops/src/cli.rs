@@ -37,6 +37,56 @@ pub fn random_token() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Why `init` wrote no starter config.
+#[derive(Debug, thiserror::Error)]
+pub enum StarterError {
+    /// The file is there already: `init` never overwrites.
+    #[error("{0} exists: init never overwrites a config (remove it, or give another --config)")]
+    Exists(std::path::PathBuf),
+    /// The file (or a token for it) could not be made.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StarterError {
+    /// The file at `path` already exists.
+    pub fn exists(path: &Path) -> Self {
+        Self::Exists(path.to_owned())
+    }
+
+    /// `source` kept the file at `path` from being written.
+    pub fn write(path: &Path, source: std::io::Error) -> Self {
+        Self::Write { path: path.to_owned(), source }
+    }
+}
+
+/// Writes a starter config's `text` to a new file at `path` ([`write_new_private`]).
+pub fn write_starter(path: &Path, text: &str) -> Result<(), StarterError> {
+    write_new_private(path, text).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => StarterError::exists(path),
+        _ => StarterError::write(path, e),
+    })
+}
+
+/// The `[control]` table of a starter config: on loopback at `bind`, with `token`; `binary`
+/// names the program whose `status` subcommand uses it.
+pub fn starter_control(binary: &str, bind: &str, token: &str) -> String {
+    format!(
+        r#"# The control API: status, reload, metrics and stop, on loopback, with its own token
+# (`{binary} status --config THIS_FILE` uses it).
+[control]
+bind = "{bind}"
+token = "{token}"
+"#
+    )
+}
+
 /// Writes `text` to a new file at `path`, readable by its owner only (it holds secrets); never
 /// over an existing file (`AlreadyExists`).
 pub fn write_new_private(path: &Path, text: &str) -> std::io::Result<()> {
