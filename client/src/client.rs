@@ -25,9 +25,9 @@ use crate::link::{Link, Shared};
 use crate::reload::Reloader;
 pub use crate::status::ClientStatus;
 use crate::tunnel::{DRAIN_TIMEOUT, TunnelSetup};
-use crate::{forward, handshake, proxy, tls};
+use crate::{forward, handshake, proxy, tls, visitor};
 
-/// A bound local forward or proxy.
+/// A bound local forward, proxy or visitor.
 #[derive(Debug)]
 enum LocalListener {
     Tcp(TcpListener, wmproxy_wire::Target),
@@ -36,6 +36,8 @@ enum LocalListener {
     /// Local TCP connections become WebSocket connections to a URL (directly, not through the
     /// tunnel).
     Ws(TcpListener, String),
+    /// Local TCP connections visit another client's private service.
+    Visitor(TcpListener, Arc<wmproxy_config::visitor::Visitor>),
 }
 
 impl LocalListener {
@@ -47,12 +49,13 @@ impl LocalListener {
             Self::Udp(_, target) => ListenerStats::new("forward", "udp", listen, target.to_string()),
             Self::Ws(_, url) => ListenerStats::new("forward", "ws", listen, url.clone()),
             Self::Proxy(_, p) => ListenerStats::new("proxy", p.kind.as_str(), listen, String::new()),
+            Self::Visitor(_, v) => ListenerStats::new("visitor", "tcp", listen, format!("{}/{}", v.client, v.service)),
         }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Self::Tcp(l, _) | Self::Proxy(l, _) | Self::Ws(l, _) => l.local_addr(),
+            Self::Tcp(l, _) | Self::Proxy(l, _) | Self::Ws(l, _) | Self::Visitor(l, _) => l.local_addr(),
             Self::Udp(s, _) => s.local_addr(),
         }
     }
@@ -96,7 +99,7 @@ impl Client {
             servers.push((server.clone(), quic, tls::tcp_client_config(&server.trust)?));
         }
         let listen = |addr: SocketAddr| move |source| ClientError::Listen { addr, source };
-        let mut locals = Vec::with_capacity(config.forwards.len() + config.proxies.len());
+        let mut locals = Vec::with_capacity(config.forwards.len() + config.proxies.len() + config.visitors.len());
         for f in &config.forwards {
             locals.push(match &f.kind {
                 ForwardKind::Tcp { target } => {
@@ -113,6 +116,10 @@ impl Client {
         }
         for p in &config.proxies {
             locals.push(LocalListener::Proxy(TcpListener::bind(p.listen).await.map_err(listen(p.listen))?, p.clone()));
+        }
+        for v in &config.visitors {
+            let listener = TcpListener::bind(v.listen).await.map_err(listen(v.listen))?;
+            locals.push(LocalListener::Visitor(listener, Arc::new(v.clone())));
         }
         let control_listener = match &config.control {
             Some(control) => {
@@ -172,7 +179,7 @@ impl Client {
         self.status.iter().map(watch::Sender::subscribe).collect()
     }
 
-    /// Where the local forwards listen, in config order, then the proxies.
+    /// Where the local forwards listen, in config order, then the proxies, then the visitors.
     pub fn forward_addrs(&self) -> Vec<SocketAddr> {
         self.locals.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
@@ -234,6 +241,10 @@ impl Client {
                 LocalListener::Proxy(_, p) => {
                     info!(listener = "proxy", kind = p.kind.as_str(), addr = ?addr, "listening")
                 }
+                LocalListener::Visitor(_, v) => {
+                    let (client, service) = (v.client.as_str(), v.service.as_str());
+                    info!(listener = "visitor", visitor = v.name.as_str(), addr = ?addr, client, service, "listening")
+                }
             }
         }
         for (local, counted) in locals.into_iter().zip(listeners.iter().cloned()) {
@@ -255,6 +266,9 @@ impl Client {
                 LocalListener::Ws(l, url) => {
                     tracker.spawn(forward::serve_ws(l, (url, counted), tasks, stop).instrument(span))
                 }
+                LocalListener::Visitor(l, v) => {
+                    tracker.spawn(visitor::serve(l, (v, counted), current, tasks, stop).instrument(span))
+                }
             };
         }
 
@@ -274,6 +288,7 @@ impl Client {
                 shutdown: shutdown.clone(),
                 quic_probe: (config.transport == Transport::Auto).then(|| config.limits.quic_probe_interval()),
                 checks: checks.clone(),
+                client: config.name.clone(),
                 failback: failover.then(|| Failback {
                     dialers: dialers.clone(),
                     config: config.clone(),

@@ -161,7 +161,7 @@ impl ClientControl {
                 let running = self.reloader.running();
                 let http = |name: &wmproxy_wire::Name| {
                     let service = running.services.iter().find(|s| s.name == *name)?;
-                    wmproxy_wire::ServiceSpec::from(service).http.as_ref().map(HttpNames::from)
+                    service.spec(&running.name).http.as_ref().map(HttpNames::from)
                 };
                 state.services = services.iter().map(|r| ServiceStatus::from(r).with_http(http(&r.name))).collect();
             }

@@ -147,9 +147,18 @@ impl CurrentTunnel {
         (peer, target): (SocketAddr, Target),
         meter: &dyn Meter,
     ) -> Result<RelayStats, OpenError> {
+        self.carry_as(tcp, OpenStream::Connect { target, peer_addr: peer }, meter).await
+    }
+
+    /// [`Self::carry`] with any client-opened `header` (a visitor's `Visit`).
+    pub async fn carry_as(
+        &self,
+        tcp: TcpStream,
+        header: OpenStream,
+        meter: &dyn Meter,
+    ) -> Result<RelayStats, OpenError> {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
         let _permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
-        let header = OpenStream::Connect { target, peer_addr: peer };
         let limits = Limits { meter: Some(meter), ..Limits::default() };
         Ok(tunnel.open_and_relay(&header, tcp, (self.open_timeout, &limits)).await?)
     }

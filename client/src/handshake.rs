@@ -205,14 +205,14 @@ async fn handshake(
     // Before the registration, so the credit is on its way before any user of a service is.
     transport::allow_server_streams(conn, &limits);
 
-    write_frame(&mut send, &ControlRequest::Register { services: specs(services) }).await?;
+    write_frame(&mut send, &ControlRequest::Register { services: specs(services, &config.name) }).await?;
     let ControlReply::Registered { results } = read_frame::<ControlReply, _>(&mut recv).await? else {
         return Err(TunnelError::UnexpectedReply.into());
     };
     Ok(Handshaken { services: results, control: (send, recv), resume, limits })
 }
 
-/// What the server is asked to publish for `services`.
-pub(crate) fn specs(services: &[Service]) -> Vec<ServiceSpec> {
-    services.iter().map(ServiceSpec::from).collect()
+/// What the server is asked to publish for `services` of `client`.
+pub(crate) fn specs(services: &[Service], client: &str) -> Vec<ServiceSpec> {
+    services.iter().map(|s| s.spec(client)).collect()
 }

@@ -16,7 +16,8 @@
 //! - `expose`: streams the server opens (a user reached a published service): dial the local
 //!   address, answer, relay, log the connection.
 //! - `forward`: local TCP/UDP ports whose traffic leaves from the server (`Connect`), and `ws`
-//!   forwards. `proxy`: local SOCKS5 and HTTP proxies.
+//!   forwards. `proxy`: local SOCKS5 and HTTP proxies. `visitor`: local ports that reach
+//!   other clients' private services (`Visit`, relayed by the server).
 //! - `health`: active health checks of grouped services, reported on the control stream.
 //! - [`starter`]: `wmproxy-client init`'s starter config.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
@@ -60,6 +61,7 @@ mod status;
 mod tcp_proxy;
 mod tcp_transport;
 mod tunnel;
+mod visitor;
 
 pub use client::{Client, ClientStatus};
 pub use current::CurrentTunnel;

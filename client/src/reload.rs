@@ -3,7 +3,7 @@
 //! Services follow the file: the new set is published on the live tunnel (a new `Register` on
 //! the control stream), so unchanged services keep their public ports and connections, removed
 //! ones stop, added ones start, and health checks follow. Everything else (the server, trust,
-//! name and token, forwards, proxies, egress, limits, `[control]`) applies after a restart;
+//! name and token, forwards, proxies, visitors, egress, limits, `[control]`) applies after a restart;
 //! the report lists what differs.
 
 use std::path::PathBuf;
@@ -76,6 +76,7 @@ impl Reloader {
         report.restart_if("name", &running.name, &new.name);
         report.restart_if("forwards", &running.forwards, &new.forwards);
         report.restart_if("proxies", &running.proxies, &new.proxies);
+        report.restart_if("visitors", &running.visitors, &new.visitors);
         report.restart_if("server_proxies_egress", &running.server_proxies_egress, &new.server_proxies_egress);
         report.restart_if("limits", &running.limits, &new.limits);
         report.restart_if("control", &running.control, &new.control);

@@ -105,6 +105,8 @@ pub(crate) struct TunnelSetup {
     pub failback: Option<Failback>,
     /// The health checks' last results (the control API's status).
     pub checks: Arc<health::CheckResults>,
+    /// This client's name (a private service's verifier is bound to it).
+    pub client: wmproxy_wire::Name,
 }
 
 impl TunnelSetup {
@@ -196,7 +198,7 @@ impl TunnelSetup {
                     None => std::future::pending().await,
                 }
             } => match never {},
-            reason = follow_reloads(services, (&requests, replies.as_mut()), &self.status, &mut checks) => {
+            reason = follow_reloads((services, &self.client), (&requests, replies.as_mut()), &self.status, &mut checks) => {
                 // The control stream fails with its connection: report the connection's reason
                 // (the server's "shutting down", say), not the stream's.
                 match conn.close_reason() {
@@ -402,6 +404,7 @@ fn log_results(results: &[ServiceResult]) {
         match &r.outcome {
             RegisterOutcome::Ok { port } => info!(service = %r.name, port, "service published"),
             RegisterOutcome::Joined { port } => info!(service = %r.name, port, "service joined its group"),
+            RegisterOutcome::Private => info!(service = %r.name, "private service published (visitors only)"),
             refused => warn!(service = %r.name, reason = %refused, "service refused by the server"),
         }
     }
@@ -412,7 +415,7 @@ fn log_results(results: &[ServiceResult]) {
 /// services the server withdraws when its own config narrows. Returns only when the control
 /// stream fails, with why.
 async fn follow_reloads(
-    mut services: watch::Receiver<Arc<Vec<Service>>>,
+    (mut services, client): (watch::Receiver<Arc<Vec<Service>>>, &wmproxy_wire::Name),
     (requests, mut replies): (&mpsc::Sender<ControlRequest>, std::pin::Pin<&mut ReplyStream>),
     status: &watch::Sender<ClientStatus>,
     checks: &mut health::Checks,
@@ -430,7 +433,7 @@ async fn follow_reloads(
                 }
                 let wanted = services.borrow_and_update().clone();
                 info!(services = wanted.len(), "registering the reloaded services");
-                if requests.send(ControlRequest::Register { services: handshake::specs(&wanted) }).await.is_err() {
+                if requests.send(ControlRequest::Register { services: handshake::specs(&wanted, client) }).await.is_err() {
                     return TunnelError::Control(wmproxy_tunnel::stream::StreamError::Closed);
                 }
                 asked.push_back(wanted);

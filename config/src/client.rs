@@ -14,10 +14,12 @@ use crate::ranges::{self, Key, within};
 use crate::secret::Secret;
 use crate::service::{Service, ServiceFile};
 use crate::tagged::Section;
+use crate::visitor::{Visitor, VisitorFile};
 use crate::{ConfigError, invalid};
 
 /// The client's sections whose entries are tagged by `type`, with the tag of an untyped entry.
-pub(crate) const TAGGED: &[Section] = &[("services", Some("tcp")), ("forwards", Some("tcp")), ("proxies", None)];
+pub(crate) const TAGGED: &[Section] =
+    &[("services", Some("tcp")), ("forwards", Some("tcp")), ("visitors", Some("tcp")), ("proxies", None)];
 
 /// The client's config file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +75,9 @@ pub struct ClientFile {
     /// Local SOCKS5 and HTTP proxies whose connections leave from the server.
     #[serde(default)]
     pub proxies: Vec<ProxyFile>,
+    /// Local ports whose connections reach other clients' private services.
+    #[serde(default)]
+    pub visitors: Vec<VisitorFile>,
     /// Which targets the server's proxies (`via` = this client) may reach from here. It does
     /// not govern this client's own `[[proxies]]` and `[[forwards]]`: their connections leave
     /// from the server, under the server's `[egress]`.
@@ -199,6 +204,8 @@ pub struct ClientConfig {
     pub forwards: Vec<Forward>,
     /// Local proxies.
     pub proxies: Vec<Proxy>,
+    /// Visitors of other clients' private services.
+    pub visitors: Vec<Visitor>,
     /// Egress policy for the server's proxies that leave from here (`[server_proxies_egress]`).
     pub server_proxies_egress: EgressPolicy,
     /// Resource limits.
@@ -261,6 +268,21 @@ impl ClientFile {
         let forwards = self.forwards.into_iter().map(|f| f.validate(src)).collect::<Result<Vec<_>, _>>()?;
         let proxies =
             self.proxies.into_iter().enumerate().map(|(i, p)| p.validate(src, i)).collect::<Result<Vec<_>, _>>()?;
+        let mut names = HashSet::new();
+        let mut visitors = Vec::with_capacity(self.visitors.len());
+        for entry in self.visitors {
+            let at = entry.name_span().start;
+            let visitor = entry.validate(src)?;
+            if !names.insert(visitor.name.clone()) {
+                let m = format!("duplicate visitor name `{}`", visitor.name);
+                return Err(invalid(src, "visitors.name", Some(at), &m));
+            }
+            if visitor.client == name {
+                let m = "a visitor reaches another client's service; this is this client's own name";
+                return Err(invalid(src, "visitors.client", Some(at), m));
+            }
+            visitors.push(visitor);
+        }
         let mut warnings = Vec::new();
         let (choice, old_egress) = match self.egress {
             Some(EgressKey::Choice(choice)) => (choice, None),
@@ -294,6 +316,7 @@ impl ClientFile {
             services,
             forwards,
             proxies,
+            visitors,
             server_proxies_egress: EgressPolicy::client(egress),
             limits: self.limits,
             control: self.control,

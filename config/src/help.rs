@@ -44,6 +44,15 @@ pub(crate) const CLIENT: Schema = Schema {
         ("forwards", &[("listen", "the local address to listen on"), ("target", "where to go from the server")]),
         ("proxies", &[("type", "\"socks5\" or \"http\""), ("listen", "the local address to listen on")]),
         ("servers", &[("addr", "the server's UDP address, host:port")]),
+        (
+            "visitors",
+            &[
+                ("name", "the visitor's name"),
+                ("client", "the client that publishes the private service"),
+                ("service", "the private service's name on that client"),
+                ("listen", "the local address to listen on"),
+            ],
+        ),
     ],
     excused: &[("servers", &["token", "server_fingerprint|ca_file|system_roots"])],
 };
@@ -235,7 +244,10 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
             "the group's key, which its members present as `group_key`: a secret of at least 8 characters, \
              \"…\", { file = \"path\" } or { env = \"VARIABLE\" }"
         }
-        (_, "token" | "key" | "group_key" | "password" | "http_password") => {
+        ("services", "allow_visitors") => "the clients that may visit this private service: a list of client names",
+        ("visitors", "client") => "the client that publishes the private service: a client name",
+        ("visitors", "service") => "the private service's name on that client",
+        (_, "token" | "key" | "group_key" | "password" | "http_password" | "secret_key") => {
             "a secret of at least 8 characters: \"…\", { file = \"path\" } or { env = \"VARIABLE\" }"
         }
         (_, "name") => "a name: 1 to 64 of A-Z a-z 0-9 . _ -",

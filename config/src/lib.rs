@@ -7,6 +7,8 @@
 //! - [`group`]: load-balancing groups (server side) and how a service joins one, with its
 //!   health check (client side).
 //! - [`forward`]: the client's `[[forwards]]`. [`proxy`]: SOCKS5 and HTTP proxies of either end.
+//! - [`visitor`]: private services (`secret_key`, `allow_visitors`) and the client's
+//!   `[[visitors]]`, which reach them.
 //! - [`vhost`]: the server's HTTP virtual-host port and the routes HTTP services ask for.
 //! - [`ports`]: public port allowances. [`egress`]: which targets an end may dial.
 //! - [`Congestion`]: the `[limits] congestion` key of either end.
@@ -20,7 +22,7 @@
 //!
 //! # How a file becomes a config
 //! Text → `toml`'s span-keeping document → `help` checks its shape (required keys, lists
-//! written as lists) → `tagged` turns each `[[services]]`, `[[forwards]]`,
+//! written as lists) → `tagged` turns each `[[services]]`, `[[forwards]]`, `[[visitors]]`,
 //! `[[groups]]` and `[[proxies]]` entry into an enum value tagged by its `type` (`tcp` when left
 //! out, except proxies) → serde fills the `*File` types, each kind a struct of only its own keys
 //! (`deny_unknown_fields`: a TCP service with `custom_domains` is refused there, with the key
@@ -51,6 +53,7 @@ pub mod service;
 mod tagged;
 pub mod tcp_proxy;
 pub mod vhost;
+pub mod visitor;
 mod wire;
 
 use std::path::{Path, PathBuf};

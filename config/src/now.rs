@@ -10,6 +10,7 @@ use crate::forward::Forward;
 use crate::proxy::Proxy;
 use crate::server::{ClientEntry, ServerConfig};
 use crate::service::{Exposure, Publish, Service};
+use crate::visitor::{PrivateAccess, Visitor};
 use crate::{ClientConfig, GroupJoin, ServerEntry, ServerTrust};
 
 /// What every secret is written as.
@@ -116,6 +117,7 @@ impl ClientConfig {
         t.insert("services".into(), Value::Array(self.services.iter().map(|s| Value::Table(service(s))).collect()));
         t.insert("forwards".into(), Value::Array(self.forwards.iter().filter_map(|f: &Forward| value(f)).collect()));
         t.insert("proxies".into(), Value::Array(self.proxies.iter().map(|p| Value::Table(proxy(p))).collect()));
+        t.insert("visitors".into(), Value::Array(self.visitors.iter().map(|v| Value::Table(visitor(v))).collect()));
         t.insert("server_proxies_egress".into(), Value::Table(egress(&self.server_proxies_egress)));
         put(&mut t, "limits", &self.limits);
         put_some(&mut t, "control", self.control.as_ref());
@@ -183,6 +185,7 @@ fn service(s: &Service) -> Table {
         Publish::Own(0) => {}
         Publish::Own(port) => put(t, "remote_port", port),
         Publish::Group(join) => group_join(t, join),
+        Publish::Private(access) => private(t, access),
     };
     // Host names, a subdomain and path prefixes: the keys of the HTTP-like kinds.
     let routes = |t: &mut Table, domains: &[String], subdomain: &Option<String>, locations: &[String]| {
@@ -225,6 +228,12 @@ fn service(s: &Service) -> Table {
             group_join(&mut t, join);
             proxy_protocol
         }
+        Exposure::Http { publish: Publish::Private(access), proxy_protocol }
+        | Exposure::Https { publish: Publish::Private(access), proxy_protocol }
+        | Exposure::Ws { publish: Publish::Private(access), proxy_protocol } => {
+            private(&mut t, access);
+            proxy_protocol
+        }
     };
     put_some(&mut t, "proxy_protocol", proxy_protocol.as_ref());
     t
@@ -241,6 +250,30 @@ fn put_some<T: serde::Serialize>(t: &mut Table, key: &str, v: Option<&T>) {
 fn put_listed(t: &mut Table, key: &str, list: &[String]) {
     if !list.is_empty() {
         put(t, key, list);
+    }
+}
+
+/// A `[[visitors]]` entry, its secret masked.
+fn visitor(v: &Visitor) -> Table {
+    let mut t = Table::new();
+    put(&mut t, "name", &v.name);
+    put(&mut t, "type", "tcp");
+    put(&mut t, "client", &v.client);
+    put(&mut t, "service", &v.service);
+    if v.secret_key.is_some() {
+        t.insert("secret_key".into(), masked());
+    }
+    put(&mut t, "listen", &v.listen);
+    t
+}
+
+/// A private service's keys, its secret masked.
+fn private(t: &mut Table, access: &PrivateAccess) {
+    if access.secret_key.is_some() {
+        t.insert("secret_key".into(), masked());
+    }
+    if !access.allow_visitors.is_empty() {
+        put(t, "allow_visitors", &access.allow_visitors);
     }
 }
 

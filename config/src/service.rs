@@ -10,6 +10,7 @@ use crate::group::{GroupJoin, HealthCheck};
 use crate::ranges::{self, Index, Key, within};
 use crate::secret::Secret;
 use crate::vhost::{Hosts, HttpRoute, WsRoute, normalize_host};
+use crate::visitor::PrivateAccess;
 use crate::{ConfigError, invalid};
 
 /// A PROXY protocol version.
@@ -84,6 +85,11 @@ service_file! {
         /// A connection with no byte either way for this many seconds is aborted; off when
         /// unset.
         idle_timeout_secs: Option<u64>,
+        /// Publish privately: no public port; visitors (`[[visitors]]` of other clients) must
+        /// know this secret.
+        secret_key: Option<Secret>,
+        /// Publish privately: no public port; only these clients may visit.
+        allow_visitors: Vec<Spanned<String>>,
     }
 }
 
@@ -184,6 +190,8 @@ pub enum Publish<R> {
     Own(R),
     /// A backend of this group.
     Group(GroupJoin),
+    /// No public port or routes: reachable only by the visitors this admits.
+    Private(PrivateAccess),
 }
 
 /// A service's kind, with exactly what that kind needs.
@@ -387,7 +395,19 @@ impl ServiceFile {
         match self {
             Self::Tcp(f) => {
                 let common = f.common(src, index, ServiceKind::Tcp)?;
-                let publish = common.port(src, f.remote_port)?;
+                let publish = match PrivateAccess::check(src, common.at, f.secret_key, f.allow_visitors)? {
+                    None => common.port(src, f.remote_port)?,
+                    Some(_) if common.join.is_some() => {
+                        let m = "a private service (`secret_key`, `allow_visitors`) cannot join a group";
+                        return Err(invalid(src, "services.group", Some(common.at), m));
+                    }
+                    Some(_) if f.remote_port != 0 => {
+                        let m = "a private service (`secret_key`, `allow_visitors`) has no public port; \
+                                 leave `remote_port` out";
+                        return Err(invalid(src, "services.remote_port", Some(common.at), m));
+                    }
+                    Some(access) => Publish::Private(access),
+                };
                 let bandwidth_limit = f.bandwidth_limit.map(|b| b.0);
                 if let Some(idle) = f.idle_timeout_secs {
                     within(

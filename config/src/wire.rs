@@ -7,10 +7,12 @@ use wmproxy_wire::{BasicAuth, GroupKey, GroupMembership, HealthSpec, HttpSpec, S
 use crate::group::GroupJoin;
 use crate::service::{Exposure, Publish, Service};
 
-/// What the server is asked to publish for a service: the one conversion between the config's
-/// kinds and the wire's.
-impl From<&Service> for ServiceSpec {
-    fn from(service: &Service) -> Self {
+impl Service {
+    /// What the server is asked to publish for this service of `client`: the one conversion
+    /// between the config's kinds and the wire's. A private service's secret stays here; the
+    /// server gets the verifier derived from it.
+    pub fn spec(&self, client: &str) -> ServiceSpec {
+        let service = self;
         let mut spec = ServiceSpec {
             name: service.name.clone(),
             kind: service.exposure.kind(),
@@ -18,8 +20,12 @@ impl From<&Service> for ServiceSpec {
             group: service.exposure.group().map(GroupMembership::from),
             http: None,
             bandwidth_limit: service.exposure.bandwidth_limit(),
+            private: None,
         };
         match &service.exposure {
+            Exposure::Tcp { publish: Publish::Private(access), .. } => {
+                spec.private = Some(access.spec(client, service.name.as_str()));
+            }
             Exposure::Tcp { publish: Publish::Own(port), .. } | Exposure::Udp { publish: Publish::Own(port), .. } => {
                 spec.remote_port = *port;
             }

@@ -23,7 +23,11 @@ fn examples_parse() {
     let client = load_client(&here("examples/client.toml")).unwrap();
     assert!(matches!(client.servers[0].trust, ServerTrust::Fingerprint(fp) if fp[0] == 0x3b));
     assert_eq!(client.servers[0].server_name, "203.0.113.10");
-    assert_eq!(client.services.len(), 7);
+    assert_eq!(client.services.len(), 8);
+    assert!(
+        matches!(&client.services[7].exposure, wmproxy_config::Exposure::Tcp { publish: wmproxy_config::Publish::Private(a), .. } if a.secret_key.is_some())
+    );
+    assert_eq!((client.visitors[0].client.as_str(), client.visitors[0].service.as_str()), ("office", "rdp"));
     let web = client.services[6].exposure.group().unwrap();
     assert_eq!((web.group.as_str(), web.weight), ("web", 5));
     assert_eq!(web.health_check.as_ref().unwrap().rise, 2);
@@ -86,6 +90,11 @@ const CLIENT_BAD: &[(&str, &[&str])] = &[
     ("client-udp-check-without-addr.toml", &["health_check.addr", "line 7"]),
     ("client-group-with-domains.toml", &["services.group", "line 7", "set on the server"]),
     ("client-tcp-with-domains.toml", &["unknown field `custom_domains`", "line 9"]),
+    ("client-private-with-port.toml", &["services.remote_port", "line 7", "no public port"]),
+    ("client-private-bad-visitor-name.toml", &["services.allow_visitors", "line 9", "the laptop"]),
+    ("client-visitor-without-service.toml", &["service", "the private service's name"]),
+    ("client-visitor-of-itself.toml", &["visitors.client", "line 7", "own name"]),
+    ("client-visitor-short-secret.toml", &["secret_key", "line 10", "at least 8"]),
 ];
 
 #[test]

@@ -1,5 +1,6 @@
-//! Streams a client opens: local forwards. A TCP `Connect` target is dialed, and a UDP
-//! `UdpConnect` flow gets a socket connected to its target, if the egress policy allows.
+//! Streams a client opens: local forwards and visits. A TCP `Connect` target is dialed, and a
+//! UDP `UdpConnect` flow gets a socket connected to its target, if the egress policy allows; a
+//! `Visit` is relayed to a private service ([`crate::visit`]).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use wmproxy_wire::{OpenResult, OpenStream};
 
 use crate::sessions::Session;
 use crate::udp::UdpBudget;
+use crate::visit::{Visit, Visits};
 
 /// Serves one data stream opened by `session`'s client, under the span `stream{id, target,
 /// flow}`, with the egress policy of `config`, the snapshot the stream took.
@@ -21,6 +23,7 @@ pub(crate) async fn serve(
     session: Arc<Session>,
     config: Arc<ServerConfig>,
     (udp, own): (UdpBudget, Arc<OwnAddresses>),
+    visits: Visits,
 ) {
     let (egress, timeout) = (&config.egress, config.limits.stream_open_timeout());
     let Some((send, recv, header)) = datastream::read_header(send, recv, timeout).await else {
@@ -65,6 +68,10 @@ pub(crate) async fn serve(
                     datastream::refuse(send, result).await;
                 }
             }
+        }
+        OpenStream::Visit { client, service, verifier, peer_addr } => {
+            debug!(%peer_addr, "visit requested");
+            visits.serve((send, recv), &session, Visit { client, service, verifier }).await;
         }
         // A client in failover mode asks whether the server is still there.
         OpenStream::Ping => wmproxy_tunnel::probe::answer(send).await,

@@ -35,7 +35,7 @@ use crate::dashboard::events::EventKind;
 use crate::dashboard::history::History;
 use crate::groups::{GroupStatus, Groups};
 use crate::listeners::Listeners;
-use crate::metrics::{BackendHealth, Metrics, Scrape, Traffic};
+use crate::metrics::{BackendHealth, Metrics, Scrape, Traffic, VisitorTraffic};
 use crate::preauth::PreAuth;
 use crate::reload::{ReloadError, Reloader};
 use crate::sessions::Sessions;
@@ -114,6 +114,9 @@ struct ServiceTraffic {
     result: ServiceStatus,
     #[serde(flatten)]
     traffic: Traffic,
+    /// A private service's visitors: how each reaches it and what it was relayed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    visitors: Vec<VisitorTraffic>,
 }
 
 impl ControlApi for ServerControl {
@@ -199,6 +202,7 @@ impl ServerControl {
                     .map(|r| ServiceTraffic {
                         result: ServiceStatus::from(r).with_http(s.route_of(&r.name)),
                         traffic: self.metrics.traffic(&s.name, &r.name),
+                        visitors: self.metrics.visitors.traffic(&s.name, &r.name),
                     })
                     .collect(),
             })

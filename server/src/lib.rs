@@ -29,6 +29,8 @@
 //!   the upstream of one service. [`groups`]: load-balancing groups, the other upstream.
 //! - `routes`: the vhost and HTTPS routes, indexed by host. `vhost`: those two ports.
 //! - `proxy`: SOCKS5 and HTTP proxies whose connections leave from a client (`via`).
+//! - `visit`: private services (no public port) and the visits other clients make to them,
+//!   checked and spliced stream to stream.
 //! - `listeners`: what the config declares (group ports and routes, proxies), by config key.
 //! - `udp`: the server-wide UDP flow budget.
 //!
@@ -85,6 +87,7 @@ mod tunnel;
 mod udp;
 mod upstream;
 mod vhost;
+mod visit;
 
 /// Per-service metric label sets one client may have; its further services are counted together
 /// under `service="(other)"`.

@@ -26,6 +26,7 @@ use crate::runtime::Runtime;
 use crate::sessions::{Session, Sessions};
 use crate::settings::ConfigCell;
 use crate::udp::UdpBudget;
+use crate::visit::Visits;
 
 /// Why a tunnel ended abnormally. Logged; the peer sees only the close reason.
 #[derive(Debug, thiserror::Error)]
@@ -322,7 +323,12 @@ impl Tunnels {
             let span =
                 info_span!("stream", id = %stream.0.id(), target = tracing::field::Empty, flow = tracing::field::Empty);
             let limits = (self.udp.clone(), self.own_addresses.clone());
-            let serve = connect::serve(stream, session.clone(), self.config.snapshot(), limits);
+            let visits = Visits {
+                sessions: self.sessions.clone(),
+                registry: self.registry.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let serve = connect::serve(stream, session.clone(), self.config.snapshot(), limits, visits);
             self.runtime.tracker.spawn(serve.instrument(span));
         }
         debug!("no more streams from the client");

@@ -218,6 +218,7 @@ impl TestServer {
             services: Vec::new(),
             forwards: Vec::new(),
             proxies: Vec::new(),
+            visitors: Vec::new(),
             server_proxies_egress: wmproxy_config::EgressPolicy::client(wmproxy_config::egress::EgressFile::default()),
             warnings: Vec::new(),
             limits: wmproxy_config::ClientLimits::default(),

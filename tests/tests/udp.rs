@@ -284,6 +284,7 @@ async fn a_udp_service_without_datagram_support_is_refused_at_registration() -> 
         group: None,
         http: None,
         bandwidth_limit: None,
+        private: None,
     };
     let services = vec![spec("dns", ServiceKind::Udp), spec("web", ServiceKind::Tcp)];
     write_frame(&mut send, &ControlRequest::Register { services }).await?;

@@ -235,6 +235,7 @@ fn load(cli: &Cli) -> Result<ClientConfig> {
         services: vec![Service { name: Name::new(kind_name)?, local_addr: local, access_log: true, exposure }],
         forwards: Vec::new(),
         proxies: Vec::new(),
+        visitors: Vec::new(),
         server_proxies_egress: wmproxy_config::EgressPolicy::default(),
         warnings: Vec::new(),
         limits: ClientLimits::default(),

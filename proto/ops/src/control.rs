@@ -118,7 +118,7 @@ impl Reply {
 pub struct ServiceStatus {
     /// The service's name.
     pub name: String,
-    /// `ok`, `joined` or why the server refused it.
+    /// `ok`, `joined`, `private` or why the server refused it.
     pub outcome: String,
     /// Its public port, once published.
     pub port: Option<u16>,
@@ -133,6 +133,7 @@ impl From<&wmproxy_wire::ServiceResult> for ServiceStatus {
         let (outcome, port) = match &result.outcome {
             RegisterOutcome::Ok { port } => ("ok".to_owned(), Some(*port)),
             RegisterOutcome::Joined { port } => ("joined".to_owned(), Some(*port)),
+            RegisterOutcome::Private => ("private".to_owned(), None),
             refused => (refused.to_string(), None),
         };
         Self { name: result.name.to_string(), outcome, port, http: None }

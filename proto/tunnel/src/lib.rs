@@ -15,7 +15,8 @@
 //!   reading exactly one frame and never past it.
 //! - [`datastream`]: the life of a data stream on both ends (open, header, answer, relay).
 //! - [`relay`]: copies bytes between a TCP socket and a QUIC stream, both ways, honouring
-//!   half-close and allocating buffers only while data flows.
+//!   half-close and allocating buffers only while data flows. [`splice`]: the same between
+//!   two streams (the server relaying a visitor to a private service).
 //! - [`udp`]: UDP flows: QUIC datagrams tagged with a flow id, flow tables with idle sweeps,
 //!   listeners shared by many users.
 //! - [`dial`]: connects to a [`wmproxy_wire::Target`] under an egress check and maps failures
@@ -48,6 +49,7 @@ pub mod listener;
 pub mod probe;
 pub mod relay;
 pub mod side;
+pub mod splice;
 pub mod stream;
 pub mod tls;
 pub mod transport;

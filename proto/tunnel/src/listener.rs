@@ -26,11 +26,12 @@ pub enum Refusal {
     Unreachable,
     /// The target, or the far end, did not answer in time.
     Timeout,
-    /// There was no tunnel to the far end (the client reconnecting, the `via` client away).
+    /// There was no tunnel to the far end (the client reconnecting, the `via` client or a
+    /// visited service's client away).
     NoTunnel,
     /// A limit of streams or connections was reached.
     Busy,
-    /// Wrong or missing proxy credentials.
+    /// Wrong or missing proxy credentials, or a visitor's wrong secret.
     Auth,
     /// A malformed or unsupported proxy request, or none in time.
     Request,
@@ -71,6 +72,8 @@ impl Refusal {
             OpenError::Refused(OpenResult::NotAllowed) => Self::Egress,
             OpenError::Refused(OpenResult::Timeout) | OpenError::Failed(DataStreamError::Timeout) => Self::Timeout,
             OpenError::Refused(OpenResult::Busy) | OpenError::Busy => Self::Busy,
+            OpenError::Refused(OpenResult::Forbidden) => Self::Auth,
+            OpenError::Refused(OpenResult::Offline) => Self::NoTunnel,
             OpenError::Refused(_) | OpenError::NoneEligible | OpenError::AllFailed { .. } => Self::Unreachable,
             OpenError::TunnelGone | OpenError::Failed(DataStreamError::Connection(_)) => Self::NoTunnel,
             OpenError::Failed(_) => Self::Other,

@@ -41,9 +41,11 @@ impl Side {
             | OpenResult::Unreachable
             | OpenResult::Timeout
             | OpenResult::UnknownService
+            | OpenResult::Offline
             | OpenResult::Reset => Self::Backend,
-            // The user asked for a target the far end's policy forbids.
-            OpenResult::NotAllowed => Self::User,
+            // The user asked for a target the far end's policy forbids, or visited a service
+            // without its secret.
+            OpenResult::NotAllowed | OpenResult::Forbidden => Self::User,
             // The far end's own limit: not the backend's health, nor the tunnel's.
             OpenResult::Busy => Self::Internal,
             // `Ok` is not a refusal; anything newer is the far end's business.

@@ -18,6 +18,7 @@
 //! - [`routes`]: the shape of an HTTP service's host names and locations, and how many a
 //!   service and a client may claim.
 //! - [`auth`]: the proof bound to the TLS session, and constant-time secret comparison.
+//! - [`private`]: who may visit a private service, and the verifier a visitor shows.
 //! - [`link`]: the link stream of the TCP transport (datagrams and the close code, which
 //!   TCP has no frames for).
 //! - [`udp`]: the QUIC datagram layout of UDP flows and the packet framing of flow streams.
@@ -64,6 +65,7 @@ pub mod hello;
 pub mod link;
 pub mod message;
 pub mod name;
+pub mod private;
 pub mod routes;
 pub mod udp;
 
@@ -71,6 +73,7 @@ pub use auth::{AuthToken, Proof, ResumeSecret};
 pub use frame::{FrameError, WireMessage};
 pub use message::*;
 pub use name::{Name, NameError, Target};
+pub use private::{PrivateSpec, Verifier};
 
 /// ALPN protocol id: the protocol family. It stays `wmproxy/1` across versions, so that two
 /// versions still meet and the Hello tells them apart with a clear `VersionMismatch` rather
@@ -90,7 +93,10 @@ pub const ALPN_TCP: &[u8] = b"wmproxy-tcp/1";
 /// Version 4: `HelloReply::Welcome::limits`.
 ///
 /// Version 5: `Hello::servers`.
-pub const PROTOCOL_VERSION: u32 = 5;
+///
+/// Version 6: private services (`ServiceSpec::private`, `RegisterOutcome::Private`,
+/// `OpenStream::Visit`, `OpenResult::Offline` and `Forbidden`).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest accepted frame body, in bytes. Larger lengths are rejected before any allocation.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;

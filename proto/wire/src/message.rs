@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Proof, ResumeSecret};
 use crate::frame::WireMessage;
 use crate::name::{Name, Target};
+use crate::private::{PrivateSpec, Verifier};
 
 /// First frame on the control stream, client → server.
 ///
@@ -177,7 +178,7 @@ impl WireMessage for ControlReply {}
 /// One service a client asks the server to publish.
 ///
 /// Layout: `str name | ServiceKind | varint remote_port | Option<GroupMembership> group |
-/// Option<HttpSpec> http | Option<varint> bandwidth_limit`.
+/// Option<HttpSpec> http | Option<varint> bandwidth_limit | Option<PrivateSpec> private`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique per client (checked while decoding).
@@ -195,6 +196,9 @@ pub struct ServiceSpec {
     /// the service (the users' bytes), over all its connections or flows. The client limits
     /// the other way itself.
     pub bandwidth_limit: Option<u64>,
+    /// Published as a private service: no public port; reachable only by the visitors this
+    /// admits (see [`crate::private`]). Only for TCP services with no group.
+    pub private: Option<PrivateSpec>,
 }
 
 /// The routes an HTTP service asks for on the vhost port.
@@ -360,6 +364,9 @@ pub enum RegisterOutcome {
     /// `enum#10 | str host`: another client (or a group of the server) holds this host name,
     /// and with it every path under it, on the vhost and HTTPS ports alike.
     HostTaken(String),
+    /// `enum#11`: published as a private service: no public port; visitors reach it through
+    /// the server ([`OpenStream::Visit`]).
+    Private,
 }
 
 impl std::fmt::Display for RegisterOutcome {
@@ -376,6 +383,7 @@ impl std::fmt::Display for RegisterOutcome {
             Self::DomainNotAllowed(v0) => write!(f, "host name `{v0}` not allowed for this client"),
             Self::RouteTaken(v0) => write!(f, "`{v0}` is already served by another service"),
             Self::HostTaken(v0) => write!(f, "host name `{v0}` belongs to another client or group"),
+            Self::Private => f.write_str("published as a private service (visitors only)"),
         }
     }
 }
@@ -441,6 +449,22 @@ pub enum OpenStream {
     /// `enum#6`, server → client: are you there? The client answers `Ok` and ends the stream.
     /// The server asks a live session when another machine presents its name.
     Ping,
+    /// `enum#7 | str client | str service | Option<Verifier> verifier | SocketAddr peer_addr`,
+    /// client → server: a visitor's connection to the private TCP service `service` of
+    /// `client`, showing `verifier` (see [`crate::private`]). The server checks it, opens an
+    /// [`OpenStream::Expose`] to that client and answers with that stream's answer, or refuses
+    /// with [`OpenResult::UnknownService`], [`OpenResult::Offline`] or
+    /// [`OpenResult::Forbidden`].
+    Visit {
+        /// The client that published the service.
+        client: Name,
+        /// The private service's name.
+        service: Name,
+        /// Derived from the service's secret, if the visitor has one.
+        verifier: Option<Verifier>,
+        /// The local user's address as the visitor's client saw it.
+        peer_addr: SocketAddr,
+    },
 }
 impl WireMessage for OpenStream {}
 
@@ -470,6 +494,11 @@ pub enum OpenResult {
     /// Not a refusal: the opener aborts its own side too (an RST), as a direct connection would
     /// have seen.
     Reset,
+    /// `enum#8`: the client that publishes the visited service is not connected.
+    Offline,
+    /// `enum#9`: the visitor may not visit the service: a wrong or missing secret, or a client
+    /// name the service does not allow (not told apart).
+    Forbidden,
 }
 
 impl std::fmt::Display for OpenResult {
@@ -483,6 +512,8 @@ impl std::fmt::Display for OpenResult {
             Self::UnknownService => f.write_str("unknown service"),
             Self::Busy => f.write_str("too many open streams or flows"),
             Self::Reset => f.write_str("the target reset the connection"),
+            Self::Offline => f.write_str("the service's client is not connected"),
+            Self::Forbidden => f.write_str("not allowed to visit this service (wrong secret or client name)"),
         }
     }
 }

@@ -9,7 +9,7 @@ use wmproxy_wire::{
     HealthSpec, Hello, HelloReply, HttpSpec, MAX_FRAME_LEN, OpenResult, OpenStream, Proof, RegisterOutcome,
     RejectReason, ResumeSecret, ServiceKind, ServiceResult, ServiceSpec, TunnelLimits, WireMessage, auth, frame,
 };
-use wmproxy_wire::{Name, Target};
+use wmproxy_wire::{Name, PrivateSpec, Target, Verifier};
 
 fn n(name: &str) -> Name {
     Name::new(name).unwrap()
@@ -43,6 +43,7 @@ fn register() -> ControlRequest {
                 group: None,
                 http: None,
                 bandwidth_limit: Some(1 << 20),
+                private: None,
             },
             ServiceSpec {
                 name: n("dns"),
@@ -51,6 +52,7 @@ fn register() -> ControlRequest {
                 group: None,
                 http: None,
                 bandwidth_limit: None,
+                private: None,
             },
             ServiceSpec {
                 name: n("web"),
@@ -65,6 +67,7 @@ fn register() -> ControlRequest {
                     basic_auth: Some(BasicAuth { user: "u".into(), password: "p".into() }),
                 }),
                 bandwidth_limit: None,
+                private: None,
             },
             ServiceSpec {
                 name: n("web-2"),
@@ -79,6 +82,19 @@ fn register() -> ControlRequest {
                 }),
                 http: None,
                 bandwidth_limit: None,
+                private: None,
+            },
+            ServiceSpec {
+                name: n("db"),
+                kind: ServiceKind::Tcp,
+                remote_port: 0,
+                group: None,
+                http: None,
+                bandwidth_limit: None,
+                private: Some(PrivateSpec {
+                    verifier: Some(Verifier::derive(b"a secret", "home", "db")),
+                    allow: vec![n("office")],
+                }),
             },
         ],
     }
@@ -97,6 +113,7 @@ fn registered() -> ControlReply {
             ServiceResult { name: n("web-5"), outcome: RegisterOutcome::DomainNotAllowed("x.org".into()) },
             ServiceResult { name: n("web-6"), outcome: RegisterOutcome::RouteTaken("x.org/api".into()) },
             ServiceResult { name: n("web-7"), outcome: RegisterOutcome::HostTaken("x.org".into()) },
+            ServiceResult { name: n("db"), outcome: RegisterOutcome::Private },
         ],
     }
 }
@@ -147,6 +164,13 @@ fn every_message_round_trips_and_truncation_needs_more() {
     check_round_trip(OpenStream::ProxyConnect { target: t("intranet.example:80"), peer_addr: peer() });
     check_round_trip(OpenStream::ProxyUdpConnect { target: t("10.0.0.53:53"), peer_addr: peer() });
     check_round_trip(OpenStream::Ping);
+    check_round_trip(OpenStream::Visit {
+        client: n("home"),
+        service: n("ssh"),
+        verifier: Some(Verifier::derive(b"a secret", "home", "ssh")),
+        peer_addr: peer(),
+    });
+    check_round_trip(OpenStream::Visit { client: n("home"), service: n("ssh"), verifier: None, peer_addr: peer() });
     for r in [
         OpenResult::Ok,
         OpenResult::Refused,
@@ -156,6 +180,8 @@ fn every_message_round_trips_and_truncation_needs_more() {
         OpenResult::UnknownService,
         OpenResult::Busy,
         OpenResult::Reset,
+        OpenResult::Offline,
+        OpenResult::Forbidden,
     ] {
         check_round_trip(r);
     }
@@ -232,6 +258,7 @@ fn encoding_over_the_cap_fails_cleanly() {
             group: None,
             http: None,
             bandwidth_limit: None,
+            private: None,
         })
         .collect();
     let mut out = vec![1, 2, 3];

@@ -6,14 +6,18 @@
 //!
 //! Label sets are bounded: `client` and `service` label sets exist only while a service is
 //! published, at most [`services::MAX_LABELED_PER_CLIENT`] per client (see [`services`]);
+//! visitors of private services at most `visitors::MAX_VISITOR_LABELS` at once;
 //! every other label takes a fixed set of values.
 
 mod services;
+mod visitors;
 
 use std::sync::Arc;
 
 pub use services::MAX_LABELED_PER_CLIENT;
 pub(crate) use services::{ServiceLease, ServiceMetrics};
+pub use visitors::VisitorTraffic;
+pub(crate) use visitors::{VisitorMetrics, VisitorsLease};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -84,6 +88,8 @@ pub(crate) enum Refusal {
     SilentConnections,
     /// A public connection to a client that has `max_streams_per_client` open.
     StreamsPerClient,
+    /// A visit to a private service without its secret, or from a client it does not allow.
+    VisitForbidden,
 }
 
 impl Refusal {
@@ -100,6 +106,7 @@ impl Refusal {
             Self::RequestRate => "request_rate",
             Self::SilentConnections => "silent_connections",
             Self::StreamsPerClient => "streams_per_client",
+            Self::VisitForbidden => "visit_forbidden",
         }
     }
 }
@@ -150,6 +157,8 @@ pub(crate) struct Metrics {
     pub auth_failures: Counter,
     /// Connections and bytes per published service.
     pub services: Arc<ServiceMetrics>,
+    /// Per-visitor counters of private services.
+    pub visitors: Arc<VisitorMetrics>,
     pub check_latency: Histogram,
     /// Connections that could not be carried, by whose fault.
     open_failures: Family<SideLabels, Counter>,
@@ -179,6 +188,7 @@ impl Default for Metrics {
             handshakes_failed: Counter::default(),
             auth_failures: Counter::default(),
             services: Arc::default(),
+            visitors: Arc::default(),
             // 1 ms to ~16 s.
             check_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             open_failures: Family::default(),
@@ -218,6 +228,7 @@ impl Default for Metrics {
         );
         registry.register("auth_failures", "Tunnels refused for bad credentials or version", m.auth_failures.clone());
         m.services.register(&mut registry);
+        m.visitors.register(&mut registry);
         registry.register("health_check_latency_seconds", "Active health check durations", m.check_latency.clone());
         registry.register(
             "open_failures",

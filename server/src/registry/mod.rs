@@ -6,6 +6,7 @@
 //! | a public TCP or UDP port ([`ports::PortHandle`]) | the port stops accepting at once; live connections get the drain grace period |
 //! | vhost or SNI routes ([`crate::routes::RouteHandle`]) | the host names and paths go out of the index |
 //! | a group membership ([`crate::groups::Membership`]) | the backend leaves its group |
+//! | a private service (`PrivateService`, visited through `crate::visit`) | visits find it no more; its visitors' label sets go |
 //!
 //! An entry withdraws itself when it is dropped, and that is the only teardown there is: a
 //! re-registration drops the entries whose spec changed or went away ([`Registry::register`]),
@@ -27,6 +28,8 @@
 
 mod ports;
 mod publish;
+
+pub(crate) use publish::PrivateService;
 mod revise;
 
 use std::collections::{HashMap, HashSet};
@@ -36,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wmproxy_ops::control::HttpNames;
-use wmproxy_wire::{MAX_SERVICES, Name, RegisterOutcome, ServiceResult, ServiceSpec};
+use wmproxy_wire::{MAX_SERVICES, Name, PrivateSpec, RegisterOutcome, ServiceResult, ServiceSpec};
 
 use crate::groups::{Backend, Groups, Membership};
 use crate::metrics::ServiceLease;
@@ -45,6 +48,7 @@ use crate::runtime::Serving;
 use crate::sessions::{Session, SessionId, Sessions};
 use crate::settings::ConfigCell;
 use crate::udp::UdpBudget;
+use crate::upstream::ServiceUpstream;
 
 /// Where HTTP-like services are served, as bound.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +70,8 @@ pub(crate) enum Owner {
     Routes(#[allow(dead_code, reason = "held for its drop, which withdraws the routes")] RouteHandle),
     /// A place in a group.
     Member(Membership),
+    /// A private service: reached only by visits.
+    Private(PrivateService),
 }
 
 /// One published service.
@@ -181,6 +187,7 @@ impl Registry {
                     None => info!(service = %spec.name, port, "service published"),
                 },
                 RegisterOutcome::Joined { port } => info!(service = %spec.name, port, "service joined its group"),
+                RegisterOutcome::Private => info!(service = %spec.name, "private service published"),
                 refused => warn!(service = %spec.name, port = spec.remote_port, reason = %refused, "service refused"),
             }
             results.push(ServiceResult { name: spec.name, outcome });
@@ -218,6 +225,16 @@ impl Registry {
         let entries = self.lock().remove(&session.id).unwrap_or_default();
         withdraw(entries.into_iter().collect()).await;
         sessions.remove(session);
+    }
+
+    /// Who may visit `service` of `session`, and how it is reached, if it is a published
+    /// private service.
+    pub fn private(&self, session: SessionId, service: &str) -> Option<(PrivateSpec, ServiceUpstream)> {
+        let entries = self.lock();
+        match &entries.get(&session)?.get(service)?.owner {
+            Owner::Private(p) => Some((p.access.clone(), p.upstream.clone())),
+            _ => None,
+        }
     }
 
     /// The group backend that `service` of `session` is, if it joined a group.

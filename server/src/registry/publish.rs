@@ -1,18 +1,29 @@
-//! Publishing one service, by what it asks for: a public port, host-name routes, or a place in
-//! a group. Each returns the [`Owner`] that keeps it published while it lives.
+//! Publishing one service, by what it asks for: a public port, host-name routes, a place in
+//! a group, or none of these (a private service). Each returns the [`Owner`] that keeps it published while it lives.
 
 use std::sync::Arc;
 
 use wmproxy_config::ClientEntry;
 use wmproxy_frontend::http::basic_authorization;
+use wmproxy_wire::private::MAX_ALLOWED_VISITORS;
 use wmproxy_wire::routes::{MAX_ROUTES_PER_CLIENT, check_http};
-use wmproxy_wire::{HttpSpec, RegisterOutcome, ServiceKind, ServiceSpec};
+use wmproxy_wire::{HttpSpec, PrivateSpec, RegisterOutcome, ServiceKind, ServiceSpec};
 
 use super::ports::{self, PortHandle};
 use super::{Owner, Registry};
+use crate::metrics::{Metrics, VisitorsLease};
 use crate::routes::{Refused, RouteOwner, RouteTarget, Template};
 use crate::sessions::Session;
 use crate::upstream::{Served, ServiceUpstream};
+
+/// A published private service: who may visit, and how its client is reached. Dropping it
+/// (with its publication) removes its visitors' label sets.
+#[derive(Debug)]
+pub(crate) struct PrivateService {
+    pub access: PrivateSpec,
+    pub upstream: ServiceUpstream,
+    pub _visitors: VisitorsLease,
+}
 
 impl Registry {
     /// Publishes `spec` of `session`, within `entry`'s allowances.
@@ -33,6 +44,9 @@ impl Registry {
         // A bandwidth limit applies to TCP and UDP ports (the client limits the other way).
         let tcp_or_udp = matches!(spec.kind, ServiceKind::Tcp | ServiceKind::Udp);
         let upstream = upstream.within(spec.bandwidth_limit.filter(|_| tcp_or_udp));
+        if let Some(access) = &spec.private {
+            return Self::publish_private(spec, access, upstream, &self.serving.metrics);
+        }
         let at = (self.public_bind, spec.remote_port);
         let (handle, port): (PortHandle, u16) = match spec.kind {
             ServiceKind::Tcp => ports::tcp(at, &entry.allow_ports, upstream, &self.serving)?,
@@ -50,6 +64,33 @@ impl Registry {
             _ => return Err(RegisterOutcome::Invalid("unsupported service type".into())),
         };
         Ok((Owner::Port(handle), RegisterOutcome::Ok { port }))
+    }
+
+    /// Publishes a private service: a TCP service of its own (no group, port or routes) that
+    /// restricts who may visit.
+    fn publish_private(
+        spec: &ServiceSpec,
+        access: &PrivateSpec,
+        upstream: ServiceUpstream,
+        metrics: &Metrics,
+    ) -> Result<(Owner, RegisterOutcome), RegisterOutcome> {
+        let invalid = |m: &str| Err(RegisterOutcome::Invalid(m.to_owned()));
+        if spec.kind != ServiceKind::Tcp {
+            return invalid("only a TCP service can be private");
+        }
+        if spec.group.is_some() || spec.http.is_some() || spec.remote_port != 0 {
+            return invalid("a private service has no public port, routes or group");
+        }
+        if !access.restricts() {
+            return invalid("a private service needs a secret or a list of allowed visitors");
+        }
+        if access.allow.len() > MAX_ALLOWED_VISITORS {
+            return invalid(&format!("at most {MAX_ALLOWED_VISITORS} allowed visitors"));
+        }
+        let served = upstream.served();
+        let _visitors = metrics.visitors.lease(&served.client, &served.service);
+        let private = PrivateService { access: access.clone(), upstream, _visitors };
+        Ok((Owner::Private(private), RegisterOutcome::Private))
     }
 
     /// Claims the host names (and paths) of an HTTP-like service, if they are well formed and

@@ -72,6 +72,8 @@ impl Registry {
                 _ => None,
             },
             Owner::Routes(_) => self.allowed_hosts(spec.http.as_ref()?, entry).err(),
+            // Nothing in the server's config governs a private service.
+            Owner::Private(_) => None,
         }
     }
 }

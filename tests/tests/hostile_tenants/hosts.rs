@@ -26,7 +26,8 @@ fn routes(
         host_header_rewrite: None,
         basic_auth: None,
     };
-    ServiceSpec { name: name(service), kind, remote_port: 0, group: None, http: Some(http), bandwidth_limit: None }
+    let (group, http, bandwidth_limit, private) = (None, Some(http), None, None);
+    ServiceSpec { name: name(service), kind, remote_port: 0, group, http, bandwidth_limit, private }
 }
 
 fn http(service: &str, domains: &[&str], locations: &[&str]) -> ServiceSpec {

@@ -75,5 +75,6 @@ fn tcp(service: &str, port: u16) -> ServiceSpec {
         group: None,
         http: None,
         bandwidth_limit: None,
+        private: None,
     }
 }

@@ -1,0 +1,116 @@
+//! Private services and their visitors. A private service is published with no public port
+//! (the registry's `Owner::Private` holds who may visit and how it is reached); a visitor, another client, opens a
+//! `Visit` stream naming the service's client and the service, with the verifier derived from
+//! the secret. The server checks it here and relays:
+//!
+//! ```text
+//! visitor's client ── Visit ──▶ server: the client online? the service private? admitted?
+//!                                 │ yes: Expose ──▶ the service's client dials its service
+//!                   ◀── answer ───┘ (the Expose stream's answer, or the refusal)
+//! visitor's stream ◀═════ splice ═════▶ the service's stream
+//! ```
+//!
+//! The visitor's stream holds one of its client's forward permits, and the stream to the
+//! service one of the service client's stream permits, so a visit is within both clients'
+//! `max_streams_per_client`. Refusals are the [`OpenResult`]s `Offline` (no session under that
+//! name), `UnknownService` (no private service of that name: a public one is not visitable)
+//! and `Forbidden` (a wrong or missing verifier, or a client the service does not allow: not
+//! told apart). Nothing about the verifier is logged.
+
+use std::sync::Arc;
+
+use tracing::{Span, debug, info};
+use wmproxy_tunnel::datastream::{self, DataStreamError};
+use wmproxy_tunnel::{Ask, OpenError, RecvStream, SendStream, Upstream};
+use wmproxy_wire::{Name, OpenResult, Verifier};
+
+use crate::metrics::{Metrics, Refusal};
+use crate::registry::Registry;
+use crate::sessions::{Session, Sessions};
+use crate::upstream::ServiceUpstream;
+
+/// What serving a visit needs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Visits {
+    pub sessions: Arc<Sessions>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A visit as its header asks it.
+#[derive(Debug)]
+pub(crate) struct Visit {
+    pub client: Name,
+    pub service: Name,
+    pub verifier: Option<Verifier>,
+}
+
+impl Visits {
+    /// Serves one `Visit` stream of `visitor`'s client: checks it, opens the service's stream
+    /// (within `timeout`), answers and splices the two until both directions end.
+    pub async fn serve(&self, (send, recv): (SendStream, RecvStream), visitor: &Session, visit: Visit) {
+        let span = Span::current();
+        span.record("target", format!("{}/{}", visit.client, visit.service));
+        let Ok(_permit) = visitor.forwards.clone().try_acquire_owned() else {
+            debug!("stream limit of the visiting client reached; refusing a visit");
+            return datastream::refuse(send, OpenResult::Busy).await;
+        };
+        let upstream = match self.admit(visitor, &visit) {
+            Ok(upstream) => upstream,
+            Err(refused) => return datastream::refuse(send, refused).await,
+        };
+        let opened = upstream.open(visitor.tunnel.conn().remote_address(), Ask::Service).await;
+        let service = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                debug!(error = %e, side = %e.side(), "the private service could not be reached");
+                return datastream::refuse(send, answer_for(&e)).await;
+            }
+        };
+        let mut send = send;
+        if let Err(e) = wmproxy_tunnel::stream::write_frame(&mut send, &OpenResult::Ok).await {
+            // The visitor gave up while the service answered: the service sees an abort.
+            debug!(error = %e, "the visitor left before the answer");
+            return datastream::abort(service.send, service.recv);
+        }
+        let counters = self.metrics.visitors.visit(&visitor.name, &visit.client, &visit.service);
+        let guard = self.metrics.stream(&visit.client, &visit.service);
+        let meter = (counters, guard);
+        let hold = service.hold;
+        match wmproxy_tunnel::splice::splice((send, recv), (service.send, service.recv), Some(&meter)).await {
+            Ok(stats) => debug!(to_service = stats.tcp_to_quic, to_visitor = stats.quic_to_tcp, "visit finished"),
+            Err(e) => debug!(error = %e, "visit aborted"),
+        }
+        drop(hold);
+    }
+
+    /// The upstream of the private service `visit` names, if `visitor` may visit it; else the
+    /// refusal.
+    fn admit(&self, visitor: &Session, visit: &Visit) -> Result<ServiceUpstream, OpenResult> {
+        let Some(owner) = self.sessions.get(&visit.client) else {
+            debug!("visit to a client that is not connected");
+            return Err(OpenResult::Offline);
+        };
+        let Some((access, upstream)) = self.registry.private(owner.id, &visit.service) else {
+            debug!("visit to a service that is not a published private service");
+            return Err(OpenResult::UnknownService);
+        };
+        if !access.admits(visitor.name.as_str(), visit.verifier.as_ref()) {
+            info!(visitor = %visitor.name, "visit refused: wrong secret, or a client the service does not allow");
+            self.metrics.refused(Refusal::VisitForbidden);
+            return Err(OpenResult::Forbidden);
+        }
+        Ok(upstream)
+    }
+}
+
+/// What the visitor is told when the service could not be reached.
+fn answer_for(e: &OpenError) -> OpenResult {
+    match e {
+        OpenError::Refused(result) => *result,
+        OpenError::Busy => OpenResult::Busy,
+        OpenError::TunnelGone | OpenError::Failed(DataStreamError::Connection(_)) => OpenResult::Offline,
+        OpenError::Failed(DataStreamError::Timeout) => OpenResult::Timeout,
+        _ => OpenResult::Unreachable,
+    }
+}
