@@ -18,14 +18,16 @@ use wmproxy_tunnel::udp::UdpStats;
 use wmproxy_wire::PROTOCOL_VERSION;
 
 use crate::current::CurrentTunnel;
+use crate::direct::path::DirectPath;
 use crate::error::ClientError;
-use crate::expose::STREAM_OPEN_TIMEOUT;
 use crate::failback::Failback;
 use crate::link::{Link, Shared};
+use crate::local::STREAM_OPEN_TIMEOUT;
 use crate::reload::Reloader;
 pub use crate::status::ClientStatus;
 use crate::tunnel::{DRAIN_TIMEOUT, TunnelSetup};
 use crate::{forward, handshake, proxy, tls, visitor};
+use wmproxy_config::visitor::VisitMode;
 
 /// A bound local forward, proxy or visitor.
 #[derive(Debug)]
@@ -74,6 +76,8 @@ pub struct Client {
     udp_stats: Arc<UdpStats>,
     reloader: Reloader,
     control_listener: Option<TcpListener>,
+    /// Direct connections between clients: this client's certificate, its tunnel's endpoint.
+    direct: Arc<crate::direct::Direct>,
 }
 
 impl Client {
@@ -135,6 +139,7 @@ impl Client {
         let status = (0..loops).map(|_| watch::channel(ClientStatus::Connecting { attempt: 0, last_error: None }).0);
         let status = status.collect();
         let reloader = Reloader::new(&config, None);
+        let direct = crate::direct::Direct::new()?;
         Ok(Self {
             config,
             servers,
@@ -144,6 +149,7 @@ impl Client {
             udp_stats: Arc::default(),
             reloader,
             control_listener,
+            direct,
         })
     }
 
@@ -194,7 +200,8 @@ impl Client {
     /// error that retrying cannot fix (wrong token, untrusted server, version mismatch): then
     /// returns the first such error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let Self { config, servers, locals, status, protocol_version, udp_stats, reloader, control_listener } = self;
+        let Self { config, servers, locals, status, protocol_version, udp_stats, reloader, control_listener, direct } =
+            self;
         let config = Arc::new(config);
         let tracker = TaskTracker::new();
         let dialers: Arc<Vec<handshake::Dialer>> = Arc::new(
@@ -207,6 +214,19 @@ impl Client {
         let listeners: Arc<Vec<Arc<ListenerStats>>> = Arc::new(locals.iter().map(LocalListener::stats).collect());
         let (installers, current) = CurrentTunnel::new(status.len(), config.egress, STREAM_OPEN_TIMEOUT);
         let checks = Arc::new(crate::health::CheckResults::default());
+        // One direct path per visitor that may use one, kept up by a task of its own.
+        let paths: Vec<Arc<DirectPath>> = locals
+            .iter()
+            .filter_map(|l| match l {
+                LocalListener::Visitor(_, v) => Some(DirectPath::new(v.clone())),
+                _ => None,
+            })
+            .collect();
+        for path in paths.iter().filter(|p| p.mode() != VisitMode::Relay) {
+            let span = info_span!("direct_path", visitor = %path.name());
+            let maintain = path.clone().maintain(direct.clone(), current.clone(), shutdown.clone());
+            tracker.spawn(maintain.instrument(span));
+        }
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {
             if let Ok(addr) = listener.local_addr() {
                 info!(listener = "control", %addr, "listening");
@@ -221,6 +241,8 @@ impl Client {
                 listeners: listeners.clone(),
                 checks: checks.clone(),
                 stop: shutdown.clone(),
+                paths: paths.clone(),
+                direct: direct.clone(),
             };
             let token = control.token.expose().to_owned();
             let serve = wmproxy_ops::control::serve(listener, token, Arc::new(api), shutdown.clone(), tracker.clone());
@@ -247,6 +269,7 @@ impl Client {
                 }
             }
         }
+        let mut visitor_paths = paths.iter();
         for (local, counted) in locals.into_iter().zip(listeners.iter().cloned()) {
             let span = info_span!("forward", listen = ?local.local_addr().ok());
             let (current, tasks, stop) = (current.clone(), tracker.clone(), shutdown.clone());
@@ -267,13 +290,22 @@ impl Client {
                     tracker.spawn(forward::serve_ws(l, (url, counted), tasks, stop).instrument(span))
                 }
                 LocalListener::Visitor(l, v) => {
-                    tracker.spawn(visitor::serve(l, (v, counted), current, tasks, stop).instrument(span))
+                    // Visitors are listed in the same order as their paths.
+                    let Some(path) = visitor_paths.next().cloned() else { continue };
+                    let serve = visitor::serve(l, (v, counted), (current, path), tasks, stop);
+                    tracker.spawn(serve.instrument(span))
                 }
             };
         }
 
-        let shared =
-            Shared { config: config.clone(), reloader, metrics, own_addresses: Arc::default(), protocol_version };
+        let shared = Shared {
+            config: config.clone(),
+            reloader,
+            metrics,
+            own_addresses: Arc::default(),
+            protocol_version,
+            direct,
+        };
         let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         let failover = config.mode == ServersMode::Failover && dialers.len() > 1;
         let mut links = tokio::task::JoinSet::new();

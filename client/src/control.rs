@@ -45,6 +45,10 @@ pub(crate) struct ClientControl {
     pub checks: std::sync::Arc<crate::health::CheckResults>,
     /// Cancelled by `/stop`.
     pub stop: CancellationToken,
+    /// Each visitor's direct path.
+    pub paths: Vec<std::sync::Arc<crate::direct::path::DirectPath>>,
+    /// Direct connections accepted from visitors.
+    pub direct: std::sync::Arc<crate::direct::Direct>,
 }
 
 /// `/status`: the first tunnel's state at the top (with one server, the tunnel's), every
@@ -60,6 +64,11 @@ struct Status {
     listeners: Vec<ListenerSnapshot>,
     /// Each grouped service's health check: its last result.
     health_checks: Vec<crate::health::LastCheck>,
+    /// Each visitor: its mode and the path a new connection takes now (its counters are its
+    /// entry in `listeners`).
+    visitors: Vec<crate::direct::path::PathStatus>,
+    /// Direct connections of visitors to this client's private services, open now.
+    direct_visitors: Vec<crate::direct::accept::AcceptedStatus>,
 }
 
 /// One tunnel's state.
@@ -131,7 +140,14 @@ impl ControlApi for ClientControl {
 impl ClientControl {
     fn status(&self) -> Status {
         let servers: Vec<TunnelState> = (0..self.status.len()).map(|i| self.tunnel(i)).collect();
-        Status { first: self.tunnel(0), servers, listeners: self.listeners(), health_checks: self.checks.list() }
+        Status {
+            first: self.tunnel(0),
+            servers,
+            listeners: self.listeners(),
+            health_checks: self.checks.list(),
+            visitors: self.paths.iter().map(|p| p.status()).collect(),
+            direct_visitors: self.direct.accepted.list(),
+        }
     }
 
     /// Reconnect loop `i`'s tunnel.

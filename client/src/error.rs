@@ -125,6 +125,9 @@ pub enum TlsSetupError {
     /// The CA file holds no certificate.
     #[error("CA file {0}: no certificate in file")]
     EmptyCaFile(PathBuf),
+    /// The certificate for direct connections could not be made.
+    #[error("making the certificate for direct connections: {0}")]
+    Generate(#[source] rcgen::Error),
     /// The system has no usable root certificate.
     #[error("no usable system root certificates ({0} errors)")]
     NoSystemRoots(usize),

@@ -19,7 +19,7 @@ use wmproxy_tunnel::{Ask, OpenError};
 use wmproxy_wire::Target;
 
 use crate::current::CurrentTunnel;
-use crate::expose::STREAM_OPEN_TIMEOUT;
+use crate::local::STREAM_OPEN_TIMEOUT;
 
 /// Accepts local connections until `shutdown`; each rides the current tunnel, if any (without
 /// one it is closed at once rather than left hanging). Each is counted in `stats` (bytes as

@@ -13,11 +13,14 @@
 //!   accepts the server's streams, follows reloads on the control stream.
 //! - [`current`]: [`CurrentTunnel`], the one handle for "the tunnels up now", which forwards and
 //!   proxies hold as their [`wmproxy_tunnel::Upstream`]; it picks a tunnel per `egress`.
-//! - `expose`: streams the server opens (a user reached a published service): dial the local
-//!   address, answer, relay, log the connection.
+//! - `expose`: streams the server opens (a user reached a published service; a visitor will
+//!   connect directly). `local`: how a user reaches a local service: dial the local address,
+//!   answer, relay, log the connection.
 //! - `forward`: local TCP/UDP ports whose traffic leaves from the server (`Connect`), and `ws`
 //!   forwards. `proxy`: local SOCKS5 and HTTP proxies. `visitor`: local ports that reach
-//!   other clients' private services (`Visit`, relayed by the server).
+//!   other clients' private services, over a direct connection (`direct`: rendezvous through
+//!   the server, then a QUIC connection between the two clients' tunnel sockets) or relayed by
+//!   the server.
 //! - `health`: active health checks of grouped services, reported on the control stream.
 //! - [`starter`]: `wmproxy-client init`'s starter config.
 //! - [`tls`]: how the server is trusted (pinned fingerprint, CA file, system roots).
@@ -41,18 +44,20 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::expose::proxy_header;
+    pub use crate::local::proxy_header;
 }
 pub mod handshake;
 pub mod reload;
 pub mod starter;
 pub mod tls;
 
+mod direct;
 mod expose;
 mod failback;
 mod forward;
 mod health;
 mod link;
+mod local;
 mod metrics;
 mod proxy;
 mod quic_probe;

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub own_addresses: Arc<wmproxy_tunnel::dial::OwnAddresses>,
     pub protocol_version: u32,
+    /// Direct connections to and from other clients (private services).
+    pub direct: Arc<crate::direct::Direct>,
 }
 
 /// One reconnect loop.
@@ -105,6 +107,9 @@ impl Link {
                         own_addresses: shared.own_addresses.clone(),
                         metrics: shared.metrics.clone(),
                         bandwidths: Default::default(),
+                        direct: shared.direct.clone(),
+                        client: config.name.clone(),
+                        tracker: setup.tracker.clone(),
                     });
                     let earlier = (0..place.at).filter(|i| place.refused[*i].is_none()).collect();
                     let serving =

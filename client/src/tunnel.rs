@@ -145,6 +145,16 @@ impl TunnelSetup {
         }
         self.installer.send_replace(Some(tunnel.clone()));
         drop(replaces);
+        // Visitors' direct connections leave from this tunnel's socket, and visitors of our
+        // private services connect to it.
+        let direct_stop = self.shutdown.child_token();
+        let _direct_stop = direct_stop.clone().drop_guard();
+        if let Some(endpoint) = &endpoint {
+            exposer.direct.install(endpoint);
+            let accept = crate::direct::accept::run(endpoint.clone(), exposer.clone(), direct_stop);
+            self.tracker.spawn(accept.in_current_span());
+        }
+        let _withdraw = endpoint.clone().map(|e| Withdraw(exposer.direct.clone(), e));
         // Connected is announced only once forwards and proxies can use the tunnel: a caller
         // that waits for it may send through them at once.
         let transport = conn.kind().as_str();
@@ -475,4 +485,13 @@ fn withdrawn(status: &watch::Sender<ClientStatus>, results: Vec<ServiceResult>) 
             }
         }
     });
+}
+
+/// Takes a tunnel's endpoint back from direct connections when the tunnel ends (dropped).
+struct Withdraw(Arc<crate::direct::Direct>, quinn::Endpoint);
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        self.0.withdraw(&self.1);
+    }
 }

@@ -224,6 +224,9 @@ fn meaning(section: &str, key: &str) -> Option<&'static str> {
         (_, "server_addr") | ("servers", "addr") => "the server's UDP address: \"host:port\"",
         ("servers", "tcp_addr") => "the server's TCP transport: \"host:port\" (defaults to addr)",
         ("", "mode") => "with several [[servers]]: \"all\" (each publishes the services) or \"failover\"",
+        ("visitors", "mode") => {
+            "how connections reach the service: \"auto\" (direct when possible), \"direct\" or \"relay\""
+        }
         ("", "egress") => {
             "which server the forwards and proxies leave from: \"first\" or \"balanced\" (as a table, the old \
              name of [server_proxies_egress])"

@@ -264,6 +264,7 @@ fn visitor(v: &Visitor) -> Table {
         t.insert("secret_key".into(), masked());
     }
     put(&mut t, "listen", &v.listen);
+    put(&mut t, "mode", &v.mode);
     t
 }
 

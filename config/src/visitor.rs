@@ -69,6 +69,34 @@ pub struct VisitorFields {
     pub secret_key: Option<Secret>,
     /// Local address to listen on.
     pub listen: SocketAddr,
+    /// How connections reach the service: `auto` (default), `direct` or `relay`.
+    #[serde(default)]
+    pub mode: VisitMode,
+}
+
+/// How a visitor's connections reach the private service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VisitMode {
+    /// A direct connection to the service's client when one can be made, else through the
+    /// server.
+    #[default]
+    Auto,
+    /// Only a direct connection: while there is none, connections are refused.
+    Direct,
+    /// Always through the server.
+    Relay,
+}
+
+impl VisitMode {
+    /// The name the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Direct => "direct",
+            Self::Relay => "relay",
+        }
+    }
 }
 
 /// One `[[visitors]]` entry as written, by its `type`.
@@ -92,6 +120,8 @@ pub struct Visitor {
     pub service: Name,
     /// The service's secret, if it has one.
     pub secret_key: Option<Secret>,
+    /// How its connections reach the service.
+    pub mode: VisitMode,
 }
 
 impl Visitor {
@@ -120,6 +150,7 @@ impl VisitorFile {
             client: crate::name(src, "visitors.client", f.client)?,
             service: crate::name(src, "visitors.service", f.service)?,
             secret_key: f.secret_key,
+            mode: f.mode,
         })
     }
 }

@@ -12,6 +12,7 @@ use wmproxy_tunnel::udp::{UdpStats, flow};
 use wmproxy_tunnel::{RecvStream, SendStream};
 use wmproxy_wire::{OpenResult, OpenStream};
 
+use crate::rendezvous::Rendezvous;
 use crate::sessions::Session;
 use crate::udp::UdpBudget;
 use crate::visit::{Visit, Visits};
@@ -72,6 +73,10 @@ pub(crate) async fn serve(
         OpenStream::Visit { client, service, verifier, peer_addr } => {
             debug!(%peer_addr, "visit requested");
             visits.serve((send, recv), &session, Visit { client, service, verifier }).await;
+        }
+        OpenStream::Rendezvous { client, service, verifier, fingerprint, locals } => {
+            let visit = Visit { client, service, verifier };
+            visits.rendezvous((send, recv), &session, Rendezvous { visit, fingerprint, locals }).await;
         }
         // A client in failover mode asks whether the server is still there.
         OpenStream::Ping => wmproxy_tunnel::probe::answer(send).await,

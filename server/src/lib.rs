@@ -30,7 +30,8 @@
 //! - `routes`: the vhost and HTTPS routes, indexed by host. `vhost`: those two ports.
 //! - `proxy`: SOCKS5 and HTTP proxies whose connections leave from a client (`via`).
 //! - `visit`: private services (no public port) and the visits other clients make to them,
-//!   checked and spliced stream to stream.
+//!   checked and spliced stream to stream. `rendezvous`: what the server does for a direct
+//!   connection between two clients (tells each the other's certificate and addresses).
 //! - `listeners`: what the config declares (group ports and routes, proxies), by config key.
 //! - `udp`: the server-wide UDP flow budget.
 //!
@@ -74,6 +75,7 @@ mod preauth;
 mod proxy;
 mod registry;
 pub mod reload;
+mod rendezvous;
 mod routes;
 mod runtime;
 pub mod server;

@@ -323,12 +323,14 @@ impl Tunnels {
             let span =
                 info_span!("stream", id = %stream.0.id(), target = tracing::field::Empty, flow = tracing::field::Empty);
             let limits = (self.udp.clone(), self.own_addresses.clone());
+            let config = self.config.snapshot();
             let visits = Visits {
                 sessions: self.sessions.clone(),
                 registry: self.registry.clone(),
                 metrics: self.metrics.clone(),
+                open_timeout: config.limits.stream_open_timeout(),
             };
-            let serve = connect::serve(stream, session.clone(), self.config.snapshot(), limits, visits);
+            let serve = connect::serve(stream, session.clone(), config, limits, visits);
             self.runtime.tracker.spawn(serve.instrument(span));
         }
         debug!("no more streams from the client");

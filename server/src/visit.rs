@@ -35,6 +35,8 @@ pub(crate) struct Visits {
     pub sessions: Arc<Sessions>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// How long a stream to the service's client may take to be answered.
+    pub open_timeout: std::time::Duration,
 }
 
 /// A visit as its header asks it.
@@ -56,7 +58,7 @@ impl Visits {
             return datastream::refuse(send, OpenResult::Busy).await;
         };
         let upstream = match self.admit(visitor, &visit) {
-            Ok(upstream) => upstream,
+            Ok((_, upstream)) => upstream,
             Err(refused) => return datastream::refuse(send, refused).await,
         };
         let opened = upstream.open(visitor.tunnel.conn().remote_address(), Ask::Service).await;
@@ -84,9 +86,9 @@ impl Visits {
         drop(hold);
     }
 
-    /// The upstream of the private service `visit` names, if `visitor` may visit it; else the
-    /// refusal.
-    fn admit(&self, visitor: &Session, visit: &Visit) -> Result<ServiceUpstream, OpenResult> {
+    /// The session of the client `visit` names and the upstream of its private service, if
+    /// `visitor` may visit it; else the refusal.
+    pub fn admit(&self, visitor: &Session, visit: &Visit) -> Result<(Arc<Session>, ServiceUpstream), OpenResult> {
         let Some(owner) = self.sessions.get(&visit.client) else {
             debug!("visit to a client that is not connected");
             return Err(OpenResult::Offline);
@@ -100,12 +102,12 @@ impl Visits {
             self.metrics.refused(Refusal::VisitForbidden);
             return Err(OpenResult::Forbidden);
         }
-        Ok(upstream)
+        Ok((owner, upstream))
     }
 }
 
 /// What the visitor is told when the service could not be reached.
-fn answer_for(e: &OpenError) -> OpenResult {
+pub(crate) fn answer_for(e: &OpenError) -> OpenResult {
     match e {
         OpenError::Refused(result) => *result,
         OpenError::Busy => OpenResult::Busy,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wmproxy_config::secret::Secret;
-use wmproxy_config::visitor::{PrivateAccess, Visitor};
+use wmproxy_config::visitor::{PrivateAccess, VisitMode, Visitor};
 use wmproxy_config::{Exposure, Publish, Service};
 use wmproxy_tests::backend::{self, bulk_echo};
 use wmproxy_tests::{TestClient, TestServer, control_api, control_call, init_tracing, name, tcp_service};
@@ -29,7 +29,8 @@ fn private(service: &str, local: SocketAddr, secret: Option<&str>, allow: &[&str
     s
 }
 
-/// A visitor `visitor` of `service` of `client`, listening on any loopback port.
+/// A visitor `visitor` of `service` of `client` through the server, listening on any loopback
+/// port.
 fn visitor(visitor: &str, client: &str, service: &str, secret: Option<&str>) -> Visitor {
     Visitor {
         name: name(visitor),
@@ -37,6 +38,7 @@ fn visitor(visitor: &str, client: &str, service: &str, secret: Option<&str>) -> 
         client: name(client),
         service: name(service),
         secret_key: secret.map(Secret::new),
+        mode: VisitMode::Relay,
     }
 }
 
@@ -147,5 +149,40 @@ async fn a_visitor_reaches_a_private_service_through_the_server_and_others_are_r
     assert_closed(db).await?;
     let refused = refusals(control, db).await?;
     assert_eq!(refused["no_tunnel"], 1, "{refused}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_a_visitor_connects_directly_and_the_server_relays_nothing() -> Result<()> {
+    init_tracing();
+    let echo = backend::echo().await?;
+    let server = TestServer::start(|_| {}).await?;
+    let mut home = server.client_config("home");
+    home.control = Some(control_api());
+    home.services.push(private("db", echo, Some(SECRET), &[]));
+    let mut home = TestClient::start(home).await?;
+    home.wait_for("connected", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })).await?;
+
+    let mut office = server.client_config("office");
+    office.control = Some(control_api());
+    office.visitors = vec![Visitor { mode: VisitMode::Auto, ..visitor("db", "home", "db", Some(SECRET)) }];
+    let office = TestClient::start(office).await?;
+    let control = office.control_addr.context("office's control API")?;
+    wmproxy_tests::eventually_async("the visitor's path is direct", async || {
+        let status = client_status(control).await?;
+        Ok(status["visitors"][0]["path"] == "direct")
+    })
+    .await?;
+    bulk_echo(TcpStream::connect(office.forward_addrs[0]).await?, 8 << 20, 9).await?;
+
+    // Nothing went through the server: it arranged one rendezvous and relayed no byte.
+    let db = service_status(&server, "home", "db").await?;
+    let visitors = db["visitors"].as_array().context("visitors of db")?;
+    assert_eq!(visitors[0]["path"], "direct", "{db}");
+    assert_eq!((visitors[0]["connections"].as_u64(), visitors[0]["bytes_in"].as_u64()), (Some(0), Some(0)), "{db}");
+    assert_eq!(db["bytes_in"], 0, "{db}");
+    // Home lists the visitor's direct connection.
+    let home_status = client_status(home.control_addr.context("home's control API")?).await?;
+    assert_eq!(home_status["direct_visitors"][0]["visitor"], "office", "{home_status}");
     Ok(())
 }

@@ -198,6 +198,20 @@ async fn answer_and_relay(
     relay_gated(tcp, (send, recv), async |_| Ok(()), limits).await.map_err(DataStreamError::Relay)
 }
 
+/// Answers a stream the peer opened with `Ok` and one more frame, `reply`, and ends it (a
+/// stream that carries one answer rather than a relay: a rendezvous, a punch).
+pub async fn reply<T: wmproxy_wire::WireMessage>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    reply: &T,
+) -> Result<(), StreamError> {
+    write_frame(&mut send, &OpenResult::Ok).await?;
+    write_frame(&mut send, reply).await?;
+    let _ = send.finish();
+    let _ = recv.stop(VarInt::from_u32(0));
+    Ok(())
+}
+
 /// Answers a stream the peer opened with a refusal and ends it.
 pub async fn refuse(mut send: SendStream, result: OpenResult) {
     if write_frame(&mut send, &result).await.is_ok() {

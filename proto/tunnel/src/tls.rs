@@ -1,4 +1,6 @@
-//! Certificate fingerprints and the verifier that pins one.
+//! Certificate fingerprints and the verifiers that pin them: a server's certificate
+//! ([`PinnedCertVerifier`]) and a client's ([`FingerprintClientVerifier`], for direct
+//! connections between clients).
 //!
 //! A fingerprint is the SHA-256 of the server certificate's DER bytes, printed as 64 hex digits
 //! in colon-separated pairs. Parsing one from text is the config's job
@@ -9,7 +11,8 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// SHA-256 of a certificate's DER encoding.
@@ -42,6 +45,34 @@ impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Fingerprint({self})")
     }
+}
+
+/// The handshake-signature checks every verifier here makes alike: with the provider's
+/// algorithms (the struct's `algorithms` field). The certificate checks are each one's own.
+macro_rules! signatures_by_algorithms {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
 }
 
 /// Trusts exactly the server certificate whose SHA-256 is `expected`; names and dates are not
@@ -80,27 +111,48 @@ impl ServerCertVerifier for PinnedCertVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    signatures_by_algorithms!();
+}
+
+/// Requires a client certificate, and accepts one whose fingerprint `accepts` says yes to
+/// (names and dates are not checked; signatures of the handshake are).
+pub struct FingerprintClientVerifier {
+    accepts: Box<dyn Fn(&Fingerprint) -> bool + Send + Sync>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl FingerprintClientVerifier {
+    /// A verifier that asks `accepts`, using `provider`'s signature algorithms.
+    pub fn new(accepts: impl Fn(&Fingerprint) -> bool + Send + Sync + 'static, provider: &CryptoProvider) -> Arc<Self> {
+        Arc::new(Self { accepts: Box::new(accepts), algorithms: provider.signature_verification_algorithms })
+    }
+}
+
+impl fmt::Debug for FingerprintClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FingerprintClientVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for FingerprintClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
     }
 
-    fn verify_tls13_signature(
+    fn verify_client_cert(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if (self.accepts)(&Fingerprint::of(end_entity)) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("a client certificate nobody announced".into()))
+        }
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signatures_by_algorithms!();
 }
 
 /// The rustls crypto provider both ends use: ring, TLS 1.3 suites only, AES-128-GCM first.

@@ -73,12 +73,15 @@ pub use auth::{AuthToken, Proof, ResumeSecret};
 pub use frame::{FrameError, WireMessage};
 pub use message::*;
 pub use name::{Name, NameError, Target};
-pub use private::{PrivateSpec, Verifier};
+pub use private::{Candidates, PeerInfo, PrivateSpec, Verifier};
 
 /// ALPN protocol id: the protocol family. It stays `wmproxy/1` across versions, so that two
 /// versions still meet and the Hello tells them apart with a clear `VersionMismatch` rather
 /// than a TLS failure.
 pub const ALPN: &[u8] = b"wmproxy/1";
+
+/// ALPN protocol id of a direct connection between two clients (see [`private`]).
+pub const ALPN_DIRECT: &[u8] = b"wmproxy-direct/1";
 
 /// ALPN protocol id of the TCP transport (TLS 1.3 on TCP, HTTP/2 streams inside): a QUIC
 /// client and a TCP client never take each other's listener for theirs.
@@ -95,7 +98,8 @@ pub const ALPN_TCP: &[u8] = b"wmproxy-tcp/1";
 /// Version 5: `Hello::servers`.
 ///
 /// Version 6: private services (`ServiceSpec::private`, `RegisterOutcome::Private`,
-/// `OpenStream::Visit`, `OpenResult::Offline` and `Forbidden`).
+/// `OpenStream::Visit`, `OpenResult::Offline` and `Forbidden`) and direct connections
+/// between clients (`OpenStream::Rendezvous` and `Punch`, `private::PeerInfo`).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest accepted frame body, in bytes. Larger lengths are rejected before any allocation.

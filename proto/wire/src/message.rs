@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Proof, ResumeSecret};
 use crate::frame::WireMessage;
 use crate::name::{Name, Target};
-use crate::private::{PrivateSpec, Verifier};
+use crate::private::{Candidates, PrivateSpec, Verifier};
 
 /// First frame on the control stream, client → server.
 ///
@@ -464,6 +464,40 @@ pub enum OpenStream {
         verifier: Option<Verifier>,
         /// The local user's address as the visitor's client saw it.
         peer_addr: SocketAddr,
+    },
+    /// `enum#8 | str client | str service | Option<Verifier> verifier | 32 bytes fingerprint |
+    /// Candidates locals`, client → server: a visitor asks for a direct connection to the
+    /// private TCP service `service` of `client` (see [`crate::private`]). Admitted as a
+    /// [`OpenStream::Visit`] would be, the server opens an [`OpenStream::Punch`] to that client
+    /// and answers `Ok` and then one [`crate::private::PeerInfo`] frame (the service's client),
+    /// or refuses as for a visit (and `NotAllowed` when either tunnel is not QUIC).
+    Rendezvous {
+        /// The client that published the service.
+        client: Name,
+        /// The private service's name.
+        service: Name,
+        /// Derived from the service's secret, if the visitor has one.
+        verifier: Option<Verifier>,
+        /// SHA-256 of the certificate the visitor presents on the direct connection.
+        fingerprint: [u8; 32],
+        /// The visitor's own interface addresses, with its tunnel socket's port.
+        locals: Candidates,
+    },
+    /// `enum#9 | str visitor | str service | 32 bytes fingerprint | Candidates candidates`,
+    /// server → client: client `visitor` was admitted to the private service `service` and
+    /// will connect directly, presenting the certificate `fingerprint`, from one of
+    /// `candidates`. The client answers `Ok` and one [`crate::private::PeerInfo`] frame (its
+    /// own fingerprint and interface addresses), sends to the candidates so that its NAT lets
+    /// the visitor in, and accepts the visitor's connection.
+    Punch {
+        /// The visiting client.
+        visitor: Name,
+        /// The private service.
+        service: Name,
+        /// SHA-256 of the visitor's certificate.
+        fingerprint: [u8; 32],
+        /// Where the visitor's packets will come from.
+        candidates: Candidates,
     },
 }
 impl WireMessage for OpenStream {}

@@ -14,6 +14,17 @@
 //! secret it was given and sends it in its [`crate::OpenStream::Visit`]; the server compares
 //! the two in constant time. A verifier is bound to its client and service, so one leaked
 //! from one service opens no other. Both travel only inside the authenticated tunnels.
+//!
+//! # Direct connections
+//! A visitor may ask the server for a rendezvous instead ([`crate::OpenStream::Rendezvous`]):
+//! the server admits it as a visit, then asks the service's client to punch
+//! ([`crate::OpenStream::Punch`]) and tells each side the other's [`PeerInfo`]: the SHA-256 of
+//! the certificate the peer will present (each client makes its own at start) and the
+//! addresses to try ([`Candidates`]: the address the server sees, the next ports a sequential
+//! NAT would give, and the peer's own interface addresses). The two clients then complete a
+//! QUIC handshake to each other from the sockets of their tunnels, each pinning the other's
+//! certificate, and the visitor opens `Visit` streams on that connection, which the service's
+//! client checks against its own secret as the server would.
 
 use std::fmt;
 
@@ -29,6 +40,63 @@ pub const VERIFIER_LABEL: &[u8] = b"wmproxy private service v1";
 
 /// Most client names one private service may list in [`PrivateSpec::allow`].
 pub const MAX_ALLOWED_VISITORS: usize = 64;
+
+/// Most addresses in one [`Candidates`] list.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// Addresses to try for a direct connection, at most [`MAX_CANDIDATES`] (checked while
+/// decoding).
+///
+/// Layout: `[SocketAddr]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<std::net::SocketAddr>")]
+pub struct Candidates(Vec<std::net::SocketAddr>);
+
+impl Candidates {
+    /// The first [`MAX_CANDIDATES`] of `addrs`, without repeats.
+    pub fn new(addrs: impl IntoIterator<Item = std::net::SocketAddr>) -> Self {
+        let mut out: Vec<std::net::SocketAddr> = Vec::new();
+        for a in addrs {
+            if out.len() == MAX_CANDIDATES {
+                break;
+            }
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        Self(out)
+    }
+
+    /// The addresses, in the order to try them.
+    pub fn addrs(&self) -> &[std::net::SocketAddr] {
+        &self.0
+    }
+}
+
+impl TryFrom<Vec<std::net::SocketAddr>> for Candidates {
+    type Error = String;
+
+    fn try_from(addrs: Vec<std::net::SocketAddr>) -> Result<Self, String> {
+        if addrs.len() > MAX_CANDIDATES {
+            return Err(format!("more than {MAX_CANDIDATES} candidate addresses"));
+        }
+        Ok(Self(addrs))
+    }
+}
+
+/// One side of a rendezvous, as the other side gets it: the server → the visitor after a
+/// [`crate::OpenStream::Rendezvous`] was admitted, and the service's client → the server after
+/// a [`crate::OpenStream::Punch`] (there, only its own interface addresses).
+///
+/// Layout: `32 bytes fingerprint | Candidates candidates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// SHA-256 of the certificate the peer presents on the direct connection.
+    pub fingerprint: [u8; 32],
+    /// Where to reach it, in the order to try.
+    pub candidates: Candidates,
+}
+impl crate::WireMessage for PeerInfo {}
 
 /// Who may visit a private service.
 ///

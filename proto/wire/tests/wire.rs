@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 
+use wmproxy_wire::private::MAX_CANDIDATES;
 use wmproxy_wire::{
     self as wire, AuthToken, BasicAuth, ControlReply, ControlRequest, FrameError, GroupKey, GroupMembership,
     HealthSpec, Hello, HelloReply, HttpSpec, MAX_FRAME_LEN, OpenResult, OpenStream, Proof, RegisterOutcome,
     RejectReason, ResumeSecret, ServiceKind, ServiceResult, ServiceSpec, TunnelLimits, WireMessage, auth, frame,
 };
-use wmproxy_wire::{Name, PrivateSpec, Target, Verifier};
+use wmproxy_wire::{Candidates, Name, PeerInfo, PrivateSpec, Target, Verifier};
 
 fn n(name: &str) -> Name {
     Name::new(name).unwrap()
@@ -171,6 +172,21 @@ fn every_message_round_trips_and_truncation_needs_more() {
         peer_addr: peer(),
     });
     check_round_trip(OpenStream::Visit { client: n("home"), service: n("ssh"), verifier: None, peer_addr: peer() });
+    let candidates = Candidates::new([peer(), "10.0.0.2:7000".parse().unwrap(), "[2001:db8::1]:9".parse().unwrap()]);
+    check_round_trip(OpenStream::Rendezvous {
+        client: n("home"),
+        service: n("ssh"),
+        verifier: None,
+        fingerprint: [3; 32],
+        locals: candidates.clone(),
+    });
+    check_round_trip(OpenStream::Punch {
+        visitor: n("office"),
+        service: n("ssh"),
+        fingerprint: [4; 32],
+        candidates: candidates.clone(),
+    });
+    check_round_trip(PeerInfo { fingerprint: [5; 32], candidates });
     for r in [
         OpenResult::Ok,
         OpenResult::Refused,
@@ -314,4 +330,27 @@ fn names_and_targets_are_checked_while_decoding() {
         let err = decoded(raw).unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)), "{err:?}");
     }
+}
+
+#[test]
+fn candidate_lists_are_capped_when_made_and_when_decoded() {
+    let many: Vec<SocketAddr> = (0..40u16).map(|p| SocketAddr::from(([10, 0, 0, 1], 1000 + p))).collect();
+    assert_eq!(Candidates::new(many.clone()).addrs().len(), MAX_CANDIDATES);
+    // A repeat counts once.
+    assert_eq!(Candidates::new([many[0], many[0], many[1]]).addrs(), &many[..2]);
+    // On the wire, a longer list is malformed, not truncated.
+    #[derive(serde::Serialize)]
+    struct Raw {
+        fingerprint: [u8; 32],
+        candidates: Vec<SocketAddr>,
+    }
+    let framed = |candidates: &[SocketAddr]| {
+        let raw = Raw { fingerprint: [0; 32], candidates: candidates.to_vec() };
+        let body = bincode::serde::encode_to_vec(raw, bincode::config::standard()).unwrap();
+        let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+        framed.extend(body);
+        framed
+    };
+    assert!(frame::decode::<PeerInfo>(&framed(&many[..MAX_CANDIDATES])).is_ok());
+    assert!(frame::decode::<PeerInfo>(&framed(&many)).is_err());
 }

@@ -1,6 +1,7 @@
 //! What the server relayed for each visitor of a private service: label sets `visitor` (the
 //! visiting client), `client` and `service` (the private service), for the connections and the
-//! bytes each way.
+//! bytes each way, and the rendezvous it arranged for direct connections (whose bytes it never
+//! sees).
 //!
 //! A label set is made on a visitor's first connection and removed with the private service's
 //! publication ([`VisitorsLease`]). At most [`MAX_VISITOR_LABELS`] exist at once; visitors
@@ -8,6 +9,7 @@
 //! can take.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,6 +37,10 @@ pub(crate) struct VisitorCounters {
     connections: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
+    rendezvous: Counter,
+    /// The latest thing the visitor asked for was a rendezvous (a direct connection), not a
+    /// relayed connection.
+    direct: Arc<AtomicBool>,
 }
 
 /// A visitor → service relay's bytes, counted as they pass.
@@ -50,10 +56,13 @@ impl Meter for VisitorCounters {
 pub struct VisitorTraffic {
     /// The visiting client.
     pub visitor: String,
-    /// How its connections reach the service: `relayed` (through this server).
+    /// How its latest connections reach the service, as far as this server knows: `relayed`
+    /// (through this server) or `direct` (its latest request was a rendezvous).
     pub path: &'static str,
     /// Connections relayed.
     pub connections: u64,
+    /// Rendezvous arranged for direct connections.
+    pub rendezvous: u64,
     /// Bytes from the visitor to the service.
     pub bytes_in: u64,
     /// Bytes from the service to the visitor.
@@ -66,6 +75,7 @@ pub(crate) struct VisitorMetrics {
     connections: Family<VisitorLabels, Counter>,
     bytes_in: Family<VisitorLabels, Counter>,
     bytes_out: Family<VisitorLabels, Counter>,
+    rendezvous: Family<VisitorLabels, Counter>,
     /// (client, service) → visitor → its counters.
     table: Mutex<HashMap<(String, String), HashMap<String, VisitorCounters>>>,
 }
@@ -86,6 +96,7 @@ impl Drop for VisitorsLease {
             self.metrics.connections.remove(&labels);
             self.metrics.bytes_in.remove(&labels);
             self.metrics.bytes_out.remove(&labels);
+            self.metrics.rendezvous.remove(&labels);
         }
     }
 }
@@ -99,6 +110,8 @@ impl VisitorMetrics {
         registry.register("visitor_relayed_bytes_in", help, self.bytes_in.clone());
         let help = "Bytes relayed from a private service to a visitor";
         registry.register("visitor_relayed_bytes_out", help, self.bytes_out.clone());
+        let help = "Rendezvous the server arranged for a visitor's direct connection to a private service";
+        registry.register("visitor_rendezvous", help, self.rendezvous.clone());
     }
 
     /// Keeps the label sets of `service` of `client`'s visitors until the lease drops.
@@ -108,9 +121,23 @@ impl VisitorMetrics {
         VisitorsLease { metrics: self.clone(), key }
     }
 
-    /// Counts one connection of `visitor` to `service` of `client`; the counters its bytes go
-    /// to. Detached ones (counted nowhere) if the service holds no lease.
+    /// Counts one relayed connection of `visitor` to `service` of `client`; the counters its
+    /// bytes go to. Detached ones (counted nowhere) if the service holds no lease.
     pub fn visit(&self, visitor: &str, client: &str, service: &str) -> VisitorCounters {
+        let counters = self.counters(visitor, client, service);
+        counters.connections.inc();
+        counters.direct.store(false, Ordering::Relaxed);
+        counters
+    }
+
+    /// Counts one rendezvous of `visitor` with `service` of `client`.
+    pub fn rendezvous(&self, visitor: &str, client: &str, service: &str) {
+        let counters = self.counters(visitor, client, service);
+        counters.rendezvous.inc();
+        counters.direct.store(true, Ordering::Relaxed);
+    }
+
+    fn counters(&self, visitor: &str, client: &str, service: &str) -> VisitorCounters {
         let mut table = self.lock();
         let labelled: usize = table.values().map(HashMap::len).sum();
         let Some(visitors) = table.get_mut(&(client.to_owned(), service.to_owned())) else {
@@ -124,9 +151,10 @@ impl VisitorMetrics {
                 connections: self.connections.get_or_create(&labels).clone(),
                 bytes_in: self.bytes_in.get_or_create(&labels).clone(),
                 bytes_out: self.bytes_out.get_or_create(&labels).clone(),
+                rendezvous: self.rendezvous.get_or_create(&labels).clone(),
+                direct: Arc::default(),
             }
         });
-        counters.connections.inc();
         counters.clone()
     }
 
@@ -138,8 +166,9 @@ impl VisitorMetrics {
             .iter()
             .map(|(visitor, c)| VisitorTraffic {
                 visitor: visitor.clone(),
-                path: "relayed",
+                path: if c.direct.load(Ordering::Relaxed) { "direct" } else { "relayed" },
                 connections: c.connections.get(),
+                rendezvous: c.rendezvous.get(),
                 bytes_in: c.bytes_in.get(),
                 bytes_out: c.bytes_out.get(),
             })
