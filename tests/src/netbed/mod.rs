@@ -6,6 +6,10 @@
 //!                              └─ nat2 (198.18.0.3 | 10.78.0.1, masquerade) ── home2 (10.78.0.2)
 //! ```
 //!
+//! A bed with two homes on one LAN ([`Netbed::start_shared_lan`]) has no second NAT: the second
+//! home sits beside the first, at [`HOME_MATE`], behind the same NAT (which does not hairpin:
+//! the two reach each other only at their private addresses).
+//!
 //! - The wire is a namespace holding the public segment's switch (a bridge). Once a test asks
 //!   for delay ([`Netbed::set_delay`]), the switch is cut in two, public side and NAT side, and
 //!   a [`delay`] line carries every frame between the halves, late by the delay asked for.
@@ -60,6 +64,8 @@ pub const NAT2_WAN: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 pub const NAT2_LAN: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 /// The second home host's (private) address.
 pub const HOME2: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
+/// The second home host's address on a shared LAN ([`Netbed::start_shared_lan`]).
+pub const HOME_MATE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
 
 /// How the NAT maps the home host's flows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,6 +85,8 @@ pub struct Netbed {
     homes: usize,
     /// How many public hosts after the first: up to [`EXTRA_PUBLIC`]'s length.
     publics: usize,
+    /// A second home on the first home's LAN (namespace [`Netbed::home2`]).
+    mate: bool,
     /// The delay line, once [`Self::set_delay`] started it.
     line: Mutex<Option<delay::DelayLine>>,
 }
@@ -103,6 +111,25 @@ impl Netbed {
         Self::build(&[first, second], 0)
     }
 
+    /// Builds a bed with one NAT (mapping as `mapping`) and two homes on its LAN: [`HOME`] and
+    /// [`HOME_MATE`] (namespaces [`Netbed::home`] and [`Netbed::home2`]).
+    pub fn start_shared_lan(mapping: Mapping) -> Result<Self> {
+        let mut bed = Self::build(&[mapping], 0)?;
+        bed.mate = true;
+        let (nat, mate) = (bed.nat(), bed.home2());
+        bed.add_namespace(&mate)?;
+        // The LAN becomes a switch (a bridge) holding the NAT's address, with both homes on it.
+        bed.ip(&nat, &["link", "add", "brlan", "type", "bridge"])?;
+        bed.ip(&nat, &["link", "set", "brlan", "up"])?;
+        bed.ip(&nat, &["addr", "del", &format!("{NAT_LAN}/24"), "dev", "lan0"])?;
+        bed.ip(&nat, &["link", "set", "lan0", "master", "brlan"])?;
+        bed.ip(&nat, &["addr", "add", &format!("{NAT_LAN}/24"), "dev", "brlan"])?;
+        bed.link(&nat, "lan1", &mate, "eth0", &format!("{HOME_MATE}/24"))?;
+        bed.ip(&nat, &["link", "set", "lan1", "master", "brlan"])?;
+        bed.ip(&mate, &["route", "add", "default", "via", &NAT_LAN.to_string()])?;
+        Ok(bed)
+    }
+
     /// Builds a bed with one home and `1 + extra` public hosts: [`PUBLIC`], then
     /// [`EXTRA_PUBLIC`] (namespaces [`Netbed::public_n`]), all on the public segment.
     pub fn start_with_publics(mapping: Mapping, extra: usize) -> Result<Self> {
@@ -113,7 +140,7 @@ impl Netbed {
     fn build(mappings: &[Mapping], publics: usize) -> Result<Self> {
         let n = BEDS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("wp{}x{n}", std::process::id());
-        let bed = Self { prefix, homes: mappings.len(), publics, line: Mutex::default() };
+        let bed = Self { prefix, homes: mappings.len(), publics, mate: false, line: Mutex::default() };
         let (public, wire) = (bed.public(), bed.wire());
         for ns in [&public, &wire] {
             bed.add_namespace(ns)?;
@@ -145,8 +172,13 @@ impl Netbed {
                 Mapping::PortPreserving => "masquerade",
                 Mapping::Random => "masquerade random",
             };
+            // As a home router's firewall, the NAT drops what arrives unasked from outside for
+            // itself. Dropped before conntrack confirms it, such a packet leaves no entry behind
+            // (a host that answered with an ICMP error would keep one, and that entry would
+            // take the port the home's next mapping towards the sender wants).
             let rules = format!(
-                "table ip wpnat {{\n chain post {{ type nat hook postrouting priority 100; oifname \"wan0\" {masquerade}; }}\n}}\n\
+                "table ip wpnat {{\n chain post {{ type nat hook postrouting priority 100; oifname \"wan0\" {masquerade}; }}\n\
+                 chain input {{ type filter hook input priority 0; iifname \"wan0\" ct state new drop; }}\n}}\n\
                  table inet wpshape {{\n counter forwarded {{ }}\n\
                  chain count {{ type filter hook forward priority -10; counter name \"forwarded\"; }}\n\
                  chain forward {{ type filter hook forward priority 0; }}\n}}\n"
@@ -188,7 +220,7 @@ impl Netbed {
         self.nat_n(1)
     }
 
-    /// The second home host's namespace (beds with two homes).
+    /// The second home host's namespace (beds with two homes, or two homes on one LAN).
     pub fn home2(&self) -> String {
         self.home_n(1)
     }
@@ -207,6 +239,9 @@ impl Netbed {
         all.extend((1..=self.publics).map(|i| self.public_n(i)));
         for i in 0..self.homes {
             all.extend([self.nat_n(i), self.home_n(i)]);
+        }
+        if self.mate {
+            all.push(self.home2());
         }
         all
     }
@@ -263,6 +298,21 @@ impl Netbed {
              ip daddr {PUBLIC}/24 meta skuid 0 drop; }}\n}}\n"
         );
         self.nft(&self.home(), &home)
+    }
+
+    /// Drops every packet between the two NATs (`true`), either way, as a path between two
+    /// homes that broke while each still reaches the public host; or lets them pass again.
+    pub fn cut_between_nats(&self, cut: bool) -> Result<()> {
+        let rules = if cut {
+            format!(
+                "table inet wpcut {{\n chain forward {{ type filter hook forward priority -30; \
+                 ip daddr {{ {NAT_WAN}, {NAT2_WAN} }} ip saddr != {PUBLIC} drop; \
+                 ip saddr {{ {NAT_WAN}, {NAT2_WAN} }} drop; }}\n}}\n"
+            )
+        } else {
+            "delete table inet wpcut\n".to_owned()
+        };
+        self.nats().try_for_each(|nat| self.nft(&nat, &rules))
     }
 
     /// Limits each NAT's links to `mbit` Mbit/s each way (a token bucket on both interfaces,
