@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use wmproxy_config::{ClientConfig, ForwardKind, ServerEntry, ServersMode, Transport};
+use wmproxy_config::{ClientConfig, ForwardKind, ServerEntry, ServersMode, ServiceKind, Transport};
 use wmproxy_tunnel::listener::ListenerStats;
 use wmproxy_tunnel::transport;
 use wmproxy_tunnel::udp::UdpStats;
@@ -40,6 +40,8 @@ enum LocalListener {
     Ws(TcpListener, String),
     /// Local TCP connections visit another client's private service.
     Visitor(TcpListener, Arc<wmproxy_config::visitor::Visitor>),
+    /// Local UDP senders visit another client's private UDP service.
+    UdpVisitor(UdpSocket, Arc<wmproxy_config::visitor::Visitor>),
 }
 
 impl LocalListener {
@@ -52,13 +54,16 @@ impl LocalListener {
             Self::Ws(_, url) => ListenerStats::new("forward", "ws", listen, url.clone()),
             Self::Proxy(_, p) => ListenerStats::new("proxy", p.kind.as_str(), listen, String::new()),
             Self::Visitor(_, v) => ListenerStats::new("visitor", "tcp", listen, format!("{}/{}", v.client, v.service)),
+            Self::UdpVisitor(_, v) => {
+                ListenerStats::new("visitor", "udp", listen, format!("{}/{}", v.client, v.service))
+            }
         }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Self::Tcp(l, _) | Self::Proxy(l, _) | Self::Ws(l, _) | Self::Visitor(l, _) => l.local_addr(),
-            Self::Udp(s, _) => s.local_addr(),
+            Self::Udp(s, _) | Self::UdpVisitor(s, _) => s.local_addr(),
         }
     }
 }
@@ -122,8 +127,16 @@ impl Client {
             locals.push(LocalListener::Proxy(TcpListener::bind(p.listen).await.map_err(listen(p.listen))?, p.clone()));
         }
         for v in &config.visitors {
-            let listener = TcpListener::bind(v.listen).await.map_err(listen(v.listen))?;
-            locals.push(LocalListener::Visitor(listener, Arc::new(v.clone())));
+            locals.push(match v.kind {
+                ServiceKind::Udp => LocalListener::UdpVisitor(
+                    transport::bind_udp(v.listen).and_then(UdpSocket::from_std).map_err(listen(v.listen))?,
+                    Arc::new(v.clone()),
+                ),
+                _ => LocalListener::Visitor(
+                    TcpListener::bind(v.listen).await.map_err(listen(v.listen))?,
+                    Arc::new(v.clone()),
+                ),
+            });
         }
         let control_listener = match &config.control {
             Some(control) => {
@@ -139,14 +152,19 @@ impl Client {
         let status = (0..loops).map(|_| watch::channel(ClientStatus::Connecting { attempt: 0, last_error: None }).0);
         let status = status.collect();
         let reloader = Reloader::new(&config, None);
-        let direct = crate::direct::Direct::new()?;
+        let udp_stats: Arc<UdpStats> = Arc::default();
+        let direct = crate::direct::Direct::new(crate::direct::Udp {
+            flows: Arc::new(Semaphore::new(config.limits.max_udp_flows as usize)),
+            stats: udp_stats.clone(),
+            idle: config.limits.udp_flow_idle_timeout(),
+        })?;
         Ok(Self {
             config,
             servers,
             locals,
             status,
             protocol_version: PROTOCOL_VERSION,
-            udp_stats: Arc::default(),
+            udp_stats,
             reloader,
             control_listener,
             direct,
@@ -218,13 +236,13 @@ impl Client {
         let paths: Vec<Arc<DirectPath>> = locals
             .iter()
             .filter_map(|l| match l {
-                LocalListener::Visitor(_, v) => Some(DirectPath::new(v.clone())),
+                LocalListener::Visitor(_, v) | LocalListener::UdpVisitor(_, v) => Some(DirectPath::new(v.clone())),
                 _ => None,
             })
             .collect();
         for path in paths.iter().filter(|p| p.mode() != VisitMode::Relay) {
             let span = info_span!("direct_path", visitor = %path.name());
-            let maintain = path.clone().maintain(direct.clone(), current.clone(), shutdown.clone());
+            let maintain = path.clone().maintain(direct.clone(), current.clone(), (tracker.clone(), shutdown.clone()));
             tracker.spawn(maintain.instrument(span));
         }
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {
@@ -263,9 +281,9 @@ impl Client {
                 LocalListener::Proxy(_, p) => {
                     info!(listener = "proxy", kind = p.kind.as_str(), addr = ?addr, "listening")
                 }
-                LocalListener::Visitor(_, v) => {
-                    let (client, service) = (v.client.as_str(), v.service.as_str());
-                    info!(listener = "visitor", visitor = v.name.as_str(), addr = ?addr, client, service, "listening")
+                LocalListener::Visitor(_, v) | LocalListener::UdpVisitor(_, v) => {
+                    let (client, service, kind) = (v.client.as_str(), v.service.as_str(), v.kind.to_string());
+                    info!(listener = "visitor", visitor = v.name.as_str(), addr = ?addr, %kind, client, service, "listening")
                 }
             }
         }
@@ -295,9 +313,16 @@ impl Client {
                     let serve = visitor::serve(l, (v, counted), (current, path), tasks, stop);
                     tracker.spawn(serve.instrument(span))
                 }
+                LocalListener::UdpVisitor(s, v) => {
+                    let Some(path) = visitor_paths.next().cloned() else { continue };
+                    let serve = visitor::serve_udp(s, (v, counted), (current, path, udp_stats.clone()), tasks, stop);
+                    tracker.spawn(serve.instrument(span))
+                }
             };
         }
 
+        // One limit over every tunnel, direct connections included.
+        let udp_flows = direct.udp.flows.clone();
         let shared = Shared {
             config: config.clone(),
             reloader,
@@ -306,7 +331,6 @@ impl Client {
             protocol_version,
             direct,
         };
-        let udp_flows = Arc::new(Semaphore::new(config.limits.max_udp_flows as usize));
         let failover = config.mode == ServersMode::Failover && dialers.len() > 1;
         let mut links = tokio::task::JoinSet::new();
         for (i, (installer, status)) in installers.into_iter().zip(status.iter().cloned()).enumerate() {

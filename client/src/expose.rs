@@ -8,14 +8,12 @@ use std::sync::Arc;
 
 use tracing::{Span, debug, info};
 use wmproxy_config::ServiceKind;
-use wmproxy_tunnel::bandwidth::Bandwidth;
-use wmproxy_tunnel::udp::{UdpStats, flow};
 use wmproxy_tunnel::{RecvStream, SendStream};
 use wmproxy_tunnel::{Tunnel, datastream};
-use wmproxy_wire::{OpenResult, OpenStream, Target};
+use wmproxy_wire::{OpenResult, OpenStream};
 
-use crate::local::carry_tcp;
 pub use crate::local::{Exposer, STREAM_OPEN_TIMEOUT};
+use crate::local::{carry_tcp, udp_flow};
 
 /// Serves one stream the server opened on `tunnel`, under the span `stream{service, peer,
 /// flow}`.
@@ -75,26 +73,5 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
         OpenStream::Ping => wmproxy_tunnel::probe::answer(send).await,
         // Anything else the server may not ask of a client.
         _ => datastream::refuse(send, OpenResult::NotAllowed).await,
-    }
-}
-
-/// Runs a UDP flow the server opened on `tunnel` toward `target`: within the client's flow
-/// limit, with a socket connected to the first address the checks allow, and what it sends
-/// the server within `limit`.
-async fn udp_flow(
-    tunnel: &Tunnel,
-    (send, recv): (SendStream, RecvStream),
-    (target, limit): (&Target, Option<Arc<Bandwidth>>),
-    allow_target: impl Fn(&str, u16) -> bool,
-    allow_ip: impl Fn(std::net::IpAddr) -> bool,
-) {
-    let Some(_permit) = tunnel.flow_permit() else {
-        debug!("UDP flow limit reached; refusing a flow");
-        UdpStats::bump(&tunnel.flows().stats().dropped_flow_limit);
-        return datastream::refuse(send, OpenResult::Busy).await;
-    };
-    match wmproxy_tunnel::dial::dial_udp(target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await {
-        Ok(socket) => flow::accept_within(tunnel, Arc::new(socket), (send, recv), limit).await,
-        Err(result) => datastream::refuse(send, result).await,
     }
 }

@@ -1,19 +1,21 @@
 //! Reaching this client's published services: what the streams of a tunnel, and of the
 //! direct connections of visitors, need ([`Exposer`]), and the one way a TCP user reaches a
-//! local service ([`carry_tcp`]: dial, PROXY header, answer, relay, access log).
+//! local service ([`carry_tcp`]: dial, PROXY header, answer, relay, access log), and a UDP
+//! flow its target ([`udp_flow`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{debug, info};
 use wmproxy_config::{EgressPolicy, ProxyProtocol, Service};
 use wmproxy_tunnel::bandwidth::Bandwidth;
 use wmproxy_tunnel::datastream;
 use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::relay::{Limits, RelayStats, Tally};
-use wmproxy_tunnel::{RecvStream, SendStream};
-use wmproxy_wire::{Name, OpenResult};
+use wmproxy_tunnel::udp::{UdpStats, flow};
+use wmproxy_tunnel::{RecvStream, SendStream, Tunnel};
+use wmproxy_wire::{Name, OpenResult, Target};
 
 /// Time for the server's header, and for dialing a local service.
 pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,5 +156,27 @@ pub fn proxy_header(
                 .build()
                 .map_err(|_| OpenResult::Unreachable)
         }
+    }
+}
+
+/// Runs a UDP flow the peer opened on `tunnel` (the server's, or a visitor's direct
+/// connection) toward `target`: within the client's flow
+/// limit, with a socket connected to the first address the checks allow, and what it sends
+/// the server within `limit`.
+pub(crate) async fn udp_flow(
+    tunnel: &Tunnel,
+    (send, recv): (SendStream, RecvStream),
+    (target, limit): (&Target, Option<Arc<Bandwidth>>),
+    allow_target: impl Fn(&str, u16) -> bool,
+    allow_ip: impl Fn(std::net::IpAddr) -> bool,
+) {
+    let Some(_permit) = tunnel.flow_permit() else {
+        debug!("UDP flow limit reached; refusing a flow");
+        UdpStats::bump(&tunnel.flows().stats().dropped_flow_limit);
+        return datastream::refuse(send, OpenResult::Busy).await;
+    };
+    match wmproxy_tunnel::dial::dial_udp(target, STREAM_OPEN_TIMEOUT, allow_target, allow_ip).await {
+        Ok(socket) => flow::accept_within(tunnel, Arc::new(socket), (send, recv), limit).await,
+        Err(result) => datastream::refuse(send, result).await,
     }
 }

@@ -257,7 +257,7 @@ fn put_listed(t: &mut Table, key: &str, list: &[String]) {
 fn visitor(v: &Visitor) -> Table {
     let mut t = Table::new();
     put(&mut t, "name", &v.name);
-    put(&mut t, "type", "tcp");
+    put(&mut t, "type", &v.kind);
     put(&mut t, "client", &v.client);
     put(&mut t, "service", &v.service);
     if v.secret_key.is_some() {

@@ -101,6 +101,10 @@ service_file! {
         /// Bytes per second each way, over all its flows (`"1MB"`); packets over it are
         /// dropped. Off when unset.
         bandwidth_limit: Option<ByteRate>,
+        /// Publish privately: no public port; visitors must know this secret.
+        secret_key: Option<Secret>,
+        /// Publish privately: no public port; only these clients may visit.
+        allow_visitors: Vec<Spanned<String>>,
     }
 }
 
@@ -318,6 +322,29 @@ impl Common {
         }
     }
 
+    /// [`Self::port`], or no port at all when `secret_key` or `allow_visitors` make the service
+    /// private (then neither a port nor a group may be given).
+    fn port_or_private(
+        &self,
+        src: &str,
+        remote_port: u16,
+        (secret_key, allow_visitors): (Option<Secret>, Vec<Spanned<String>>),
+    ) -> Result<Publish<u16>, ConfigError> {
+        match PrivateAccess::check(src, self.at, secret_key, allow_visitors)? {
+            None => self.port(src, remote_port),
+            Some(_) if self.join.is_some() => {
+                let m = "a private service (`secret_key`, `allow_visitors`) cannot join a group";
+                Err(invalid(src, "services.group", Some(self.at), m))
+            }
+            Some(_) if remote_port != 0 => {
+                let m =
+                    "a private service (`secret_key`, `allow_visitors`) has no public port; leave `remote_port` out";
+                Err(invalid(src, "services.remote_port", Some(self.at), m))
+            }
+            Some(access) => Ok(Publish::Private(access)),
+        }
+    }
+
     /// Routes of its own (`route` builds them once `named` says some were given), or the
     /// group's (which has its host names on the server: then none may be given).
     fn routes<R>(
@@ -395,19 +422,7 @@ impl ServiceFile {
         match self {
             Self::Tcp(f) => {
                 let common = f.common(src, index, ServiceKind::Tcp)?;
-                let publish = match PrivateAccess::check(src, common.at, f.secret_key, f.allow_visitors)? {
-                    None => common.port(src, f.remote_port)?,
-                    Some(_) if common.join.is_some() => {
-                        let m = "a private service (`secret_key`, `allow_visitors`) cannot join a group";
-                        return Err(invalid(src, "services.group", Some(common.at), m));
-                    }
-                    Some(_) if f.remote_port != 0 => {
-                        let m = "a private service (`secret_key`, `allow_visitors`) has no public port; \
-                                 leave `remote_port` out";
-                        return Err(invalid(src, "services.remote_port", Some(common.at), m));
-                    }
-                    Some(access) => Publish::Private(access),
-                };
+                let publish = common.port_or_private(src, f.remote_port, (f.secret_key, f.allow_visitors))?;
                 let bandwidth_limit = f.bandwidth_limit.map(|b| b.0);
                 if let Some(idle) = f.idle_timeout_secs {
                     within(
@@ -422,7 +437,7 @@ impl ServiceFile {
             }
             Self::Udp(f) => {
                 let common = f.common(src, index, ServiceKind::Udp)?;
-                let publish = common.port(src, f.remote_port)?;
+                let publish = common.port_or_private(src, f.remote_port, (f.secret_key, f.allow_visitors))?;
                 Ok(common.into_service(Exposure::Udp { publish, bandwidth_limit: f.bandwidth_limit.map(|b| b.0) }))
             }
             Self::Http(f) => {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use wmproxy_wire::private::MAX_ALLOWED_VISITORS;
-use wmproxy_wire::{Name, PrivateSpec, Verifier};
+use wmproxy_wire::{Name, PrivateSpec, ServiceKind, Verifier};
 
 use crate::secret::Secret;
 use crate::{ConfigError, invalid};
@@ -105,13 +105,19 @@ impl VisitMode {
 pub enum VisitorFile {
     /// `type = "tcp"` (the default).
     Tcp(VisitorFields),
+    /// `type = "udp"`: each local sender address is one flow.
+    Udp(VisitorFields),
 }
 
-/// A validated visitor: a local TCP port whose connections reach `service` of `client`.
+/// A validated visitor: a local TCP (or UDP) port whose connections (flows) reach `service`
+/// of `client`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Visitor {
     /// Its name.
     pub name: Name,
+    /// TCP or UDP: what the local port and the service are.
+    #[serde(rename = "type")]
+    pub kind: ServiceKind,
     /// Local listen address.
     pub listen: SocketAddr,
     /// The client that publishes the service.
@@ -137,15 +143,19 @@ impl VisitorFile {
     /// Where the entry's name is written.
     pub(crate) fn name_span(&self) -> std::ops::Range<usize> {
         match self {
-            Self::Tcp(f) => f.name.span(),
+            Self::Tcp(f) | Self::Udp(f) => f.name.span(),
         }
     }
 
     /// Validates the entry.
     pub(crate) fn validate(self, src: &str) -> Result<Visitor, ConfigError> {
-        let Self::Tcp(f) = self;
+        let (kind, f) = match self {
+            Self::Tcp(f) => (ServiceKind::Tcp, f),
+            Self::Udp(f) => (ServiceKind::Udp, f),
+        };
         Ok(Visitor {
             name: crate::name(src, "visitors.name", f.name)?,
+            kind,
             listen: f.listen,
             client: crate::name(src, "visitors.client", f.client)?,
             service: crate::name(src, "visitors.service", f.service)?,

@@ -23,7 +23,8 @@ impl Service {
             private: None,
         };
         match &service.exposure {
-            Exposure::Tcp { publish: Publish::Private(access), .. } => {
+            Exposure::Tcp { publish: Publish::Private(access), .. }
+            | Exposure::Udp { publish: Publish::Private(access), .. } => {
                 spec.private = Some(access.spec(client, service.name.as_str()));
             }
             Exposure::Tcp { publish: Publish::Own(port), .. } | Exposure::Udp { publish: Publish::Own(port), .. } => {

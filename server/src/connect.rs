@@ -10,7 +10,7 @@ use wmproxy_tunnel::datastream;
 use wmproxy_tunnel::dial::OwnAddresses;
 use wmproxy_tunnel::udp::{UdpStats, flow};
 use wmproxy_tunnel::{RecvStream, SendStream};
-use wmproxy_wire::{OpenResult, OpenStream};
+use wmproxy_wire::{OpenResult, OpenStream, ServiceKind};
 
 use crate::rendezvous::Rendezvous;
 use crate::sessions::Session;
@@ -72,10 +72,15 @@ pub(crate) async fn serve(
         }
         OpenStream::Visit { client, service, verifier, peer_addr } => {
             debug!(%peer_addr, "visit requested");
-            visits.serve((send, recv), &session, Visit { client, service, verifier }).await;
+            visits.serve((send, recv), &session, Visit { client, service, verifier, kind: ServiceKind::Tcp }).await;
         }
-        OpenStream::Rendezvous { client, service, verifier, fingerprint, locals } => {
-            let visit = Visit { client, service, verifier };
+        OpenStream::UdpVisit { client, service, verifier, peer_addr } => {
+            debug!(%peer_addr, "UDP visit requested");
+            let visit = Visit { client, service, verifier, kind: ServiceKind::Udp };
+            visits.serve_udp((send, recv), &session, visit, &udp).await;
+        }
+        OpenStream::Rendezvous { client, service, kind, verifier, fingerprint, locals } => {
+            let visit = Visit { client, service, verifier, kind };
             visits.rendezvous((send, recv), &session, Rendezvous { visit, fingerprint, locals }).await;
         }
         // A client in failover mode asks whether the server is still there.

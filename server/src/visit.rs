@@ -22,12 +22,15 @@ use std::sync::Arc;
 use tracing::{Span, debug, info};
 use wmproxy_tunnel::datastream::{self, DataStreamError};
 use wmproxy_tunnel::{Ask, OpenError, RecvStream, SendStream, Upstream};
-use wmproxy_wire::{Name, OpenResult, Verifier};
+use wmproxy_wire::{Name, OpenResult, ServiceKind, Verifier};
 
 use crate::metrics::{Metrics, Refusal};
 use crate::registry::Registry;
 use crate::sessions::{Session, Sessions};
+use crate::udp::UdpBudget;
 use crate::upstream::ServiceUpstream;
+use tokio::net::UdpSocket;
+use wmproxy_tunnel::udp::flow;
 
 /// What serving a visit needs. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -45,6 +48,9 @@ pub(crate) struct Visit {
     pub client: Name,
     pub service: Name,
     pub verifier: Option<Verifier>,
+    /// What the service must be: `Tcp` for a `Visit` or a `Rendezvous`, `Udp` for a
+    /// `UdpVisit`.
+    pub kind: ServiceKind,
 }
 
 impl Visits {
@@ -86,6 +92,42 @@ impl Visits {
         drop(hold);
     }
 
+    /// Serves one `UdpVisit` flow stream of `visitor`'s client: checks it, opens a flow to the
+    /// service's client, and joins the two flows through a pair of connected loopback sockets
+    /// until either ends. The visitor's flow counts against its client's and the server's flow
+    /// limits, the service's against the service client's and the server's.
+    pub async fn serve_udp(
+        &self,
+        (send, recv): (SendStream, RecvStream),
+        visitor: &Session,
+        visit: Visit,
+        budget: &UdpBudget,
+    ) {
+        Span::current().record("target", format!("{}/{}", visit.client, visit.service));
+        let (Some(_mine), Some(_all)) = (visitor.tunnel.flow_permit(), budget.permit()) else {
+            debug!("UDP flow limit reached; refusing a UDP visit");
+            return datastream::refuse(send, OpenResult::Busy).await;
+        };
+        let upstream = match self.admit(visitor, &visit) {
+            Ok((_, upstream)) => upstream,
+            Err(refused) => return datastream::refuse(send, refused).await,
+        };
+        let route = match upstream.flow(visitor.tunnel.conn().remote_address(), Ask::Service) {
+            Ok(route) => route,
+            Err(e) => return datastream::refuse(send, answer_for(&e)).await,
+        };
+        let Ok((to_visitor, to_service)) = socket_pair().await else {
+            return datastream::refuse(send, OpenResult::Unreachable).await;
+        };
+        self.metrics.visitors.visit(&visitor.name, &visit.client, &visit.service);
+        let ends = tokio_util::sync::CancellationToken::new();
+        let service_side =
+            flow::open_connected(route.tunnel.clone(), to_service, route.header, self.open_timeout, ends.clone());
+        let visitor_side = flow::accept_ending_with(&visitor.tunnel, to_visitor, (send, recv), ends);
+        tokio::join!(service_side, visitor_side);
+        drop(route.hold);
+    }
+
     /// The session of the client `visit` names and the upstream of its private service, if
     /// `visitor` may visit it; else the refusal.
     pub fn admit(&self, visitor: &Session, visit: &Visit) -> Result<(Arc<Session>, ServiceUpstream), OpenResult> {
@@ -93,7 +135,7 @@ impl Visits {
             debug!("visit to a client that is not connected");
             return Err(OpenResult::Offline);
         };
-        let Some((access, upstream)) = self.registry.private(owner.id, &visit.service) else {
+        let Some((access, upstream)) = self.registry.private(owner.id, &visit.service, visit.kind) else {
             debug!("visit to a service that is not a published private service");
             return Err(OpenResult::UnknownService);
         };
@@ -104,6 +146,16 @@ impl Visits {
         }
         Ok((owner, upstream))
     }
+}
+
+/// Two UDP sockets on loopback, each connected to the other: what one flow delivers to its
+/// socket arrives at the other's, which sends it into the other flow.
+async fn socket_pair() -> std::io::Result<(Arc<UdpSocket>, Arc<UdpSocket>)> {
+    let a = UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let b = UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    a.connect(b.local_addr()?).await?;
+    b.connect(a.local_addr()?).await?;
+    Ok((Arc::new(a), Arc::new(b)))
 }
 
 /// What the visitor is told when the service could not be reached.

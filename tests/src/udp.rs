@@ -110,3 +110,38 @@ pub async fn tagged_echo(tag: &str) -> Result<(SocketAddr, tokio_util::sync::Can
     });
     Ok((addr, stop))
 }
+
+/// Sends `count` numbered packets of `len` bytes (at least 8) from `socket` to `to` (a UDP
+/// echo), one every `every`, while reading the echoes; stops reading one second after the
+/// last send. Returns how many distinct packets came back.
+pub async fn paced_echo(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    (count, len): (u64, usize),
+    every: std::time::Duration,
+) -> Result<u64> {
+    let mut back = std::collections::HashSet::new();
+    let mut ticks = tokio::time::interval(every);
+    let mut buf = vec![0u8; 65_536];
+    let mut packet = vec![0u8; len.max(8)];
+    let mut sent = 0u64;
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticks.tick(), if sent < count => {
+                packet[..8].copy_from_slice(&sent.to_be_bytes());
+                socket.send_to(&packet, to).await?;
+                sent += 1;
+                last_sent = tokio::time::Instant::now();
+            }
+            got = socket.recv_from(&mut buf) => {
+                let (n, _) = got?;
+                if let Some(seq) = buf.get(..8).filter(|_| n >= 8) {
+                    back.insert(u64::from_be_bytes(seq.try_into()?));
+                }
+            }
+            () = tokio::time::sleep_until(last_sent + std::time::Duration::from_secs(1)), if sent == count => break,
+        }
+    }
+    Ok(back.len() as u64)
+}

@@ -61,6 +61,7 @@ async fn two(public: &InNetns, a: &InNetns, b: &InNetns) -> Result<Two> {
             service: name("db"),
             secret_key: Some(Secret::new(SECRET)),
             mode,
+            kind: wmproxy_wire::ServiceKind::Tcp,
         })
         .collect();
     let mut office = b.run(TestClient::start(office)).await??;

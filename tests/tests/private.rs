@@ -39,6 +39,7 @@ fn visitor(visitor: &str, client: &str, service: &str, secret: Option<&str>) -> 
         service: name(service),
         secret_key: secret.map(Secret::new),
         mode: VisitMode::Relay,
+        kind: wmproxy_wire::ServiceKind::Tcp,
     }
 }
 
@@ -184,5 +185,50 @@ async fn on_loopback_a_visitor_connects_directly_and_the_server_relays_nothing()
     // Home lists the visitor's direct connection.
     let home_status = client_status(home.control_addr.context("home's control API")?).await?;
     assert_eq!(home_status["direct_visitors"][0]["visitor"], "office", "{home_status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_visitors_reach_a_private_udp_service_through_the_server_and_directly() -> Result<()> {
+    init_tracing();
+    let echo = wmproxy_tests::udp::echo().await?;
+    let server = TestServer::start(|_| {}).await?;
+    let mut home = server.client_config("home");
+    let mut dns = wmproxy_tests::udp::service("dns", echo, 0);
+    let access = PrivateAccess { secret_key: Some(Secret::new(SECRET)), allow_visitors: Vec::new() };
+    if let Exposure::Udp { publish, .. } = &mut dns.exposure {
+        *publish = Publish::Private(access);
+    }
+    home.services.push(dns);
+    let mut home = TestClient::start(home).await?;
+    home.wait_for("connected", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })).await?;
+
+    let mut office = server.client_config("office");
+    office.control = Some(control_api());
+    let udp_visitor =
+        |mode| Visitor { kind: wmproxy_wire::ServiceKind::Udp, mode, ..visitor("dns", "home", "dns", Some(SECRET)) };
+    office.visitors =
+        vec![udp_visitor(VisitMode::Relay), Visitor { name: name("dns-direct"), ..udp_visitor(VisitMode::Auto) }];
+    let office = TestClient::start(office).await?;
+    let control = office.control_addr.context("office's control API")?;
+    let [relayed, direct] = office.forward_addrs[..] else { anyhow::bail!("two visitors") };
+
+    // Through the server: an echo, and the server counts the visitor's flow.
+    let user = wmproxy_tests::udp::user().await?;
+    wmproxy_tests::udp::round_trip(&user, relayed, b"through the server", |_| Ok(())).await?;
+    let dns = service_status(&server, "home", "dns").await?;
+    assert_eq!(dns["outcome"], "private", "{dns}");
+    assert_eq!(dns["visitors"][0]["connections"], 1, "{dns}");
+
+    // Directly: 500 packets paced at one a millisecond, at least 99 % back.
+    wmproxy_tests::eventually_async("the UDP visitor's path is direct", async || {
+        Ok(client_status(control).await?["visitors"][1]["path"] == "direct")
+    })
+    .await?;
+    let user = wmproxy_tests::udp::user().await?;
+    let back = wmproxy_tests::udp::paced_echo(&user, direct, (500, 1200), Duration::from_millis(1)).await?;
+    assert!(back >= 495, "{back} of 500 packets came back");
+    let dns = service_status(&server, "home", "dns").await?;
+    assert_eq!(dns["visitors"][0]["connections"], 1, "a direct flow went through the server: {dns}");
     Ok(())
 }

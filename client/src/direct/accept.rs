@@ -12,10 +12,11 @@ use quinn::{Connection, Endpoint};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
-use wmproxy_config::{Exposure, Publish};
+use wmproxy_config::visitor::PrivateAccess;
+use wmproxy_config::{Exposure, Publish, ServiceKind};
 use wmproxy_tunnel::datastream;
 use wmproxy_tunnel::tls::Fingerprint;
-use wmproxy_tunnel::{RecvStream, SendStream};
+use wmproxy_tunnel::{RecvStream, SendStream, Tunnel};
 use wmproxy_wire::{Candidates, Name, OpenResult, OpenStream, PeerInfo};
 
 use super::identity::{EXPECT_FOR, PEER_NAME, Visitor};
@@ -89,7 +90,16 @@ async fn open_the_way(endpoint: &Endpoint, config: quinn::ClientConfig, towards:
 
 /// Whether `service` is published privately.
 fn is_private(service: &wmproxy_config::Service) -> bool {
-    matches!(&service.exposure, Exposure::Tcp { publish: Publish::Private(_), .. })
+    access_of(service).is_some()
+}
+
+/// Who may visit `service`, if it is published privately.
+fn access_of(service: &wmproxy_config::Service) -> Option<&PrivateAccess> {
+    match &service.exposure {
+        Exposure::Tcp { publish: Publish::Private(access), .. }
+        | Exposure::Udp { publish: Publish::Private(access), .. } => Some(access),
+        _ => None,
+    }
 }
 
 /// Accepts direct connections on `endpoint` until `stop` (the tunnel that owns it ended): each
@@ -129,36 +139,43 @@ async fn serve(incoming: quinn::Incoming, ctx: Arc<Exposer>) {
     tracing::Span::current().record("visitor", visitor.name.as_str());
     info!(service = %visitor.service, rtt_ms = conn.rtt().as_millis() as u64, "direct connection from a visitor");
     let _listed = ctx.direct.accepted.add(&visitor, &conn);
+    let tunnel = ctx.direct.tunnel(&conn, &ctx.tracker);
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (ctx, visitor, peer) = (ctx.clone(), visitor.name.clone(), conn.remote_address());
-        let span = info_span!("stream", service = tracing::field::Empty);
-        ctx.tracker.clone().spawn(visit((send.into(), recv.into()), visitor, peer, ctx).instrument(span));
+        let (ctx, visitor, tunnel) = (ctx.clone(), visitor.name.clone(), tunnel.clone());
+        let span = info_span!("stream", service = tracing::field::Empty, flow = tracing::field::Empty);
+        ctx.tracker.clone().spawn(visit((send.into(), recv.into()), visitor, tunnel, ctx).instrument(span));
     }
     info!("direct connection closed");
 }
 
-/// Serves one `Visit` stream of a direct connection from `visitor`: the same checks as the
-/// server makes for a relayed visit, against this client's own config.
-async fn visit((send, recv): (SendStream, RecvStream), visitor: Name, peer: std::net::SocketAddr, ctx: Arc<Exposer>) {
+/// Serves one stream of a direct connection from `visitor`: a `Visit` (a TCP connection) or a
+/// `UdpVisit` (a UDP flow), with the same checks as the server makes for a relayed visit,
+/// against this client's own config.
+async fn visit((send, recv): (SendStream, RecvStream), visitor: Name, tunnel: Arc<Tunnel>, ctx: Arc<Exposer>) {
     let Some((send, recv, header)) = datastream::read_header(send, recv, STREAM_OPEN_TIMEOUT).await else {
         return;
     };
-    let OpenStream::Visit { service, verifier, .. } = header else {
-        return datastream::refuse(send, OpenResult::NotAllowed).await;
+    let (service, verifier, peer, kind) = match header {
+        OpenStream::Visit { service, verifier, peer_addr, .. } => (service, verifier, peer_addr, ServiceKind::Tcp),
+        OpenStream::UdpVisit { service, verifier, peer_addr, .. } => (service, verifier, peer_addr, ServiceKind::Udp),
+        _ => return datastream::refuse(send, OpenResult::NotAllowed).await,
     };
     tracing::Span::current().record("service", service.as_str());
-    let found = ctx.services.borrow().iter().find(|s| s.name == service && is_private(s)).cloned();
-    let Some(found) = found else {
-        return datastream::refuse(send, OpenResult::UnknownService).await;
-    };
-    let Exposure::Tcp { publish: Publish::Private(access), .. } = &found.exposure else {
+    let found = ctx.services.borrow().iter().find(|s| s.name == service && s.exposure.kind() == kind).cloned();
+    let Some((found, access)) = found.as_ref().and_then(|s| access_of(s).map(|a| (s, a))) else {
         return datastream::refuse(send, OpenResult::UnknownService).await;
     };
     if !access.spec(ctx.client.as_str(), found.name.as_str()).admits(visitor.as_str(), verifier.as_ref()) {
         info!("a direct visit refused: wrong secret, or a client the service does not allow");
         return datastream::refuse(send, OpenResult::Forbidden).await;
     }
-    crate::local::carry_tcp((send, recv), &found, peer, &ctx).await;
+    match kind {
+        ServiceKind::Udp => {
+            let limit = ctx.bandwidths.of(found, &ctx.services.borrow());
+            crate::local::udp_flow(&tunnel, (send, recv), (&found.local_addr, limit), |_, _| true, |_| true).await;
+        }
+        _ => crate::local::carry_tcp((send, recv), found, peer, &ctx).await,
+    }
 }
 
 /// The SHA-256 of the certificate the peer of `conn` presented.

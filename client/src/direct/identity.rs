@@ -29,8 +29,8 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// through the server until a new one is up.
 pub const IDLE: Duration = Duration::from_secs(6);
 
-/// Visitor connections a direct connection may carry at once.
-const DIRECT_STREAMS: u32 = 1024;
+/// Visitor connections (and UDP flows) a direct connection may carry at once.
+pub const DIRECT_STREAMS: u32 = 1024;
 
 /// How long a punched-for visitor may take to connect.
 pub const EXPECT_FOR: Duration = Duration::from_secs(30);

@@ -33,10 +33,23 @@ use std::sync::{Arc, Mutex};
 
 use quinn::Endpoint;
 use tokio::sync::watch;
+use tracing::Instrument;
+use wmproxy_tunnel::Tunnel;
 use wmproxy_wire::Candidates;
 
 use crate::error::TlsSetupError;
 use identity::{Expected, Identity};
+
+/// The client's UDP resources, which flows on direct connections share with its tunnels'.
+#[derive(Debug, Clone)]
+pub struct Udp {
+    /// The client's flow limit (`max_udp_flows`), over every tunnel.
+    pub flows: Arc<tokio::sync::Semaphore>,
+    /// Its UDP counters.
+    pub stats: Arc<wmproxy_tunnel::udp::UdpStats>,
+    /// Idle flows end after this.
+    pub idle: std::time::Duration,
+}
 
 /// What both sides of direct connections share within one client.
 #[derive(Debug)]
@@ -50,16 +63,30 @@ pub struct Direct {
     endpoint: watch::Sender<Option<Endpoint>>,
     /// Direct connections accepted and still open (`/status`).
     pub accepted: accept::Accepted,
+    /// For UDP flows on direct connections.
+    pub udp: Udp,
 }
 
 impl Direct {
     /// A fresh identity, no endpoint yet.
-    pub fn new() -> Result<Arc<Self>, TlsSetupError> {
+    pub fn new(udp: Udp) -> Result<Arc<Self>, TlsSetupError> {
         let identity = Identity::generate()?;
         let expected = Arc::new(Expected::default());
         let server_config = identity.server_config(expected.clone())?;
         let endpoint = watch::Sender::new(None);
-        Ok(Arc::new(Self { identity, expected, server_config, endpoint, accepted: accept::Accepted::default() }))
+        let accepted = accept::Accepted::default();
+        Ok(Arc::new(Self { identity, expected, server_config, endpoint, accepted, udp }))
+    }
+
+    /// A [`Tunnel`] over the direct connection `conn`, sharing the client's UDP flow limit,
+    /// with its flow table swept (and its datagrams read) by a task on `tracker` that ends
+    /// with the connection.
+    pub fn tunnel(&self, conn: &quinn::Connection, tracker: &tokio_util::task::TaskTracker) -> Arc<Tunnel> {
+        let conn = wmproxy_tunnel::conn::Conn::Quic(conn.clone());
+        let flows = wmproxy_tunnel::udp::FlowTable::new(self.udp.stats.clone());
+        let streams = Arc::new(tokio::sync::Semaphore::new(identity::DIRECT_STREAMS as usize));
+        tracker.spawn(flows.clone().run(conn.clone(), self.udp.idle).in_current_span());
+        Arc::new(Tunnel::new(conn, flows, streams, self.udp.flows.clone()))
     }
 
     /// Makes `endpoint` (a QUIC tunnel's, just up) accept direct connections, and the one new

@@ -19,8 +19,10 @@ use quinn::{Connection, Endpoint};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wmproxy_config::visitor::{VisitMode, Visitor};
+use wmproxy_tunnel::Tunnel;
 use wmproxy_tunnel::stream::read_frame;
 use wmproxy_tunnel::tls::Fingerprint;
 use wmproxy_wire::{OpenStream, PeerInfo};
@@ -41,7 +43,8 @@ const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct DirectPath {
     visitor: Arc<Visitor>,
-    conn: watch::Sender<Option<Connection>>,
+    /// The direct connection as a tunnel (streams, and UDP flows with its own flow table).
+    conn: watch::Sender<Option<Arc<Tunnel>>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -82,14 +85,14 @@ impl DirectPath {
     }
 
     /// The direct connection, if it is up.
-    pub fn current(&self) -> Option<Connection> {
-        self.conn.borrow().as_ref().filter(|c| c.close_reason().is_none()).cloned()
+    pub fn current(&self) -> Option<Arc<Tunnel>> {
+        self.conn.borrow().as_ref().filter(|t| t.conn().close_reason().is_none()).cloned()
     }
 
     /// The direct connection once it is up, waiting at most `within`.
-    pub async fn up_within(&self, within: Duration) -> Option<Connection> {
+    pub async fn up_within(&self, within: Duration) -> Option<Arc<Tunnel>> {
         let mut watch = self.conn.subscribe();
-        let up = watch.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
+        let up = watch.wait_for(|t| t.as_ref().is_some_and(|t| t.conn().close_reason().is_none()));
         match tokio::time::timeout(within, up).await {
             Ok(Ok(conn)) => conn.clone(),
             _ => None,
@@ -115,13 +118,19 @@ impl DirectPath {
             to: format!("{}/{}", self.visitor.client, self.visitor.service),
             mode: mode.as_str(),
             path,
-            rtt_ms: conn.map(|c| c.rtt().as_secs_f64() * 1000.0),
+            rtt_ms: conn.map(|t| t.conn().rtt().as_secs_f64() * 1000.0),
             last_error: self.last_error(),
         }
     }
 
-    /// Keeps a direct connection up whenever the tunnel is on QUIC, until `stop`.
-    pub async fn maintain(self: Arc<Self>, direct: Arc<Direct>, current: CurrentTunnel, stop: CancellationToken) {
+    /// Keeps a direct connection up whenever the tunnel is on QUIC, until `stop`; its flow
+    /// table's task runs on `tracker`.
+    pub async fn maintain(
+        self: Arc<Self>,
+        direct: Arc<Direct>,
+        current: CurrentTunnel,
+        (tracker, stop): (TaskTracker, CancellationToken),
+    ) {
         let mut endpoints = direct.endpoints();
         let mut wait = RETRY_FIRST;
         loop {
@@ -141,7 +150,7 @@ impl DirectPath {
                 Ok(conn) => {
                     info!(peer = %conn.remote_address(), rtt_ms = conn.rtt().as_millis() as u64, "direct connection up");
                     *lock(&self.last_error) = None;
-                    self.conn.send_replace(Some(conn.clone()));
+                    self.conn.send_replace(Some(direct.tunnel(&conn, &tracker)));
                     tokio::select! {
                         () = stop.cancelled() => return conn.close(0u32.into(), b"stopping"),
                         reason = conn.closed() => warn!(%reason, "direct connection lost; new connections go through the server"),
@@ -174,6 +183,7 @@ impl DirectPath {
         let header = OpenStream::Rendezvous {
             client: v.client.clone(),
             service: v.service.clone(),
+            kind: v.kind,
             verifier: v.verifier(),
             fingerprint: direct.identity.fingerprint.0,
             locals: Direct::locals(endpoint),

@@ -99,7 +99,8 @@ pub const ALPN_TCP: &[u8] = b"wmproxy-tcp/1";
 ///
 /// Version 6: private services (`ServiceSpec::private`, `RegisterOutcome::Private`,
 /// `OpenStream::Visit`, `OpenResult::Offline` and `Forbidden`) and direct connections
-/// between clients (`OpenStream::Rendezvous` and `Punch`, `private::PeerInfo`).
+/// between clients (`OpenStream::Rendezvous` and `Punch`, `private::PeerInfo`), and private UDP
+/// services (`OpenStream::UdpVisit`).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest accepted frame body, in bytes. Larger lengths are rejected before any allocation.

@@ -465,9 +465,10 @@ pub enum OpenStream {
         /// The local user's address as the visitor's client saw it.
         peer_addr: SocketAddr,
     },
-    /// `enum#8 | str client | str service | Option<Verifier> verifier | 32 bytes fingerprint |
-    /// Candidates locals`, client → server: a visitor asks for a direct connection to the
-    /// private TCP service `service` of `client` (see [`crate::private`]). Admitted as a
+    /// `enum#8 | str client | str service | ServiceKind kind | Option<Verifier> verifier |
+    /// 32 bytes fingerprint | Candidates locals`, client → server: a visitor asks for a direct
+    /// connection to the private service `service` (of `kind`, TCP or UDP) of `client` (see
+    /// [`crate::private`]). Admitted as a
     /// [`OpenStream::Visit`] would be, the server opens an [`OpenStream::Punch`] to that client
     /// and answers `Ok` and then one [`crate::private::PeerInfo`] frame (the service's client),
     /// or refuses as for a visit (and `NotAllowed` when either tunnel is not QUIC).
@@ -476,6 +477,9 @@ pub enum OpenStream {
         client: Name,
         /// The private service's name.
         service: Name,
+        /// What the service is: TCP (its connections become `Visit` streams on the direct
+        /// connection) or UDP (`UdpVisit` flows, packets as QUIC datagrams).
+        kind: ServiceKind,
         /// Derived from the service's secret, if the visitor has one.
         verifier: Option<Verifier>,
         /// SHA-256 of the certificate the visitor presents on the direct connection.
@@ -498,6 +502,20 @@ pub enum OpenStream {
         fingerprint: [u8; 32],
         /// Where the visitor's packets will come from.
         candidates: Candidates,
+    },
+    /// `enum#10 | str client | str service | Option<Verifier> verifier | SocketAddr peer_addr`,
+    /// client → server, or visitor → service's client on a direct connection: a new UDP flow
+    /// from `peer_addr` to the private UDP service `service` of `client`; a flow stream (see
+    /// [`crate::udp`]). Checked and answered as an [`OpenStream::Visit`].
+    UdpVisit {
+        /// The client that published the service.
+        client: Name,
+        /// The private UDP service's name.
+        service: Name,
+        /// Derived from the service's secret, if the visitor has one.
+        verifier: Option<Verifier>,
+        /// The local user's address as the visitor's client saw it.
+        peer_addr: SocketAddr,
     },
 }
 impl WireMessage for OpenStream {}

@@ -98,7 +98,7 @@ pub struct PeerInfo {
 }
 impl crate::WireMessage for PeerInfo {}
 
-/// Who may visit a private service.
+/// Who may visit a private service (TCP or UDP).
 ///
 /// Layout: `Option<Verifier> verifier | [str] allow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

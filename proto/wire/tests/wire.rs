@@ -172,10 +172,12 @@ fn every_message_round_trips_and_truncation_needs_more() {
         peer_addr: peer(),
     });
     check_round_trip(OpenStream::Visit { client: n("home"), service: n("ssh"), verifier: None, peer_addr: peer() });
+    check_round_trip(OpenStream::UdpVisit { client: n("home"), service: n("dns"), verifier: None, peer_addr: peer() });
     let candidates = Candidates::new([peer(), "10.0.0.2:7000".parse().unwrap(), "[2001:db8::1]:9".parse().unwrap()]);
     check_round_trip(OpenStream::Rendezvous {
         client: n("home"),
         service: n("ssh"),
+        kind: ServiceKind::Udp,
         verifier: None,
         fingerprint: [3; 32],
         locals: candidates.clone(),

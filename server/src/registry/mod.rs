@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wmproxy_ops::control::HttpNames;
-use wmproxy_wire::{MAX_SERVICES, Name, PrivateSpec, RegisterOutcome, ServiceResult, ServiceSpec};
+use wmproxy_wire::{MAX_SERVICES, Name, PrivateSpec, RegisterOutcome, ServiceKind, ServiceResult, ServiceSpec};
 
 use crate::groups::{Backend, Groups, Membership};
 use crate::metrics::ServiceLease;
@@ -228,11 +228,16 @@ impl Registry {
     }
 
     /// Who may visit `service` of `session`, and how it is reached, if it is a published
-    /// private service.
-    pub fn private(&self, session: SessionId, service: &str) -> Option<(PrivateSpec, ServiceUpstream)> {
+    /// private service of `kind`.
+    pub fn private(
+        &self,
+        session: SessionId,
+        service: &str,
+        kind: ServiceKind,
+    ) -> Option<(PrivateSpec, ServiceUpstream)> {
         let entries = self.lock();
         match &entries.get(&session)?.get(service)?.owner {
-            Owner::Private(p) => Some((p.access.clone(), p.upstream.clone())),
+            Owner::Private(p) if p.kind == kind => Some((p.access.clone(), p.upstream.clone())),
             _ => None,
         }
     }

@@ -20,6 +20,8 @@ use crate::upstream::{Served, ServiceUpstream};
 /// (with its publication) removes its visitors' label sets.
 #[derive(Debug)]
 pub(crate) struct PrivateService {
+    /// TCP or UDP.
+    pub kind: ServiceKind,
     pub access: PrivateSpec,
     pub upstream: ServiceUpstream,
     pub _visitors: VisitorsLease,
@@ -75,8 +77,8 @@ impl Registry {
         metrics: &Metrics,
     ) -> Result<(Owner, RegisterOutcome), RegisterOutcome> {
         let invalid = |m: &str| Err(RegisterOutcome::Invalid(m.to_owned()));
-        if spec.kind != ServiceKind::Tcp {
-            return invalid("only a TCP service can be private");
+        if !matches!(spec.kind, ServiceKind::Tcp | ServiceKind::Udp) {
+            return invalid("only a TCP or UDP service can be private");
         }
         if spec.group.is_some() || spec.http.is_some() || spec.remote_port != 0 {
             return invalid("a private service has no public port, routes or group");
@@ -89,7 +91,7 @@ impl Registry {
         }
         let served = upstream.served();
         let _visitors = metrics.visitors.lease(&served.client, &served.service);
-        let private = PrivateService { access: access.clone(), upstream, _visitors };
+        let private = PrivateService { kind: spec.kind, access: access.clone(), upstream, _visitors };
         Ok((Owner::Private(private), RegisterOutcome::Private))
     }
 

@@ -22,6 +22,7 @@ use quinn::VarInt;
 use crate::conn::{Conn, RecvStream, SendStream};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug};
 use wmproxy_wire::udp::{PACKET_HEADER_LEN, packet_header, packet_len};
 use wmproxy_wire::{OpenResult, OpenStream, close_code};
@@ -85,6 +86,32 @@ pub async fn open(
     header: OpenStream,
     timeout: Duration,
 ) {
+    open_with(&tunnel, (flow, rx), header, timeout, None).await;
+}
+
+/// Opens a flow on `tunnel` with `header` whose local side is `socket` (connected: what it
+/// receives goes into the flow, what the flow brings is sent on it), and runs it to its end,
+/// or until `ends` is cancelled (which it cancels when it ends). The server's half of a
+/// relayed UDP visit towards the service.
+pub async fn open_connected(
+    tunnel: Arc<Tunnel>,
+    socket: Arc<UdpSocket>,
+    header: OpenStream,
+    timeout: Duration,
+    ends: CancellationToken,
+) {
+    let flow = Flow::ending_with(super::table::Sink::Connected(socket.clone()), tunnel.flows(), Some(&ends));
+    open_with(&tunnel, flow, header, timeout, Some(socket)).await;
+    ends.cancel();
+}
+
+async fn open_with(
+    tunnel: &Tunnel,
+    (flow, rx): (Arc<Flow>, mpsc::Receiver<Queued>),
+    header: OpenStream,
+    timeout: Duration,
+    socket: Option<Arc<UdpSocket>>,
+) {
     let (mut send, recv) = match tokio::time::timeout(timeout, tunnel.conn().open_bi()).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return end(&flow, &FlowEnd::Connection(e)),
@@ -97,7 +124,7 @@ pub async fn open(
         tunnel.flows().remove(id);
         return end(&flow, &e.into());
     }
-    run(&tunnel, flow, (send, recv), rx, None, Some(timeout)).await;
+    run(tunnel, flow, (send, recv), rx, socket, Some(timeout)).await;
 }
 
 /// Runs a flow the peer opened on `tunnel`: its header is read and `socket` is connected to
@@ -112,13 +139,35 @@ pub async fn accept(tunnel: &Tunnel, socket: Arc<UdpSocket>, send: SendStream, r
 pub async fn accept_within(
     tunnel: &Tunnel,
     socket: Arc<UdpSocket>,
-    (mut send, recv): (SendStream, RecvStream),
+    stream: (SendStream, RecvStream),
     limit: Option<Arc<crate::bandwidth::Bandwidth>>,
 ) {
-    let (flow, rx) = Flow::new(super::table::Sink::Connected(socket.clone()), tunnel.flows());
+    let flow = Flow::new(super::table::Sink::Connected(socket.clone()), tunnel.flows());
     if let Some(limit) = limit {
-        flow.limit_to(limit);
+        flow.0.limit_to(limit);
     }
+    accept_with(tunnel, socket, stream, flow).await;
+}
+
+/// [`accept`] for a flow that also ends when `ends` is cancelled (and cancels it when it
+/// ends): the server's half of a relayed UDP visit towards the visitor.
+pub async fn accept_ending_with(
+    tunnel: &Tunnel,
+    socket: Arc<UdpSocket>,
+    stream: (SendStream, RecvStream),
+    ends: CancellationToken,
+) {
+    let flow = Flow::ending_with(super::table::Sink::Connected(socket.clone()), tunnel.flows(), Some(&ends));
+    accept_with(tunnel, socket, stream, flow).await;
+    ends.cancel();
+}
+
+async fn accept_with(
+    tunnel: &Tunnel,
+    socket: Arc<UdpSocket>,
+    (mut send, recv): (SendStream, RecvStream),
+    (flow, rx): (Arc<Flow>, mpsc::Receiver<Queued>),
+) {
     let id = send.id();
     Span::current().record("flow", id);
     tunnel.flows().insert(id, flow.clone());
