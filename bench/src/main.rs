@@ -11,6 +11,7 @@ mod held;
 mod mux;
 mod muxes;
 mod netbed;
+mod private;
 mod proxies;
 mod quic;
 mod udp;
@@ -109,6 +110,10 @@ struct Cli {
     /// `--netbed`: a tunnel on the TCP transport too (TLS over TCP), beside the QUIC ones.
     #[arg(long)]
     tcp_transport: bool,
+    /// `--netbed`: instead of the grid, a private service reached directly and through the
+    /// server across two NATs (RTT from `--hol-rtt`, bottleneck from `--rate`).
+    #[arg(long)]
+    private: bool,
     /// `--only held`: connections held at once. At most what a process may open (the server
     /// and the client each hold one socket per connection).
     #[arg(long, default_value_t = 19_900)]
@@ -153,6 +158,9 @@ async fn run(cli: Cli) -> Result<()> {
     if cli.only == Only::Held {
         let limit = cli.stream_limit.unwrap_or(u32::try_from(cli.held)?);
         return held::run(held::Settings { held: cli.held, limit }).await;
+    }
+    if cli.netbed && cli.private {
+        return private::run(Duration::from_millis(cli.hol_rtt), cli.rate, cli.secs).await;
     }
     if cli.netbed {
         let settings = netbed::Settings {

@@ -292,7 +292,7 @@ async fn exchanges(addr: SocketAddr, n: usize) -> Result<Vec<Duration>> {
 
 /// Uploads to the sink at `addr` for `time`, then waits for its count; Mbit/s over the whole
 /// run (connect to the count).
-async fn bulk_for(addr: SocketAddr, time: Duration) -> Result<f64> {
+pub(crate) async fn bulk_for(addr: SocketAddr, time: Duration) -> Result<f64> {
     let stop = CancellationToken::new();
     let started = Instant::now();
     let timer = tokio::spawn({

@@ -86,6 +86,11 @@ impl ServiceUpstream {
         &self.served
     }
 
+    /// The tunnel to its client.
+    pub fn tunnel(&self) -> &Arc<Tunnel> {
+        &self.tunnel
+    }
+
     /// Carries one user connection: opens a stream with the user's bytes pipelined behind the
     /// header (no round trip before they flow), and relays until both directions end. A failure
     /// after the stream was set up is [`OpenError::Failed`] with the relay's error. The bytes

@@ -4,10 +4,11 @@
 //! the secret. The server checks it here and relays:
 //!
 //! ```text
-//! visitor's client ── Visit ──▶ server: the client online? the service private? admitted?
-//!                                 │ yes: Expose ──▶ the service's client dials its service
-//!                   ◀── answer ───┘ (the Expose stream's answer, or the refusal)
-//! visitor's stream ◀═════ splice ═════▶ the service's stream
+//! visitor's client ── Visit, bytes ──▶ server: the client online? the service private?
+//!                                        admitted? yes: Expose, the bytes behind it ──▶
+//!                                        the service's client dials its service
+//!                  ◀── its answer ───── ◀── answer (Ok, or the refusal)
+//! visitor's stream ◀═══════ splice ═══════▶ the service's stream
 //! ```
 //!
 //! The visitor's stream holds one of its client's forward permits, and the stream to the
@@ -21,8 +22,10 @@ use std::sync::Arc;
 
 use tracing::{Span, debug, info};
 use wmproxy_tunnel::datastream::{self, DataStreamError};
+use wmproxy_tunnel::splice::{SpliceError, splice};
+use wmproxy_tunnel::stream::write_frame;
 use wmproxy_tunnel::{Ask, OpenError, RecvStream, SendStream, Upstream};
-use wmproxy_wire::{Name, OpenResult, ServiceKind, Verifier};
+use wmproxy_wire::{Name, OpenResult, OpenStream, ServiceKind, Verifier};
 
 use crate::metrics::{Metrics, Refusal};
 use crate::registry::Registry;
@@ -67,29 +70,36 @@ impl Visits {
             Ok((_, upstream)) => upstream,
             Err(refused) => return datastream::refuse(send, refused).await,
         };
-        let opened = upstream.open(visitor.tunnel.conn().remote_address(), Ask::Service).await;
-        let service = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                debug!(error = %e, side = %e.side(), "the private service could not be reached");
-                return datastream::refuse(send, answer_for(&e)).await;
-            }
+        // The service's stream is opened, and the visitor's bytes follow its header at once;
+        // the service's answer is the visitor's (see `splice`).
+        let Some(permit) = upstream.tunnel().stream_permit() else {
+            return datastream::refuse(send, OpenResult::Busy).await;
         };
-        let mut send = send;
-        if let Err(e) = wmproxy_tunnel::stream::write_frame(&mut send, &OpenResult::Ok).await {
-            // The visitor gave up while the service answered: the service sees an abort.
-            debug!(error = %e, "the visitor left before the answer");
-            return datastream::abort(service.send, service.recv);
+        let opened = tokio::time::timeout(self.open_timeout, upstream.tunnel().conn().open_bi()).await;
+        let (mut to_service, from_service) = match opened {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                debug!(error = %e, "the private service's client is gone");
+                return datastream::refuse(send, OpenResult::Offline).await;
+            }
+            Err(_) => return datastream::refuse(send, OpenResult::Timeout).await,
+        };
+        let header =
+            OpenStream::Expose { service: visit.service.clone(), peer_addr: visitor.tunnel.conn().remote_address() };
+        if let Err(e) = write_frame(&mut to_service, &header).await {
+            debug!(error = %e, "the private service's client is gone");
+            return datastream::refuse(send, OpenResult::Offline).await;
         }
         let counters = self.metrics.visitors.visit(&visitor.name, &visit.client, &visit.service);
         let guard = self.metrics.stream(&visit.client, &visit.service);
         let meter = (counters, guard);
-        let hold = service.hold;
-        match wmproxy_tunnel::splice::splice((send, recv), (service.send, service.recv), Some(&meter)).await {
+        let spliced = splice((send, recv), (to_service, from_service), self.open_timeout, Some(&meter)).await;
+        match spliced {
             Ok(stats) => debug!(to_service = stats.tcp_to_quic, to_visitor = stats.quic_to_tcp, "visit finished"),
+            Err(SpliceError::Refused(result)) => debug!(%result, "the private service refused the visit"),
             Err(e) => debug!(error = %e, "visit aborted"),
         }
-        drop(hold);
+        drop(permit);
     }
 
     /// Serves one `UdpVisit` flow stream of `visitor`'s client: checks it, opens a flow to the

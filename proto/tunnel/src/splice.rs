@@ -1,5 +1,7 @@
 //! Splices two data streams, possibly of two tunnels: the server relaying a visitor's stream
-//! to the stream it opened to the private service's client. The same rules as [`crate::relay`]:
+//! to the stream it opened to the private service's client, the visitor's bytes pipelined
+//! behind the header and the service's answer passed back. The same rules as
+//! [`crate::relay`]:
 //!
 //! - Half-close is honoured: the end of one stream's data finishes the other's send half, and
 //!   the other direction keeps flowing until it ends too.
@@ -12,44 +14,101 @@
 //!   chunks are passed on as they are, without a copy.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
+use wmproxy_wire::OpenResult;
 
 use crate::conn::{RecvStream, SendStream};
 use crate::relay::{DELIVERY_TIMEOUT, Meter, RELAY_ABORTED, RelayStats};
+use crate::stream::{read_frame, write_frame};
 
 /// Chunks taken from a stream per read.
 const CHUNKS: usize = 16;
+
+/// Why a splice ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    /// The service's end refused the stream (its answer was passed on to the visitor).
+    #[error("{0}")]
+    Refused(OpenResult),
+    /// The service's end did not answer in time.
+    #[error("no answer from the service's end in time")]
+    Timeout,
+    /// A stream failed, or the answer was not one.
+    #[error("{0}")]
+    Stream(#[source] io::Error),
+}
 
 /// Relays `visitor` and `service` (each a stream's two halves) until both directions have
 /// ended, counting the bytes in `meter` as they pass: visitor → service as `tcp_to_quic`
 /// (the users' bytes, "in"), the other way as `quic_to_tcp`. Returns the totals, or the first
 /// error after aborting both streams.
+///
+/// The visitor's stream has not been answered yet, and the service's stream was just opened:
+/// the visitor's bytes go on at once, behind the header (as a user's behind a data stream's
+/// header), while the service's answer (within `timeout`) is passed back to the visitor
+/// before anything else. A refusal ends the visitor's stream cleanly (its answer is the
+/// refusal) and resets the service's.
 pub async fn splice(
     visitor: (SendStream, RecvStream),
     service: (SendStream, RecvStream),
+    timeout: Duration,
     meter: Option<&dyn Meter>,
-) -> io::Result<RelayStats> {
-    let mut ends = Ends { visitor, service, finished: false };
+) -> Result<RelayStats, SpliceError> {
+    let mut ends = Ends { visitor, service, on_drop: OnDrop::Abort };
     let Ends { visitor: (to_visitor, from_visitor), service: (to_service, from_service), .. } = &mut ends;
-    let inbound = pass(from_visitor, to_service, |n| {
-        if let Some(m) = meter {
-            m.passed(n, 0);
+    let mut refused = None;
+    let inbound = async {
+        pass(from_visitor, to_service, |n| {
+            if let Some(m) = meter {
+                m.passed(n, 0);
+            }
+        })
+        .await
+        .map_err(SpliceError::Stream)
+    };
+    let outbound = async {
+        let answer = tokio::time::timeout(timeout, read_frame::<OpenResult, _>(from_service)).await;
+        match answer {
+            Ok(Ok(OpenResult::Ok)) => {}
+            Ok(Ok(result)) => {
+                refused = Some(result);
+                return Err(SpliceError::Refused(result));
+            }
+            Ok(Err(e)) => return Err(SpliceError::Stream(io::Error::other(e))),
+            Err(_) => return Err(SpliceError::Timeout),
         }
-    });
-    let outbound = pass(from_service, to_visitor, |n| {
-        if let Some(m) = meter {
-            m.passed(0, n);
+        write_frame(to_visitor, &OpenResult::Ok).await.map_err(|e| SpliceError::Stream(io::Error::other(e)))?;
+        pass(from_service, to_visitor, |n| {
+            if let Some(m) = meter {
+                m.passed(0, n);
+            }
+        })
+        .await
+        .map_err(SpliceError::Stream)
+    };
+    let result = tokio::try_join!(inbound, outbound);
+    let (tcp_to_quic, quic_to_tcp) = match result {
+        Ok(both) => both,
+        Err(e) => {
+            if let Some(result) = refused {
+                // The visitor is told why, and its stream ends cleanly; the service's is reset.
+                let _ = write_frame(&mut ends.visitor.0, &result).await;
+                let _ = ends.visitor.0.finish();
+                ends.on_drop = OnDrop::AbortService;
+            }
+            return Err(e);
         }
-    });
-    let (tcp_to_quic, quic_to_tcp) = tokio::try_join!(inbound, outbound)?;
+    };
     // Both finished: wait until both peers have what we sent them, so that a drain waiting
     // on this splice never closes a tunnel under those bytes.
+    let (to_visitor, to_service) = (&mut ends.visitor.0, &mut ends.service.0);
     let delivered = async { tokio::join!(to_visitor.stopped(), to_service.stopped()) };
     if Box::pin(tokio::time::timeout(DELIVERY_TIMEOUT, delivered)).await.is_err() {
         tracing::debug!("a peer did not acknowledge the stream's end in time");
     }
-    ends.finished = true;
+    ends.on_drop = OnDrop::Close;
     Ok(RelayStats { tcp_to_quic, quic_to_tcp })
 }
 
@@ -70,19 +129,36 @@ async fn pass(from: &mut RecvStream, to: &mut SendStream, passed: impl Fn(u64)) 
     }
 }
 
-/// The two streams of a splice, both aborted when dropped before the splice finished.
+/// What a splice's streams get when it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDrop {
+    /// It finished: both close as usual.
+    Close,
+    /// The service refused: the visitor's stream was ended with the refusal; the service's
+    /// is reset.
+    AbortService,
+    /// It failed, or was cancelled before it ended: both are reset and stopped.
+    Abort,
+}
+
+/// The two streams of a splice, aborted as [`OnDrop`] says when dropped.
 struct Ends {
     visitor: (SendStream, RecvStream),
     service: (SendStream, RecvStream),
-    finished: bool,
+    on_drop: OnDrop,
 }
 
 impl Drop for Ends {
     fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        for (send, recv) in [&mut self.visitor, &mut self.service] {
+        let streams = match self.on_drop {
+            OnDrop::Close => return,
+            OnDrop::AbortService => {
+                let _ = self.visitor.1.stop(RELAY_ABORTED);
+                vec![&mut self.service]
+            }
+            OnDrop::Abort => vec![&mut self.visitor, &mut self.service],
+        };
+        for (send, recv) in streams {
             // Either may already be closed; that is the point of aborting.
             let _ = send.reset(RELAY_ABORTED);
             let _ = recv.stop(RELAY_ABORTED);

@@ -89,6 +89,8 @@ pub struct Netbed {
     mate: bool,
     /// The delay line, once [`Self::set_delay`] started it.
     line: Mutex<Option<delay::DelayLine>>,
+    /// The first NAT's own line, with [`Self::separate_homes`].
+    extra_line: Mutex<Option<delay::DelayLine>>,
 }
 
 static BEDS: AtomicU32 = AtomicU32::new(0);
@@ -140,7 +142,8 @@ impl Netbed {
     fn build(mappings: &[Mapping], publics: usize) -> Result<Self> {
         let n = BEDS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("wp{}x{n}", std::process::id());
-        let bed = Self { prefix, homes: mappings.len(), publics, mate: false, line: Mutex::default() };
+        let (line, extra_line) = (Mutex::default(), Mutex::default());
+        let bed = Self { prefix, homes: mappings.len(), publics, mate: false, line, extra_line };
         let (public, wire) = (bed.public(), bed.wire());
         for ns in [&public, &wire] {
             bed.add_namespace(ns)?;
@@ -300,6 +303,40 @@ impl Netbed {
         self.nft(&self.home(), &home)
     }
 
+    /// Puts each NAT of a bed with two homes behind a delay line of its own, `one_way` each
+    /// way, and limits each NAT's links to `mbit` Mbit/s ([`Self::set_rate`]): a home and the
+    /// public host are then `2 × one_way` apart (round trip), and the two homes `4 × one_way`,
+    /// the same as a home, the public host and the other home: a direct path between the homes
+    /// and one relayed by the public host have the same round-trip time and bottleneck.
+    pub fn separate_homes(&self, one_way: Duration, mbit: u32) -> Result<()> {
+        anyhow::ensure!(self.homes == 2, "a bed with two homes");
+        let mut line = self.line.lock().map_err(|_| anyhow::anyhow!("the delay line's lock is poisoned"))?;
+        anyhow::ensure!(line.is_none(), "the bed has a delay line already");
+        let wire = self.wire();
+        let mut lines = Vec::new();
+        for (i, (taps, bridge)) in [(["tap0", "tap1"], "br1"), (["tap2", "tap3"], "br2")].into_iter().enumerate() {
+            lines.push(delay::DelayLine::start(&wire, taps, one_way)?);
+            self.ip(&wire, &["link", "add", bridge, "type", "bridge"])?;
+            for (dev, to) in [(taps[0], "br0"), (taps[1], bridge)] {
+                self.ip(&wire, &["link", "set", dev, "txqueuelen", "10000"])?;
+                self.ip(&wire, &["link", "set", dev, "master", to])?;
+                self.ip(&wire, &["link", "set", dev, "up"])?;
+            }
+            self.ip(&wire, &["link", "set", bridge, "up"])?;
+            self.ip(&wire, &["link", "set", &format!("nat{i}"), "master", bridge])?;
+        }
+        *line = lines.pop();
+        *lock(&self.extra_line) = lines.pop();
+        drop(line);
+        self.set_rate(mbit)
+    }
+
+    /// Lets the (first) NAT accept TCP connections from outside to `port` on itself (its
+    /// firewall drops them otherwise): for a reference server on the NAT's outside address.
+    pub fn nat_accepts_tcp(&self, port: u16) -> Result<()> {
+        self.nft(&self.nat(), &format!("insert rule ip wpnat input tcp dport {port} accept\n"))
+    }
+
     /// Drops every packet between the two NATs (`true`), either way, as a path between two
     /// homes that broke while each still reaches the public host; or lets them pass again.
     pub fn cut_between_nats(&self, cut: bool) -> Result<()> {
@@ -456,6 +493,9 @@ impl Drop for Netbed {
         if let Ok(line) = self.line.get_mut() {
             line.take();
         }
+        if let Ok(line) = self.extra_line.get_mut() {
+            line.take();
+        }
         for ns in self.namespaces().iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
@@ -485,6 +525,11 @@ fn probe() -> Option<String> {
     }
     let _ = Command::new("ip").args(["netns", "del", &probe]).output();
     None
+}
+
+/// A lock that a panic elsewhere leaves usable (its value is replaced whole).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs `command`; fails with its stderr when it exits non-zero.
