@@ -235,8 +235,11 @@ impl Client {
         // One direct path per visitor that may use one, kept up by a task of its own.
         let paths: Vec<Arc<DirectPath>> = locals
             .iter()
-            .filter_map(|l| match l {
-                LocalListener::Visitor(_, v) | LocalListener::UdpVisitor(_, v) => Some(DirectPath::new(v.clone())),
+            .zip(listeners.iter())
+            .filter_map(|(l, stats)| match l {
+                LocalListener::Visitor(_, v) | LocalListener::UdpVisitor(_, v) => {
+                    Some(DirectPath::new(v.clone(), stats.clone()))
+                }
                 _ => None,
             })
             .collect();

@@ -202,7 +202,7 @@ impl ServerControl {
                     .map(|r| ServiceTraffic {
                         result: ServiceStatus::from(r).with_http(s.route_of(&r.name)),
                         traffic: self.metrics.traffic(&s.name, &r.name),
-                        visitors: self.metrics.visitors.traffic(&s.name, &r.name),
+                        visitors: self.visitors(s, &r.name),
                     })
                     .collect(),
             })
@@ -210,6 +210,18 @@ impl ServerControl {
         let proxies = self.listeners.proxy_stats().iter().map(|l| l.snapshot()).collect();
         let udp = self.udp.snapshot();
         Status { overview: self.overview(&clients, &udp), clients, groups, proxies, udp }
+    }
+
+    /// The visitors of `service` of `owner`, each with its relayed path's round-trip time.
+    fn visitors(&self, owner: &crate::sessions::Session, service: &str) -> Vec<VisitorTraffic> {
+        let mut visitors = self.metrics.visitors.traffic(&owner.name, service);
+        for v in &mut visitors {
+            if let Some(visitor) = self.sessions.get(&v.visitor) {
+                let rtt = visitor.tunnel.conn().rtt() + owner.tunnel.conn().rtt();
+                v.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+            }
+        }
+        visitors
     }
 
     fn overview(&self, clients: &[ClientStatus], udp: &wmproxy_tunnel::udp::UdpSnapshot) -> Overview {

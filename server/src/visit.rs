@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use tracing::{Span, debug, info};
 use wmproxy_tunnel::datastream::{self, DataStreamError};
+use wmproxy_tunnel::relay::Meter;
 use wmproxy_tunnel::splice::{SpliceError, splice};
 use wmproxy_tunnel::stream::write_frame;
 use wmproxy_tunnel::{Ask, OpenError, RecvStream, SendStream, Upstream};
@@ -129,11 +130,13 @@ impl Visits {
         let Ok((to_visitor, to_service)) = socket_pair().await else {
             return datastream::refuse(send, OpenResult::Unreachable).await;
         };
-        self.metrics.visitors.visit(&visitor.name, &visit.client, &visit.service);
+        let counters = self.metrics.visitors.visit(&visitor.name, &visit.client, &visit.service);
+        // The visitor's flow sends the service's packets into the visitor's tunnel: "out".
+        let meter: Arc<dyn Meter> = Arc::new(Swapped(counters));
         let ends = tokio_util::sync::CancellationToken::new();
         let service_side =
             flow::open_connected(route.tunnel.clone(), to_service, route.header, self.open_timeout, ends.clone());
-        let visitor_side = flow::accept_ending_with(&visitor.tunnel, to_visitor, (send, recv), ends);
+        let visitor_side = flow::accept_ending_with(&visitor.tunnel, to_visitor, (send, recv), (ends, Some(meter)));
         tokio::join!(service_side, visitor_side);
         drop(route.hold);
     }
@@ -155,6 +158,16 @@ impl Visits {
             return Err(OpenResult::Forbidden);
         }
         Ok((owner, upstream))
+    }
+}
+
+/// A meter with its two directions the other way round.
+#[derive(Debug)]
+struct Swapped<M>(M);
+
+impl<M: Meter> Meter for Swapped<M> {
+    fn passed(&self, tcp_to_quic: u64, quic_to_tcp: u64) {
+        self.0.passed(quic_to_tcp, tcp_to_quic);
     }
 }
 

@@ -137,6 +137,7 @@ async fn a_visitor_reaches_a_private_service_through_the_server_and_others_are_r
     assert_eq!(visitors[0]["path"], "relayed");
     assert_eq!(visitors[0]["bytes_in"], 8 << 20, "{db_status}");
     assert_eq!(visitors[0]["bytes_out"], 8 << 20, "{db_status}");
+    assert!(visitors[0]["rtt_ms"].is_f64(), "the relayed path's RTT: {db_status}");
     let (_, metrics) = server.control("GET", "/metrics", "").await?;
     let relayed = r#"wmproxy_visitor_relayed_bytes_in_total{visitor="office",client="home",service="db"} 8388608"#;
     assert!(metrics.contains(relayed), "{metrics}");
@@ -182,6 +183,10 @@ async fn on_loopback_a_visitor_connects_directly_and_the_server_relays_nothing()
     assert_eq!(visitors[0]["path"], "direct", "{db}");
     assert_eq!((visitors[0]["connections"].as_u64(), visitors[0]["bytes_in"].as_u64()), (Some(0), Some(0)), "{db}");
     assert_eq!(db["bytes_in"], 0, "{db}");
+    // The visitor counts what it carried.
+    let office_status = client_status(control).await?;
+    assert_eq!(office_status["visitors"][0]["bytes_in"], 8 << 20, "{office_status}");
+    assert!(office_status["visitors"][0]["rtt_ms"].is_f64(), "{office_status}");
     // Home lists the visitor's direct connection.
     let home_status = client_status(home.control_addr.context("home's control API")?).await?;
     assert_eq!(home_status["direct_visitors"][0]["visitor"], "office", "{home_status}");
@@ -219,6 +224,12 @@ async fn udp_visitors_reach_a_private_udp_service_through_the_server_and_directl
     let dns = service_status(&server, "home", "dns").await?;
     assert_eq!(dns["outcome"], "private", "{dns}");
     assert_eq!(dns["visitors"][0]["connections"], 1, "{dns}");
+    let relayed_bytes = b"through the server".len();
+    assert_eq!(
+        (dns["visitors"][0]["bytes_in"].as_u64(), dns["visitors"][0]["bytes_out"].as_u64()),
+        (Some(relayed_bytes as u64), Some(relayed_bytes as u64)),
+        "{dns}"
+    );
 
     // Directly: 500 packets paced at one a millisecond, at least 99 % back.
     wmproxy_tests::eventually_async("the UDP visitor's path is direct", async || {

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wmproxy_config::visitor::{VisitMode, Visitor};
 use wmproxy_tunnel::Tunnel;
+use wmproxy_tunnel::listener::ListenerStats;
 use wmproxy_tunnel::stream::read_frame;
 use wmproxy_tunnel::tls::Fingerprint;
 use wmproxy_wire::{OpenStream, PeerInfo};
@@ -43,6 +44,8 @@ const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct DirectPath {
     visitor: Arc<Visitor>,
+    /// The visitor's counters (its listener's).
+    stats: Arc<ListenerStats>,
     /// The direct connection as a tunnel (streams, and UDP flows with its own flow table).
     conn: watch::Sender<Option<Arc<Tunnel>>>,
     last_error: Mutex<Option<String>>,
@@ -66,12 +69,18 @@ pub struct PathStatus {
     /// Why the latest direct attempt failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Connections (UDP: flows) accepted, on either path.
+    pub connections: u64,
+    /// Bytes from local users to the service.
+    pub bytes_in: u64,
+    /// Bytes from the service to local users.
+    pub bytes_out: u64,
 }
 
 impl DirectPath {
-    /// The path of `visitor`, down.
-    pub fn new(visitor: Arc<Visitor>) -> Arc<Self> {
-        Arc::new(Self { visitor, conn: watch::Sender::new(None), last_error: Mutex::default() })
+    /// The path of `visitor`, down; `stats` are its listener's counters.
+    pub fn new(visitor: Arc<Visitor>, stats: Arc<ListenerStats>) -> Arc<Self> {
+        Arc::new(Self { visitor, stats, conn: watch::Sender::new(None), last_error: Mutex::default() })
     }
 
     /// The visitor's mode.
@@ -107,6 +116,7 @@ impl DirectPath {
     /// What `/status` shows.
     pub fn status(&self) -> PathStatus {
         let conn = self.current();
+        let counted = self.stats.snapshot();
         let mode = self.visitor.mode;
         let path = match (&conn, mode) {
             (Some(_), _) => "direct",
@@ -120,6 +130,9 @@ impl DirectPath {
             path,
             rtt_ms: conn.map(|t| t.conn().rtt().as_secs_f64() * 1000.0),
             last_error: self.last_error(),
+            connections: counted.connections,
+            bytes_in: counted.bytes_in,
+            bytes_out: counted.bytes_out,
         }
     }
 

@@ -52,7 +52,7 @@ impl Meter for VisitorCounters {
 }
 
 /// What a visitor was relayed, as `/status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VisitorTraffic {
     /// The visiting client.
     pub visitor: String,
@@ -63,6 +63,10 @@ pub struct VisitorTraffic {
     pub connections: u64,
     /// Rendezvous arranged for direct connections.
     pub rendezvous: u64,
+    /// The relayed path's round-trip time: the visitor's tunnel's and the service's client's
+    /// tunnel's, added (while both are up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
     /// Bytes from the visitor to the service.
     pub bytes_in: u64,
     /// Bytes from the service to the visitor.
@@ -169,6 +173,7 @@ impl VisitorMetrics {
                 path: if c.direct.load(Ordering::Relaxed) { "direct" } else { "relayed" },
                 connections: c.connections.get(),
                 rendezvous: c.rendezvous.get(),
+                rtt_ms: None,
                 bytes_in: c.bytes_in.get(),
                 bytes_out: c.bytes_out.get(),
             })

@@ -150,14 +150,18 @@ pub async fn accept_within(
 }
 
 /// [`accept`] for a flow that also ends when `ends` is cancelled (and cancels it when it
-/// ends): the server's half of a relayed UDP visit towards the visitor.
+/// ends), its bytes counted in `meter` (what the socket side sends into the tunnel as
+/// `tcp_to_quic`): the server's half of a relayed UDP visit towards the visitor.
 pub async fn accept_ending_with(
     tunnel: &Tunnel,
     socket: Arc<UdpSocket>,
     stream: (SendStream, RecvStream),
-    ends: CancellationToken,
+    (ends, meter): (CancellationToken, Option<Arc<dyn crate::relay::Meter>>),
 ) {
     let flow = Flow::ending_with(super::table::Sink::Connected(socket.clone()), tunnel.flows(), Some(&ends));
+    if let Some(meter) = meter {
+        flow.0.metered(meter);
+    }
     accept_with(tunnel, socket, stream, flow).await;
     ends.cancel();
 }
