@@ -1,4 +1,4 @@
-//! Every message the tunnel decodes from the wire: a decoder never panics, never claims more
+//! Every message the tunnel decodes from the wire (a rendezvous's `PeerInfo` too): a decoder never panics, never claims more
 //! bytes than it was given, and whatever it accepts encodes and decodes back to itself.
 #![no_main]
 
@@ -6,7 +6,7 @@ use std::fmt::Debug;
 
 use libfuzzer_sys::fuzz_target;
 use wmproxy_wire::{
-    ControlReply, ControlRequest, Hello, HelloReply, OpenResult, OpenStream, WireMessage, frame, hello,
+    ControlReply, ControlRequest, Hello, HelloReply, OpenResult, OpenStream, PeerInfo, WireMessage, frame, hello,
 };
 
 fn round_trip<T: WireMessage + PartialEq + Debug>(data: &[u8]) {
@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<ControlReply>(data);
     round_trip::<OpenStream>(data);
     round_trip::<OpenResult>(data);
+    round_trip::<PeerInfo>(data);
     let _ = hello::judge(data);
     let _ = frame::peek_protocol_version(data);
     if let Some(header) = data.first_chunk::<{ wmproxy_wire::FRAME_HEADER_LEN }>() {
