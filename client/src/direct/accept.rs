@@ -50,6 +50,10 @@ pub async fn punch((send, recv): (SendStream, RecvStream), punch: Punch, ctx: &E
         debug!("a punch while no QUIC tunnel is up; refused");
         return datastream::refuse(send, OpenResult::NotAllowed).await;
     };
+    let Ok(punching) = ctx.direct.punches.clone().try_acquire_owned() else {
+        debug!("too many punches under way; refused");
+        return datastream::refuse(send, OpenResult::Busy).await;
+    };
     let fingerprint = Fingerprint(punch.fingerprint);
     let until = tokio::time::Instant::now() + EXPECT_FOR;
     ctx.direct.expected.add(Visitor { fingerprint, name: punch.visitor.clone(), service: punch.service, until });
@@ -68,6 +72,7 @@ pub async fn punch((send, recv): (SendStream, RecvStream), punch: Punch, ctx: &E
                 Ok(config) => open_the_way(&endpoint, config, &towards).await,
                 Err(e) => warn!(error = %e, "no config to punch with"),
             }
+            drop(punching);
         }
         .instrument(span),
     );
@@ -114,24 +119,32 @@ pub async fn run(endpoint: Endpoint, ctx: Arc<Exposer>, stop: CancellationToken)
                 None => return,
             },
         };
-        if ctx.direct.accepted.len() >= MAX_ACCEPTED {
-            debug!("too many direct connections; refusing one");
-            incoming.refuse();
+        if !ctx.direct.expected.any() {
+            // Nobody was announced: not a visitor (a scan, a late punch). No answer at all.
+            incoming.ignore();
             continue;
         }
+        let handshake = ctx.direct.handshakes.clone().try_acquire_owned();
+        let (Ok(handshake), true) = (handshake, ctx.direct.accepted.len() < MAX_ACCEPTED) else {
+            debug!("too many direct connections or handshakes; refusing one");
+            incoming.refuse();
+            continue;
+        };
         let ctx = ctx.clone();
         let span = info_span!("direct", peer = %incoming.remote_address(), visitor = tracing::field::Empty);
-        ctx.tracker.clone().spawn(serve(incoming, ctx).instrument(span));
+        ctx.tracker.clone().spawn(serve(incoming, ctx, handshake).instrument(span));
     }
 }
 
-/// Completes one incoming handshake and serves the connection's visits until it closes.
-async fn serve(incoming: quinn::Incoming, ctx: Arc<Exposer>) {
+/// Completes one incoming handshake (holding `handshake`, one of the permits of those under
+/// way) and serves the connection's visits until it closes.
+async fn serve(incoming: quinn::Incoming, ctx: Arc<Exposer>, handshake: tokio::sync::OwnedSemaphorePermit) {
     let conn = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, async { incoming.await }).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return debug!(error = %e, "a direct handshake failed"),
         Err(_) => return debug!("a direct handshake timed out"),
     };
+    drop(handshake);
     let Some(visitor) = peer_certificate(&conn).and_then(|fp| ctx.direct.expected.find(&fp)) else {
         // The verifier already checked it; the entry may have expired in between.
         return conn.close(0u32.into(), b"not expected");

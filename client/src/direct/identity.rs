@@ -38,6 +38,13 @@ pub const EXPECT_FOR: Duration = Duration::from_secs(30);
 /// Most visitors expected at once; the oldest is forgotten first.
 const MAX_EXPECTED: usize = 64;
 
+/// Direct handshakes in progress at once (a service's side); more are refused.
+pub const MAX_HANDSHAKES: usize = 16;
+
+/// `Punch`es being carried out at once (each sends handshakes to at most 16 addresses for a
+/// few seconds); more are refused as busy.
+pub const MAX_PUNCHES: usize = 16;
+
 /// This client's certificate and key for direct connections.
 #[derive(Debug)]
 pub struct Identity {
@@ -73,6 +80,8 @@ impl Identity {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(TlsSetupError::Quic)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(Arc::new(transport(DIRECT_STREAMS)));
+        // Handshakes waiting to be accepted, and what they may buffer: a few visitors at once.
+        config.max_incoming(MAX_HANDSHAKES).incoming_buffer_size(64 * 1024).incoming_buffer_size_total(1 << 20);
         Ok(config)
     }
 
@@ -136,6 +145,12 @@ impl Expected {
             all.remove(0);
         }
         all.push(visitor);
+    }
+
+    /// Whether any visitor is expected now.
+    pub fn any(&self) -> bool {
+        let now = Instant::now();
+        self.lock().iter().any(|v| v.until > now)
     }
 
     /// The visitor whose certificate is `fingerprint`, if it is expected now.

@@ -65,6 +65,10 @@ pub struct Direct {
     pub accepted: accept::Accepted,
     /// For UDP flows on direct connections.
     pub udp: Udp,
+    /// Punches under way ([`identity::MAX_PUNCHES`]).
+    pub punches: Arc<tokio::sync::Semaphore>,
+    /// Incoming handshakes under way ([`identity::MAX_HANDSHAKES`]).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Direct {
@@ -75,7 +79,9 @@ impl Direct {
         let server_config = identity.server_config(expected.clone())?;
         let endpoint = watch::Sender::new(None);
         let accepted = accept::Accepted::default();
-        Ok(Arc::new(Self { identity, expected, server_config, endpoint, accepted, udp }))
+        let punches = Arc::new(tokio::sync::Semaphore::new(identity::MAX_PUNCHES));
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(identity::MAX_HANDSHAKES));
+        Ok(Arc::new(Self { identity, expected, server_config, endpoint, accepted, udp, punches, handshakes }))
     }
 
     /// A [`Tunnel`] over the direct connection `conn`, sharing the client's UDP flow limit,
