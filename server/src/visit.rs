@@ -1,7 +1,8 @@
 //! Private services and their visitors. A private service is published with no public port
-//! (the registry's `Owner::Private` holds who may visit and how it is reached); a visitor, another client, opens a
-//! `Visit` stream naming the service's client and the service, with the verifier derived from
-//! the secret. The server checks it here and relays:
+//! (the registry's `Owner::Private` holds who may visit and how it is reached); a visitor,
+//! another client, opens a `Visit` stream (or a `UdpVisit` flow) naming the service's client
+//! and the service, with the verifier derived from the secret. The server checks it here and
+//! relays:
 //!
 //! ```text
 //! visitor's client ── Visit, bytes ──▶ server: the client online? the service private?
@@ -20,11 +21,13 @@
 
 use std::sync::Arc;
 
-use tracing::{Span, debug, info};
+use tokio::net::UdpSocket;
+use tracing::{Span, debug};
 use wmproxy_tunnel::datastream::{self, DataStreamError};
 use wmproxy_tunnel::relay::Meter;
 use wmproxy_tunnel::splice::{SpliceError, splice};
 use wmproxy_tunnel::stream::write_frame;
+use wmproxy_tunnel::udp::flow;
 use wmproxy_tunnel::{Ask, OpenError, RecvStream, SendStream, Upstream};
 use wmproxy_wire::{Name, OpenResult, OpenStream, ServiceKind, Verifier};
 
@@ -33,8 +36,6 @@ use crate::registry::Registry;
 use crate::sessions::{Session, Sessions};
 use crate::udp::UdpBudget;
 use crate::upstream::ServiceUpstream;
-use tokio::net::UdpSocket;
-use wmproxy_tunnel::udp::flow;
 
 /// What serving a visit needs. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -153,7 +154,9 @@ impl Visits {
             return Err(OpenResult::UnknownService);
         };
         if !access.admits(visitor.name.as_str(), visit.verifier.as_ref()) {
-            info!(visitor = %visitor.name, "visit refused: wrong secret, or a client the service does not allow");
+            // Counted (and shown in the dashboard's events); logged at debug, so that a client
+            // trying secrets cannot flood the log.
+            debug!(visitor = %visitor.name, "visit refused: wrong secret, or a client the service does not allow");
             self.metrics.refused(Refusal::VisitForbidden);
             return Err(OpenResult::Forbidden);
         }
