@@ -245,7 +245,7 @@ impl Client {
             .collect();
         for path in paths.iter().filter(|p| p.mode() != VisitMode::Relay) {
             let span = info_span!("direct_path", visitor = %path.name());
-            let maintain = path.clone().maintain(direct.clone(), current.clone(), (tracker.clone(), shutdown.clone()));
+            let maintain = path.clone().maintain(direct.clone(), (tracker.clone(), shutdown.clone()));
             tracker.spawn(maintain.instrument(span));
         }
         if let (Some(listener), Some(control)) = (control_listener, &config.control) {

@@ -110,6 +110,7 @@ impl Link {
                         direct: shared.direct.clone(),
                         client: config.name.clone(),
                         tracker: setup.tracker.clone(),
+                        endpoint: established.endpoint.clone(),
                     });
                     let earlier = (0..place.at).filter(|i| place.refused[*i].is_none()).collect();
                     let serving =

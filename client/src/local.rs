@@ -40,6 +40,9 @@ pub struct Exposer {
     pub client: Name,
     /// Where tasks spawned for direct connections run.
     pub tracker: tokio_util::task::TaskTracker,
+    /// This tunnel's QUIC endpoint (none over the TCP transport): a visitor announced on this
+    /// tunnel connects to it, at the address this tunnel's server saw.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 /// The bandwidth limits of the services, by name, made on first use.

@@ -150,7 +150,7 @@ impl TunnelSetup {
         let direct_stop = self.shutdown.child_token();
         let _direct_stop = direct_stop.clone().drop_guard();
         if let Some(endpoint) = &endpoint {
-            exposer.direct.install(endpoint);
+            exposer.direct.install(endpoint, &tunnel);
             let accept = crate::direct::accept::run(endpoint.clone(), exposer.clone(), direct_stop);
             self.tracker.spawn(accept.in_current_span());
         }

@@ -46,7 +46,7 @@ pub async fn punch((send, recv): (SendStream, RecvStream), punch: Punch, ctx: &E
     if !private {
         return datastream::refuse(send, OpenResult::UnknownService).await;
     }
-    let Some(endpoint) = ctx.direct.endpoints().borrow().clone() else {
+    let Some(endpoint) = ctx.endpoint.clone() else {
         debug!("a punch while no QUIC tunnel is up; refused");
         return datastream::refuse(send, OpenResult::NotAllowed).await;
     };

@@ -59,8 +59,10 @@ pub struct Direct {
     /// Visitors a `Punch` announced.
     pub expected: Arc<Expected>,
     server_config: quinn::ServerConfig,
-    /// The endpoint of the QUIC tunnel up now, if any.
-    endpoint: watch::Sender<Option<Endpoint>>,
+    /// The QUIC tunnel up now and its endpoint, if any: a visitor asks for a rendezvous on
+    /// that tunnel and connects from that endpoint, so that it leaves through the NAT mapping
+    /// the server saw (with several servers, the latest tunnel up).
+    endpoint: watch::Sender<Option<(Endpoint, Arc<Tunnel>)>>,
     /// Direct connections accepted and still open (`/status`).
     pub accepted: accept::Accepted,
     /// For UDP flows on direct connections.
@@ -95,18 +97,18 @@ impl Direct {
         Arc::new(Tunnel::new(conn, flows, streams, self.udp.flows.clone()))
     }
 
-    /// Makes `endpoint` (a QUIC tunnel's, just up) accept direct connections, and the one new
-    /// direct connections leave from.
-    pub fn install(&self, endpoint: &Endpoint) {
+    /// Makes `endpoint` (the QUIC tunnel `tunnel`'s, just up) accept direct connections, and
+    /// the one visitors' direct connections leave from.
+    pub fn install(&self, endpoint: &Endpoint, tunnel: &Arc<Tunnel>) {
         endpoint.set_server_config(Some(self.server_config.clone()));
-        self.endpoint.send_replace(Some(endpoint.clone()));
+        self.endpoint.send_replace(Some((endpoint.clone(), tunnel.clone())));
     }
 
     /// Forgets `endpoint` as the one to use (its tunnel ended), unless another took its place.
     pub fn withdraw(&self, endpoint: &Endpoint) {
         let ours = endpoint.local_addr().ok();
         self.endpoint.send_if_modified(|now| {
-            let same = now.as_ref().is_some_and(|e| e.local_addr().ok() == ours);
+            let same = now.as_ref().is_some_and(|(e, _)| e.local_addr().ok() == ours);
             if same {
                 *now = None;
             }
@@ -114,8 +116,8 @@ impl Direct {
         });
     }
 
-    /// The endpoint new direct connections leave from, as it changes.
-    pub fn endpoints(&self) -> watch::Receiver<Option<Endpoint>> {
+    /// The tunnel and endpoint visitors' direct connections are made through, as they change.
+    pub fn endpoints(&self) -> watch::Receiver<Option<(Endpoint, Arc<Tunnel>)>> {
         self.endpoint.subscribe()
     }
 

@@ -30,7 +30,6 @@ use wmproxy_wire::{OpenStream, PeerInfo};
 
 use super::identity::PEER_NAME;
 use super::{Direct, lock, reachable};
-use crate::current::CurrentTunnel;
 use crate::local::STREAM_OPEN_TIMEOUT;
 
 /// How long the handshakes of one attempt may take, over all addresses.
@@ -136,18 +135,13 @@ impl DirectPath {
         }
     }
 
-    /// Keeps a direct connection up whenever the tunnel is on QUIC, until `stop`; its flow
+    /// Keeps a direct connection up whenever a tunnel is on QUIC, until `stop`; its flow
     /// table's task runs on `tracker`.
-    pub async fn maintain(
-        self: Arc<Self>,
-        direct: Arc<Direct>,
-        current: CurrentTunnel,
-        (tracker, stop): (TaskTracker, CancellationToken),
-    ) {
+    pub async fn maintain(self: Arc<Self>, direct: Arc<Direct>, (tracker, stop): (TaskTracker, CancellationToken)) {
         let mut endpoints = direct.endpoints();
         let mut wait = RETRY_FIRST;
         loop {
-            let ready = endpoints.borrow_and_update().clone().zip(current.get());
+            let ready = endpoints.borrow_and_update().clone().filter(|(_, t)| t.conn().close_reason().is_none());
             let Some((endpoint, tunnel)) = ready else {
                 tokio::select! {
                     () = stop.cancelled() => return,
