@@ -38,7 +38,8 @@ pub async fn serve((send, recv): (SendStream, RecvStream), tunnel: Arc<Tunnel>, 
         OpenStream::Punch { visitor, service, fingerprint, candidates } => {
             Span::current().record("service", service.as_str());
             let punch = crate::direct::accept::Punch { visitor, service, fingerprint, candidates };
-            crate::direct::accept::punch((send, recv), punch, &ctx).await;
+            // Boxed: a rare stream's state does not make every connection's task larger.
+            Box::pin(crate::direct::accept::punch((send, recv), punch, &ctx)).await;
         }
         OpenStream::UdpExpose { service, peer_addr } => {
             Span::current().record("service", service.as_str()).record("peer", tracing::field::display(peer_addr));

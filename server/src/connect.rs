@@ -72,16 +72,18 @@ pub(crate) async fn serve(
         }
         OpenStream::Visit { client, service, verifier, peer_addr } => {
             debug!(%peer_addr, "visit requested");
-            visits.serve((send, recv), &session, Visit { client, service, verifier, kind: ServiceKind::Tcp }).await;
+            // Boxed, as the other visits: their state does not make every forward's task larger.
+            let visit = Visit { client, service, verifier, kind: ServiceKind::Tcp };
+            Box::pin(visits.serve((send, recv), &session, visit)).await;
         }
         OpenStream::UdpVisit { client, service, verifier, peer_addr } => {
             debug!(%peer_addr, "UDP visit requested");
             let visit = Visit { client, service, verifier, kind: ServiceKind::Udp };
-            visits.serve_udp((send, recv), &session, visit, &udp).await;
+            Box::pin(visits.serve_udp((send, recv), &session, visit, &udp)).await;
         }
         OpenStream::Rendezvous { client, service, kind, verifier, fingerprint, locals } => {
             let visit = Visit { client, service, verifier, kind };
-            visits.rendezvous((send, recv), &session, Rendezvous { visit, fingerprint, locals }).await;
+            Box::pin(visits.rendezvous((send, recv), &session, Rendezvous { visit, fingerprint, locals })).await;
         }
         // A client in failover mode asks whether the server is still there.
         OpenStream::Ping => wmproxy_tunnel::probe::answer(send).await,
