@@ -1,16 +1,17 @@
-// The client's dashboard: its tunnel(s) with their services, its forwards and proxies, and its
-// health checks. `common.js` logs in and calls `start()`, then the function it returns every
+// The client's dashboard: its tunnel(s) with their services, its forwards and proxies, its
+// visitors (and other clients' direct visitors of its private services), and its health checks. `common.js` logs in and calls `start()`, then the function it returns every
 // two seconds.
 "use strict";
 
 function start() {
   const section = (id, title) => el("section", { id }, el("h2", {}, title), el("div", { class: "body" }));
   fill("#main", section("tunnels", "Tunnels"), section("listeners", "Forwards and proxies"),
-    section("checks", "Health checks"));
+    section("visitors", "Visitors"), section("checks", "Health checks"));
   return async () => {
     const status = await api("/status");
     tunnels(status.servers);
     listeners(status.listeners);
+    visitors(status.visitors, status.direct_visitors);
     checks(status.health_checks);
   };
 }
@@ -27,7 +28,7 @@ function tunnels(list) {
     el("p", { class: "muted" },
       [t.transport, t.rtt_ms == null ? null : `RTT ${t.rtt_ms.toFixed(1)} ms`, t.last_error].filter(Boolean).join(" · ")),
     t.services.length ? table(["Service", "Outcome", "Reached by"], t.services.map((s) => [s.name,
-      el("span", { class: s.outcome === "ok" || s.outcome === "joined" ? "ok" : "refused" }, s.outcome), reachedBy(s)]),
+      el("span", { class: ["ok", "joined", "private"].includes(s.outcome) ? "ok" : "refused" }, s.outcome), reachedBy(s)]),
     (i) => ({ "data-service": t.services[i].name })) : null)));
 }
 
@@ -36,6 +37,23 @@ function listeners(list) {
   fill("#listeners .body", table(["Role", "Kind", "Listens on", "To", "Connections", "Open", "In / out", "Refused"],
     list.map((l) => [l.role, l.kind, l.listen, l.to, l.connections, l.active, `${bytes(l.bytes_in)} / ${bytes(l.bytes_out)}`,
       Object.entries(l.refused).map(([why, n]) => `${why}: ${n}`).join(", ") || "–"])));
+}
+
+function visitors(mine, theirs) {
+  const rtt = (ms) => (ms == null ? "–" : `${ms.toFixed(1)} ms`);
+  const parts = [];
+  if (mine.length) {
+    parts.push(table(["Visitor", "To", "Mode", "Path", "RTT", "Connections", "In / out", "Last direct attempt"],
+      mine.map((v) => [v.name, v.to, v.mode, el("span", { class: v.path === "none" ? "error" : "ok" }, v.path), rtt(v.rtt_ms),
+        v.connections, `${bytes(v.bytes_in)} / ${bytes(v.bytes_out)}`, v.last_error || "–"]),
+      (i) => ({ "data-visitor": mine[i].name })));
+  }
+  if (theirs.length) {
+    parts.push(el("h3", {}, "Direct visitors of this client's private services"),
+      table(["Visitor", "Service", "From", "RTT"], theirs.map((v) => [v.visitor, v.service, v.peer, rtt(v.rtt_ms)])));
+  }
+  if (!parts.length) parts.push(el("p", { class: "muted" }, "None configured."));
+  fill("#visitors .body", ...parts);
 }
 
 function checks(list) {

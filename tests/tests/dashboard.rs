@@ -58,6 +58,16 @@ async fn the_dashboards_in_a_browser() -> Result<()> {
     let check = || Some(tcp_check(u64::try_from(CHECK_INTERVAL.as_millis()).unwrap_or(200), 1, 1));
     let mut config = server.client_config("home");
     config.control = Some(control_api());
+    // A visitor through the server, of a client that is not there: its row on the client's page.
+    config.visitors.push(wmproxy_config::visitor::Visitor {
+        name: wmproxy_tests::name("office-db"),
+        kind: wmproxy_wire::ServiceKind::Tcp,
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        client: wmproxy_tests::name("office"),
+        service: wmproxy_tests::name("db"),
+        secret_key: None,
+        mode: wmproxy_config::visitor::VisitMode::Relay,
+    });
     config.services = vec![
         member("a", a.addr, "web", 1, check()),
         member("b", b.addr, "web", 1, check()),
@@ -151,6 +161,9 @@ async fn the_dashboards_in_a_browser() -> Result<()> {
     browser.wait_for("document.querySelector('[data-service=\"bulk\"]')", SHOWN_WITHIN).await?;
     let checks = browser.wait_for("document.querySelector('#checks table')?.textContent", SHOWN_WITHIN).await?;
     ensure!(checks.as_str().is_some_and(|t| t.contains("passed")), "{checks}");
+    let visitor = "document.querySelector('#visitors [data-visitor=\"office-db\"]')?.textContent";
+    let visitor = browser.wait_for(visitor, SHOWN_WITHIN).await?;
+    ensure!(visitor.as_str().is_some_and(|t| t.contains("office/db") && t.contains("relayed")), "{visitor}");
     screenshot(&mut browser, "6-client-page").await?;
     Ok(())
 }

@@ -46,7 +46,7 @@ function clients(list, latest) {
   const services = (c) => table(["Service", "Outcome", "Reached by", "Open", "Rate in / out"],
     c.services.map((s) => {
       const r = rates.get(`${c.name}/${s.name}`);
-      return [s.name, el("span", { class: s.outcome === "ok" || s.outcome === "joined" ? "ok" : "refused" }, s.outcome),
+      return [s.name, el("span", { class: ["ok", "joined", "private"].includes(s.outcome) ? "ok" : "refused" }, s.outcome),
         reachedBy(s), s.active, r ? `${rate(r.in_bps)} / ${rate(r.out_bps)}` : "–"];
     }),
     (i) => ({ "data-service": `${c.name}/${c.services[i].name}` }));
