@@ -158,9 +158,8 @@ impl CurrentTunnel {
         meter: &dyn Meter,
     ) -> Result<RelayStats, OpenError> {
         let tunnel = self.get().ok_or(OpenError::TunnelGone)?;
-        let _permit = tunnel.stream_permit().ok_or(OpenError::Busy)?;
         let limits = Limits { meter: Some(meter), ..Limits::default() };
-        Ok(tunnel.open_and_relay(&header, tcp, (self.open_timeout, &limits)).await?)
+        tunnel.open_and_relay(&header, tcp, (self.open_timeout, &limits)).await
     }
 }
 

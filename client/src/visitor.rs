@@ -93,9 +93,8 @@ async fn carry(
     };
     match direct {
         Some(direct) => {
-            let _permit = direct.stream_permit().ok_or(OpenError::Busy)?;
             let limits = Limits { meter: Some(meter), ..Default::default() };
-            Ok(direct.open_and_relay(header, tcp, (STREAM_OPEN_TIMEOUT, &limits)).await?)
+            direct.open_and_relay(header, tcp, (STREAM_OPEN_TIMEOUT, &limits)).await
         }
         None => current.carry_as(tcp, header.clone(), meter).await,
     }

@@ -96,10 +96,9 @@ impl ServiceUpstream {
     /// after the stream was set up is [`OpenError::Failed`] with the relay's error. The bytes
     /// are counted in `meter` as they pass.
     pub async fn carry(&self, tcp: TcpStream, peer: SocketAddr, meter: &dyn Meter) -> Result<RelayStats, OpenError> {
-        let _permit = self.tunnel.stream_permit().ok_or(OpenError::Busy)?;
         let header = stream_header(Ask::Service, &self.served.service, peer);
         let limits = Limits { bandwidth: self.limit.as_deref(), idle: None, meter: Some(meter) };
-        Ok(self.tunnel.open_and_relay(&header, tcp, (self.open_timeout, &limits)).await?)
+        self.tunnel.open_and_relay(&header, tcp, (self.open_timeout, &limits)).await
     }
 }
 

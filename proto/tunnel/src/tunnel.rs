@@ -87,16 +87,17 @@ impl Tunnel {
         Ok(Opened { send, recv, by, hold: vec![Box::new(permit)] })
     }
 
-    /// Opens a data stream with `header`, pipelines `tcp`'s bytes behind it and relays (within
-    /// `limits`, counted by its meter) until both directions end; see
-    /// [`datastream::open_and_relay`].
+    /// Under one of the tunnel's stream permits (`Busy` at the limit), opens a data stream
+    /// with `header`, pipelines `tcp`'s bytes behind it and relays (within `limits`, counted by
+    /// its meter) until both directions end; see [`datastream::open_and_relay`].
     pub async fn open_and_relay(
         &self,
         header: &OpenStream,
         tcp: TcpStream,
         (timeout, limits): (Duration, &crate::relay::Limits<'_>),
-    ) -> Result<RelayStats, DataStreamError> {
-        datastream::open_and_relay(&self.conn, header, tcp, (timeout, limits)).await
+    ) -> Result<RelayStats, OpenError> {
+        let _permit = self.stream_permit().ok_or(OpenError::Busy)?;
+        Ok(datastream::open_and_relay(&self.conn, header, tcp, (timeout, limits)).await?)
     }
 
     /// Closes the connection with `code` and `reason` (the peer sees both) and ends every flow.
