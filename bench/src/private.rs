@@ -22,10 +22,9 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wmproxy_config::secret::Secret;
-use wmproxy_config::visitor::{PrivateAccess, VisitMode, Visitor};
-use wmproxy_config::{Exposure, Publish};
+use wmproxy_config::visitor::{VisitMode, Visitor};
 use wmproxy_tests::netbed::{self, InNetns, Mapping, Netbed};
-use wmproxy_tests::{TestClient, name, tcp_service};
+use wmproxy_tests::{TestClient, name, private, tcp_service};
 
 use crate::{backends, micros, p50_p99};
 
@@ -59,12 +58,7 @@ pub async fn run(rtt: Duration, mbit: u32, secs: f64) -> Result<()> {
     let mut server = netbed::public_server(&public).await?;
     let mut service = server.client_config("home");
     for (service_name, local) in [("sink", sink), ("echo", echo)] {
-        let mut s = tcp_service(service_name, local, 0);
-        let access = PrivateAccess { secret_key: Some(Secret::new(SECRET)), allow_visitors: Vec::new() };
-        if let Exposure::Tcp { publish, .. } = &mut s.exposure {
-            *publish = Publish::Private(access);
-        }
-        service.services.push(s);
+        service.services.push(private(tcp_service(service_name, local, 0), Some(SECRET), &[]));
     }
     // The same sink as a public service too: a user on the visitor's host reaches it at the
     // server's public port (user → server over TCP, server → home over the tunnel).

@@ -290,6 +290,20 @@ pub fn service(kind: ServiceKind, name: &str, local: SocketAddr, remote_port: u1
     Service { name: self::name(name), local_addr: target(local), access_log: true, exposure }
 }
 
+/// `service` (a TCP or UDP entry) published privately: visitors need `secret` (if given) and
+/// must be one of `allow` (if any are listed).
+pub fn private(mut service: Service, secret: Option<&str>, allow: &[&str]) -> Service {
+    let access = wmproxy_config::visitor::PrivateAccess {
+        secret_key: secret.map(Secret::new),
+        allow_visitors: allow.iter().map(|n| self::name(n)).collect(),
+    };
+    match &mut service.exposure {
+        Exposure::Tcp { publish, .. } | Exposure::Udp { publish, .. } => *publish = Publish::Private(access),
+        other => panic!("a test made a private service of {other:?}"),
+    }
+    service
+}
+
 /// A TCP service entry for a client config.
 pub fn tcp_service(name: &str, local: SocketAddr, remote_port: u16) -> Service {
     service(ServiceKind::Tcp, name, local, remote_port)

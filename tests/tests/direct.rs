@@ -13,11 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wmproxy_client::ClientStatus;
 use wmproxy_config::secret::Secret;
-use wmproxy_config::visitor::{PrivateAccess, VisitMode, Visitor};
-use wmproxy_config::{Exposure, Publish};
+use wmproxy_config::visitor::{VisitMode, Visitor};
 use wmproxy_tests::backend::{self, bulk_echo};
 use wmproxy_tests::netbed::{self, InNetns, Mapping};
-use wmproxy_tests::{TestClient, TestServer, control_api, name, tcp_service};
+use wmproxy_tests::{TestClient, TestServer, control_api, name, private, tcp_service};
 
 const SECRET: &str = "direct-secret-5678";
 
@@ -43,19 +42,9 @@ async fn two(public: &InNetns, a: &InNetns, b: &InNetns) -> Result<Two> {
     let echo = a.run(backend::echo()).await??;
     let mut home = server.client_config("home");
     home.control = Some(control_api());
-    let mut db = tcp_service("db", echo, 0);
-    let access = PrivateAccess { secret_key: Some(Secret::new(SECRET)), allow_visitors: Vec::new() };
-    if let Exposure::Tcp { publish, .. } = &mut db.exposure {
-        *publish = Publish::Private(access);
-    }
-    home.services.push(db);
+    home.services.push(private(tcp_service("db", echo, 0), Some(SECRET), &[]));
     let udp_echo = a.run(wmproxy_tests::udp::echo()).await??;
-    let mut dns = wmproxy_tests::udp::service("dns", udp_echo, 0);
-    let access = PrivateAccess { secret_key: Some(Secret::new(SECRET)), allow_visitors: Vec::new() };
-    if let Exposure::Udp { publish, .. } = &mut dns.exposure {
-        *publish = Publish::Private(access);
-    }
-    home.services.push(dns);
+    home.services.push(private(wmproxy_tests::udp::service("dns", udp_echo, 0), Some(SECRET), &[]));
     let mut home = a.run(TestClient::start(home)).await??;
     home.wait_for("home connected", |s| matches!(s, ClientStatus::Connected { .. })).await?;
     let mut office = server.client_config("office");

@@ -10,9 +10,9 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use wmproxy_config::Service;
 use wmproxy_config::secret::Secret;
-use wmproxy_config::visitor::{PrivateAccess, VisitMode, Visitor};
-use wmproxy_config::{Exposure, Publish, Service};
+use wmproxy_config::visitor::{VisitMode, Visitor};
 use wmproxy_tests::backend::{self, bulk_echo};
 use wmproxy_tests::{TestClient, TestServer, control_api, control_call, init_tracing, name, tcp_service};
 
@@ -20,13 +20,7 @@ const SECRET: &str = "private-secret-1234";
 
 /// A private TCP service `service` of `local`, with `secret` and `allow` as its restrictions.
 fn private(service: &str, local: SocketAddr, secret: Option<&str>, allow: &[&str]) -> Service {
-    let mut s = tcp_service(service, local, 0);
-    let access =
-        PrivateAccess { secret_key: secret.map(Secret::new), allow_visitors: allow.iter().map(|n| name(n)).collect() };
-    if let Exposure::Tcp { publish, .. } = &mut s.exposure {
-        *publish = Publish::Private(access);
-    }
-    s
+    wmproxy_tests::private(tcp_service(service, local, 0), secret, allow)
 }
 
 /// A visitor `visitor` of `service` of `client` through the server, listening on any loopback
@@ -200,12 +194,7 @@ async fn udp_visitors_reach_a_private_udp_service_through_the_server_and_directl
     let echo = wmproxy_tests::udp::echo().await?;
     let server = TestServer::start(|_| {}).await?;
     let mut home = server.client_config("home");
-    let mut dns = wmproxy_tests::udp::service("dns", echo, 0);
-    let access = PrivateAccess { secret_key: Some(Secret::new(SECRET)), allow_visitors: Vec::new() };
-    if let Exposure::Udp { publish, .. } = &mut dns.exposure {
-        *publish = Publish::Private(access);
-    }
-    home.services.push(dns);
+    home.services.push(wmproxy_tests::private(wmproxy_tests::udp::service("dns", echo, 0), Some(SECRET), &[]));
     let mut home = TestClient::start(home).await?;
     home.wait_for("connected", |s| matches!(s, wmproxy_client::ClientStatus::Connected { .. })).await?;
 
