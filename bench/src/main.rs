@@ -6,6 +6,7 @@
 //! `--netbed` it takes the shaped-path figures instead ([`netbed`]; needs root).
 
 mod backends;
+mod cpu;
 mod groups;
 mod held;
 mod mux;
@@ -44,6 +45,8 @@ enum Only {
     /// HTTP/2 beside yamux as the TCP transport's stream multiplexer (child processes of this
     /// binary).
     Muxes,
+    /// Bare QUIC streams over one connection and over several (would a pool pay off?).
+    Pool,
 }
 
 /// Figures for wmproxy's TCP and UDP paths on loopback.
@@ -154,6 +157,9 @@ async fn run(cli: Cli) -> Result<()> {
     }
     if cli.only == Only::Muxes {
         return muxes::run(cli.bulk_mib, cli.repeat).await;
+    }
+    if cli.only == Only::Pool {
+        return quic::pool(cli.bulk_mib * 1024 * 1024, cli.repeat).await;
     }
     if cli.only == Only::Held {
         let limit = cli.stream_limit.unwrap_or(u32::try_from(cli.held)?);
@@ -335,13 +341,20 @@ async fn run_tcp(cli: &Cli) -> Result<()> {
 
     let bytes = cli.bulk_mib * 1024 * 1024;
     println!("== bulk TCP upload, {} MiB per run", cli.bulk_mib);
+    // CPU per GiB tells where the time goes when every run is CPU-bound (see `cpu`): a direct
+    // run is one TCP hop on loopback; the tunnel is two hops (user → server, client → backend)
+    // plus QUIC between them; the ceiling is QUIC alone.
+    let mut costs = Vec::new();
     for streams in [1usize, 8] {
         // Direct and tunnel runs alternate, and the ratio is taken per pair: loopback throughput
         // drifts by tens of percent over seconds, and pairing cancels most of that drift.
         let (mut directs, mut tunnels, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut direct_cpu, mut tunnel_cpu) = (Vec::new(), Vec::new());
         for _ in 0..cli.repeat.max(1) {
-            let direct = bulk(sink, bytes, streams).await?;
-            let tunnel = bulk(tunnel_sink, bytes, streams).await?;
+            let (direct, cpu) = cpu_per_gib(bytes, bulk(sink, bytes, streams)).await?;
+            direct_cpu.push(cpu);
+            let (tunnel, cpu) = cpu_per_gib(bytes, bulk(tunnel_sink, bytes, streams)).await?;
+            tunnel_cpu.push(cpu);
             directs.push(direct);
             tunnels.push(tunnel);
             ratios.push(tunnel / direct);
@@ -355,17 +368,32 @@ async fn run_tcp(cli: &Cli) -> Result<()> {
             tunnels.iter().copied().fold(f64::INFINITY, f64::min),
             tunnels.iter().copied().fold(0.0, f64::max),
         );
+        let (direct_cpu, tunnel_cpu) = (median(&mut direct_cpu), median(&mut tunnel_cpu));
+        println!("  CPU-s per GiB (this process, all threads): direct {direct_cpu:.3} | tunnel {tunnel_cpu:.3}");
+        costs.push((direct_cpu, tunnel_cpu));
     }
 
-    let mut bare = Vec::new();
+    let (mut bare, mut bare_cpu) = (Vec::new(), Vec::new());
     for _ in 0..cli.repeat.max(1) {
-        bare.push(quic::bare_stream(bytes).await?);
+        let (rate, cpu) = cpu_per_gib(bytes, quic::bare_stream(bytes)).await?;
+        bare.push(rate);
+        bare_cpu.push(cpu);
     }
+    let bare_cpu = median(&mut bare_cpu);
     println!(
-        "ceiling: one bare quinn stream in this process (no TCP legs) {:>5.2} Gbit/s (median of {})",
+        "ceiling: one bare quinn stream in this process (no TCP legs) {:>5.2} Gbit/s (median of {}), {bare_cpu:.3} CPU-s per GiB",
         median(&mut bare),
         cli.repeat.max(1)
     );
+    if let Some(&(hop, tunnel)) = costs.first() {
+        println!(
+            "one stream's cost: tunnel {tunnel:.3} = two TCP hops {:.3} + QUIC {bare_cpu:.3} + the relay's own {:.3} CPU-s per GiB; \
+             at equal CPU the tunnel moves {:.0} % of what bare QUIC does",
+            2.0 * hop,
+            tunnel - 2.0 * hop - bare_cpu,
+            100.0 * bare_cpu / tunnel
+        );
+    }
 
     println!("== new connection (connect + 1-byte echo), {} samples", cli.connects);
     let direct = connect_latency(echo, cli.connects).await?;
@@ -419,6 +447,15 @@ async fn bulk(addr: SocketAddr, bytes: usize, streams: usize) -> Result<f64> {
         t.await??;
     }
     Ok((per * streams) as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Runs `run` (which moves `bytes` and returns Gbit/s) and returns its rate beside the CPU
+/// seconds this process spent per GiB moved meanwhile.
+async fn cpu_per_gib(bytes: usize, run: impl Future<Output = Result<f64>>) -> Result<(f64, f64)> {
+    let before = cpu::process()?;
+    let rate = run.await?;
+    let spent = cpu::process()? - before;
+    Ok((rate, spent / (bytes as f64 / f64::from(1u32 << 30))))
 }
 
 /// Connect + 1-byte echo to `addr`, sequentially; returns (p50, p99).

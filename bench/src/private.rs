@@ -109,11 +109,11 @@ pub async fn run(rtt: Duration, mbit: u32, secs: f64) -> Result<()> {
     for (label, addr) in
         [("plain TCP", plain_sink), ("direct", sink_direct), ("relayed", sink_relay), ("public port", public_sink)]
     {
-        let cpu_before = public.run(async { thread_cpu() }).await??;
+        let cpu_before = public.run(async { crate::cpu::thread() }).await??;
         let started = Instant::now();
         let mbit_s = office.run(crate::netbed::bulk_for(addr, Duration::from_secs_f64(secs))).await??;
         let gib = mbit_s * 1e6 / 8.0 * started.elapsed().as_secs_f64() / f64::from(1u32 << 30);
-        let cpu = public.run(async { thread_cpu() }).await?? - cpu_before;
+        let cpu = public.run(async { crate::cpu::thread() }).await?? - cpu_before;
         rates.push(mbit_s);
         let per_gib =
             if label == "plain TCP" { "(no server)".to_owned() } else { format!("{:.3} CPU-s/GiB", cpu / gib) };
@@ -149,15 +149,4 @@ async fn first_bytes(addr: SocketAddr, n: usize) -> Result<Vec<Duration>> {
         times.push(first_byte(addr).await?);
     }
     Ok(times)
-}
-
-/// CPU seconds (user + system) the calling thread has used.
-fn thread_cpu() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    // After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
-    let rest = stat.rsplit_once(')').context("the stat line")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i - 3).context("a stat field")?.parse::<f64>()?) };
-    let hz = 100.0; // USER_HZ on Linux
-    Ok((ticks(14)? + ticks(15)?) / hz)
 }
