@@ -174,6 +174,14 @@ impl RecvStream {
         }
     }
 
+    /// The next chunk, as the stream holds it (no copy): `None` at the stream's end.
+    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, ReadError> {
+        match self {
+            Self::Quic(recv) => Ok(recv.read_chunk(usize::MAX, true).await?.map(|chunk| chunk.bytes)),
+            Self::Tcp(recv) => recv.read_chunk().await,
+        }
+    }
+
     /// Reads whatever chunks are ready (at least one) into `bufs`: how many, or `None` at the
     /// stream's end.
     pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, ReadError> {
