@@ -15,7 +15,7 @@
 //!   after [`DELIVERY_TIMEOUT`]), so whoever waits for it to end (a drain) can close the
 //!   connection without losing them.
 //! - Memory: an idle relay holds no buffer. QUIC → TCP writes quinn's own received chunks,
-//!   gathered into a batch that exists only while it is written; TCP → QUIC allocates a chunk
+//!   gathered into a batch that exists only while it is written ([`RecvStream::read_ready`]); TCP → QUIC allocates a chunk
 //!   only once the socket is readable and hands it to quinn without a copy. What is in flight is
 //!   bounded by the QUIC stream window and the TCP socket buffers. A held connection costs its
 //!   relay's task (a few KiB, most of it the two directions' state): keep what a relay stores
@@ -27,8 +27,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::VarInt;
 
-use crate::conn::{RecvStream, SendStream};
-use futures_util::FutureExt;
+use crate::conn::{READY_CHUNKS, RecvStream, SendStream};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -320,14 +319,6 @@ async fn tcp_to_quic(
     }
 }
 
-/// Chunks taken from quinn per TCP write. quinn hands out roughly one packet's payload per
-/// chunk; writing them one by one cost a syscall per ~1.4 KB and capped throughput. 16 chunks per
-/// `writev` keeps the relay's fixed cost at 512 bytes.
-const CHUNKS_PER_WRITE: usize = 16;
-
-/// A batch of chunks for one `writev`.
-type Batch = [Bytes; CHUNKS_PER_WRITE];
-
 async fn quic_to_tcp(
     recv: &mut RecvStream,
     tcp: &mut OwnedWriteHalf,
@@ -335,28 +326,14 @@ async fn quic_to_tcp(
     activity: Option<&Activity>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
-    // The relay waits for its first chunk holding no batch, and the batch (16 chunks, 512
-    // bytes) lives on the heap only while it is written: an idle relay, the common case of a
-    // held connection, keeps neither in its state.
-    while let Some(first) = recv.read_chunk().await? {
-        let mut batch = Box::<Batch>::default();
-        batch[0] = first;
-        // And whatever else is ready, without waiting: a lone small message is written at once.
-        // The end shows again on the next read; an error must be taken now, since quinn reports
-        // a reset once and then reads as a clean end, which would pass a cut stream for a
-        // complete one.
-        let more = match recv.read_chunks(&mut batch[1..]).now_or_never() {
-            Some(Ok(Some(n))) => n,
-            Some(Ok(None)) | None => 0,
-            Some(Err(e)) => return Err(e.into()),
-        };
-        let ready = &mut batch[..=more];
+    // A lone small message is written at once; a batch is one `writev`.
+    while let Some(mut ready) = recv.read_ready().await? {
         let len = ready.iter().map(|c| c.len() as u64).sum::<u64>();
         total += len;
         if let Some(activity) = activity {
             activity.touch();
         }
-        write_all_vectored(tcp, ready).await?;
+        write_all_vectored(tcp, &mut ready).await?;
         if let Some(meter) = limits.meter {
             meter.passed(0, len);
         }
@@ -371,8 +348,8 @@ async fn write_all_vectored(tcp: &mut OwnedWriteHalf, chunks: &mut [Bytes]) -> i
     while first < chunks.len() {
         // The slices are made afresh at each poll, so the future keeps none between polls.
         let mut written = std::future::poll_fn(|cx| {
-            let mut slices = [io::IoSlice::new(&[]); CHUNKS_PER_WRITE];
-            let count = (chunks.len() - first).min(CHUNKS_PER_WRITE);
+            let mut slices = [io::IoSlice::new(&[]); READY_CHUNKS];
+            let count = (chunks.len() - first).min(READY_CHUNKS);
             for (slice, chunk) in slices.iter_mut().zip(&chunks[first..]) {
                 *slice = io::IoSlice::new(chunk);
             }

@@ -11,20 +11,17 @@
 //! - A splice ends once both peers have acknowledged the last bytes (or after
 //!   [`DELIVERY_TIMEOUT`]).
 //! - Memory: what is in flight is bounded by the two streams' windows; quinn's received
-//!   chunks are passed on as they are, without a copy.
+//!   chunks are passed on as they are, without a copy, in a batch that exists only while it
+//!   is written ([`RecvStream::read_ready`]), so an idle splice holds none.
 
 use std::io;
 use std::time::Duration;
 
-use bytes::Bytes;
 use wmproxy_wire::OpenResult;
 
 use crate::conn::{RecvStream, SendStream};
 use crate::relay::{DELIVERY_TIMEOUT, Meter, RELAY_ABORTED, RelayStats};
 use crate::stream::{read_frame, write_frame};
-
-/// Chunks taken from a stream per read.
-const CHUNKS: usize = 16;
 
 /// Why a splice ended early.
 #[derive(Debug, thiserror::Error)]
@@ -116,17 +113,14 @@ pub async fn splice(
 /// batch once it is written. Returns the bytes copied.
 async fn pass(from: &mut RecvStream, to: &mut SendStream, passed: impl Fn(u64)) -> io::Result<u64> {
     let mut total = 0u64;
-    let mut chunks: [Bytes; CHUNKS] = Default::default();
-    loop {
-        let Some(n) = from.read_chunks(&mut chunks).await.map_err(io::Error::other)? else {
-            to.finish().map_err(io::Error::from)?;
-            return Ok(total);
-        };
-        let bytes: u64 = chunks[..n].iter().map(|c| c.len() as u64).sum();
-        to.write_all_chunks(&mut chunks[..n]).await.map_err(io::Error::other)?;
+    while let Some(mut ready) = from.read_ready().await.map_err(io::Error::other)? {
+        let bytes: u64 = ready.iter().map(|c| c.len() as u64).sum();
+        to.write_all_chunks(&mut ready).await.map_err(io::Error::other)?;
         total += bytes;
         passed(bytes);
     }
+    to.finish().map_err(io::Error::from)?;
+    Ok(total)
 }
 
 /// What a splice's streams get when it is dropped.

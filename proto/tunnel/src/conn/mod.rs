@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::{ConnectionError, SendDatagramError, VarInt};
 
-pub use stream::{ClosedStream, RecvStream, SendStream};
+pub use stream::{ClosedStream, READY_CHUNKS, RecvStream, SendStream};
 
 /// The TLS session could not export keying material.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
