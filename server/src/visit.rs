@@ -26,7 +26,6 @@ use tracing::{Span, debug};
 use wmproxy_tunnel::datastream::{self, DataStreamError};
 use wmproxy_tunnel::relay::Meter;
 use wmproxy_tunnel::splice::{SpliceError, splice};
-use wmproxy_tunnel::stream::write_frame;
 use wmproxy_tunnel::udp::flow;
 use wmproxy_tunnel::{Ask, OpenError, RecvStream, SendStream, Upstream};
 use wmproxy_wire::{Name, OpenResult, OpenStream, ServiceKind, Verifier};
@@ -77,25 +76,20 @@ impl Visits {
         let Some(permit) = upstream.tunnel().stream_permit() else {
             return datastream::refuse(send, OpenResult::Busy).await;
         };
-        let opened = tokio::time::timeout(self.open_timeout, upstream.tunnel().conn().open_bi()).await;
-        let (mut to_service, from_service) = match opened {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
+        let header =
+            OpenStream::Expose { service: visit.service.clone(), peer_addr: visitor.tunnel.conn().remote_address() };
+        let service = match datastream::open_pipelined(upstream.tunnel().conn(), &header, self.open_timeout).await {
+            Ok(opened) => opened,
+            Err(DataStreamError::Timeout) => return datastream::refuse(send, OpenResult::Timeout).await,
+            Err(e) => {
                 debug!(error = %e, "the private service's client is gone");
                 return datastream::refuse(send, OpenResult::Offline).await;
             }
-            Err(_) => return datastream::refuse(send, OpenResult::Timeout).await,
         };
-        let header =
-            OpenStream::Expose { service: visit.service.clone(), peer_addr: visitor.tunnel.conn().remote_address() };
-        if let Err(e) = write_frame(&mut to_service, &header).await {
-            debug!(error = %e, "the private service's client is gone");
-            return datastream::refuse(send, OpenResult::Offline).await;
-        }
         let counters = self.metrics.visitors.visit(&visitor.name, &visit.client, &visit.service);
         let guard = self.metrics.stream(&visit.client, &visit.service);
         let meter = (counters, guard);
-        let spliced = splice((send, recv), (to_service, from_service), self.open_timeout, Some(&meter)).await;
+        let spliced = splice((send, recv), service, self.open_timeout, Some(&meter)).await;
         match spliced {
             Ok(stats) => debug!(to_service = stats.tcp_to_quic, to_visitor = stats.quic_to_tcp, "visit finished"),
             Err(SpliceError::Refused(result)) => debug!(%result, "the private service refused the visit"),

@@ -80,22 +80,14 @@ pub async fn open_and_relay(
     tcp: TcpStream,
     (timeout, limits): (Duration, &Limits<'_>),
 ) -> Result<RelayStats, DataStreamError> {
-    let (mut send, recv) = tokio::time::timeout(timeout, conn.open_bi())
-        .await
-        .map_err(|_| DataStreamError::Timeout)?
-        .map_err(DataStreamError::Connection)?;
-    write_frame(&mut send, header).await?;
+    let opened = open_pipelined(conn, header, timeout).await?;
     let mut failure = None;
     let relayed = relay_gated(
         tcp,
-        (send, recv),
+        opened,
         async |recv| {
-            let answer = tokio::time::timeout(timeout, read_frame::<OpenResult, _>(recv)).await;
-            let error = match answer {
-                Ok(Ok(OpenResult::Ok)) => return Ok(()),
-                Ok(Ok(refused)) => DataStreamError::Refused(refused),
-                Ok(Err(e)) => e.into(),
-                Err(_) => DataStreamError::Timeout,
+            let Err(error) = read_answer(recv, timeout).await else {
+                return Ok(());
             };
             // A refusal is not an abort: the relay closes the user's connection instead of
             // resetting it. A target that reset the connection is one.
@@ -114,23 +106,47 @@ pub async fn open_and_relay(
     relayed.map_err(|e| failure.take().unwrap_or(DataStreamError::Relay(e)))
 }
 
-/// Opens a stream on `conn`, sends `header` and waits (within `timeout`) for an `Ok` answer,
-/// without sending payload first: for callers that try another backend when this one fails,
-/// and so must not have consumed the user's bytes.
+/// Opens a stream on `conn` (within `timeout`) and sends `header`, without waiting for the
+/// answer: the opener's half of a pipelined stream, whose payload may follow at once. The
+/// answer is read with [`read_answer`].
+pub async fn open_pipelined(
+    conn: &Conn,
+    header: &OpenStream,
+    timeout: Duration,
+) -> Result<(SendStream, RecvStream), DataStreamError> {
+    let (mut send, recv) = tokio::time::timeout(timeout, conn.open_bi())
+        .await
+        .map_err(|_| DataStreamError::Timeout)?
+        .map_err(DataStreamError::Connection)?;
+    write_frame(&mut send, header).await?;
+    Ok((send, recv))
+}
+
+/// Reads the answer to a stream's header, within `timeout`: `Ok` for [`OpenResult::Ok`], else
+/// the refusal, the timeout or the stream's failure.
+pub async fn read_answer(recv: &mut RecvStream, timeout: Duration) -> Result<(), DataStreamError> {
+    match tokio::time::timeout(timeout, read_frame::<OpenResult, _>(recv)).await {
+        Ok(Ok(OpenResult::Ok)) => Ok(()),
+        Ok(Ok(refused)) => Err(DataStreamError::Refused(refused)),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(DataStreamError::Timeout),
+    }
+}
+
+/// Opens a stream on `conn`, sends `header` and waits (within `timeout` in all) for an `Ok`
+/// answer, without sending payload first: for callers that try another backend when this one
+/// fails, and so must not have consumed the user's bytes.
 pub async fn open_confirmed(
     conn: &Conn,
     header: &OpenStream,
     timeout: Duration,
 ) -> Result<(SendStream, RecvStream), DataStreamError> {
-    let opened = tokio::time::timeout(timeout, async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(DataStreamError::Connection)?;
-        write_frame(&mut send, header).await?;
-        match read_frame::<OpenResult, _>(&mut recv).await? {
-            OpenResult::Ok => Ok((send, recv)),
-            refused => Err(DataStreamError::Refused(refused)),
-        }
-    });
-    opened.await.map_err(|_| DataStreamError::Timeout)?
+    let opened = async {
+        let (send, mut recv) = open_pipelined(conn, header, timeout).await?;
+        read_answer(&mut recv, timeout).await?;
+        Ok((send, recv))
+    };
+    tokio::time::timeout(timeout, opened).await.map_err(|_| DataStreamError::Timeout)?
 }
 
 /// Reads the header of a stream the peer opened, within `timeout`. A bad or late header resets

@@ -20,8 +20,9 @@ use std::time::Duration;
 use wmproxy_wire::OpenResult;
 
 use crate::conn::{RecvStream, SendStream};
+use crate::datastream::{DataStreamError, read_answer};
 use crate::relay::{DELIVERY_TIMEOUT, Meter, RELAY_ABORTED, RelayStats};
-use crate::stream::{read_frame, write_frame};
+use crate::stream::write_frame;
 
 /// Why a splice ended early.
 #[derive(Debug, thiserror::Error)]
@@ -66,15 +67,14 @@ pub async fn splice(
         .map_err(SpliceError::Stream)
     };
     let outbound = async {
-        let answer = tokio::time::timeout(timeout, read_frame::<OpenResult, _>(from_service)).await;
-        match answer {
-            Ok(Ok(OpenResult::Ok)) => {}
-            Ok(Ok(result)) => {
+        match read_answer(from_service, timeout).await {
+            Ok(()) => {}
+            Err(DataStreamError::Refused(result)) => {
                 refused = Some(result);
                 return Err(SpliceError::Refused(result));
             }
-            Ok(Err(e)) => return Err(SpliceError::Stream(io::Error::other(e))),
-            Err(_) => return Err(SpliceError::Timeout),
+            Err(DataStreamError::Timeout) => return Err(SpliceError::Timeout),
+            Err(e) => return Err(SpliceError::Stream(io::Error::other(e))),
         }
         write_frame(to_visitor, &OpenResult::Ok).await.map_err(|e| SpliceError::Stream(io::Error::other(e)))?;
         pass(from_service, to_visitor, |n| {
