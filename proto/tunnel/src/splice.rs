@@ -144,18 +144,23 @@ struct Ends {
 
 impl Drop for Ends {
     fn drop(&mut self) {
-        let streams = match self.on_drop {
-            OnDrop::Close => return,
+        // Either stream may already be closed; that is the point of aborting.
+        match self.on_drop {
+            OnDrop::Close => {}
             OnDrop::AbortService => {
                 let _ = self.visitor.1.stop(RELAY_ABORTED);
-                vec![&mut self.service]
+                abort(&mut self.service);
             }
-            OnDrop::Abort => vec![&mut self.visitor, &mut self.service],
-        };
-        for (send, recv) in streams {
-            // Either may already be closed; that is the point of aborting.
-            let _ = send.reset(RELAY_ABORTED);
-            let _ = recv.stop(RELAY_ABORTED);
+            OnDrop::Abort => {
+                abort(&mut self.visitor);
+                abort(&mut self.service);
+            }
         }
     }
+}
+
+/// Resets `send` and stops `recv`.
+fn abort((send, recv): &mut (SendStream, RecvStream)) {
+    let _ = send.reset(RELAY_ABORTED);
+    let _ = recv.stop(RELAY_ABORTED);
 }
